@@ -1,0 +1,3 @@
+"""vms: station video-monitoring ingest server for Huidong County's e-commerce service stations."""
+
+__version__ = "0.1.0"

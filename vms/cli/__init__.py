@@ -1,0 +1,21 @@
+"""The `vms` command: one sub-command group per concern, each in its own module here."""
+
+from __future__ import annotations
+
+import typer
+
+from vms.cli import db as db_cli
+from vms.cli import stations as stations_cli
+
+app = typer.Typer(
+    help="vms: station video-monitoring ingest server (Huidong County e-commerce service stations).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(db_cli.app, name="db")
+app.add_typer(stations_cli.app, name="stations")
+
+
+def main() -> None:
+    app()

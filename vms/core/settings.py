@@ -1,0 +1,220 @@
+"""Settings: `config/vms.yaml` overlaid with `VMS_*` environment variables, validated at start-up.
+
+Every key is optional (the embedded defaults run a complete server); unknown keys are errors.
+Environment variables name a key path with double underscores: VMS_RETENTION__DAYS=30 sets
+retention.days, VMS_DATABASE_URL sets database_url. Relative paths are taken from the working
+directory. Errors name the file and line, or the environment variable, and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vms.core.errors import ConfigError
+from vms.core.yamlfile import line_of, load_with_lines
+
+DEFAULT_CONFIG = Path("config/vms.yaml")
+# Variables the tooling reads that are not settings keys.
+NON_SETTING_ENV = {"VMS_CONFIG", "VMS_PYTHON"}
+NON_SETTING_ENV_PREFIXES = ("VMS_TEST_", "VMS_BENCH_")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class VolumeSettings(StrictModel):
+    """One footage root, normally one disk."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    path: Path
+    quota_bytes: int | None = Field(default=None, gt=0, description="most bytes of footage kept here")
+    quota_percent: float | None = Field(default=None, gt=0, le=100, description="most % of the filesystem")
+    min_free_bytes: int = Field(default=2 * 1024**3, ge=0, description="evict early below this free space")
+    critical_free_bytes: int = Field(
+        default=512 * 1024**2, ge=0, description="below this, evict even inside the floor of days"
+    )
+
+
+class StorageSettings(StrictModel):
+    volumes: list[VolumeSettings] = Field(default_factory=lambda: [VolumeSettings(name="main", path=Path("recordings"))])
+    # Station id -> volume name; unassigned stations go to the volume with the most free space.
+    assignments: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _volumes_distinct(self) -> StorageSettings:
+        if not self.volumes:
+            raise ValueError("at least one volume is needed")
+        names = [v.name for v in self.volumes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"volume names repeat: {names}")
+        for station, vol in self.assignments.items():
+            if vol not in names:
+                raise ValueError(f"assignment of {station!r} names unknown volume {vol!r} (known: {names})")
+        return self
+
+
+class RetentionSettings(StrictModel):
+    days: float = Field(default=15, gt=0, description="days of footage kept")
+    per_town: dict[str, float] = Field(default_factory=dict, description="town name -> days")
+    per_station: dict[str, float] = Field(default_factory=dict, description="station id -> days")
+    floor_days: float = Field(default=3, ge=0, description="pressure never evicts newer than this unless critical")
+    sweep_minutes: float = Field(default=10, gt=0)
+    pressure_check_seconds: float = Field(default=60, gt=0)
+
+    @field_validator("per_town", "per_station")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, days in v.items():
+            if days <= 0:
+                raise ValueError(f"{k}: days must be positive, got {days}")
+        return v
+
+
+class IngestSettings(StrictModel):
+    node: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    segment_seconds: float = Field(default=60, ge=2, le=3600)
+    workers: int | None = Field(default=None, ge=1, description="worker processes; default one per core")
+    rtsp_timeout_seconds: float = Field(default=10, gt=0)
+    stall_seconds: float = Field(default=10, gt=0)
+    backoff_initial_seconds: float = Field(default=1, gt=0)
+    backoff_max_seconds: float = Field(default=60, gt=0)
+    stable_seconds: float = Field(default=60, gt=0, description="streaming this long resets the backoff")
+    status_interval_seconds: float = Field(default=5, gt=0)
+
+
+class ApiSettings(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    session_hours: float = Field(default=12, gt=0)
+
+
+class SimulateSettings(StrictModel):
+    """Simulated cameras for stations with no camera URL (the embedded default deployment)."""
+
+    enabled: Literal["auto", "always", "never"] = "auto"
+    port: int = Field(default=8554, ge=1, le=65535)
+    width: int = Field(default=640, ge=64, le=3840)
+    height: int = Field(default=360, ge=64, le=2160)
+    fps: int = Field(default=15, ge=1, le=60)
+    bitrate_kbps: int = Field(default=512, ge=32)
+    max_cameras: int = Field(default=139, ge=1)
+
+
+class Settings(StrictModel):
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    timezone: str = "Asia/Shanghai"
+    stations_file: Path = Path("config/stations.yaml")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    simulate: SimulateSettings = Field(default_factory=SimulateSettings)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Asia/Shanghai)") from None
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+            raise ValueError("database_url must start with sqlite: or postgresql:")
+        return v
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            if self.database_url.startswith("postgresql:"):
+                return "postgresql+psycopg:" + self.database_url[len("postgresql:"):]
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'vms.db').resolve()}"
+
+
+def _env_overrides(env: dict[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    data: dict[str, Any] = {}
+    names: dict[tuple[str, ...], str] = {}
+    for name, raw in sorted(env.items()):
+        if not name.startswith("VMS_") or name in NON_SETTING_ENV or name.startswith(NON_SETTING_ENV_PREFIXES):
+            continue
+        path = tuple(part.lower() for part in name[4:].split("__"))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)) is False and not isinstance(value, (int, float, bool)) and value is not None:
+            value = raw
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"environment {name}: conflicts with another VMS_ variable"])
+        node[path[-1]] = value
+        names[path] = name
+    return data, names
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_settings(config_path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read, merge and validate settings; raise ConfigError naming every problem found."""
+    env = dict(os.environ if env is None else env)
+    explicit = config_path is not None or "VMS_CONFIG" in env
+    path = Path(config_path or env.get("VMS_CONFIG") or DEFAULT_CONFIG)
+    file_data: dict[str, Any] = {}
+    lines: dict = {}
+    if path.exists() or explicit:
+        loaded, lines = load_with_lines(path)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([f"{path}:1: the settings file must be a mapping of keys, not {type(loaded).__name__}"])
+        file_data = loaded
+    env_data, env_names = _env_overrides(env)
+    merged = _merge(file_data, env_data)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
+                msg = f"{msg} (got {err['input']!r})"
+            env_name = next((n for p, n in env_names.items() if loc[: len(p)] == p), None)
+            if env_name:
+                problems.append(f"environment {env_name}: {key}: {msg}")
+            else:
+                line = line_of(lines, loc)
+                where = f"{path}:{line}" if line else str(path)
+                problems.append(f"{where}: {key}: {msg}")
+        raise ConfigError(problems) from None

@@ -1,0 +1,1 @@
+"""Database: engine and sessions, ORM models, Alembic migrations. SQLite (WAL) or PostgreSQL."""

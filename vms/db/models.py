@@ -1,0 +1,313 @@
+"""ORM models: the whole index. Times are UTC epoch milliseconds (BigInteger), see docs/design/schema.md."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Station(Base):
+    __tablename__ = "stations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    level: Mapped[str] = mapped_column(String(16))  # town | village
+    town: Mapped[str] = mapped_column(String(32), index=True)
+    poverty_village: Mapped[bool] = mapped_column(Boolean, default=False)
+    placeholder_name: Mapped[bool] = mapped_column(Boolean, default=False)
+    business_hours: Mapped[str] = mapped_column(String(64), default="08:00-18:00")  # "HH:MM-HH:MM[,..]"
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    main_url: Mapped[str | None] = mapped_column(Text, nullable=True)  # may hold credentials: never print
+    sub_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    transport: Mapped[str] = mapped_column(String(8), default="tcp")
+    calibration: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    updated_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Segment(Base):
+    """One fragmented-MP4 file of one camera stream. state: growing | complete | deleting."""
+
+    __tablename__ = "segments"
+    __table_args__ = (
+        Index("ix_segments_station_start", "station_id", "start_ms"),
+        Index("ix_segments_state_end", "state", "end_ms"),
+        Index("ix_segments_volume_start", "volume", "start_ms"),
+        UniqueConstraint("volume", "path", name="uq_segments_volume_path"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"))
+    stream: Mapped[str] = mapped_column(String(8), default="main")
+    node: Mapped[str] = mapped_column(String(64))
+    volume: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(String(400))  # relative to the volume root
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    duration_ms: Mapped[int] = mapped_column(BigInteger, default=0)  # from stream timestamps
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    codec: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    has_audio: Mapped[bool] = mapped_column(Boolean, default=False)
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    keyframes: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(10), default="growing")
+
+
+class Gap(Base):
+    """An interval of one camera stream without footage, with why. end_ms is null while it lasts."""
+
+    __tablename__ = "gaps"
+    __table_args__ = (Index("ix_gaps_station_start", "station_id", "start_ms"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"))
+    stream: Mapped[str] = mapped_column(String(8), default="main")
+    node: Mapped[str] = mapped_column(String(64))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reason: Mapped[str] = mapped_column(String(24))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class OnlineInterval(Base):
+    """An interval in which the camera delivered packets. end_ms is null while it lasts."""
+
+    __tablename__ = "online_intervals"
+    __table_args__ = (Index("ix_online_station_start", "station_id", "start_ms"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"))
+    node: Mapped[str] = mapped_column(String(64))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class CameraStatus(Base):
+    """The latest health of each camera, written by the node recording it every few seconds."""
+
+    __tablename__ = "camera_status"
+
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"), primary_key=True)
+    node: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # connecting | streaming | backoff | failed | stopped
+    reason: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    fps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bitrate_bps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    codec: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_packet_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reconnects: Mapped[int] = mapped_column(Integer, default=0)
+    segments_written: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_written: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class Hold(Base):
+    """An evidence lock: footage of a station in [start_ms, end_ms) is never deleted while active."""
+
+    __tablename__ = "holds"
+    __table_args__ = (Index("ix_holds_station", "station_id", "start_ms"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    released_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    released_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class PurgeLog(Base):
+    """One row per station per retention run (or manual purge) that deleted footage."""
+
+    __tablename__ = "purge_log"
+    __table_args__ = (Index("ix_purge_log_at", "at_ms"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    station_id: Mapped[str] = mapped_column(String(64))
+    volume: Mapped[str] = mapped_column(String(32))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    segments: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(16))  # expired | pressure | critical | manual
+    run_id: Mapped[str] = mapped_column(String(40))
+
+
+class JobLock(Base):
+    """A named lease so that two processes (or nodes) never run the same job at once."""
+
+    __tablename__ = "job_locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    acquired_ms: Mapped[int] = mapped_column(BigInteger)
+    expires_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class StationState(Base):
+    """An interval of open | closed | unknown decided by analysis. end_ms is null while it lasts."""
+
+    __tablename__ = "station_states"
+    __table_args__ = (Index("ix_station_states_station_start", "station_id", "start_ms"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"))
+    state: Mapped[str] = mapped_column(String(8))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class ActivityEpisode(Base):
+    """A span in which people moved in the station (no identities)."""
+
+    __tablename__ = "activity_episodes"
+    __table_args__ = (Index("ix_activity_station_start", "station_id", "start_ms"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    peak: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class ActivityHourly(Base):
+    __tablename__ = "activity_hourly"
+
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"), primary_key=True)
+    hour_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    episodes: Mapped[int] = mapped_column(Integer, default=0)
+    active_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Fault(Base):
+    """A camera fault interval (signal_lost, frozen, black, overexposed, blurred, covered, color_cast,
+    scene_changed). end_ms is null while it lasts."""
+
+    __tablename__ = "faults"
+    __table_args__ = (Index("ix_faults_station_start", "station_id", "start_ms"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    severity: Mapped[str] = mapped_column(String(8))  # minor | major | critical
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))  # admin | operator | auditor | viewer
+    towns: Mapped[list | None] = mapped_column(JSON, nullable=True)  # null = all towns
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuthToken(Base):
+    """A login session or an API key (kind), stored as a hash of the secret."""
+
+    __tablename__ = "auth_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))  # session | apikey
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    scopes: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AccessLog(Base):
+    """调用登记: every live view, playback, snapshot and export. Append-only."""
+
+    __tablename__ = "access_log"
+    __table_args__ = (Index("ix_access_log_at", "at_ms"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    username: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))  # live | playback | snapshot | export | download
+    station_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    start_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    end_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ExportJob(Base):
+    __tablename__ = "exports"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    username: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(12))  # queued | running | done | failed | expired
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class AuditDaily(Base):
+    """One station's audit for one local day (Asia/Shanghai). Re-runs replace the row."""
+
+    __tablename__ = "audit_daily"
+    __table_args__ = (Index("ix_audit_daily_day", "day"),)
+
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD local
+    online_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    recorded_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    open_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    open_in_hours_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_open_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_close_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    activity_episodes: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict] = mapped_column(JSON)  # gaps by reason, faults by kind, percents
+    findings: Mapped[list] = mapped_column(JSON)
+    computed_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditMonthly(Base):
+    __tablename__ = "audit_monthly"
+
+    station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM
+    passed: Mapped[bool] = mapped_column(Boolean)
+    metrics: Mapped[dict] = mapped_column(JSON)
+    reasons: Mapped[list] = mapped_column(JSON)
+    computed_ms: Mapped[int] = mapped_column(BigInteger)
