@@ -1,0 +1,88 @@
+"""Shared fixtures: fresh databases (SQLite and a real PostgreSQL), settings in a temp dir, clocks."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from vms.catalog.loader import load_catalog
+from vms.catalog.store import import_catalog
+from vms.core.clock import SimulatedClock
+from vms.core.settings import Settings
+from vms.db.engine import Database
+from vms.db.migrate import upgrade
+
+REPO = Path(__file__).resolve().parents[1]
+STATIONS_YAML = REPO / "config" / "stations.yaml"
+
+
+def _postgres_server_url() -> str:
+    url = os.environ.get("VMS_TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail("VMS_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL")
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database on the real server; dropped afterwards."""
+    server = _postgres_server_url()
+    name = f"vms_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server.replace("postgresql:", "postgresql+psycopg:", 1), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = server.replace("/postgres?", f"/{name}?", 1)
+    try:
+        yield url
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db_url(request, tmp_path) -> str:
+    """Runs a test once on SQLite and once on PostgreSQL: an empty database URL (not migrated)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'vms.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def any_db(any_db_url) -> Iterator[Database]:
+    """A migrated database on each backend."""
+    url = Settings(database_url=any_db_url).db_url
+    upgrade(url)
+    db = Database(url)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    """Defaults with data, footage and database inside tmp_path."""
+    return Settings.model_validate(
+        {"data_dir": str(tmp_path / "data"),
+         "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings")}]}}
+    )
+
+
+@pytest.fixture
+def db(settings) -> Iterator[Database]:
+    """A migrated SQLite database with the full station catalogue imported."""
+    upgrade(settings.db_url)
+    database = Database(settings.db_url)
+    with database.session() as s:
+        import_catalog(s, load_catalog(STATIONS_YAML))
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def clock() -> SimulatedClock:
+    return SimulatedClock()

@@ -1,0 +1,27 @@
+"""The interface through which the one camera session shares its packets with other concerns."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import av
+
+
+class StreamObserver(Protocol):
+    """Called from the camera session's thread, in order. Implementations must be cheap per packet
+    (well under a millisecond on average) and must not raise: an exception is logged and the
+    observer is dropped for the rest of the connection, so it can never stop the recording."""
+
+    def on_connect(self, stream: av.video.stream.VideoStream, wall_ms: int) -> None:
+        """A new connection delivers this video stream (codec parameters, extradata, time_base)."""
+
+    def on_packet(self, packet: av.Packet, wall_ms: int) -> None:
+        """One video packet with a usable pts (the session drops or fixes packets without one);
+        wall_ms is the session's wall-clock estimate of the packet's capture time."""
+
+    def on_disconnect(self, wall_ms: int, reason: str) -> None:
+        """The connection ended (reason: a gap reason such as "stalled" or "stream_ended")."""
+
+
+class ObserverFactory(Protocol):
+    def __call__(self, station_id: str) -> StreamObserver | None: ...
