@@ -11,6 +11,7 @@ SYSTEM_PACKAGES=(
   postgresql
   chromium
   fonts-noto-cjk
+  poppler-utils
 )
 
 missing=()
