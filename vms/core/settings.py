@@ -94,6 +94,13 @@ class ApiSettings(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     session_hours: float = Field(default=12, gt=0)
+    status_cache_seconds: float = Field(default=1.0, ge=0, description="reuse of station status")
+    snapshot_max_age_seconds: float = Field(default=10, gt=0, description="older keyframes give 503")
+    playback_max_minutes: float = Field(default=60, gt=0, description="longest range of one playback")
+    export_max_hours: float = Field(default=24, gt=0, description="longest range of one export")
+    export_keep_hours: float = Field(default=24, gt=0, description="exports can be downloaded this long")
+    export_workers: int = Field(default=1, ge=1, le=8)
+    login_failures_per_minute: int = Field(default=5, ge=1, description="per user and client address")
 
 
 class SimulateSettings(StrictModel):
@@ -108,6 +115,23 @@ class SimulateSettings(StrictModel):
     max_cameras: int = Field(default=139, ge=1)
 
 
+class AuditSettings(StrictModel):
+    """Compliance rules for the monthly station audit and when the audit jobs run (local time)."""
+
+    min_online_percent: float = Field(default=95, ge=0, le=100, description="camera online, % of the month")
+    min_coverage_percent: float = Field(default=95, ge=0, le=100, description="recorded, % of the month")
+    min_open_hours: float = Field(default=6, ge=0, le=24, description="open inside business hours for a day to count")
+    min_open_days: int = Field(default=20, ge=0, le=31, description="days that count, for a full month")
+    min_open_days_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="if set: required days = this share of the audited days instead"
+    )
+    daily_hour: int = Field(default=1, ge=0, le=23, description="daily audit of the previous day at this hour")
+    daily_minute: int = Field(default=0, ge=0, le=59)
+    monthly_day: int = Field(default=1, ge=1, le=28, description="monthly report of the previous month on this day")
+    monthly_hour: int = Field(default=2, ge=0, le=23)
+    monthly_minute: int = Field(default=0, ge=0, le=59)
+
+
 class Settings(StrictModel):
     data_dir: Path = Path("data")
     database_url: str | None = None
@@ -119,6 +143,7 @@ class Settings(StrictModel):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("timezone")
     @classmethod

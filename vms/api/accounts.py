@@ -1,0 +1,153 @@
+"""Accounts and tokens: argon2 password hashes, login sessions and API keys (only hashes stored)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vms.api.permissions import API_KEY_SCOPES, ROLES
+from vms.catalog.towns import TOWN_NAMES
+from vms.core.errors import VmsError
+from vms.db.models import AuthToken, User
+
+USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
+MIN_PASSWORD = 8
+SESSION_PREFIX = "vmss_"
+API_KEY_PREFIX = "vmsk_"
+
+_hasher = PasswordHasher()
+# Verifying against this when the user does not exist keeps the timing of a failed login the same.
+_DUMMY_HASH = _hasher.hash("not a real password")
+
+
+class AccountError(VmsError):
+    """A user or key request that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a logged-in user or an API key of a user."""
+
+    user_id: int
+    username: str
+    role: str
+    towns: tuple[str, ...] | None  # None: every town
+    kind: str  # session | apikey
+    token_id: int
+    permissions: frozenset[str]
+
+    def may_see_town(self, town: str) -> bool:
+        return self.towns is None or town in self.towns
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def check_password_rules(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"password too short: at least {MIN_PASSWORD} characters")
+    if len(password) > 1024:
+        raise AccountError("password too long: at most 1024 characters")
+
+
+def verify_password(user: User | None, password: str) -> bool:
+    """True if the password matches; also spends the same time when there is no such user."""
+    try:
+        return _hasher.verify(user.password_hash if user else _DUMMY_HASH, password) and user is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_towns(towns: list[str] | None) -> list[str] | None:
+    if towns is None:
+        return None
+    unknown = [t for t in towns if t not in TOWN_NAMES]
+    if unknown:
+        raise AccountError(f"unknown town(s) {', '.join(unknown)}; known: {', '.join(TOWN_NAMES)}")
+    if not towns:
+        raise AccountError("an empty town list would show nothing; omit it to allow all towns")
+    return sorted(set(towns))
+
+
+def create_user(session: Session, username: str, password: str, role: str, now_ms: int,
+                towns: list[str] | None = None, display_name: str | None = None) -> User:
+    if not USERNAME.match(username):
+        raise AccountError(f"username {username!r}: 2-64 characters of letters, digits, _ . @ -")
+    if role not in ROLES:
+        raise AccountError(f"role {role!r} unknown; roles: {', '.join(ROLES)}")
+    check_password_rules(password)
+    if session.scalar(select(User).where(User.username == username)) is not None:
+        raise AccountError(f"user {username!r} already exists")
+    user = User(username=username, display_name=display_name, password_hash=hash_password(password),
+                role=role, towns=check_towns(towns), disabled=False, created_ms=now_ms)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def find_user(session: Session, username: str) -> User:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise AccountError(f"no user {username!r}")
+    return user
+
+
+def set_password(session: Session, username: str, password: str) -> None:
+    check_password_rules(password)
+    user = find_user(session, username)
+    user.password_hash = hash_password(password)
+    revoke_tokens(session, user.id, kind="session")
+
+
+def set_disabled(session: Session, username: str, disabled: bool) -> None:
+    user = find_user(session, username)
+    user.disabled = disabled
+    if disabled:
+        revoke_tokens(session, user.id)
+
+
+def revoke_tokens(session: Session, user_id: int, kind: str | None = None) -> None:
+    q = select(AuthToken).where(AuthToken.user_id == user_id, AuthToken.revoked.is_(False))
+    if kind:
+        q = q.where(AuthToken.kind == kind)
+    for tok in session.scalars(q):
+        tok.revoked = True
+
+
+def issue_session(session: Session, user: User, now_ms: int, hours: float) -> tuple[str, AuthToken]:
+    secret = SESSION_PREFIX + secrets.token_urlsafe(32)
+    tok = AuthToken(token_hash=token_hash(secret), kind="session", user_id=user.id, created_ms=now_ms,
+                    expires_ms=now_ms + int(hours * 3_600_000), revoked=False)
+    session.add(tok)
+    session.flush()
+    return secret, tok
+
+
+def create_api_key(session: Session, username: str, name: str, scopes: list[str], now_ms: int,
+                   days: float | None = None) -> tuple[str, AuthToken]:
+    user = find_user(session, username)
+    bad = [s for s in scopes if s not in API_KEY_SCOPES]
+    if bad or not scopes:
+        allowed = ", ".join(sorted(API_KEY_SCOPES))
+        raise AccountError(f"scopes {bad or scopes} not allowed; choose from {allowed}")
+    if not re.match(r"^[\w.-]{1,64}$", name):
+        raise AccountError("key name: 1-64 letters, digits, _ . -")
+    secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    tok = AuthToken(token_hash=token_hash(secret), kind="apikey", user_id=user.id, name=name,
+                    scopes=sorted(set(scopes)), created_ms=now_ms,
+                    expires_ms=None if days is None else now_ms + int(days * 86_400_000), revoked=False)
+    session.add(tok)
+    session.flush()
+    return secret, tok

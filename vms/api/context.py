@@ -1,0 +1,83 @@
+"""What every request handler needs, made once per app: settings, database, clock, volumes, and the
+small in-process state of the API (login throttle, status cache, export and playback jobs)."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vms.core.clock import Clock
+from vms.core.settings import Settings
+from vms.db.engine import Database
+from vms.recording.volumes import VolumeSet
+
+
+class LoginThrottle:
+    """At most `limit` failed logins per (username, client) per minute; counts on the monotonic clock."""
+
+    def __init__(self, clock: Clock, limit: int, window_s: float = 60.0) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.window_s = window_s
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str]) -> deque[float]:
+        now = self.clock.monotonic()
+        q = self._failures.setdefault(key, deque())
+        while q and now - q[0] >= self.window_s:
+            q.popleft()
+        return q
+
+    def retry_after(self, username: str, client: str) -> float | None:
+        """Seconds to wait if this pair is blocked, else None."""
+        with self._lock:
+            q = self._recent((username, client))
+            if len(q) < self.limit:
+                return None
+            return max(1.0, self.window_s - (self.clock.monotonic() - q[0]))
+
+    def failed(self, username: str, client: str) -> None:
+        with self._lock:
+            self._recent((username, client)).append(self.clock.monotonic())
+            if len(self._failures) > 10_000:  # bound memory under a spray of names
+                for k in [k for k, v in self._failures.items() if not v][:5000]:
+                    del self._failures[k]
+
+    def succeeded(self, username: str, client: str) -> None:
+        with self._lock:
+            self._failures.pop((username, client), None)
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    database: Database
+    clock: Clock
+    volumes: VolumeSet
+    throttle: LoginThrottle
+    extras: dict = field(default_factory=dict)  # per-app singletons made lazily (caches, job runners)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def make(cls, settings: Settings, database: Database, clock: Clock) -> ApiContext:
+        return cls(settings=settings, database=database, clock=clock,
+                   volumes=VolumeSet.from_settings(settings),
+                   throttle=LoginThrottle(clock, settings.api.login_failures_per_minute))
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.settings.data_dir) / "cache" / "api"
+
+    @property
+    def export_dir(self) -> Path:
+        return Path(self.settings.data_dir) / "exports"
+
+    def singleton(self, name: str, factory):
+        """One object per app, made on first use (keeps create_app free of side effects)."""
+        with self.lock:
+            if name not in self.extras:
+                self.extras[name] = factory()
+            return self.extras[name]

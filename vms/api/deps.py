@@ -1,0 +1,103 @@
+"""FastAPI dependencies: the context, a database session per request, the caller and permission checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vms.api.accounts import Principal, token_hash
+from vms.api.context import ApiContext
+from vms.api.permissions import permissions_of
+from vms.db.models import AuthToken, Station, User
+
+SESSION_COOKIE = "vms_session"
+STATION_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+def get_ctx(request: Request) -> ApiContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[ApiContext, Depends(get_ctx)]
+
+
+def get_session(ctx: Ctx) -> Iterator[Session]:
+    with ctx.database.session() as s:
+        yield s
+
+
+DbSession = Annotated[Session, Depends(get_session)]
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _secret_from(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        raise HTTPException(401, "Authorization header must be 'Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return request.cookies.get(SESSION_COOKIE)
+
+
+def get_principal(request: Request, ctx: Ctx, session: DbSession) -> Principal:
+    secret = _secret_from(request)
+    if not secret:
+        raise HTTPException(401, "not logged in: POST /api/auth/login, then send its cookie or Bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+    row = session.execute(
+        select(AuthToken, User).join(User, User.id == AuthToken.user_id)
+        .where(AuthToken.token_hash == token_hash(secret))
+    ).first()
+    now = ctx.clock.now_ms()
+    if row is None:
+        raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+    tok, user = row
+    if tok.revoked:
+        raise HTTPException(401, "token revoked (logged out or password changed)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if tok.expires_ms is not None and tok.expires_ms <= now:
+        raise HTTPException(401, "session expired: log in again", headers={"WWW-Authenticate": "Bearer"})
+    if user.disabled:
+        raise HTTPException(401, f"user {user.username} is disabled", headers={"WWW-Authenticate": "Bearer"})
+    scopes = tok.scopes if tok.kind == "apikey" else None
+    return Principal(user_id=user.id, username=user.username, role=user.role,
+                     towns=tuple(user.towns) if user.towns is not None else None, kind=tok.kind,
+                     token_id=tok.id, permissions=permissions_of(user.role, scopes))
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require(permission: str):
+    """A dependency that lets the call through only with `permission`."""
+
+    def check(principal: CurrentPrincipal) -> Principal:
+        if permission not in principal.permissions:
+            what = "API key scopes" if principal.kind == "apikey" else f"role {principal.role}"
+            raise HTTPException(403, f"{what} does not allow {permission}")
+        return principal
+
+    check.__name__ = f"require_{permission.replace(':', '_')}"
+    return check
+
+
+StationId = Annotated[str, Path(pattern=STATION_ID_PATTERN, description="station id, e.g. pingshan-town")]
+
+
+def visible_station(session: Session, principal: Principal, station_id: str) -> Station:
+    """The station if it exists and the caller's towns include it; 404 otherwise (a town-limited user
+    does not learn which ids exist elsewhere)."""
+    st = session.get(Station, station_id)
+    if st is None or not principal.may_see_town(st.town):
+        where = "" if principal.towns is None else " in your towns"
+        raise HTTPException(404, f"no station {station_id!r}{where}")
+    return st
