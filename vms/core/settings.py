@@ -120,14 +120,14 @@ class AuditSettings(StrictModel):
 
     min_online_percent: float = Field(default=95, ge=0, le=100, description="camera online, % of the month")
     min_coverage_percent: float = Field(default=95, ge=0, le=100, description="recorded, % of the month")
-    min_open_hours: float = Field(default=6, ge=0, le=24, description="open inside business hours for a day to count")
+    min_open_hours: float = Field(default=6, ge=0, le=24, description="in business hours, for a day to count")
     min_open_days: int = Field(default=20, ge=0, le=31, description="days that count, for a full month")
     min_open_days_fraction: float | None = Field(
         default=None, gt=0, le=1, description="if set: required days = this share of the audited days instead"
     )
-    daily_hour: int = Field(default=1, ge=0, le=23, description="daily audit of the previous day at this hour")
+    daily_hour: int = Field(default=1, ge=0, le=23, description="audit the previous day at this hour")
     daily_minute: int = Field(default=0, ge=0, le=59)
-    monthly_day: int = Field(default=1, ge=1, le=28, description="monthly report of the previous month on this day")
+    monthly_day: int = Field(default=1, ge=1, le=28, description="report the previous month on this day")
     monthly_hour: int = Field(default=2, ge=0, le=23)
     monthly_minute: int = Field(default=0, ge=0, le=59)
 

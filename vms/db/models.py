@@ -37,6 +37,8 @@ class Station(Base):
     transport: Mapped[str] = mapped_column(String(8), default="tcp")
     calibration: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     updated_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Local date the station went into service ('YYYY-MM-DD'); audits ignore earlier days. Null = always.
+    active_since: Mapped[str | None] = mapped_column(String(10), nullable=True)
 
 
 class Segment(Base):
@@ -307,7 +309,7 @@ class AuditMonthly(Base):
 
     station_id: Mapped[str] = mapped_column(String(64), ForeignKey("stations.id"), primary_key=True)
     month: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM
-    passed: Mapped[bool] = mapped_column(Boolean)
+    passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # null: exempt (disabled/inactive)
     metrics: Mapped[dict] = mapped_column(JSON)
     reasons: Mapped[list] = mapped_column(JSON)
     computed_ms: Mapped[int] = mapped_column(BigInteger)

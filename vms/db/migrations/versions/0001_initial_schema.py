@@ -68,6 +68,7 @@ def upgrade() -> None:
     sa.Column('transport', sa.String(length=8), nullable=False),
     sa.Column('calibration', sa.JSON(), nullable=True),
     sa.Column('updated_ms', sa.BigInteger(), nullable=False),
+    sa.Column('active_since', sa.String(length=10), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('stations', schema=None) as batch_op:
@@ -127,7 +128,7 @@ def upgrade() -> None:
     op.create_table('audit_monthly',
     sa.Column('station_id', sa.String(length=64), nullable=False),
     sa.Column('month', sa.String(length=7), nullable=False),
-    sa.Column('passed', sa.Boolean(), nullable=False),
+    sa.Column('passed', sa.Boolean(), nullable=True),
     sa.Column('metrics', sa.JSON(), nullable=False),
     sa.Column('reasons', sa.JSON(), nullable=False),
     sa.Column('computed_ms', sa.BigInteger(), nullable=False),
