@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -17,12 +17,12 @@ from vms.core.errors import VmsError
 app = typer.Typer(help="Station catalogue: validate, import, list.", no_args_is_help=True)
 
 
-class Level(str, Enum):
+class Level(StrEnum):
     town = "town"
     village = "village"
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     json = "json"
 

@@ -44,7 +44,9 @@ class VolumeSettings(StrictModel):
 
 
 class StorageSettings(StrictModel):
-    volumes: list[VolumeSettings] = Field(default_factory=lambda: [VolumeSettings(name="main", path=Path("recordings"))])
+    volumes: list[VolumeSettings] = Field(
+        default_factory=lambda: [VolumeSettings(name="main", path=Path("recordings"))]
+    )
     # Station id -> volume name; unassigned stations go to the volume with the most free space.
     assignments: dict[str, str] = Field(default_factory=dict)
 

@@ -1,0 +1,209 @@
+"""The segment and gap index, written by one background thread per process.
+
+Camera threads never touch the database: they enqueue operations, which this thread applies in
+order, batched into one short transaction about twice a second. Order matters and is kept: a
+segment's file is fsynced by the camera thread *before* it enqueues `complete_segment`, so a row
+marked complete always describes bytes on disk. If the database is briefly unavailable the queue
+waits and retries; footage keeps going to disk, and crash repair reconciles the rest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from vms.db.engine import Database
+from vms.db.models import CameraStatus, Gap, OnlineInterval, Segment
+
+log = logging.getLogger(__name__)
+
+GAP_REASONS = (
+    "unreachable", "refused", "auth_failed", "stalled", "stream_ended", "unsupported_codec",
+    "no_video", "bad_stream", "resolution_changed", "clock_jump", "disk_error", "ingest_stopped",
+)
+
+
+@dataclass
+class _Op:
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+    token: int | None = None
+    done: threading.Event | None = None
+
+
+class IndexWriter:
+    """Applies index operations in order on a background thread; tokens stand for rows not yet inserted."""
+
+    def __init__(self, database: Database, node: str, flush_interval_s: float = 0.5) -> None:
+        self.db = database
+        self.node = node
+        self.flush_interval_s = flush_interval_s
+        self._queue: queue.Queue[_Op] = queue.Queue()
+        self._tokens = itertools.count(1)
+        self._ids: dict[int, int] = {}  # token -> row id (gaps and online intervals)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+        self.failures = 0
+
+    def start(self) -> IndexWriter:
+        self._thread.start()
+        return self
+
+    # --- operations (thread-safe, non-blocking) ---
+    def open_segment(self, **row: Any) -> None:
+        self._queue.put(_Op("open_segment", row))
+
+    def update_segment(self, volume: str, path: str, **values: Any) -> None:
+        self._queue.put(_Op("update_segment", {"volume": volume, "path": path, "values": values}))
+
+    def open_gap(self, station_id: str, start_ms: int, reason: str, detail: str | None = None,
+                 stream: str = "main") -> int:
+        token = next(self._tokens)
+        self._queue.put(_Op("open_gap", dict(station_id=station_id, stream=stream, start_ms=start_ms,
+                                              reason=reason, detail=detail), token))
+        return token
+
+    def adopt_row(self, row_id: int) -> int:
+        """A token for a row that already exists (a gap left open by a previous run)."""
+        token = next(self._tokens)
+        self._ids[token] = row_id
+        return token
+
+    def update_gap(self, token: int, **values: Any) -> None:
+        self._queue.put(_Op("update_gap", {"values": values}, token))
+
+    def close_gap(self, token: int, end_ms: int) -> None:
+        self._queue.put(_Op("update_gap", {"values": {"end_ms": end_ms}}, token))
+
+    def add_closed_gap(self, station_id: str, start_ms: int, end_ms: int, reason: str,
+                       detail: str | None = None, stream: str = "main") -> None:
+        self._queue.put(_Op("open_gap", dict(station_id=station_id, stream=stream, start_ms=start_ms,
+                                              end_ms=end_ms, reason=reason, detail=detail)))
+
+    def open_online(self, station_id: str, start_ms: int) -> int:
+        token = next(self._tokens)
+        self._queue.put(_Op("open_online", dict(station_id=station_id, start_ms=start_ms), token))
+        return token
+
+    def close_online(self, token: int, end_ms: int) -> None:
+        self._queue.put(_Op("close_online", {"end_ms": end_ms}, token))
+
+    def put_status(self, station_id: str, **values: Any) -> None:
+        self._queue.put(_Op("status", {"station_id": station_id, "values": values}))
+
+    def call(self, fn: Callable[[Session], None]) -> None:
+        """Run fn(session) in order with the other operations (for rare, custom writes)."""
+        self._queue.put(_Op("call", {"fn": fn}))
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until everything enqueued so far is committed."""
+        ev = threading.Event()
+        self._queue.put(_Op("barrier", done=ev))
+        return ev.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout)
+
+    # --- the writer thread ---
+    def _run(self) -> None:
+        pending: list[_Op] = []
+        while True:
+            try:
+                pending.append(self._queue.get(timeout=self.flush_interval_s))
+                deadline_batch = 500
+                while len(pending) < deadline_batch:
+                    pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            if pending:
+                if self._apply(pending):
+                    pending = []
+                else:
+                    self._stop.wait(min(5.0, 0.2 * 2 ** min(self.failures, 5)))
+                    continue
+            if self._stop.is_set() and self._queue.empty():
+                return
+
+    def _apply(self, ops: list[_Op]) -> bool:
+        barriers = [op for op in ops if op.kind == "barrier"]
+        statuses: dict[str, dict] = {}
+        new_ids: dict[int, int] = {}
+        try:
+            with self.db.session() as s:
+                for op in ops:
+                    if op.kind == "status":
+                        statuses.setdefault(op.args["station_id"], {}).update(op.args["values"])
+                    elif op.kind != "barrier":
+                        self._apply_one(s, op, new_ids)
+                for station_id, values in statuses.items():
+                    self._upsert_status(s, station_id, values)
+        except Exception as exc:  # noqa: BLE001 - keep the queue, retry: footage is on disk already
+            self.failures += 1
+            log.error("index write failed (%d ops, attempt %d), will retry: %s", len(ops), self.failures, exc)
+            return False
+        self.failures = 0
+        self._ids.update(new_ids)
+        for op in barriers:
+            op.done.set()
+        return True
+
+    def _row_id(self, token: int | None, new_ids: dict[int, int]) -> int | None:
+        if token is None:
+            return None
+        return new_ids.get(token, self._ids.get(token))
+
+    def _apply_one(self, s: Session, op: _Op, new_ids: dict[int, int]) -> None:
+        a = op.args
+        if op.kind == "open_segment":
+            s.execute(insert(Segment).values(node=self.node, **a))
+        elif op.kind == "update_segment":
+            s.execute(update(Segment).where(Segment.volume == a["volume"], Segment.path == a["path"])
+                      .values(**a["values"]))
+        elif op.kind == "open_gap":
+            new_ids_val = s.execute(insert(Gap).values(node=self.node, **a).returning(Gap.id)).scalar_one()
+            if op.token is not None:
+                new_ids[op.token] = new_ids_val
+        elif op.kind == "update_gap":
+            row_id = self._row_id(op.token, new_ids)
+            if row_id is not None:
+                s.execute(update(Gap).where(Gap.id == row_id).values(**a["values"]))
+        elif op.kind == "open_online":
+            rid = s.execute(insert(OnlineInterval).values(node=self.node, **a)
+                            .returning(OnlineInterval.id)).scalar_one()
+            new_ids[op.token] = rid
+        elif op.kind == "close_online":
+            row_id = self._row_id(op.token, new_ids)
+            if row_id is not None:
+                s.execute(update(OnlineInterval).where(OnlineInterval.id == row_id).values(end_ms=a["end_ms"]))
+        elif op.kind == "call":
+            a["fn"](s)
+
+    def _upsert_status(self, s: Session, station_id: str, values: dict) -> None:
+        values = {**values, "node": self.node}
+        dialect = s.get_bind().dialect.name
+        ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(CameraStatus)
+        stmt = ins.values(station_id=station_id, **values).on_conflict_do_update(
+            index_elements=[CameraStatus.station_id], set_=values)
+        s.execute(stmt)
+
+
+def last_recorded_end(s: Session, station_id: str, stream: str = "main") -> int | None:
+    """End of the newest segment of a station stream, any state but deleting."""
+    row = s.execute(
+        select(Segment.end_ms).where(Segment.station_id == station_id, Segment.stream == stream,
+                                     Segment.state != "deleting")
+        .order_by(Segment.start_ms.desc()).limit(1)
+    ).scalar_one_or_none()
+    return row

@@ -1,0 +1,303 @@
+"""Turns one camera stream's packets into contiguous segments, and every hole into a gap row.
+
+Time (see docs/design/time.md): within one connection a segment's wall start is anchored on the
+receive clock, and everything after it advances by the stream's own timestamps, made monotonic
+(a missing, repeated, backwards or huge dts step counts as one frame). Consecutive segments of a
+connection are therefore contiguous. Each segment's wall length is its media length slewed toward
+the receive clock by at most 0.5 %, so a drifting camera clock never opens a hole or an overlap;
+a divergence beyond `resync_ms` (a camera clock reset) re-anchors the next segment on the receive
+clock, with a `clock_jump` gap if that leaves a hole. A new segment never starts before the
+previous one ends, so segments of one camera never overlap and never have negative length.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from zoneinfo import ZoneInfo
+
+import av
+from sqlalchemy import delete
+
+from vms.core.clock import Clock
+from vms.db.models import Segment
+from vms.recording.index import IndexWriter
+from vms.recording.layout import segment_rel_path
+from vms.recording.repair import trim_and_probe
+from vms.recording.segment_file import SegmentFile
+from vms.recording.volumes import VolumeSet
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_VIDEO = ("h264", "hevc")
+MP4_AUDIO = ("aac", "mp3", "opus", "alac", "flac")
+MAX_SLEW = 0.005
+RESYNC_MS = 10_000
+MAX_STEP_S = 5.0  # a dts step larger than this within one connection is a camera clock jump
+
+
+@dataclass
+class _OpenSegment:
+    file: SegmentFile
+    volume: str
+    rel_path: str
+    start_ms: int
+    start_pos: int  # stream position (ticks) of its first packet
+    audio_base: float | None  # stream seconds of the first video packet, for aligning audio
+    frames: int = 0
+    keyframes: int = 0
+    first_of_connection: bool = False
+
+
+class StreamRecorder:
+    """One camera stream. Not thread-safe: driven by its camera session's thread."""
+
+    def __init__(self, station_id: str, volumes: VolumeSet, tz: ZoneInfo, index: IndexWriter, clock: Clock,
+                 segment_seconds: float = 60.0, stream: str = "main", last_end_ms: int | None = None,
+                 previous_volume: str | None = None) -> None:
+        self.station_id = station_id
+        self.stream = stream
+        self.volumes = volumes
+        self.tz = tz
+        self.index = index
+        self.clock = clock
+        self.segment_seconds = segment_seconds
+        self.volume = volumes.place(station_id, previous_volume)
+        self.last_end_ms = last_end_ms  # wall end of the newest footage of this stream
+        self._gap_token: int | None = None
+        self._gap_reason: str | None = None
+        self._seg: _OpenSegment | None = None
+        self._video: av.video.stream.VideoStream | None = None
+        self._audio: av.audio.stream.AudioStream | None = None
+        self._tb = Fraction(1, 90000)
+        self._pos = 0
+        self._last_dts: int | None = None
+        self._frame_ticks = 0
+        self._connection_open = False
+        self._disk_retry_at = 0.0
+        self.segments_written = 0
+        self.bytes_written = 0
+
+    # --- gaps ---
+    def note_failure(self, reason: str, detail: str | None = None) -> None:
+        """Footage is not flowing, for this reason: open (or re-reason) the current gap."""
+        now = self.clock.now_ms()
+        if self._gap_token is not None and self._gap_reason == reason:
+            if detail:
+                self.index.update_gap(self._gap_token, detail=detail)
+            return
+        start = now
+        if self._gap_token is not None:
+            self.index.close_gap(self._gap_token, now)
+        elif self.last_end_ms is not None:
+            start = min(self.last_end_ms, now)
+        self._gap_token = self.index.open_gap(self.station_id, start, reason, detail, self.stream)
+        self._gap_reason = reason
+
+    def start_run(self, open_gap: tuple[int, str] | None) -> None:
+        """At ingest start: continue the gap a clean shutdown left open (id, reason), or explain the
+        hole a killed run left, so that the time until the first new segment is never bare."""
+        if open_gap is not None:
+            self._gap_token = self.index.adopt_row(open_gap[0])
+            self._gap_reason = open_gap[1]
+        elif self.last_end_ms is not None:
+            self._gap_token = self.index.open_gap(self.station_id, self.last_end_ms, "ingest_stopped",
+                                                  "the previous run ended without a clean stop", self.stream)
+            self._gap_reason = "ingest_stopped"
+
+    def _close_gap(self, at_ms: int) -> None:
+        if self._gap_token is not None:
+            self.index.close_gap(self._gap_token, at_ms)
+            self._gap_token = self._gap_reason = None
+
+    # --- connection ---
+    def begin(self, video: av.video.stream.VideoStream, audio: av.audio.stream.AudioStream | None) -> None:
+        codec = video.codec_context.name
+        if codec not in SUPPORTED_VIDEO:
+            raise ValueError(f"unsupported video codec {codec}")
+        self._video = video
+        self._audio = audio if audio is not None and audio.codec_context.name in MP4_AUDIO else None
+        if audio is not None and self._audio is None:
+            log.info("%s: audio codec %s cannot go in MP4; recording video only",
+                     self.station_id, audio.codec_context.name)
+        self._tb = Fraction(video.time_base.numerator, video.time_base.denominator)
+        rate = video.average_rate or video.guessed_rate or 15
+        self._frame_ticks = max(1, round(1 / (float(rate) * self._tb)))
+        self._pos = 0
+        self._last_dts = None
+        self._connection_open = True
+
+    def _ticks_to_ms(self, ticks: int) -> int:
+        return round(ticks * self._tb * 1000)
+
+    def video_packet(self, pkt: av.Packet) -> int | None:
+        """Record one video packet; returns its wall time in ms, or None if it was not recorded
+        (no timestamp yet, or waiting for the first keyframe)."""
+        dts = pkt.dts if pkt.dts is not None else pkt.pts
+        if dts is None:
+            return None  # the first packet after connect can lack both
+        if self._last_dts is None:
+            step = 0
+        else:
+            step = dts - self._last_dts
+            if step <= 0 or step * self._tb > MAX_STEP_S:
+                step = self._frame_ticks
+        self._last_dts = dts
+        self._pos += step
+        pts_offset = max(0, (pkt.pts - dts)) if pkt.pts is not None else 0
+
+        seg = self._seg
+        if seg is None:
+            if not pkt.is_keyframe:
+                return None
+            if self.clock.monotonic() < self._disk_retry_at:
+                return None
+            seg = self._start_segment(pkt)
+            if seg is None:
+                return None
+        elif pkt.is_keyframe and (self._pos - seg.start_pos) * self._tb >= self.segment_seconds:
+            seg = self._cut(pkt)
+            if seg is None:
+                return None
+
+        rel = self._pos - seg.start_pos
+        if seg.first_of_connection:
+            # Packets buffered during connect arrive in a burst: no packet can be captured after
+            # it was received, so pull the start back to the earliest receive-time bound.
+            bound = self.clock.now_ms() - self._ticks_to_ms(rel)
+            floor = self.last_end_ms if self.last_end_ms is not None else bound
+            if bound < seg.start_ms and bound >= floor:
+                seg.start_ms = bound
+        try:
+            seg.file.write_video(pkt, rel, rel + pts_offset)
+        except OSError as exc:
+            self._disk_failure(exc)
+            return None
+        seg.frames += 1
+        seg.keyframes += bool(pkt.is_keyframe)
+        return seg.start_ms + self._ticks_to_ms(rel)
+
+    def audio_packet(self, pkt: av.Packet) -> None:
+        seg = self._seg
+        if seg is None or self._audio is None or pkt.dts is None or seg.audio_base is None:
+            return
+        atb = pkt.time_base
+        t = float(pkt.dts * atb) - seg.audio_base
+        if t < 0:
+            return
+        ts = round(t / atb)
+        pts = ts + max(0, (pkt.pts or pkt.dts) - pkt.dts)
+        try:
+            seg.file.write_audio(pkt, ts, pts)
+        except OSError as exc:
+            self._disk_failure(exc)
+
+    def _start_segment(self, pkt: av.Packet, start_ms: int | None = None, first: bool = True) -> _OpenSegment | None:
+        now = self.clock.now_ms()
+        if start_ms is None:
+            start_ms = now if self.last_end_ms is None else max(now, self.last_end_ms)
+            self._close_gap(start_ms)
+        rel_path = segment_rel_path(self.station_id, start_ms, self.tz, self.stream)
+        path = self.volumes.file_path(self.volume, rel_path)
+        try:
+            f = SegmentFile(path, self._video, self._audio)
+        except FileExistsError:
+            start_ms += 1  # two segments cannot share a millisecond; never overwrite footage
+            return self._start_segment(pkt, start_ms, first)
+        except OSError as exc:
+            self._disk_failure(exc)
+            return None
+        vctx = self._video.codec_context
+        self._seg = _OpenSegment(f, self.volume, rel_path, start_ms, self._pos,
+                                 audio_base=float((pkt.dts if pkt.dts is not None else pkt.pts) * pkt.time_base),
+                                 first_of_connection=first)
+        self.index.open_segment(
+            station_id=self.station_id, stream=self.stream, volume=self.volume, path=rel_path,
+            start_ms=start_ms, end_ms=start_ms, duration_ms=0, bytes=0, codec=vctx.name,
+            width=vctx.width or None, height=vctx.height or None, has_audio=self._audio is not None,
+            state="growing",
+        )
+        return self._seg
+
+    def _finish(self, seg: _OpenSegment, media_ticks: int, clean: bool = True) -> int:
+        """Close, fsync, then index as complete. Returns the segment's wall end."""
+        media_ms = self._ticks_to_ms(media_ticks)
+        expected_end = seg.start_ms + media_ms
+        err = self.clock.now_ms() - expected_end
+        slew = max(-MAX_SLEW * media_ms, min(MAX_SLEW * media_ms, err))
+        end_ms = max(seg.start_ms, round(expected_end + slew)) if abs(err) <= RESYNC_MS else expected_end
+        try:
+            if not clean:
+                raise OSError("segment abandoned after a write error")
+            size = seg.file.close()
+        except OSError as exc:
+            # Keep whatever complete fragments reached the disk, measured from the file itself.
+            log.error("%s: closing %s failed: %s", self.station_id, seg.rel_path, exc)
+            seg.file.abandon()
+            probe = trim_and_probe(seg.file.path) if seg.file.path.exists() else None
+            if probe is None:
+                seg.file.path.unlink(missing_ok=True)
+                self.index.call(lambda s, v=seg.volume, p=seg.rel_path: s.execute(
+                    delete(Segment).where(Segment.volume == v, Segment.path == p)))
+                self._seg = None
+                return self.last_end_ms if self.last_end_ms is not None else seg.start_ms
+            media_ms = probe.duration_ms
+            end_ms = seg.start_ms + media_ms
+            size = seg.file.path.stat().st_size
+            seg.frames, seg.keyframes = probe.frames, probe.keyframes
+        self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms, end_ms=end_ms,
+                                  duration_ms=media_ms, bytes=size, frames=seg.frames,
+                                  keyframes=seg.keyframes, state="complete")
+        self.segments_written += 1
+        self.bytes_written += size
+        self.last_end_ms = end_ms
+        self._seg = None
+        return end_ms
+
+    def _cut(self, pkt: av.Packet) -> _OpenSegment | None:
+        seg = self._seg
+        end_ms = self._finish(seg, self._pos - seg.start_pos)
+        now = self.clock.now_ms()
+        start_ms = end_ms
+        if now - end_ms > RESYNC_MS:
+            # The stream's clock fell far behind the receive clock (camera clock reset): re-anchor.
+            self.index.add_closed_gap(self.station_id, end_ms, now, "clock_jump",
+                                      f"stream time {round((now - end_ms) / 1000)} s behind the receive clock",
+                                      self.stream)
+            start_ms = now
+        return self._start_segment(pkt, start_ms, first=False)
+
+    def progress(self) -> None:
+        """Publish the growing segment's extent (called every few seconds)."""
+        seg = self._seg
+        if seg is None:
+            return
+        media_ticks = self._pos - seg.start_pos
+        self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms,
+                                  end_ms=seg.start_ms + self._ticks_to_ms(media_ticks),
+                                  duration_ms=self._ticks_to_ms(media_ticks), bytes=seg.file.size(),
+                                  frames=seg.frames, keyframes=seg.keyframes)
+
+    def end(self, reason: str, detail: str | None = None) -> None:
+        """The connection is over: finish the open segment and open a gap with the reason."""
+        if self._seg is not None:
+            self._finish(self._seg, self._pos - self._seg.start_pos + self._frame_ticks)
+        self._connection_open = False
+        self.note_failure(reason, detail)
+
+    def stop(self) -> None:
+        """Ingest is stopping: finish the segment; the gap stays open until a later run records."""
+        self.end("ingest_stopped", "ingest stopped")
+
+    def _disk_failure(self, exc: OSError) -> None:
+        log.error("%s: cannot write footage on volume %s: %s", self.station_id, self.volume, exc)
+        if self._seg is not None:
+            seg = self._seg
+            self._finish(seg, max(0, self._pos - seg.start_pos), clean=False)
+        self._disk_retry_at = self.clock.monotonic() + 5.0
+        self.note_failure("disk_error", str(exc))
+
+    @property
+    def recording(self) -> bool:
+        return self._seg is not None

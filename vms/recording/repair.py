@@ -1,0 +1,211 @@
+"""Crash repair: make the index and the disk agree again.
+
+`recover_growing` runs when ingest starts: every segment this node left 'growing' (it was killed
+mid-segment) is trimmed to its last complete fragment, measured, and indexed as complete; an empty
+one is removed. `check` is `vms recordings check [--repair]`: files without rows, rows without
+files, and files shorter than their rows say (or with a torn tail), reported and repaired on request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import delete, insert, select
+
+from vms.core.clock import Clock
+from vms.db.engine import Database
+from vms.db.models import Segment, Station
+from vms.recording.fmp4 import SegmentProbe, playable_length, probe_segment
+from vms.recording.volumes import VolumeSet
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^(\d{8}T\d{6})\.(\d{3})(?:-(\w+))?\.mp4$")
+
+
+def trim_and_probe(path: Path) -> SegmentProbe | None:
+    """Cut a torn tail off a segment file and measure it; None if nothing playable is left."""
+    size = path.stat().st_size
+    good = playable_length(path)
+    if good == 0:
+        return None
+    if good < size:
+        with open(path, "r+b") as f:
+            f.truncate(good)
+            f.flush()
+            os.fsync(f.fileno())
+        log.warning("trimmed %s from %d to %d bytes (torn last fragment)", path, size, good)
+    try:
+        probe = probe_segment(path)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, not fatal
+        log.error("cannot read %s: %s", path, exc)
+        return None
+    return probe if probe.frames > 0 else None
+
+
+@dataclass
+class RepairAction:
+    kind: str  # completed | removed_empty | row_without_file | file_without_row | truncated | unreadable
+    volume: str
+    path: str
+    detail: str = ""
+    repaired: bool = False
+
+
+def recover_growing(db: Database, volumes: VolumeSet, node: str, station_ids: list[str] | None = None
+                    ) -> list[RepairAction]:
+    """Finish the segments a killed run of this node left growing."""
+    actions: list[RepairAction] = []
+    with db.session() as s:
+        q = select(Segment).where(Segment.state == "growing", Segment.node == node)
+        if station_ids is not None:
+            q = q.where(Segment.station_id.in_(station_ids))
+        rows = list(s.scalars(q))
+        for row in rows:
+            try:
+                path = volumes.file_path(row.volume, row.path)
+            except KeyError as exc:
+                actions.append(RepairAction("unreadable", row.volume, row.path, str(exc)))
+                continue
+            if not path.exists():
+                s.delete(row)
+                actions.append(RepairAction("row_without_file", row.volume, row.path, "growing row, no file", True))
+                continue
+            probe = trim_and_probe(path)
+            if probe is None:
+                path.unlink(missing_ok=True)
+                s.delete(row)
+                actions.append(RepairAction("removed_empty", row.volume, row.path, "no complete fragment", True))
+                continue
+            _apply_probe(row, probe, path.stat().st_size)
+            actions.append(RepairAction("completed", row.volume, row.path,
+                                        f"{probe.duration_ms / 1000:.1f} s kept", True))
+    for a in actions:
+        log.info("recovery: %s %s/%s %s", a.kind, a.volume, a.path, a.detail)
+    return actions
+
+
+def _apply_probe(row: Segment, probe: SegmentProbe, size: int) -> None:
+    row.end_ms = row.start_ms + probe.duration_ms
+    row.duration_ms = probe.duration_ms
+    row.bytes = size
+    row.frames = probe.frames
+    row.keyframes = probe.keyframes
+    row.codec = probe.codec
+    row.width = probe.width
+    row.height = probe.height
+    row.has_audio = probe.has_audio
+    row.state = "complete"
+
+
+def start_ms_from_name(rel_path: str, tz: ZoneInfo) -> tuple[str, int, str] | None:
+    """(station_id, start_ms, stream) from `<station>/<day>/<hour>/<stamp>.mp4`, or None."""
+    parts = rel_path.split("/")
+    if len(parts) != 4:
+        return None
+    m = _NAME.match(parts[3])
+    if not m:
+        return None
+    local = datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=tz)
+    return parts[0], int(local.timestamp()) * 1000 + int(m.group(2)), m.group(3) or "main"
+
+
+@dataclass
+class CheckReport:
+    files: int = 0
+    rows: int = 0
+    actions: list[RepairAction] = field(default_factory=list)
+
+    @property
+    def problems(self) -> int:
+        return len(self.actions)
+
+
+def check(db: Database, volumes: VolumeSet, tz: ZoneInfo, clock: Clock, node: str, repair: bool = False,
+          stale_growing_ms: int = 10 * 60_000) -> CheckReport:
+    """Reconcile every volume's files with the index."""
+    report = CheckReport()
+    now = clock.now_ms()
+    with db.session() as s:
+        stations = set(s.scalars(select(Station.id)))
+    for vol in volumes.volumes:
+        root = volumes.root(vol)
+        on_disk: dict[str, Path] = {}
+        if root.exists():
+            for dirpath, _dirs, files in os.walk(root):
+                for name in files:
+                    if name.endswith(".mp4"):
+                        p = Path(dirpath) / name
+                        on_disk[p.relative_to(root).as_posix()] = p
+        report.files += len(on_disk)
+        with db.session() as s:
+            rows = s.execute(select(Segment.id, Segment.path, Segment.bytes, Segment.state, Segment.end_ms,
+                                    Segment.node).where(Segment.volume == vol)).all()
+            report.rows += len(rows)
+            for rid, rel, nbytes, state, end_ms, row_node in rows:
+                if state == "deleting":
+                    on_disk.pop(rel, None)  # retention finishes these
+                    continue
+                path = on_disk.pop(rel, None)
+                if state == "growing":
+                    if now - end_ms < stale_growing_ms:
+                        continue  # being written right now
+                    if path is None:
+                        _act(report, RepairAction("row_without_file", vol, rel, "stale growing row"), repair,
+                             lambda rid=rid: s.execute(delete(Segment).where(Segment.id == rid)))
+                        continue
+                    _act(report, RepairAction("truncated", vol, rel, f"stale growing segment of node {row_node}"),
+                         repair, lambda rid=rid, path=path: _reprobe(s, rid, path))
+                    continue
+                if path is None:
+                    _act(report, RepairAction("row_without_file", vol, rel, f"{nbytes} bytes indexed"), repair,
+                         lambda rid=rid: s.execute(delete(Segment).where(Segment.id == rid)))
+                    continue
+                size = path.stat().st_size
+                if size != nbytes or playable_length(path) != size:
+                    _act(report, RepairAction("truncated", vol, rel, f"file {size} bytes, index {nbytes}"),
+                         repair, lambda rid=rid, path=path: _reprobe(s, rid, path))
+            for rel, path in sorted(on_disk.items()):
+                parsed = start_ms_from_name(rel, tz)
+                if parsed is None or parsed[0] not in stations:
+                    report.actions.append(RepairAction("unreadable", vol, rel, "not a segment name vms writes"))
+                    continue
+                _act(report, RepairAction("file_without_row", vol, rel), repair,
+                     lambda rel=rel, path=path, parsed=parsed, vol=vol: _index_orphan(s, vol, rel, path, parsed, node))
+    return report
+
+
+def _act(report: CheckReport, action: RepairAction, repair: bool, fix) -> None:
+    if repair:
+        try:
+            fix()
+            action.repaired = True
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other files
+            action.detail = f"{action.detail}; repair failed: {exc}".lstrip("; ")
+    report.actions.append(action)
+
+
+def _reprobe(s, rid: int, path: Path) -> None:
+    probe = trim_and_probe(path)
+    if probe is None:
+        raise ValueError("nothing playable in the file; left in place for inspection")
+    row = s.get(Segment, rid)
+    _apply_probe(row, probe, path.stat().st_size)
+
+
+def _index_orphan(s, vol: str, rel: str, path: Path, parsed: tuple[str, int, str], node: str) -> None:
+    station_id, start_ms, stream = parsed
+    probe = trim_and_probe(path)
+    if probe is None:
+        raise ValueError("nothing playable in the file; left in place for inspection")
+    s.execute(insert(Segment).values(
+        station_id=station_id, stream=stream, node=node, volume=vol, path=rel, start_ms=start_ms,
+        end_ms=start_ms + probe.duration_ms, duration_ms=probe.duration_ms, bytes=path.stat().st_size,
+        codec=probe.codec, width=probe.width, height=probe.height, has_audio=probe.has_audio,
+        frames=probe.frames, keyframes=probe.keyframes, state="complete"))
