@@ -134,6 +134,46 @@ class AuditSettings(StrictModel):
     monthly_minute: int = Field(default=0, ge=0, le=59)
 
 
+class AnalysisSettings(StrictModel):
+    """Stream analysis (open/closed, activity, camera faults); see docs/design/analysis.md.
+    Luma values are in the decoder's Y range (16 black .. 235 white); times in seconds."""
+
+    enabled: bool = True
+    sample_interval_seconds: float = Field(default=10, gt=0, le=600, description="decode one keyframe this often")
+    analysis_width: int = Field(default=160, ge=32, le=640, description="long side of the analysed gray image")
+    hysteresis_seconds: float = Field(default=120, ge=0, description="a state change must persist this long")
+    open_luma: float = Field(default=70, gt=16, lt=235, description="lit/dark split until the station learns its own")
+    learn_min_samples: int = Field(default=200, ge=10, description="samples before the learned split is used")
+    learn_half_life_hours: float = Field(default=72, gt=0, description="how fast the learned look forgets")
+    model_save_minutes: float = Field(default=10, gt=0)
+    fault_min_seconds: float = Field(default=30, ge=0, description="a fault must persist this long to be raised")
+    fault_clear_seconds: float = Field(default=30, ge=0, description="and be absent this long to end")
+    frozen_seconds: float = Field(default=60, ge=0, description="identical samples for this long: frozen")
+    frozen_max_mean_diff: float = Field(default=0.05, ge=0, description="mean |diff| of samples counted as identical")
+    black_max_luma: float = Field(default=24, ge=16, description="99th percentile of Y below this: black picture")
+    uniform_max_std: float = Field(default=2.0, ge=0, description="a flat non-black picture: no-signal screen")
+    overexposed_luma: float = Field(default=233, le=255)
+    overexposed_fraction: float = Field(default=0.5, gt=0, le=1)
+    blur_ratio: float = Field(default=0.35, gt=0, lt=1, description="Laplacian variance vs the station's reference")
+    blur_max_laplacian: float = Field(default=60, gt=0, description="and below this absolute value (small image)")
+    covered_edge_ratio: float = Field(default=0.6, gt=0, lt=1, description="edge density vs reference below this")
+    covered_match_max: float = Field(default=0.45, ge=-1, le=1, description="edge-map match with reference below this")
+    scene_match_max: float = Field(default=0.35, ge=-1, le=1, description="edge-map match below this: scene changed")
+    scene_changed_seconds: float = Field(default=300, ge=0)
+    cast_min_offset: float = Field(default=12, gt=0, description="mean chroma offset from neutral (U/V levels)")
+    cast_ratio: float = Field(default=1.5, gt=0, description="offset over chroma spread (cast factor K)")
+    activity_ratio: float = Field(default=1.3, gt=1, description="P-frame bytes over the quiet level")
+    activity_min_excess_per_mpixel: float = Field(default=600, ge=0, description="and at least this many bytes/MP")
+    activity_baseline_seconds: float = Field(default=300, ge=10, description="window of the quiet level")
+    activity_gap_seconds: float = Field(default=5, ge=0, description="quiet seconds that end an episode")
+    activity_min_active_seconds: int = Field(default=2, ge=1)
+    motion_pixel_delta: float = Field(default=25, gt=0, description="sample-to-sample change of one pixel")
+    motion_min_fraction: float = Field(default=0.01, gt=0, lt=1, description="changed pixels that mean motion")
+    relight_delta: float = Field(default=15, gt=0, description="luma jump between samples: lights switched")
+    relight_settle_seconds: float = Field(default=3, ge=0, description="no activity counted while exposure settles")
+    sink_flush_seconds: float = Field(default=3, gt=0, description="one database transaction per worker this often")
+
+
 class Settings(StrictModel):
     data_dir: Path = Path("data")
     database_url: str | None = None
@@ -145,6 +185,7 @@ class Settings(StrictModel):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("timezone")
