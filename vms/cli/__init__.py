@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from vms.cli import db as db_cli
+from vms.cli import holds as holds_cli
+from vms.cli import retention as retention_cli
 from vms.cli import stations as stations_cli
 
 app = typer.Typer(
@@ -14,6 +16,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(db_cli.app, name="db")
+app.add_typer(holds_cli.app, name="holds")
+app.add_typer(retention_cli.app, name="retention")
 app.add_typer(stations_cli.app, name="stations")
 
 
