@@ -6,6 +6,7 @@ import typer
 
 from vms.cli import db as db_cli
 from vms.cli import holds as holds_cli
+from vms.cli import ingest as ingest_cli
 from vms.cli import retention as retention_cli
 from vms.cli import stations as stations_cli
 
@@ -17,6 +18,9 @@ app = typer.Typer(
 )
 app.add_typer(db_cli.app, name="db")
 app.add_typer(holds_cli.app, name="holds")
+app.add_typer(ingest_cli.ingest_app, name="ingest")
+app.add_typer(ingest_cli.cameras_app, name="cameras")
+app.add_typer(ingest_cli.recordings_app, name="recordings")
 app.add_typer(retention_cli.app, name="retention")
 app.add_typer(stations_cli.app, name="stations")
 

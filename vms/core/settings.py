@@ -115,6 +115,8 @@ class SimulateSettings(StrictModel):
     fps: int = Field(default=15, ge=1, le=60)
     bitrate_kbps: int = Field(default=512, ge=32)
     max_cameras: int = Field(default=139, ge=1)
+    content: Literal["station-day", "pattern"] = "station-day"
+    day_seconds: float = Field(default=360, ge=30, description="length of the compressed station day loop")
 
 
 class AuditSettings(StrictModel):
@@ -156,7 +158,7 @@ class AnalysisSettings(StrictModel):
     overexposed_fraction: float = Field(default=0.5, gt=0, le=1)
     blur_ratio: float = Field(default=0.35, gt=0, lt=1, description="Laplacian variance vs the station's reference")
     blur_max_laplacian: float = Field(default=60, gt=0, description="and below this absolute value (small image)")
-    covered_edge_ratio: float = Field(default=0.6, gt=0, lt=1, description="edge density vs reference below this")
+    covered_edge_ratio: float = Field(default=0.7, gt=0, lt=1, description="edge density vs reference below this")
     covered_match_max: float = Field(default=0.45, ge=-1, le=1, description="edge-map match with reference below this")
     scene_match_max: float = Field(default=0.35, ge=-1, le=1, description="edge-map match below this: scene changed")
     scene_changed_seconds: float = Field(default=300, ge=0)

@@ -1,0 +1,125 @@
+"""`vms ingest` (the recorder alone), `vms cameras status`, `vms recordings check`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from enum import StrEnum
+
+import typer
+from sqlalchemy import select
+
+from vms.catalog.urls import mask_text
+from vms.cli.context import database, settings
+from vms.core.clock import SystemClock, from_ms
+from vms.core.logging_setup import configure_logging
+from vms.db.migrate import upgrade
+from vms.db.models import CameraStatus, Station
+from vms.recording.repair import check
+from vms.recording.volumes import VolumeSet
+
+ingest_app = typer.Typer(help="Record every enabled camera (the recorder alone; `vms serve` adds the API).",
+                         invoke_without_command=True)
+cameras_app = typer.Typer(help="Camera health.", no_args_is_help=True)
+recordings_app = typer.Typer(help="Footage on disk and its index.", no_args_is_help=True)
+
+ANALYSIS_OBSERVERS = "vms.analysis.observer:make_analysis_observer_factory"
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(1.0):
+        pass
+
+
+@ingest_app.callback()
+def ingest(
+    ctx: typer.Context,
+    workers: int | None = typer.Option(None, help="worker processes (default: settings, else one per core)"),
+    simulate: bool = typer.Option(False, help="simulate cameras for stations without a camera URL"),
+    analysis: bool = typer.Option(True, help="run stream analysis in the workers"),
+) -> None:
+    """Record every enabled camera until SIGINT/SIGTERM."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from vms.server.recording import RecordingService
+
+    s = settings()
+    configure_logging(s.log_level)
+    upgrade(s.db_url)
+    service = RecordingService(s, database(), simulate="always" if simulate else s.simulate.enabled,
+                               workers=workers, analysis=analysis)
+    service.start()
+    typer.echo(f"recording {service.camera_count} cameras with {service.worker_count} workers; Ctrl-C stops",
+               err=True)
+    try:
+        wait_for_signal()
+    finally:
+        service.stop()
+
+
+@cameras_app.command("status")
+def cameras_status(format: OutputFormat = typer.Option(OutputFormat.table, "--format")) -> None:
+    """Per camera: state, fps, bitrate, codec, resolution, last packet, reconnects (from the recording node)."""
+    s = settings()
+    now = SystemClock().now_ms()
+    stale_ms = int(s.ingest.status_interval_seconds * 3000)
+    with database().session() as db:
+        rows = db.execute(select(Station.id, Station.name, Station.enabled, CameraStatus)
+                          .join(CameraStatus, CameraStatus.station_id == Station.id, isouter=True)
+                          .order_by(Station.town, Station.id)).all()
+    out = []
+    for sid, name, enabled, st in rows:
+        item = {"id": sid, "name": name, "enabled": enabled, "state": "unknown"}
+        if st is not None:
+            stale = now - st.updated_ms > stale_ms
+            item.update(
+                state="offline" if stale else st.state, reason=st.reason,
+                detail=mask_text(st.detail) if st.detail else None, node=st.node,
+                fps=round(st.fps, 2) if st.fps is not None else None,
+                bitrate_bps=round(st.bitrate_bps) if st.bitrate_bps is not None else None,
+                codec=st.codec, width=st.width, height=st.height,
+                last_packet=from_ms(st.last_packet_ms, s.tz).isoformat() if st.last_packet_ms else None,
+                reconnects=st.reconnects, segments_written=st.segments_written,
+                status_age_s=(now - st.updated_ms) / 1000)
+        out.append(item)
+    if format is OutputFormat.json:
+        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        return
+    for i in out:
+        res = f"{i.get('width')}x{i.get('height')}" if i.get("width") else "-"
+        fps = f"{i['fps']:.1f}fps" if i.get("fps") is not None else "-"
+        kbps = f"{i['bitrate_bps'] / 1000:.0f}kbps" if i.get("bitrate_bps") is not None else "-"
+        typer.echo(f"{i['id']:<16} {i['state']:<10} {i.get('reason') or '':<18} {i.get('codec') or '-':<5} {res:<10} "
+                   f"{fps:<8} {kbps:<9} reconnects={i.get('reconnects', 0)} last={i.get('last_packet') or '-'}")
+
+
+@recordings_app.command("check")
+def recordings_check(
+    repair: bool = typer.Option(False, "--repair", help="fix what is found (otherwise only report)"),
+    format: OutputFormat = typer.Option(OutputFormat.table, "--format"),
+) -> None:
+    """Reconcile the index with the disk: files without rows, rows without files, truncated files.
+    Exit 0 when everything agrees (or was repaired), 1 when problems remain."""
+    s = settings()
+    upgrade(s.db_url)
+    rep = check(database(), VolumeSet.from_settings(s), s.tz, SystemClock(), s.ingest.node, repair=repair)
+    if format is OutputFormat.json:
+        typer.echo(json.dumps({"files": rep.files, "rows": rep.rows, "problems": [a.__dict__ for a in rep.actions]},
+                              ensure_ascii=False, indent=2))
+    else:
+        for a in rep.actions:
+            typer.echo(f"{a.kind:<17} {a.volume}/{a.path} {a.detail} {'[repaired]' if a.repaired else ''}".rstrip())
+        typer.echo(f"{rep.files} files, {rep.rows} rows, {rep.problems} problems"
+                   + (f", {sum(a.repaired for a in rep.actions)} repaired" if repair else ""))
+    if any(not a.repaired for a in rep.actions):
+        raise typer.Exit(1)

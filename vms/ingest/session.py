@@ -1,0 +1,207 @@
+"""One camera session: the only connection to a station's camera. Connects over RTSP, hands every
+packet to the recorder and then to the observers, and reconnects with backoff when anything fails."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import av
+
+from vms.catalog.urls import mask_url
+from vms.core.clock import Clock
+from vms.core.settings import IngestSettings
+from vms.ingest.backoff import Backoff
+from vms.ingest.errors import classify
+from vms.ingest.observers import StreamObserver
+from vms.recording.index import IndexWriter
+from vms.recording.recorder import SUPPORTED_VIDEO, StreamRecorder
+
+log = logging.getLogger(__name__)
+
+_SPS_TYPES = {"h264": lambda b: b & 0x1F == 7, "hevc": lambda b: (b >> 1) & 0x3F == 33}
+
+
+class _StreamProblem(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def parameter_set(data: bytes, codec: str) -> bytes | None:
+    """The sequence parameter set at the head of an Annex B keyframe, if it carries one."""
+    is_sps = _SPS_TYPES.get(codec)
+    head = data[:2048]
+    i = head.find(b"\x00\x00\x01")
+    while is_sps and 0 <= i < len(head) - 3:
+        j = head.find(b"\x00\x00\x01", i + 3)
+        if is_sps(head[i + 3]):
+            return head[i + 3: j if j > 0 else len(head)].rstrip(b"\x00")
+        i = j
+    return None
+
+
+@dataclass
+class CameraHealth:
+    state: str = "connecting"  # connecting | streaming | backoff | failed | stopped
+    reason: str | None = None
+    detail: str | None = None
+    codec: str | None = None
+    width: int | None = None
+    height: int | None = None
+    last_packet_ms: int | None = None
+    reconnects: int = 0
+    frames: int = 0
+    bytes: int = 0
+
+
+class CameraSession(threading.Thread):
+    def __init__(self, station_id: str, url: str, transport: str, recorder: StreamRecorder,
+                 observers: list[StreamObserver], settings: IngestSettings, clock: Clock, index: IndexWriter) -> None:
+        super().__init__(name=f"camera-{station_id}", daemon=True)
+        self.station_id = station_id
+        self.url = url
+        self.transport = transport
+        self.recorder = recorder
+        self.observers = list(observers)
+        self.settings = settings
+        self.clock = clock
+        self.index = index
+        self.health = CameraHealth()
+        self.stop_event = threading.Event()
+        self._online_token: int | None = None
+        self._backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds,
+                                settings.stable_seconds)
+        self._last_progress = 0.0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _options(self) -> dict[str, str]:
+        timeout_us = str(int(min(self.settings.rtsp_timeout_seconds, self.settings.stall_seconds) * 1_000_000))
+        return {
+            "rtsp_transport": self.transport,
+            # Socket I/O timeout: bounds the connect and turns a silent camera into an error.
+            # (The interrupt-callback timeout of av.open costs the GIL per call: not used.)
+            "timeout": timeout_us,
+            "analyzeduration": "1000000",
+            "probesize": "500000",
+        }
+
+    def run(self) -> None:
+        try:
+            while not self.stop_event.is_set():
+                started = self.clock.monotonic()
+                reason, detail = self._connect_and_record()
+                if self.stop_event.is_set():
+                    break
+                self._backoff.connection_lasted(self.clock.monotonic() - started)
+                delay = self._backoff.next_delay()
+                self.health.state, self.health.reason, self.health.detail = "backoff", reason, detail
+                log.warning("%s: %s (%s); reconnecting in %.1f s", self.station_id, reason, detail, delay)
+                self.stop_event.wait(delay)
+                self.health.reconnects += 1
+        except Exception:  # noqa: BLE001 - a bug must not end the recording of other cameras
+            log.exception("%s: camera session crashed", self.station_id)
+            self.health.state, self.health.reason = "failed", "internal_error"
+        finally:
+            try:
+                self.recorder.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("%s: stopping the recorder failed", self.station_id)
+            self._close_online()
+            self.health.state = "stopped"
+
+    def _connect_and_record(self) -> tuple[str, str]:
+        self.health.state = "connecting"
+        try:
+            container = av.open(self.url, options=self._options())
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a gap with a reason
+            reason, detail = classify(exc, streaming=False)
+            self.recorder.note_failure(reason, detail)
+            return reason, detail
+        streaming = False
+        try:
+            video = container.streams.video[0] if container.streams.video else None
+            if video is None:
+                raise _StreamProblem("no_video", "the stream has no video track")
+            codec = video.codec_context.name
+            if codec not in SUPPORTED_VIDEO:
+                raise _StreamProblem("unsupported_codec", f"video codec {codec} is not H.264 or H.265")
+            audio = container.streams.audio[0] if container.streams.audio else None
+            self.recorder.begin(video, audio)
+            h = self.health
+            h.codec, h.width, h.height = codec, video.codec_context.width or None, video.codec_context.height or None
+            for obs in list(self.observers):
+                self._notify(obs, "on_connect", video, self.clock.now_ms())
+            sps: bytes | None = None
+            reason = detail = None
+            streams = [video] + ([audio] if audio is not None else [])
+            for pkt in container.demux(streams):
+                if self.stop_event.is_set():
+                    reason, detail = "ingest_stopped", "ingest stopped"
+                    break
+                if pkt.size == 0:
+                    continue
+                if pkt.stream_index != video.index:
+                    self.recorder.audio_packet(pkt)
+                    continue
+                if pkt.is_keyframe:
+                    new_sps = parameter_set(bytes(pkt), codec)
+                    if new_sps is not None:
+                        if sps is not None and new_sps != sps:
+                            raise _StreamProblem("resolution_changed",
+                                                 "the camera changed its stream parameters; reconnecting")
+                        sps = new_sps
+                wall = self.recorder.video_packet(pkt)
+                if wall is None:
+                    continue
+                now = self.clock.now_ms()
+                if not streaming:
+                    streaming = True
+                    h.state, h.reason, h.detail = "streaming", None, None
+                    self._online_token = self.index.open_online(self.station_id, now)
+                h.last_packet_ms = now
+                h.frames += 1
+                h.bytes += pkt.size
+                for obs in list(self.observers):
+                    self._notify(obs, "on_packet", pkt, wall)
+                mono = self.clock.monotonic()
+                if mono - self._last_progress >= self.settings.status_interval_seconds:
+                    self._last_progress = mono
+                    self.recorder.progress()
+            if reason is None:
+                reason, detail = "stream_ended", "the camera ended the stream"
+        except _StreamProblem as exc:
+            reason, detail = exc.reason, exc.detail
+        except Exception as exc:  # noqa: BLE001
+            reason, detail = classify(exc, streaming=streaming)
+        finally:
+            try:
+                container.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.recorder.end(reason, detail)
+        now = self.clock.now_ms()
+        for obs in list(self.observers):
+            self._notify(obs, "on_disconnect", now, reason)
+        self._close_online()
+        return reason, detail
+
+    def _close_online(self) -> None:
+        if self._online_token is not None:
+            self.index.close_online(self._online_token, self.clock.now_ms())
+            self._online_token = None
+
+    def _notify(self, obs: StreamObserver, method: str, *args) -> None:
+        try:
+            getattr(obs, method)(*args)
+        except Exception:  # noqa: BLE001 - an observer never stops the recording
+            log.exception("%s: observer %s failed in %s; dropped", self.station_id, type(obs).__name__, method)
+            if obs in self.observers:
+                self.observers.remove(obs)
+
+    def describe(self) -> str:
+        return f"{self.station_id} {mask_url(self.url)} ({self.transport})"

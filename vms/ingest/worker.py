@@ -1,0 +1,177 @@
+"""An ingest worker process: camera sessions as threads (PyAV releases the GIL in demux and mux),
+one index writer, one status publisher. It keeps its set of cameras in step with the database."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from vms.core.clock import Clock, SystemClock
+from vms.core.settings import Settings
+from vms.db.engine import Database
+from vms.db.models import Gap, Segment
+from vms.ingest.assignment import AllEnabledCameras, CameraAssignment, CameraAssignmentEntry
+from vms.ingest.keyframes import KeyframeCacheObserver
+from vms.ingest.session import CameraSession
+from vms.recording.index import IndexWriter
+from vms.recording.recorder import StreamRecorder
+from vms.recording.repair import recover_growing
+from vms.recording.volumes import VolumeSet
+
+log = logging.getLogger(__name__)
+
+ObserverFactoryMaker = Callable[[Settings, Database, Clock], Callable[[str], object]]
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs; picklable (workers are spawned, not forked)."""
+
+    settings: Settings
+    worker_index: int = 0
+    worker_count: int = 1
+    url_overrides: dict[str, str] = field(default_factory=dict)
+    only_stations: set[str] | None = None
+    # "module:function" names of ObserverFactoryMaker functions (analysis, live relay...), so that
+    # ingest needs no import of the layers above it.
+    observer_factories: list[str] = field(default_factory=list)
+    reconcile_seconds: float = 15.0
+
+
+def _load_factory(path: str) -> ObserverFactoryMaker:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class IngestWorker:
+    def __init__(self, spec: WorkerSpec, clock: Clock | None = None, database: Database | None = None,
+                 assignment: CameraAssignment | None = None) -> None:
+        self.spec = spec
+        self.settings = spec.settings
+        self.clock = clock or SystemClock()
+        self.db = database or Database.from_settings(self.settings)
+        self.node = self.settings.ingest.node
+        self.volumes = VolumeSet.from_settings(self.settings)
+        self.assignment = assignment or AllEnabledCameras(spec.url_overrides, spec.only_stations)
+        self.index = IndexWriter(self.db, self.node)
+        self.sessions: dict[str, tuple[CameraAssignmentEntry, CameraSession]] = {}
+        self.stop_event = threading.Event()
+        self._factories = []
+        for path in spec.observer_factories:
+            try:
+                self._factories.append(_load_factory(path)(self.settings, self.db, self.clock))
+            except Exception:  # noqa: BLE001 - analysis missing must not stop recording
+                log.exception("observer factory %s unavailable; recording without it", path)
+
+    def run(self) -> None:
+        """Record until stop() is called."""
+        self.index.start()
+        try:
+            self.reconcile(initial=True)
+            publisher = threading.Thread(target=self._publish_status_loop, name="status", daemon=True)
+            publisher.start()
+            while not self.stop_event.wait(self.spec.reconcile_seconds):
+                self.reconcile()
+        finally:
+            self._stop_sessions(list(self.sessions))
+            self._publish_status()
+            self.index.stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def reconcile(self, initial: bool = False) -> None:
+        """Start sessions for newly assigned cameras, stop those no longer assigned or changed."""
+        try:
+            with self.db.session() as s:
+                wanted = {e.station_id: e for e in self.assignment.cameras_for(
+                    s, self.spec.worker_index, self.spec.worker_count)}
+        except Exception:  # noqa: BLE001 - keep recording what we have if the DB hiccups
+            log.exception("cannot read the camera assignment; keeping the current sessions")
+            return
+        gone = [sid for sid, (entry, _s) in self.sessions.items() if wanted.get(sid) != entry]
+        self._stop_sessions(gone)
+        new = [e for sid, e in wanted.items() if sid not in self.sessions]
+        if new:
+            actions = recover_growing(self.db, self.volumes, self.node, [e.station_id for e in new])
+            if actions:
+                log.warning("recovered %d segments left by an earlier run", len(actions))
+        for entry in new:
+            self._start_session(entry)
+
+    def _start_session(self, entry: CameraAssignmentEntry) -> None:
+        sid = entry.station_id
+        with self.db.session() as s:
+            last = s.execute(select(Segment.end_ms, Segment.volume).where(
+                Segment.station_id == sid, Segment.stream == "main", Segment.state != "deleting")
+                .order_by(Segment.start_ms.desc()).limit(1)).first()
+            open_gap = s.execute(select(Gap.id, Gap.reason).where(
+                Gap.station_id == sid, Gap.stream == "main", Gap.end_ms.is_(None))
+                .order_by(Gap.start_ms.desc()).limit(1)).first()
+        recorder = StreamRecorder(
+            sid, self.volumes, self.settings.tz, self.index, self.clock, self.settings.ingest.segment_seconds,
+            last_end_ms=last[0] if last else None, previous_volume=last[1] if last else None)
+        recorder.start_run(tuple(open_gap) if open_gap else None)
+        observers = [KeyframeCacheObserver(self.settings.data_dir, sid)]
+        for factory in self._factories:
+            try:
+                obs = factory(sid)
+            except Exception:  # noqa: BLE001
+                log.exception("%s: observer factory failed; recording without it", sid)
+                obs = None
+            if obs is not None:
+                observers.append(obs)
+        session = CameraSession(sid, entry.url, entry.transport, recorder, observers, self.settings.ingest,
+                                self.clock, self.index)
+        self.sessions[sid] = (entry, session)
+        session.start()
+        log.info("recording %s", session.describe())
+
+    def _stop_sessions(self, station_ids: list[str]) -> None:
+        sessions = [self.sessions.pop(sid)[1] for sid in station_ids if sid in self.sessions]
+        for s in sessions:
+            s.stop()
+        for s in sessions:
+            s.join(self.settings.ingest.stall_seconds + 5)
+            if s.is_alive():
+                log.error("%s: session did not stop in time", s.station_id)
+
+    def _publish_status_loop(self) -> None:
+        while not self.stop_event.wait(self.settings.ingest.status_interval_seconds):
+            self._publish_status()
+
+    def _publish_status(self) -> None:
+        now = self.clock.now_ms()
+        for sid, (_entry, session) in list(self.sessions.items()):
+            h = session.health
+            prev = getattr(session, "_published", None)
+            fps = bitrate = None
+            if prev is not None and now > prev[0]:
+                dt = (now - prev[0]) / 1000
+                fps = (h.frames - prev[1]) / dt
+                bitrate = (h.bytes - prev[2]) * 8 / dt
+            session._published = (now, h.frames, h.bytes)
+            self.index.put_status(
+                sid, state=h.state, reason=h.reason, detail=h.detail, fps=fps, bitrate_bps=bitrate, codec=h.codec,
+                width=h.width, height=h.height, last_packet_ms=h.last_packet_ms, reconnects=h.reconnects,
+                segments_written=session.recorder.segments_written, bytes_written=session.recorder.bytes_written,
+                updated_ms=now)
+
+
+def run_worker_process(spec: WorkerSpec, stop_event) -> None:
+    """Entry point of a spawned worker process."""
+    import signal
+
+    from vms.core.logging_setup import configure_logging
+
+    configure_logging(spec.settings.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    worker = IngestWorker(spec)
+    watcher = threading.Thread(target=lambda: (stop_event.wait(), worker.stop()), daemon=True)
+    watcher.start()
+    worker.run()

@@ -1,0 +1,69 @@
+"""Recording as a service: simulated cameras when needed, then the ingest supervisor."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from sqlalchemy import select
+
+from vms.core.settings import Settings
+from vms.db.engine import Database
+from vms.db.models import Station
+from vms.ingest.supervisor import IngestSupervisor
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_FACTORY = "vms.analysis.observer:make_analysis_observer_factory"
+
+
+class RecordingService:
+    def __init__(self, settings: Settings, database: Database, simulate: str = "auto", workers: int | None = None,
+                 analysis: bool = True) -> None:
+        self.settings = settings
+        self.db = database
+        self.simulate_mode = simulate
+        self.simulator = None
+        self.supervisor: IngestSupervisor | None = None
+        self.workers = workers
+        self.analysis = analysis
+        self.camera_count = 0
+
+    def _simulated_stations(self) -> list[str]:
+        with self.db.session() as s:
+            rows = s.execute(select(Station.id, Station.main_url).where(Station.enabled.is_(True))
+                             .order_by(Station.id)).all()
+        if self.simulate_mode == "never":
+            return []
+        ids = [sid for sid, url in rows if self.simulate_mode == "always" or not url]
+        self.camera_count = len(rows)
+        return ids[: self.settings.simulate.max_cameras]
+
+    def start(self) -> None:
+        overrides: dict[str, str] = {}
+        simulated = self._simulated_stations()
+        if simulated:
+            from vms.simulate import Simulator
+
+            sim = self.settings.simulate
+            log.info("simulating %d cameras for stations without a camera URL", len(simulated))
+            self.simulator = Simulator(
+                cameras=len(simulated), names=simulated, width=sim.width, height=sim.height, fps=sim.fps,
+                bitrate_kbps=sim.bitrate_kbps, content=sim.content, day_seconds=sim.day_seconds,
+                port=sim.port, cache_dir=self.settings.data_dir / "cache" / "simulate")
+            self.simulator.start()
+            overrides = dict(self.simulator.urls)
+        factories = []
+        if self.analysis and importlib.util.find_spec("vms.analysis.observer") is not None:
+            factories.append(ANALYSIS_FACTORY)
+        self.supervisor = IngestSupervisor(self.settings, overrides, factories, self.workers).start()
+
+    @property
+    def worker_count(self) -> int:
+        return len(self.supervisor.specs) if self.supervisor else 0
+
+    def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        if self.simulator is not None:
+            self.simulator.close()
