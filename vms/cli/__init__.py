@@ -9,6 +9,7 @@ from vms.cli import holds as holds_cli
 from vms.cli import ingest as ingest_cli
 from vms.cli import retention as retention_cli
 from vms.cli import stations as stations_cli
+from vms.cli import users as users_cli
 
 app = typer.Typer(
     help="vms: station video-monitoring ingest server (Huidong County e-commerce service stations).",
@@ -23,6 +24,7 @@ app.add_typer(ingest_cli.cameras_app, name="cameras")
 app.add_typer(ingest_cli.recordings_app, name="recordings")
 app.add_typer(retention_cli.app, name="retention")
 app.add_typer(stations_cli.app, name="stations")
+app.add_typer(users_cli.app, name="users")
 
 
 def main() -> None:

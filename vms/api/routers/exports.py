@@ -1,0 +1,127 @@
+"""Export jobs: start one (reason required, logged), follow its progress, download the MP4."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi.responses import FileResponse
+from pydantic import Field
+from sqlalchemy import select
+
+from vms.api import permissions as P
+from vms.api.access import record_access
+from vms.api.accounts import Principal
+from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, client_address, require, visible_station
+from vms.api.exports import export_path, export_runner
+from vms.api.footage import segments_or_error
+from vms.api.schemas import REASON_FIELD, ApiModel
+from vms.api.timeparse import iso, parse_range
+from vms.db.models import ExportJob, Station
+
+router = APIRouter(prefix="/api/exports", tags=["exports"])
+
+ExportPrincipal = Annotated[Principal, Depends(require(P.EXPORT))]
+ExportId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+
+
+class ExportIn(ApiModel):
+    station_id: str = Field(pattern=STATION_ID_PATTERN)
+    start: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T08:30:00"])
+    end: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T09:30:00"])
+    reason: str = REASON_FIELD
+
+
+class ExportOut(ApiModel):
+    id: str
+    station_id: str
+    start_ms: int
+    end_ms: int
+    start_at: str
+    end_at: str
+    reason: str
+    username: str
+    state: str = Field(description="queued | running | done | failed | expired")
+    progress: float
+    bytes: int | None
+    error: str | None = Field(description="why it failed, or a note on a done export")
+    created_ms: int
+    expires_ms: int | None
+    download_url: str | None
+
+
+def _out(ctx, job: ExportJob) -> dict:
+    tz = ctx.settings.tz
+    return {"id": job.id, "station_id": job.station_id, "start_ms": job.start_ms, "end_ms": job.end_ms,
+            "start_at": iso(job.start_ms, tz), "end_at": iso(job.end_ms, tz), "reason": job.reason,
+            "username": job.username, "state": job.state, "progress": job.progress, "bytes": job.bytes,
+            "error": job.error, "created_ms": job.created_ms, "expires_ms": job.expires_ms,
+            "download_url": f"/api/exports/{job.id}/download" if job.state == "done" else None}
+
+
+@router.post("", response_model=ExportOut, status_code=202)
+def create_export(body: ExportIn, request: Request, ctx: Ctx, session: DbSession,
+                  principal: ExportPrincipal) -> dict:
+    station = visible_station(session, principal, body.station_id)
+    if not body.reason.strip():
+        raise HTTPException(400, "reason is required for an export (调用事由)")
+    s, e = parse_range(body.start, body.end, ctx.settings.tz, int(ctx.settings.api.export_max_hours * 3_600_000),
+                       "export range")
+    segments_or_error(ctx, session, station, s, e)
+    now = ctx.clock.now_ms()
+    job = ExportJob(id=uuid.uuid4().hex, station_id=station.id, start_ms=s, end_ms=e, reason=body.reason.strip(),
+                    username=principal.username, state="queued", progress=0.0, created_ms=now)
+    session.add(job)
+    record_access(session, principal, "export", now, client_address(request), station_id=station.id,
+                  start_ms=s, end_ms=e, reason=job.reason)
+    session.commit()  # the worker reads the row from its own session
+    export_runner(ctx).submit(job.id)
+    return _out(ctx, job)
+
+
+def _visible_job(session, principal: Principal, job_id: str) -> ExportJob:
+    job = session.get(ExportJob, job_id)
+    if job is not None and principal.role != "admin":
+        station = session.get(Station, job.station_id)
+        if job.username != principal.username or station is None or not principal.may_see_town(station.town):
+            job = None
+    if job is None:
+        raise HTTPException(404, f"no export {job_id}")
+    return job
+
+
+@router.get("", response_model=list[ExportOut])
+def list_exports(ctx: Ctx, session: DbSession, principal: ExportPrincipal) -> list[dict]:
+    """Your exports (admins: everyone's), newest first, at most 200."""
+    q = select(ExportJob).order_by(ExportJob.created_ms.desc()).limit(200)
+    if principal.role != "admin":
+        q = q.where(ExportJob.username == principal.username)
+    return [_out(ctx, j) for j in session.scalars(q)]
+
+
+@router.get("/{export_id}", response_model=ExportOut)
+def get_export(export_id: ExportId, ctx: Ctx, session: DbSession, principal: ExportPrincipal) -> dict:
+    return _out(ctx, _visible_job(session, principal, export_id))
+
+
+@router.get("/{export_id}/download", response_class=FileResponse,
+            responses={200: {"content": {"video/mp4": {}}}, 409: {"description": "not finished"},
+                       410: {"description": "expired"}})
+def download_export(export_id: ExportId, request: Request, ctx: Ctx, session: DbSession,
+                    principal: ExportPrincipal) -> FileResponse:
+    job = _visible_job(session, principal, export_id)
+    if job.state == "expired":
+        raise HTTPException(410, f"export {job.id} expired at {iso(job.expires_ms, ctx.settings.tz)}")
+    if job.state != "done":
+        raise HTTPException(409, f"export {job.id} is {job.state}" + (f": {job.error}" if job.error else ""))
+    path = export_path(ctx, job.id)
+    if not path.exists():
+        raise HTTPException(410, f"export {job.id} file is gone")
+    # One entry per download request that starts at the beginning (ranged re-reads are the same download).
+    range_header = request.headers.get("range", "")
+    if not range_header or range_header.replace(" ", "").startswith("bytes=0-"):
+        record_access(session, principal, "download", ctx.clock.now_ms(), client_address(request),
+                      station_id=job.station_id, start_ms=job.start_ms, end_ms=job.end_ms, reason=job.reason)
+    local = iso(job.start_ms, ctx.settings.tz).replace(":", "")[:17]
+    return FileResponse(path, media_type="video/mp4", filename=f"{job.station_id}-{local}.mp4")

@@ -1,0 +1,104 @@
+"""Playback of recorded footage (operator and admin), logged with a stated reason, and live-view
+registration for the live module."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi.responses import FileResponse
+from pydantic import Field
+
+from vms.api import permissions as P
+from vms.api.access import record_access
+from vms.api.accounts import Principal
+from vms.api.deps import Ctx, DbSession, StationId, client_address, require, visible_station
+from vms.api.footage import segments_or_error
+from vms.api.playback import PlaybackItem, playback_store
+from vms.api.remux import NoFootage, remux_range
+from vms.api.schemas import REASON_FIELD, ApiModel
+from vms.api.timeparse import iso, parse_range
+
+router = APIRouter(tags=["footage"])
+
+
+class PlaybackIn(ApiModel):
+    start: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T08:30:00"])
+    end: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T08:45:00"])
+    reason: str = REASON_FIELD
+
+
+class SpanOut(ApiModel):
+    video_offset_ms: int
+    wall_start_ms: int
+    wall_end_ms: int
+
+
+class PlaybackOut(ApiModel):
+    id: str
+    url: str = Field(description="GET with the same credentials; supports Range requests")
+    station_id: str
+    first_ms: int = Field(description="wall time of the first frame: the keyframe at or before start")
+    first_at: str
+    last_ms: int
+    duration_ms: int
+    bytes: int
+    spans: list[SpanOut] = Field(description="video offset -> wall time; longer gaps are collapsed")
+    truncated: str | None = None
+
+
+@router.post("/api/stations/{station_id}/playback", response_model=PlaybackOut, status_code=201,
+             responses={404: {"description": "no footage in the range"}})
+def start_playback(station_id: StationId, body: PlaybackIn, request: Request, ctx: Ctx, session: DbSession,
+                   principal: Annotated[Principal, Depends(require(P.PLAYBACK))]) -> dict:
+    station = visible_station(session, principal, station_id)
+    if not body.reason.strip():
+        raise HTTPException(400, "reason is required for playback (调用事由)")
+    s, e = parse_range(body.start, body.end, ctx.settings.tz,
+                       int(ctx.settings.api.playback_max_minutes * 60_000), "playback range")
+    sources = segments_or_error(ctx, session, station, s, e)
+    store = playback_store(ctx)
+    pid, path = store.new_path()
+    try:
+        result = remux_range(sources, s, e, path)
+    except NoFootage as exc:
+        raise HTTPException(404, f"{exc} for {station.id} (files unreadable or cut)") from None
+    record_access(session, principal, "playback", ctx.clock.now_ms(), client_address(request),
+                  station_id=station.id, start_ms=s, end_ms=e, reason=body.reason.strip())
+    store.add(PlaybackItem(pid, principal.user_id, station.id, path, result, time.monotonic()))
+    return {"id": pid, "url": f"/api/playback/{pid}.mp4", "station_id": station.id, "first_ms": result.first_ms,
+            "first_at": iso(result.first_ms, ctx.settings.tz), "last_ms": result.last_ms,
+            "duration_ms": result.duration_ms, "bytes": result.bytes,
+            "spans": [vars(sp) for sp in result.spans], "truncated": result.truncated}
+
+
+@router.get("/api/playback/{playback_id}.mp4", response_class=FileResponse,
+            responses={200: {"content": {"video/mp4": {}}}, 206: {"description": "partial content"}})
+def playback_file(playback_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,40}$")], ctx: Ctx,
+                  principal: Annotated[Principal, Depends(require(P.PLAYBACK))]) -> FileResponse:
+    item = playback_store(ctx).get(playback_id)
+    if item is None or not item.path.exists() or (item.user_id != principal.user_id and principal.role != "admin"):
+        raise HTTPException(404, "no such playback (they last an hour): POST a new one")
+    return FileResponse(item.path, media_type="video/mp4", filename=f"{item.station_id}-{playback_id}.mp4",
+                        content_disposition_type="inline")
+
+
+class LiveIn(ApiModel):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class LiveOut(ApiModel):
+    station_id: str
+    logged_at: str
+
+
+@router.post("/api/stations/{station_id}/live-views", response_model=LiveOut, status_code=201)
+def register_live_view(station_id: StationId, body: LiveIn, request: Request, ctx: Ctx, session: DbSession,
+                       principal: Annotated[Principal, Depends(require(P.LIVE))]) -> dict:
+    """Check live-view rights and write the access-log entry; the live module then opens the stream."""
+    station = visible_station(session, principal, station_id)
+    now = ctx.clock.now_ms()
+    record_access(session, principal, "live", now, client_address(request), station_id=station.id,
+                  start_ms=now, reason=body.reason)
+    return {"station_id": station.id, "logged_at": iso(now, ctx.settings.tz)}
