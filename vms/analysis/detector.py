@@ -1,0 +1,428 @@
+"""The per-station detector: samples and packet sizes in, state changes, faults and activity out.
+
+Pure computation (no decoding, no database, no clock): the live observer and `vms analyze` feed it
+the same way, so what is scored offline is what runs in production. Times are epoch ms (live) or
+ms from the start of a file (offline).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from vms.analysis.calibration import StationCalibration, analysis_mask
+from vms.analysis.features import (
+    Features,
+    Picture,
+    compute_features,
+    match,
+    mean_abs_diff,
+    motion_fraction,
+    reduce_planes,
+    small_size,
+)
+from vms.analysis.look import StationLook
+from vms.core.settings import AnalysisSettings
+
+OPEN, CLOSED, UNKNOWN = "open", "closed", "unknown"
+FAULT_KINDS = ("signal_lost", "frozen", "black", "overexposed", "blurred", "covered", "color_cast", "scene_changed")
+HIDING_FAULTS = {"signal_lost", "frozen", "covered"}  # while one of these holds, the scene cannot be judged
+SEVERITY_RANK = {"minor": 0, "major": 1, "critical": 2}
+
+
+# ---- events ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sampled:
+    t_ms: int
+    vote: str
+    features: dict
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    t_ms: int
+    state: str
+
+
+@dataclass(frozen=True)
+class FaultOpened:
+    kind: str
+    severity: str
+    start_ms: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class FaultSeverity:
+    kind: str
+    severity: str
+
+
+@dataclass(frozen=True)
+class FaultClosed:
+    kind: str
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class ActivityFound:
+    start_ms: int
+    end_ms: int
+    peak: float
+
+
+Event = Sampled | StateChanged | FaultOpened | FaultSeverity | FaultClosed | ActivityFound
+
+
+# ---- state with hysteresis ---------------------------------------------------------------------
+class StateTracker:
+    """A new state is taken only when every vote for hysteresis_ms agrees; the change is dated to
+    the first of those votes. A camera going offline is a fact and switches to unknown at once."""
+
+    def __init__(self, hysteresis_ms: int) -> None:
+        self.hysteresis_ms = hysteresis_ms
+        self.state: str | None = None
+        self._candidate: str | None = None
+        self._since = 0
+
+    def vote(self, t_ms: int, vote: str) -> list[Event]:
+        if vote == self.state:
+            self._candidate = None
+            return []
+        if vote != self._candidate:
+            self._candidate, self._since = vote, t_ms
+        if t_ms - self._since >= self.hysteresis_ms:
+            self.state, self._candidate = vote, None
+            return [StateChanged(self._since, vote)]
+        return []
+
+    def force(self, t_ms: int, state: str) -> list[Event]:
+        self._candidate = None
+        if state == self.state:
+            return []
+        self.state = state
+        return [StateChanged(t_ms, state)]
+
+
+# ---- faults ------------------------------------------------------------------------------------
+class FaultTracker:
+    """One fault kind: raised once hits persist min_ms (dated to the first hit), ended once misses
+    persist clear_ms (dated to the first miss); severity is the worst seen while it lasts."""
+
+    def __init__(self, kind: str, min_ms: int, clear_ms: int) -> None:
+        self.kind, self.min_ms, self.clear_ms = kind, min_ms, clear_ms
+        self.active = False
+        self.severity = "minor"
+        self._first_hit: int | None = None
+        self._first_miss: int | None = None
+        self._worst = "minor"
+
+    def update(self, t_ms: int, severity: str | None, detail: str = "") -> list[Event]:
+        if severity is not None:
+            self._first_miss = None
+            if self._first_hit is None:
+                self._first_hit, self._worst = t_ms, severity
+            elif SEVERITY_RANK[severity] > SEVERITY_RANK[self._worst]:
+                self._worst = severity
+            if not self.active and t_ms - self._first_hit >= self.min_ms:
+                self.active, self.severity = True, self._worst
+                return [FaultOpened(self.kind, self._worst, self._first_hit, detail)]
+            if self.active and SEVERITY_RANK[self._worst] > SEVERITY_RANK[self.severity]:
+                self.severity = self._worst
+                return [FaultSeverity(self.kind, self._worst)]
+            return []
+        if not self.active:
+            self._first_hit = None
+            return []
+        if self._first_miss is None:
+            self._first_miss = t_ms
+        if t_ms - self._first_miss >= self.clear_ms:
+            return self.close(self._first_miss)
+        return []
+
+    def open_now(self, t_ms: int, severity: str, detail: str) -> list[Event]:
+        self._first_miss = None
+        if self.active:
+            return []
+        self.active, self.severity, self._worst, self._first_hit = True, severity, severity, t_ms
+        return [FaultOpened(self.kind, severity, t_ms, detail)]
+
+    def close(self, t_ms: int) -> list[Event]:
+        was = self.active
+        self.active, self._first_hit, self._first_miss = False, None, None
+        return [FaultClosed(self.kind, t_ms)] if was else []
+
+
+# ---- activity ----------------------------------------------------------------------------------
+class ActivityTracker:
+    """Episodes of movement from the bytes of inter-coded frames per second, relative to the quiet
+    level of this camera (a low percentile of recent seconds), plus motion between samples.
+
+    Seconds are held back until the next sample has been seen, so that a light switched on or off
+    in between (which inflates frame sizes without anyone in view) can be discounted."""
+
+    def __init__(self, cfg: AnalysisSettings) -> None:
+        self.cfg = cfg
+        self.min_excess = 0.0
+        self._sec: int | None = None
+        self._bytes = 0
+        self._frames = 0
+        self._history: deque[float] = deque(maxlen=max(10, int(cfg.activity_baseline_seconds)))
+        self._held: list[tuple[int, float]] = []  # (second start ms, P bytes per frame)
+        self._marks: list[tuple[int, float]] = []  # (ms, score) of active moments
+        self._quiet_until = -(10**15)
+        self._episode: list[int] | None = None  # [start, last active, active seconds]
+        self._peak = 0.0
+
+    def set_picture_size(self, width: int, height: int) -> None:
+        self.min_excess = self.cfg.activity_min_excess_per_mpixel * width * height / 1e6
+
+    def packet(self, t_ms: int, size: int, keyframe: bool) -> None:
+        sec = t_ms // 1000
+        if self._sec is None:
+            self._sec = sec
+        if sec != self._sec:
+            if self._frames:
+                self._held.append((self._sec * 1000, self._bytes / self._frames))
+            self._sec, self._bytes, self._frames = sec, 0, 0
+            if len(self._held) > 3600:  # no sample for an hour: judge without waiting
+                self._judge(relight_from=None)
+        if not keyframe:
+            self._bytes += size
+            self._frames += 1
+
+    def sample(self, t_ms: int, relit: bool, prev_sample_ms: int | None, motion: float | None) -> list[Event]:
+        """Called at each sample: judge the held seconds, knowing whether the lights changed."""
+        if relit:
+            self._quiet_until = t_ms + int(self.cfg.relight_settle_seconds * 1000)
+            self._history.clear()  # the quiet level of the old lighting no longer applies
+            self._judge(relight_from=prev_sample_ms if prev_sample_ms is not None else t_ms)
+        else:
+            self._judge(relight_from=None)
+            if motion is not None and motion >= self.cfg.motion_min_fraction and t_ms >= self._quiet_until:
+                self._marks.append((t_ms, 1.0 + motion * 10))
+        return self._episodes(t_ms)
+
+    def _judge(self, relight_from: int | None) -> None:
+        for start_ms, per_frame in self._held:
+            if relight_from is not None and start_ms + 1000 > relight_from:
+                continue  # the light switched inside this interval: sizes mean nothing here
+            if start_ms < self._quiet_until:
+                continue
+            if len(self._history) >= 3:
+                quiet = float(np.percentile(self._history, 10))
+                ratio = per_frame / max(quiet, 1.0)
+                if ratio >= self.cfg.activity_ratio and per_frame - quiet >= self.min_excess:
+                    self._marks.append((start_ms, ratio))
+            self._history.append(per_frame)
+        self._held = []
+
+    def _episodes(self, now_ms: int) -> list[Event]:
+        out: list[Event] = []
+        gap = int(self.cfg.activity_gap_seconds * 1000)
+        for t, score in sorted(self._marks):
+            if self._episode is not None and t - self._episode[1] > gap + 1000:
+                out += self._finish()
+            if self._episode is None:
+                self._episode, self._peak = [t, t, 0], 0.0
+            self._episode[1] = max(self._episode[1], t)
+            self._episode[2] += 1
+            self._peak = max(self._peak, score)
+        self._marks = []
+        if self._episode is not None and now_ms - self._episode[1] > gap + 1000:
+            out += self._finish()
+        return out
+
+    def _finish(self) -> list[Event]:
+        ep, self._episode = self._episode, None
+        if ep is None or ep[2] < self.cfg.activity_min_active_seconds:
+            return []
+        return [ActivityFound(ep[0], ep[1] + 1000, round(self._peak, 3))]
+
+    def flush(self, t_ms: int) -> list[Event]:
+        """The stream ended: judge what is held and end any episode."""
+        if self._frames and self._sec is not None:
+            self._held.append((self._sec * 1000, self._bytes / self._frames))
+        self._sec, self._bytes, self._frames = None, 0, 0
+        self._judge(relight_from=None)
+        out = self._episodes(t_ms)
+        return out + self._finish()
+
+
+# ---- the station detector ----------------------------------------------------------------------
+class StationDetector:
+    def __init__(
+        self,
+        cfg: AnalysisSettings,
+        calibration: StationCalibration | None = None,
+        look: StationLook | None = None,
+        in_business_hours: Callable[[int], bool] | None = None,
+    ) -> None:
+        self.calibration = calibration or StationCalibration()
+        self.cfg = self.calibration.effective_settings(cfg)
+        self.look = look or StationLook()
+        self.in_business_hours = in_business_hours
+        self.states = StateTracker(int(self.cfg.hysteresis_seconds * 1000))
+        min_ms, clear_ms = int(self.cfg.fault_min_seconds * 1000), int(self.cfg.fault_clear_seconds * 1000)
+        special = {"frozen": self.cfg.frozen_seconds, "scene_changed": self.cfg.scene_changed_seconds}
+        self.faults = {
+            k: FaultTracker(k, int(special[k] * 1000) if k in special else min_ms, clear_ms) for k in FAULT_KINDS
+        }
+        self.activity = ActivityTracker(self.cfg)
+        self._mask_cache: tuple[tuple[int, int], np.ndarray | None] | None = None
+        self._prev: Picture | None = None
+        self._prev_luma: float | None = None
+        self._prev_ms: int | None = None
+        self._identical_since: int | None = None
+        self.online = False
+        self._offline_since: int | None = None
+        self._reason = ""
+
+    # -- connection ---------------------------------------------------------------------------
+    def connected(self, t_ms: int, width: int, height: int) -> list[Event]:
+        self.online = True
+        self._offline_since = None
+        self.activity = ActivityTracker(self.cfg)
+        self.activity.set_picture_size(width, height)
+        self._prev = None
+        self._identical_since = None
+        out: list[Event] = []
+        if self.faults["signal_lost"].active:
+            out += self.faults["signal_lost"].close(t_ms)
+        return out
+
+    def disconnected(self, t_ms: int, reason: str) -> list[Event]:
+        out = self.activity.flush(t_ms) if self.online else []
+        self.online = False
+        self._offline_since = t_ms
+        self._prev = None
+        out += self.states.force(t_ms, UNKNOWN)
+        # Faults judged from pictures end: nothing is seen any more; signal_lost takes over.
+        for k in FAULT_KINDS:
+            if k != "signal_lost":
+                out += self.faults[k].close(t_ms)
+        self._reason = reason
+        if self.cfg.fault_min_seconds <= 0:
+            out += self.faults["signal_lost"].open_now(t_ms, "critical", f"camera disconnected: {reason}")
+        return out
+
+    def tick(self, now_ms: int) -> list[Event]:
+        """Time passes without packets: raise signal_lost once the camera has been away long enough."""
+        if self._offline_since is None or self.faults["signal_lost"].active:
+            return []
+        if now_ms - self._offline_since >= self.cfg.fault_min_seconds * 1000:
+            return self.faults["signal_lost"].open_now(
+                self._offline_since, "critical", f"camera disconnected: {self._reason}"
+            )
+        return []
+
+    # -- packets and samples ------------------------------------------------------------------
+    def packet(self, t_ms: int, size: int, keyframe: bool) -> None:
+        self.activity.packet(t_ms, size, keyframe)
+
+    def mask_for(self, width: int, height: int) -> np.ndarray | None:
+        size = small_size(width, height, self.cfg.analysis_width)
+        if self._mask_cache is None or self._mask_cache[0] != size:
+            self._mask_cache = (size, analysis_mask(self.calibration, size[0], size[1]))
+        return self._mask_cache[1]
+
+    def frame(self, t_ms: int, y: np.ndarray, u: np.ndarray | None = None, v: np.ndarray | None = None) -> list[Event]:
+        """One sampled picture (Y plane, optional U/V planes at any size)."""
+        pic = reduce_planes(y, u, v, self.cfg.analysis_width, self.mask_for(y.shape[1], y.shape[0]))
+        f = compute_features(pic, self.cfg.overexposed_luma)
+        return self.picture(t_ms, pic, f)
+
+    def picture(self, t_ms: int, pic: Picture, f: Features) -> list[Event]:
+        cfg = self.cfg
+        out: list[Event] = []
+        split, split_source = self.look.split(cfg, self.calibration)
+        lit = f.luma >= split
+        black = f.p99 < cfg.black_max_luma
+        # A flat picture that is bright or strongly coloured is an encoder's "no video" screen; a flat
+        # dark one is just a dark room.
+        uniform = not black and f.std < cfg.uniform_max_std and (lit or f.cast_offset >= cfg.cast_min_offset)
+        hits: dict[str, tuple[str, str] | None] = dict.fromkeys(FAULT_KINDS)
+
+        # Frozen: the decoded picture does not change at all between samples.
+        diff = mean_abs_diff(pic, self._prev) if self._prev is not None else math.inf
+        if diff <= cfg.frozen_max_mean_diff:
+            self._identical_since = self._identical_since if self._identical_since is not None else self._prev_ms
+        else:
+            self._identical_since = None
+        if self._identical_since is not None and not black:
+            hits["frozen"] = ("major", f"picture identical since {self._identical_since}")
+
+        ref_match = edge_ratio = lap_ratio = None
+        if uniform:
+            hits["signal_lost"] = ("critical", f"flat picture (std {f.std:.1f}): no video signal")
+        elif black:
+            if self.in_business_hours is not None and self.in_business_hours(t_ms):
+                hits["black"] = ("major", f"black picture in business hours (99% of pixels below {f.p99:.0f})")
+        else:
+            if f.bright_fraction >= cfg.overexposed_fraction:
+                sev = "major" if f.bright_fraction >= (1 + cfg.overexposed_fraction) / 2 else "minor"
+                hits["overexposed"] = (sev, f"{f.bright_fraction:.0%} of pixels saturated")
+            if lit and f.cast_offset >= cfg.cast_min_offset and f.cast_factor >= cfg.cast_ratio:
+                sev = "major" if f.cast_offset >= 2 * cfg.cast_min_offset else "minor"
+                hits["color_cast"] = (sev, f"chroma offset {f.cast_offset:.0f}, cast factor {f.cast_factor:.1f}")
+            ref = self.look.reference_for(lit)
+            other = self.look.reference_for(not lit)
+            lit_ref = self.look.reference_for(True)
+            if ref is not None or lit_ref is not None:
+                basis = ref or lit_ref
+                ref_match = match(f.edge_thumb, basis.thumb)
+                if other is not None:
+                    # A picture that matches either known look (lights on or off) is the scene.
+                    ref_match = max(ref_match or 0.0, match(f.edge_thumb, other.thumb) or 0.0)
+                edge_basis = lit_ref or basis
+                edge_ratio = f.edge_density / max(edge_basis.edges, 1e-6)
+                lap_ratio = f.laplacian / max(basis.laplacian, 1e-6)
+                if ref_match < cfg.covered_match_max and edge_ratio < cfg.covered_edge_ratio:
+                    sev = "critical" if edge_ratio < cfg.covered_edge_ratio / 2 else "major"
+                    hits["covered"] = (sev, f"scene match {ref_match:.2f}, edges {edge_ratio:.0%} of usual")
+                elif ref_match < cfg.scene_match_max and lit:
+                    hits["scene_changed"] = ("major", f"scene match {ref_match:.2f} with the reference view")
+                elif (lit and ref_match >= cfg.covered_match_max and lap_ratio < cfg.blur_ratio
+                      and f.laplacian < cfg.blur_max_laplacian):
+                    sev = "major" if lap_ratio < cfg.blur_ratio / 2 else "minor"
+                    hits["blurred"] = (sev, f"sharpness {lap_ratio:.0%} of usual")
+
+        for kind, tracker in self.faults.items():
+            if kind == "signal_lost" and self._offline_since is not None:
+                continue
+            hit = hits[kind]
+            out += tracker.update(t_ms, hit[0] if hit else None, hit[1] if hit else "")
+
+        hidden = any(hits[k] for k in HIDING_FAULTS) or any(self.faults[k].active for k in HIDING_FAULTS)
+        vote = UNKNOWN if hidden else (OPEN if lit else CLOSED)
+
+        # Learn this station's look only from pictures that show the scene normally.
+        if not hidden and not any(hits.values()):
+            self.look.observe(t_ms, f.luma, cfg.learn_half_life_hours)
+            if not black:
+                self.look.learn_reference(lit, f, t_ms)
+
+        relit = self._prev_luma is not None and abs(f.luma - self._prev_luma) >= cfg.relight_delta
+        motion = None
+        if self._prev is not None and not relit and not hidden:
+            motion = motion_fraction(pic, self._prev, cfg.motion_pixel_delta)
+        out += self.activity.sample(t_ms, relit, self._prev_ms, motion)
+
+        feats = f.as_dict()
+        feats.update(split=round(split, 1), split_source=split_source,
+                     diff=None if math.isinf(diff) else round(diff, 3),
+                     motion=None if motion is None else round(motion, 4),
+                     match=None if ref_match is None else round(ref_match, 3),
+                     edge_ratio=None if edge_ratio is None else round(edge_ratio, 3))
+        out.insert(0, Sampled(t_ms, vote, feats))
+        out += self.states.vote(t_ms, vote)
+        self._prev, self._prev_luma, self._prev_ms = pic, f.luma, t_ms
+        return out
+
+    def finish(self, t_ms: int) -> list[Event]:
+        """End of a file: report the activity still held (faults stay open, end unknown)."""
+        return self.activity.flush(t_ms)

@@ -1,0 +1,321 @@
+"""Live analysis inside the ingest workers: a StreamObserver per camera, fed the packets it already has.
+
+Per packet only the compressed size is noted (activity). Every sample_interval_seconds the next
+keyframe is decoded by a private single-threaded decoder (skip_frame=NONKEY) and reduced to a small
+gray picture. Nothing here raises into the camera thread: errors are logged and the sample skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import av
+import numpy as np
+from sqlalchemy import select
+
+from vms.analysis.calibration import StationCalibration, parse_calibration
+from vms.analysis.detector import Event, StationDetector
+from vms.analysis.look import load_look, look_path, save_look
+from vms.analysis.sink import AnalysisSink, Resumed
+from vms.catalog.model import BusinessHours
+from vms.core.clock import Clock
+from vms.core.errors import VmsError
+from vms.core.settings import AnalysisSettings, Settings
+from vms.db.engine import Database
+from vms.db.models import Station
+
+log = logging.getLogger(__name__)
+YUV_FORMATS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"}
+
+
+def frame_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Y, U, V planes of a decoded frame as numpy views (no colour conversion for planar YUV)."""
+    if frame.format.name not in YUV_FORMATS:
+        frame = frame.reformat(format="yuv420p")
+    planes = []
+    for i, p in enumerate(frame.planes[:3]):
+        arr = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+        planes.append(arr)
+        if i == 0 and len(frame.planes) < 3:
+            return arr, None, None
+    return planes[0], planes[1], planes[2]
+
+
+class KeyframeDecoder:
+    """A private decoder for the keyframes of one connection."""
+
+    def __init__(self, codec_name: str, extradata: bytes | None) -> None:
+        self.ctx = av.CodecContext.create(codec_name, "r")
+        if extradata:
+            self.ctx.extradata = extradata
+        self.ctx.thread_count = 1  # 139 cameras: no decoder thread pools
+        self.ctx.skip_frame = "NONKEY"
+
+    @classmethod
+    def for_stream(cls, stream) -> KeyframeDecoder:
+        cc = stream.codec_context
+        return cls(cc.name, cc.extradata)
+
+    def decode(self, data: bytes) -> av.VideoFrame | None:
+        frames = self.ctx.decode(av.Packet(data))
+        if not frames:
+            # The decoder holds the picture back until the next input; a keyframe alone must come out.
+            frames = self.ctx.decode(None)
+            self.ctx.flush_buffers()
+        return frames[-1] if frames else None
+
+
+def business_hours_check(hours: str | None, tz) -> Callable[[int], bool] | None:
+    if not hours:
+        return None
+    try:
+        ranges = BusinessHours.parse(hours).seconds_of_day()
+    except ValueError:
+        return None
+
+    def inside(t_ms: int) -> bool:
+        local = datetime.fromtimestamp(t_ms / 1000, tz)
+        sec = local.hour * 3600 + local.minute * 60 + local.second
+        return any(a <= sec < b for a, b in ranges)
+
+    return inside
+
+
+class StationAnalysisObserver:
+    """The StreamObserver of one camera (see vms.ingest.observers)."""
+
+    def __init__(
+        self,
+        station_id: str,
+        cfg: AnalysisSettings,
+        sink: AnalysisSink,
+        clock: Clock,
+        calibration: StationCalibration | None = None,
+        look_file: Path | None = None,
+        in_business_hours: Callable[[int], bool] | None = None,
+    ) -> None:
+        self.station_id = station_id
+        self.sink = sink
+        self.clock = clock
+        self.look_file = look_file
+        look = load_look(look_file) if look_file else None
+        self.detector = StationDetector(cfg, calibration, look, in_business_hours)
+        self._base_cfg = cfg
+        self._decoder: KeyframeDecoder | None = None
+        self._last_sample_ms: int | None = None
+        self._last_save = clock.monotonic()
+        self._lock = threading.Lock()
+        self._errors = 0
+        self.samples = 0
+        self.decode_seconds = 0.0
+        self._maybe_reset_reference()
+
+    @property
+    def interval_ms(self) -> int:
+        return int(self.detector.cfg.sample_interval_seconds * 1000)
+
+    def _emit(self, events: list[Event]) -> None:
+        if events:
+            self.sink.submit(self.station_id, events)
+
+    def _error(self, what: str, exc: BaseException) -> None:
+        self._errors += 1
+        if self._errors <= 5 or self._errors % 1000 == 0:
+            log.warning("analysis %s: %s failed (%d so far): %s", self.station_id, what, self._errors, exc)
+
+    # -- StreamObserver ---------------------------------------------------------------------------
+    def on_connect(self, stream, wall_ms: int) -> None:
+        try:
+            with self._lock:
+                cc = stream.codec_context
+                self._decoder = KeyframeDecoder.for_stream(stream)
+                self._last_sample_ms = None
+                self._emit(self.detector.connected(wall_ms, cc.width or 0, cc.height or 0))
+        except Exception as exc:
+            self._decoder = None
+            self._error("connect", exc)
+
+    def on_packet(self, packet, wall_ms: int) -> None:
+        try:
+            keyframe = packet.is_keyframe
+            with self._lock:
+                self.detector.packet(wall_ms, packet.size, keyframe)
+                if (not keyframe or self._decoder is None
+                        or (self._last_sample_ms is not None and wall_ms - self._last_sample_ms < self.interval_ms)):
+                    return
+                self._last_sample_ms = wall_ms
+                self._sample(bytes(packet), wall_ms)
+        except Exception as exc:
+            self._error("packet", exc)
+
+    def _sample(self, data: bytes, wall_ms: int) -> None:
+        t0 = time.thread_time()
+        frame = self._decoder.decode(data)
+        if frame is None:
+            return
+        y, u, v = frame_planes(frame)
+        events = self.detector.frame(wall_ms, y, u, v)
+        self.decode_seconds += time.thread_time() - t0
+        self.samples += 1
+        self._emit(events)
+        if self.look_file and self.clock.monotonic() - self._last_save >= self.detector.cfg.model_save_minutes * 60:
+            self._save_look()
+
+    def on_disconnect(self, wall_ms: int, reason: str) -> None:
+        try:
+            with self._lock:
+                self._decoder = None
+                self._emit(self.detector.disconnected(wall_ms, reason))
+            self._save_look()
+        except Exception as exc:
+            self._error("disconnect", exc)
+
+    # -- from the worker's analysis thread --------------------------------------------------------
+    def tick(self, now_ms: int) -> None:
+        try:
+            with self._lock:
+                self._emit(self.detector.tick(now_ms))
+        except Exception as exc:
+            self._error("tick", exc)
+
+    def set_calibration(self, calibration: StationCalibration) -> None:
+        with self._lock:
+            d = self.detector
+            d.calibration = calibration
+            d.cfg = calibration.effective_settings(self._base_cfg)
+            d.states.hysteresis_ms = int(d.cfg.hysteresis_seconds * 1000)
+            d._mask_cache = None
+            d._prev = None  # a new mask makes the previous picture incomparable
+            self._maybe_reset_reference()
+
+    def _maybe_reset_reference(self) -> None:
+        reset = self.detector.calibration.reference_reset_ms
+        if reset and reset > self.detector.look.reference_since_ms:
+            self.detector.look.reset_references(reset)
+
+    def _save_look(self) -> None:
+        if not self.look_file:
+            return
+        self._last_save = self.clock.monotonic()
+        try:
+            with self._lock:
+                data = self.detector.look
+                save_look(self.look_file, data)
+        except OSError as exc:
+            self._error("saving the learned look", exc)
+
+
+class AnalysisObserverFactory:
+    """Made once per ingest worker: observer per station, one sink, one thread that flushes the sink
+    every few seconds, raises signal_lost for cameras that stay away and picks up calibration edits."""
+
+    CALIBRATION_RELOAD_S = 60.0
+
+    def __init__(self, settings: Settings, database: Database, clock: Clock, start_thread: bool = True) -> None:
+        self.settings = settings
+        self.database = database
+        self.clock = clock
+        self.sink = AnalysisSink(database)
+        self.observers: dict[str, StationAnalysisObserver] = {}
+        self._calibration_seen: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._last_reload = 0.0
+        if start_thread:
+            self._thread = threading.Thread(target=self._run, name="analysis-sink", daemon=True)
+            self._thread.start()
+
+    def __call__(self, station_id: str) -> StationAnalysisObserver | None:
+        if not self.settings.analysis.enabled:
+            return None
+        with self._lock:
+            existing = self.observers.get(station_id)
+            if existing is not None:
+                return existing
+        try:
+            calibration, hours, updated = self._station(station_id)
+        except Exception as exc:  # never stop a camera because analysis could not start
+            log.error("analysis %s: cannot read the station (%s); analysing with defaults", station_id, exc)
+            calibration, hours, updated = StationCalibration(), None, 0
+        observer = StationAnalysisObserver(
+            station_id, self.settings.analysis, self.sink, self.clock, calibration,
+            look_path(self.settings.data_dir, station_id), business_hours_check(hours, self.settings.tz),
+        )
+        with self._lock:
+            self.observers.setdefault(station_id, observer)
+            self._calibration_seen[station_id] = updated
+            observer = self.observers[station_id]
+        self.sink.submit(station_id, [Resumed(self.clock.now_ms())])
+        return observer
+
+    def _station(self, station_id: str) -> tuple[StationCalibration, str | None, int]:
+        with self.database.session() as s:
+            row = s.get(Station, station_id)
+            if row is None:
+                return StationCalibration(), None, 0
+            try:
+                cal = parse_calibration(row.calibration, f"station {station_id} calibration")
+            except VmsError as exc:
+                log.error("analysis %s: %s; analysing without calibration", station_id, exc)
+                cal = StationCalibration()
+            return cal, row.business_hours, row.updated_ms or 0
+
+    def tick(self) -> None:
+        """One round of the worker's analysis thread (also callable directly, e.g. from tests)."""
+        now = self.clock.now_ms()
+        with self._lock:
+            observers = list(self.observers.values())
+        for ob in observers:
+            ob.tick(now)
+        if time.monotonic() - self._last_reload >= self.CALIBRATION_RELOAD_S:
+            self._last_reload = time.monotonic()
+            self._reload_calibration()
+        self.sink.flush()
+
+    def _reload_calibration(self) -> None:
+        ids = list(self.observers)
+        if not ids:
+            return
+        try:
+            with self.database.session() as s:
+                rows = s.execute(select(Station.id, Station.calibration, Station.updated_ms)
+                                 .where(Station.id.in_(ids))).all()
+        except Exception as exc:
+            log.warning("analysis: cannot reload calibration: %s", exc)
+            return
+        for sid, raw, updated in rows:
+            if (updated or 0) == self._calibration_seen.get(sid):
+                continue
+            self._calibration_seen[sid] = updated or 0
+            try:
+                self.observers[sid].set_calibration(parse_calibration(raw, f"station {sid} calibration"))
+            except VmsError as exc:
+                log.error("analysis %s: %s; keeping the previous calibration", sid, exc)
+
+    def _run(self) -> None:
+        interval = self.settings.analysis.sink_flush_seconds
+        while not self._stop.wait(interval):
+            try:
+                self.tick()
+            except Exception as exc:
+                log.warning("analysis thread: %s", exc)
+
+    def close(self) -> None:
+        """Save learned looks and write what is pending (call when the worker stops)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for ob in list(self.observers.values()):
+            ob._save_look()
+        self.sink.flush()
+
+
+def make_analysis_observer_factory(settings: Settings, database: Database, clock: Clock) -> AnalysisObserverFactory:
+    """The ObserverFactory for vms.ingest: call it with a station id from the camera's thread."""
+    return AnalysisObserverFactory(settings, database, clock)
