@@ -344,25 +344,23 @@ class _Run:
     def _remove_empty_folders(self, folders: set[tuple[str, str]]) -> None:
         """rmdir hour, then day, then station folder while they are empty (rmdir itself refuses a
         folder that is not empty, so a file created meanwhile is never lost)."""
-        seen: set[tuple[str, str]] = set()
-        for volume, rel_dir in sorted(folders, key=lambda f: -f[1].count("/")):
+        levels: list[set[tuple[str, str]]] = [set(), set(), set()]  # hour, day, station folders
+        for volume, rel_dir in folders:
             parts = rel_dir.split("/")
             if len(parts) != 3 or parts[1] > self._youngest_removable_day:
                 continue
-            root = self.s.volumes.root(volume)
-            for depth in (3, 2, 1):
-                rel = "/".join(parts[:depth])
-                if (volume, rel) in seen:
-                    break
-                seen.add((volume, rel))
+            for i, depth in enumerate((3, 2, 1)):
+                levels[i].add((volume, "/".join(parts[:depth])))
+        for level in levels:
+            for volume, rel in sorted(level):
+                path = self.s.volumes.root(volume) / rel
                 try:
-                    os.rmdir(root / rel)
+                    os.rmdir(path)
                 except FileNotFoundError:
-                    continue
+                    pass
                 except OSError as exc:
                     if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                        log.warning("retention: cannot remove empty folder %s: %s", root / rel, exc)
-                    break
+                        log.warning("retention: cannot remove empty folder %s: %s", path, exc)
 
     # ------------------------------------------------------------------ stages
     def finish_interrupted(self) -> None:
