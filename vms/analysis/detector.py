@@ -268,7 +268,8 @@ class StationDetector:
         self.in_business_hours = in_business_hours
         self.states = StateTracker(int(self.cfg.hysteresis_seconds * 1000))
         min_ms, clear_ms = int(self.cfg.fault_min_seconds * 1000), int(self.cfg.fault_clear_seconds * 1000)
-        special = {"frozen": self.cfg.frozen_seconds, "scene_changed": self.cfg.scene_changed_seconds}
+        special = {"frozen": self.cfg.frozen_seconds, "scene_changed": self.cfg.scene_changed_seconds,
+                   "color_cast": self.cfg.cast_min_seconds}
         self.faults = {
             k: FaultTracker(k, int(special[k] * 1000) if k in special else min_ms, clear_ms) for k in FAULT_KINDS
         }
@@ -281,6 +282,7 @@ class StationDetector:
         self.online = False
         self._offline_since: int | None = None
         self._reason = ""
+        self._hidden_since: int | None = None
 
     # -- connection ---------------------------------------------------------------------------
     def connected(self, t_ms: int, width: int, height: int) -> list[Event]:
@@ -381,7 +383,8 @@ class StationDetector:
                 edge_basis = lit_ref or basis
                 edge_ratio = f.edge_density / max(edge_basis.edges, 1e-6)
                 lap_ratio = f.laplacian / max(basis.laplacian, 1e-6)
-                if ref_match < cfg.covered_match_max and edge_ratio < cfg.covered_edge_ratio:
+                if (ref_match < cfg.covered_match_max and edge_ratio < cfg.covered_edge_ratio
+                        and f.luma >= cfg.covered_min_luma):
                     sev = "critical" if edge_ratio < cfg.covered_edge_ratio / 2 else "major"
                     hits["covered"] = (sev, f"scene match {ref_match:.2f}, edges {edge_ratio:.0%} of usual")
                 elif ref_match < cfg.scene_match_max and lit:
@@ -399,6 +402,13 @@ class StationDetector:
 
         hidden = any(hits[k] for k in HIDING_FAULTS) or any(self.faults[k].active for k in HIDING_FAULTS)
         vote = UNKNOWN if hidden else (OPEN if lit else CLOSED)
+        if hidden:
+            # A moment of hidden scene (a head over the lens) says nothing about open or closed: the
+            # sample abstains; only a long one makes the state unknown, dated to its start.
+            if self._hidden_since is None:
+                self._hidden_since = t_ms
+        else:
+            self._hidden_since = None
 
         # Learn this station's look only from pictures that show the scene normally.
         if not hidden and not any(hits.values()):
@@ -419,7 +429,10 @@ class StationDetector:
                      match=None if ref_match is None else round(ref_match, 3),
                      edge_ratio=None if edge_ratio is None else round(edge_ratio, 3))
         out.insert(0, Sampled(t_ms, vote, feats))
-        out += self.states.vote(t_ms, vote)
+        if not hidden:
+            out += self.states.vote(t_ms, vote)
+        elif t_ms - self._hidden_since >= self.cfg.hidden_unknown_seconds * 1000:
+            out += self.states.force(self._hidden_since, UNKNOWN)
         self._prev, self._prev_luma, self._prev_ms = pic, f.luma, t_ms
         return out
 

@@ -159,9 +159,13 @@ class AnalysisSettings(StrictModel):
     blur_ratio: float = Field(default=0.35, gt=0, lt=1, description="Laplacian variance vs the station's reference")
     blur_max_laplacian: float = Field(default=60, gt=0, description="and below this absolute value (small image)")
     covered_edge_ratio: float = Field(default=0.7, gt=0, lt=1, description="edge density vs reference below this")
+    covered_min_luma: float = Field(default=35, ge=16, description="darker pictures are a dark room, not a cover")
     covered_match_max: float = Field(default=0.45, ge=-1, le=1, description="edge-map match with reference below this")
     scene_match_max: float = Field(default=0.35, ge=-1, le=1, description="edge-map match below this: scene changed")
     scene_changed_seconds: float = Field(default=300, ge=0)
+    cast_min_seconds: float = Field(default=300, ge=0, description="a colour cast must persist this long")
+    hidden_unknown_seconds: float = Field(
+        default=300, ge=0, description="covered/frozen/no-signal this long makes the state unknown")
     cast_min_offset: float = Field(default=12, gt=0, description="mean chroma offset from neutral (U/V levels)")
     cast_ratio: float = Field(default=1.5, gt=0, description="offset over chroma spread (cast factor K)")
     activity_ratio: float = Field(default=1.3, gt=1, description="P-frame bytes over the quiet level")
