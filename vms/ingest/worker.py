@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class IngestWorker:
         self.index = IndexWriter(self.db, self.node)
         self.sessions: dict[str, tuple[CameraAssignmentEntry, CameraSession]] = {}
         self.stop_event = threading.Event()
+        self._published: dict[str, tuple[int, int, int]] = {}  # station -> (time, frames, bytes)
         self._factories = []
         for path in spec.observer_factories:
             try:
@@ -79,7 +81,6 @@ class IngestWorker:
                 self.reconcile()
         finally:
             self._stop_sessions(list(self.sessions))
-            self._publish_status()
             self.index.stop()
 
     def stop(self) -> None:
@@ -110,7 +111,7 @@ class IngestWorker:
             last = s.execute(select(Segment.end_ms, Segment.volume).where(
                 Segment.station_id == sid, Segment.stream == "main", Segment.state != "deleting")
                 .order_by(Segment.start_ms.desc()).limit(1)).first()
-            open_gap = s.execute(select(Gap.id, Gap.reason).where(
+            open_gap = s.execute(select(Gap.id, Gap.reason, Gap.start_ms).where(
                 Gap.station_id == sid, Gap.stream == "main", Gap.end_ms.is_(None))
                 .order_by(Gap.start_ms.desc()).limit(1)).first()
         recorder = StreamRecorder(
@@ -133,13 +134,16 @@ class IngestWorker:
         log.info("recording %s", session.describe())
 
     def _stop_sessions(self, station_ids: list[str]) -> None:
-        sessions = [self.sessions.pop(sid)[1] for sid in station_ids if sid in self.sessions]
+        sessions = [self.sessions[sid][1] for sid in station_ids if sid in self.sessions]
         for s in sessions:
             s.stop()
         for s in sessions:
             s.join(self.settings.ingest.stall_seconds + 5)
             if s.is_alive():
                 log.error("%s: session did not stop in time", s.station_id)
+        self._publish_status()
+        for sid in station_ids:
+            self.sessions.pop(sid, None)
 
     def _publish_status_loop(self) -> None:
         while not self.stop_event.wait(self.settings.ingest.status_interval_seconds):
@@ -149,13 +153,13 @@ class IngestWorker:
         now = self.clock.now_ms()
         for sid, (_entry, session) in list(self.sessions.items()):
             h = session.health
-            prev = getattr(session, "_published", None)
+            prev = self._published.get(sid)
             fps = bitrate = None
             if prev is not None and now > prev[0]:
                 dt = (now - prev[0]) / 1000
                 fps = (h.frames - prev[1]) / dt
                 bitrate = (h.bytes - prev[2]) * 8 / dt
-            session._published = (now, h.frames, h.bytes)
+            self._published[sid] = (now, h.frames, h.bytes)
             self.index.put_status(
                 sid, state=h.state, reason=h.reason, detail=h.detail, fps=fps, bitrate_bps=bitrate, codec=h.codec,
                 width=h.width, height=h.height, last_packet_ms=h.last_packet_ms, reconnects=h.reconnects,
@@ -172,6 +176,16 @@ def run_worker_process(spec: WorkerSpec, stop_event) -> None:
     configure_logging(spec.settings.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     worker = IngestWorker(spec)
-    watcher = threading.Thread(target=lambda: (stop_event.wait(), worker.stop()), daemon=True)
-    watcher.start()
+    parent = os.getppid()
+
+    def watch() -> None:
+        # Stop when told to, and also when the supervisor is gone (killed): an orphaned worker
+        # would otherwise keep a second connection to every camera after the supervisor restarts.
+        while not stop_event.wait(1.0):
+            if os.getppid() != parent:
+                logging.getLogger(__name__).error("supervisor %d is gone; worker stopping", parent)
+                break
+        worker.stop()
+
+    threading.Thread(target=watch, daemon=True).start()
     worker.run()

@@ -48,6 +48,8 @@ class _OpenSegment:
     frames: int = 0
     keyframes: int = 0
     first_of_connection: bool = False
+    gap_before: int | None = None  # token of the gap this segment ended
+    published_start_ms: int = 0
 
 
 class StreamRecorder:
@@ -67,6 +69,7 @@ class StreamRecorder:
         self.last_end_ms = last_end_ms  # wall end of the newest footage of this stream
         self._gap_token: int | None = None
         self._gap_reason: str | None = None
+        self._gap_start = 0
         self._seg: _OpenSegment | None = None
         self._video: av.video.stream.VideoStream | None = None
         self._audio: av.audio.stream.AudioStream | None = None
@@ -87,29 +90,38 @@ class StreamRecorder:
             if detail:
                 self.index.update_gap(self._gap_token, detail=detail)
             return
-        start = now
         if self._gap_token is not None:
-            self.index.close_gap(self._gap_token, now)
-        elif self.last_end_ms is not None:
-            start = min(self.last_end_ms, now)
+            # The reason changed: the old gap ends now and the new one starts there.
+            start = max(now, self._gap_start)
+            self.index.close_gap(self._gap_token, start)
+        else:
+            # A gap starts where footage ends (which the slew may put a few ms after `now`).
+            start = self.last_end_ms if self.last_end_ms is not None else now
         self._gap_token = self.index.open_gap(self.station_id, start, reason, detail, self.stream)
         self._gap_reason = reason
+        self._gap_start = start
 
-    def start_run(self, open_gap: tuple[int, str] | None) -> None:
-        """At ingest start: continue the gap a clean shutdown left open (id, reason), or explain the
+    def start_run(self, open_gap: tuple[int, str, int] | None) -> None:
+        """At ingest start: continue the gap a clean shutdown left open (id, reason, start), or explain the
         hole a killed run left, so that the time until the first new segment is never bare."""
         if open_gap is not None:
             self._gap_token = self.index.adopt_row(open_gap[0])
             self._gap_reason = open_gap[1]
+            self._gap_start = open_gap[2]
         elif self.last_end_ms is not None:
             self._gap_token = self.index.open_gap(self.station_id, self.last_end_ms, "ingest_stopped",
                                                   "the previous run ended without a clean stop", self.stream)
             self._gap_reason = "ingest_stopped"
+            self._gap_start = self.last_end_ms
 
-    def _close_gap(self, at_ms: int) -> None:
-        if self._gap_token is not None:
-            self.index.close_gap(self._gap_token, at_ms)
+    def _close_gap(self, at_ms: int) -> int | None:
+        """End the open gap where footage starts again; returns its token so the end can follow the
+        segment's start if that is pulled back (see video_packet)."""
+        token = self._gap_token
+        if token is not None:
+            self.index.close_gap(token, at_ms)
             self._gap_token = self._gap_reason = None
+        return token
 
     # --- connection ---
     def begin(self, video: av.video.stream.VideoStream, audio: av.audio.stream.AudioStream | None) -> None:
@@ -195,9 +207,10 @@ class StreamRecorder:
 
     def _start_segment(self, pkt: av.Packet, start_ms: int | None = None, first: bool = True) -> _OpenSegment | None:
         now = self.clock.now_ms()
+        gap_token = None
         if start_ms is None:
             start_ms = now if self.last_end_ms is None else max(now, self.last_end_ms)
-            self._close_gap(start_ms)
+            gap_token = self._close_gap(start_ms)
         rel_path = segment_rel_path(self.station_id, start_ms, self.tz, self.stream)
         path = self.volumes.file_path(self.volume, rel_path)
         try:
@@ -211,7 +224,7 @@ class StreamRecorder:
         vctx = self._video.codec_context
         self._seg = _OpenSegment(f, self.volume, rel_path, start_ms, self._pos,
                                  audio_base=float((pkt.dts if pkt.dts is not None else pkt.pts) * pkt.time_base),
-                                 first_of_connection=first)
+                                 first_of_connection=first, gap_before=gap_token, published_start_ms=start_ms)
         self.index.open_segment(
             station_id=self.station_id, stream=self.stream, volume=self.volume, path=rel_path,
             start_ms=start_ms, end_ms=start_ms, duration_ms=0, bytes=0, codec=vctx.name,
@@ -220,8 +233,15 @@ class StreamRecorder:
         )
         return self._seg
 
+    def _publish_start(self, seg: _OpenSegment) -> None:
+        if seg.start_ms != seg.published_start_ms:
+            seg.published_start_ms = seg.start_ms
+            if seg.gap_before is not None:
+                self.index.close_gap(seg.gap_before, seg.start_ms)
+
     def _finish(self, seg: _OpenSegment, media_ticks: int, clean: bool = True) -> int:
         """Close, fsync, then index as complete. Returns the segment's wall end."""
+        self._publish_start(seg)
         media_ms = self._ticks_to_ms(media_ticks)
         expected_end = seg.start_ms + media_ms
         err = self.clock.now_ms() - expected_end
@@ -273,6 +293,7 @@ class StreamRecorder:
         seg = self._seg
         if seg is None:
             return
+        self._publish_start(seg)
         media_ticks = self._pos - seg.start_pos
         self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms,
                                   end_ms=seg.start_ms + self._ticks_to_ms(media_ticks),

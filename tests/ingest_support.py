@@ -1,0 +1,86 @@
+"""Helpers for the ingest tests: run a worker in a thread against simulator URLs, wait for states."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import av
+from sqlalchemy import select
+
+from vms.core.settings import Settings
+from vms.db.engine import Database
+from vms.db.models import Gap, Segment
+from vms.ingest.worker import IngestWorker, WorkerSpec
+
+
+def ingest_settings(tmp_path, **ingest) -> Settings:
+    base = {"segment_seconds": 4, "status_interval_seconds": 1, "stall_seconds": 3, "rtsp_timeout_seconds": 3,
+            "backoff_initial_seconds": 0.3, "backoff_max_seconds": 2, "node": "test-node"}
+    base.update(ingest)
+    return Settings.model_validate({
+        "data_dir": str(tmp_path / "data"),
+        "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings")}]},
+        "ingest": base,
+    })
+
+
+class RunningWorker:
+    def __init__(self, settings: Settings, db: Database, urls: dict[str, str]) -> None:
+        self.worker = IngestWorker(WorkerSpec(settings, url_overrides=urls, only_stations=set(urls),
+                                              reconcile_seconds=3600), database=db)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+
+    def __enter__(self) -> RunningWorker:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.worker.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "worker did not stop"
+
+    def health(self, station_id: str):
+        return self.worker.sessions[station_id][1].health
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def segments(db: Database, station_id: str) -> list[Segment]:
+    with db.session() as s:
+        return list(s.scalars(select(Segment).where(Segment.station_id == station_id).order_by(Segment.start_ms)))
+
+
+def gaps(db: Database, station_id: str) -> list[Gap]:
+    with db.session() as s:
+        return list(s.scalars(select(Gap).where(Gap.station_id == station_id).order_by(Gap.start_ms, Gap.id)))
+
+
+def decode_all(path) -> tuple[int, float]:
+    """Decode every frame of a file; return (frames, seconds of video by its timestamps)."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        n = 0
+        first = last = None
+        for frame in c.decode(vs):
+            n += 1
+            t = float(frame.pts * vs.time_base)
+            first = t if first is None else first
+            last = t
+    return n, (last - first) if n else 0.0
+
+
+def assert_contiguous(segs: list[Segment]) -> None:
+    """Segments of one camera never overlap and never have negative length."""
+    for seg in segs:
+        assert seg.end_ms >= seg.start_ms, f"negative segment {seg.path}"
+    for a, b in zip(segs, segs[1:], strict=False):
+        assert b.start_ms >= a.end_ms, f"{b.path} starts {a.end_ms - b.start_ms} ms before {a.path} ends"
