@@ -121,11 +121,11 @@ class FaultTracker:
         self._first_miss: int | None = None
         self._worst = "minor"
 
-    def update(self, t_ms: int, severity: str | None, detail: str = "") -> list[Event]:
+    def update(self, t_ms: int, severity: str | None, detail: str = "", since_ms: int | None = None) -> list[Event]:
         if severity is not None:
             self._first_miss = None
             if self._first_hit is None:
-                self._first_hit, self._worst = t_ms, severity
+                self._first_hit, self._worst = (since_ms if since_ms is not None else t_ms), severity
             elif SEVERITY_RANK[severity] > SEVERITY_RANK[self._worst]:
                 self._worst = severity
             if not self.active and t_ms - self._first_hit >= self.min_ms:
@@ -398,7 +398,8 @@ class StationDetector:
             if kind == "signal_lost" and self._offline_since is not None:
                 continue
             hit = hits[kind]
-            out += tracker.update(t_ms, hit[0] if hit else None, hit[1] if hit else "")
+            since = self._identical_since if kind == "frozen" else None
+            out += tracker.update(t_ms, hit[0] if hit else None, hit[1] if hit else "", since)
 
         hidden = any(hits[k] for k in HIDING_FAULTS) or any(self.faults[k].active for k in HIDING_FAULTS)
         vote = UNKNOWN if hidden else (OPEN if lit else CLOSED)
