@@ -1,0 +1,366 @@
+#!/usr/bin/python3
+"""Standalone RTSP server for simulated cameras (GStreamer gst-rtsp-server, run with Debian's python3).
+
+It imports nothing from `vms`: the project's virtualenv has no `gi`, so the venv side writes a JSON
+spec and launches this script with /usr/bin/python3. Protocol on stdout, one line each, flushed:
+    rtsp-port N | control-port N | ready NAME URL | serving | error MESSAGE
+Control: a line-based TCP service on 127.0.0.1 (see docs/simulator.md), one command per line:
+    stop|start|restart|stall|resume|drop NAME, status, ping  ->  "ok ..." or "error MESSAGE".
+It stops on SIGINT/SIGTERM or when stdin reaches end of file (its parent went away), exit code 0.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sys
+import threading
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+AUTH_USER = "admin"
+AUTH_PASSWORD = "secret"
+ROLE_ADMIN = "admin"
+
+
+def emit(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def gst_quote(path: str) -> str:
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def launch_line(mount: dict) -> str:
+    """The gst-launch description of one mount's media (payloaders named pay0, pay1...)."""
+    kind = mount["kind"]
+    fps = int(mount.get("fps", 15))
+    loc = gst_quote(mount.get("path", ""))
+    h264 = (f"multifilesrc location={loc} loop=true "
+            f"caps=\"video/x-h264,stream-format=byte-stream,framerate={fps}/1\" "
+            f"! h264parse name=parse ! clocksync ! valve name=valve drop=false "
+            f"! rtph264pay name=pay0 pt=96 config-interval=-1")
+    h265 = (f"multifilesrc location={loc} loop=true "
+            f"caps=\"video/x-h265,stream-format=byte-stream,framerate={fps}/1\" "
+            f"! h265parse name=parse ! clocksync ! valve name=valve drop=false "
+            f"! rtph265pay name=pay0 pt=96 config-interval=-1")
+    aac = ("audiotestsrc wave=sine freq=440 volume=0.1 samplesperbuffer=1024 "
+           "! audio/x-raw,rate=48000,channels=1 ! audioconvert ! voaacenc bitrate=64000 "
+           "! rtpmp4gpay name=pay{n} pt={pt}")
+    if kind == "h264":
+        body = h264
+    elif kind == "h265":
+        body = h265
+    elif kind == "h264+aac":
+        body = h264 + " " + aac.format(n=1, pt=97)
+    elif kind == "aac":
+        body = aac.format(n=0, pt=97)
+    elif kind == "mjpeg":
+        body = ("videotestsrc pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=10/1 "
+                "! jpegenc quality=70 ! rtpjpegpay name=pay0 pt=26")
+    else:
+        raise ValueError(f"unknown mount kind {kind!r}")
+    return f"( {body} )"
+
+
+class MountAuth(GstRtspServer.RTSPAuth):
+    """Basic auth on some mounts only; the others stay open to anonymous clients.
+
+    A server-wide default token would answer anonymous requests for a protected mount with 404
+    (no challenge, so clients never send credentials); here they get 401 with a Basic challenge.
+    """
+
+    def __init__(self, protected: set) -> None:
+        super().__init__()
+        self.protected = protected
+
+    def do_check(self, ctx, check: str) -> bool:
+        if check.startswith("auth.check.media.factory.") and ctx.factory in self.protected:
+            return GstRtspServer.RTSPAuth.do_check(self, ctx, check)
+        return True
+
+
+class Mount:
+    """One camera path: its factory, the medias it built, and its fault state."""
+
+    def __init__(self, spec: dict, server: CameraServer) -> None:
+        self.name: str = spec["name"]
+        self.spec = spec
+        self.path = "/" + self.name
+        self.server = server
+        self.stalled = False
+        self.mounted = False
+        self.medias: list = []
+        self.factory = GstRtspServer.RTSPMediaFactory()
+        self.factory.set_launch(launch_line(spec))
+        self.factory.set_shared(True)
+        self.factory.connect("media-configure", self._on_media_configure)
+
+    def _on_media_configure(self, _factory, media) -> None:
+        self.medias.append(media)
+        media.connect("unprepared", self._on_unprepared)
+        bin_ = media.get_element()
+        parse = bin_.get_by_name("parse")
+        if parse is not None:
+            parse.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, self._on_parsed)
+        valve = bin_.get_by_name("valve")
+        if valve is not None and self.stalled:
+            valve.set_property("drop", True)
+
+    def _on_unprepared(self, media) -> None:
+        if media in self.medias:
+            self.medias.remove(media)
+
+    @staticmethod
+    def _on_parsed(_pad, info):
+        # h264parse/h265parse leave pts unset on a raw stream; with no B-frames pts equals dts.
+        buf = info.get_buffer()
+        if buf.pts == Gst.CLOCK_TIME_NONE:
+            buf.pts = buf.dts
+        return Gst.PadProbeReturn.OK
+
+    @staticmethod
+    def _until_keyframe(_pad, info):
+        # A decoder cannot start on a P-frame: after a stall, the stream resumes on a keyframe.
+        if info.get_buffer().has_flags(Gst.BufferFlags.DELTA_UNIT):
+            return Gst.PadProbeReturn.DROP
+        return Gst.PadProbeReturn.REMOVE
+
+    def _valves(self) -> list:
+        return [v for v in (m.get_element().get_by_name("valve") for m in self.medias) if v is not None]
+
+    def set_stalled(self, stalled: bool) -> None:
+        """Stall: clocksync keeps the pipeline on time while the valve drops every frame."""
+        was, self.stalled = self.stalled, stalled
+        for valve in self._valves():
+            if was and not stalled:
+                valve.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, self._until_keyframe)
+            valve.set_property("drop", stalled)
+
+    def mount(self) -> None:
+        if not self.mounted:
+            self.server.mounts.add_factory(self.path, self.factory)
+            self.mounted = True
+
+    def unmount(self) -> None:
+        if self.mounted:
+            self.server.mounts.remove_factory(self.path)
+            self.mounted = False
+
+    def client_count(self) -> int:
+        return len(self.server.clients_of(self))
+
+
+class CameraServer:
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.loop = GLib.MainLoop()
+        self.rtsp = GstRtspServer.RTSPServer()
+        self.rtsp.set_address("127.0.0.1")
+        self.rtsp.set_service(str(int(spec.get("port", 0))))
+        self.mounts = self.rtsp.get_mount_points()
+        self.cameras: dict[str, Mount] = {}
+        for m in spec["mounts"]:
+            self.cameras[m["name"]] = Mount(m, self)
+        if any(m.get("auth") for m in spec["mounts"]):
+            self._configure_auth()
+        self.port = 0
+        self.control: socket.socket | None = None
+
+    def _configure_auth(self) -> None:
+        protected = {cam.factory for cam in self.cameras.values() if cam.spec.get("auth")}
+        auth = MountAuth(protected)
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", ROLE_ADMIN)
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(AUTH_USER, AUTH_PASSWORD), token)
+        self.rtsp.set_auth(auth)
+        perms = GstRtspServer.RTSPPermissions()
+        perms.add_permission_for_role(ROLE_ADMIN, "media.factory.access", True)
+        perms.add_permission_for_role(ROLE_ADMIN, "media.factory.construct", True)
+        for factory in protected:
+            factory.set_permissions(perms)
+
+    # -- clients -------------------------------------------------------------------------------
+    def clients_of(self, cam: Mount) -> list:
+        """RTSP clients holding a session on one of this camera's medias."""
+        found: list = []
+
+        def session_media_filter(_sess, sm, _data=None):
+            if sm.get_media() in cam.medias:
+                found_here[0] = True
+            return GstRtspServer.FilterResult.KEEP
+
+        def session_filter(_client, sess, _data=None):
+            sess.filter(session_media_filter, None)
+            return GstRtspServer.FilterResult.KEEP
+
+        def client_filter(_server, client, _data=None):
+            found_here[0] = False
+            client.session_filter(session_filter, None)
+            if found_here[0]:
+                found.append(client)
+            return GstRtspServer.FilterResult.KEEP
+
+        found_here = [False]
+        self.rtsp.client_filter(client_filter, None)
+        return found
+
+    def close_clients(self, cam: Mount | None) -> int:
+        """Close the TCP connections of the camera's clients (all clients when cam is None)."""
+        targets = None if cam is None else self.clients_of(cam)
+        closed = [0]
+
+        def client_filter(_server, client, _data=None):
+            if targets is None or client in targets:
+                closed[0] += 1
+                return GstRtspServer.FilterResult.REMOVE
+            return GstRtspServer.FilterResult.KEEP
+
+        self.rtsp.client_filter(client_filter, None)
+        return closed[0]
+
+    # -- commands (run on the GLib main loop) ---------------------------------------------------
+    def command(self, line: str) -> str:
+        words = line.split()
+        if not words:
+            return "error empty command"
+        verb, args = words[0].lower(), words[1:]
+        if verb == "ping":
+            return "ok pong"
+        if verb == "status":
+            parts = [f"{c.name}={'up' if c.mounted else 'stopped'}"
+                     f"{',stalled' if c.stalled else ''},clients:{c.client_count()}"
+                     for c in self.cameras.values()]
+            return "ok " + " ".join(parts)
+        if verb not in ("stop", "start", "restart", "stall", "resume", "drop"):
+            return f"error unknown command {verb!r} (known: stop start restart stall resume drop status ping)"
+        if len(args) != 1:
+            return f"error {verb} needs exactly one camera name"
+        cam = self.cameras.get(args[0])
+        if cam is None:
+            return f"error unknown camera {args[0]!r}"
+        if verb == "stop":
+            cam.unmount()
+            n = self.close_clients(cam)
+            return f"ok stopped {cam.name}, closed {n} client(s)"
+        if verb == "start":
+            cam.set_stalled(False)
+            cam.mount()
+            return f"ok started {cam.name}"
+        if verb == "restart":
+            cam.unmount()
+            n = self.close_clients(cam)
+            cam.set_stalled(False)
+            cam.mount()
+            return f"ok restarted {cam.name}, closed {n} client(s)"
+        if verb == "stall":
+            cam.set_stalled(True)
+            return f"ok stalled {cam.name}"
+        if verb == "resume":
+            cam.set_stalled(False)
+            return f"ok resumed {cam.name}"
+        n = self.close_clients(cam)
+        return f"ok dropped {n} client(s) of {cam.name}"
+
+    def run_on_loop(self, line: str) -> str:
+        """Run a command on the main loop from a control thread and wait for its answer."""
+        done = threading.Event()
+        answer = ["error the server is shutting down"]
+
+        def call() -> bool:
+            try:
+                answer[0] = self.command(line)
+            except Exception as exc:  # noqa: BLE001 - any failure becomes an error reply
+                answer[0] = f"error {type(exc).__name__}: {exc}"
+            done.set()
+            return False
+
+        GLib.idle_add(call)
+        done.wait(10)
+        return answer[0]
+
+    # -- control service -----------------------------------------------------------------------
+    def start_control(self) -> int:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", int(self.spec.get("control_port", 0))))
+        sock.listen(16)
+        self.control = sock
+        threading.Thread(target=self._accept, daemon=True).start()
+        return sock.getsockname()[1]
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.control.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rwb", buffering=0) as f:
+            for raw in f:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line:
+                    continue
+                if line.lower() in ("quit", "exit"):
+                    return
+                f.write((self.run_on_loop(line) + "\n").encode())
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def serve(self) -> int:
+        if self.rtsp.attach(None) == 0:
+            emit(f"error cannot listen for RTSP on 127.0.0.1:{self.spec.get('port', 0)} (port in use?)")
+            return 1
+        self.port = self.rtsp.get_bound_port()
+        emit(f"rtsp-port {self.port}")
+        try:
+            control_port = self.start_control()
+        except OSError as exc:
+            emit(f"error cannot listen for control on 127.0.0.1:{self.spec.get('control_port', 0)}: {exc}")
+            return 1
+        emit(f"control-port {control_port}")
+        for cam in self.cameras.values():
+            cam.mount()
+            emit(f"ready {cam.name} rtsp://127.0.0.1:{self.port}{cam.path}")
+        emit("serving")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, self._quit)
+        threading.Thread(target=self._watch_stdin, daemon=True).start()
+        self.loop.run()
+        self.close_clients(None)
+        if self.control is not None:
+            self.control.close()
+        return 0
+
+    def _quit(self, *_args) -> bool:
+        self.loop.quit()
+        return False
+
+    def _watch_stdin(self) -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        GLib.idle_add(self._quit)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        sys.stderr.write("usage: rtsp_server.py SPEC.json\n")
+        return 2
+    with open(argv[1], encoding="utf-8") as f:
+        spec = json.load(f)
+    Gst.init(None)
+    return CameraServer(spec).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
