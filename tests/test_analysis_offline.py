@@ -1,0 +1,147 @@
+"""`vms analyze` and the live observer on real H.264 made here with libx264 (no ../shared footage)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from vms.analysis.observer import StationAnalysisObserver, make_analysis_observer_factory
+from vms.cli import app
+from vms.core.clock import SimulatedClock
+from vms.db.models import Fault, Station, StationState
+
+FPS = 10
+
+
+def make_clip(path: Path, seconds_dark: int = 20, seconds_lit: int = 20, raw: bool = False) -> Path:
+    """A room (textured wall and shelves) with the light off, then on; camera noise in every frame."""
+    rng = np.random.default_rng(3)
+    w, h = 320, 180
+    room = np.full((h, w), 0.5, np.float32)
+    for _ in range(30):
+        x, y = rng.integers(0, w - 30), rng.integers(0, h - 30)
+        room[y:y + rng.integers(10, 40), x:x + rng.integers(10, 60)] = rng.uniform(0.2, 1.0)
+    out = av.open(str(path), "w", format="h264" if raw else None)
+    st = out.add_stream("libx264", rate=FPS)
+    st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+    st.options = {"x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0", "bf": "0", "preset": "ultrafast"}
+    for i in range((seconds_dark + seconds_lit) * FPS):
+        light = 40 if i < seconds_dark * FPS else 200
+        img = np.clip(room * light + rng.normal(0, 4, room.shape), 0, 255).astype(np.uint8)
+        frame = av.VideoFrame.from_ndarray(np.dstack([img] * 3), format="rgb24")
+        for p in st.encode(frame):
+            out.mux(p)
+    for p in st.encode():
+        out.mux(p)
+    out.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("clip") / "dark-then-lit.mp4")
+
+
+def run_cli(*args) -> tuple[int, list[dict], str]:
+    res = CliRunner().invoke(app, ["analyze", *map(str, args)])
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    return res.exit_code, lines, res.stderr
+
+
+def test_analyze_finds_the_light_switched_on(clip):
+    code, lines, err = run_cli(clip, "--format", "jsonl", "--hysteresis", "5", "--sample-interval", "1")
+    assert code == 0, err
+    states = [(d["t"], d["state"]) for d in lines if d["type"] == "state"]
+    assert [s for _, s in states] == ["closed", "open"]
+    assert states[0][0] == 0 and 19.9 <= states[1][0] <= 21.0
+    samples = [d for d in lines if d["type"] == "sample"]
+    assert 38 <= len(samples) <= 41 and {"luma", "laplacian", "vote"} <= set(samples[0])
+    assert not [d for d in lines if d["type"] == "fault"]
+
+
+def test_analyze_raw_stream_uses_the_assumed_rate(tmp_path):
+    raw = make_clip(tmp_path / "c.h264", 4, 4, raw=True)
+    cfg = tmp_path / "station.yaml"
+    cfg.write_text("overrides:\n  hysteresis_seconds: 2\n  sample_interval_seconds: 0.5\n", encoding="utf-8")
+    code, lines, err = run_cli(raw, "--fps-assumed", "5", "--station-config", cfg, "--decode", "all",
+                               "--no-samples")
+    assert code == 0, err
+    # 40 frames of dark at an assumed 5 fps: the light goes on at 8 s, not at 4 s.
+    states = [(d["t"], d["state"]) for d in lines if d["type"] == "state"]
+    assert states[0] == (0.0, "closed") and states[1][1] == "open" and 7.9 <= states[1][0] <= 8.6
+
+
+def test_analyze_reports_bad_input_plainly(tmp_path):
+    code, _, err = run_cli(tmp_path / "missing.mp4")
+    assert code == 2 and "file not found" in err
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all" * 100)
+    code, _, err = run_cli(tmp_path / "junk.mp4")
+    assert code == 2 and "junk.mp4" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("overrides:\n  hysteresis_seconds: -1\n", encoding="utf-8")
+    code, _, err = run_cli(tmp_path / "missing.mp4", "--station-config", bad)
+    assert code == 2 and "bad.yaml" in err and "hysteresis_seconds" in err
+
+
+def _feed(observer, path: Path, base_ms: int) -> int:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        observer.on_connect(s, base_ms)
+        last = base_ms
+        for p in c.demux(s):
+            if p.pts is None or p.size == 0:
+                continue
+            last = base_ms + round(float(p.pts * p.time_base) * 1000)
+            observer.on_packet(p, last)
+    return last
+
+
+def test_live_observer_through_the_factory_writes_the_database(clip, settings, db):
+    clock = SimulatedClock()
+    with db.session() as s:
+        station = s.scalars(select(Station).order_by(Station.id)).first()
+        station.calibration = {"overrides": {"hysteresis_seconds": 6, "sample_interval_seconds": 2}}
+        sid = station.id
+    factory = make_analysis_observer_factory(settings, db, clock)
+    try:
+        observer = factory(sid)
+        assert factory(sid) is observer  # one observer per camera, whatever the reconnects
+        base = clock.now_ms()
+        last = _feed(observer, clip, base)
+        observer.on_disconnect(last + 100, "stream_ended")
+        clock.advance(40 + 35)  # away longer than fault_min_seconds (30 s)
+        factory.tick()
+        assert 18 <= observer.samples <= 21  # a keyframe every 2 s, never every frame
+        with db.session() as s:
+            states = [(r.state, r.start_ms - base) for r in
+                      s.scalars(select(StationState).where(StationState.station_id == sid)
+                                .order_by(StationState.start_ms))]
+            assert [st for st, _ in states] == ["closed", "open", "unknown"]
+            assert 19_000 <= states[1][1] <= 22_000
+            lost = s.scalars(select(Fault).where(Fault.station_id == sid)).all()
+            assert [(f.kind, f.severity, f.end_ms) for f in lost] == [("signal_lost", "critical", None)]
+    finally:
+        factory.close()
+    assert (settings.data_dir / "analysis" / "looks" / f"{sid}.json").exists()
+
+
+def test_observer_never_raises_into_the_camera_thread(clip, settings, db):
+    class Boom:
+        def submit(self, *a):
+            raise RuntimeError("sink down")
+
+    observer = StationAnalysisObserver("x", settings.analysis, Boom(), SimulatedClock())
+    with av.open(str(clip)) as c:
+        observer.on_connect(c.streams.video[0], 0)
+    bad = av.Packet(b"\x00\x00\x00\x01\x65garbage")
+    bad.is_keyframe = True
+    observer.on_packet(bad, 1)
+    observer.on_packet(object(), 2)  # not even a packet
+    observer.on_disconnect(3, "stalled")
+    assert observer._errors >= 2
