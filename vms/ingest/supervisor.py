@@ -23,7 +23,7 @@ class IngestSupervisor:
         self._ctx = mp.get_context("spawn")  # never fork a process that runs PyAV threads
         self._stop = self._ctx.Event()
         self.specs = [WorkerSpec(settings, i, count, dict(url_overrides or {}), only_stations,
-                                 list(observer_factories or [])) for i in range(count)]
+                                 list(observer_factories or []), supervisor_pid=os.getpid()) for i in range(count)]
         self.processes: list[mp.process.BaseProcess | None] = [None] * count
         self.restarts = 0
         self._stopping = threading.Event()

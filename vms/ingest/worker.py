@@ -42,6 +42,7 @@ class WorkerSpec:
     # ingest needs no import of the layers above it.
     observer_factories: list[str] = field(default_factory=list)
     reconcile_seconds: float = 15.0
+    supervisor_pid: int | None = None
 
 
 def _load_factory(path: str) -> ObserverFactoryMaker:
@@ -173,19 +174,25 @@ def run_worker_process(spec: WorkerSpec, stop_event) -> None:
 
     from vms.core.logging_setup import configure_logging
 
-    configure_logging(spec.settings.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
-    worker = IngestWorker(spec)
-    parent = os.getppid()
+    stop_now = threading.Event()
+    holder: list[IngestWorker] = []
 
     def watch() -> None:
         # Stop when told to, and also when the supervisor is gone (killed): an orphaned worker
         # would otherwise keep a second connection to every camera after the supervisor restarts.
         while not stop_event.wait(1.0):
-            if os.getppid() != parent:
-                logging.getLogger(__name__).error("supervisor %d is gone; worker stopping", parent)
+            if spec.supervisor_pid is not None and os.getppid() != spec.supervisor_pid:
+                logging.getLogger(__name__).error("supervisor %d is gone; worker stopping", spec.supervisor_pid)
                 break
-        worker.stop()
+        stop_now.set()
+        if holder:
+            holder[0].stop()
 
     threading.Thread(target=watch, daemon=True).start()
+    configure_logging(spec.settings.log_level)
+    worker = IngestWorker(spec)
+    holder.append(worker)
+    if stop_now.is_set():
+        return
     worker.run()
