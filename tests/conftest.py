@@ -86,3 +86,7 @@ def db(settings) -> Iterator[Database]:
 @pytest.fixture
 def clock() -> SimulatedClock:
     return SimulatedClock()
+
+
+# Fixtures of the API tests (tests/test_api_*.py) live beside their helpers.
+from test_api_helpers import api, clip  # noqa: E402, F401

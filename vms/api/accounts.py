@@ -82,7 +82,9 @@ def check_towns(towns: list[str] | None) -> list[str] | None:
 
 
 def create_user(session: Session, username: str, password: str, role: str, now_ms: int,
-                towns: list[str] | None = None, display_name: str | None = None) -> User:
+                towns: list[str] | None = None, display_name: str | None = None,
+                password_hash: str | None = None) -> User:
+    """A new user. `password_hash`, if given, is an argon2 hash of `password` made earlier."""
     if not USERNAME.match(username):
         raise AccountError(f"username {username!r}: 2-64 characters of letters, digits, _ . @ -")
     if role not in ROLES:
@@ -90,7 +92,7 @@ def create_user(session: Session, username: str, password: str, role: str, now_m
     check_password_rules(password)
     if session.scalar(select(User).where(User.username == username)) is not None:
         raise AccountError(f"user {username!r} already exists")
-    user = User(username=username, display_name=display_name, password_hash=hash_password(password),
+    user = User(username=username, display_name=display_name, password_hash=password_hash or hash_password(password),
                 role=role, towns=check_towns(towns), disabled=False, created_ms=now_ms)
     session.add(user)
     session.flush()

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from vms.api.context import ApiContext
 from vms.catalog.urls import mask_text
@@ -29,9 +29,9 @@ class StatusSnapshot:
 
 def _latest_per_station(session: Session, model, cols) -> dict[str, tuple]:
     """The row with the greatest start_ms per station (correlated subquery: one index seek each)."""
-    inner = select(func.max(model.start_ms)).where(model.station_id == Station.id).scalar_subquery()
-    q = (select(model.station_id, *cols).join(Station, Station.id == model.station_id)
-         .where(model.start_ms == inner))
+    newer = aliased(model)
+    inner = select(func.max(newer.start_ms)).where(newer.station_id == model.station_id).scalar_subquery()
+    q = select(model.station_id, *cols).where(model.start_ms == inner)
     return {r[0]: tuple(r[1:]) for r in session.execute(q)}
 
 

@@ -1,0 +1,218 @@
+"""Accounts, sessions, API keys, roles, town limits and the rule that every endpoint needs a login."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from test_api_helpers import PASSWORD, add_user, login
+
+from vms.api.accounts import create_api_key, token_hash
+from vms.api.app import create_app
+from vms.db.models import AuthToken, User
+
+
+def test_login_me_logout_with_bearer_and_cookie(api, db):
+    r = api.post("/api/auth/login", json={"username": "op", "password": PASSWORD})
+    assert r.status_code == 200
+    body = r.json()
+    token = body["token"]
+    assert body["user"]["role"] == "operator" and "playback" in body["user"]["permissions"]
+    assert r.cookies.get("vms_session") == token
+    # Only the hash is stored, never the token.
+    with db.session() as s:
+        hashes = list(s.scalars(select(AuthToken.token_hash)))
+        pw = s.scalar(select(User.password_hash).where(User.username == "op"))
+    assert token_hash(token) in hashes and token not in hashes
+    assert pw.startswith("$argon2") and PASSWORD not in pw
+    # The cookie set by login authenticates the next calls of this client.
+    assert api.get("/api/auth/me").json()["username"] == "op"
+    api.cookies.clear()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert api.get("/api/auth/me", headers=headers).status_code == 200
+    assert api.post("/api/auth/logout", headers=headers).status_code == 204
+    r = api.get("/api/auth/me", headers=headers)
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+
+
+def test_wrong_password_unknown_user_and_malformed_header(api):
+    r = api.post("/api/auth/login", json={"username": "op", "password": "wrong password"})
+    assert r.status_code == 401 and r.json()["detail"] == "wrong username or password"
+    r = api.post("/api/auth/login", json={"username": "nobody", "password": "wrong password"})
+    assert r.status_code == 401 and r.json()["detail"] == "wrong username or password"
+    r = api.get("/api/auth/me", headers={"Authorization": "Basic abc"})
+    assert r.status_code == 401 and "Bearer" in r.json()["detail"]
+    assert api.get("/api/auth/me", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_login_rate_limit_per_user_and_address(api, clock):
+    for _ in range(5):
+        assert api.post("/api/auth/login", json={"username": "view", "password": "bad guess!"}).status_code == 401
+    r = api.post("/api/auth/login", json={"username": "view", "password": PASSWORD})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    assert "too many failed logins" in r.json()["detail"]
+    # Another user from the same address is not blocked.
+    assert api.post("/api/auth/login", json={"username": "aud", "password": PASSWORD}).status_code == 200
+    clock.advance(61)
+    assert api.post("/api/auth/login", json={"username": "view", "password": PASSWORD}).status_code == 200
+
+
+def test_session_expires_and_disabled_user_is_locked_out(api, clock, settings):
+    headers = login(api, "view")
+    api.cookies.clear()
+    clock.advance(settings.api.session_hours * 3600 + 1)
+    r = api.get("/api/auth/me", headers=headers)
+    assert r.status_code == 401 and "expired" in r.json()["detail"]
+    headers = login(api, "view")
+    admin = login(api, "admin")
+    api.cookies.clear()
+    assert api.patch("/api/users/view", json={"disabled": True}, headers=admin).status_code == 200
+    assert api.get("/api/auth/me", headers=headers).status_code == 401
+    r = api.post("/api/auth/login", json={"username": "view", "password": PASSWORD})
+    assert r.status_code == 401 and "disabled" in r.json()["detail"]
+
+
+def test_every_endpoint_but_health_requires_login(api):
+    spec = api.get("/openapi.json").json()
+    checked = 0
+    for path, ops in spec["paths"].items():
+        for method in ops:
+            url = re.sub(r"\{[^}]+\}", lambda m: "0123456789abcdef0123456789abcdef" if "export" in m.group()
+                         else ("1" if m.group() in ("{hold_id}", "{key_id}") else "pingshan-town"), path)
+            url = url.replace("{playback_id}", "abcdefgh12")
+            r = api.request(method.upper(), url)
+            if path in ("/api/health", "/api/auth/login"):
+                assert r.status_code in (200, 422)
+            else:
+                assert r.status_code == 401, (method, url, r.status_code, r.text)
+                checked += 1
+    assert checked >= 20
+
+
+ROLE_CASES = [
+    # (user, method, path, json, expected status)
+    ("view", "GET", "/api/stations", None, 200),
+    ("view", "GET", "/api/stations/{sid}/snapshot.jpg", None, 503),  # allowed; no picture in this test
+    ("view", "POST", "/api/stations/{sid}/playback", {"start": "2025-12-31T10:00", "end": "2025-12-31T10:05",
+                                                     "reason": "test"}, 403),
+    ("view", "POST", "/api/exports", {"station_id": "{sid}", "start": "2025-12-31T10:00",
+                                      "end": "2025-12-31T10:05", "reason": "test"}, 403),
+    ("view", "GET", "/api/audits/daily?day=2025-12-31", None, 403),
+    ("view", "POST", "/api/stations/{sid}/live-views", {}, 201),
+    ("aud", "GET", "/api/stations/{sid}/snapshot.jpg", None, 403),
+    ("aud", "POST", "/api/stations/{sid}/live-views", {}, 403),
+    ("aud", "POST", "/api/stations/{sid}/playback", {"start": "2025-12-31T10:00", "end": "2025-12-31T10:05",
+                                                    "reason": "test"}, 403),
+    ("aud", "GET", "/api/audits/daily?day=2025-12-31", None, 200),
+    ("aud", "GET", "/api/holds", None, 200),
+    ("aud", "POST", "/api/holds", {"station_id": "{sid}", "start": "2025-12-31T10:00",
+                                   "end": "2025-12-31T10:05", "reason": "case 1"}, 403),
+    ("op", "POST", "/api/holds", {"station_id": "{sid}", "start": "2025-12-31T10:00",
+                                  "end": "2025-12-31T10:05", "reason": "case 1"}, 201),
+    ("op", "GET", "/api/access-log", None, 403),
+    ("op", "GET", "/api/users", None, 403),
+    ("op", "PATCH", "/api/stations/{sid}", {"enabled": False}, 403),
+    ("op", "GET", "/metrics", None, 403),
+    ("admin", "GET", "/api/access-log", None, 200),
+    ("admin", "GET", "/metrics", None, 200),
+    ("admin", "PATCH", "/api/stations/{sid}", {"business_hours": "08:00-12:00,14:00-18:00"}, 200),
+]
+
+
+@pytest.mark.parametrize("user,method,path,body,expected", ROLE_CASES)
+def test_role_limits(api, user, method, path, body, expected):
+    sid = "pingshan-town"
+    headers = login(api, user)
+    api.cookies.clear()
+    path = path.replace("{sid}", sid)
+    if body:
+        body = {k: (v.replace("{sid}", sid) if isinstance(v, str) else v) for k, v in body.items()}
+    r = api.request(method, path, json=body, headers=headers)
+    assert r.status_code == expected, r.text
+
+
+def test_town_limited_user_sees_only_their_towns(api, db):
+    headers = login(api, "op_ph")
+    api.cookies.clear()
+    stations = api.get("/api/stations", headers=headers).json()["stations"]
+    assert stations and {s["town"] for s in stations} == {"平海镇"}
+    assert api.get("/api/stations?town=平山街道", headers=headers).json()["count"] == 0
+    r = api.get("/api/stations/pingshan-town", headers=headers)
+    assert r.status_code == 404 and "in your towns" in r.json()["detail"]
+    r = api.post("/api/stations/pingshan-town/playback", headers=headers,
+                 json={"start": "2025-12-31T10:00", "end": "2025-12-31T10:05", "reason": "check"})
+    assert r.status_code == 404
+    r = api.post("/api/exports", headers=headers, json={"station_id": "pingshan-town", "start": "2025-12-31T10:00",
+                                                       "end": "2025-12-31T10:05", "reason": "check"})
+    assert r.status_code == 404
+    r = api.get("/api/stations/pingshan-town/timeline?start=2025-12-31T00:00&end=2025-12-31T12:00", headers=headers)
+    assert r.status_code == 404
+    mine = stations[0]["id"]
+    assert api.get(f"/api/stations/{mine}", headers=headers).status_code == 200
+    r = api.get("/api/audits/daily?day=2025-12-31&town=平山街道", headers=headers)
+    assert r.status_code == 403
+    r = api.get("/api/audits/daily?day=2025-12-31", headers=headers)
+    assert r.status_code == 200 and r.json()["town"] == "平海镇"
+
+
+def test_api_key_scopes(api, db, clock):
+    with db.session() as s:
+        metrics_key, _ = create_api_key(s, "admin", "scraper", ["metrics"], clock.now_ms())
+        audit_key, _ = create_api_key(s, "aud", "audit-cron", ["audits:read"], clock.now_ms())
+    m = {"Authorization": f"Bearer {metrics_key}"}
+    a = {"Authorization": f"Bearer {audit_key}"}
+    r = api.get("/metrics", headers=m)
+    assert r.status_code == 200 and "vms_camera_state" in r.text
+    # An admin's key with scope metrics cannot do what the admin can.
+    r = api.get("/api/access-log", headers=m)
+    assert r.status_code == 403 and "API key scopes" in r.json()["detail"]
+    assert api.get("/api/stations", headers=m).status_code == 403
+    assert api.get("/api/audits/monthly?month=2025-12", headers=a).status_code == 200
+    assert api.get("/metrics", headers=a).status_code == 403
+
+
+def test_admin_manages_users_and_keys(api):
+    headers = login(api, "admin")
+    api.cookies.clear()
+    r = api.post("/api/users", headers=headers, json={"username": "newbie", "password": "long enough pw",
+                                                      "role": "viewer", "towns": ["火星镇"]})
+    assert r.status_code == 400 and "unknown town" in r.json()["detail"]
+    r = api.post("/api/users", headers=headers, json={"username": "newbie", "password": "long enough pw",
+                                                      "role": "viewer", "towns": ["白花镇"]})
+    assert r.status_code == 201 and r.json()["towns"] == ["白花镇"] and "password" not in r.text
+    r = api.post("/api/users", headers=headers, json={"username": "newbie", "password": "long enough pw",
+                                                      "role": "viewer"})
+    assert r.status_code == 409
+    r = api.post("/api/users/newbie/api-keys", headers=headers, json={"name": "k", "scopes": ["status:read"]})
+    assert r.status_code == 201 and r.json()["key"].startswith("vmsk_")
+    key = r.json()["key"]
+    listed = api.get("/api/users/newbie/api-keys", headers=headers).json()
+    assert listed and all(k.get("key") is None for k in listed)
+    kh = {"Authorization": f"Bearer {key}"}
+    assert {s["town"] for s in api.get("/api/stations", headers=kh).json()["stations"]} == {"白花镇"}
+    assert api.delete(f"/api/users/newbie/api-keys/{listed[0]['id']}", headers=headers).status_code == 204
+    assert api.get("/api/stations", headers=kh).status_code == 401
+    r = api.patch("/api/users/admin", headers=headers, json={"role": "viewer"})
+    assert r.status_code == 400
+
+
+def test_login_and_station_list_on_each_database(any_db, settings, clock):
+    """The same calls on SQLite and on the real PostgreSQL server."""
+    from test_api_helpers import STATIONS_YAML_PATH
+
+    from vms.catalog.loader import load_catalog
+    from vms.catalog.store import import_catalog
+
+    with any_db.session() as s:
+        import_catalog(s, load_catalog(STATIONS_YAML_PATH))
+    add_user(any_db, "admin", "admin", clock.now_ms())
+    with TestClient(create_app(settings, any_db, clock)) as client:
+        headers = login(client, "admin")
+        body = client.get("/api/stations", headers=headers).json()
+        assert body["count"] == 139
+        assert client.get("/api/stations/pingshan-town", headers=headers).status_code == 200
+        r = client.get("/api/stations/pingshan-town/timeline?start=2025-12-31T00:00&end=2025-12-31T12:00",
+                       headers=headers)
+        assert r.status_code == 200 and r.json()["recorded"] == []
