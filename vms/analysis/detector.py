@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vms.analysis.calibration import StationCalibration, analysis_mask
+from vms.analysis.calibration import LabelledLook, StationCalibration, analysis_mask
 from vms.analysis.features import (
     Features,
     Picture,
@@ -159,44 +159,52 @@ class FaultTracker:
 
 # ---- activity ----------------------------------------------------------------------------------
 class ActivityTracker:
-    """Episodes of movement from the bytes of inter-coded frames per second, relative to the quiet
-    level of this camera (a low percentile of recent seconds), plus motion between samples.
+    """Episodes of movement from the bytes of inter-coded frames, relative to the quiet level of this
+    camera (a low percentile of recent buckets), plus motion between samples.
 
-    Seconds are held back until the next sample has been seen, so that a light switched on or off
-    in between (which inflates frame sizes without anyone in view) can be discounted."""
+    Sizes are averaged per GOP (keyframe to keyframe, at most MAX_BUCKET_MS): frames early in a GOP
+    are larger, so fixed one-second buckets would alternate with the GOP and look like motion.
+    Buckets are held back until the next sample has been seen, so that a light switched on or off in
+    between (which inflates frame sizes without anyone in view) can be discounted."""
+
+    MAX_BUCKET_MS = 4000
 
     def __init__(self, cfg: AnalysisSettings) -> None:
         self.cfg = cfg
         self.min_excess = 0.0
-        self._sec: int | None = None
+        self._start: int | None = None
+        self._last = 0
         self._bytes = 0
         self._frames = 0
-        self._history: deque[float] = deque(maxlen=max(10, int(cfg.activity_baseline_seconds)))
-        self._held: list[tuple[int, float]] = []  # (second start ms, P bytes per frame)
-        self._marks: list[tuple[int, float]] = []  # (ms, score) of active moments
+        self._history: deque[float] = deque(maxlen=max(10, int(cfg.activity_baseline_seconds / 2)))
+        self._held: list[tuple[int, int, float]] = []  # (start ms, end ms, P bytes per frame)
+        self._marks: list[tuple[int, int, float]] = []  # (start ms, end ms, score) of active moments
         self._quiet_until = -(10**15)
-        self._episode: list[int] | None = None  # [start, last active, active seconds]
+        self._episode: list[int] | None = None  # [start, end, active ms]
         self._peak = 0.0
 
     def set_picture_size(self, width: int, height: int) -> None:
         self.min_excess = self.cfg.activity_min_excess_per_mpixel * width * height / 1e6
 
+    def _close_bucket(self, end_ms: int) -> None:
+        if self._frames and self._start is not None:
+            self._held.append((self._start, max(end_ms, self._start + 1), self._bytes / self._frames))
+        self._start, self._bytes, self._frames = None, 0, 0
+
     def packet(self, t_ms: int, size: int, keyframe: bool) -> None:
-        sec = t_ms // 1000
-        if self._sec is None:
-            self._sec = sec
-        if sec != self._sec:
-            if self._frames:
-                self._held.append((self._sec * 1000, self._bytes / self._frames))
-            self._sec, self._bytes, self._frames = sec, 0, 0
-            if len(self._held) > 3600:  # no sample for an hour: judge without waiting
+        if self._start is not None and (keyframe or t_ms - self._start >= self.MAX_BUCKET_MS):
+            self._close_bucket(t_ms)
+            if len(self._held) > 2000:  # no sample for a long time: judge without waiting
                 self._judge(relight_from=None)
+        if self._start is None:
+            self._start = t_ms
+        self._last = t_ms
         if not keyframe:
             self._bytes += size
             self._frames += 1
 
     def sample(self, t_ms: int, relit: bool, prev_sample_ms: int | None, motion: float | None) -> list[Event]:
-        """Called at each sample: judge the held seconds, knowing whether the lights changed."""
+        """Called at each sample: judge the held buckets, knowing whether the lights changed."""
         if relit:
             self._quiet_until = t_ms + int(self.cfg.relight_settle_seconds * 1000)
             self._history.clear()  # the quiet level of the old lighting no longer applies
@@ -204,50 +212,48 @@ class ActivityTracker:
         else:
             self._judge(relight_from=None)
             if motion is not None and motion >= self.cfg.motion_min_fraction and t_ms >= self._quiet_until:
-                self._marks.append((t_ms, 1.0 + motion * 10))
+                self._marks.append((t_ms, t_ms + 1000, 1.0 + motion * 10))
         return self._episodes(t_ms)
 
     def _judge(self, relight_from: int | None) -> None:
-        for start_ms, per_frame in self._held:
-            if relight_from is not None and start_ms + 1000 > relight_from:
+        for start, end, per_frame in self._held:
+            if relight_from is not None and end > relight_from:
                 continue  # the light switched inside this interval: sizes mean nothing here
-            if start_ms < self._quiet_until:
+            if start < self._quiet_until:
                 continue
             if len(self._history) >= 3:
                 quiet = float(np.percentile(self._history, 10))
                 ratio = per_frame / max(quiet, 1.0)
                 if ratio >= self.cfg.activity_ratio and per_frame - quiet >= self.min_excess:
-                    self._marks.append((start_ms, ratio))
+                    self._marks.append((start, end, ratio))
             self._history.append(per_frame)
         self._held = []
 
     def _episodes(self, now_ms: int) -> list[Event]:
         out: list[Event] = []
         gap = int(self.cfg.activity_gap_seconds * 1000)
-        for t, score in sorted(self._marks):
-            if self._episode is not None and t - self._episode[1] > gap + 1000:
+        for start, end, score in sorted(self._marks):
+            if self._episode is not None and start - self._episode[1] > gap:
                 out += self._finish()
             if self._episode is None:
-                self._episode, self._peak = [t, t, 0], 0.0
-            self._episode[1] = max(self._episode[1], t)
-            self._episode[2] += 1
+                self._episode, self._peak = [start, end, 0], 0.0
+            self._episode[1] = max(self._episode[1], end)
+            self._episode[2] += end - start
             self._peak = max(self._peak, score)
         self._marks = []
-        if self._episode is not None and now_ms - self._episode[1] > gap + 1000:
+        if self._episode is not None and now_ms - self._episode[1] > gap:
             out += self._finish()
         return out
 
     def _finish(self) -> list[Event]:
         ep, self._episode = self._episode, None
-        if ep is None or ep[2] < self.cfg.activity_min_active_seconds:
+        if ep is None or ep[2] < self.cfg.activity_min_active_seconds * 1000:
             return []
-        return [ActivityFound(ep[0], ep[1] + 1000, round(self._peak, 3))]
+        return [ActivityFound(ep[0], ep[1], round(self._peak, 3))]
 
     def flush(self, t_ms: int) -> list[Event]:
         """The stream ended: judge what is held and end any episode."""
-        if self._frames and self._sec is not None:
-            self._held.append((self._sec * 1000, self._bytes / self._frames))
-        self._sec, self._bytes, self._frames = None, 0, 0
+        self._close_bucket(self._last + 1)
         self._judge(relight_from=None)
         out = self._episodes(t_ms)
         return out + self._finish()
@@ -403,6 +409,8 @@ class StationDetector:
 
         hidden = any(hits[k] for k in HIDING_FAULTS) or any(self.faults[k].active for k in HIDING_FAULTS)
         vote = UNKNOWN if hidden else (OPEN if lit else CLOSED)
+        if vote == OPEN and split_source != "operator":
+            vote = self._nearest_look(f) or vote
         if hidden:
             # A moment of hidden scene (a head over the lens) says nothing about open or closed: the
             # sample abstains; only a long one makes the state unknown, dated to its start.
@@ -437,6 +445,32 @@ class StationDetector:
         self._prev, self._prev_luma, self._prev_ms = pic, f.luma, t_ms
         return out
 
+    def _nearest_look(self, f: Features) -> str | None:
+        """With operator looks that luma cannot tell apart (lit room, shutter down or up): the look
+        whose edge map matches best."""
+        best: dict[str, float] = {}
+        for lk in self.calibration.looks:
+            if len(lk.edge_thumb) == f.edge_thumb.size:
+                m = match(f.edge_thumb, np.asarray(lk.edge_thumb, np.float32)) or 0.0
+                best[lk.label] = max(best.get(lk.label, -1.0), m)
+        if len(best) < 2:
+            return None
+        return OPEN if best["open"] >= best["closed"] else CLOSED
+
+    def describe(self, y: np.ndarray, u: np.ndarray | None = None, v: np.ndarray | None = None) -> Features:
+        """Features of one picture under this station's masks (for labelling a snapshot)."""
+        pic = reduce_planes(y, u, v, self.cfg.analysis_width, self.mask_for(y.shape[1], y.shape[0]))
+        return compute_features(pic, self.cfg.overexposed_luma)
+
     def finish(self, t_ms: int) -> list[Event]:
         """End of a file: report the activity still held (faults stay open, end unknown)."""
         return self.activity.flush(t_ms)
+
+
+def labelled_look(
+    cfg: AnalysisSettings, calibration: StationCalibration, label: str, at_ms: int, y: np.ndarray
+) -> LabelledLook:
+    """What the operator's "this is open/closed" on a snapshot (its Y plane) adds to the calibration."""
+    f = StationDetector(cfg, calibration).describe(y)
+    return LabelledLook(label=label, at_ms=at_ms, luma=round(f.luma, 2),
+                        edge_thumb=[round(float(x), 5) for x in f.edge_thumb])
