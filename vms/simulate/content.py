@@ -87,14 +87,18 @@ def _cached(path: Path, build: Callable[[Path], None]) -> Path:
 
 # -- encoding ---------------------------------------------------------------------------------------
 
-def _encoder(codec: str, fmt: VideoFormat, width: int | None = None, height: int | None = None):
+def _encoder(codec: str, fmt: VideoFormat, width: int | None = None, height: int | None = None,
+             capped: bool = False):
+    """capped=False: average bitrate (a CBR-like camera); True: constant quality with the bitrate as a
+    ceiling, like a camera in VBR mode: dark, still scenes then cost far less (and less server memory)."""
     cc = av.CodecContext.create(codec, "w")
     cc.width = width or fmt.width
     cc.height = height or fmt.height
     cc.pix_fmt = "yuv420p"
     cc.time_base = Fraction(1, fmt.fps)
     cc.framerate = Fraction(fmt.fps, 1)
-    cc.bit_rate = fmt.bitrate_kbps * 1000
+    if not capped:
+        cc.bit_rate = fmt.bitrate_kbps * 1000
     cc.gop_size = fmt.gop
     cc.max_b_frames = 0
     # Frame threads, not slices: sliced keyframes carry equal DTS and players complain (measured).
@@ -102,6 +106,7 @@ def _encoder(codec: str, fmt: VideoFormat, width: int | None = None, height: int
     g, rate = fmt.gop, fmt.bitrate_kbps
     if codec == "libx264":
         cc.options = {
+            **({"crf": "20"} if capped else {}),
             "preset": "veryfast", "bf": "0",
             "x264-params": f"keyint={g}:min-keyint={g}:scenecut=0:sliced-threads=0:"
                            f"vbv-maxrate={rate}:vbv-bufsize={rate * 2}",
@@ -116,9 +121,9 @@ def _encoder(codec: str, fmt: VideoFormat, width: int | None = None, height: int
 
 
 def encode_frames(frames: Iterator[np.ndarray], out: Path, fmt: VideoFormat, codec: str = "libx264",
-                  width: int | None = None, height: int | None = None) -> int:
+                  width: int | None = None, height: int | None = None, capped: bool = False) -> int:
     """Encode I420 frames (shape h*3/2 x w) into a raw Annex-B file; return the frame count."""
-    cc = _encoder(codec, fmt, width, height)
+    cc = _encoder(codec, fmt, width, height, capped)
     count = 0
     with open(out, "wb") as f:
         for i, yuv in enumerate(frames):
@@ -347,7 +352,7 @@ def station_day_clip(cache_dir: Path, fmt: VideoFormat, day_seconds: float = 600
 
     def build(out: Path) -> None:
         scene = StationScene(fmt.width, fmt.height, timeline)
-        encode_frames((scene.render(i / fmt.fps, i) for i in range(frames)), out, fmt)
+        encode_frames((scene.render(i / fmt.fps, i) for i in range(frames)), out, fmt, capped=True)
         tmp = truth_path.with_name(f".{truth_path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, truth_path)

@@ -194,18 +194,18 @@ class CameraServer:
         def session_media_filter(_sess, sm, _data=None):
             if sm.get_media() in cam.medias:
                 found_here[0] = True
-            return GstRtspServer.FilterResult.KEEP
+            return GstRtspServer.RTSPFilterResult.KEEP
 
         def session_filter(_client, sess, _data=None):
             sess.filter(session_media_filter, None)
-            return GstRtspServer.FilterResult.KEEP
+            return GstRtspServer.RTSPFilterResult.KEEP
 
         def client_filter(_server, client, _data=None):
             found_here[0] = False
             client.session_filter(session_filter, None)
             if found_here[0]:
                 found.append(client)
-            return GstRtspServer.FilterResult.KEEP
+            return GstRtspServer.RTSPFilterResult.KEEP
 
         found_here = [False]
         self.rtsp.client_filter(client_filter, None)
@@ -219,8 +219,8 @@ class CameraServer:
         def client_filter(_server, client, _data=None):
             if targets is None or client in targets:
                 closed[0] += 1
-                return GstRtspServer.FilterResult.REMOVE
-            return GstRtspServer.FilterResult.KEEP
+                return GstRtspServer.RTSPFilterResult.REMOVE
+            return GstRtspServer.RTSPFilterResult.KEEP
 
         self.rtsp.client_filter(client_filter, None)
         return closed[0]

@@ -168,6 +168,8 @@ class Simulator:
         self._proc = subprocess.Popen(
             [self.python, str(SERVER_SCRIPT), spec_name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, env=env, close_fds=True,
+            # Its own session: a Ctrl-C meant for the parent does not kill the server behind its back.
+            start_new_session=True,
         )
         threading.Thread(target=self._read_stdout, args=(self._proc,), daemon=True).start()
         try:

@@ -1,0 +1,128 @@
+"""`vms simulate`: serve looping simulated RTSP cameras on 127.0.0.1, and inject faults into them."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from vms.catalog.urls import mask_url
+from vms.cli.context import fail, settings
+from vms.simulate import EXTRA_MOUNTS, Simulator, SimulatorError
+
+app = typer.Typer(
+    help="Simulated RTSP cameras (looping H.264 on 127.0.0.1) with fault injection; see docs/simulator.md.",
+)
+
+
+class Content(StrEnum):
+    pattern = "pattern"
+    station_day = "station-day"
+
+
+class FaultAction(StrEnum):
+    stop = "stop"
+    start = "start"
+    restart = "restart"
+    stall = "stall"
+    resume = "resume"
+    drop = "drop"
+
+
+@app.callback(invoke_without_command=True)
+def serve(
+    ctx: typer.Context,
+    cameras: int = typer.Option(1, "--cameras", "-n", min=0, help="number of cameras (cam01..camNN)"),
+    port: int | None = typer.Option(None, help="RTSP port; default simulate.port from the settings, 0 = any"),
+    control_port: int | None = typer.Option(
+        None, help="fault control port on 127.0.0.1; default the RTSP port + 1 (any free port if RTSP is 0)"),
+    content: Content | None = typer.Option(None, help="what the cameras show; default simulate.content"),
+    source: Path | None = typer.Option(None, help="serve this video file instead (raw .h264 needs --fps)"),
+    day_seconds: float | None = typer.Option(
+        None, min=10, help="length of the compressed station day loop; default simulate.day_seconds"),
+    width: int | None = typer.Option(None, help="default simulate.width"),
+    height: int | None = typer.Option(None, help="default simulate.height"),
+    fps: int | None = typer.Option(None, help="default simulate.fps"),
+    bitrate: int | None = typer.Option(None, help="kbit/s; default simulate.bitrate_kbps"),
+    gop: int = typer.Option(30, min=1, help="frames from one keyframe to the next"),
+    names: str | None = typer.Option(None, help="comma-separated camera names instead of cam01..camNN"),
+    extra: list[str] = typer.Option(
+        [], "--extra", help=f"extra test mount, repeatable: {', '.join(EXTRA_MOUNTS)}"),
+    cache_dir: Path | None = typer.Option(None, help="default <data_dir>/cache/simulate"),
+) -> None:
+    """Serve until SIGINT/SIGTERM; print each stream's URL on its own line as it becomes ready."""
+    if ctx.invoked_subcommand is not None:
+        return
+    s = settings()
+    sim_settings = s.simulate
+    rtsp_port = sim_settings.port if port is None else port
+    if control_port is None:
+        control_port = rtsp_port + 1 if rtsp_port else 0
+    name_list = [n.strip() for n in names.split(",")] if names else None
+    if name_list is not None and cameras == 1 and len(name_list) != 1:
+        cameras = len(name_list)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        sim = Simulator(
+            cameras=cameras, width=width or sim_settings.width, height=height or sim_settings.height,
+            fps=fps or sim_settings.fps, bitrate_kbps=bitrate or sim_settings.bitrate_kbps, gop=gop,
+            content=content.value if content else sim_settings.content, source=source, port=rtsp_port,
+            names=name_list, extra_mounts=extra, cache_dir=cache_dir or s.data_dir / "cache" / "simulate",
+            day_seconds=day_seconds or sim_settings.day_seconds, control_port=control_port,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    try:
+        # Credentials (the auth mount's) are never printed: see docs/simulator.md for them.
+        sim.start(on_ready=lambda _name, url: print(mask_url(url), flush=True))
+    except (SimulatorError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    try:
+        typer.echo(f"serving {len(sim.urls)} stream(s); fault control on 127.0.0.1:{sim.control_port}", err=True)
+        while not stop.wait(0.5):
+            if not sim.running:
+                raise fail("the RTSP server exited unexpectedly", 1)
+    finally:
+        sim.close()
+
+
+@app.command()
+def fault(
+    action: FaultAction = typer.Argument(..., help="stop | start | restart | stall | resume | drop"),
+    camera: str = typer.Argument(..., help="camera (mount) name, e.g. cam02"),
+    control_port: int = typer.Option(..., help="the simulator's control port (printed when it starts)"),
+) -> None:
+    """Inject a fault into a running simulator."""
+    typer.echo(_send(control_port, f"{action.value} {camera}"))
+
+
+@app.command()
+def status(control_port: int = typer.Option(..., help="the simulator's control port")) -> None:
+    """Show each mount: up or stopped, stalled, connected clients."""
+    for item in _send(control_port, "status").split():
+        typer.echo(item)
+
+
+def _send(control_port: int, line: str) -> str:
+    try:
+        with socket.create_connection(("127.0.0.1", control_port), timeout=15) as conn, \
+                conn.makefile("rwb", buffering=0) as f:
+            f.write((line + "\n").encode())
+            reply = f.readline().decode("utf-8", "replace").strip()
+    except OSError as exc:
+        raise fail(f"no simulator control service on 127.0.0.1:{control_port} ({exc})") from None
+    word, _, rest = reply.partition(" ")
+    if word != "ok":
+        raise fail(rest or reply or "no answer")
+    return rest
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
