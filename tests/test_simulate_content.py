@@ -1,0 +1,145 @@
+"""Simulated content: the station day matches its ground truth, clips are cached, files are converted."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from vms.simulate import Simulator
+from vms.simulate.content import VideoFormat, pattern_clip, source_clip, station_day_clip
+
+FAST_OPEN = {"rtsp_transport": "tcp", "timeout": "5000000", "analyzeduration": "0", "probesize": "32"}
+SMALL = VideoFormat(width=192, height=108, fps=10, bitrate_kbps=200, gop=10)
+
+
+def decode_gray(path, fmt="h264"):
+    with av.open(str(path), format=fmt) as c:
+        return [f.to_ndarray(format="gray").astype(np.float32) for f in c.decode(video=0)]
+
+
+def keyframe_flags(path):
+    with av.open(str(path), format="h264") as c:
+        return [p.is_keyframe for p in c.demux(video=0) if p.size]
+
+
+@pytest.fixture(scope="module")
+def day(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("daycache")
+    path, truth = station_day_clip(cache, SMALL, day_seconds=30)
+    return path, truth, decode_gray(path)
+
+
+def test_station_day_ground_truth_is_written_beside_the_clip(day):
+    path, truth, frames = day
+    assert json.loads(path.with_suffix(".json").read_text()) == truth
+    assert truth["frames"] == len(frames) == 300 and truth["fps"] == 10
+    order = [e["event"] for e in truth["events"] if not e["event"].startswith("person")]
+    assert order == ["lights_on", "shutter_up", "shutter_down", "lights_off"]
+    times = [e["t"] for e in truth["events"]]
+    assert times == sorted(times) and 0 < times[0] and times[-1] < truth["day_seconds"]
+    enters = sum(e["event"] == "person_enter" for e in truth["events"])
+    assert enters == len(truth["person_episodes"]) >= 3
+
+
+def test_station_day_pictures_match_the_ground_truth(day):
+    _, truth, frames = day
+    fps = truth["fps"]
+    ev = {e["event"]: e for e in truth["events"] if not e["event"].startswith("person")}
+
+    def at(t: float) -> np.ndarray:
+        return frames[int(t * fps)]
+
+    lights_on, lights_off = ev["lights_on"]["t"], ev["lights_off"]["t"]
+    dark = [at(t).mean() for t in (0.5, lights_on - 0.5, lights_off + 0.5, truth["day_seconds"] - 0.5)]
+    lit = [at(t).mean() for t in (lights_on + 0.5, (lights_on + lights_off) / 2, lights_off - 0.5)]
+    assert max(dark) < 40 and min(lit) > 100, (dark, lit)
+
+    # The shutter: the door area changes between closed-but-lit and fully up.
+    h, w = frames[0].shape
+    door = (slice(int(0.2 * h), int(0.7 * h)), slice(int(0.6 * w), int(0.8 * w)))
+    up = ev["shutter_up"]
+    shut, opened = at(up["t"] - 0.2)[door], at(up["t"] + up["duration"] + 0.2)[door]
+    assert abs(opened.mean() - shut.mean()) > 30
+
+    # People: frames with someone present differ from the empty shop; empty lit frames do not.
+    empty = at(up["t"] + up["duration"] + 0.5)
+    first = truth["person_episodes"][0]
+    someone = at((first["enter"] + first["leave"]) / 2)
+    later_empty = at(first["enter"] - 0.3)
+    changed = (np.abs(someone - empty) > 30).mean()
+    assert changed > 0.01 and (np.abs(later_empty - empty) > 30).mean() < 0.002, changed
+
+
+def test_served_station_day_carries_its_ground_truth(day, tmp_path):
+    path, truth, _ = day
+    with Simulator(cameras=1, width=SMALL.width, height=SMALL.height, fps=SMALL.fps,
+                   bitrate_kbps=SMALL.bitrate_kbps, gop=SMALL.gop, content="station-day", day_seconds=30,
+                   cache_dir=path.parent) as sim:
+        assert sim.ground_truth == truth and sim.clip_path == path
+        with av.open(sim.urls["cam01"], options=FAST_OPEN) as c:
+            assert c.streams.video[0].codec_context.width == SMALL.width
+
+
+def test_pattern_clip_is_whole_gops_cached_and_keyed_by_every_parameter(tmp_path):
+    clip = pattern_clip(tmp_path, SMALL, seconds=1.5)
+    flags = keyframe_flags(clip)
+    assert len(flags) == 20 and [i for i, k in enumerate(flags) if k] == [0, 10]
+    stamp = clip.stat().st_mtime_ns
+    assert pattern_clip(tmp_path, SMALL, seconds=1.5) == clip and clip.stat().st_mtime_ns == stamp
+    other = pattern_clip(tmp_path, VideoFormat(192, 108, 10, 300, 10), seconds=1.5)
+    assert other != clip
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary files left behind"
+
+
+def test_source_files_are_converted_to_a_loopable_raw_stream(tmp_path):
+    # An MP4 holding H.264 (remuxed) and an MPEG-4 Part 2 file (re-encoded), both made here.
+    mp4 = tmp_path / "clip.mp4"
+    mpeg4 = tmp_path / "clip.avi"
+    for path, codec in ((mp4, "libx264"), (mpeg4, "mpeg4")):
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream(codec, rate=10)
+            stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+            if codec == "libx264":
+                stream.options = {"x264-params": "keyint=10:min-keyint=10:scenecut=0", "bf": "0"}
+            for i in range(25):
+                frame = av.VideoFrame.from_ndarray(
+                    np.full((96 * 3 // 2, 160), 16 + 8 * i, np.uint8), format="yuv420p")
+                frame.pts, frame.time_base = i, Fraction(1, 10)
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+    remuxed = source_clip(tmp_path / "cache", mp4, SMALL)
+    assert remuxed.read_bytes()[:4] == b"\x00\x00\x00\x01", "Annex B start code"
+    flags = keyframe_flags(remuxed)
+    assert len(flags) == 25 and flags[0]
+    reencoded = source_clip(tmp_path / "cache", mpeg4, SMALL)
+    with av.open(str(reencoded), format="h264") as c:
+        frames = list(c.decode(video=0))
+    assert len(frames) == 25 and (frames[0].width, frames[0].height) == (SMALL.width, SMALL.height)
+
+    with Simulator(cameras=1, source=mp4, fps=10, cache_dir=tmp_path / "cache") as sim:
+        with av.open(sim.urls["cam01"], options=FAST_OPEN) as c:
+            assert (c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height) == (160, 96)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"width": 63}, "width must be an even number"),
+    ({"fps": 0}, "fps must be from 1 to 60"),
+    ({"content": "night"}, "content must be one of pattern, station-day"),
+    ({"extra_mounts": ("vp9",)}, "unknown extra mount"),
+    ({"cameras": 2, "names": ["a"]}, "1 names given for 2 cameras"),
+    ({"cameras": 2, "names": ["a", "a"]}, "mount names repeat"),
+    ({"cameras": 1, "names": ["a b"]}, "camera names must be"),
+    ({"cameras": 0}, "nothing to serve"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Simulator(**kwargs)
+
+
+def test_missing_source_is_named(tmp_path):
+    with pytest.raises(ValueError, match="nope.h264 does not exist"):
+        Simulator(source=tmp_path / "nope.h264", cache_dir=tmp_path).start()
