@@ -12,6 +12,7 @@ from sqlalchemy import select
 from vms.core.settings import Settings
 from vms.db.engine import Database
 from vms.db.models import Gap, Segment
+from vms.ingest.session import CameraHealth
 from vms.ingest.worker import IngestWorker, WorkerSpec
 
 
@@ -41,8 +42,9 @@ class RunningWorker:
         self.thread.join(30)
         assert not self.thread.is_alive(), "worker did not stop"
 
-    def health(self, station_id: str):
-        return self.worker.sessions[station_id][1].health
+    def health(self, station_id: str) -> CameraHealth:
+        entry = self.worker.sessions.get(station_id)
+        return entry[1].health if entry else CameraHealth(state="not started")
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:

@@ -4,8 +4,10 @@ packet to the recorder and then to the observers, and reconnects with backoff wh
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import av
 
@@ -15,13 +17,11 @@ from vms.core.settings import IngestSettings
 from vms.ingest.backoff import Backoff
 from vms.ingest.errors import classify
 from vms.ingest.observers import StreamObserver
+from vms.recording.h26x import sequence_parameter_set
 from vms.recording.index import IndexWriter
 from vms.recording.recorder import SUPPORTED_VIDEO, StreamRecorder
 
 log = logging.getLogger(__name__)
-
-_SPS_TYPES = {"h264": lambda b: b & 0x1F == 7, "hevc": lambda b: (b >> 1) & 0x3F == 33}
-
 
 class _StreamProblem(Exception):
     def __init__(self, reason: str, detail: str) -> None:
@@ -30,17 +30,23 @@ class _StreamProblem(Exception):
         self.detail = detail
 
 
-def parameter_set(data: bytes, codec: str) -> bytes | None:
-    """The sequence parameter set at the head of an Annex B keyframe, if it carries one."""
-    is_sps = _SPS_TYPES.get(codec)
-    head = data[:2048]
-    i = head.find(b"\x00\x00\x01")
-    while is_sps and 0 <= i < len(head) - 3:
-        j = head.find(b"\x00\x00\x01", i + 3)
-        if is_sps(head[i + 3]):
-            return head[i + 3: j if j > 0 else len(head)].rstrip(b"\x00")
-        i = j
-    return None
+def diagnose_silence(url: str, timeout_s: float) -> tuple[str, str]:
+    """Send one RTSP OPTIONS request: no answer = unreachable, anything but RTSP = bad_stream."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 554), timeout=timeout_s) as sock:
+            sock.sendall(f"OPTIONS {parts.scheme}://{parts.hostname}:{parts.port or 554}{parts.path} RTSP/1.0\r\n"
+                         "CSeq: 1\r\n\r\n".encode())
+            reply = sock.recv(64)
+    except TimeoutError:
+        return "unreachable", f"the camera accepts connections but does not answer within {timeout_s:g} s"
+    except OSError as exc:
+        return "unreachable", f"connection failed: {exc.strerror or exc}"
+    if not reply:
+        return "unreachable", "the camera closes connections without answering"
+    if reply.startswith(b"RTSP/1."):
+        return "bad_stream", "the camera answers RTSP but its stream description is invalid"
+    return "bad_stream", "the camera answers with data that is not RTSP"
 
 
 @dataclass
@@ -90,6 +96,9 @@ class CameraSession(threading.Thread):
             "probesize": "500000",
         }
 
+    def _open_deadline_s(self) -> float:
+        return self.settings.rtsp_timeout_seconds * 2 + 2
+
     def run(self) -> None:
         try:
             while not self.stop_event.is_set():
@@ -117,9 +126,15 @@ class CameraSession(threading.Thread):
     def _connect_and_record(self) -> tuple[str, str]:
         self.health.state = "connecting"
         try:
-            container = av.open(self.url, options=self._options())
+            # The open gets a deadline (a camera that answers with endless garbage never times out
+            # its socket); reading gets none, so the interrupt callback costs no GIL per packet.
+            container = av.open(self.url, options=self._options(), timeout=(self._open_deadline_s(), None))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a gap with a reason
             reason, detail = classify(exc, streaming=False)
+            if reason == "bad_stream":
+                # FFmpeg says "invalid data" both for a camera that says nothing and for one that
+                # talks garbage: one plain RTSP request tells them apart.
+                reason, detail = diagnose_silence(self.url, min(2.0, self.settings.rtsp_timeout_seconds))
             self.recorder.note_failure(reason, detail)
             return reason, detail
         streaming = False
@@ -149,11 +164,14 @@ class CameraSession(threading.Thread):
                     self.recorder.audio_packet(pkt)
                     continue
                 if pkt.is_keyframe:
-                    new_sps = parameter_set(bytes(pkt), codec)
+                    new_sps = sequence_parameter_set(bytes(pkt), codec)
                     if new_sps is not None:
                         if sps is not None and new_sps != sps:
-                            raise _StreamProblem("resolution_changed",
-                                                 "the camera changed its stream parameters; reconnecting")
+                            # New resolution or profile: the recorder starts a new segment with the
+                            # new parameters at this keyframe; no footage is lost.
+                            h.width, h.height = self.recorder.change_parameters(pkt)
+                            h.detail = f"stream parameters changed to {h.width}x{h.height}"
+                            log.warning("%s: %s", self.station_id, h.detail)
                         sps = new_sps
                 wall = self.recorder.video_packet(pkt)
                 if wall is None:

@@ -22,6 +22,7 @@ from sqlalchemy import delete
 
 from vms.core.clock import Clock
 from vms.db.models import Segment
+from vms.recording.h26x import parameter_sets_annexb
 from vms.recording.index import IndexWriter
 from vms.recording.layout import segment_rel_path
 from vms.recording.repair import trim_and_probe
@@ -78,6 +79,8 @@ class StreamRecorder:
         self._last_dts: int | None = None
         self._frame_ticks = 0
         self._connection_open = False
+        self._force_cut = False
+        self._video_parameters: dict | None = None
         self._disk_retry_at = 0.0
         self.segments_written = 0
         self.bytes_written = 0
@@ -136,6 +139,7 @@ class StreamRecorder:
         self._tb = Fraction(video.time_base.numerator, video.time_base.denominator)
         rate = video.average_rate or video.guessed_rate or 15
         self._frame_ticks = max(1, round(1 / (float(rate) * self._tb)))
+        self._video_parameters: dict | None = None
         self._pos = 0
         self._last_dts = None
         self._connection_open = True
@@ -168,7 +172,8 @@ class StreamRecorder:
             seg = self._start_segment(pkt)
             if seg is None:
                 return None
-        elif pkt.is_keyframe and (self._pos - seg.start_pos) * self._tb >= self.segment_seconds:
+        elif pkt.is_keyframe and (self._force_cut or (self._pos - seg.start_pos) * self._tb >= self.segment_seconds):
+            self._force_cut = False
             seg = self._cut(pkt)
             if seg is None:
                 return None
@@ -214,7 +219,7 @@ class StreamRecorder:
         rel_path = segment_rel_path(self.station_id, start_ms, self.tz, self.stream)
         path = self.volumes.file_path(self.volume, rel_path)
         try:
-            f = SegmentFile(path, self._video, self._audio)
+            f = SegmentFile(path, self._video, self._audio, self._video_parameters)
         except FileExistsError:
             start_ms += 1  # two segments cannot share a millisecond; never overwrite footage
             return self._start_segment(pkt, start_ms, first)
@@ -222,13 +227,16 @@ class StreamRecorder:
             self._disk_failure(exc)
             return None
         vctx = self._video.codec_context
+        width, height = vctx.width or None, vctx.height or None
+        if self._video_parameters:
+            width, height = self._video_parameters["width"], self._video_parameters["height"]
         self._seg = _OpenSegment(f, self.volume, rel_path, start_ms, self._pos,
                                  audio_base=float((pkt.dts if pkt.dts is not None else pkt.pts) * pkt.time_base),
                                  first_of_connection=first, gap_before=gap_token, published_start_ms=start_ms)
         self.index.open_segment(
             station_id=self.station_id, stream=self.stream, volume=self.volume, path=rel_path,
             start_ms=start_ms, end_ms=start_ms, duration_ms=0, bytes=0, codec=vctx.name,
-            width=vctx.width or None, height=vctx.height or None, has_audio=self._audio is not None,
+            width=width, height=height, has_audio=self._audio is not None,
             state="growing",
         )
         return self._seg
@@ -287,6 +295,21 @@ class StreamRecorder:
                                       self.stream)
             start_ms = now
         return self._start_segment(pkt, start_ms, first=False)
+
+    def change_parameters(self, keyframe: av.Packet) -> tuple[int, int]:
+        """The camera changed resolution (new SPS) at this keyframe: later segments of this
+        connection carry the new parameters. Returns the new (width, height)."""
+        codec = self._video.codec_context.name
+        data = bytes(keyframe)
+        decoder = av.CodecContext.create(codec, "r")
+        frames = decoder.decode(av.Packet(data))
+        if not frames:
+            raise ValueError("the keyframe with new parameters does not decode")
+        self._video_parameters = {"width": frames[0].width, "height": frames[0].height,
+                                  "extradata": parameter_sets_annexb(data, codec)}
+        if self._seg is not None:
+            self._force_cut = True
+        return frames[0].width, frames[0].height
 
     def progress(self) -> None:
         """Publish the growing segment's extent (called every few seconds)."""

@@ -23,7 +23,7 @@ class SegmentFile:
     relative to the segment start (the caller keeps them monotonic)."""
 
     def __init__(self, path: Path, video: av.video.stream.VideoStream,
-                 audio: av.audio.stream.AudioStream | None = None) -> None:
+                 audio: av.audio.stream.AudioStream | None = None, video_parameters: dict | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: BinaryIO = open(path, "xb")  # never overwrite footage
@@ -31,6 +31,9 @@ class SegmentFile:
             self._container = av.open(self._file, "w", format="mp4", options=dict(FMP4_OPTIONS))
             self._video = self._container.add_stream_from_template(video)
             self._video.time_base = video.time_base
+            for key, value in (video_parameters or {}).items():
+                # Parameters that changed mid-connection (width, height, extradata).
+                setattr(self._video.codec_context, key, value)
             self._audio = None
             if audio is not None:
                 self._audio = self._container.add_stream_from_template(audio)
