@@ -55,6 +55,9 @@ class KeyframeDecoder:
             self.ctx.extradata = extradata
         self.ctx.thread_count = 1  # 139 cameras: no decoder thread pools
         self.ctx.skip_frame = "NONKEY"
+        if codec_name in ("h264", "hevc"):
+            # No deblocking: invisible at the 160-pixel analysis size, saves ~13% of the decode.
+            self.ctx.options = {"skip_loop_filter": "all"}
 
     @classmethod
     def for_stream(cls, stream) -> KeyframeDecoder:
