@@ -12,6 +12,7 @@ It stops on SIGINT/SIGTERM or when stdin reaches end of file (its parent went aw
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sys
@@ -345,7 +346,8 @@ class CameraServer:
 
     def _watch_stdin(self) -> None:
         try:
-            while sys.stdin.buffer.read(4096):
+            # os.read, not sys.stdin: a thread blocked inside a buffered reader delays interpreter exit.
+            while os.read(0, 4096):
                 pass
         except (OSError, ValueError):
             pass
