@@ -2,8 +2,8 @@
 
 Set-based: each interval table is read once for the whole run (all stations, all days) and split by
 day in Python (those tables hold a few rows per station per day); segments (one row a minute per
-camera) are reduced in SQL, one query per day, with a window function that measures the union of
-possibly overlapping segments. A re-run deletes and rewrites the rows of the days it covers.
+camera) are summed in SQL, one aggregate query per day, and merged exactly where they overlap.
+A re-run deletes and rewrites the rows of the days it covers.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from vms.db.models import (
     Gap,
     OnlineInterval,
     PurgeLog,
+    Segment,
     Station,
     StationState,
 )
@@ -84,27 +85,43 @@ def _overlap_ms(a: int, b: int, ranges: list[tuple[int, int]]) -> int:
     return sum(max(0, min(b, r1) - max(a, r0)) for r0, r1 in ranges)
 
 
-def _segment_union_sql(dialect: str) -> str:
-    greatest, least = ("max", "min") if dialect == "sqlite" else ("GREATEST", "LEAST")
-    # Each segment adds only the part of it past the latest end seen so far (rows ordered by start):
-    # the sum is the length of the union however segments overlap (failover, a second recorder).
+def _segment_sums_sql(dialect: str) -> str:
+    if dialect == "sqlite":
+        # Unary + keeps SQLite off the (state, end_ms) index, which would read every later segment;
+        # the (station_id, start_ms) index reads just the day's.
+        greatest, least, end_col, state_col = "max", "min", "+end_ms", "+state"
+    else:
+        greatest, least, end_col, state_col = "GREATEST", "LEAST", "end_ms", "state"
     return f"""
-SELECT station_id, COUNT(*) AS n,
-       SUM(CASE WHEN e > {greatest}(a, COALESCE(prev_e, a)) THEN e - {greatest}(a, COALESCE(prev_e, a))
-                ELSE 0 END) AS covered
-FROM (
-  SELECT station_id, a, e,
-         MAX(e) OVER (PARTITION BY station_id ORDER BY a, e
-                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_e
-  FROM (
-    SELECT station_id, {greatest}(start_ms, :lo) AS a, {least}(end_ms, :hi) AS e
-    FROM segments
-    WHERE station_id IN :ids AND start_ms >= :lookback AND start_ms < :hi AND end_ms > :lo
-      AND stream = 'main' AND state IN ('complete', 'growing')
-  ) clipped
-) ordered
+SELECT station_id, COUNT(*) AS n, SUM({least}(end_ms, :hi) - {greatest}(start_ms, :lo)) AS total,
+       MIN({greatest}(start_ms, :lo)) AS first_a, MAX({least}(end_ms, :hi)) AS last_e,
+       MIN(node) AS node_lo, MAX(node) AS node_hi
+FROM segments
+WHERE station_id IN :ids AND start_ms >= :lookback AND start_ms < :hi AND {end_col} > :lo
+  AND stream = 'main' AND {state_col} IN ('complete', 'growing')
 GROUP BY station_id
 """
+
+
+def _union_ms(session: Session, station_id: str, lo: int, hi: int) -> int:
+    """Exact length of the union of one station's segments in [lo, hi), merging overlaps."""
+    q = (select(Segment.start_ms, Segment.end_ms)
+         .where(Segment.station_id == station_id, Segment.start_ms >= lo - SEGMENT_LOOKBACK_MS,
+                Segment.start_ms < hi, Segment.end_ms > lo, Segment.stream == "main",
+                Segment.state.in_(RECORDED_STATES))
+         .order_by(Segment.start_ms))
+    total, cur_a, cur_e = 0, None, None
+    for s, e in session.execute(q):
+        a, b = max(s, lo), min(e, hi)
+        if cur_e is None or a > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_a
+            cur_a, cur_e = a, b
+        else:
+            cur_e = max(cur_e, b)
+    if cur_e is not None:
+        total += cur_e - cur_a
+    return total
 
 
 def _intervals(session: Session, model, extra, lo: int, hi: int):
@@ -226,17 +243,23 @@ def audit_days(
             for i, _a, _b in _pieces(spans, starts, s, e):
                 acc[(sid, i)].purged = True
 
-    # Segments: one set-based query per day.
+    # Segments: one aggregate query per day. One node writes one camera's segments one after another,
+    # so their clipped lengths add up to the recorded time; when a day has segments from two nodes
+    # (failover) or the lengths add up to more than the span they lie in (an overlap), that station's
+    # day is measured exactly by merging its segments.
     ids = [st.id for st in stations]
-    seg_sql = text(_segment_union_sql(session.get_bind().dialect.name)).bindparams(bindparam("ids", expanding=True))
+    seg_sql = text(_segment_sums_sql(session.get_bind().dialect.name)).bindparams(bindparam("ids", expanding=True))
     for i, sp in enumerate(spans):
         if ids:
-            for sid, n, covered in session.execute(
-                seg_sql, {"ids": ids, "lo": sp.start_ms, "hi": ends[i], "lookback": sp.start_ms - SEGMENT_LOOKBACK_MS}
-            ):
+            rows = session.execute(seg_sql, {"ids": ids, "lo": sp.start_ms, "hi": ends[i],
+                                             "lookback": sp.start_ms - SEGMENT_LOOKBACK_MS}).all()
+            for sid, n, total, first_a, last_e, node_lo, node_hi in rows:
                 d = acc[(sid, i)]
                 d.segments = int(n)
-                d.recorded_ms = int(covered or 0)
+                total = int(total or 0)
+                if node_lo != node_hi or total > int(last_e) - int(first_a):
+                    total = _union_ms(session, sid, sp.start_ms, ends[i])
+                d.recorded_ms = total
         if progress:
             progress(1)
 
