@@ -9,6 +9,7 @@ from vms.cli import db as db_cli
 from vms.cli import holds as holds_cli
 from vms.cli import ingest as ingest_cli
 from vms.cli import retention as retention_cli
+from vms.cli import serve as serve_cli
 from vms.cli import simulate as simulate_cli
 from vms.cli import stations as stations_cli
 from vms.cli import users as users_cli
@@ -28,6 +29,7 @@ app.add_typer(ingest_cli.recordings_app, name="recordings")
 app.add_typer(retention_cli.app, name="retention")
 app.add_typer(simulate_cli.app, name="simulate")
 app.add_typer(stations_cli.app, name="stations")
+app.add_typer(serve_cli.app, name="serve")
 app.add_typer(users_cli.app, name="users")
 
 

@@ -82,6 +82,13 @@ class IngestWorker:
                 self.reconcile()
         finally:
             self._stop_sessions(list(self.sessions))
+            for factory in self._factories:
+                close = getattr(factory, "close", None)
+                if close is not None:
+                    try:
+                        close()  # e.g. analysis saves what each station learned
+                    except Exception:  # noqa: BLE001
+                        log.exception("closing observer factory %s failed", factory)
             self.index.stop()
 
     def stop(self) -> None:
@@ -136,6 +143,8 @@ class IngestWorker:
 
     def _stop_sessions(self, station_ids: list[str]) -> None:
         sessions = [self.sessions[sid][1] for sid in station_ids if sid in self.sessions]
+        if not sessions:
+            return
         for s in sessions:
             s.stop()
         for s in sessions:

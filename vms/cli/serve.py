@@ -1,0 +1,50 @@
+"""`vms serve`: recorder, API and web console, and the scheduled jobs, in one command."""
+
+from __future__ import annotations
+
+import typer
+
+from vms.cli.context import database, settings
+
+app = typer.Typer(help="Run everything: recording, API and web console, scheduled jobs.",
+                  invoke_without_command=True)
+
+
+@app.callback()
+def serve(
+    host: str | None = typer.Option(None, help="API address (default: settings api.host)"),
+    port: int | None = typer.Option(None, help="API port (default: settings api.port)"),
+    workers: int | None = typer.Option(None, help="ingest worker processes (default: one per core)"),
+    record: bool = typer.Option(True, help="run the recorder (--no-record: API and jobs only)"),
+    simulate: str | None = typer.Option(None, help="auto|always|never: simulated cameras (default: settings)"),
+) -> None:
+    """Migrate the database, start recording every enabled camera, serve the API until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from vms.api.app import create_app
+    from vms.core.clock import SystemClock
+    from vms.core.logging_setup import configure_logging
+    from vms.db.migrate import upgrade
+    from vms.server.jobs import start_scheduler
+    from vms.server.recording import RecordingService
+
+    s = settings()
+    configure_logging(s.log_level)
+    upgrade(s.db_url)
+    db = database()
+    clock = SystemClock()
+    service = None
+    if record:
+        mode = simulate or s.simulate.enabled
+        if mode not in ("auto", "always", "never"):
+            raise typer.BadParameter("--simulate must be auto, always or never")
+        service = RecordingService(s, db, simulate=mode, workers=workers)
+        service.start()
+    scheduler = start_scheduler(s, db, clock)
+    try:
+        uvicorn.run(create_app(s, db, clock), host=host or s.api.host, port=port or s.api.port,
+                    log_level=s.log_level.lower(), access_log=False)
+    finally:
+        scheduler.shutdown(wait=False)
+        if service is not None:
+            service.stop()
