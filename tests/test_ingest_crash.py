@@ -77,7 +77,10 @@ def test_kill_9_mid_segment_loses_at_most_the_last_fragment(tmp_path, env):
             proc.wait()
         before = {sid: _segments(db, sid) for sid in STATIONS}
         for sid in STATIONS:
-            assert [s.state for s in before[sid]] == ["growing"], "the killed run's segment is still growing"
+            # (A loaded machine can make a camera reconnect once before the kill: earlier
+            # segments are then complete; the one being written at the kill is growing.)
+            assert before[sid][-1].state == "growing", "the killed run's segment is still growing"
+            assert all(s.state == "complete" for s in before[sid][:-1])
 
         log2 = open(tmp_path / "ingest2.log", "w")
         proc = subprocess.Popen([VMS, "ingest", "--no-analysis"], env=env, stdout=log2, stderr=log2,
@@ -94,8 +97,8 @@ def test_kill_9_mid_segment_loses_at_most_the_last_fragment(tmp_path, env):
         segs = _segments(db, sid)
         assert all(s.state == "complete" for s in segs)
         assert_contiguous(segs)
-        crashed = segs[0]
-        assert crashed.id == before[sid][0].id
+        crashed = next(s for s in segs if s.id == before[sid][-1].id)
+        after = segs[segs.index(crashed) + 1]
         # Loss bound: one fragment (GOP of 2 s) plus the kill's timing slack.
         lost_ms = killed_ms - crashed.end_ms
         assert lost_ms <= 2000 + 600, f"{sid}: lost {lost_ms} ms at the kill"
@@ -106,8 +109,8 @@ def test_kill_9_mid_segment_loses_at_most_the_last_fragment(tmp_path, env):
         with db.session() as s:
             g = list(s.scalars(select(Gap).where(Gap.station_id == sid).order_by(Gap.start_ms)))
         # The hole from the kill to the restart is explained; the clean stop leaves an open gap.
-        assert g[0].reason == "ingest_stopped" and g[0].start_ms == crashed.end_ms
-        assert g[0].end_ms == segs[1].start_ms
+        killed_gap = next(x for x in g if x.start_ms == crashed.end_ms)
+        assert killed_gap.reason == "ingest_stopped" and killed_gap.end_ms == after.start_ms
         assert g[-1].end_ms is None and g[-1].start_ms == segs[-1].end_ms
     assert check(db, volumes, settings.tz, SystemClock(), "crash-node").problems == 0
 
