@@ -105,3 +105,26 @@ def test_stopped_camera_leaves_explained_gap_and_recording_resumes(sim, tmp_path
     assert all(a.end_ms == b.start_ms for a, b in zip(g, g[1:], strict=False))
     assert g[0].reason == "stream_ended" and "refused" in [x.reason for x in g]
     assert hole_end - hole_start >= 2500
+
+
+def test_stalled_camera_is_detected_and_recording_resumes(sim, tmp_path, db):
+    settings = ingest_settings(tmp_path, segment_seconds=3, stall_seconds=2, rtsp_timeout_seconds=2)
+    sid = "baihua-v02"
+    with RunningWorker(settings, db, {sid: sim.urls[sid]}) as w:
+        wait_until(lambda: len(segments(db, sid)) >= 1 and w.health(sid).state == "streaming", 20, "streaming")
+        stalled_at = time.time()
+        sim.stall(sid)
+        # The connection stays open but no packets come: noticed by the stall timeout.
+        wait_until(lambda: w.health(sid).reason == "stalled", 15, "the stall to be detected")
+        detected_after = time.time() - stalled_at
+        sim.resume(sid)
+        wait_until(lambda: w.health(sid).state == "streaming" and w.health(sid).frames > 0, 20, "resume")
+        before = len(segments(db, sid))
+        wait_until(lambda: len(segments(db, sid)) > before, 10, "a new segment after the stall")
+    assert detected_after <= 3 * settings.ingest.stall_seconds + 1
+    segs = segments(db, sid)
+    assert_contiguous(segs)
+    g = [x for x in gaps(db, sid) if x.end_ms is not None]
+    assert g and g[0].reason == "stalled"
+    hole = next((a.end_ms, b.start_ms) for a, b in zip(segs, segs[1:], strict=False) if b.start_ms > a.end_ms)
+    assert g[0].start_ms == hole[0] and g[-1].end_ms == hole[1]
