@@ -65,14 +65,14 @@ def run_daily_audit(settings: Settings, database: Database, clock: Clock | None 
 
 
 def run_monthly_audit(settings: Settings, database: Database, clock: Clock | None = None,
-                      month: str | None = None, recompute: bool = False) -> MonthlyRunResult:
+                      month: str | None = None, recompute: bool = False, progress=None) -> MonthlyRunResult:
     """Decide a month (default: the previous one), auditing first any of its days without results."""
     clock = clock or default_clock()
     month = month or previous_month(settings, clock)
 
     def work() -> MonthlyRunResult:
         with database.session() as s:
-            return audit_month(s, settings, clock, month, recompute=recompute)
+            return audit_month(s, settings, clock, month, recompute=recompute, progress=progress)
 
     res = _leased(database, clock, work)
     log.info("audit of %s: %d pass, %d fail, %d exempt", month, res.passed, res.failed, res.exempt)

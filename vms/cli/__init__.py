@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from vms.cli import analyze as analyze_cli
+from vms.cli import audit as audit_cli
 from vms.cli import db as db_cli
 from vms.cli import holds as holds_cli
 from vms.cli import ingest as ingest_cli
@@ -21,6 +22,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("analyze")(analyze_cli.analyze)
+app.add_typer(audit_cli.app, name="audit")
 app.add_typer(db_cli.app, name="db")
 app.add_typer(holds_cli.app, name="holds")
 app.add_typer(ingest_cli.ingest_app, name="ingest")
