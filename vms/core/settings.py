@@ -284,7 +284,8 @@ def load_settings(config_path: Path | None = None, env: dict[str, str] | None = 
                 msg = "unknown key"
             elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
                 msg = f"{msg} (got {err['input']!r})"
-            env_name = next((n for p, n in env_names.items() if loc[: len(p)] == p), None)
+            env_name = next((n for p, n in env_names.items()
+                             if loc[: len(p)] == p or p[: len(loc)] == loc), None)
             if env_name:
                 problems.append(f"environment {env_name}: {key}: {msg}")
             else:

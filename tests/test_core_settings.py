@@ -1,0 +1,85 @@
+"""Settings: embedded defaults, file + environment, and errors that name file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vms.core.clock import SimulatedClock
+from vms.core.errors import ConfigError
+from vms.core.settings import load_settings
+
+
+def _load(tmp_path: Path, text: str | None, env: dict | None = None):
+    path = tmp_path / "vms.yaml"
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
+    return load_settings(path if text is not None else None, env=env or {})
+
+
+def test_defaults_need_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(env={})
+    assert s.timezone == "Asia/Shanghai" and s.retention.days == 15
+    assert s.storage.volumes[0].path == Path("recordings")
+    assert s.db_url == f"sqlite:///{(tmp_path / 'data' / 'vms.db').resolve()}"
+    assert s.ingest.segment_seconds == 60
+
+
+def test_file_and_environment_merge(tmp_path):
+    s = _load(tmp_path, "retention:\n  days: 30\n  per_town: {白花镇: 45}\n",
+              env={"VMS_RETENTION__FLOOR_DAYS": "5", "VMS_DATABASE_URL": "postgresql:///vms?host=/run/pg",
+                   "VMS_CONFIG": "ignored-here", "VMS_TEST_X": "not a setting"})
+    assert s.retention.days == 30 and s.retention.per_town == {"白花镇": 45} and s.retention.floor_days == 5
+    assert s.db_url == "postgresql+psycopg:///vms?host=/run/pg"
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, "timezone: Asia/Shanghai\nretention:\n  days: 15\n  dayz: 30\n")
+    assert e.value.problems == [f"{tmp_path / 'vms.yaml'}:4: retention.dayz: unknown key"]
+
+
+def test_bad_values_are_all_reported_with_their_lines(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, "timezone: Mars/Olympus\ningest:\n  segment_seconds: 1\napi:\n  port: http\n")
+    text = str(e.value)
+    assert ":1: timezone: Value error, unknown time zone 'Mars/Olympus'" in text
+    assert ":3: ingest.segment_seconds: Input should be greater than or equal to 2 (got 1)" in text
+    assert ":5: api.port: Input should be a valid integer" in text
+
+
+def test_environment_errors_name_the_variable(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, None, env={"VMS_RETENTION__DAYS": "fifteen"})
+    assert str(e.value).startswith("environment VMS_RETENTION__DAYS: retention.days:")
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, None, env={"VMS_RETENTOIN__DAYS": "15"})
+    assert "environment VMS_RETENTOIN__DAYS: retentoin: unknown key" in str(e.value)
+
+
+def test_yaml_syntax_error_and_repeated_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"vms.yaml:3: invalid YAML: expected ',' or ']'"):
+        _load(tmp_path, "a: 1\nb: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"vms.yaml:3: key 'retention.days' repeats the one on line 2"):
+        _load(tmp_path, "retention:\n  days: 15\n  days: 30\n")
+
+
+def test_volume_assignments_must_name_known_volumes(tmp_path):
+    with pytest.raises(ConfigError, match="unknown volume 'disk9'"):
+        _load(tmp_path, "storage:\n  volumes: [{name: disk1, path: /d1}]\n  assignments: {baihua-town: disk9}\n")
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "nope.yaml", env={})
+
+
+def test_simulated_clock_moves_only_when_told():
+    c = SimulatedClock(start_ms=1000)
+    assert c.now_ms() == 1000
+    c.sleep(2.5)
+    assert c.now_ms() == 3500 and c.monotonic() == 2.5
+    with pytest.raises(ValueError):
+        c.set(10)
