@@ -97,3 +97,6 @@ def _shutdown(ctx: ApiContext) -> None:
     runner = ctx.extras.get("exports")
     if runner is not None:
         runner.shutdown()
+    status_db = ctx.extras.get("status_db")
+    if status_db is not None:
+        status_db.dispose()

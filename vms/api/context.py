@@ -75,6 +75,17 @@ class ApiContext:
     def export_dir(self) -> Path:
         return Path(self.settings.data_dir) / "exports"
 
+    @property
+    def status_database(self) -> Database:
+        """A second small engine for the status cache: its recompute never waits for a pooled connection
+        held by a request that is itself waiting for the cache. In-memory SQLite cannot be shared that
+        way, so it keeps the main one."""
+        url = self.database.url
+        if url.startswith("sqlite") and (url.endswith(":memory:") or url.split("?")[0].rstrip("/") == "sqlite:"):
+            return self.database
+        return self.singleton("status_db", lambda: Database(url, **({} if url.startswith("sqlite")
+                                                                      else {"pool_size": 2, "max_overflow": 0})))
+
     def singleton(self, name: str, factory):
         """One object per app, made on first use (keeps create_app free of side effects)."""
         with self.lock:

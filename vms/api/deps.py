@@ -48,15 +48,18 @@ def _secret_from(request: Request) -> str | None:
     return request.cookies.get(SESSION_COOKIE)
 
 
-def get_principal(request: Request, ctx: Ctx, session: DbSession) -> Principal:
+def get_principal(request: Request, ctx: Ctx) -> Principal:
     secret = _secret_from(request)
     if not secret:
         raise HTTPException(401, "not logged in: POST /api/auth/login, then send its cookie or Bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
-    row = session.execute(
-        select(AuthToken, User).join(User, User.id == AuthToken.user_id)
-        .where(AuthToken.token_hash == token_hash(secret))
-    ).first()
+    # A short session of its own: the connection goes back to the pool before the handler runs, so
+    # requests waiting on something else (the status cache) never sit on pooled connections.
+    with ctx.database.session() as session:
+        row = session.execute(
+            select(AuthToken, User).join(User, User.id == AuthToken.user_id)
+            .where(AuthToken.token_hash == token_hash(secret))
+        ).first()
     now = ctx.clock.now_ms()
     if row is None:
         raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})

@@ -8,10 +8,10 @@ station_states row, last activity from activity_episodes, faults from faults sti
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from vms.api.context import ApiContext
 from vms.catalog.urls import mask_text
@@ -25,13 +25,21 @@ RECORDING_FRESH_INTERVALS = 3
 class StatusSnapshot:
     computed_mono: float
     stations: list[dict]
+    computed_ms: int = 0
+    # Encoded answers of this snapshot by (towns, filters): most requests are the same few lists.
+    encoded: dict = field(default_factory=dict)
 
 
 def _latest_per_station(session: Session, model, cols) -> dict[str, tuple]:
-    """The row with the greatest start_ms per station (correlated subquery: one index seek each)."""
-    newer = aliased(model)
-    inner = select(func.max(newer.start_ms)).where(newer.station_id == model.station_id).scalar_subquery()
-    q = select(model.station_id, *cols).where(model.start_ms == inner)
+    """The row with the greatest start_ms per station: driven from the 139 stations, one index seek
+    on (station_id, start_ms) each for the newest row's id, then rows by primary key (never a scan of
+    the whole history; measured 3-4 ms on SQLite and PostgreSQL with 15 days of rows)."""
+    newest_id = (select(model.id).where(model.station_id == Station.id).correlate(Station)
+                 .order_by(model.start_ms.desc()).limit(1).scalar_subquery())
+    ids = [i for i in session.scalars(select(newest_id.label("rid")).select_from(Station)) if i is not None]
+    if not ids:
+        return {}
+    q = select(model.station_id, *cols).where(model.id.in_(ids))
     return {r[0]: tuple(r[1:]) for r in session.execute(q)}
 
 
@@ -101,15 +109,25 @@ class StatusCache:
         snap = self._snap
         if snap is not None and mono - snap.computed_mono < self.ttl:
             return snap.stations
-        with self._lock:
+        # While one request recomputes, the others answer with the previous result (at most one
+        # recompute's time older) instead of queueing behind it.
+        if not self._lock.acquire(blocking=snap is None):
+            return snap.stations
+        try:
             snap = self._snap
             mono = self.ctx.clock.monotonic()
             if snap is not None and mono - snap.computed_mono < self.ttl:
                 return snap.stations
-            with self.ctx.database.session() as s:
+            with self.ctx.status_database.session() as s:
                 stations = compute_status(s, self.ctx)
-            self._snap = StatusSnapshot(self.ctx.clock.monotonic(), stations)
+            self._snap = StatusSnapshot(self.ctx.clock.monotonic(), stations, self.ctx.clock.now_ms())
             return stations
+        finally:
+            self._lock.release()
+
+    def snapshot(self) -> StatusSnapshot:
+        self.get()
+        return self._snap
 
     def invalidate(self) -> None:
         self._snap = None

@@ -84,7 +84,7 @@ class StationDetail(StationStatus):
 Status = Annotated[Principal, Depends(require(P.STATUS))]
 
 
-@router.get("", response_model=StationList)
+@router.get("", response_model=StationList, response_class=Response)
 def list_stations(
     ctx: Ctx, principal: Status,
     town: Annotated[str | None, Query(description="town name, e.g. 平山街道")] = None,
@@ -92,11 +92,25 @@ def list_stations(
     state: Annotated[str | None, Query(description="camera state, e.g. streaming or offline")] = None,
     open_state: Literal["open", "closed", "unknown"] | None = None,
     enabled: bool | None = None,
-) -> dict:
+) -> Response:
     if town is not None and town not in TOWN_NAMES:
         raise HTTPException(400, f"unknown town {town!r}; known: {', '.join(TOWN_NAMES)}")
+    snap = status_cache(ctx).snapshot()
+    key = (principal.towns, town, level, state, open_state, enabled)
+    body = snap.encoded.get(key)
+    if body is None:
+        # Validated once against the response model, then reused by every caller until the next
+        # snapshot (at most status_cache_seconds old).
+        body = StationList.model_validate(_filtered(snap.stations, principal, town, level, state, open_state,
+                                                    enabled, snap.computed_ms)).model_dump_json().encode()
+        if len(snap.encoded) < 256:
+            snap.encoded[key] = body
+    return Response(body, media_type="application/json")
+
+
+def _filtered(stations, principal, town, level, state, open_state, enabled, computed_ms) -> dict:
     rows = []
-    for st in status_cache(ctx).get():
+    for st in stations:
         if not principal.may_see_town(st["town"]):
             continue
         if town and st["town"] != town or level and st["level"] != level:
@@ -106,7 +120,7 @@ def list_stations(
         if enabled is not None and st["enabled"] != enabled:
             continue
         rows.append(st)
-    return {"generated_ms": ctx.clock.now_ms(), "count": len(rows), "stations": rows}
+    return {"generated_ms": computed_ms, "count": len(rows), "stations": rows}
 
 
 def _detail(ctx, session, principal: Principal, station: Station) -> dict:

@@ -1,0 +1,162 @@
+"""Live view: WebRTC offer/answer (H.264 passthrough) and the fMP4-over-WebSocket fallback.
+
+Both check the live permission and town limits and write one access-log entry per view. The streams
+come from the ingest's own camera connection through vms.live (tap in the worker, relay here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import Response
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from vms.api import permissions as P
+from vms.api.access import record_access
+from vms.api.accounts import Principal
+from vms.api.context import ApiContext
+from vms.api.deps import Ctx, StationId, client_address, get_principal, require, visible_station
+from vms.api.schemas import ApiModel
+from vms.live.mse import FragmentedMp4Stream
+from vms.live.relay import LiveHub, LiveUnavailable
+from vms.live.webrtc import WebRtcSessions
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["live"])
+
+LivePrincipal = Annotated[Principal, Depends(require(P.LIVE))]
+
+
+def live_hub(ctx: ApiContext) -> LiveHub:
+    return ctx.singleton("live_hub", lambda: LiveHub(ctx.settings.data_dir))
+
+
+def webrtc_sessions(ctx: ApiContext) -> WebRtcSessions:
+    return ctx.singleton("live_webrtc", lambda: WebRtcSessions(live_hub(ctx), ctx.clock))
+
+
+def _check_and_log(ctx: ApiContext, principal: Principal, station_id: str, client: str, reason: str | None) -> None:
+    with ctx.database.session() as session:
+        station = visible_station(session, principal, station_id)
+        now = ctx.clock.now_ms()
+        record_access(session, principal, "live", now, client, station_id=station.id, start_ms=now,
+                      reason=reason)
+
+
+class WebRtcOffer(ApiModel):
+    sdp: str = Field(min_length=10, max_length=20_000, description="the browser's offer, ICE gathering complete")
+    type: Literal["offer"] = "offer"
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class WebRtcAnswer(ApiModel):
+    session_id: str = Field(description="POST /api/live/sessions/{id}/close when the viewer leaves")
+    sdp: str
+    type: str
+    codec: str
+    width: int | None
+    height: int | None
+
+
+@router.post("/api/stations/{station_id}/live/webrtc", response_model=WebRtcAnswer, status_code=201,
+             responses={503: {"description": "no live stream (camera down or not recorded here)"}})
+async def webrtc_offer(station_id: StationId, body: WebRtcOffer, request: Request, ctx: Ctx,
+                       principal: LivePrincipal) -> dict:
+    await run_in_threadpool(_check_and_log, ctx, principal, station_id, client_address(request), body.reason)
+    try:
+        session, answer = await webrtc_sessions(ctx).answer(station_id, principal.username, body.sdp, body.type)
+    except LiveUnavailable as exc:
+        raise HTTPException(503, str(exc)) from None
+    except ValueError as exc:  # an offer aiortc cannot parse or use
+        raise HTTPException(400, f"bad WebRTC offer: {exc}") from None
+    info = session.track.viewer.relay.info
+    return {"session_id": session.id, "sdp": answer.sdp, "type": answer.type, "codec": info.codec if info else "",
+            "width": info.width if info else None, "height": info.height if info else None}
+
+
+@router.post("/api/live/sessions/{session_id}/close", status_code=204)
+async def close_session(session_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,40}$")], ctx: Ctx,
+                        principal: LivePrincipal) -> Response:
+    sessions = webrtc_sessions(ctx)
+    session = sessions.sessions.get(session_id)
+    if session is None or (session.username != principal.username and principal.role != "admin"):
+        raise HTTPException(404, f"no live session {session_id}")
+    await sessions.close(session_id, "closed by the viewer")
+    return Response(status_code=204)
+
+
+@router.get("/api/live/stats")
+async def live_stats(ctx: Ctx, principal: Annotated[Principal, Depends(require(P.METRICS))]) -> dict:
+    """Relays (one tap connection per watched station) and WebRTC sessions of this API process."""
+    return {"relays": live_hub(ctx).stats(), "webrtc_sessions": webrtc_sessions(ctx).stats()}
+
+
+@router.websocket("/api/stations/{station_id}/live/mse")
+async def mse_live(websocket: WebSocket, station_id: str) -> None:
+    """Fallback live view: a JSON text message {mime, codec, width, height}, then binary fMP4 (init
+    segment, then one fragment per frame); a new JSON message and init segment when the camera
+    reconnects; {"ended": reason} when the stream stops. Close codes 4401/4403/4404/4503 name refusals."""
+    ctx: ApiContext = websocket.app.state.ctx
+    try:
+        principal = await run_in_threadpool(get_principal, websocket, ctx)  # type: ignore[arg-type]
+        if P.LIVE not in principal.permissions:
+            raise HTTPException(403, f"role {principal.role} does not allow live")
+        client = websocket.client.host if websocket.client else "unknown"
+        await run_in_threadpool(_check_and_log, ctx, principal, station_id, client,
+                                websocket.query_params.get("reason"))
+        viewer = await live_hub(ctx).watch(station_id)
+    except HTTPException as exc:
+        await websocket.close(code=4000 + exc.status_code, reason=str(exc.detail)[:120])
+        return
+    except LiveUnavailable as exc:
+        await websocket.close(code=4503, reason=str(exc)[:120])
+        return
+    await websocket.accept()
+    remux: FragmentedMp4Stream | None = None
+    receiving = asyncio.create_task(_drain(websocket))
+    try:
+        while not receiving.done():
+            getter = asyncio.ensure_future(viewer.get())
+            done, _ = await asyncio.wait({getter, receiving}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break
+            item = getter.result()
+            if item.kind == "info":
+                if remux is not None:
+                    remux.close()
+                remux = FragmentedMp4Stream(item.info)
+                await websocket.send_json({"mime": remux.mime, "codec": item.info.codec,
+                                           "width": item.info.width, "height": item.info.height})
+            elif item.kind == "packet" and remux is not None:
+                data = remux.add(item.packet)
+                if data:
+                    await websocket.send_bytes(data)
+            elif item.kind == "end":
+                await websocket.send_json({"ended": item.reason})
+                if item.reason != "camera disconnected":
+                    break
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        viewer.close()
+        receiving.cancel()
+        if remux is not None:
+            remux.close()
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Read (and ignore) what the page sends, so a closed page is noticed at once."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            await websocket.receive_bytes() if False else await websocket.receive()
+            if websocket.client_state.name == "DISCONNECTED":
+                return
