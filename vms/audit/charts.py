@@ -38,6 +38,14 @@ def town_bars(towns: list[dict], width: int = 680) -> str:
     return "".join(out)
 
 
+def short_name(st: dict) -> str:
+    """'惠东县平山街道待定01村电子商务服务点' -> '待定01村'; a town's own station -> '镇级服务站'."""
+    name = st["name"].removeprefix("惠东县").removeprefix(st["town"])
+    for suffix in ("电子商务服务站", "电子商务服务点"):
+        name = name.removesuffix(suffix)
+    return name[:14] or "镇级服务站"
+
+
 def _heat_color(hours: float | None, need: float) -> str:
     if hours is None:
         return "#eeeeee"  # not in service
@@ -54,7 +62,7 @@ def _heat_color(hours: float | None, need: float) -> str:
 def open_hours_heatmap(stations: list[dict], days: list[str], need_hours: float, width: int = 680) -> str:
     """Station-by-day grid of open hours inside business hours (grey: not in service; red: not open;
     amber: open less than needed; green: a day that counts)."""
-    label_w, top = 150, 18
+    label_w, top = 90, 18
     cell_w = (width - label_w) / max(len(days), 1)
     cell_h = 13
     h = top + cell_h * len(stations) + 4
@@ -65,8 +73,7 @@ def open_hours_heatmap(stations: list[dict], days: list[str], need_hours: float,
         out.append(f'<text x="{x + cell_w / 2:.1f}" y="{top - 5}" text-anchor="middle" fill="#555">{int(d[8:])}</text>')
     for i, st in enumerate(stations):
         y = top + i * cell_h
-        name = st["name"].removeprefix("惠东县")
-        out.append(f'<text x="{label_w - 4}" y="{y + 10}" text-anchor="end">{escape(name[:14])}</text>')
+        out.append(f'<text x="{label_w - 4}" y="{y + 10}" text-anchor="end">{escape(short_name(st))}</text>')
         series = st.get("open_in_hours_by_day") or [None] * len(days)
         for j, v in enumerate(series[: len(days)]):
             x = label_w + j * cell_w
