@@ -3,7 +3,8 @@
 Synthetic but realistic rows: one 60 s segment per camera per minute for the whole month (6.0 M
 segments) with outages cut out of them, and at realistic densities: online intervals (broken by the
 outages), gaps, open/closed states (about four changes a day), ~30 activity episodes a day and a
-fault every few days. Loading the rows is not timed; the audit (`audit_month`, every day recomputed,
+fault every few days, and a second node recording the same camera for 10 minutes on about 2 % of
+days (overlapping segments). Loading the rows is not timed; the audit (`audit_month`, every day recomputed,
 then the monthly decision) is.
 
     .venv/bin/python scripts/bench_audit.py                       # SQLite in a temp dir
@@ -74,6 +75,13 @@ def station_rows(sid: str, rnd: random.Random):
             if e > max(s, a):
                 segs.append((max(s, a), e))
             s += MIN
+    # Failover: on about 2 % of days a second node records the camera too for 10 minutes
+    # (overlapping segments, which the audit must merge, not add up).
+    failover = []
+    for d in range(1, DAYS + 1):
+        if rnd.random() < 0.02:
+            a = local(d, rnd.uniform(8, 18)) // MIN * MIN
+            failover += [(t, t + MIN) for t in range(a, a + 10 * MIN, MIN)]
     gaps = [(a, b) for a, b in outages]
     states, episodes, faults = [], [], []
     for d in range(1, DAYS + 1):
@@ -91,7 +99,7 @@ def station_rows(sid: str, rnd: random.Random):
         if rnd.random() < 0.2:
             a = local(d, rnd.uniform(0, 23))
             faults.append((rnd.choice(["covered", "blurred", "black", "frozen"]), a, a + rnd.randint(1, 120) * MIN))
-    return segs, up, gaps, states, episodes, faults
+    return segs, failover, up, gaps, states, episodes, faults
 
 
 def load(db: Database, seed: int) -> int:
@@ -102,12 +110,17 @@ def load(db: Database, seed: int) -> int:
     ids = [spec.id for spec in specs]
     n_seg = 0
     for sid in ids:
-        segs, up, gaps, states, episodes, faults = station_rows(sid, rnd)
+        segs, failover, up, gaps, states, episodes, faults = station_rows(sid, rnd)
         with db.engine.begin() as c:
             c.execute(insert(Segment), [
                 dict(station_id=sid, stream="main", node="bench", volume="main", path=f"{sid}/{a}.mp4",
                      start_ms=a, end_ms=b, duration_ms=b - a, bytes=(b - a) * 250, state="complete")
                 for a, b in segs])
+            if failover:
+                c.execute(insert(Segment), [
+                    dict(station_id=sid, stream="main", node="bench2", volume="main", path=f"{sid}/b2-{a}.mp4",
+                         start_ms=a, end_ms=b, duration_ms=b - a, bytes=(b - a) * 250, state="complete")
+                    for a, b in failover])
             c.execute(insert(OnlineInterval), [dict(station_id=sid, node="bench", start_ms=a, end_ms=b) for a, b in up])
             if gaps:
                 c.execute(insert(Gap), [dict(station_id=sid, stream="main", node="bench", start_ms=a, end_ms=b,
@@ -119,7 +132,7 @@ def load(db: Database, seed: int) -> int:
             if faults:
                 c.execute(insert(Fault), [dict(station_id=sid, kind=k, severity="major", start_ms=a, end_ms=b)
                                           for k, a, b in faults])
-        n_seg += len(segs)
+        n_seg += len(segs) + len(failover)
     return n_seg
 
 

@@ -210,3 +210,30 @@ def test_bad_input_is_named(db, settings, clock):
             station_history(s, A, "2026-01-05", "2026-01-01")
         with pytest.raises(AuditInputError, match="has not begun"):
             audit_days(s, settings, clock, [date(2026, 3, 1)])
+
+
+def test_recorded_time_counts_main_stream_footage_once(catalog_db, audit_settings):
+    with catalog_db.session() as s:
+        s.add_all(segments(A, L("2026-01-05 08:00"), L("2026-01-05 10:00")))
+        # Same node, overlapping (a restarted writer): the sum would exceed the span; merged exactly.
+        s.add_all(segments(A, L("2026-01-05 09:00"), L("2026-01-05 09:30"), tag="n1-again"))
+        for seg in segments(A, L("2026-01-05 10:00"), L("2026-01-05 10:30"), tag="n1-grow"):
+            seg.state, seg.node = "growing", "n1"
+            s.add(seg)
+        for seg in segments(A, L("2026-01-05 12:00"), L("2026-01-05 13:00"), tag="del"):
+            seg.state, seg.node = "deleting", "n1"  # being deleted: no longer footage
+            s.add(seg)
+        for seg in segments(A, L("2026-01-05 14:00"), L("2026-01-05 15:00"), tag="sub"):
+            seg.stream, seg.node = "sub", "n1"  # the sub stream is not the recording
+            s.add(seg)
+        for seg in segments(B, L("2026-01-05 08:00"), L("2026-01-05 09:00"), tag="x"):
+            seg.node = "n1"
+            s.add(seg)
+        s.add(Segment(station_id=B, node="n1", volume="main", path="b/dup.mp4", start_ms=L("2026-01-05 08:00"),
+                      end_ms=L("2026-01-05 08:30"), state="complete"))  # same node, inside another segment
+    with catalog_db.session() as s:
+        audit_days(s, audit_settings, SimulatedClock(L("2026-01-06 02:00")), [date(2026, 1, 5)])
+        a = station_history(s, A, "2026-01-05", "2026-01-05")[0]
+        b = station_history(s, B, "2026-01-05", "2026-01-05")[0]
+    assert a["recorded_ms"] == int(2.5 * H)
+    assert b["recorded_ms"] == H
