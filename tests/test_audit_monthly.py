@@ -11,8 +11,8 @@ from sqlalchemy import insert, select, update
 
 from tests.test_audit_daily import H, L, catalog_db  # noqa: F401  (fixture)
 from vms.audit import audit_days, audit_month, monthly_report, station_history
+from vms.audit.jobs import AuditBusyError, register_audit_jobs, run_daily_audit, run_monthly_audit
 from vms.audit.monthly import required_open_days
-from vms.audit.schedule import AuditBusyError, register_audit_jobs, run_daily_audit, run_monthly_audit
 from vms.core.clock import SimulatedClock
 from vms.core.settings import AuditSettings, Settings
 from vms.db.models import AuditMonthly, OnlineInterval, Segment, Station, StationState

@@ -10,9 +10,9 @@ from pathlib import Path
 import typer
 
 from vms.audit.export import STATUS_ZH, export_monthly
+from vms.audit.jobs import run_daily_audit, run_monthly_audit
 from vms.audit.periods import month_days, parse_day, parse_month
 from vms.audit.reports import daily_report, monthly_report
-from vms.audit.schedule import run_daily_audit, run_monthly_audit
 from vms.cli.context import database, fail, report_vms_error, settings
 from vms.core.clock import default_clock
 from vms.core.errors import VmsError
