@@ -102,6 +102,22 @@ def station_rows(sid: str, rnd: random.Random):
     return segs, failover, up, gaps, states, episodes, faults
 
 
+def _copy_segments(db: Database, sid: str, rows: list[tuple[int, int, str]]) -> None:
+    """PostgreSQL: COPY is ~10x faster than INSERT for 6 M rows (loading is not what is measured)."""
+    raw = db.engine.raw_connection()
+    try:
+        with raw.cursor() as cur, cur.copy(
+            "COPY segments (station_id, stream, node, volume, path, start_ms, end_ms, duration_ms, bytes, "
+            "has_audio, frames, keyframes, state) FROM STDIN"
+        ) as cp:
+            for a, b, node in rows:
+                cp.write_row((sid, "main", node, "main", f"{sid}/{node}-{a}.mp4", a, b, b - a, (b - a) * 250,
+                              False, 0, 0, "complete"))
+        raw.commit()
+    finally:
+        raw.close()
+
+
 def load(db: Database, seed: int) -> int:
     rnd = random.Random(seed)
     specs = load_catalog(REPO / "config" / "stations.yaml")
@@ -111,16 +127,15 @@ def load(db: Database, seed: int) -> int:
     n_seg = 0
     for sid in ids:
         segs, failover, up, gaps, states, episodes, faults = station_rows(sid, rnd)
+        seg_rows = [(a, b, "bench") for a, b in segs] + [(a, b, "bench2") for a, b in failover]
+        if db.engine.dialect.name == "postgresql":
+            _copy_segments(db, sid, seg_rows)
         with db.engine.begin() as c:
-            c.execute(insert(Segment), [
-                dict(station_id=sid, stream="main", node="bench", volume="main", path=f"{sid}/{a}.mp4",
-                     start_ms=a, end_ms=b, duration_ms=b - a, bytes=(b - a) * 250, state="complete")
-                for a, b in segs])
-            if failover:
+            if db.engine.dialect.name != "postgresql":
                 c.execute(insert(Segment), [
-                    dict(station_id=sid, stream="main", node="bench2", volume="main", path=f"{sid}/b2-{a}.mp4",
+                    dict(station_id=sid, stream="main", node=node, volume="main", path=f"{sid}/{node}-{a}.mp4",
                          start_ms=a, end_ms=b, duration_ms=b - a, bytes=(b - a) * 250, state="complete")
-                    for a, b in failover])
+                    for a, b, node in seg_rows])
             c.execute(insert(OnlineInterval), [dict(station_id=sid, node="bench", start_ms=a, end_ms=b) for a, b in up])
             if gaps:
                 c.execute(insert(Gap), [dict(station_id=sid, stream="main", node="bench", start_ms=a, end_ms=b,

@@ -104,6 +104,7 @@ def test_fraction_rule_and_pro_rata():
     full = AuditSettings()
     assert required_open_days(full, 31, 31) == 20 and required_open_days(full, 30, 30) == 20
     assert required_open_days(full, 16, 31) == 11 and required_open_days(full, 1, 31) == 1
+    assert required_open_days(AuditSettings(min_open_days=31), 28, 28) == 28
     frac = AuditSettings(min_open_days_fraction=0.5)
     assert required_open_days(frac, 31, 31) == 16 and required_open_days(frac, 30, 30) == 15
     with pytest.raises(ValueError):

@@ -40,7 +40,7 @@ def required_open_days(rules: AuditSettings, active_days: int, days_in_month: in
     if rules.min_open_days_fraction is not None:
         return math.ceil(rules.min_open_days_fraction * active_days - 1e-9)
     if active_days >= days_in_month:
-        return rules.min_open_days
+        return min(rules.min_open_days, days_in_month)  # 31 configured still passes February
     return math.ceil(rules.min_open_days * active_days / days_in_month - 1e-9)
 
 
