@@ -254,7 +254,8 @@ def main() -> None:
             raise SystemExit(f"vms retention run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         sweep = json.loads(proc.stdout)
         results["sweep"] = {"wall_seconds": round(wall, 2), "run_seconds": round(sweep["seconds"], 2),
-                            "segments": sweep["segments"], "errors": sweep["errors"]}
+                            "segments": sweep["segments"], "errors": sweep["errors"],
+                            "timings": sweep.get("timings", {})}
         print(f"sweep: {sweep['segments']} segments in {sweep['seconds']:.1f} s (process wall {wall:.1f} s)",
               flush=True)
 
