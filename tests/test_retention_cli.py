@@ -203,3 +203,13 @@ def test_serve_jobs_are_registered_and_sweep(db, settings, tmp_path):
     assert by_id[PRESSURE_JOB_ID].trigger.interval.total_seconds() == 60
     assert jobs.sweep().segments == 24
     assert jobs.pressure_check().segments == 0
+
+
+def test_run_on_an_unmigrated_database_says_what_to_do(tmp_path, monkeypatch):
+    (tmp_path / "vms.yaml").write_text(yaml.safe_dump({"data_dir": str(tmp_path / "empty")}))
+    monkeypatch.setenv("VMS_CONFIG", str(tmp_path / "vms.yaml"))
+    monkeypatch.chdir(tmp_path)
+    res = vms("retention", "run")
+    cli_context.database.cache_clear()
+    assert res.exit_code == 1
+    assert "no such table" in res.output and "vms db upgrade" in res.output

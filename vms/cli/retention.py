@@ -7,6 +7,7 @@ import sys
 from enum import StrEnum
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from vms.cli.context import database, fail, settings
 from vms.core.clock import SystemClock
@@ -51,6 +52,20 @@ def _print_summary(result: SweepResult, tz) -> None:
         typer.echo(f"error: {e}", err=True)
 
 
+def _sweep(sweeper: RetentionSweeper, now_ms: int | None, dry_run: bool, progress_bar: bool) -> SweepResult:
+    if not progress_bar:
+        return sweeper.run(now_ms, dry_run=dry_run)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("expiring", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        return sweeper.run(now_ms, dry_run=dry_run, progress=progress)
+
+
 @app.command()
 def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="show what would be deleted; change nothing"),
@@ -66,18 +81,11 @@ def run(
     except VmsError as exc:
         raise fail(str(exc)) from None
     sweeper = RetentionSweeper(s, database(), SystemClock())
-    if sys.stdout.isatty() and format is OutputFormat.table:
-        from rich.progress import Progress
-
-        with Progress(transient=True) as bar:
-            task = bar.add_task("expiring", total=None)
-
-            def progress(stage: str, done: int, total: int) -> None:
-                bar.update(task, description=stage, completed=done, total=total)
-
-            result = sweeper.run(now_ms, dry_run=dry_run, progress=progress)
-    else:
-        result = sweeper.run(now_ms, dry_run=dry_run)
+    try:
+        result = _sweep(sweeper, now_ms, dry_run, sys.stdout.isatty() and format is OutputFormat.table)
+    except SQLAlchemyError as exc:
+        raise fail(f"database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]} "
+                   "(is the database reachable and migrated? `vms db upgrade`)", 1) from None
     if format is OutputFormat.json:
         typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     elif not result.ran:
