@@ -180,6 +180,17 @@ class AnalysisSettings(StrictModel):
     sink_flush_seconds: float = Field(default=3, gt=0, description="one database transaction per worker this often")
 
 
+class LiveSettings(StrictModel):
+    """Live view (vms/live): WebRTC passthrough and the fMP4 WebSocket fallback."""
+
+    ice_servers: list[str] = Field(default_factory=list, description="STUN/TURN URLs; empty = host candidates "
+                                   "only (LAN). Never aiortc's default public STUN server.")
+    relay_linger_seconds: float = Field(default=3.0, ge=0, le=300, description="keep a tap connection after "
+                                        "the last viewer leaves")
+    wait_picture_seconds: float = Field(default=5.0, gt=0, le=60, description="give up on a camera that "
+                                        "sends nothing this long")
+
+
 class Settings(StrictModel):
     data_dir: Path = Path("data")
     database_url: str | None = None
@@ -193,6 +204,7 @@ class Settings(StrictModel):
     simulate: SimulateSettings = Field(default_factory=SimulateSettings)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    live: LiveSettings = Field(default_factory=LiveSettings)
 
     @field_validator("timezone")
     @classmethod

@@ -53,7 +53,7 @@ class RecordingService:
                 port=sim.port, cache_dir=self.settings.data_dir / "cache" / "simulate")
             self.simulator.start()
             overrides = dict(self.simulator.urls)
-        factories = []
+        factories = ["vms.live.tap:make_live_tap_factory"]  # live view taps (vms/live/tap.py)
         if self.analysis and importlib.util.find_spec("vms.analysis.observer") is not None:
             factories.append(ANALYSIS_FACTORY)
         self.supervisor = IngestSupervisor(self.settings, overrides, factories, self.workers).start()

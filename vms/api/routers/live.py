@@ -34,23 +34,31 @@ LivePrincipal = Annotated[Principal, Depends(require(P.LIVE))]
 
 
 def live_hub(ctx: ApiContext) -> LiveHub:
-    return ctx.singleton("live_hub", lambda: LiveHub(ctx.settings.data_dir))
+    return ctx.singleton(
+        "live_hub", lambda: LiveHub(ctx.settings.data_dir, ctx.settings.live.relay_linger_seconds)
+    )
 
 
 def webrtc_sessions(ctx: ApiContext) -> WebRtcSessions:
-    return ctx.singleton("live_webrtc", lambda: WebRtcSessions(live_hub(ctx), ctx.clock))
+    hub = live_hub(ctx)  # first: singleton() holds a lock that is not re-entrant
+    return ctx.singleton("live_webrtc", lambda: WebRtcSessions(hub, ctx.clock, ctx.settings.live.ice_servers))
 
 
-def _check_and_log(ctx: ApiContext, principal: Principal, station_id: str, client: str, reason: str | None) -> None:
+def _check_and_log(
+    ctx: ApiContext, principal: Principal, station_id: str, client: str, reason: str | None
+) -> None:
     with ctx.database.session() as session:
         station = visible_station(session, principal, station_id)
         now = ctx.clock.now_ms()
-        record_access(session, principal, "live", now, client, station_id=station.id, start_ms=now,
-                      reason=reason)
+        record_access(
+            session, principal, "live", now, client, station_id=station.id, start_ms=now, reason=reason
+        )
 
 
 class WebRtcOffer(ApiModel):
-    sdp: str = Field(min_length=10, max_length=20_000, description="the browser's offer, ICE gathering complete")
+    sdp: str = Field(
+        min_length=10, max_length=20_000, description="the browser's offer, ICE gathering complete"
+    )
     type: Literal["offer"] = "offer"
     reason: str | None = Field(default=None, max_length=500)
 
@@ -64,25 +72,39 @@ class WebRtcAnswer(ApiModel):
     height: int | None
 
 
-@router.post("/api/stations/{station_id}/live/webrtc", response_model=WebRtcAnswer, status_code=201,
-             responses={503: {"description": "no live stream (camera down or not recorded here)"}})
-async def webrtc_offer(station_id: StationId, body: WebRtcOffer, request: Request, ctx: Ctx,
-                       principal: LivePrincipal) -> dict:
+@router.post(
+    "/api/stations/{station_id}/live/webrtc",
+    response_model=WebRtcAnswer,
+    status_code=201,
+    responses={503: {"description": "no live stream (camera down or not recorded here)"}},
+)
+async def webrtc_offer(
+    station_id: StationId, body: WebRtcOffer, request: Request, ctx: Ctx, principal: LivePrincipal
+) -> dict:
     await run_in_threadpool(_check_and_log, ctx, principal, station_id, client_address(request), body.reason)
     try:
-        session, answer = await webrtc_sessions(ctx).answer(station_id, principal.username, body.sdp, body.type)
+        session, answer = await webrtc_sessions(ctx).answer(
+            station_id, principal.username, body.sdp, body.type, ctx.settings.live.wait_picture_seconds
+        )
     except LiveUnavailable as exc:
         raise HTTPException(503, str(exc)) from None
     except ValueError as exc:  # an offer aiortc cannot parse or use
         raise HTTPException(400, f"bad WebRTC offer: {exc}") from None
     info = session.track.viewer.relay.info
-    return {"session_id": session.id, "sdp": answer.sdp, "type": answer.type, "codec": info.codec if info else "",
-            "width": info.width if info else None, "height": info.height if info else None}
+    return {
+        "session_id": session.id,
+        "sdp": answer.sdp,
+        "type": answer.type,
+        "codec": info.codec if info else "",
+        "width": info.width if info else None,
+        "height": info.height if info else None,
+    }
 
 
 @router.post("/api/live/sessions/{session_id}/close", status_code=204)
-async def close_session(session_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,40}$")], ctx: Ctx,
-                        principal: LivePrincipal) -> Response:
+async def close_session(
+    session_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,40}$")], ctx: Ctx, principal: LivePrincipal
+) -> Response:
     sessions = webrtc_sessions(ctx)
     session = sessions.sessions.get(session_id)
     if session is None or (session.username != principal.username and principal.role != "admin"):
@@ -108,9 +130,10 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
         if P.LIVE not in principal.permissions:
             raise HTTPException(403, f"role {principal.role} does not allow live")
         client = websocket.client.host if websocket.client else "unknown"
-        await run_in_threadpool(_check_and_log, ctx, principal, station_id, client,
-                                websocket.query_params.get("reason"))
-        viewer = await live_hub(ctx).watch(station_id)
+        await run_in_threadpool(
+            _check_and_log, ctx, principal, station_id, client, websocket.query_params.get("reason")
+        )
+        viewer = await live_hub(ctx).watch(station_id, ctx.settings.live.wait_picture_seconds)
     except HTTPException as exc:
         await websocket.close(code=4000 + exc.status_code, reason=str(exc.detail)[:120])
         return
@@ -132,8 +155,14 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
                 if remux is not None:
                     remux.close()
                 remux = FragmentedMp4Stream(item.info)
-                await websocket.send_json({"mime": remux.mime, "codec": item.info.codec,
-                                           "width": item.info.width, "height": item.info.height})
+                await websocket.send_json(
+                    {
+                        "mime": remux.mime,
+                        "codec": item.info.codec,
+                        "width": item.info.width,
+                        "height": item.info.height,
+                    }
+                )
             elif item.kind == "packet" and remux is not None:
                 data = remux.add(item.packet)
                 if data:
@@ -157,6 +186,6 @@ async def _drain(websocket: WebSocket) -> None:
     """Read (and ignore) what the page sends, so a closed page is noticed at once."""
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
-            await websocket.receive_bytes() if False else await websocket.receive()
-            if websocket.client_state.name == "DISCONNECTED":
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
                 return

@@ -1,0 +1,74 @@
+"""The fallback live view: fragmented MP4 over a WebSocket into Media Source Extensions.
+
+For browsers or networks where WebRTC does not connect (UDP blocked, no H.264 in WebRTC, H.265
+cameras). Fed by the same relay; each viewer gets its own remux (PyAV mp4 muxer, one fragment per
+frame, no transcoding): an init segment (ftyp+moov), then moof+mdat per frame. The cached GOP is sent
+with its real timestamps; the page jumps to the live edge.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+
+from vms.live.h264 import mse_codec
+from vms.live.protocol import LivePacket, StreamInfo
+
+MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+frag_every_frame"
+
+
+class _Chunks:
+    """A write-only file for the muxer (not seekable: the muxer writes fragments in order)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+class FragmentedMp4Stream:
+    """Remuxes one camera connection's packets to fMP4 bytes (starting at a keyframe)."""
+
+    def __init__(self, info: StreamInfo) -> None:
+        self.info = info
+        self.mime = f'video/mp4; codecs="{mse_codec(info.codec, info.extradata)}"'
+        self._sink = _Chunks()
+        self._container = av.open(self._sink, "w", format="mp4", options={"movflags": MOVFLAGS})
+        self._stream = self._container.add_stream(info.codec)
+        if info.width and info.height:
+            self._stream.width, self._stream.height = info.width, info.height
+        self._stream.time_base = Fraction(*info.time_base)
+        if info.extradata:
+            self._stream.codec_context.extradata = info.extradata
+        self._base: int | None = None
+        self._last_dts = -1
+
+    def add(self, pkt: LivePacket) -> bytes:
+        """Mux one packet; returns the bytes the muxer produced (the init segment comes with the first)."""
+        if self._base is None:
+            if not pkt.keyframe:
+                return b""
+            self._base = pkt.dts
+        dts = max(self._last_dts + 1, pkt.dts - self._base)
+        self._last_dts = dts
+        out = av.Packet(pkt.data)
+        out.dts = dts
+        out.pts = dts + max(0, pkt.pts - pkt.dts)
+        out.time_base = self._stream.time_base
+        out.is_keyframe = pkt.keyframe
+        out.stream = self._stream
+        self._container.mux(out)
+        return self._sink.take()
+
+    def close(self) -> None:
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - a viewer that left mid-fragment
+            pass

@@ -1,0 +1,226 @@
+"""The API side of live view: one connection per station to its ingest tap, shared by every viewer.
+
+The first viewer of a station connects the relay to the tap; the last one leaving disconnects it
+(after a short linger, so switching pages does not reconnect). The relay keeps the stream info and
+the current GOP, so a later viewer starts from the last keyframe without asking the tap again.
+Runs on the API's event loop; viewers read their own bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from vms.live.protocol import (
+    HEADER,
+    KIND_END,
+    KIND_INFO,
+    KIND_PACKET,
+    MAX_MESSAGE,
+    LivePacket,
+    StreamInfo,
+    tap_address,
+)
+
+log = logging.getLogger(__name__)
+
+VIEWER_QUEUE = 600  # packets; a viewer further behind skips to the next keyframe
+LINGER_S = 3.0
+
+
+class LiveUnavailable(Exception):
+    """The station has no live stream here (not recorded by this server, or camera down)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """What a viewer receives: stream info, a packet (replay = from the cached GOP), or the end."""
+
+    kind: str  # "info" | "packet" | "end"
+    info: StreamInfo | None = None
+    packet: LivePacket | None = None
+    replay: bool = False
+    reason: str | None = None
+
+
+class Viewer:
+    def __init__(self, relay: StationRelay) -> None:
+        self.relay = relay
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self.skipping = False
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, item: Item) -> None:
+        if item.kind == "packet" and not item.replay:
+            if self.queue.qsize() >= VIEWER_QUEUE:
+                self.skipping = True
+            if self.skipping:
+                if not item.packet.keyframe:
+                    self.dropped += 1
+                    return
+                self.skipping = False
+        self.queue.put_nowait(item)
+
+    async def get(self) -> Item:
+        return await self.queue.get()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.relay.leave(self)
+
+
+class StationRelay:
+    def __init__(self, hub: LiveHub, station_id: str) -> None:
+        self.hub = hub
+        self.station_id = station_id
+        self.viewers: set[Viewer] = set()
+        self.info: StreamInfo | None = None
+        self.gop: list[LivePacket] = []
+        self.info_event = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.connected = asyncio.Event()
+        self.ended: str | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self.packets = 0
+
+    async def connect(self) -> None:
+        address = tap_address(self.hub.data_dir, self.station_id)
+        try:
+            reader, writer = await asyncio.open_unix_connection(address, limit=MAX_MESSAGE + 64)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise LiveUnavailable(
+                f"station {self.station_id} is not being recorded by this server "
+                f"(no live tap: {type(exc).__name__})"
+            ) from None
+        self.writer = writer
+        self.task = asyncio.create_task(self._read(reader), name=f"live-relay-{self.station_id}")
+        log.info("%s: live relay connected to the tap", self.station_id)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        reason = "tap closed"
+        try:
+            while True:
+                head = await reader.readexactly(HEADER.size)
+                length, kind = HEADER.unpack(head)
+                if not 1 <= length <= MAX_MESSAGE:
+                    raise ValueError(f"bad live message length {length}")
+                payload = await reader.readexactly(length - 1)
+                self._dispatch(kind, payload)
+        except asyncio.IncompleteReadError:
+            pass
+        except asyncio.CancelledError:
+            reason = "closed"
+            raise
+        except (OSError, ValueError, struct.error) as exc:
+            reason = f"tap connection failed: {exc}"
+            log.warning("%s: %s", self.station_id, reason)
+        finally:
+            self.ended = reason
+            for v in list(self.viewers):
+                v.put(Item("end", reason=reason))
+            self.hub._forget(self)
+
+    def _dispatch(self, kind: int, payload: bytes) -> None:
+        if kind == KIND_PACKET:
+            pkt = LivePacket.decode(payload)
+            self.packets += 1
+            if pkt.keyframe:
+                self.gop = []
+            if self.gop or pkt.keyframe:
+                self.gop.append(pkt)
+            item = Item("packet", packet=pkt, replay=pkt.replay)
+            for v in self.viewers:
+                v.put(item)
+        elif kind == KIND_INFO:
+            self.info = StreamInfo.decode(payload)
+            self.gop = []
+            self.info_event.set()
+            for v in self.viewers:
+                v.put(Item("info", info=self.info))
+        elif kind == KIND_END:
+            self.info = None
+            self.info_event.clear()
+            self.gop = []
+            for v in self.viewers:
+                v.put(Item("end", reason="camera disconnected"))
+
+    def join(self) -> Viewer:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        viewer = Viewer(self)
+        if self.info is not None:
+            viewer.put(Item("info", info=self.info))
+            for pkt in self.gop:
+                viewer.put(Item("packet", packet=pkt, replay=True))
+        self.viewers.add(viewer)
+        return viewer
+
+    def leave(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+        if not self.viewers and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(self.hub.linger_s, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        self._linger = None
+        if not self.viewers:
+            self.close()
+
+    def close(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.close()
+        self.hub._forget(self)
+
+
+class LiveHub:
+    """All station relays of one API process."""
+
+    def __init__(self, data_dir: Path | str, linger_s: float = LINGER_S) -> None:
+        self.data_dir = Path(data_dir)
+        self.linger_s = linger_s
+        self.relays: dict[str, StationRelay] = {}
+
+    async def watch(self, station_id: str, wait_info_s: float = 5.0) -> Viewer:
+        """A viewer of the station's live stream; waits up to wait_info_s for the camera to stream."""
+        relay = self.relays.get(station_id)
+        if relay is None or relay.ended is not None:
+            relay = StationRelay(self, station_id)
+            self.relays[station_id] = relay
+            try:
+                await relay.connect()
+            except BaseException:
+                self.relays.pop(station_id, None)
+                raise
+        viewer = relay.join()
+        if relay.info is None:
+            try:
+                await asyncio.wait_for(relay.info_event.wait(), wait_info_s)
+            except TimeoutError:
+                viewer.close()
+                raise LiveUnavailable(
+                    f"camera of {station_id} is not streaming right now (no picture within {wait_info_s:g} s)"
+                ) from None
+        return viewer
+
+    def _forget(self, relay: StationRelay) -> None:
+        if self.relays.get(relay.station_id) is relay:
+            del self.relays[relay.station_id]
+
+    def stats(self) -> dict:
+        return {sid: {"viewers": len(r.viewers), "packets": r.packets} for sid, r in self.relays.items()}
+
+    async def close(self) -> None:
+        for relay in list(self.relays.values()):
+            relay.close()
+            if relay.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await relay.task

@@ -1,0 +1,210 @@
+"""Live view over WebRTC (aiortc): the camera's H.264 passed through to the browser without decoding.
+
+A `CameraTrack` returns av.Packet objects (aiortc packetizes them, no transcoding). A new viewer first
+gets the cached GOP with timestamps one tick apart, so the browser decodes up to the current picture at
+once and shows it in a few hundred ms instead of waiting for the next keyframe. Keyframes get the
+stream's SPS/PPS in front when the camera sends them only out of band (Chromium decodes nothing
+otherwise). Each peer connection is watched and closed when the tab goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import deque
+from fractions import Fraction
+
+import av
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from vms.core.clock import Clock
+from vms.live.h264 import has_parameter_sets
+from vms.live.relay import LiveHub, LiveUnavailable, Viewer
+
+log = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = Fraction(1, 90000)
+TICKS_PER_MS = 90
+CONNECT_TIMEOUT_S = 30.0
+DISCONNECTED_GRACE_S = 5.0
+
+
+class CameraTrack(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self, viewer: Viewer, clock: Clock, codec: str = "h264") -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.clock = clock
+        self.codec = codec
+        self.parameter_sets = b""
+        self._last_ts = -1
+        self._offset: int | None = None
+        self.sent = 0
+        self.relay_delays_ms: deque[int] = deque(maxlen=1000)  # ingest receive -> handed to aiortc
+
+    async def recv(self) -> av.Packet:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            item = await self.viewer.get()
+            if item.kind == "info":
+                self.parameter_sets = item.info.extradata
+                continue
+            if item.kind == "end":
+                if item.reason == "camera disconnected":
+                    continue  # the camera reconnects; the next info and keyframe follow
+                self.stop()
+                raise MediaStreamError
+            pkt = item.packet
+            data = pkt.data
+            if pkt.keyframe and self.parameter_sets and not has_parameter_sets(data, self.codec):
+                data = self.parameter_sets + data
+            if item.replay:
+                ts = self._last_ts + 1  # squeezed: decode the cached GOP at once
+            else:
+                if self._offset is None:
+                    # Live frames follow the replay at the camera's pace, one frame interval on.
+                    self._offset = self._last_ts + 40 * TICKS_PER_MS - pkt.pts * TICKS_PER_MS
+                ts = max(self._last_ts + 1, pkt.pts * TICKS_PER_MS + self._offset)
+                self.relay_delays_ms.append(self.clock.now_ms() - pkt.received_ms)
+            self._last_ts = ts
+            out = av.Packet(data)
+            out.pts = out.dts = ts
+            out.time_base = VIDEO_TIME_BASE
+            out.is_keyframe = pkt.keyframe
+            self.sent += 1
+            return out
+
+    def stop(self) -> None:
+        super().stop()
+        self.viewer.close()
+
+
+class LiveSession:
+    def __init__(
+        self, session_id: str, station_id: str, username: str, pc: RTCPeerConnection, track: CameraTrack
+    ) -> None:
+        self.id = session_id
+        self.station_id = station_id
+        self.username = username
+        self.pc = pc
+        self.track = track
+        self.started = time.monotonic()
+
+
+class WebRtcSessions:
+    """The peer connections of one API process."""
+
+    def __init__(self, hub: LiveHub, clock: Clock, ice_servers: list[str] | None = None) -> None:
+        self.hub = hub
+        self.clock = clock
+        # An explicit (possibly empty) list: aiortc's default is a public STUN server on the Internet.
+        self.configuration = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_servers or []])
+        self.sessions: dict[str, LiveSession] = {}
+
+    async def answer(
+        self,
+        station_id: str,
+        username: str,
+        offer_sdp: str,
+        offer_type: str = "offer",
+        wait_picture_s: float = 5.0,
+    ) -> tuple[LiveSession, RTCSessionDescription]:
+        viewer = await self.hub.watch(station_id, wait_picture_s)
+        info = viewer.relay.info
+        if info is None or info.codec != "h264":
+            viewer.close()
+            raise LiveUnavailable(
+                f"camera of {station_id} sends {info.codec if info else 'nothing'}; WebRTC "
+                "here carries H.264 only: use the MSE live view"
+            )
+        pc = RTCPeerConnection(self.configuration)
+        track = CameraTrack(viewer, self.clock, info.codec)
+        session = LiveSession(secrets.token_urlsafe(12), station_id, username, pc, track)
+        try:
+            # The sending transceiver exists before the offer is applied, so the offer's video line binds
+            # to it and the H.264-only preference applies (else aiortc picks VP8 and would transcode).
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            transceiver.setCodecPreferences(
+                [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+            )
+            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, offer_type))
+            if transceiver.mid is None:
+                raise ValueError("the offer has no video (add a recvonly video transceiver)")
+            await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate (no trickle)
+        except BaseException as exc:
+            track.stop()
+            await pc.close()
+            if isinstance(exc, Exception) and not isinstance(exc, ValueError):
+                # aiortc's own errors for an offer it cannot use (no H.264, bad SDP): the caller's fault
+                raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+            raise
+        self.sessions[session.id] = session
+        self._watch(session)
+        log.info("%s: WebRTC live view %s for %s", station_id, session.id, username)
+        return session, pc.localDescription
+
+    def _watch(self, session: LiveSession) -> None:
+        pc = session.pc
+        pending: dict[str, asyncio.TimerHandle] = {}
+        loop = asyncio.get_running_loop()
+
+        def later(delay: float, why: str) -> asyncio.TimerHandle:
+            return loop.call_later(delay, lambda: asyncio.ensure_future(self.close(session.id, why)))
+
+        pending["connect"] = later(CONNECT_TIMEOUT_S, "never connected")
+
+        @pc.on("connectionstatechange")
+        async def _changed() -> None:
+            state = pc.connectionState
+            if state == "connected":
+                for h in pending.values():
+                    h.cancel()
+                pending.clear()
+            elif state == "disconnected":
+                pending["grace"] = later(DISCONNECTED_GRACE_S, "disconnected")
+            elif state in ("failed", "closed"):
+                await self.close(session.id, state)
+
+    async def close(self, session_id: str, why: str = "closed") -> bool:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session.track.stop()
+        with contextlib.suppress(Exception):
+            await session.pc.close()
+        log.info(
+            "%s: live view %s ended (%s) after %.0f s",
+            session.station_id,
+            session_id,
+            why,
+            time.monotonic() - session.started,
+        )
+        return True
+
+    async def close_all(self) -> None:
+        for sid in list(self.sessions):
+            await self.close(sid, "server stopping")
+
+    def stats(self) -> list[dict]:
+        out = []
+        for s in self.sessions.values():
+            delays = sorted(s.track.relay_delays_ms)
+            out.append(
+                {
+                    "id": s.id,
+                    "station_id": s.station_id,
+                    "username": s.username,
+                    "state": s.pc.connectionState,
+                    "packets_sent": s.track.sent,
+                    "seconds": round(time.monotonic() - s.started, 1),
+                    "relay_delay_ms_p50": delays[len(delays) // 2] if delays else None,
+                    "relay_delay_ms_p95": delays[int(len(delays) * 0.95)] if delays else None,
+                }
+            )
+        return out
