@@ -63,7 +63,8 @@ def _optional_routers() -> list:
     import importlib
 
     routers = []
-    for name in ("stations", "footage", "exports", "holds", "audits", "access_log", "admin", "metrics"):
+    for name in ("stations", "footage", "exports", "holds", "audits", "access_log", "admin", "metrics", "live",
+                 "console"):
         try:
             module = importlib.import_module(f"vms.api.routers.{name}")
         except ModuleNotFoundError as exc:
