@@ -94,6 +94,9 @@ class CameraSession(threading.Thread):
             "timeout": timeout_us,
             "analyzeduration": "1000000",
             "probesize": "500000",
+            # PyAV turns on GENPTS, which makes libavformat parse ahead to invent missing pts;
+            # the recorder handles missing pts itself, so skip that work.
+            "fflags": "-genpts",
         }
 
     def _open_deadline_s(self) -> float:

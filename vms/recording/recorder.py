@@ -75,6 +75,9 @@ class StreamRecorder:
         self._video: av.video.stream.VideoStream | None = None
         self._audio: av.audio.stream.AudioStream | None = None
         self._tb = Fraction(1, 90000)
+        self._tb_num, self._tb_den = 1, 90000
+        self._segment_ticks = int(segment_seconds * 90000)
+        self._max_step_ticks = int(MAX_STEP_S * 90000)
         self._pos = 0
         self._last_dts: int | None = None
         self._frame_ticks = 0
@@ -136,16 +139,20 @@ class StreamRecorder:
         if audio is not None and self._audio is None:
             log.info("%s: audio codec %s cannot go in MP4; recording video only",
                      self.station_id, audio.codec_context.name)
-        self._tb = Fraction(video.time_base.numerator, video.time_base.denominator)
+        # Integer arithmetic per packet (Fractions cost more than the mux itself).
+        self._tb_num, self._tb_den = video.time_base.numerator, video.time_base.denominator
+        self._tb = Fraction(self._tb_num, self._tb_den)
         rate = video.average_rate or video.guessed_rate or 15
-        self._frame_ticks = max(1, round(1 / (float(rate) * self._tb)))
+        self._frame_ticks = max(1, round(self._tb_den / (float(rate) * self._tb_num)))
+        self._segment_ticks = int(self.segment_seconds * self._tb_den / self._tb_num)
+        self._max_step_ticks = int(MAX_STEP_S * self._tb_den / self._tb_num)
         self._video_parameters: dict | None = None
         self._pos = 0
         self._last_dts = None
         self._connection_open = True
 
     def _ticks_to_ms(self, ticks: int) -> int:
-        return round(ticks * self._tb * 1000)
+        return (ticks * self._tb_num * 1000 + self._tb_den // 2) // self._tb_den
 
     def video_packet(self, pkt: av.Packet) -> int | None:
         """Record one video packet; returns its wall time in ms, or None if it was not recorded
@@ -157,7 +164,7 @@ class StreamRecorder:
             step = 0
         else:
             step = dts - self._last_dts
-            if step <= 0 or step * self._tb > MAX_STEP_S:
+            if step <= 0 or step > self._max_step_ticks:
                 step = self._frame_ticks
         self._last_dts = dts
         self._pos += step
@@ -172,7 +179,7 @@ class StreamRecorder:
             seg = self._start_segment(pkt)
             if seg is None:
                 return None
-        elif pkt.is_keyframe and (self._force_cut or (self._pos - seg.start_pos) * self._tb >= self.segment_seconds):
+        elif pkt.is_keyframe and (self._force_cut or self._pos - seg.start_pos >= self._segment_ticks):
             self._force_cut = False
             seg = self._cut(pkt)
             if seg is None:

@@ -2,19 +2,21 @@
 
 A fragment ends at every keyframe (`frag_keyframe`), and `empty_moov` puts the header first, so
 the file is playable while it grows and, after a kill -9, up to its last complete fragment.
-Writes go through a Python file object so that the segment can be fsynced before its row commits.
+FFmpeg writes the file itself (a Python file object would cost a GIL round trip per write); a
+second descriptor on the same file lets us fsync it before its index row commits.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO
 
 import av
 
 from vms.recording.volumes import fsync_dir
 
+# flush_packets: hand each fragment to the OS as soon as the muxer finishes it (else FFmpeg holds
+# fragments in its buffer and a kill -9 loses them).
 FMP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 
 
@@ -26,9 +28,10 @@ class SegmentFile:
                  audio: av.audio.stream.AudioStream | None = None, video_parameters: dict | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO = open(path, "xb")  # never overwrite footage
+        # O_EXCL: never overwrite footage. The descriptor is kept for fsync.
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            self._container = av.open(self._file, "w", format="mp4", options=dict(FMP4_OPTIONS))
+            self._container = av.open(str(path), "w", format="mp4", options=dict(FMP4_OPTIONS))
             self._video = self._container.add_stream_from_template(video)
             self._video.time_base = video.time_base
             for key, value in (video_parameters or {}).items():
@@ -39,7 +42,7 @@ class SegmentFile:
                 self._audio = self._container.add_stream_from_template(audio)
                 self._audio.time_base = audio.time_base
         except Exception:
-            self._file.close()
+            os.close(self._fd)
             path.unlink(missing_ok=True)
             raise
         self.bytes_hint = 0
@@ -61,12 +64,11 @@ class SegmentFile:
         self._container.mux(packet)
 
     def size(self) -> int:
-        return self._file.tell()
+        return os.fstat(self._fd).st_size
 
     def sync(self) -> None:
-        """Push what the muxer has written to disk."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Push what the muxer has handed to the OS to the disk."""
+        os.fsync(self._fd)
 
     def close(self) -> int:
         """Finish the last fragment, fsync the file, return its size. Idempotent."""
@@ -76,9 +78,8 @@ class SegmentFile:
         try:
             self._container.close()
         finally:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            os.fsync(self._fd)
+            os.close(self._fd)
         return self.path.stat().st_size
 
     def abandon(self) -> None:
@@ -91,7 +92,6 @@ class SegmentFile:
         except Exception:  # noqa: BLE001 - whatever the muxer says, the file keeps its fragments
             pass
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            os.fsync(self._fd)
         finally:
-            self._file.close()
+            os.close(self._fd)

@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Ingest benchmark: vms's recorder vs one `ffmpeg -c copy -f segment` process per camera (how
+Frigate records), side by side in one run against the same simulated cameras.
+
+    scripts/bench_ingest.py --cameras 139 --seconds 180
+
+Prints, for both: CPU milliseconds per stream-second, memory (PSS) per stream, segments expected vs
+written, and the ratios. Run on an otherwise idle machine; results go in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vms.catalog.loader import load_catalog  # noqa: E402
+from vms.catalog.store import import_catalog  # noqa: E402
+from vms.core.settings import Settings  # noqa: E402
+from vms.db.engine import Database  # noqa: E402
+from vms.db.migrate import upgrade  # noqa: E402
+from vms.ingest.supervisor import IngestSupervisor  # noqa: E402
+from vms.recording.fmp4 import probe_segment  # noqa: E402
+from vms.simulate import Simulator  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def pss_bytes(procs: list[psutil.Process]) -> int:
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure(procs_fn, warmup: float, seconds: float) -> tuple[float, int]:
+    time.sleep(warmup)
+    procs = procs_fn()
+    c0, t0 = cpu_seconds(procs), time.monotonic()
+    pss = []
+    while time.monotonic() - t0 < seconds:
+        time.sleep(min(10.0, seconds - (time.monotonic() - t0)))
+        pss.append(pss_bytes(procs))
+    return (cpu_seconds(procs) - c0) / (time.monotonic() - t0), int(sum(pss) / max(1, len(pss)))
+
+
+def count_segments(root: Path, seg_len: float, min_fraction: float = 0.9) -> tuple[int, int, float]:
+    """(full-length segments, all segment files, seconds of footage) under root."""
+    full = total = 0
+    seconds = 0.0
+    for f in root.rglob("*.mp4"):
+        try:
+            d = probe_segment(f).duration_ms / 1000
+        except Exception:  # noqa: BLE001
+            continue
+        total += 1
+        seconds += d
+        full += d >= seg_len * min_fraction
+    return full, total, seconds
+
+
+def run_vms(sim: Simulator, stations: list[str], work: Path, args) -> dict:
+    settings = Settings.model_validate({
+        "data_dir": str(work / "data"),
+        "storage": {"volumes": [{"name": "main", "path": str(work / "vms")}]},
+        "ingest": {"segment_seconds": args.segment_seconds, "workers": args.workers},
+    })
+    upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    with db.session() as s:
+        import_catalog(s, load_catalog(REPO / "config" / "stations.yaml"))
+    urls = {sid: sim.urls[sid] for sid in stations}
+    sup = IngestSupervisor(settings, urls, [], only_stations=set(stations)).start()
+    try:
+        cpu, pss = measure(lambda: [psutil.Process(pid) for pid in sup.pids()], args.warmup, args.seconds)
+    finally:
+        sup.stop()
+    full, total, seconds = count_segments(work / "vms", args.segment_seconds)
+    return {"cpu_cores": cpu, "pss": pss, "full_segments": full, "files": total, "footage_s": seconds,
+            "processes": len(sup.specs)}
+
+
+def run_ffmpeg(sim: Simulator, stations: list[str], work: Path, args) -> dict:
+    procs = []
+    for sid in stations:
+        out = work / "ffmpeg" / sid
+        out.mkdir(parents=True)
+        procs.append(subprocess.Popen(
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-rtsp_transport", "tcp", "-i", sim.urls[sid],
+             "-c", "copy", "-f", "segment", "-segment_time", str(int(args.segment_seconds)),
+             "-reset_timestamps", "1", str(out / "%05d.mp4")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        cpu, pss = measure(lambda: [psutil.Process(p.pid) for p in procs], args.warmup, args.seconds)
+    finally:
+        for p in procs:
+            p.send_signal(2)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    full, total, seconds = count_segments(work / "ffmpeg", args.segment_seconds)
+    return {"cpu_cores": cpu, "pss": pss, "full_segments": full, "files": total, "footage_s": seconds,
+            "processes": len(procs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cameras", type=int, default=139)
+    ap.add_argument("--seconds", type=float, default=180, help="measured recording time per contender")
+    ap.add_argument("--warmup", type=float, default=15, help="seconds recorded before measuring")
+    ap.add_argument("--segment-seconds", type=float, default=60)
+    ap.add_argument("--workers", type=int, default=None, help="vms worker processes (default one per core)")
+    ap.add_argument("--width", type=int, default=1920)
+    ap.add_argument("--height", type=int, default=1080)
+    ap.add_argument("--fps", type=int, default=15)
+    ap.add_argument("--bitrate-kbps", type=int, default=2000)
+    ap.add_argument("--gop", type=int, default=30)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    stations = [s.id for s in load_catalog(REPO / "config" / "stations.yaml")][: args.cameras]
+    if len(stations) < args.cameras:
+        sys.exit(f"the catalogue has only {len(stations)} stations")
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        with Simulator(cameras=len(stations), names=stations, width=args.width, height=args.height, fps=args.fps,
+                       bitrate_kbps=args.bitrate_kbps, gop=args.gop, content="pattern",
+                       cache_dir=REPO / "data" / "cache" / "simulate", ready_timeout=300) as sim:
+            vms = run_vms(sim, stations, work, args)
+            peer = run_ffmpeg(sim, stations, work, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    n = len(stations)
+    recorded = args.warmup + args.seconds
+    expected = n * math.floor(recorded / args.segment_seconds)
+    rows = []
+    for name, r in (("vms", vms), ("ffmpeg -c copy -f segment", peer)):
+        rows.append({
+            "recorder": name, "processes": r["processes"],
+            "cpu_ms_per_stream_s": 1000 * r["cpu_cores"] / n,
+            "pss_mb_per_stream": r["pss"] / n / 2**20,
+            "expected_full_segments": expected, "full_segments": r["full_segments"], "files": r["files"],
+            "footage_s_per_camera": r["footage_s"] / n,
+        })
+    ratio_cpu = rows[0]["cpu_ms_per_stream_s"] / rows[1]["cpu_ms_per_stream_s"]
+    ratio_mem = rows[0]["pss_mb_per_stream"] / rows[1]["pss_mb_per_stream"]
+    machine = f"{platform.node()} {os.cpu_count()} cores {psutil.virtual_memory().total / 2**30:.0f} GiB, " \
+              f"{platform.processor() or platform.machine()}"
+    print(f"# bench_ingest {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine}")
+    print(f"# {n} cameras {args.width}x{args.height} {args.fps} fps {args.bitrate_kbps} kbps GOP {args.gop}; "
+          f"{args.warmup:.0f} s warm-up + {args.seconds:.0f} s measured; segments of {args.segment_seconds:.0f} s")
+    print("| recorder | processes | CPU ms per stream-second | PSS MB per stream | full segments (expected) |"
+          " files | footage s per camera |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['recorder']} | {r['processes']} | {r['cpu_ms_per_stream_s']:.2f} | {r['pss_mb_per_stream']:.1f} |"
+              f" {r['full_segments']} ({r['expected_full_segments']}) | {r['files']} |"
+              f" {r['footage_s_per_camera']:.1f} |")
+    print(f"ratios vms/ffmpeg: CPU {ratio_cpu:.2f}x, memory {ratio_mem:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "cpu_ratio": ratio_cpu, "mem_ratio": ratio_mem}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
