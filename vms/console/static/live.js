@@ -1,0 +1,118 @@
+// Live view: WebRTC (H.264 passed through by the server) with a fallback to fMP4 over WebSocket + MSE.
+import { api } from "./api.js";
+
+function waitIceGathering(pc, timeoutMs) {
+  // The server (aiortc) has no trickle ICE: send the offer with every candidate in it.
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") { pc.removeEventListener("icegatheringstatechange", done); resolve(); } };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, timeoutMs);
+  });
+}
+
+// Figures for the page (and the browser tests): time to first frame, frames shown, receive-to-display delay.
+function watchFrames(video, stats) {
+  if (!video.requestVideoFrameCallback) return;
+  const onFrame = (now, meta) => {
+    if (stats.closed) return;
+    stats.frames += 1;
+    if (stats.firstFrameMs == null) stats.firstFrameMs = now - stats.t0;
+    if (meta.captureTime !== undefined) stats.captureToDisplayMs.push(meta.expectedDisplayTime - meta.captureTime);
+    if (meta.receiveTime !== undefined) stats.receiveToDisplayMs.push(meta.expectedDisplayTime - meta.receiveTime);
+    if (stats.captureToDisplayMs.length > 600) stats.captureToDisplayMs.shift();
+    if (stats.receiveToDisplayMs.length > 600) stats.receiveToDisplayMs.shift();
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+}
+
+export async function startWebRTC(video, stationId) {
+  const stats = { mode: "webrtc", t0: performance.now(), frames: 0, firstFrameMs: null,
+                  captureToDisplayMs: [], receiveToDisplayMs: [], closed: false };
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  const tr = pc.addTransceiver("video", { direction: "recvonly" });
+  const caps = RTCRtpReceiver.getCapabilities ? RTCRtpReceiver.getCapabilities("video") : null;
+  if (caps && tr.setCodecPreferences) {
+    // H.264 first: the camera's stream is passed through, never transcoded.
+    const h264 = caps.codecs.filter((c) => c.mimeType === "video/H264");
+    if (h264.length) tr.setCodecPreferences(h264);
+  }
+  pc.ontrack = (ev) => {
+    video.srcObject = ev.streams && ev.streams[0] ? ev.streams[0] : new MediaStream([ev.track]);
+    video.play().catch(() => {});
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await waitIceGathering(pc, 3000);
+  let answer;
+  try {
+    answer = await api.post(`/api/stations/${stationId}/live/webrtc`, { sdp: pc.localDescription.sdp, type: "offer" });
+  } catch (e) { pc.close(); throw e; }
+  await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
+  watchFrames(video, stats);
+  const closeUrl = `/api/live/sessions/${answer.session_id}/close`;
+  const onUnload = () => navigator.sendBeacon(closeUrl);
+  window.addEventListener("pagehide", onUnload);
+  return {
+    stats, pc, sessionId: answer.session_id, codec: answer.codec,
+    close() {
+      if (stats.closed) return;
+      stats.closed = true;
+      window.removeEventListener("pagehide", onUnload);
+      pc.close();
+      video.srcObject = null;
+      api.post(closeUrl).catch(() => {});
+    },
+  };
+}
+
+export function startMSE(video, stationId, onEnded) {
+  const stats = { mode: "mse", t0: performance.now(), frames: 0, firstFrameMs: null,
+                  captureToDisplayMs: [], receiveToDisplayMs: [], closed: false };
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${proto}//${location.host}/api/stations/${stationId}/live/mse`);
+  ws.binaryType = "arraybuffer";
+  let sb = null, queue = [], url = null;
+  const pump = () => {
+    if (!sb || sb.updating || !queue.length) return;
+    try { sb.appendBuffer(queue.shift()); } catch (e) { console.warn("MSE append failed", e); return; }
+  };
+  const keepLive = () => {
+    const b = video.buffered;
+    if (!b.length) return;
+    const end = b.end(b.length - 1);
+    if (end - video.currentTime > 1.0 || video.currentTime < b.start(b.length - 1)) video.currentTime = Math.max(b.start(b.length - 1), end - 0.2);
+    if (!sb.updating && video.currentTime - b.start(0) > 30) { try { sb.remove(0, video.currentTime - 10); } catch { /* busy */ } }
+  };
+  const setup = (mime) => {
+    if (!window.MediaSource || !MediaSource.isTypeSupported(mime)) { onEnded && onEnded(`浏览器不支持 ${mime}`); return; }
+    const ms = new MediaSource();
+    if (url) URL.revokeObjectURL(url);
+    url = URL.createObjectURL(ms);
+    video.srcObject = null;
+    video.src = url;
+    sb = null; queue = [];
+    ms.addEventListener("sourceopen", () => {
+      sb = ms.addSourceBuffer(mime);
+      sb.addEventListener("updateend", () => { keepLive(); pump(); });
+      pump();
+      video.play().catch(() => {});
+    }, { once: true });
+  };
+  ws.onmessage = (ev) => {
+    if (typeof ev.data === "string") {
+      const m = JSON.parse(ev.data);
+      if (m.mime) setup(m.mime);
+      else if (m.ended && onEnded) onEnded(m.ended);
+      return;
+    }
+    queue.push(ev.data);
+    pump();
+  };
+  ws.onclose = (ev) => { if (!stats.closed && onEnded) onEnded(ev.reason || `连接关闭 (${ev.code})`); };
+  watchFrames(video, stats);
+  return {
+    stats,
+    close() { stats.closed = true; ws.close(); if (url) URL.revokeObjectURL(url); video.removeAttribute("src"); video.load(); },
+  };
+}
