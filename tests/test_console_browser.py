@@ -153,7 +153,8 @@ def _login(page, name: str) -> None:
 
 def _frame_digest(page) -> str:
     return page.evaluate("""() => { const v = document.getElementById('video');
-        const c = document.createElement('canvas'); c.width = 64; c.height = 48; const g = c.getContext('2d'); g.drawImage(v, 0, 0, 64, 48);
+        const c = document.createElement('canvas'); c.width = 64; c.height = 48;
+        const g = c.getContext('2d'); g.drawImage(v, 0, 0, 64, 48);
         return Array.from(g.getImageData(0, 0, 64, 48).data.filter((_, i) => i % 16 === 0)).join(','); }""")
 
 
