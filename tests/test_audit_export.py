@@ -137,3 +137,13 @@ def test_cli_run_show_export(cli_env, tmp_path):
     out = str(tmp_path / "a.csv")
     r = runner.invoke(app, ["audit", "export", "--month", "2025-12", "--format", "csv", "--out", out])
     assert r.exit_code == 0 and (tmp_path / "a.csv").exists()
+    r = runner.invoke(app, ["audit", "active-since", "pingshan-v02", "2025-12-20"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["audit", "active-since", "pingshan-v02", "20.12.2025"])
+    assert r.exit_code == 2 and "YYYY-MM-DD" in r.output
+    r = runner.invoke(app, ["audit", "active-since", "nope", "2025-12-20"])
+    assert r.exit_code == 2 and "unknown station 'nope'" in r.output
+    r = runner.invoke(app, ["audit", "run", "--month", "2025-12"])
+    r = runner.invoke(app, ["audit", "show", "--month", "2025-12", "--format", "json"])
+    v02 = next(i for i in json.loads(r.output)["stations"] if i["station_id"] == "pingshan-v02")
+    assert v02["active_days"] == 12 and v02["required_open_days"] == 8  # ceil(20 x 12 / 31)

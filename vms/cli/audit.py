@@ -16,6 +16,7 @@ from vms.audit.reports import daily_report, monthly_report
 from vms.cli.context import database, fail, report_vms_error, settings
 from vms.core.clock import default_clock
 from vms.core.errors import VmsError
+from vms.db.models import Station
 
 app = typer.Typer(help="Station-uptime audits: run, show, export.", no_args_is_help=True)
 
@@ -133,3 +134,21 @@ def export(
     except VmsError as exc:
         raise report_vms_error(exc) from None
     typer.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
+@app.command("active-since")
+def active_since(
+    station_id: str = typer.Argument(..., help="station id, e.g. pingshan-v01"),
+    day: str = typer.Argument(..., help="local day the station went into service, YYYY-MM-DD, or 'none'"),
+) -> None:
+    """Record when a station went into service: audits ignore earlier days and pro-rate the month."""
+    try:
+        value = None if day.lower() == "none" else parse_day(day).isoformat()
+        with database().session() as s:
+            st = s.get(Station, station_id)
+            if st is None:
+                raise fail(f"unknown station {station_id!r} (see `vms stations list`)")
+            st.active_since = value
+    except VmsError as exc:
+        raise report_vms_error(exc) from None
+    typer.echo(f"{station_id}: in service since {value or 'always'}; re-run `vms audit run` for affected months")
