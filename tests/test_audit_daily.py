@@ -78,7 +78,7 @@ def test_known_day_figures_on_both_databases(catalog_db, audit_settings):
         s.add_all(segments(A, L("2026-01-05 15:00"), L("2026-01-06 00:00")))
         s.add_all(segments(A, L("2026-01-05 10:00:30"), L("2026-01-05 11:00:30"), tag="n2"))
         s.add(Gap(station_id=A, node="n1", start_ms=L("2026-01-05 12:00"), end_ms=L("2026-01-05 15:00"),
-                  reason="offline"))
+                  reason="unreachable"))
         # Open 09:00-17:00, business hours 08:00-18:00 -> 8 h open, 8 h inside hours.
         s.add_all([state(A, "closed", "2026-01-05 00:00", "2026-01-05 09:00"),
                    state(A, "open", "2026-01-05 09:00", "2026-01-05 17:00"),
@@ -104,10 +104,11 @@ def test_known_day_figures_on_both_databases(catalog_db, audit_settings):
         assert a["first_open_ms"] == L("2026-01-05 09:00") and a["first_open"] == "09:00"
         assert a["last_close_ms"] == L("2026-01-05 17:00") and a["last_close"] == "17:00"
         assert a["activity_episodes"] == 3
-        assert a["gaps_ms"] == {"offline": 3 * H}
+        assert a["gaps_ms"] == {"unreachable": 3 * H}
         assert a["faults_ms"] == {"covered": H // 2}
         codes = {f["code"] for f in a["findings"]}
-        assert codes == {"low_online", "low_coverage", "camera_fault"}
+        assert codes == {"low_online", "low_coverage", "camera_fault", "gap_reasons"}
+        assert any(f["message"] == "录像缺失原因：无法连接摄像机 3.0 小时" for f in a["findings"])
         assert any("87.5%" in f["message"] and "在线率" in f["message"] for f in a["findings"])
         assert any("镜头遮挡 0.5 小时" in f["message"] for f in a["findings"])
 
@@ -237,3 +238,12 @@ def test_recorded_time_counts_main_stream_footage_once(catalog_db, audit_setting
         b = station_history(s, B, "2026-01-05", "2026-01-05")[0]
     assert a["recorded_ms"] == int(2.5 * H)
     assert b["recorded_ms"] == H
+
+
+def test_every_gap_reason_and_fault_kind_has_chinese_text():
+    from vms.analysis.detector import FAULT_KINDS
+    from vms.audit.findings import FAULT_KINDS_ZH, GAP_REASONS_ZH
+    from vms.recording.index import GAP_REASONS
+
+    assert set(GAP_REASONS) <= set(GAP_REASONS_ZH)
+    assert set(FAULT_KINDS) <= set(FAULT_KINDS_ZH)

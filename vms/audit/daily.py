@@ -17,7 +17,7 @@ from datetime import date
 from sqlalchemy import bindparam, delete, insert, or_, select, text
 from sqlalchemy.orm import Session
 
-from vms.audit.findings import fault_zh, finding, hours, pct
+from vms.audit.findings import fault_zh, finding, gap_zh, hours, pct
 from vms.audit.periods import AuditInputError, DaySpan, local_hhmm, local_ms
 from vms.catalog.model import BusinessHours
 from vms.core.clock import Clock
@@ -328,6 +328,10 @@ def _daily_row(st: Station, sp: DaySpan, end_ms: int, d: StationDay, earlier: tu
         elif d.open_in_hours_ms < needed_open:
             f.append(finding("short_open",
                              f"营业时间内开门 {hours(d.open_in_hours_ms)} 小时，不足 {rules.min_open_hours:g} 小时"))
+    gaps = sorted(((ms, reason) for reason, ms in d.gaps_ms.items() if ms > 0), reverse=True)
+    if gaps:
+        f.append(finding("gap_reasons", "录像缺失原因：" + "；".join(
+            f"{gap_zh(reason)} {hours(ms)} 小时" for ms, reason in gaps[:3]), "info"))
     for kind, ms in sorted(d.faults_ms.items()):
         if ms > 0:
             f.append(finding("camera_fault", f"摄像机故障：{fault_zh(kind)} {hours(ms)} 小时"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+# vms.analysis.detector.FAULT_KINDS
 FAULT_KINDS_ZH = {
     "signal_lost": "信号丢失",
     "frozen": "画面冻结",
@@ -13,20 +14,20 @@ FAULT_KINDS_ZH = {
     "scene_changed": "画面移位",
 }
 
+# vms.recording.index.GAP_REASONS
 GAP_REASONS_ZH = {
-    "offline": "摄像机离线",
-    "camera_offline": "摄像机离线",
-    "connect_failed": "连接失败",
+    "unreachable": "无法连接摄像机",
+    "refused": "连接被拒绝",
     "auth_failed": "认证失败",
-    "timeout": "超时",
     "stalled": "码流中断",
-    "stall": "码流中断",
-    "disk_full": "磁盘已满",
-    "write_error": "写入错误",
-    "disabled": "已停用",
-    "restart": "服务重启",
-    "shutdown": "服务停止",
-    "unknown": "原因不明",
+    "stream_ended": "码流结束",
+    "unsupported_codec": "编码格式不支持",
+    "no_video": "无视频流",
+    "bad_stream": "码流异常",
+    "resolution_changed": "分辨率变更",
+    "clock_jump": "摄像机时钟跳变",
+    "disk_error": "磁盘错误",
+    "ingest_stopped": "录像服务停止",
 }
 
 
