@@ -91,7 +91,8 @@ def show(
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Piped output gets a wide table instead of rich's 80 columns, so the Chinese reasons stay readable.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     if day:
         t = Table(title=f"{day} 站点日审计")
         for col in ("乡镇", "站点", "在线率", "覆盖率", "营业内开门(小时)", "开门", "关门", "活动", "问题"):
@@ -99,7 +100,8 @@ def show(
         for i in rep["stations"]:
             t.add_row(i["town"], i["station_id"], f'{i["online_percent"]:.1f}%', f'{i["coverage_percent"]:.1f}%',
                       f'{i["open_in_hours_hours"]:.1f}', i["first_open"] or "", i["last_close"] or "",
-                      str(i["activity_episodes"]), "；".join(f["message"] for f in i["findings"]))
+                      str(i["activity_episodes"]),
+                      "；".join(f["message"] for f in i["findings"] if f["severity"] != "info"))
         console.print(t)
         sm = rep["summary"]
         console.print(f"{sm['stations']} 个站点：{sm['with_findings']} 个有问题，{sm['no_footage']} 个全天无录像")
