@@ -1,0 +1,25 @@
+# vms serve in a container: Debian 12 with Python 3.11, ffmpeg and GStreamer's RTSP server (for the
+# simulated cameras of stations without a camera URL). Footage, SQLite and caches live in /var/lib/vms.
+FROM debian:12-slim
+
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 python3-venv python3-pip python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
+      gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad ffmpeg \
+      fonts-noto-cjk ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/vms
+COPY pyproject.toml README.md ./
+COPY vms ./vms
+COPY config ./config
+RUN python3 -m venv /opt/vms/.venv && /opt/vms/.venv/bin/pip install --no-cache-dir .
+
+ENV VMS_DATA_DIR=/var/lib/vms/data \
+    VMS_STORAGE__VOLUMES='[{name: main, path: /var/lib/vms/recordings}]' \
+    VMS_API__HOST=0.0.0.0 \
+    PATH=/opt/vms/.venv/bin:$PATH
+VOLUME ["/var/lib/vms"]
+EXPOSE 8080
+
+CMD ["sh", "-c", "vms db upgrade && vms stations import config/stations.yaml && exec vms serve"]
