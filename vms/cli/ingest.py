@@ -24,8 +24,6 @@ ingest_app = typer.Typer(help="Record every enabled camera (the recorder alone; 
 cameras_app = typer.Typer(help="Camera health.", no_args_is_help=True)
 recordings_app = typer.Typer(help="Footage on disk and its index.", no_args_is_help=True)
 
-ANALYSIS_OBSERVERS = "vms.analysis.observer:make_analysis_observer_factory"
-
 
 class OutputFormat(StrEnum):
     table = "table"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 from sqlalchemy import select
@@ -14,7 +13,9 @@ from vms.ingest.supervisor import IngestSupervisor
 
 log = logging.getLogger(__name__)
 
+# Observers the workers load by name (ingest imports nothing above it).
 ANALYSIS_FACTORY = "vms.analysis.observer:make_analysis_observer_factory"
+LIVE_TAP_FACTORY = "vms.live.tap:make_live_tap_factory"
 
 
 class RecordingService:
@@ -53,8 +54,8 @@ class RecordingService:
                 port=sim.port, cache_dir=self.settings.data_dir / "cache" / "simulate")
             self.simulator.start()
             overrides = dict(self.simulator.urls)
-        factories = ["vms.live.tap:make_live_tap_factory"]  # live view taps (vms/live/tap.py)
-        if self.analysis and importlib.util.find_spec("vms.analysis.observer") is not None:
+        factories = [LIVE_TAP_FACTORY]
+        if self.analysis and self.settings.analysis.enabled:
             factories.append(ANALYSIS_FACTORY)
         self.supervisor = IngestSupervisor(self.settings, overrides, factories, self.workers).start()
 
