@@ -32,7 +32,7 @@ VMS = [sys.executable, "-c", "from vms.cli import main; main()"]
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     """A configured installation in tmp_path: settings file, migrated SQLite with the catalogue, and
-    16 days of half-hourly footage of three stations."""
+    16 days of hourly footage of three stations."""
     config = {
         "data_dir": str(tmp_path / "data"),
         "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings"), "min_free_bytes": 0,
@@ -48,7 +48,7 @@ def site(tmp_path, monkeypatch):
     import_stations(db)
     footage = Footage(db, {"main": tmp_path / "recordings"})
     for st in (A, B, C):
-        footage.every(st, T0, NOW, 30 * MIN)
+        footage.every(st, T0, NOW, 60 * MIN)
     cli_context.settings.cache_clear()
     cli_context.database.cache_clear()
     yield footage
@@ -68,12 +68,12 @@ NOW_LOCAL = "2026-01-17T08:00"  # NOW in Asia/Shanghai, given without an offset
 def test_run_deletes_and_summarises(site):
     dry = vms("retention", "run", "--dry-run", "--now", NOW_LOCAL)
     assert dry.exit_code == 0, dry.output
-    assert "DRY RUN" in dry.output and "would delete 144 segments" in dry.output
-    assert len(site.remaining()) == 3 * 16 * 48
+    assert "DRY RUN" in dry.output and "would delete 72 segments" in dry.output
+    assert len(site.remaining()) == 3 * 16 * 24
     res = vms("retention", "run", "--now", NOW_LOCAL)
     assert res.exit_code == 0, res.output
-    assert "deleted 144 segments" in res.output and "expired" in res.output and "volume main" in res.output
-    assert len(site.remaining()) == 3 * 15 * 48
+    assert "deleted 72 segments" in res.output and "expired" in res.output and "volume main" in res.output
+    assert len(site.remaining()) == 3 * 15 * 24
     as_json = vms("retention", "run", "--now", "2026-01-17T00:00:00Z", "--format", "json")
     assert as_json.exit_code == 0 and json.loads(as_json.output)["segments"] == 0
 
@@ -93,7 +93,7 @@ def test_run_exits_1_when_a_segment_cannot_be_deleted(site):
     res = vms("retention", "run", "--now", NOW_LOCAL)
     assert res.exit_code == 1
     assert "escapes volume" in res.output
-    assert len(site.remaining()) == 3 * 15 * 48 + 1  # the rest was done; that row waits, marked 'deleting'
+    assert len(site.remaining()) == 3 * 15 * 24 + 1  # the rest was done; that row waits, marked 'deleting'
 
 
 def test_two_processes_at_once_never_double_delete(site, tmp_path):
@@ -107,9 +107,9 @@ def test_two_processes_at_once_never_double_delete(site, tmp_path):
         assert ("deleted" in out) or ("another retention run is in progress" in out), out
         if "deleted" in out:
             deleted += int(out.split("deleted ", 1)[1].split(" ", 1)[0])
-    assert deleted == 144
+    assert deleted == 72
     with site.db.session() as s:
-        assert sum(s.scalars(select(PurgeLog.segments))) == 144
+        assert sum(s.scalars(select(PurgeLog.segments))) == 72
 
 
 def test_holds_cli_validates_and_round_trips(site):
@@ -137,10 +137,10 @@ def test_holds_cli_validates_and_round_trips(site):
     hold = listed[0]
     assert (hold["start_ms"], hold["end_ms"]) == (T0, T0 + 60 * MIN)  # local time without an offset
     assert (hold["reason"], hold["created_by"], hold["state"]) == ("投诉 2026-014", "李四", "active")
-    # the hold keeps A's 08:00 and 08:30 segments through the sweep
+    # the hold keeps A's 08:00 segment through the sweep
     assert vms("retention", "run", "--now", NOW_LOCAL).exit_code == 0
     kept = sorted(start for st, start, end, _ in site.remaining().values() if st == A and end <= NOW - 15 * DAY)
-    assert kept == [T0, T0 + 30 * MIN]
+    assert kept == [T0]
     assert vms("holds", "list", "--station", B).output.strip().endswith("0 holds")
     rel = vms("holds", "release", str(hold["id"]), "--by", "李四")
     assert rel.exit_code == 0 and "released" in rel.output
@@ -160,7 +160,7 @@ def test_status_shows_footage_and_the_45_tb_rule(site):
     by_id = {s["station_id"]: s for s in data["stations"]}
     assert len(by_id) == 139
     a = by_id[A]
-    assert (a["oldest_ms"], a["newest_ms"], a["segments"], a["bytes"]) == (T0, NOW, 16 * 48, 16 * 48 * 100)
+    assert (a["oldest_ms"], a["newest_ms"], a["segments"], a["bytes"]) == (T0, NOW, 16 * 24, 16 * 24 * 100)
     assert a["days_covered"] == 16.0 and a["overdue"] is True  # a day older than 15 days is waiting
     assert by_id["baihua-v01"]["segments"] == 0
     cap = data["capacity"]

@@ -97,11 +97,11 @@ def import_stations(db: Database) -> None:
 
 @pytest.fixture
 def sixteen_days(any_db, tmp_path):
-    """16 days of footage of three stations, one 30-minute segment every 30 minutes."""
+    """16 days of footage of three stations, one 1-hour segment every hour."""
     import_stations(any_db)
     footage = Footage(any_db, {"main": tmp_path / "recordings"})
     for st in (A, B, C):
-        footage.every(st, T0, NOW, 30 * MIN)
+        footage.every(st, T0, NOW, 60 * MIN)
     return footage
 
 
@@ -120,7 +120,7 @@ def test_expiry_deletes_exactly_what_is_past_retention(sixteen_days, any_db, tmp
     straddling = footage.add_many([(B, cutoff - 10 * MIN + 7, 10 * MIN - 6)])[0]
     before = footage.remaining()
     expected_gone = {i for i, (_st, _s, end, state) in before.items() if state == "complete" and end <= cutoff}
-    assert len(expected_gone) == 3 * 48  # one day of each of the three stations, boundary segment included
+    assert len(expected_gone) == 3 * 24  # one day of each of the three stations, boundary segment included
     assert any(before[i][2] == cutoff for i in expected_gone)
 
     result = sweep(settings, any_db)
@@ -185,7 +185,7 @@ def test_holds_protect_and_lapse(sixteen_days, any_db, tmp_path):
     footage = sixteen_days
     settings = make_settings(tmp_path)
     with any_db.session() as s:
-        # active: A's footage 02:10-03:00 UTC on day 0 -> keeps the 02:00 and 02:30 segments
+        # active: A's footage 02:10-03:00 UTC on day 0 -> keeps the 02:00-03:00 segment
         add_hold(s, station_id=A, start_ms=T0 + 130 * MIN, end_ms=T0 + 180 * MIN, reason="投诉 2026-001",
                  created_by="tester", now_ms=NOW - DAY)
         # active with a future expiry: B's whole first day
@@ -200,11 +200,11 @@ def test_holds_protect_and_lapse(sixteen_days, any_db, tmp_path):
     result = sweep(settings, any_db)
     assert result.ok
     left_old = sorted((st, start) for st, start, end, _ in footage.remaining().values() if end <= NOW - 15 * DAY)
-    assert left_old == [(A, T0 + 120 * MIN), (A, T0 + 150 * MIN)] + [(B, T0 + i * 30 * MIN) for i in range(48)]
-    assert result.by_reason["expired"].segments == 46 + 48
+    assert left_old == [(A, T0 + 120 * MIN)] + [(B, T0 + i * 60 * MIN) for i in range(24)]
+    assert result.by_reason["expired"].segments == 23 + 24
     # once B's hold expires, the next sweep removes that day too
     later = sweep(settings, any_db, now=NOW + 1)
-    assert later.by_reason["expired"].segments == 48
+    assert later.by_reason["expired"].segments == 24
 
 
 def test_dry_run_changes_nothing_and_predicts_the_real_run(sixteen_days, any_db, tmp_path):
@@ -212,7 +212,7 @@ def test_dry_run_changes_nothing_and_predicts_the_real_run(sixteen_days, any_db,
     settings = make_settings(tmp_path)
     before_rows, before_files = footage.remaining(), footage.files()
     dry = sweep(settings, any_db, dry_run=True)
-    assert dry.ok and dry.dry_run and dry.segments == 3 * 48
+    assert dry.ok and dry.dry_run and dry.segments == 3 * 24
     assert footage.remaining() == before_rows and footage.files() == before_files
     with any_db.session() as s:
         assert s.scalar(select(func.count()).select_from(PurgeLog)) == 0
@@ -236,28 +236,28 @@ def test_crash_between_phases_is_completed_by_the_next_run(sixteen_days, any_db,
 
     def dying_unlink(path):
         calls["n"] += 1
-        if calls["n"] > 10:
+        if calls["n"] > 15:  # the first batch of 10 completes, the second dies after 5 unlinks
             raise SimulatedCrash()
         real_unlink(path)
 
     monkeypatch.setattr(sweeper_module.os, "unlink", dying_unlink)
     with pytest.raises(SimulatedCrash):
-        sweep(settings, any_db, batch_segments=25)
+        sweep(settings, any_db, batch_segments=10)
     monkeypatch.setattr(sweeper_module.os, "unlink", real_unlink)
     with any_db.session() as s:
         deleting = set(s.scalars(select(Segment.id).where(Segment.state == "deleting")))
         # the crashed process's lease is still there (a real crash runs no cleanup) but has lapsed
         s.execute(insert(JobLock.__table__).values(name="retention", holder="dead:1:x", acquired_ms=NOW - 10 * MIN,
                                                    expires_ms=NOW - MIN))
-    assert len(deleting) == 25  # the first batch was marked (and logged) when the crash came
+    assert len(deleting) == 10  # the second batch was marked (and logged) when the crash came
     assert {before[i][3] for i in deleting} == {"complete"}
     on_disk = footage.files()
-    assert sum(1 for i in deleting if rel_path(before[i][0], before[i][1]) in on_disk) == 15  # 10 unlinked
+    assert sum(1 for i in deleting if rel_path(before[i][0], before[i][1]) in on_disk) == 5  # 5 unlinked
 
-    result = sweep(settings, any_db, batch_segments=25)
+    result = sweep(settings, any_db, batch_segments=10)
 
     assert result.ok, result.errors
-    assert result.recovered.segments == 25
+    assert result.recovered.segments == 10
     assert set(footage.remaining()) == set(before) - expected_gone
     assert footage.files() == footage.paths()
     with any_db.session() as s:
