@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,9 +12,10 @@ import av
 import httpx
 import pytest
 
+from tests.serve_support import PASSWORD, running_serve
+
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "artifacts" / "screenshots"
-PASSWORD = "console secret 1"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -31,97 +29,11 @@ CHROMIUM_ARGS = [
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _vms(env, *args, stdin: str | None = None) -> None:
-    subprocess.run(
-        [str(REPO / ".venv/bin/vms"), *args],
-        env=env,
-        input=stdin,
-        text=True,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`vms serve` with 2 simulated cameras (the first two stations without camera URLs)."""
-    root = tmp_path_factory.mktemp("console")
-    port = _free_port()
-    config = root / "vms.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "data_dir": str(root / "data"),
-                "stations_file": str(REPO / "config" / "stations.yaml"),
-                "storage": {"volumes": [{"name": "main", "path": str(root / "recordings")}]},
-                "ingest": {"segment_seconds": 4, "status_interval_seconds": 1},
-                "api": {"port": port, "status_cache_seconds": 0.5},
-                "simulate": {
-                    "enabled": "auto",
-                    "max_cameras": 2,
-                    "port": _free_port(),
-                    "width": 320,
-                    "height": 240,
-                    "fps": 15,
-                    "bitrate_kbps": 300,
-                    "content": "pattern",
-                },
-                "log_level": "WARNING",
-            }
-        )
-    )
-    env = {**os.environ, "VMS_CONFIG": str(config)}
-    _vms(env, "db", "upgrade")
-    _vms(env, "stations", "import", str(REPO / "config" / "stations.yaml"))
-    for name, role in (("wang-admin", "admin"), ("chen-viewer", "viewer")):
-        _vms(env, "users", "create", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
-    log = open(root / "serve.log", "w")
-    proc = subprocess.Popen(
-        [str(REPO / ".venv/bin/vms"), "serve", "--workers", "1"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        token = None
-        deadline = time.monotonic() + 90
-        streaming: list[str] = []
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (root / "serve.log").read_text()[-3000:]
-            try:
-                if token is None:
-                    token = httpx.post(
-                        f"{base}/api/auth/login", json={"username": "wang-admin", "password": PASSWORD}
-                    ).json()["token"]
-                stations = httpx.get(
-                    f"{base}/api/stations", headers={"Authorization": f"Bearer {token}"}
-                ).json()
-                streaming = [s["id"] for s in stations["stations"] if s["camera"]["state"] == "streaming"]
-                if len(streaming) == 2:
-                    break
-            except (httpx.HTTPError, KeyError):
-                pass
-            time.sleep(0.5)
-        assert len(streaming) == 2, (
-            "simulated cameras not streaming: " + (root / "serve.log").read_text()[-3000:]
-        )
-        time.sleep(10)  # a few segments of footage for playback and export
-        yield {"base": base, "stations": streaming, "token": token, "root": root}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with running_serve(tmp_path_factory.mktemp("console")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,83 @@
+"""A real `vms serve` process recording simulated cameras, for end-to-end tests (API and console)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+PASSWORD = "console secret 1"
+USERS = (("wang-admin", "admin"), ("chen-viewer", "viewer"), ("li-operator", "operator"), ("zhao-auditor", "auditor"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_vms(env, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / ".venv/bin/vms"), *args], env=env, input=stdin, text=True, check=True,
+                          capture_output=True, timeout=120)
+
+
+@contextmanager
+def running_serve(root: Path, cameras: int = 2, footage_seconds: float = 10) -> Iterator[dict]:
+    """`vms serve` with `cameras` simulated cameras (the first stations without camera URLs), users of
+    every role (password PASSWORD), and `footage_seconds` of footage recorded before yielding."""
+    port = free_port()
+    config = root / "vms.yaml"
+    config.write_text(json.dumps({
+        "data_dir": str(root / "data"),
+        "stations_file": str(REPO / "config" / "stations.yaml"),
+        "storage": {"volumes": [{"name": "main", "path": str(root / "recordings")}]},
+        "ingest": {"segment_seconds": 4, "status_interval_seconds": 1},
+        "api": {"port": port, "status_cache_seconds": 0.5},
+        "simulate": {"enabled": "auto", "max_cameras": cameras, "port": free_port(), "width": 320,
+                     "height": 240, "fps": 15, "bitrate_kbps": 300, "content": "pattern"},
+        "log_level": "WARNING",
+    }))
+    env = {**os.environ, "VMS_CONFIG": str(config)}
+    run_vms(env, "db", "upgrade")
+    run_vms(env, "stations", "import", str(REPO / "config" / "stations.yaml"))
+    for name, role in USERS:
+        run_vms(env, "users", "create", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
+    log = open(root / "serve.log", "w")
+    proc = subprocess.Popen([str(REPO / ".venv/bin/vms"), "serve", "--workers", "1"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        token = None
+        deadline = time.monotonic() + 90
+        streaming: list[str] = []
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (root / "serve.log").read_text()[-3000:]
+            try:
+                if token is None:
+                    token = httpx.post(f"{base}/api/auth/login",
+                                       json={"username": "wang-admin", "password": PASSWORD}).json()["token"]
+                stations = httpx.get(f"{base}/api/stations", headers={"Authorization": f"Bearer {token}"}).json()
+                streaming = [s["id"] for s in stations["stations"] if s["camera"]["state"] == "streaming"]
+                if len(streaming) == cameras:
+                    break
+            except (httpx.HTTPError, KeyError):
+                pass
+            time.sleep(0.5)
+        assert len(streaming) == cameras, "simulated cameras not streaming: " + (root / "serve.log").read_text()[-3000:]
+        time.sleep(footage_seconds)
+        yield {"base": base, "stations": streaming, "token": token, "root": root, "env": env, "proc": proc}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
