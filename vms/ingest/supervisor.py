@@ -38,7 +38,18 @@ class IngestSupervisor:
     def _spawn(self, i: int) -> None:
         p = self._ctx.Process(target=run_worker_process, args=(self.specs[i], self._stop),
                               name=f"ingest-worker-{i}", daemon=False)
-        p.start()
+        # glibc gives every thread that allocates its own malloc arena; with ~70 camera threads per
+        # worker that fragments into hundreds of MB. Two arenas are plenty (threads spend their time
+        # in FFmpeg I/O, not in malloc). The spawned interpreter reads this at start-up.
+        previous = os.environ.get("MALLOC_ARENA_MAX")
+        os.environ["MALLOC_ARENA_MAX"] = os.environ.get("VMS_MALLOC_ARENA_MAX", "2")
+        try:
+            p.start()
+        finally:
+            if previous is None:
+                os.environ.pop("MALLOC_ARENA_MAX", None)
+            else:
+                os.environ["MALLOC_ARENA_MAX"] = previous
         self.processes[i] = p
         log.info("ingest worker %d started (pid %d)", i, p.pid)
 
