@@ -134,3 +134,33 @@ def test_orphaned_workers_stop_when_the_supervisor_is_killed(tmp_path, env):
     proc.wait()
     gone, alive = psutil.wait_procs(workers, timeout=15)
     assert not alive, "workers outlived their supervisor"
+
+
+def test_sigterm_to_the_process_group_stops_cleanly(tmp_path, env):
+    """systemd and docker stop send SIGTERM to every process: workers finish their segments and the
+    supervisor exits 0 promptly, with no growing segment left behind."""
+    (tmp_path / "vms.yaml").write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"),
+        "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings")}]},
+        "ingest": {"segment_seconds": 60, "workers": 2, "node": "term-node"},
+    }), encoding="utf-8")
+    settings = load_settings(tmp_path / "vms.yaml", env={})
+    with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30) as sim:
+        subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
+        subprocess.run([VMS, "stations", "import", str(_catalogue(tmp_path, sim.urls))], env=env, check=True,
+                       capture_output=True)
+        db = Database(settings.db_url)
+        proc = subprocess.Popen([VMS, "ingest", "--no-analysis"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_until(lambda: all(_segments(db, sid) for sid in STATIONS), 30, "recording")
+        time.sleep(3)
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert time.monotonic() - started < 15
+    for sid in STATIONS:
+        segs = _segments(db, sid)
+        assert segs and all(s.state == "complete" for s in segs)
+        with db.session() as s:
+            g = list(s.scalars(select(Gap).where(Gap.station_id == sid)))
+        assert [(x.reason, x.end_ms) for x in g] == [("ingest_stopped", None)]

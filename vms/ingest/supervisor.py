@@ -57,6 +57,11 @@ class IngestSupervisor:
         while not self._stopping.wait(2.0):
             for i, p in enumerate(self.processes):
                 if p is not None and not p.is_alive() and not self._stopping.is_set():
+                    if p.exitcode == 0:
+                        # It was stopped on purpose (a SIGTERM to the process group): not a crash.
+                        log.warning("ingest worker %d stopped cleanly; not restarting it", i)
+                        self.processes[i] = None
+                        continue
                     log.error("ingest worker %d died (exit code %s); restarting it", i, p.exitcode)
                     self.restarts += 1
                     self._spawn(i)

@@ -183,9 +183,18 @@ def run_worker_process(spec: WorkerSpec, stop_event) -> None:
 
     from vms.core.logging_setup import configure_logging
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     stop_now = threading.Event()
     holder: list[IngestWorker] = []
+
+    def on_sigterm(*_args) -> None:
+        # A SIGTERM to the whole process group (systemd, docker stop) stops this worker cleanly:
+        # segments are finished and indexed, the gap is opened, rather than dying mid-fragment.
+        stop_now.set()
+        if holder:
+            holder[0].stop()
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which tells us
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     def watch() -> None:
         # Stop when told to, and also when the supervisor is gone (killed): an orphaned worker
