@@ -112,16 +112,16 @@ def test_stalled_camera_is_detected_and_recording_resumes(sim, tmp_path, db):
     sid = "baihua-v02"
     with RunningWorker(settings, db, {sid: sim.urls[sid]}) as w:
         wait_until(lambda: len(segments(db, sid)) >= 1 and w.health(sid).state == "streaming", 20, "streaming")
-        stalled_at = time.time()
         sim.stall(sid)
-        # The connection stays open but no packets come: noticed by the stall timeout.
+        # The connection stays open (RTCP keeps flowing) but no media comes: noticed by the stall
+        # timeout, counted from the last packet received (the server may flush a few buffered ones).
         wait_until(lambda: w.health(sid).reason == "stalled", 15, "the stall to be detected")
-        detected_after = time.time() - stalled_at
+        detected_after = time.time() - w.health(sid).last_packet_ms / 1000
         sim.resume(sid)
         wait_until(lambda: w.health(sid).state == "streaming" and w.health(sid).frames > 0, 20, "resume")
         before = len(segments(db, sid))
         wait_until(lambda: len(segments(db, sid)) > before, 10, "a new segment after the stall")
-    assert detected_after <= 3 * settings.ingest.stall_seconds + 1
+    assert detected_after <= settings.ingest.stall_seconds + 1.5
     segs = segments(db, sid)
     assert_contiguous(segs)
     g = [x for x in gaps(db, sid) if x.end_ms is not None]

@@ -13,6 +13,8 @@ def classify(exc: BaseException, streaming: bool) -> tuple[str, str]:
     """(reason, detail) for a failed connect (streaming=False) or a failed read (streaming=True)."""
     detail = mask_text(f"{type(exc).__name__}: {exc}")[:300]
     if isinstance(exc, av.error.ExitError):
+        if streaming:
+            return "stalled", "no packet within the stall timeout"
         return "bad_stream", "no valid RTSP answer before the open deadline"
     if isinstance(exc, EOFError):
         return "stream_ended", "the camera ended the stream"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 import threading
@@ -14,12 +15,22 @@ from vms.ingest.worker import WorkerSpec, run_worker_process
 log = logging.getLogger(__name__)
 
 
+CAMERAS_PER_WORKER = 50
+
+
+def default_worker_count(cameras: int | None) -> int:
+    """One worker per core, and enough that none carries more than ~50 cameras (the per-read stall
+    timeout's interrupt callback takes the GIL; with ~100 threads in a process that collapses)."""
+    cores = os.cpu_count() or 1
+    return max(cores, math.ceil((cameras or 0) / CAMERAS_PER_WORKER))
+
+
 class IngestSupervisor:
     def __init__(self, settings: Settings, url_overrides: dict[str, str] | None = None,
                  observer_factories: list[str] | None = None, workers: int | None = None,
-                 only_stations: set[str] | None = None) -> None:
+                 only_stations: set[str] | None = None, cameras: int | None = None) -> None:
         self.settings = settings
-        count = workers or settings.ingest.workers or os.cpu_count() or 1
+        count = workers or settings.ingest.workers or default_worker_count(cameras)
         self._ctx = mp.get_context("spawn")  # never fork a process that runs PyAV threads
         self._stop = self._ctx.Event()
         self.specs = [WorkerSpec(settings, i, count, dict(url_overrides or {}), only_stations,

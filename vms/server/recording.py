@@ -57,7 +57,8 @@ class RecordingService:
         factories = [LIVE_TAP_FACTORY]
         if self.analysis and self.settings.analysis.enabled:
             factories.append(ANALYSIS_FACTORY)
-        self.supervisor = IngestSupervisor(self.settings, overrides, factories, self.workers).start()
+        self.supervisor = IngestSupervisor(self.settings, overrides, factories, self.workers,
+                                           cameras=self.camera_count).start()
 
     @property
     def worker_count(self) -> int:
