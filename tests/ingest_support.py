@@ -86,3 +86,50 @@ def assert_contiguous(segs: list[Segment]) -> None:
         assert seg.end_ms >= seg.start_ms, f"negative segment {seg.path}"
     for a, b in zip(segs, segs[1:], strict=False):
         assert b.start_ms >= a.end_ms, f"{b.path} starts {a.end_ms - b.start_ms} ms before {a.path} ends"
+
+
+FPS = 15
+TICKS = 90000 // FPS  # RTSP video time base is 1/90000
+
+
+def make_clip(path, seconds: int = 24):
+    """seconds of 15 fps H.264 (160x96), a keyframe every second, in MPEG-TS (1/90000 like RTSP)."""
+    import numpy as np
+
+    with av.open(str(path), "w", format="mpegts") as out:
+        s = out.add_stream("libx264", rate=FPS, options={
+            "x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0:sliced-threads=0", "bf": "0"})
+        s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
+        for i in range(seconds * FPS):
+            img = np.full((96, 160, 3), (i * 3) % 255, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
+def record_clip(clip, db, settings, clock, rewrite=lambda i, p: None, clock_step=None, segment_seconds=5.0,
+                station_id="pingshan-town"):
+    """Feed a clip's packets through a StreamRecorder on a simulated clock; rewrite(i, pkt) may change
+    timestamps (or return False to drop them); clock_step(i) is the clock advance before packet i.
+    Returns (segments, gaps) from the index."""
+    from vms.recording.index import IndexWriter
+    from vms.recording.recorder import StreamRecorder
+    from vms.recording.volumes import VolumeSet
+
+    index = IndexWriter(db, "t").start()
+    rec = StreamRecorder(station_id, VolumeSet.from_settings(settings), settings.tz, index, clock,
+                         segment_seconds=segment_seconds)
+    with av.open(str(clip)) as c:
+        vs = c.streams.video[0]
+        rec.begin(vs, None)
+        for i, pkt in enumerate(p for p in c.demux(vs) if p.size):
+            clock.advance(clock_step(i) if clock_step else 1 / FPS)
+            pkt.dts = pkt.pts = i * TICKS
+            if rewrite(i, pkt) is False:
+                pkt.dts = pkt.pts = None
+            rec.video_packet(pkt)
+        rec.end("stream_ended")
+    index.stop()
+    return segments(db, station_id), gaps(db, station_id)

@@ -37,6 +37,11 @@ def test_three_cameras_record_playable_contiguous_indexed_segments(sim, tmp_path
     with RunningWorker(settings, db, sim.urls) as w:
         wait_until(lambda: all(len(segments(db, sid)) >= 5 for sid in STATIONS), 40, "5 segments per camera")
         time.sleep(1.5)  # let the status publisher run at least once more
+        # A segment being written is indexed as growing and can already be played.
+        growing = [seg for seg in segments(db, STATIONS[0]) if seg.state == "growing"]
+        assert len(growing) == 1 and growing[0].end_ms > growing[0].start_ms
+        live_path = VolumeSet.from_settings(settings).file_path(growing[0].volume, growing[0].path)
+        assert decode_all(live_path)[0] >= 15
         with db.session() as s:
             statuses = {c.station_id: c for c in s.scalars(select(CameraStatus))}
         assert {sid: w.health(sid).state for sid in STATIONS} == dict.fromkeys(STATIONS, "streaming")

@@ -6,59 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
-from sqlalchemy import select
 
-from tests.ingest_support import assert_contiguous
-from vms.core.clock import SimulatedClock
-from vms.db.models import Gap, Segment
-from vms.recording.index import IndexWriter
-from vms.recording.recorder import StreamRecorder
+from tests.ingest_support import FPS, TICKS, assert_contiguous, make_clip, record_clip
 from vms.recording.volumes import VolumeSet
-
-FPS = 15
-TICKS = 90000 // FPS  # RTSP video time base is 1/90000
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    """24 s of 15 fps H.264, a keyframe every second, in a 1/90000 time base like RTSP."""
-    path = tmp_path_factory.mktemp("clip") / "clip.ts"
-    with av.open(str(path), "w", format="mpegts") as out:
-        s = out.add_stream("libx264", rate=FPS, options={
-            "x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0:sliced-threads=0", "bf": "0"})
-        s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
-        for i in range(24 * FPS):
-            img = np.full((96, 160, 3), (i * 3) % 255, np.uint8)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return path
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.ts", seconds=24)
 
 
-def _record(clip: Path, db, settings, clock: SimulatedClock, rewrite, clock_step=None, segment_seconds=5.0):
-    """Feed the clip's packets through a recorder; rewrite(i, pkt) may change timestamps (or return
-    False to drop the timestamp); clock_step(i) gives the receive-clock advance before packet i."""
-    index = IndexWriter(db, "t").start()
-    rec = StreamRecorder("pingshan-town", VolumeSet.from_settings(settings), settings.tz, index, clock,
-                         segment_seconds=segment_seconds)
-    with av.open(str(clip)) as c:
-        vs = c.streams.video[0]
-        rec.begin(vs, None)
-        for i, pkt in enumerate(p for p in c.demux(vs) if p.size):
-            clock.advance(clock_step(i) if clock_step else 1 / FPS)
-            pkt.dts = pkt.pts = i * TICKS
-            if rewrite(i, pkt) is False:
-                pkt.dts = pkt.pts = None
-            rec.video_packet(pkt)
-        rec.end("stream_ended")
-    index.stop()
-    with db.session() as s:
-        segs = list(s.scalars(select(Segment).order_by(Segment.start_ms)))
-        gaps = list(s.scalars(select(Gap).order_by(Gap.start_ms)))
-    return segs, gaps
+def _record(clip, db, settings, clock, rewrite, clock_step=None, segment_seconds=5.0):
+    return record_clip(clip, db, settings, clock, rewrite, clock_step, segment_seconds)
 
 
 def _frames_on_disk(settings, segs) -> int:
