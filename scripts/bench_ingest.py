@@ -97,7 +97,7 @@ def run_vms(sim: Simulator, stations: list[str], work: Path, args) -> dict:
     with db.session() as s:
         import_catalog(s, load_catalog(REPO / "config" / "stations.yaml"))
     urls = {sid: sim.urls[sid] for sid in stations}
-    sup = IngestSupervisor(settings, urls, [], only_stations=set(stations)).start()
+    sup = IngestSupervisor(settings, urls, [], only_stations=set(stations), cameras=len(stations)).start()
     try:
         cpu, pss = measure(lambda: [psutil.Process(pid) for pid in sup.pids()], args.warmup, args.seconds)
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from enum import StrEnum
 from functools import cache
 
 import typer
@@ -11,6 +12,13 @@ import typer
 from vms.core.errors import ConfigError, VmsError
 from vms.core.settings import Settings, load_settings
 from vms.db.engine import Database
+
+
+class OutputFormat(StrEnum):
+    """--format of the listing commands."""
+
+    table = "table"
+    json = "json"
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

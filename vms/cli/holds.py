@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import getpass
 import json
-from enum import StrEnum
 
 import typer
 
-from vms.cli.context import database, fail, settings
+from vms.cli.context import OutputFormat, database, fail, settings
 from vms.core.clock import SystemClock
 from vms.core.errors import VmsError
 from vms.retention.holds import add_hold, hold_public_dict, list_holds, release_hold
 from vms.retention.timeparse import parse_time_ms
 
 app = typer.Typer(help="Holds (evidence locks): footage that retention must keep.", no_args_is_help=True)
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
 
 
 def _default_user() -> str:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from enum import StrEnum
 
 import typer
 from sqlalchemy import select
 
 from vms.catalog.urls import mask_text
-from vms.cli.context import database, settings
+from vms.cli.context import OutputFormat, database, settings
 from vms.core.clock import SystemClock, from_ms
 from vms.core.logging_setup import configure_logging
 from vms.db.migrate import upgrade
@@ -23,11 +22,6 @@ ingest_app = typer.Typer(help="Record every enabled camera (the recorder alone; 
                          invoke_without_command=True)
 cameras_app = typer.Typer(help="Camera health.", no_args_is_help=True)
 recordings_app = typer.Typer(help="Footage on disk and its index.", no_args_is_help=True)
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
 
 
 def wait_for_signal() -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import StrEnum
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from vms.cli.context import database, fail, settings
+from vms.cli.context import OutputFormat, database, fail, settings
 from vms.core.clock import SystemClock
 from vms.core.errors import VmsError
 from vms.retention.status import capacity_plan, footage_by_station, human_bytes
@@ -18,11 +17,6 @@ from vms.retention.timeparse import format_local, parse_time_ms
 
 app = typer.Typer(help="Retention: delete footage past its retention period; storage status and capacity plan.",
                   no_args_is_help=True)
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
 
 
 def _print_summary(result: SweepResult, tz) -> None:

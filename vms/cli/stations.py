@@ -11,7 +11,7 @@ import typer
 from vms.catalog.loader import load_catalog
 from vms.catalog.store import import_catalog, list_stations, station_public_dict
 from vms.catalog.towns import TOWN_NAMES
-from vms.cli.context import database, fail, report_vms_error
+from vms.cli.context import OutputFormat, database, fail, report_vms_error
 from vms.core.errors import VmsError
 
 app = typer.Typer(help="Station catalogue: validate, import, list.", no_args_is_help=True)
@@ -20,11 +20,6 @@ app = typer.Typer(help="Station catalogue: validate, import, list.", no_args_is_
 class Level(StrEnum):
     town = "town"
     village = "village"
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
 
 
 @app.command()
