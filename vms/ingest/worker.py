@@ -21,7 +21,7 @@ from vms.ingest.keyframes import KeyframeCacheObserver
 from vms.ingest.session import CameraSession
 from vms.recording.index import IndexWriter
 from vms.recording.recorder import StreamRecorder
-from vms.recording.repair import recover_growing
+from vms.recording.repair import recover_growing, recover_orphans
 from vms.recording.volumes import VolumeSet
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class IngestWorker:
         self.sessions: dict[str, tuple[CameraAssignmentEntry, CameraSession]] = {}
         self.stop_event = threading.Event()
         self._published: dict[str, tuple[int, int, int]] = {}  # station -> (time, frames, bytes)
+        self._stuck: dict[str, CameraSession] = {}
         self._factories = []
         for path in spec.observer_factories:
             try:
@@ -103,11 +104,21 @@ class IngestWorker:
         except Exception:  # noqa: BLE001 - keep recording what we have if the DB hiccups
             log.exception("cannot read the camera assignment; keeping the current sessions")
             return
-        gone = [sid for sid, (entry, _s) in self.sessions.items() if wanted.get(sid) != entry]
+        # Sessions whose camera changed or left, and threads that died (a bug): stop and restart.
+        gone = [sid for sid, (entry, sess) in self.sessions.items()
+                if wanted.get(sid) != entry or not sess.is_alive()]
         self._stop_sessions(gone)
-        new = [e for sid, e in wanted.items() if sid not in self.sessions]
+        # A session that did not stop in time still owns its files and its connection: never start
+        # a second recorder for that camera until it has.
+        self._stuck = {sid: t for sid, t in self._stuck.items() if t.is_alive()}
+        new = [e for sid, e in wanted.items() if sid not in self.sessions and sid not in self._stuck]
         if new:
-            actions = recover_growing(self.db, self.volumes, self.node, [e.station_id for e in new])
+            # The stopped sessions' last index writes (segment complete, gap) must land before the
+            # new sessions read where their footage ended.
+            self.index.flush()
+            ids = [e.station_id for e in new]
+            actions = recover_growing(self.db, self.volumes, self.node, ids)
+            actions += recover_orphans(self.db, self.volumes, self.settings.tz, self.node, ids, self.clock.now_ms())
             if actions:
                 log.warning("recovered %d segments left by an earlier run", len(actions))
         for entry in new:
@@ -150,7 +161,9 @@ class IngestWorker:
         for s in sessions:
             s.join(self.settings.ingest.stall_seconds + 5)
             if s.is_alive():
-                log.error("%s: session did not stop in time", s.station_id)
+                log.error("%s: session did not stop in time; its camera is not restarted until it does",
+                          s.station_id)
+                self._stuck[s.station_id] = s
         self._publish_status()
         for sid in station_ids:
             self.sessions.pop(sid, None)

@@ -9,39 +9,97 @@ from pathlib import Path
 import av
 
 
+def _boxes(data: bytes, start: int, end: int):
+    """(type, payload start, box end) of the boxes in data[start:end]; stops at a malformed one."""
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        header = 8
+        if size == 1 and pos + 16 <= end:
+            size, header = struct.unpack(">Q", data[pos + 8:pos + 16])[0], 16
+        if size < header or pos + size > end:
+            return
+        yield kind, pos + header, pos + size
+        pos += size
+
+
+def _fragment_bytes(moof: bytes) -> int | None:
+    """Bytes of sample data a moof describes (sum over its track runs), or None if unreadable."""
+    total = 0
+    for kind, start, end in _boxes(moof, 0, len(moof)):
+        if kind != b"traf":
+            continue
+        default_size = None
+        for k2, s2, e2 in _boxes(moof, start, end):
+            if k2 == b"tfhd" and e2 - s2 >= 8:
+                flags = int.from_bytes(moof[s2 + 1:s2 + 4], "big")
+                off = s2 + 8 + (8 if flags & 0x1 else 0) + (4 if flags & 0x2 else 0) + (4 if flags & 0x8 else 0)
+                if flags & 0x10 and off + 4 <= e2:
+                    default_size = struct.unpack(">I", moof[off:off + 4])[0]
+            elif k2 == b"trun" and e2 - s2 >= 8:
+                flags = int.from_bytes(moof[s2 + 1:s2 + 4], "big")
+                count = struct.unpack(">I", moof[s2 + 4:s2 + 8])[0]
+                off = s2 + 8 + (4 if flags & 0x1 else 0) + (4 if flags & 0x4 else 0)
+                per_sample = sum(4 for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit)
+                if off + count * per_sample > e2:
+                    return None
+                if flags & 0x200:
+                    size_at = 4 if flags & 0x100 else 0
+                    total += sum(struct.unpack(">I", moof[off + i * per_sample + size_at:
+                                                          off + i * per_sample + size_at + 4])[0]
+                                 for i in range(count))
+                elif default_size is not None:
+                    total += default_size * count
+                else:
+                    return None
+    return total
+
+
 def playable_length(path: Path) -> int:
-    """Bytes of the file up to the end of its last complete fragment (moof + mdat), or 0 if not
-    even the header (ftyp + moov) is complete. Walks top-level boxes only: cheap on any size."""
+    """Bytes of the file up to the end of its last complete, consistent fragment (a moof whose track
+    runs account for exactly the bytes of the mdat after it), or 0 if not even the header (ftyp +
+    moov) is complete. A write error in the middle (a full disk) leaves misaligned boxes, which fail
+    that check: the file is cut before them."""
     size = path.stat().st_size
     pos = 0
     good = 0
     seen_moov = False
-    pending_moof = False
+    expected: int | None = None  # sample bytes the pending moof announced
     with open(path, "rb") as f:
         while pos + 8 <= size:
             f.seek(pos)
             header = f.read(16)
             box_size, kind = struct.unpack(">I4s", header[:8])
+            header_len = 8
             if box_size == 1:
                 if len(header) < 16:
                     break
-                box_size = struct.unpack(">Q", header[8:16])[0]
+                box_size, header_len = struct.unpack(">Q", header[8:16])[0], 16
             elif box_size == 0:
                 box_size = size - pos
-            if box_size < 8 or pos + box_size > size:
+            if box_size < header_len or pos + box_size > size:
                 break  # truncated or garbage: stop at the last good boundary
-            pos += box_size
-            if kind == b"moov":
+            if kind == b"moof":
+                f.seek(pos + 8)
+                expected = _fragment_bytes(f.read(box_size - 8))
+                if expected is None:
+                    break
+            elif kind == b"mdat":
+                if expected is None or box_size - header_len != expected:
+                    break
+                expected = None
+                good = pos + box_size
+            elif kind == b"moov":
                 seen_moov = True
-                good = pos
-            elif kind == b"moof":
-                pending_moof = True
-            elif kind == b"mdat" and pending_moof:
-                pending_moof = False
-                good = pos
-            elif kind in (b"ftyp", b"free", b"skip", b"styp", b"sidx", b"mfra"):
-                if not pending_moof and seen_moov:
-                    good = pos
+                good = pos + box_size
+            elif kind in (b"ftyp", b"free", b"skip", b"styp", b"sidx", b"mfra", b"uuid"):
+                if expected is not None:
+                    break  # a moof must be followed by its mdat
+                if seen_moov:
+                    good = pos + box_size
+            else:
+                break
+            pos += box_size
     return good if seen_moov else 0
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vms.db.engine import Database
@@ -54,6 +55,7 @@ class IndexWriter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self.failures = 0
+        self.last_error: Exception | None = None
 
     def start(self) -> IndexWriter:
         self._thread.start()
@@ -130,6 +132,13 @@ class IndexWriter:
             if pending:
                 if self._apply(pending):
                     pending = []
+                elif self.failures >= 3:
+                    # Keep failing: find the operation that cannot apply (e.g. a row that an earlier,
+                    # unacknowledged commit already inserted) so it does not block the others.
+                    pending = self._apply_singly(pending)
+                    if pending:
+                        self._stop.wait(min(5.0, 0.2 * 2 ** min(self.failures, 5)))
+                    continue
                 else:
                     self._stop.wait(min(5.0, 0.2 * 2 ** min(self.failures, 5)))
                     continue
@@ -150,14 +159,28 @@ class IndexWriter:
                 for station_id, values in statuses.items():
                     self._upsert_status(s, station_id, values)
         except Exception as exc:  # noqa: BLE001 - keep the queue, retry: footage is on disk already
+            self.last_error = exc
             self.failures += 1
             log.error("index write failed (%d ops, attempt %d), will retry: %s", len(ops), self.failures, exc)
             return False
         self.failures = 0
+        self.last_error = None
         self._ids.update(new_ids)
         for op in barriers:
             op.done.set()
         return True
+
+    def _apply_singly(self, ops: list[_Op]) -> list[_Op]:
+        """Apply operations one by one; drop one the database rejects as invalid (logged), stop at the
+        first that fails for another reason (the database is down) and return it with the rest."""
+        for i, op in enumerate(ops):
+            if self._apply([op]):
+                continue
+            if isinstance(self.last_error, IntegrityError):
+                log.error("index operation %s dropped: %s", op.kind, self.last_error)
+                continue
+            return ops[i:]
+        return []
 
     def _row_id(self, token: int | None, new_ids: dict[int, int]) -> int | None:
         if token is None:

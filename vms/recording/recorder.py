@@ -49,7 +49,9 @@ class _OpenSegment:
     frames: int = 0
     keyframes: int = 0
     first_of_connection: bool = False
-    gap_before: int | None = None  # token of the gap this segment ended
+    gap_before: int | None = None  # token of the gap this segment ended (reopened if it fails)
+    gap_before_reason: str | None = None
+    gap_before_start: int = 0
     published_start_ms: int = 0
 
 
@@ -191,6 +193,8 @@ class StreamRecorder:
             # it was received, so pull the start back to the earliest receive-time bound.
             bound = self.clock.now_ms() - self._ticks_to_ms(rel)
             floor = self.last_end_ms if self.last_end_ms is not None else bound
+            if seg.gap_before is not None:
+                floor = max(floor, seg.gap_before_start)  # never before the gap it ends starts
             if bound < seg.start_ms and bound >= floor:
                 seg.start_ms = bound
         try:
@@ -216,30 +220,39 @@ class StreamRecorder:
             seg.file.write_audio(pkt, ts, pts)
         except OSError as exc:
             self._disk_failure(exc)
+        except (av.error.FFmpegError, ValueError) as exc:
+            # A bad audio timestamp must not cost the video: drop the packet.
+            log.debug("%s: audio packet dropped: %s", self.station_id, exc)
 
     def _start_segment(self, pkt: av.Packet, start_ms: int | None = None, first: bool = True) -> _OpenSegment | None:
-        now = self.clock.now_ms()
-        gap_token = None
         if start_ms is None:
+            now = self.clock.now_ms()
             start_ms = now if self.last_end_ms is None else max(now, self.last_end_ms)
-            gap_token = self._close_gap(start_ms)
-        rel_path = segment_rel_path(self.station_id, start_ms, self.tz, self.stream)
-        path = self.volumes.file_path(self.volume, rel_path)
-        try:
-            f = SegmentFile(path, self._video, self._audio, self._video_parameters)
-        except FileExistsError:
-            start_ms += 1  # two segments cannot share a millisecond; never overwrite footage
-            return self._start_segment(pkt, start_ms, first)
-        except OSError as exc:
-            self._disk_failure(exc)
-            return None
+            if self._gap_token is not None:
+                start_ms = max(start_ms, self._gap_start)
+        while True:
+            rel_path = segment_rel_path(self.station_id, start_ms, self.tz, self.stream)
+            try:
+                self.volumes.mark(self.volume)
+                f = SegmentFile(self.volumes.file_path(self.volume, rel_path), self._video, self._audio,
+                                self._video_parameters)
+                break
+            except FileExistsError:
+                start_ms += 1  # two segments cannot share a millisecond; never overwrite footage
+            except OSError as exc:
+                self._disk_failure(exc)  # the open gap stays open (or becomes a disk_error gap)
+                return None
+        # Only now that footage is on its way does the gap before it end.
+        gap_token, gap_reason, gap_start = self._gap_token, self._gap_reason, self._gap_start
+        self._close_gap(start_ms)
         vctx = self._video.codec_context
         width, height = vctx.width or None, vctx.height or None
         if self._video_parameters:
             width, height = self._video_parameters["width"], self._video_parameters["height"]
         self._seg = _OpenSegment(f, self.volume, rel_path, start_ms, self._pos,
                                  audio_base=float((pkt.dts if pkt.dts is not None else pkt.pts) * pkt.time_base),
-                                 first_of_connection=first, gap_before=gap_token, published_start_ms=start_ms)
+                                 first_of_connection=first, gap_before=gap_token, gap_before_reason=gap_reason,
+                                 gap_before_start=gap_start, published_start_ms=start_ms)
         self.index.open_segment(
             station_id=self.station_id, stream=self.stream, volume=self.volume, path=rel_path,
             start_ms=start_ms, end_ms=start_ms, duration_ms=0, bytes=0, codec=vctx.name,
@@ -256,26 +269,41 @@ class StreamRecorder:
 
     def _finish(self, seg: _OpenSegment, media_ticks: int, clean: bool = True) -> int:
         """Close, fsync, then index as complete. Returns the segment's wall end."""
+        self._seg = None
         self._publish_start(seg)
         media_ms = self._ticks_to_ms(media_ticks)
         expected_end = seg.start_ms + media_ms
-        err = self.clock.now_ms() - expected_end
-        slew = max(-MAX_SLEW * media_ms, min(MAX_SLEW * media_ms, err))
-        end_ms = max(seg.start_ms, round(expected_end + slew)) if abs(err) <= RESYNC_MS else expected_end
+        now = self.clock.now_ms()
+        err = now - expected_end
+        if err < -RESYNC_MS:
+            # The camera's clock runs far ahead of ours: this segment's wall span ends now, so
+            # footage is never filed in the future.
+            end_ms = max(seg.start_ms, now)
+        elif err > RESYNC_MS:
+            end_ms = expected_end  # far behind: _cut re-anchors the next segment with a clock_jump gap
+        else:
+            end_ms = max(seg.start_ms, round(expected_end + max(-MAX_SLEW * media_ms, min(MAX_SLEW * media_ms, err))))
         try:
             if not clean:
                 raise OSError("segment abandoned after a write error")
             size = seg.file.close()
-        except OSError as exc:
-            # Keep whatever complete fragments reached the disk, measured from the file itself.
+        except Exception as exc:  # noqa: BLE001 - any failure: keep what reached the disk, measured
             log.error("%s: closing %s failed: %s", self.station_id, seg.rel_path, exc)
             seg.file.abandon()
-            probe = trim_and_probe(seg.file.path) if seg.file.path.exists() else None
+            try:
+                probe = trim_and_probe(seg.file.path) if seg.file.path.exists() else None
+            except OSError as probe_exc:  # e.g. the filesystem went read-only: leave it for repair
+                log.error("%s: cannot measure %s: %s", self.station_id, seg.rel_path, probe_exc)
+                return self.last_end_ms if self.last_end_ms is not None else seg.start_ms
             if probe is None:
                 seg.file.path.unlink(missing_ok=True)
                 self.index.call(lambda s, v=seg.volume, p=seg.rel_path: s.execute(
                     delete(Segment).where(Segment.volume == v, Segment.path == p)))
-                self._seg = None
+                if seg.gap_before is not None:
+                    # Nothing was recorded after all: the gap this segment ended goes on.
+                    self.index.update_gap(seg.gap_before, end_ms=None)
+                    self._gap_token, self._gap_reason = seg.gap_before, seg.gap_before_reason
+                    self._gap_start = seg.gap_before_start
                 return self.last_end_ms if self.last_end_ms is not None else seg.start_ms
             media_ms = probe.duration_ms
             end_ms = seg.start_ms + media_ms
@@ -287,7 +315,6 @@ class StreamRecorder:
         self.segments_written += 1
         self.bytes_written += size
         self.last_end_ms = end_ms
-        self._seg = None
         return end_ms
 
     def _cut(self, pkt: av.Packet) -> _OpenSegment | None:

@@ -68,6 +68,10 @@ def recover_growing(db: Database, volumes: VolumeSet, node: str, station_ids: li
             q = q.where(Segment.station_id.in_(station_ids))
         rows = list(s.scalars(q))
         for row in rows:
+            if row.volume in volumes.volumes and not volumes.is_available(row.volume):
+                # An unmounted disk looks like missing files: never drop its rows for that.
+                actions.append(RepairAction("unreadable", row.volume, row.path, "volume not available (unmounted?)"))
+                continue
             try:
                 path = volumes.file_path(row.volume, row.path)
             except KeyError as exc:
@@ -86,6 +90,39 @@ def recover_growing(db: Database, volumes: VolumeSet, node: str, station_ids: li
             _apply_probe(row, probe, path.stat().st_size)
             actions.append(RepairAction("completed", row.volume, row.path,
                                         f"{probe.duration_ms / 1000:.1f} s kept", True))
+    for a in actions:
+        log.info("recovery: %s %s/%s %s", a.kind, a.volume, a.path, a.detail)
+    return actions
+
+
+def recover_orphans(db: Database, volumes: VolumeSet, tz: ZoneInfo, node: str, station_ids: list[str],
+                    now_ms: int, hours: int = 3) -> list[RepairAction]:
+    """Index segment files of the last few hours that have no row: a kill -9 between creating a
+    file and committing its row (up to half a second, longer while the database was down)."""
+    actions: list[RepairAction] = []
+    hour_dirs = {datetime.fromtimestamp(now_ms / 1000 - h * 3600, tz).strftime("%Y-%m-%d/%H") for h in range(hours + 1)}
+    for vol in volumes.volumes:
+        if not volumes.is_available(vol):
+            continue
+        root = volumes.root(vol)
+        for sid in station_ids:
+            files = [p for d in hour_dirs for p in (root / sid / d).glob("*.mp4")]
+            if not files:
+                continue
+            rels = [p.relative_to(root).as_posix() for p in files]
+            with db.session() as s:
+                known = set(s.scalars(select(Segment.path).where(Segment.volume == vol, Segment.path.in_(rels))))
+                for rel, path in zip(rels, files, strict=True):
+                    parsed = start_ms_from_name(rel, tz)
+                    if rel in known or parsed is None:
+                        continue
+                    action = RepairAction("file_without_row", vol, rel, "left by a killed run")
+                    try:
+                        _index_orphan(s, vol, rel, path, parsed, node)
+                        action.repaired = True
+                    except ValueError as exc:
+                        action.detail = f"{action.detail}; {exc}"
+                    actions.append(action)
     for a in actions:
         log.info("recovery: %s %s/%s %s", a.kind, a.volume, a.path, a.detail)
     return actions
@@ -135,6 +172,10 @@ def check(db: Database, volumes: VolumeSet, tz: ZoneInfo, clock: Clock, node: st
     with db.session() as s:
         stations = set(s.scalars(select(Station.id)))
     for vol in volumes.volumes:
+        if not volumes.is_available(vol):
+            report.actions.append(RepairAction("unreadable", vol, "", "volume not available (no .vms-volume marker: "
+                                                                      "unmounted?); skipped"))
+            continue
         root = volumes.root(vol)
         on_disk: dict[str, Path] = {}
         if root.exists():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 
+from vms.recording.fmp4 import playable_length
 from vms.recording.volumes import fsync_dir
 
 # flush_packets: hand each fragment to the OS as soon as the muxer finishes it (else FFmpeg holds
@@ -80,7 +81,12 @@ class SegmentFile:
         finally:
             os.fsync(self._fd)
             os.close(self._fd)
-        return self.path.stat().st_size
+        size = self.path.stat().st_size
+        # FFmpeg can swallow a write error while finishing the file (a disk that just filled up):
+        # only a file whose every fragment is whole counts as written.
+        if playable_length(self.path) != size:
+            raise OSError(f"{self.path.name}: incomplete after close (disk full?)")
+        return size
 
     def abandon(self) -> None:
         """Close without caring about errors (the camera failed mid-write); what is on disk stays."""

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from vms.core.settings import Settings, VolumeSettings
 
+MARKER = ".vms-volume"
+
 
 @dataclass(frozen=True)
 class VolumeUsage:
@@ -26,6 +28,7 @@ class VolumeSet:
         self.volumes = {v.name: v for v in volumes}
         self.assignments = dict(assignments or {})
         self._placed: dict[str, str] = {}
+        self._marked: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VolumeSet:
@@ -44,6 +47,20 @@ class VolumeSet:
         if root != p and root not in p.parents:
             raise ValueError(f"segment path {rel_path!r} escapes volume {volume!r}")
         return p
+
+    def mark(self, volume: str) -> None:
+        """Create the volume's root and its marker file (done when recording starts writing there)."""
+        if volume in self._marked:
+            return
+        root = self.root(volume)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / MARKER).touch(exist_ok=True)
+        self._marked.add(volume)
+
+    def is_available(self, volume: str) -> bool:
+        """Whether the volume's disk is there: its marker file exists. An unmounted disk leaves an
+        empty mount point, which must not be mistaken for footage that was deleted."""
+        return (self.root(volume) / MARKER).exists()
 
     def usage(self, volume: str) -> VolumeUsage:
         root = self.root(volume)
