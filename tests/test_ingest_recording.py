@@ -113,7 +113,8 @@ def test_stopped_camera_leaves_explained_gap_and_recording_resumes(sim, tmp_path
 
 
 def test_stalled_camera_is_detected_and_recording_resumes(sim, tmp_path, db):
-    settings = ingest_settings(tmp_path, segment_seconds=3, stall_seconds=2, rtsp_timeout_seconds=2)
+    # The socket timeout (10 s) is longer than the RTCP interval: only the stall watchdog can notice.
+    settings = ingest_settings(tmp_path, segment_seconds=3, stall_seconds=2, rtsp_timeout_seconds=10)
     sid = "baihua-v02"
     with RunningWorker(settings, db, {sid: sim.urls[sid]}) as w:
         wait_until(lambda: len(segments(db, sid)) >= 1 and w.health(sid).state == "streaming", 20, "streaming")

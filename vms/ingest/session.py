@@ -81,9 +81,21 @@ class CameraSession(threading.Thread):
         self._backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds,
                                 settings.stable_seconds)
         self._last_progress = 0.0
+        self._reading = False
+        self._last_packet_mono = 0.0
+        self._stall_marked_at: float | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def is_stalled(self, now: float, stall_seconds: float) -> bool:
+        """Reading, and no packet for stall_seconds (checked again every 5 s until it ends)."""
+        if not self._reading or now - self._last_packet_mono < stall_seconds:
+            return False
+        return self._stall_marked_at is None or now - self._stall_marked_at >= 5.0
+
+    def mark_stalled(self) -> None:
+        self._stall_marked_at = self.clock.monotonic()
 
     def _options(self) -> dict[str, str]:
         timeout_us = str(int(self.settings.rtsp_timeout_seconds * 1_000_000))
@@ -130,12 +142,10 @@ class CameraSession(threading.Thread):
         self.health.state = "connecting"
         try:
             # The open gets a deadline (a camera that answers with endless garbage never times out
-            # its socket), and each read one of stall_seconds: a camera that keeps its RTSP session
-            # alive (RTCP) but sends no media never times out its socket either. PyAV checks these in
-            # an interrupt callback that takes the GIL: measured +0.2-0.35 ms CPU per stream-second at
-            # 70 cameras in one process, which is why workers carry at most ~50 cameras each.
-            container = av.open(self.url, options=self._options(),
-                                timeout=(self._open_deadline_s(), self.settings.stall_seconds))
+            # its socket). Reads get none: PyAV checks it in an interrupt callback that takes the GIL
+            # on every network read, +50 % CPU at 139 cameras; the stall watchdog (stall.py) covers
+            # a camera that keeps RTCP flowing but sends no media.
+            container = av.open(self.url, options=self._options(), timeout=(self._open_deadline_s(), None))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a gap with a reason
             reason, detail = classify(exc, streaming=False)
             if reason == "bad_stream":
@@ -146,6 +156,9 @@ class CameraSession(threading.Thread):
             return reason, detail
         streaming = False
         reason = detail = None
+        self._stall_marked_at = None
+        self._last_packet_mono = self.clock.monotonic()
+        self._reading = True
         try:
             video = container.streams.video[0] if container.streams.video else None
             if video is None:
@@ -194,16 +207,22 @@ class CameraSession(threading.Thread):
                 for obs in list(self.observers):
                     self._notify(obs, "on_packet", pkt, wall)
                 mono = self.clock.monotonic()
+                self._last_packet_mono = mono
                 if mono - self._last_progress >= self.settings.status_interval_seconds:
                     self._last_progress = mono
                     self.recorder.progress()
-            if reason is None:
+            if reason is None and self._stall_marked_at is not None:
+                reason, detail = "stalled", f"no packet for {self.settings.stall_seconds:g} s"
+            elif reason is None:
                 reason, detail = "stream_ended", "the camera ended the stream"
         except _StreamProblem as exc:
             reason, detail = exc.reason, exc.detail
         except Exception as exc:  # noqa: BLE001
             reason, detail = classify(exc, streaming=streaming)
+            if self._stall_marked_at is not None:
+                reason, detail = "stalled", f"no packet for {self.settings.stall_seconds:g} s"
         finally:
+            self._reading = False
             # Say so before closing: the RTSP TEARDOWN of a stalled camera can wait for its timeout.
             if reason is not None:
                 self.health.state, self.health.reason, self.health.detail = "backoff", reason, detail

@@ -19,6 +19,7 @@ from vms.db.models import Gap, Segment
 from vms.ingest.assignment import AllEnabledCameras, CameraAssignment, CameraAssignmentEntry
 from vms.ingest.keyframes import KeyframeCacheObserver
 from vms.ingest.session import CameraSession
+from vms.ingest.stall import StallWatchdog
 from vms.recording.index import IndexWriter
 from vms.recording.recorder import StreamRecorder
 from vms.recording.repair import recover_growing, recover_orphans
@@ -79,6 +80,8 @@ class IngestWorker:
             self.reconcile(initial=True)
             publisher = threading.Thread(target=self._publish_status_loop, name="status", daemon=True)
             publisher.start()
+            StallWatchdog(lambda: [sess for _e, sess in list(self.sessions.values())],
+                          self.settings.ingest.stall_seconds, self.stop_event, self.clock).start()
             while not self.stop_event.wait(self.spec.reconcile_seconds):
                 self.reconcile()
         finally:
