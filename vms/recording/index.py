@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +27,7 @@ from vms.db.engine import Database
 from vms.db.models import CameraStatus, Gap, OnlineInterval, Segment
 
 log = logging.getLogger(__name__)
+SEGMENTS = Segment.__table__
 
 GAP_REASONS = (
     "unreachable", "refused", "auth_failed", "stalled", "stream_ended", "unsupported_codec",
@@ -56,6 +57,7 @@ class IndexWriter:
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self.failures = 0
         self.last_error: Exception | None = None
+        self._statements: dict[tuple, Any] = {}  # compiled once per shape
 
     def start(self) -> IndexWriter:
         self._thread.start()
@@ -151,13 +153,24 @@ class IndexWriter:
         new_ids: dict[int, int] = {}
         try:
             with self.db.session() as s:
-                for op in ops:
+                i = 0
+                while i < len(ops):
+                    op = ops[i]
                     if op.kind == "status":
                         statuses.setdefault(op.args["station_id"], {}).update(op.args["values"])
+                    elif op.kind in ("open_segment", "update_segment"):
+                        # Consecutive segment writes of the same shape go as one executemany: building
+                        # and compiling a statement per row cost more CPU than the recording itself.
+                        j = i + 1
+                        while j < len(ops) and ops[j].kind == op.kind and _shape(ops[j]) == _shape(op):
+                            j += 1
+                        self._segment_batch(s, ops[i:j])
+                        i = j
+                        continue
                     elif op.kind != "barrier":
                         self._apply_one(s, op, new_ids)
-                for station_id, values in statuses.items():
-                    self._upsert_status(s, station_id, values)
+                    i += 1
+                self._upsert_statuses(s, statuses)
         except Exception as exc:  # noqa: BLE001 - keep the queue, retry: footage is on disk already
             self.last_error = exc
             self.failures += 1
@@ -187,14 +200,23 @@ class IndexWriter:
             return None
         return new_ids.get(token, self._ids.get(token))
 
+    def _segment_batch(self, s: Session, ops: list[_Op]) -> None:
+        shape = _shape(ops[0])
+        stmt = self._statements.get(shape)
+        if ops[0].kind == "open_segment":
+            if stmt is None:
+                stmt = self._statements[shape] = insert(SEGMENTS)
+            s.execute(stmt, [{"node": self.node, **op.args} for op in ops])
+            return
+        if stmt is None:
+            stmt = self._statements[shape] = (
+                update(SEGMENTS).where(SEGMENTS.c.volume == bindparam("_volume"), SEGMENTS.c.path == bindparam("_path"))
+                .values({k: bindparam(k) for k in shape[1]}))
+        s.execute(stmt, [{"_volume": op.args["volume"], "_path": op.args["path"], **op.args["values"]} for op in ops])
+
     def _apply_one(self, s: Session, op: _Op, new_ids: dict[int, int]) -> None:
         a = op.args
-        if op.kind == "open_segment":
-            s.execute(insert(Segment).values(node=self.node, **a))
-        elif op.kind == "update_segment":
-            s.execute(update(Segment).where(Segment.volume == a["volume"], Segment.path == a["path"])
-                      .values(**a["values"]))
-        elif op.kind == "open_gap":
+        if op.kind == "open_gap":
             new_ids_val = s.execute(insert(Gap).values(node=self.node, **a).returning(Gap.id)).scalar_one()
             if op.token is not None:
                 new_ids[op.token] = new_ids_val
@@ -213,13 +235,25 @@ class IndexWriter:
         elif op.kind == "call":
             a["fn"](s)
 
-    def _upsert_status(self, s: Session, station_id: str, values: dict) -> None:
-        values = {**values, "node": self.node}
-        dialect = s.get_bind().dialect.name
-        ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(CameraStatus)
-        stmt = ins.values(station_id=station_id, **values).on_conflict_do_update(
-            index_elements=[CameraStatus.station_id], set_=values)
-        s.execute(stmt)
+    def _upsert_statuses(self, s: Session, statuses: dict[str, dict]) -> None:
+        by_shape: dict[tuple[str, ...], list[dict]] = {}
+        for station_id, values in statuses.items():
+            row = {**values, "node": self.node, "station_id": station_id}
+            by_shape.setdefault(tuple(sorted(row)), []).append(row)
+        for keys, rows in by_shape.items():
+            stmt = self._statements.get(("status", keys))
+            if stmt is None:
+                dialect = s.get_bind().dialect.name
+                ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(CameraStatus.__table__)
+                stmt = self._statements[("status", keys)] = ins.on_conflict_do_update(
+                    index_elements=["station_id"], set_={k: ins.excluded[k] for k in keys if k != "station_id"})
+            s.execute(stmt, rows)
+
+
+def _shape(op: _Op) -> tuple:
+    if op.kind == "open_segment":
+        return (op.kind, tuple(sorted(op.args)))
+    return (op.kind, tuple(sorted(op.args["values"])))
 
 
 def last_recorded_end(s: Session, station_id: str, stream: str = "main") -> int | None:
