@@ -19,6 +19,8 @@ def serve(
     simulate: str | None = typer.Option(None, help="auto|always|never: simulated cameras (default: settings)"),
 ) -> None:
     """Migrate the database, start recording every enabled camera, serve the API until SIGINT/SIGTERM."""
+    import signal
+
     import uvicorn
 
     from vms.api.app import create_app
@@ -41,6 +43,10 @@ def serve(
         service = RecordingService(s, db, simulate=mode, workers=workers)
         service.start()
     scheduler = start_scheduler(s, db, clock)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the default handlers
+    # that would kill this process before the recorder below finishes its segments.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         uvicorn.run(create_app(s, db, clock), host=host or s.api.host, port=port or s.api.port,
                     log_level=s.log_level.lower(), access_log=False)
