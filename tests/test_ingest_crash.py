@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from tests.ingest_support import assert_contiguous, decode_all, wait_until
 from vms.core.clock import SystemClock
-from vms.core.settings import load_settings
+from vms.core.settings import Settings, load_settings
 from vms.db.engine import Database
 from vms.db.models import Gap, Segment
 from vms.recording.repair import check
@@ -47,19 +47,23 @@ def _catalogue(tmp_path: Path, urls: dict[str, str]) -> Path:
     return path
 
 
+def _write_config(tmp_path: Path, **ingest) -> Settings:
+    (tmp_path / "vms.yaml").write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"),
+        "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings")}]},
+        "ingest": ingest,
+    }), encoding="utf-8")
+    return load_settings(tmp_path / "vms.yaml", env={})
+
+
 def _segments(db: Database, sid: str) -> list[Segment]:
     with db.session() as s:
         return list(s.scalars(select(Segment).where(Segment.station_id == sid).order_by(Segment.start_ms)))
 
 
 def test_kill_9_mid_segment_loses_at_most_the_last_fragment(tmp_path, env):
-    (tmp_path / "vms.yaml").write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"),
-        "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings")}]},
-        "ingest": {"segment_seconds": 60, "workers": 1, "node": "crash-node", "status_interval_seconds": 1,
-                   "backoff_initial_seconds": 0.3},
-    }), encoding="utf-8")
-    settings = load_settings(tmp_path / "vms.yaml", env={})
+    settings = _write_config(tmp_path, segment_seconds=60, workers=1, node="crash-node", status_interval_seconds=1,
+                             backoff_initial_seconds=0.3)
     with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30) as sim:
         subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
         subprocess.run([VMS, "stations", "import", str(_catalogue(tmp_path, sim.urls))], env=env, check=True,
@@ -116,11 +120,7 @@ def test_kill_9_mid_segment_loses_at_most_the_last_fragment(tmp_path, env):
 
 
 def test_orphaned_workers_stop_when_the_supervisor_is_killed(tmp_path, env):
-    (tmp_path / "vms.yaml").write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"),
-        "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings")}]},
-        "ingest": {"workers": 2},
-    }), encoding="utf-8")
+    _write_config(tmp_path, workers=2)
     subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
     proc = subprocess.Popen([VMS, "ingest", "--no-analysis"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -139,12 +139,7 @@ def test_orphaned_workers_stop_when_the_supervisor_is_killed(tmp_path, env):
 def test_sigterm_to_the_process_group_stops_cleanly(tmp_path, env):
     """systemd and docker stop send SIGTERM to every process: workers finish their segments and the
     supervisor exits 0 promptly, with no growing segment left behind."""
-    (tmp_path / "vms.yaml").write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"),
-        "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings")}]},
-        "ingest": {"segment_seconds": 60, "workers": 2, "node": "term-node"},
-    }), encoding="utf-8")
-    settings = load_settings(tmp_path / "vms.yaml", env={})
+    settings = _write_config(tmp_path, segment_seconds=60, workers=2, node="term-node")
     with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30) as sim:
         subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
         subprocess.run([VMS, "stations", "import", str(_catalogue(tmp_path, sim.urls))], env=env, check=True,

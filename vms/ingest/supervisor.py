@@ -7,7 +7,6 @@ import math
 import multiprocessing as mp
 import os
 import threading
-from dataclasses import replace
 
 from vms.core.settings import Settings
 from vms.ingest.worker import WorkerSpec, run_worker_process
@@ -92,7 +91,3 @@ class IngestSupervisor:
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p is not None and p.is_alive()]
-
-    def with_workers(self, count: int) -> IngestSupervisor:
-        return IngestSupervisor(replace(self.settings), self.specs[0].url_overrides,
-                                self.specs[0].observer_factories, count)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -254,13 +254,3 @@ def _shape(op: _Op) -> tuple:
     if op.kind == "open_segment":
         return (op.kind, tuple(sorted(op.args)))
     return (op.kind, tuple(sorted(op.args["values"])))
-
-
-def last_recorded_end(s: Session, station_id: str, stream: str = "main") -> int | None:
-    """End of the newest segment of a station stream, any state but deleting."""
-    row = s.execute(
-        select(Segment.end_ms).where(Segment.station_id == station_id, Segment.stream == stream,
-                                     Segment.state != "deleting")
-        .order_by(Segment.start_ms.desc()).limit(1)
-    ).scalar_one_or_none()
-    return row

@@ -83,7 +83,6 @@ class StreamRecorder:
         self._pos = 0
         self._last_dts: int | None = None
         self._frame_ticks = 0
-        self._connection_open = False
         self._force_cut = False
         self._video_parameters: dict | None = None
         self._disk_retry_at = 0.0
@@ -151,7 +150,6 @@ class StreamRecorder:
         self._video_parameters: dict | None = None
         self._pos = 0
         self._last_dts = None
-        self._connection_open = True
 
     def _ticks_to_ms(self, ticks: int) -> int:
         return (ticks * self._tb_num * 1000 + self._tb_den // 2) // self._tb_den
@@ -361,7 +359,6 @@ class StreamRecorder:
         """The connection is over: finish the open segment and open a gap with the reason."""
         if self._seg is not None:
             self._finish(self._seg, self._pos - self._seg.start_pos + self._frame_ticks)
-        self._connection_open = False
         self.note_failure(reason, detail)
 
     def stop(self) -> None:

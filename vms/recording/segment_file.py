@@ -67,10 +67,6 @@ class SegmentFile:
     def size(self) -> int:
         return os.fstat(self._fd).st_size
 
-    def sync(self) -> None:
-        """Push what the muxer has handed to the OS to the disk."""
-        os.fsync(self._fd)
-
     def close(self) -> int:
         """Finish the last fragment, fsync the file, return its size. Idempotent."""
         if self._closed:
