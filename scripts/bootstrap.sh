@@ -12,6 +12,7 @@ SYSTEM_PACKAGES=(
   chromium
   fonts-noto-cjk
   poppler-utils
+  python3-venv
 )
 
 missing=()
