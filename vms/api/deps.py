@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -53,14 +54,21 @@ def get_principal(request: Request, ctx: Ctx) -> Principal:
     if not secret:
         raise HTTPException(401, "not logged in: POST /api/auth/login, then send its cookie or Bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
+    hashed = token_hash(secret)
+    now = ctx.clock.now_ms()
+    cache = ctx.extras.setdefault(PRINCIPALS, {})
+    cached = cache.get(hashed)
+    if cached is not None and time.monotonic() - cached[0] < PRINCIPAL_TTL_S:
+        _loaded, principal, expires_ms = cached
+        if expires_ms is None or expires_ms > now:
+            return principal
     # A short session of its own: the connection goes back to the pool before the handler runs, so
     # requests waiting on something else (the status cache) never sit on pooled connections.
     with ctx.database.session() as session:
         row = session.execute(
             select(AuthToken, User).join(User, User.id == AuthToken.user_id)
-            .where(AuthToken.token_hash == token_hash(secret))
+            .where(AuthToken.token_hash == hashed)
         ).first()
-    now = ctx.clock.now_ms()
     if row is None:
         raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
     tok, user = row
@@ -72,9 +80,25 @@ def get_principal(request: Request, ctx: Ctx) -> Principal:
     if user.disabled:
         raise HTTPException(401, f"user {user.username} is disabled", headers={"WWW-Authenticate": "Bearer"})
     scopes = tok.scopes if tok.kind == "apikey" else None
-    return Principal(user_id=user.id, username=user.username, role=user.role,
-                     towns=tuple(user.towns) if user.towns is not None else None, kind=tok.kind,
-                     token_id=tok.id, permissions=permissions_of(user.role, scopes))
+    principal = Principal(user_id=user.id, username=user.username, role=user.role,
+                          towns=tuple(user.towns) if user.towns is not None else None, kind=tok.kind,
+                          token_id=tok.id, permissions=permissions_of(user.role, scopes))
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[hashed] = (time.monotonic(), principal, tok.expires_ms)
+    return principal
+
+
+# Who a token belongs to is looked up at most every PRINCIPAL_TTL_S per API process (an ORM query per
+# request was most of the time of GET /api/stations). Changes made through this API (logout, role,
+# disable, revoke) clear the cache at once; changes made with the CLI in another process apply within
+# PRINCIPAL_TTL_S.
+PRINCIPALS = "principals"
+PRINCIPAL_TTL_S = 2.0
+
+
+def forget_principals(ctx) -> None:
+    ctx.extras[PRINCIPALS] = {}
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

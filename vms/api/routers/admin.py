@@ -20,7 +20,7 @@ from vms.api.accounts import (
     set_disabled,
     set_password,
 )
-from vms.api.deps import Ctx, DbSession, require
+from vms.api.deps import Ctx, DbSession, forget_principals, require
 from vms.api.schemas import ApiModel, UserOut
 from vms.api.timeparse import iso
 from vms.db.models import AuthToken, User
@@ -90,7 +90,8 @@ def change_user(username: Username, body: UserPatch, ctx: Ctx, session: DbSessio
         _account_call(set_password, session, username, body.password)
     if body.disabled is not None:
         _account_call(set_disabled, session, username, body.disabled)
-    session.flush()
+    session.commit()
+    forget_principals(ctx)
     return _user_out(ctx, user)
 
 
@@ -124,10 +125,12 @@ def list_api_keys(username: Username, session: DbSession, _admin: Admin) -> list
 
 
 @router.delete("/{username}/api-keys/{key_id}", status_code=204)
-def revoke_api_key(username: Username, key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: DbSession,
+def revoke_api_key(username: Username, key_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: DbSession, ctx: Ctx,
                    _admin: Admin) -> None:
     user = _account_call(find_user, session, username)
     tok = session.get(AuthToken, key_id)
     if tok is None or tok.user_id != user.id or tok.kind != "apikey":
         raise HTTPException(404, f"no API key {key_id} of {username}")
     tok.revoked = True
+    session.commit()
+    forget_principals(ctx)

@@ -7,7 +7,7 @@ from pydantic import Field
 from sqlalchemy import select
 
 from vms.api.accounts import issue_session, verify_password
-from vms.api.deps import SESSION_COOKIE, Ctx, CurrentPrincipal, DbSession, client_address
+from vms.api.deps import SESSION_COOKIE, Ctx, CurrentPrincipal, DbSession, client_address, forget_principals
 from vms.api.permissions import permissions_of
 from vms.api.schemas import ApiModel, Me
 from vms.api.timeparse import iso
@@ -52,11 +52,13 @@ def login(body: LoginIn, request: Request, response: Response, ctx: Ctx, session
 
 
 @router.post("/logout", status_code=204)
-def logout(principal: CurrentPrincipal, session: DbSession, response: Response) -> Response:
+def logout(principal: CurrentPrincipal, session: DbSession, response: Response, ctx: Ctx) -> Response:
     if principal.kind == "session":
         tok = session.get(AuthToken, principal.token_id)
         if tok is not None:
             tok.revoked = True
+            session.commit()
+        forget_principals(ctx)
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
