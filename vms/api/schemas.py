@@ -32,3 +32,11 @@ class Me(ApiModel):
 
 
 REASON_FIELD = Field(min_length=2, max_length=500, description="why the footage is needed (调用事由), logged")
+
+
+class FootageRangeIn(ApiModel):
+    """A time range of footage and the stated reason for looking at it (playback, export)."""
+
+    start: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T08:30:00"])
+    end: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T08:45:00"])
+    reason: str = REASON_FIELD

@@ -176,13 +176,14 @@ def audit_days(
     for sid, s, e in _intervals(session, OnlineInterval, None, lo, hi):
         add(sid, s, e, on_online)
 
-    def on_gap(reason):
+    def add_to(field: str, key: str):
+        """A callback that sums an interval's length into d.<field>[key] (gaps by reason, faults by kind)."""
         def fn(d: StationDay, i, a, b, e) -> None:
-            d.gaps_ms[reason] += b - a
+            getattr(d, field)[key] += b - a
         return fn
 
     for sid, s, e, reason in _intervals(session, Gap, Gap.reason, lo, hi):
-        add(sid, s, e, on_gap(reason))
+        add(sid, s, e, add_to("gaps_ms", reason))
 
     hours_cache: dict[str, list[tuple[int, int]]] = {}
     open_ranges: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
@@ -223,13 +224,8 @@ def audit_days(
             if a == s:  # counted on the day it began
                 d.activity_episodes += 1
 
-    def on_fault(kind):
-        def fn(d: StationDay, i, a, b, e) -> None:
-            d.faults_ms[kind] += b - a
-        return fn
-
     for sid, s, e, kind in _intervals(session, Fault, Fault.kind, lo, hi):
-        add(sid, s, e, on_fault(kind))
+        add(sid, s, e, add_to("faults_ms", kind))
         if s >= lo and sid in by_id:
             i = bisect.bisect_right(starts, s) - 1
             if 0 <= i < len(spans) and s < spans[i].end_ms:

@@ -16,7 +16,7 @@ from vms.api.accounts import Principal
 from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, client_address, require, visible_station
 from vms.api.exports import export_path, export_runner
 from vms.api.footage import segments_or_error
-from vms.api.schemas import REASON_FIELD, ApiModel
+from vms.api.schemas import ApiModel, FootageRangeIn
 from vms.api.timeparse import iso, parse_range
 from vms.db.models import ExportJob, Station
 
@@ -26,11 +26,8 @@ ExportPrincipal = Annotated[Principal, Depends(require(P.EXPORT))]
 ExportId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
-class ExportIn(ApiModel):
+class ExportIn(FootageRangeIn):
     station_id: str = Field(pattern=STATION_ID_PATTERN)
-    start: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T08:30:00"])
-    end: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T09:30:00"])
-    reason: str = REASON_FIELD
 
 
 class ExportOut(ApiModel):

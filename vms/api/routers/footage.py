@@ -17,16 +17,14 @@ from vms.api.deps import Ctx, DbSession, StationId, client_address, require, vis
 from vms.api.footage import segments_or_error
 from vms.api.playback import PlaybackItem, playback_store
 from vms.api.remux import NoFootage, remux_range
-from vms.api.schemas import REASON_FIELD, ApiModel
+from vms.api.schemas import ApiModel, FootageRangeIn
 from vms.api.timeparse import iso, parse_range
 
 router = APIRouter(tags=["footage"])
 
 
-class PlaybackIn(ApiModel):
-    start: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T08:30:00"])
-    end: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T08:45:00"])
-    reason: str = REASON_FIELD
+class PlaybackIn(FootageRangeIn):
+    pass
 
 
 class SpanOut(ApiModel):
