@@ -2,7 +2,10 @@
 """Benchmark GET /api/stations: 139 stations with live status, 20 concurrent clients, a real uvicorn
 server in its own process, over SQLite (and PostgreSQL with --postgres URL).
 
-    .venv/bin/python scripts/bench_api.py [--seconds 20] [--clients 20] [--cache 1.0] [--postgres URL]
+    .venv/bin/python scripts/bench_api.py [--seconds 20] [--clients 20] [--cache 1.0] [--postgres URL] [--wrk]
+
+The Python clients are 20 threads of httpx in one process: in a closed loop their own GIL queueing
+shows in the latencies. --wrk adds the same closed loop from wrk, a C load generator.
 
 The database gets a day of 60 s segments per station, 15 days of activity episodes and open/closed
 intervals, camera status rows and some open faults, so the status queries meet realistic tables.
@@ -71,9 +74,7 @@ def seed(settings, db) -> None:
 
 
 def serve(data_dir: str, cache: float, port: int, db_url: str | None) -> None:
-    import uvicorn
-
-    from vms.api.app import create_app
+    from vms.api.app import create_app, serve_app
     from vms.core.clock import SystemClock
     from vms.core.settings import Settings
     from vms.db.engine import Database
@@ -84,7 +85,7 @@ def serve(data_dir: str, cache: float, port: int, db_url: str | None) -> None:
         cfg["database_url"] = db_url
     settings = Settings.model_validate(cfg)
     app = create_app(settings, Database(settings.db_url), SystemClock())
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    serve_app(app, "127.0.0.1", port, "warning")
 
 
 def run_clients(port: int, clients: int, seconds: float, interval: float) -> dict:
@@ -130,6 +131,38 @@ def run_clients(port: int, clients: int, seconds: float, interval: float) -> dic
             "mean_ms": round(statistics.fmean(lat), 1)}
 
 
+def run_wrk(port: int, clients: int, seconds: float) -> dict:
+    """Closed loop from wrk (C, two threads): the latency measured is the server's, not the queueing of
+    20 Python client threads on one GIL."""
+    base = f"http://127.0.0.1:{port}"
+    token = httpx.post(f"{base}/api/auth/login", json={"username": "bench", "password": PASSWORD}).json()["token"]
+    out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{int(seconds)}s", "--latency",
+                          "-H", f"Authorization: Bearer {token}", f"{base}/api/stations"],
+                         capture_output=True, text=True, check=True).stdout
+
+    def ms(text: str) -> float:  # wrk prints 812.00us, 4.10ms or 1.02s
+        for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if text.endswith(unit):
+                return round(float(text[:-len(unit)]) * scale, 1)
+        raise ValueError(f"wrk latency {text!r}")
+
+    res: dict = {"client": "wrk"}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "90%", "99%"):
+            res[f"p{parts[0][:-1]}_ms"] = ms(parts[1])
+        elif parts[:1] == ["Latency"] and len(parts) >= 4:
+            res["mean_ms"], res["max_ms"] = ms(parts[1]), ms(parts[3])
+        elif parts[:1] == ["Requests/sec:"]:
+            res["rps"] = float(parts[1])
+        elif "requests in" in line:
+            res["requests"] = int(parts[0])
+        elif parts[:1] == ["Non-2xx"]:
+            res["errors"] = int(parts[-1])
+    res.setdefault("errors", 0)
+    return res
+
+
 def wait_up(port: int, proc: subprocess.Popen) -> None:
     for _ in range(200):
         if proc.poll() is not None:
@@ -151,6 +184,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18080)
     ap.add_argument("--intervals", type=float, nargs="*", default=[1.0, 0.0],
                     help="seconds between one client's requests; 0 = closed loop (saturation)")
+    ap.add_argument("--wrk", action="store_true", help="also a closed loop from wrk (apt install wrk)")
     ap.add_argument("--serve", nargs=3, metavar=("DATA", "CACHE", "DBURL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -176,8 +210,13 @@ def main() -> None:
                                          str(cache), url or "-"], env={**os.environ, "PYTHONPATH": str(REPO)})
                 try:
                     wait_up(args.port, proc)
-                    for interval in args.intervals:
-                        res = run_clients(args.port, args.clients, args.seconds, interval)
+                    runs = [(None, i) for i in args.intervals] + ([("wrk", 0.0)] if args.wrk else [])
+                    for client, interval in runs:
+                        if client == "wrk":
+                            res = run_wrk(args.port, args.clients, args.seconds)
+                        else:
+                            res = run_clients(args.port, args.clients, args.seconds, interval)
+                            res["client"] = "python"
                         res.update(backend=name, cache_s=cache, clients=args.clients, interval_s=interval)
                         print(json.dumps(res), flush=True)
                         results.append(res)

@@ -22,6 +22,20 @@ log = logging.getLogger(__name__)
 MAINTENANCE_INTERVAL_S = 300.0
 
 
+def serve_app(app: FastAPI, host: str, port: int, log_level: str) -> None:
+    """Serve `app` with uvicorn until a signal stops it: what `vms serve` runs (and the API benchmark)."""
+    import gc
+
+    import uvicorn
+
+    # Everything loaded so far (modules, settings, the catalogue) lives as long as the process. Frozen,
+    # a full collection no longer walks it: measured ~90 ms pauses twice per 10 s under load without
+    # this, which set GET /api/stations p99.
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
 def create_app(settings: Settings, database: Database, clock: Clock) -> FastAPI:
     from vms.api.routers import auth, health
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,7 +20,7 @@ SESSION_COOKIE = "vms_session"
 STATION_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
-def get_ctx(request: Request) -> ApiContext:
+async def get_ctx(request: Request) -> ApiContext:
     return request.app.state.ctx
 
 
@@ -49,19 +50,17 @@ def _secret_from(request: Request) -> str | None:
     return request.cookies.get(SESSION_COOKIE)
 
 
-def get_principal(request: Request, ctx: Ctx) -> Principal:
-    secret = _secret_from(request)
-    if not secret:
-        raise HTTPException(401, "not logged in: POST /api/auth/login, then send its cookie or Bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
-    hashed = token_hash(secret)
-    now = ctx.clock.now_ms()
-    cache = ctx.extras.setdefault(PRINCIPALS, {})
-    cached = cache.get(hashed)
+def _cached_principal(ctx: ApiContext, hashed: str) -> Principal | None:
+    cached = ctx.extras.get(PRINCIPALS, {}).get(hashed)
     if cached is not None and time.monotonic() - cached[0] < PRINCIPAL_TTL_S:
         _loaded, principal, expires_ms = cached
-        if expires_ms is None or expires_ms > now:
+        if expires_ms is None or expires_ms > ctx.clock.now_ms():
             return principal
+    return None
+
+
+def _load_principal(ctx: ApiContext, hashed: str) -> Principal:
+    now = ctx.clock.now_ms()
     # A short session of its own: the connection goes back to the pool before the handler runs, so
     # requests waiting on something else (the status cache) never sit on pooled connections.
     with ctx.database.session() as session:
@@ -83,10 +82,31 @@ def get_principal(request: Request, ctx: Ctx) -> Principal:
     principal = Principal(user_id=user.id, username=user.username, role=user.role,
                           towns=tuple(user.towns) if user.towns is not None else None, kind=tok.kind,
                           token_id=tok.id, permissions=permissions_of(user.role, scopes))
+    cache = ctx.extras.setdefault(PRINCIPALS, {})
     if len(cache) > 10_000:
         cache.clear()
     cache[hashed] = (time.monotonic(), principal, tok.expires_ms)
     return principal
+
+
+def _token_hash_of(request: Request) -> str:
+    secret = _secret_from(request)
+    if not secret:
+        raise HTTPException(401, "not logged in: POST /api/auth/login, then send its cookie or Bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return token_hash(secret)
+
+
+def get_principal(request: Request, ctx: ApiContext) -> Principal:
+    """The caller, blocking (for websocket handlers, which call it in a thread)."""
+    hashed = _token_hash_of(request)
+    return _cached_principal(ctx, hashed) or _load_principal(ctx, hashed)
+
+
+async def current_principal(request: Request, ctx: Ctx) -> Principal:
+    # async, so a cached caller costs no thread hop; only a cache miss queries in a thread.
+    hashed = _token_hash_of(request)
+    return _cached_principal(ctx, hashed) or await run_in_threadpool(_load_principal, ctx, hashed)
 
 
 # Who a token belongs to is looked up at most every PRINCIPAL_TTL_S per API process (an ORM query per
@@ -101,13 +121,13 @@ def forget_principals(ctx) -> None:
     ctx.extras[PRINCIPALS] = {}
 
 
-CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
 def require(permission: str):
     """A dependency that lets the call through only with `permission`."""
 
-    def check(principal: CurrentPrincipal) -> Principal:
+    async def check(principal: CurrentPrincipal) -> Principal:
         if permission not in principal.permissions:
             what = "API key scopes" if principal.kind == "apikey" else f"role {principal.role}"
             raise HTTPException(403, f"{what} does not allow {permission}")

@@ -21,9 +21,7 @@ def serve(
     """Migrate the database, start recording every enabled camera, serve the API until SIGINT/SIGTERM."""
     import signal
 
-    import uvicorn
-
-    from vms.api.app import create_app
+    from vms.api.app import create_app, serve_app
     from vms.core.clock import SystemClock
     from vms.core.logging_setup import configure_logging
     from vms.db.migrate import upgrade
@@ -48,8 +46,7 @@ def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     try:
-        uvicorn.run(create_app(s, db, clock), host=host or s.api.host, port=port or s.api.port,
-                    log_level=s.log_level.lower(), access_log=False)
+        serve_app(create_app(s, db, clock), host or s.api.host, port or s.api.port, s.log_level.lower())
     finally:
         scheduler.shutdown(wait=False)
         if service is not None:

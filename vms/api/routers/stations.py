@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 import cv2
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 from sqlalchemy import select
 
@@ -85,7 +86,7 @@ Status = Annotated[Principal, Depends(require(P.STATUS))]
 
 
 @router.get("", response_model=StationList, response_class=Response)
-def list_stations(
+async def list_stations(
     ctx: Ctx, principal: Status,
     town: Annotated[str | None, Query(description="town name, e.g. 平山街道")] = None,
     level: Literal["town", "village"] | None = None,
@@ -95,17 +96,24 @@ def list_stations(
 ) -> Response:
     if town is not None and town not in TOWN_NAMES:
         raise HTTPException(400, f"unknown town {town!r}; known: {', '.join(TOWN_NAMES)}")
-    snap = status_cache(ctx).snapshot()
+    # async: the usual answer is a cached encoded list, served without a thread hop; the status
+    # queries run in a thread only when there is no list yet.
+    cache = status_cache(ctx)
+    snap = cache.fresh() or await run_in_threadpool(cache.snapshot)
     key = (principal.towns, town, level, state, open_state, enabled)
     body = snap.encoded.get(key)
     if body is None:
         # Validated once against the response model, then reused by every caller until the next
         # snapshot (at most status_cache_seconds old).
-        body = StationList.model_validate(_filtered(snap.stations, principal, town, level, state, open_state,
-                                                    enabled, snap.computed_ms)).model_dump_json().encode()
+        body = await run_in_threadpool(_encoded, _filtered(snap.stations, principal, town, level, state,
+                                                           open_state, enabled, snap.computed_ms))
         if len(snap.encoded) < 256:
             snap.encoded[key] = body
     return Response(body, media_type="application/json")
+
+
+def _encoded(station_list: dict) -> bytes:
+    return StationList.model_validate(station_list).model_dump_json().encode()
 
 
 def _filtered(stations, principal, town, level, state, open_state, enabled, computed_ms) -> dict:
