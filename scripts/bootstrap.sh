@@ -13,6 +13,7 @@ SYSTEM_PACKAGES=(
   fonts-noto-cjk
   poppler-utils
   python3-venv
+  wrk  # scripts/bench_api.py --wrk: a C load generator
 )
 
 missing=()
