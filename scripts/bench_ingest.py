@@ -34,6 +34,7 @@ from vms.db.engine import Database  # noqa: E402
 from vms.db.migrate import upgrade  # noqa: E402
 from vms.ingest.supervisor import IngestSupervisor  # noqa: E402
 from vms.recording.fmp4 import probe_segment  # noqa: E402
+from vms.server.recording import ANALYSIS_FACTORY  # noqa: E402
 from vms.simulate import Simulator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,9 @@ def run_vms(sim: Simulator, stations: list[str], work: Path, args) -> dict:
     with db.session() as s:
         import_catalog(s, load_catalog(REPO / "config" / "stations.yaml"))
     urls = {sid: sim.urls[sid] for sid in stations}
-    sup = IngestSupervisor(settings, urls, [], only_stations=set(stations), cameras=len(stations)).start()
+    # --analysis: the stream analysis observers `vms ingest` runs by default (record + analyse).
+    factories = [ANALYSIS_FACTORY] if args.analysis else []
+    sup = IngestSupervisor(settings, urls, factories, only_stations=set(stations), cameras=len(stations)).start()
     try:
         cpu, pss = measure(lambda: [psutil.Process(pid) for pid in sup.pids()], args.warmup, args.seconds)
     finally:
@@ -144,6 +147,8 @@ def main() -> None:
     ap.add_argument("--bitrate-kbps", type=int, default=2000)
     ap.add_argument("--gop", type=int, default=30)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--analysis", action="store_true", help="vms also analyses the streams (as `vms ingest` does)")
+    ap.add_argument("--only", choices=("vms", "ffmpeg"), help="run one contender (while tuning; no ratios)")
     args = ap.parse_args()
 
     stations = [s.id for s in load_catalog(REPO / "config" / "stations.yaml")][: args.cameras]
@@ -154,8 +159,8 @@ def main() -> None:
         with Simulator(cameras=len(stations), names=stations, width=args.width, height=args.height, fps=args.fps,
                        bitrate_kbps=args.bitrate_kbps, gop=args.gop, content="pattern",
                        cache_dir=REPO / "data" / "cache" / "simulate", ready_timeout=300) as sim:
-            vms = run_vms(sim, stations, work, args)
-            peer = run_ffmpeg(sim, stations, work, args)
+            vms = run_vms(sim, stations, work, args) if args.only != "ffmpeg" else None
+            peer = run_ffmpeg(sim, stations, work, args) if args.only != "vms" else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -164,6 +169,8 @@ def main() -> None:
     expected = n * math.floor(recorded / args.segment_seconds)
     rows = []
     for name, r in (("vms", vms), ("ffmpeg -c copy -f segment", peer)):
+        if r is None:
+            continue
         rows.append({
             "recorder": name, "processes": r["processes"],
             "cpu_ms_per_stream_s": 1000 * r["cpu_cores"] / n,
@@ -171,13 +178,18 @@ def main() -> None:
             "expected_full_segments": expected, "full_segments": r["full_segments"], "files": r["files"],
             "footage_s_per_camera": r["footage_s"] / n,
         })
-    ratio_cpu = rows[0]["cpu_ms_per_stream_s"] / rows[1]["cpu_ms_per_stream_s"]
-    ratio_mem = rows[0]["pss_mb_per_stream"] / rows[1]["pss_mb_per_stream"]
+    both = len(rows) == 2
+    ratio_cpu = rows[0]["cpu_ms_per_stream_s"] / rows[1]["cpu_ms_per_stream_s"] if both else None
+    ratio_mem = rows[0]["pss_mb_per_stream"] / rows[1]["pss_mb_per_stream"] if both else None
     machine = f"{platform.node()} {os.cpu_count()} cores {psutil.virtual_memory().total / 2**30:.0f} GiB, " \
               f"{platform.processor() or platform.machine()}"
     print(f"# bench_ingest {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine}")
     print(f"# {n} cameras {args.width}x{args.height} {args.fps} fps {args.bitrate_kbps} kbps GOP {args.gop}; "
-          f"{args.warmup:.0f} s warm-up + {args.seconds:.0f} s measured; segments of {args.segment_seconds:.0f} s")
+          f"{args.warmup:.0f} s warm-up + {args.seconds:.0f} s measured; segments of {args.segment_seconds:.0f} s"
+          + ("; vms with stream analysis" if args.analysis else ""))
+    if vms is not None:
+        cores = rows[0]["cpu_ms_per_stream_s"] * 139 / 1000
+        print(f"# vms at 139 cameras, scaled: {cores:.2f} cores")
     print("| recorder | processes | CPU ms per stream-second | PSS MB per stream | full segments (expected) |"
           " files | footage s per camera |")
     print("|---|---|---|---|---|---|---|")
@@ -185,7 +197,8 @@ def main() -> None:
         print(f"| {r['recorder']} | {r['processes']} | {r['cpu_ms_per_stream_s']:.2f} | {r['pss_mb_per_stream']:.1f} |"
               f" {r['full_segments']} ({r['expected_full_segments']}) | {r['files']} |"
               f" {r['footage_s_per_camera']:.1f} |")
-    print(f"ratios vms/ffmpeg: CPU {ratio_cpu:.2f}x, memory {ratio_mem:.2f}x")
+    if both:
+        print(f"ratios vms/ffmpeg: CPU {ratio_cpu:.2f}x, memory {ratio_mem:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "cpu_ratio": ratio_cpu, "mem_ratio": ratio_mem}, indent=2))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 
 import av
@@ -104,6 +105,14 @@ def test_snapshot_fresh_stale_and_offline(api, db, clock, settings, clip):
     api.app.state.ctx.extras["status_cache"].invalidate()
     r = api.get(f"/api/stations/{SID}/snapshot.jpg", headers=view)
     assert r.status_code == 503 and "s old" in r.json()["detail"]
+    # The stale file made the API ask the session for fresh keyframes; one that arrives while the
+    # request waits is served.
+    assert (keyframe_path(settings.data_dir, SID).with_suffix(".want")).exists()
+    fresh = threading.Timer(1.0, _write_keyframe, (settings, clip, clock.now_ms()))
+    fresh.start()
+    r = api.get(f"/api/stations/{SID}/snapshot.jpg", headers=view)
+    fresh.join()
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     with db.session() as s:
         cam = s.get(CameraStatus, SID)
         cam.state, cam.reason = "backoff", "timeout"
@@ -113,7 +122,7 @@ def test_snapshot_fresh_stale_and_offline(api, db, clock, settings, clip):
     assert r.status_code == 503 and r.json()["detail"] == "camera backoff: timeout"
     with db.session() as s:
         logged = list(s.scalars(select(AccessLog).where(AccessLog.action == "snapshot")))
-    assert len(logged) == 1 and logged[0].username == "view" and logged[0].station_id == SID
+    assert len(logged) == 2 and {e.username for e in logged} == {"view"} and logged[0].station_id == SID
 
 
 def test_timeline_merges_segments_and_lists_gaps(api, db, clock, settings, clip):

@@ -22,8 +22,8 @@ from vms.core.yamlfile import line_of, load_with_lines
 
 DEFAULT_CONFIG = Path("config/vms.yaml")
 # Variables the tooling reads that are not settings keys.
-NON_SETTING_ENV = {"VMS_CONFIG", "VMS_PYTHON", "VMS_MALLOC_ARENA_MAX"}
-NON_SETTING_ENV_PREFIXES = ("VMS_TEST_", "VMS_BENCH_")
+NON_SETTING_ENV = {"VMS_CONFIG", "VMS_PYTHON"}
+NON_SETTING_ENV_PREFIXES = ("VMS_TEST_", "VMS_BENCH_", "VMS_MALLOC_")  # VMS_MALLOC_*: ingest workers
 
 
 class StrictModel(BaseModel):

@@ -17,7 +17,7 @@ from vms.core.settings import IngestSettings
 from vms.ingest.backoff import Backoff
 from vms.ingest.errors import classify
 from vms.ingest.observers import StreamObserver
-from vms.recording.h26x import sequence_parameter_set
+from vms.recording.h26x import HEAD_BYTES, sequence_parameter_set
 from vms.recording.index import IndexWriter
 from vms.recording.recorder import SUPPORTED_VIDEO, StreamRecorder
 
@@ -174,43 +174,52 @@ class CameraSession(threading.Thread):
                 self._notify(obs, "on_connect", video, self.clock.now_ms())
             sps: bytes | None = None
             streams = [video] + ([audio] if audio is not None else [])
+            # The loop below runs for every packet of every camera: names are bound locally once.
+            video_index = video.index
+            recorder, clock, stop_event = self.recorder, self.clock, self.stop_event
+            progress_s = self.settings.status_interval_seconds
             for pkt in container.demux(streams):
-                if self.stop_event.is_set():
+                if stop_event.is_set():
                     reason, detail = "ingest_stopped", "ingest stopped"
                     break
-                if pkt.size == 0:
+                size = pkt.size
+                if size == 0:
                     continue
-                if pkt.stream_index != video.index:
-                    self.recorder.audio_packet(pkt)
+                if pkt.stream_index != video_index:
+                    recorder.audio_packet(pkt)
                     continue
                 if pkt.is_keyframe:
-                    new_sps = sequence_parameter_set(bytes(pkt), codec)
+                    # The parameter sets lead the access unit: copy its head, not the whole keyframe.
+                    new_sps = sequence_parameter_set(bytes(memoryview(pkt)[:HEAD_BYTES]), codec)
                     if new_sps is not None:
                         if sps is not None and new_sps != sps:
                             # New resolution or profile: the recorder starts a new segment with the
                             # new parameters at this keyframe; no footage is lost.
-                            h.width, h.height = self.recorder.change_parameters(pkt)
+                            h.width, h.height = recorder.change_parameters(pkt)
                             h.detail = f"stream parameters changed to {h.width}x{h.height}"
                             log.warning("%s: %s", self.station_id, h.detail)
                         sps = new_sps
-                wall = self.recorder.video_packet(pkt)
+                wall = recorder.video_packet(pkt)
                 if wall is None:
                     continue
-                now = self.clock.now_ms()
+                now = clock.now_ms()
                 if not streaming:
                     streaming = True
                     h.state, h.reason, h.detail = "streaming", None, None
                     self._online_token = self.index.open_online(self.station_id, now)
                 h.last_packet_ms = now
                 h.frames += 1
-                h.bytes += pkt.size
-                for obs in list(self.observers):
-                    self._notify(obs, "on_packet", pkt, wall)
-                mono = self.clock.monotonic()
+                h.bytes += size
+                for obs in self.observers:
+                    try:
+                        obs.on_packet(pkt, wall)
+                    except Exception:  # noqa: BLE001 - an observer never stops the recording
+                        self._drop_observer(obs, "on_packet")
+                mono = clock.monotonic()
                 self._last_packet_mono = mono
-                if mono - self._last_progress >= self.settings.status_interval_seconds:
+                if mono - self._last_progress >= progress_s:
                     self._last_progress = mono
-                    self.recorder.progress()
+                    recorder.progress()
             if reason is None and self._stall_marked_at is not None:
                 reason, detail = "stalled", f"no packet for {self.settings.stall_seconds:g} s"
             elif reason is None:
@@ -246,9 +255,12 @@ class CameraSession(threading.Thread):
         try:
             getattr(obs, method)(*args)
         except Exception:  # noqa: BLE001 - an observer never stops the recording
-            log.exception("%s: observer %s failed in %s; dropped", self.station_id, type(obs).__name__, method)
-            if obs in self.observers:
-                self.observers.remove(obs)
+            self._drop_observer(obs, method)
+
+    def _drop_observer(self, obs: StreamObserver, method: str) -> None:
+        log.exception("%s: observer %s failed in %s; dropped", self.station_id, type(obs).__name__, method)
+        # A new list, never a change to the one being iterated.
+        self.observers = [o for o in self.observers if o is not obs]
 
     def describe(self) -> str:
         return f"{self.station_id} {mask_url(self.url)} ({self.transport})"

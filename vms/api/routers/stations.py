@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 import cv2
@@ -22,7 +23,7 @@ from vms.catalog.store import station_public_dict
 from vms.catalog.towns import TOWN_NAMES
 from vms.catalog.urls import mask_text
 from vms.db.models import Fault, Gap, Segment, Station, StationState
-from vms.ingest.keyframes import latest_keyframe
+from vms.ingest.keyframes import latest_keyframe, request_keyframe
 
 router = APIRouter(prefix="/api/stations", tags=["stations"])
 
@@ -197,9 +198,9 @@ def snapshot(station_id: StationId, request: Request, ctx: Ctx, session: DbSessi
     now = ctx.clock.now_ms()
     cam = next((s["camera"] for s in status_cache(ctx).get() if s["id"] == station.id), None)
     max_age_ms = int(ctx.settings.api.snapshot_max_age_seconds * 1000)
-    kf = latest_keyframe(ctx.settings.data_dir, station.id)
     if cam is not None and cam["state"] not in ("streaming", "unknown"):
         raise HTTPException(503, f"camera {cam['state']}" + (f": {cam['reason']}" if cam.get("reason") else ""))
+    kf = _fresh_keyframe(ctx, station.id, now)
     if kf is None:
         raise HTTPException(503, "no picture yet: the camera is not being recorded on this server")
     if now - kf.wall_ms > max_age_ms:
@@ -216,6 +217,26 @@ def snapshot(station_id: StationId, request: Request, ctx: Ctx, session: DbSessi
                   start_ms=kf.wall_ms, end_ms=kf.wall_ms)
     return Response(jpg.tobytes(), media_type="image/jpeg",
                     headers={"Cache-Control": "no-store", "X-Frame-Time": iso(kf.wall_ms, ctx.settings.tz)})
+
+
+SNAPSHOT_FRESH_MS = 3000
+SNAPSHOT_WAIT_S = 5.0
+
+
+def _fresh_keyframe(ctx, station_id: str, now_ms: int):
+    """The station's keyframe file; if it is more than 3 s old, ask the session for a new one and
+    wait up to 5 s for it (the session keeps one every 30 s when nobody asks, see keyframes.py)."""
+    kf = latest_keyframe(ctx.settings.data_dir, station_id)
+    if kf is not None and now_ms - kf.wall_ms <= SNAPSHOT_FRESH_MS:
+        return kf
+    request_keyframe(ctx.settings.data_dir, station_id)
+    deadline = time.monotonic() + SNAPSHOT_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        newer = latest_keyframe(ctx.settings.data_dir, station_id)
+        if newer is not None and (kf is None or newer.wall_ms > kf.wall_ms):
+            return newer
+    return kf
 
 
 class Interval(ApiModel):
