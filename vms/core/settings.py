@@ -141,7 +141,8 @@ class AnalysisSettings(StrictModel):
     Luma values are in the decoder's Y range (16 black .. 235 white); times in seconds."""
 
     enabled: bool = True
-    sample_interval_seconds: float = Field(default=20, gt=0, le=600, description="decode one keyframe this often")
+    # 30 s: 4 samples per hysteresis, and what fits record + analyse 139 cameras in 0.6 cores.
+    sample_interval_seconds: float = Field(default=30, gt=0, le=600, description="decode one keyframe this often")
     analysis_width: int = Field(default=160, ge=32, le=640, description="long side of the analysed gray image")
     hysteresis_seconds: float = Field(default=120, ge=0, description="a state change must persist this long")
     open_luma: float = Field(default=70, gt=16, lt=235, description="lit/dark split until the station learns its own")
