@@ -2,7 +2,7 @@
 """Ingest benchmark: vms's recorder vs one `ffmpeg -c copy -f segment` process per camera (how
 Frigate records), side by side in one run against the same simulated cameras.
 
-    scripts/bench_ingest.py --cameras 139 --seconds 180
+    scripts/bench_ingest.py --cameras 139 --seconds 90 --rounds 2
 
 Prints, for both: CPU milliseconds per stream-second, memory (PSS) per stream, segments expected vs
 written, and the ratios. Run on an otherwise idle machine; results go in docs/benchmarks.md.
@@ -134,7 +134,64 @@ def run_ffmpeg(sim: Simulator, stations: list[str], work: Path, args) -> dict:
             "processes": len(procs)}
 
 
+def bare_pyav_worker(out_dir: Path, prefix: str, urls: list[str]) -> None:
+    """The floor of vms's design: PyAV demux + fMP4 mux, one thread per camera, nothing else (no
+    segments, index, health, observers). Runs until SIGTERM."""
+    import signal
+    import threading
+
+    import av
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def record(i: int, url: str) -> None:
+        with av.open(url, options={"rtsp_transport": "tcp", "analyzeduration": "1000000", "probesize": "500000",
+                                   "fflags": "-genpts"}) as src:
+            video = src.streams.video[0]
+            with av.open(str(out_dir / f"{prefix}-{i}.mp4"), "w", format="mp4",
+                         options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}) as dst:
+                out = dst.add_stream_from_template(video)
+                for pkt in src.demux(video):
+                    if stop.is_set():
+                        break
+                    if pkt.dts is None:
+                        continue
+                    pkt.stream = out
+                    dst.mux(pkt)
+
+    threads = [threading.Thread(target=record, args=(i, u), daemon=True) for i, u in enumerate(urls)]
+    for t in threads:
+        t.start()
+    stop.wait()
+    for t in threads:
+        t.join(10)
+
+
+def run_pyav_bare(sim: Simulator, stations: list[str], work: Path, args) -> dict:
+    """Diagnostic contender: bare PyAV in as many processes as vms uses (see bare_pyav_worker)."""
+    from vms.ingest.supervisor import default_worker_count
+
+    count = args.workers or default_worker_count(len(stations))
+    urls = [sim.urls[sid] for sid in stations]
+    (work / "pyav").mkdir(parents=True)
+    procs = [subprocess.Popen([sys.executable, __file__, "--bare-worker", str(work / "pyav"), str(i),
+                               *urls[i::count]]) for i in range(count)]
+    try:
+        cpu, pss = measure(lambda: [psutil.Process(p.pid) for p in procs], args.warmup, args.seconds)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+    return {"cpu_cores": cpu, "pss": pss, "full_segments": 0, "files": len(list((work / "pyav").glob("*.mp4"))),
+            "footage_s": 0.0, "processes": count}
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--bare-worker"]:
+        bare_pyav_worker(Path(sys.argv[2]), sys.argv[3], sys.argv[4:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cameras", type=int, default=139)
     ap.add_argument("--seconds", type=float, default=180, help="measured recording time per contender")
@@ -148,27 +205,50 @@ def main() -> None:
     ap.add_argument("--gop", type=int, default=30)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--analysis", action="store_true", help="vms also analyses the streams (as `vms ingest` does)")
-    ap.add_argument("--only", choices=("vms", "ffmpeg"), help="run one contender (while tuning; no ratios)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the contenders this many times, alternating who goes first; means are reported")
+    ap.add_argument("--bare-pyav", action="store_true",
+                    help="also run bare PyAV demux+mux threads (vms's floor; diagnostic, no segments)")
+    ap.add_argument("--only", choices=("vms", "ffmpeg", "pyav"), help="run one contender (while tuning; no ratios)")
     args = ap.parse_args()
 
     stations = [s.id for s in load_catalog(REPO / "config" / "stations.yaml")][: args.cameras]
     if len(stations) < args.cameras:
         sys.exit(f"the catalogue has only {len(stations)} stations")
-    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    try:
-        with Simulator(cameras=len(stations), names=stations, width=args.width, height=args.height, fps=args.fps,
-                       bitrate_kbps=args.bitrate_kbps, gop=args.gop, content="pattern",
-                       cache_dir=REPO / "data" / "cache" / "simulate", ready_timeout=300) as sim:
-            vms = run_vms(sim, stations, work, args) if args.only != "ffmpeg" else None
-            peer = run_ffmpeg(sim, stations, work, args) if args.only != "vms" else None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    contenders = [("vms", run_vms), ("ffmpeg", run_ffmpeg)] + ([("pyav", run_pyav_bare)] if args.bare_pyav else [])
+    contenders = [c for c in contenders if args.only in (None, c[0])]
+    runs: dict[str, list[dict]] = {name: [] for name, _ in contenders}
+    with Simulator(cameras=len(stations), names=stations, width=args.width, height=args.height, fps=args.fps,
+                   bitrate_kbps=args.bitrate_kbps, gop=args.gop, content="pattern",
+                   cache_dir=REPO / "data" / "cache" / "simulate", ready_timeout=300) as sim:
+        for k in range(args.rounds):
+            # Alternate who goes first: the first run after the simulator starts meets a busier machine.
+            for name, run in contenders if k % 2 == 0 else contenders[::-1]:
+                work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+                try:
+                    r = run(sim, stations, work, args)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                runs[name].append(r)
+                print(f"# round {k + 1} {name}: {1000 * r['cpu_cores'] / len(stations):.2f} ms/stream-s, "
+                      f"{r['pss'] / len(stations) / 2**20:.1f} MB/stream, {r['full_segments']} full segments",
+                      file=sys.stderr, flush=True)
+
+    def mean_of(name: str) -> dict | None:
+        rs = runs.get(name)
+        if not rs:
+            return None
+        return {"cpu_cores": sum(r["cpu_cores"] for r in rs) / len(rs), "pss": sum(r["pss"] for r in rs) / len(rs),
+                "full_segments": min(r["full_segments"] for r in rs), "files": min(r["files"] for r in rs),
+                "footage_s": min(r["footage_s"] for r in rs), "processes": rs[0]["processes"]}
+
+    vms, peer, bare = mean_of("vms"), mean_of("ffmpeg"), mean_of("pyav")
 
     n = len(stations)
     recorded = args.warmup + args.seconds
     expected = n * math.floor(recorded / args.segment_seconds)
     rows = []
-    for name, r in (("vms", vms), ("ffmpeg -c copy -f segment", peer)):
+    for name, r in (("vms", vms), ("ffmpeg -c copy -f segment", peer), ("bare PyAV threads (diagnostic)", bare)):
         if r is None:
             continue
         rows.append({
@@ -178,14 +258,15 @@ def main() -> None:
             "expected_full_segments": expected, "full_segments": r["full_segments"], "files": r["files"],
             "footage_s_per_camera": r["footage_s"] / n,
         })
-    both = len(rows) == 2
+    both = vms is not None and peer is not None
     ratio_cpu = rows[0]["cpu_ms_per_stream_s"] / rows[1]["cpu_ms_per_stream_s"] if both else None
     ratio_mem = rows[0]["pss_mb_per_stream"] / rows[1]["pss_mb_per_stream"] if both else None
     machine = f"{platform.node()} {os.cpu_count()} cores {psutil.virtual_memory().total / 2**30:.0f} GiB, " \
               f"{platform.processor() or platform.machine()}"
     print(f"# bench_ingest {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine}")
     print(f"# {n} cameras {args.width}x{args.height} {args.fps} fps {args.bitrate_kbps} kbps GOP {args.gop}; "
-          f"{args.warmup:.0f} s warm-up + {args.seconds:.0f} s measured; segments of {args.segment_seconds:.0f} s"
+          f"{args.warmup:.0f} s warm-up + {args.seconds:.0f} s measured; segments of {args.segment_seconds:.0f} s; "
+          f"mean of {args.rounds} round(s), full segments: the worst round"
           + ("; vms with stream analysis" if args.analysis else ""))
     if vms is not None:
         cores = rows[0]["cpu_ms_per_stream_s"] * 139 / 1000
@@ -199,6 +280,9 @@ def main() -> None:
               f" {r['footage_s_per_camera']:.1f} |")
     if both:
         print(f"ratios vms/ffmpeg: CPU {ratio_cpu:.2f}x, memory {ratio_mem:.2f}x")
+    if bare is not None and peer is not None:
+        print(f"ratio bare PyAV/ffmpeg: CPU {bare['cpu_cores'] / peer['cpu_cores']:.2f}x, "
+              f"memory {bare['pss'] / peer['pss']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "cpu_ratio": ratio_cpu, "mem_ratio": ratio_mem}, indent=2))
 
