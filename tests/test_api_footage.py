@@ -247,3 +247,31 @@ def test_live_view_registration_is_logged(api, db):
     admin = login(api, "admin")
     entries = api.get("/api/access-log?action=live", headers=admin).json()["entries"]
     assert len(entries) == 1 and entries[0]["username"] == "view" and entries[0]["reason"] == "巡查"
+
+
+def test_status_list_refreshes_in_the_background_and_never_keeps_a_refresh_older_than_a_change(
+        api, db, clock, monkeypatch):
+    from vms.api import status as status_module
+
+    cache = status_module.status_cache(api.app.state.ctx)
+    first = cache.snapshot()
+    assert len(first.stations) == 139
+    release, started = threading.Event(), threading.Event()
+    real = status_module.compute_status
+
+    def slow_compute(session, ctx):
+        started.set()
+        release.wait(10)
+        return real(session, ctx)
+
+    monkeypatch.setattr(status_module, "compute_status", slow_compute)
+    clock.advance(cache.ttl + 1)
+    # Stale: the caller gets the old list at once while the recompute runs in the background.
+    assert cache.fresh() is first and started.wait(5)
+    cache.invalidate()  # a change committed while that recompute was reading
+    release.set()
+    assert cache._lock.acquire(timeout=10)  # the background refresh has finished
+    cache._lock.release()
+    assert cache._snap is None  # the refresh that began before the change was not kept
+    monkeypatch.setattr(status_module, "compute_status", real)
+    assert cache.snapshot() is not first and cache.snapshot().computed_mono == clock.monotonic()

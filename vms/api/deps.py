@@ -61,6 +61,9 @@ def _cached_principal(ctx: ApiContext, hashed: str) -> Principal | None:
 
 def _load_principal(ctx: ApiContext, hashed: str) -> Principal:
     now = ctx.clock.now_ms()
+    # The cache as it is before the query: a logout that clears it meanwhile must not get the row
+    # read before the logout put back into the new cache.
+    cache = ctx.extras.setdefault(PRINCIPALS, {})
     # A short session of its own: the connection goes back to the pool before the handler runs, so
     # requests waiting on something else (the status cache) never sit on pooled connections.
     with ctx.database.session() as session:
@@ -82,7 +85,6 @@ def _load_principal(ctx: ApiContext, hashed: str) -> Principal:
     principal = Principal(user_id=user.id, username=user.username, role=user.role,
                           towns=tuple(user.towns) if user.towns is not None else None, kind=tok.kind,
                           token_id=tok.id, permissions=permissions_of(user.role, scopes))
-    cache = ctx.extras.setdefault(PRINCIPALS, {})
     if len(cache) > 10_000:
         cache.clear()
     cache[hashed] = (time.monotonic(), principal, tok.expires_ms)

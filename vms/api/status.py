@@ -115,6 +115,7 @@ class StatusCache:
         self.ctx = ctx
         self.ttl = ctx.settings.api.status_cache_seconds
         self._snap: StatusSnapshot | None = None
+        self._generation = 0
         self._lock = threading.Lock()
 
     def fresh(self) -> StatusSnapshot | None:
@@ -124,7 +125,11 @@ class StatusCache:
         if snap is None or self.ttl <= 0:
             return None
         if self.ctx.clock.monotonic() - snap.computed_mono >= self.ttl and self._lock.acquire(blocking=False):
-            threading.Thread(target=self._refresh_locked, name="status-refresh", daemon=True).start()
+            try:
+                threading.Thread(target=self._refresh_locked, name="status-refresh", daemon=True).start()
+            except BaseException:
+                self._lock.release()  # never leave the lock held by a thread that does not exist
+                raise
         return snap
 
     def get(self) -> list[dict]:
@@ -149,12 +154,17 @@ class StatusCache:
             self._lock.release()
 
     def _compute(self) -> StatusSnapshot:
+        generation = self._generation
         with self.ctx.status_database.session() as s:
             stations = compute_status(s, self.ctx)
-        self._snap = StatusSnapshot(self.ctx.clock.monotonic(), stations, self.ctx.clock.now_ms())
-        return self._snap
+        snap = StatusSnapshot(self.ctx.clock.monotonic(), stations, self.ctx.clock.now_ms())
+        # A refresh that began before an invalidate() read the rows from before the change: not kept.
+        if generation == self._generation:
+            self._snap = snap
+        return snap
 
     def invalidate(self) -> None:
+        self._generation += 1
         self._snap = None
 
 

@@ -113,7 +113,7 @@ class KeyframeCacheObserver:
     def _wanted(self) -> bool:
         try:
             return time.time() - self._request.stat().st_mtime < WANTED_FOR_S
-        except FileNotFoundError:
+        except OSError:  # no request (or unreadable): the idle interval applies
             return False
 
     def on_disconnect(self, wall_ms: int, reason: str) -> None:

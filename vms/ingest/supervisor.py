@@ -16,15 +16,6 @@ log = logging.getLogger(__name__)
 
 CAMERAS_PER_WORKER = 70
 
-# glibc malloc settings of the worker processes (each overridable as VMS_<NAME>):
-# - MALLOC_ARENA_MAX: glibc gives every thread that allocates its own arena; with ~70 camera threads
-#   per worker that fragments into hundreds of MB. Two are plenty: the threads spend their time in
-#   FFmpeg I/O, not in malloc.
-# - MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_: fixed, so FFmpeg's large short-lived buffers
-#   (probe frames, keyframes, fragments) go back to the system when freed. glibc's default raises
-#   the threshold after the first large free, and the probe's 2 MB frames then stay in the heap as
-#   free holes (30 cameras in one process: 404 -> 319 MB RSS).
-WORKER_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 def default_worker_count(cameras: int | None) -> int:
@@ -59,17 +50,7 @@ class IngestSupervisor:
     def _spawn(self, i: int) -> None:
         p = self._ctx.Process(target=run_worker_process, args=(self.specs[i], self._stop),
                               name=f"ingest-worker-{i}", daemon=False)
-        # Set in the environment the spawned interpreter starts with (glibc reads it at start-up):
-        previous = {k: os.environ.get(k) for k in WORKER_MALLOC_ENV}
-        os.environ.update({k: os.environ.get(f"VMS_{k}", v) for k, v in WORKER_MALLOC_ENV.items()})
-        try:
-            p.start()
-        finally:
-            for k, v in previous.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        p.start()
         self.processes[i] = p
         log.info("ingest worker %d started (pid %d)", i, p.pid)
 

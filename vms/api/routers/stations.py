@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ from vms.catalog.urls import mask_text
 from vms.db.models import Fault, Gap, Segment, Station, StationState
 from vms.ingest.keyframes import latest_keyframe, request_keyframe
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/stations", tags=["stations"])
 
 JOIN_GAP_MS = 1500
@@ -200,7 +202,12 @@ def snapshot(station_id: StationId, request: Request, ctx: Ctx, session: DbSessi
     max_age_ms = int(ctx.settings.api.snapshot_max_age_seconds * 1000)
     if cam is not None and cam["state"] not in ("streaming", "unknown"):
         raise HTTPException(503, f"camera {cam['state']}" + (f": {cam['reason']}" if cam.get("reason") else ""))
-    kf = _fresh_keyframe(ctx, station.id, now)
+    kf = latest_keyframe(ctx.settings.data_dir, station.id)
+    if (kf is None or now - kf.wall_ms > SNAPSHOT_FRESH_MS) and cam is not None and cam["state"] == "streaming":
+        # Give the pooled connection back before waiting for the session's next keyframe.
+        session.close()
+        kf = _wait_for_keyframe(ctx, station.id, kf, max_age_ms / 1000)
+        now = ctx.clock.now_ms()
     if kf is None:
         raise HTTPException(503, "no picture yet: the camera is not being recorded on this server")
     if now - kf.wall_ms > max_age_ms:
@@ -220,17 +227,17 @@ def snapshot(station_id: StationId, request: Request, ctx: Ctx, session: DbSessi
 
 
 SNAPSHOT_FRESH_MS = 3000
-SNAPSHOT_WAIT_S = 5.0
 
 
-def _fresh_keyframe(ctx, station_id: str, now_ms: int):
-    """The station's keyframe file; if it is more than 3 s old, ask the session for a new one and
-    wait up to 5 s for it (the session keeps one every 30 s when nobody asks, see keyframes.py)."""
-    kf = latest_keyframe(ctx.settings.data_dir, station_id)
-    if kf is not None and now_ms - kf.wall_ms <= SNAPSHOT_FRESH_MS:
+def _wait_for_keyframe(ctx, station_id: str, kf, wait_s: float):
+    """Ask the session for fresh keyframes (it keeps one every 30 s when nobody asks, see
+    keyframes.py) and wait up to `wait_s` (one GOP, usually ~2 s) for a newer file than `kf`."""
+    try:
+        request_keyframe(ctx.settings.data_dir, station_id)
+    except OSError as exc:  # e.g. a read-only data folder: serve what there is
+        log.warning("cannot ask for a fresh keyframe of %s: %s", station_id, exc)
         return kf
-    request_keyframe(ctx.settings.data_dir, station_id)
-    deadline = time.monotonic() + SNAPSHOT_WAIT_S
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         time.sleep(0.1)
         newer = latest_keyframe(ctx.settings.data_dir, station_id)
