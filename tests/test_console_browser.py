@@ -26,7 +26,8 @@ CHROMIUM_ARGS = [
     "--allow-loopback-in-peer-connection",
 ]
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+# A declared test dependency: missing, the browser tests must fail, not quietly skip.
+import playwright.sync_api as playwright_api  # noqa: E402
 
 
 @pytest.fixture(scope="module")

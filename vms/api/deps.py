@@ -50,6 +50,18 @@ def _secret_from(request: Request) -> str | None:
     return request.cookies.get(SESSION_COOKIE)
 
 
+# Who a token belongs to is looked up at most every PRINCIPAL_TTL_S per API process (an ORM query per
+# request was most of the time of GET /api/stations). Changes made through this API (logout, role,
+# disable, revoke) clear the cache at once; changes made with the CLI in another process apply within
+# PRINCIPAL_TTL_S.
+PRINCIPALS = "principals"
+PRINCIPAL_TTL_S = 2.0
+
+
+def forget_principals(ctx) -> None:
+    ctx.extras[PRINCIPALS] = {}
+
+
 def _cached_principal(ctx: ApiContext, hashed: str) -> Principal | None:
     cached = ctx.extras.get(PRINCIPALS, {}).get(hashed)
     if cached is not None and time.monotonic() - cached[0] < PRINCIPAL_TTL_S:
@@ -109,18 +121,6 @@ async def current_principal(request: Request, ctx: Ctx) -> Principal:
     # async, so a cached caller costs no thread hop; only a cache miss queries in a thread.
     hashed = _token_hash_of(request)
     return _cached_principal(ctx, hashed) or await run_in_threadpool(_load_principal, ctx, hashed)
-
-
-# Who a token belongs to is looked up at most every PRINCIPAL_TTL_S per API process (an ORM query per
-# request was most of the time of GET /api/stations). Changes made through this API (logout, role,
-# disable, revoke) clear the cache at once; changes made with the CLI in another process apply within
-# PRINCIPAL_TTL_S.
-PRINCIPALS = "principals"
-PRINCIPAL_TTL_S = 2.0
-
-
-def forget_principals(ctx) -> None:
-    ctx.extras[PRINCIPALS] = {}
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 CAMERAS_PER_WORKER = 70
 
 
-
 def default_worker_count(cameras: int | None) -> int:
     """One worker per core, and enough that none carries more than ~70 cameras. At 139 cameras on 2 cores,
     2 workers cost the same CPU as 3 (3.30 vs 3.28 ms per stream-second, three alternating runs) and

@@ -219,7 +219,7 @@ def tune_malloc() -> None:
         try:
             libc.mallopt(param, int(value) if value else default)
         except (ValueError, AttributeError) as exc:
-            logging.getLogger(__name__).warning("malloc setting VMS_%s=%r ignored: %s", name, value, exc)
+            log.warning("malloc setting VMS_%s=%r ignored: %s", name, value, exc)
 
 
 def run_worker_process(spec: WorkerSpec, stop_event) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from fractions import Fraction
 from zoneinfo import ZoneInfo
 
 import av
@@ -76,7 +75,6 @@ class StreamRecorder:
         self._seg: _OpenSegment | None = None
         self._video: av.video.stream.VideoStream | None = None
         self._audio: av.audio.stream.AudioStream | None = None
-        self._tb = Fraction(1, 90000)
         self._tb_num, self._tb_den = 1, 90000
         self._segment_ticks = int(segment_seconds * 90000)
         self._max_step_ticks = int(MAX_STEP_S * 90000)
@@ -142,7 +140,6 @@ class StreamRecorder:
                      self.station_id, audio.codec_context.name)
         # Integer arithmetic per packet (Fractions cost more than the mux itself).
         self._tb_num, self._tb_den = video.time_base.numerator, video.time_base.denominator
-        self._tb = Fraction(self._tb_num, self._tb_den)
         rate = video.average_rate or video.guessed_rate or 15
         self._frame_ticks = max(1, round(self._tb_den / (float(rate) * self._tb_num)))
         self._segment_ticks = int(self.segment_seconds * self._tb_den / self._tb_num)

@@ -46,7 +46,6 @@ class SegmentFile:
             os.close(self._fd)
             path.unlink(missing_ok=True)
             raise
-        self.bytes_hint = 0
         self._closed = False
         fsync_dir(path.parent)
 
