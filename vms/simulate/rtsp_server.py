@@ -165,6 +165,11 @@ class CameraServer:
         self.rtsp = GstRtspServer.RTSPServer()
         self.rtsp.set_address("127.0.0.1")
         self.rtsp.set_service(str(int(spec.get("port", 0))))
+        # Serve RTSP clients on the main loop, where the stop/restart/drop commands run too, instead
+        # of in the pool's one shared client thread. With that thread, closing a client from the
+        # main loop raced with the client's own TEARDOWN; once (in CI) the thread stopped serving
+        # and every later connection, to any mount, hung until the client's timeout.
+        self.rtsp.get_thread_pool().set_max_threads(0)
         self.mounts = self.rtsp.get_mount_points()
         self.cameras: dict[str, Mount] = {}
         for m in spec["mounts"]:
