@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vms.db.models import Segment
+from vms.recording.segment_file import add_copy_stream
 from vms.recording.volumes import VolumeSet
 
 log = logging.getLogger(__name__)
@@ -224,11 +225,11 @@ class _Writer:
 
     def open(self, vin, ain) -> None:
         self.container = av.open(str(self.path), "w", format="mp4", options={"movflags": "+faststart"})
-        self.vout = self.container.add_stream_from_template(vin)
+        self.vout = add_copy_stream(self.container, vin)
         self.aout = None
         if ain is not None:
             try:
-                self.aout = self.container.add_stream_from_template(ain)
+                self.aout = add_copy_stream(self.container, ain)
                 self.has_audio = True
             except (ValueError, av.error.FFmpegError):
                 self.aout = None  # an audio codec MP4 cannot hold: keep the video
