@@ -165,11 +165,6 @@ class CameraServer:
         self.rtsp = GstRtspServer.RTSPServer()
         self.rtsp.set_address("127.0.0.1")
         self.rtsp.set_service(str(int(spec.get("port", 0))))
-        # Serve RTSP clients on the main loop, where the stop/restart/drop commands run too, instead
-        # of in the pool's one shared client thread. With that thread, closing a client from the
-        # main loop raced with the client's own TEARDOWN; once (in CI) the thread stopped serving
-        # and every later connection, to any mount, hung until the client's timeout.
-        self.rtsp.get_thread_pool().set_max_threads(0)
         self.mounts = self.rtsp.get_mount_points()
         self.cameras: dict[str, Mount] = {}
         for m in spec["mounts"]:
@@ -178,6 +173,12 @@ class CameraServer:
             self._configure_auth()
         self.port = 0
         self.control: socket.socket | None = None
+        self._sockets: dict = {}  # client -> its Gio.Socket, to disconnect it (see close_clients)
+        self.rtsp.connect("client-connected", self._on_client_connected)
+
+    def _on_client_connected(self, _server, client) -> None:
+        self._sockets[client] = client.get_connection().get_read_socket()
+        client.connect("closed", lambda c: self._sockets.pop(c, None))
 
     def _configure_auth(self) -> None:
         protected = {cam.factory for cam in self.cameras.values() if cam.spec.get("auth")}
@@ -218,18 +219,26 @@ class CameraServer:
         return found
 
     def close_clients(self, cam: Mount | None) -> int:
-        """Close the TCP connections of the camera's clients (all clients when cam is None)."""
-        targets = None if cam is None else self.clients_of(cam)
-        closed = [0]
+        """Disconnect the camera's clients (all clients when cam is None) as a camera does: their TCP
+        connections are shut down, and each client's own thread sees the end and cleans up.
 
-        def client_filter(_server, client, _data=None):
-            if targets is None or client in targets:
-                closed[0] += 1
-                return GstRtspServer.RTSPFilterResult.REMOVE
-            return GstRtspServer.RTSPFilterResult.KEEP
-
-        self.rtsp.client_filter(client_filter, None)
-        return closed[0]
+        Not gst_rtsp_client_close() from this (the main) thread: that raced with the client's thread
+        when the client was itself tearing down, and once (in CI) left the server's client thread
+        serving nobody: every later connection, to any mount, hung."""
+        if cam is None:
+            targets = list(self._sockets)
+        else:
+            targets = [c for c in self.clients_of(cam) if c in self._sockets]
+        closed = 0
+        for client in targets:
+            sock = self._sockets.get(client)
+            try:
+                if sock is not None and not sock.is_closed():
+                    sock.shutdown(True, True)
+                    closed += 1
+            except GLib.Error:
+                pass  # the client closed on its own meanwhile
+        return closed
 
     # -- commands (run on the GLib main loop) ---------------------------------------------------
     def command(self, line: str) -> str:
