@@ -1,7 +1,8 @@
 """Writes one segment: packets copied (never transcoded) into a fragmented MP4.
 
-A fragment ends at every keyframe (`frag_keyframe`), and `empty_moov` puts the header first, so
-the file is playable while it grows and, after a kill -9, up to its last complete fragment.
+A fragment ends at every keyframe (`frag_keyframe`) and after at most FRAGMENT_SECONDS, and
+`empty_moov` puts the header first, so the file is playable while it grows and, after a kill -9, up
+to its last complete fragment.
 FFmpeg writes the file itself (a Python file object would cost a GIL round trip per write); a
 second descriptor on the same file lets us fsync it before its index row commits.
 """
@@ -16,9 +17,15 @@ import av
 from vms.recording.fmp4 import playable_length
 from vms.recording.volumes import fsync_dir
 
+# The muxer holds a fragment in memory until it ends. Fragments of at most half a second, whatever
+# the camera's GOP (2 s here, 10 s on some "smart" codecs): 0.5 MB less per 2 Mbps camera than one
+# fragment per GOP, and a kill -9 loses at most that much. Costs +0.1 % file size and ~1 ms more to
+# verify a 60 s segment; the CPU of muxing did not rise (measured, docs/benchmarks.md).
+FRAGMENT_SECONDS = 0.5
 # flush_packets: hand each fragment to the OS as soon as the muxer finishes it (else FFmpeg holds
 # fragments in its buffer and a kill -9 loses them).
-FMP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
+FMP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1",
+                "frag_duration": str(int(FRAGMENT_SECONDS * 1_000_000))}
 
 
 def add_copy_stream(container: av.container.OutputContainer, template: av.stream.Stream) -> av.stream.Stream:
