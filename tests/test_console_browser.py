@@ -61,7 +61,12 @@ def _login(page, name: str) -> None:
     page.fill("#username", name)
     page.fill("#password", PASSWORD)
     page.click("#login-form button[type=submit]")
-    page.wait_for_selector("#tree")
+    try:
+        page.wait_for_selector("#tree")
+    except playwright_api.TimeoutError:
+        # Say what the console showed instead (an error, the login form again) rather than only "timeout".
+        raise AssertionError(f"{name}: no station tree after login; the page shows: "
+                             f"{page.inner_text('main')[:300]!r} at {page.url}") from None
 
 
 def _frame_digest(page) -> str:
