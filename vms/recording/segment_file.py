@@ -19,8 +19,9 @@ from vms.recording.volumes import fsync_dir
 
 # The muxer holds a fragment in memory until it ends. Fragments of at most half a second, whatever
 # the camera's GOP (2 s here, 10 s on some "smart" codecs): 0.5 MB less per 2 Mbps camera than one
-# fragment per GOP, and a kill -9 loses at most that much. Costs +0.1 % file size and ~1 ms more to
-# verify a 60 s segment; the CPU of muxing did not rise (measured, docs/benchmarks.md).
+# fragment per GOP, and a kill -9 loses about that much (half a second plus a frame). Costs +0.1 %
+# file size and ~1 ms more to verify a 60 s segment; the CPU of muxing did not rise measurably
+# (docs/benchmarks.md).
 FRAGMENT_SECONDS = 0.5
 # flush_packets: hand each fragment to the OS as soon as the muxer finishes it (else FFmpeg holds
 # fragments in its buffer and a kill -9 loses them).
@@ -33,7 +34,7 @@ def add_copy_stream(container: av.container.OutputContainer, template: av.stream
 
     PyAV opens every output stream's codec before the first mux. By default it builds a video
     stream from the template's *encoder* (libx264 for H.264): each segment opened an x264 encoder
-    at the camera's resolution, with four threads and ~3.9 MB per 1080p camera, never used. The
+    at the camera's resolution, with threads (four on 2 cores) and ~3.9 MB per 1080p camera, never used. The
     template's decoder, single-threaded, opens in a third of the time with ~1 MB and no thread.
     """
     stream = container.add_stream_from_template(template, opaque=True)

@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 import gi
 
@@ -27,6 +28,7 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 AUTH_USER = "admin"
 AUTH_PASSWORD = "secret"
 ROLE_ADMIN = "admin"
+CLOSE_WAIT_S = 2.0  # how long stop, restart and drop wait for the clients they disconnect to be gone
 
 
 def emit(line: str) -> None:
@@ -229,16 +231,22 @@ class CameraServer:
             targets = list(self._sockets)
         else:
             targets = [c for c in self.clients_of(cam) if c in self._sockets]
-        closed = 0
+        closed = []
         for client in targets:
             sock = self._sockets.get(client)
             try:
-                if sock is not None and not sock.is_closed():
+                if sock is not None:
                     sock.shutdown(True, True)
-                    closed += 1
+                    closed.append(client)
             except GLib.Error:
                 pass  # the client closed on its own meanwhile
-        return closed
+        # Answer once they are gone, as the old synchronous close did: a client reconnecting at once
+        # then meets a fresh media, not the one being torn down. Bounded: their threads need neither
+        # this loop nor this thread (it only sleeps, so the GIL is free for their "closed" handlers).
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while any(c in self._sockets for c in closed) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(closed)
 
     # -- commands (run on the GLib main loop) ---------------------------------------------------
     def command(self, line: str) -> str:
