@@ -34,8 +34,9 @@ def add_copy_stream(container: av.container.OutputContainer, template: av.stream
 
     PyAV opens every output stream's codec before the first mux. By default it builds a video
     stream from the template's *encoder* (libx264 for H.264): each segment opened an x264 encoder
-    at the camera's resolution, with threads (four on 2 cores) and ~3.9 MB per 1080p camera, never used. The
-    template's decoder, single-threaded, opens in a third of the time with ~1 MB and no thread.
+    at the camera's resolution, never used, with its threads (four on 2 cores) and ~3.9 MB per
+    1080p camera. The template's decoder, single-threaded, opens in a third of the time with ~1 MB
+    and no thread.
     """
     stream = container.add_stream_from_template(template, opaque=True)
     stream.codec_context.thread_count = 1

@@ -24,7 +24,7 @@ from vms.catalog.store import station_public_dict
 from vms.catalog.towns import TOWN_NAMES
 from vms.catalog.urls import mask_text
 from vms.db.models import Fault, Gap, Segment, Station, StationState
-from vms.ingest.keyframes import latest_keyframe, request_keyframe
+from vms.ingest.keyframes import keyframe_path, latest_keyframe, request_keyframe
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/stations", tags=["stations"])
@@ -191,6 +191,9 @@ def patch_station(station_id: StationId, body: StationPatch, ctx: Ctx, session: 
     return _detail(ctx, session, principal, station)
 
 
+SNAPSHOT_FRESH_MS = 3000  # an older keyframe file makes the snapshot ask the session for a fresh one
+
+
 @router.get("/{station_id}/snapshot.jpg", response_class=Response,
             responses={200: {"content": {"image/jpeg": {}}}, 503: {"description": "no recent picture"}})
 def snapshot(station_id: StationId, request: Request, ctx: Ctx, session: DbSession,
@@ -226,9 +229,6 @@ def snapshot(station_id: StationId, request: Request, ctx: Ctx, session: DbSessi
                     headers={"Cache-Control": "no-store", "X-Frame-Time": iso(kf.wall_ms, ctx.settings.tz)})
 
 
-SNAPSHOT_FRESH_MS = 3000
-
-
 def _wait_for_keyframe(ctx, station_id: str, kf, wait_s: float):
     """Ask the session for fresh keyframes (it keeps one every 30 s when nobody asks, see
     keyframes.py) and wait up to `wait_s` (one GOP, usually ~2 s) for a newer file than `kf`."""
@@ -237,13 +237,26 @@ def _wait_for_keyframe(ctx, station_id: str, kf, wait_s: float):
     except OSError as exc:  # e.g. a read-only data folder: serve what there is
         log.warning("cannot ask for a fresh keyframe of %s: %s", station_id, exc)
         return kf
+    path = keyframe_path(ctx.settings.data_dir, station_id)
+    seen = None  # not the mtime now: the file may have been replaced since `kf` was read
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         time.sleep(0.1)
+        mtime = _mtime_ns(path)
+        if mtime is None or mtime == seen:
+            continue  # polled with a stat: the ~130 KB file is read only when it was replaced
+        seen = mtime
         newer = latest_keyframe(ctx.settings.data_dir, station_id)
         if newer is not None and (kf is None or newer.wall_ms > kf.wall_ms):
             return newer
     return kf
+
+
+def _mtime_ns(path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 class Interval(ApiModel):

@@ -1,0 +1,58 @@
+"""The segment writer's file: copied without an encoder, in fragments short enough to bound memory and loss."""
+
+from __future__ import annotations
+
+import struct
+
+import av
+import pytest
+
+from tests.ingest_support import FPS, TICKS, make_clip
+from vms.recording.fmp4 import _boxes, playable_length
+from vms.recording.segment_file import FRAGMENT_SECONDS, SegmentFile
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "clip.ts"
+    make_clip(path, seconds=4)  # a keyframe every second
+    return path
+
+
+def fragment_sizes(path) -> list[int]:
+    """Samples per fragment (moof), in file order."""
+    data = path.read_bytes()
+    counts = []
+    for kind, start, end in _boxes(data, 0, len(data)):
+        if kind != b"moof":
+            continue
+        samples = 0
+        for k2, s2, e2 in _boxes(data, start, end):
+            if k2 == b"traf":
+                samples += sum(struct.unpack(">I", data[s3 + 4:s3 + 8])[0]
+                               for k3, s3, _e3 in _boxes(data, s2, e2) if k3 == b"trun")
+        counts.append(samples)
+    return counts
+
+
+def test_segment_is_copied_without_an_encoder_in_short_fragments(tmp_path, clip):
+    with av.open(str(clip)) as c:
+        video = c.streams.video[0]
+        seg = SegmentFile(tmp_path / "seg.mp4", video)
+        # PyAV's default output stream for a template is the codec's encoder (libx264), opened at
+        # the first mux: never for a copy.
+        assert not seg._video.codec_context.is_encoder
+        frames = 0
+        for i, pkt in enumerate(p for p in c.demux(video) if p.size):
+            seg.write_video(pkt, i * TICKS, i * TICKS)
+            frames += 1
+        size = seg.close()
+    assert playable_length(tmp_path / "seg.mp4") == size
+    counts = fragment_sizes(tmp_path / "seg.mp4")
+    assert sum(counts) == frames
+    # The GOP is 1 s: fragments end every FRAGMENT_SECONDS too, holding at most that plus the frame
+    # that ends them.
+    assert max(counts) <= FRAGMENT_SECONDS * FPS + 1
+    assert len(counts) >= frames / (FRAGMENT_SECONDS * FPS + 1)
+    with av.open(str(tmp_path / "seg.mp4")) as back:
+        assert sum(1 for p in back.demux(back.streams.video[0]) if p.size) == frames
