@@ -75,6 +75,8 @@ class KeyframeCacheObserver:
     """A StreamObserver that keeps a recent keyframe of a station on disk: at most every
     `interval_s` while someone asked for it in the last minute, else every `idle_interval_s`."""
 
+    keyframes_only = True  # the session calls on_packet for keyframes only
+
     def __init__(self, data_dir: Path, station_id: str, interval_s: float = 2.0,
                  idle_interval_s: float = 30.0) -> None:
         self.path = keyframe_path(data_dir, station_id)

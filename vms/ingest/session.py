@@ -80,22 +80,51 @@ class CameraSession(threading.Thread):
         self._online_token: int | None = None
         self._backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds,
                                 settings.stable_seconds)
-        self._last_progress = 0.0
         self._reading = False
-        self._last_packet_mono = 0.0
+        # The packet loop reads no clock: the worker's watchdog calls tick() every second, which
+        # notices new packets (for the stall check and last_packet_ms) and raises `_attention`
+        # when the growing segment is due to be published; stop() raises it too.
+        self._attention = False
+        self._unrecorded = 0  # video packets received but not recorded (no timestamp, before a keyframe)
+        self._seen_packets = -1
+        self._seen_mono = 0.0
+        self._next_progress = 0.0
         self._stall_marked_at: float | None = None
+        self._keyframe_observers: list[StreamObserver] = []
+        self._packet_observers: list[StreamObserver] = []
+        self._sort_observers()
 
     def stop(self) -> None:
         self.stop_event.set()
+        self._attention = True
+
+    def tick(self, mono: float, now_ms: int) -> None:
+        """Called every second from the worker's watchdog thread (never from the packet loop)."""
+        packets = self.health.frames + self._unrecorded
+        if packets != self._seen_packets:
+            self._seen_packets = packets
+            self._seen_mono = mono
+            if self.health.frames:
+                self.health.last_packet_ms = now_ms
+        if self._reading and mono >= self._next_progress:
+            self._next_progress = mono + self.settings.status_interval_seconds
+            self._attention = True
 
     def is_stalled(self, now: float, stall_seconds: float) -> bool:
-        """Reading, and no packet for stall_seconds (checked again every 5 s until it ends)."""
-        if not self._reading or now - self._last_packet_mono < stall_seconds:
+        """Reading, and no video packet seen by tick() for stall_seconds (checked again every 5 s
+        until it ends)."""
+        if not self._reading or now - self._seen_mono < stall_seconds:
             return False
         return self._stall_marked_at is None or now - self._stall_marked_at >= 5.0
 
     def mark_stalled(self) -> None:
         self._stall_marked_at = self.clock.monotonic()
+
+    def _sort_observers(self) -> None:
+        # An observer that only wants keyframes (`keyframes_only = True`, e.g. the snapshot cache)
+        # is not called for the other 29 packets of each GOP.
+        self._keyframe_observers = [o for o in self.observers if getattr(o, "keyframes_only", False)]
+        self._packet_observers = [o for o in self.observers if not getattr(o, "keyframes_only", False)]
 
     def _options(self) -> dict[str, str]:
         timeout_us = str(int(self.settings.rtsp_timeout_seconds * 1_000_000))
@@ -157,7 +186,8 @@ class CameraSession(threading.Thread):
         streaming = False
         reason = detail = None
         self._stall_marked_at = None
-        self._last_packet_mono = self.clock.monotonic()
+        self._seen_mono = self.clock.monotonic()
+        self._next_progress = self._seen_mono + self.settings.status_interval_seconds
         self._reading = True
         try:
             video = container.streams.video[0] if container.streams.video else None
@@ -174,21 +204,26 @@ class CameraSession(threading.Thread):
                 self._notify(obs, "on_connect", video, self.clock.now_ms())
             sps: bytes | None = None
             streams = [video] + ([audio] if audio is not None else [])
-            # The loop below runs for every packet of every camera: names are bound locally once.
+            # This loop runs for every packet of every camera, ~70 threads per worker sharing one
+            # GIL: no clock read, no call that is not needed, names bound once (docs/benchmarks.md).
             video_index = video.index
-            recorder, clock, stop_event = self.recorder, self.clock, self.stop_event
-            progress_s = self.settings.status_interval_seconds
+            recorder, stop_event = self.recorder, self.stop_event
+            video_packet, audio_packet = recorder.video_packet, recorder.audio_packet
             for pkt in container.demux(streams):
-                if stop_event.is_set():
-                    reason, detail = "ingest_stopped", "ingest stopped"
-                    break
+                if self._attention:
+                    self._attention = False  # before the check: a stop() after it is seen next packet
+                    if stop_event.is_set():
+                        reason, detail = "ingest_stopped", "ingest stopped"
+                        break
+                    recorder.progress()
                 size = pkt.size
-                if size == 0:
+                if not size:
                     continue
                 if pkt.stream_index != video_index:
-                    recorder.audio_packet(pkt)
+                    audio_packet(pkt)
                     continue
-                if pkt.is_keyframe:
+                key = pkt.is_keyframe
+                if key:
                     # The parameter sets lead the access unit: copy its head, not the whole keyframe.
                     new_sps = sequence_parameter_set(bytes(memoryview(pkt)[:HEAD_BYTES]), codec)
                     if new_sps is not None:
@@ -199,27 +234,29 @@ class CameraSession(threading.Thread):
                             h.detail = f"stream parameters changed to {h.width}x{h.height}"
                             log.warning("%s: %s", self.station_id, h.detail)
                         sps = new_sps
-                wall = recorder.video_packet(pkt)
+                wall = video_packet(pkt)
                 if wall is None:
+                    self._unrecorded += 1
                     continue
-                now = clock.now_ms()
-                if not streaming:
-                    streaming = True
-                    h.state, h.reason, h.detail = "streaming", None, None
-                    self._online_token = self.index.open_online(self.station_id, now)
-                h.last_packet_ms = now
                 h.frames += 1
                 h.bytes += size
-                for obs in self.observers:
-                    try:
-                        obs.on_packet(pkt, wall)
-                    except Exception:  # noqa: BLE001 - an observer never stops the recording
-                        self._drop_observer(obs, "on_packet")
-                mono = clock.monotonic()
-                self._last_packet_mono = mono
-                if mono - self._last_progress >= progress_s:
-                    self._last_progress = mono
-                    recorder.progress()
+                if not streaming:
+                    streaming = True
+                    now = self.clock.now_ms()
+                    h.state, h.reason, h.detail, h.last_packet_ms = "streaming", None, None, now
+                    self._online_token = self.index.open_online(self.station_id, now)
+                if self._packet_observers:
+                    for obs in self._packet_observers:
+                        try:
+                            obs.on_packet(pkt, wall)
+                        except Exception:  # noqa: BLE001 - an observer never stops the recording
+                            self._drop_observer(obs, "on_packet")
+                if key and self._keyframe_observers:
+                    for obs in self._keyframe_observers:
+                        try:
+                            obs.on_packet(pkt, wall)
+                        except Exception:  # noqa: BLE001
+                            self._drop_observer(obs, "on_packet")
             if reason is None and self._stall_marked_at is not None:
                 reason, detail = "stalled", f"no packet for {self.settings.stall_seconds:g} s"
             elif reason is None:
@@ -261,6 +298,7 @@ class CameraSession(threading.Thread):
         log.exception("%s: observer %s failed in %s; dropped", self.station_id, type(obs).__name__, method)
         # A new list, never a change to the one being iterated.
         self.observers = [o for o in self.observers if o is not obs]
+        self._sort_observers()
 
     def describe(self) -> str:
         return f"{self.station_id} {mask_url(self.url)} ({self.transport})"

@@ -96,7 +96,8 @@ def shut_down_idle_connections(url: str, probe_s: float = 0.5) -> int:
 
 
 class StallWatchdog(threading.Thread):
-    """Checks the sessions of one worker every second."""
+    """Every second: ticks each session of one worker (see CameraSession.tick) and shuts down the
+    connection of any that stalled."""
 
     def __init__(self, sessions: Callable[[], list], stall_seconds: float, stop: threading.Event,
                  clock: Clock) -> None:
@@ -109,7 +110,9 @@ class StallWatchdog(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.wait(1.0):
             now = self.clock.monotonic()
+            now_ms = self.clock.now_ms()
             for session in self.sessions():
+                session.tick(now, now_ms)
                 if session.is_stalled(now, self.stall_seconds):
                     session.mark_stalled()
                     n = shut_down_idle_connections(session.url)

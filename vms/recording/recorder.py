@@ -76,6 +76,7 @@ class StreamRecorder:
         self._video: av.video.stream.VideoStream | None = None
         self._audio: av.audio.stream.AudioStream | None = None
         self._tb_num, self._tb_den = 1, 90000
+        self._half_den = 45000
         self._segment_ticks = int(segment_seconds * 90000)
         self._max_step_ticks = int(MAX_STEP_S * 90000)
         self._pos = 0
@@ -140,6 +141,7 @@ class StreamRecorder:
                      self.station_id, audio.codec_context.name)
         # Integer arithmetic per packet (Fractions cost more than the mux itself).
         self._tb_num, self._tb_den = video.time_base.numerator, video.time_base.denominator
+        self._half_den = self._tb_den // 2
         rate = video.average_rate or video.guessed_rate or 15
         self._frame_ticks = max(1, round(self._tb_den / (float(rate) * self._tb_num)))
         self._segment_ticks = int(self.segment_seconds * self._tb_den / self._tb_num)
@@ -153,36 +155,41 @@ class StreamRecorder:
 
     def video_packet(self, pkt: av.Packet) -> int | None:
         """Record one video packet; returns its wall time in ms, or None if it was not recorded
-        (no timestamp yet, or waiting for the first keyframe)."""
-        dts = pkt.dts if pkt.dts is not None else pkt.pts
+        (no timestamp yet, or waiting for the first keyframe). Runs for every packet: each packet
+        attribute is read once and the common case makes no Python call."""
+        dts = pkt.dts
+        pts = pkt.pts
         if dts is None:
-            return None  # the first packet after connect can lack both
-        if self._last_dts is None:
+            if pts is None:
+                return None  # the first packet after connect can lack both
+            dts = pts
+        last = self._last_dts
+        self._last_dts = dts
+        if last is None:
             step = 0
         else:
-            step = dts - self._last_dts
+            step = dts - last
             if step <= 0 or step > self._max_step_ticks:
                 step = self._frame_ticks
-        self._last_dts = dts
-        self._pos += step
-        pts_offset = max(0, (pkt.pts - dts)) if pkt.pts is not None else 0
+        pos = self._pos = self._pos + step
+        key = pkt.is_keyframe
 
         seg = self._seg
         if seg is None:
-            if not pkt.is_keyframe:
+            if not key:
                 return None
             if self.clock.monotonic() < self._disk_retry_at:
                 return None
             seg = self._start_segment(pkt)
             if seg is None:
                 return None
-        elif pkt.is_keyframe and (self._force_cut or self._pos - seg.start_pos >= self._segment_ticks):
+        elif key and (self._force_cut or pos - seg.start_pos >= self._segment_ticks):
             self._force_cut = False
             seg = self._cut(pkt)
             if seg is None:
                 return None
 
-        rel = self._pos - seg.start_pos
+        rel = pos - seg.start_pos
         if seg.first_of_connection:
             # Packets buffered during connect arrive in a burst: no packet can be captured after
             # it was received, so pull the start back to the earliest receive-time bound.
@@ -192,14 +199,19 @@ class StreamRecorder:
                 floor = max(floor, seg.gap_before_start)  # never before the gap it ends starts
             if bound < seg.start_ms and bound >= floor:
                 seg.start_ms = bound
+        f = seg.file
+        pkt.stream = f.video_stream
+        pkt.dts = rel
+        pkt.pts = rel + pts - dts if pts is not None and pts > dts else rel
         try:
-            seg.file.write_video(pkt, rel, rel + pts_offset)
+            f.mux(pkt)
         except OSError as exc:
             self._disk_failure(exc)
             return None
         seg.frames += 1
-        seg.keyframes += bool(pkt.is_keyframe)
-        return seg.start_ms + self._ticks_to_ms(rel)
+        if key:
+            seg.keyframes += 1
+        return seg.start_ms + (rel * self._tb_num * 1000 + self._half_den) // self._tb_den
 
     def audio_packet(self, pkt: av.Packet) -> None:
         seg = self._seg

@@ -60,6 +60,7 @@ class SegmentFile:
             for key, value in (video_parameters or {}).items():
                 # Parameters that changed mid-connection (width, height, extradata).
                 setattr(self._video.codec_context, key, value)
+            self.video_stream = self._video
             self._audio = None
             if audio is not None:
                 self._audio = add_copy_stream(self._container, audio)
@@ -69,6 +70,9 @@ class SegmentFile:
             path.unlink(missing_ok=True)
             raise
         self._closed = False
+        # The recorder's per-packet path muxes video itself (stream, dts, pts, then mux) rather than
+        # calling write_video: one Python call fewer per packet.
+        self.mux = self._container.mux
         fsync_dir(path.parent)
 
     def write_video(self, packet: av.Packet, dts: int, pts: int) -> None:
