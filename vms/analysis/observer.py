@@ -153,10 +153,14 @@ class StationAnalysisObserver:
 
     def on_packet(self, packet, wall_ms: int) -> None:
         try:
-            keyframe = packet.is_keyframe
+            if not packet.is_keyframe:
+                # 29 packets of 30: only the activity tracker counts their bytes. Only this (the
+                # camera's) thread touches the tracker (tick and calibration leave it alone): no lock.
+                self.detector.activity.packet(wall_ms, packet.size, False)
+                return
             with self._lock:
-                self.detector.packet(wall_ms, packet.size, keyframe)
-                if (not keyframe or self._decoder is None
+                self.detector.packet(wall_ms, packet.size, True)
+                if (self._decoder is None
                         or (self._last_sample_ms is not None and wall_ms - self._last_sample_ms < self.interval_ms)):
                     return
                 self._last_sample_ms = wall_ms
