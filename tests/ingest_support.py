@@ -27,10 +27,46 @@ def ingest_settings(tmp_path, **ingest) -> Settings:
     })
 
 
+class PacketLog:
+    """A test observer: (is_keyframe, wall_ms) of each packet it is given."""
+
+    def __init__(self, keyframes_only: bool) -> None:
+        self.keyframes_only = keyframes_only
+        self.packets: list[tuple[bool, int]] = []
+
+    def on_connect(self, stream, wall_ms: int) -> None:
+        pass
+
+    def on_packet(self, packet, wall_ms: int) -> None:
+        self.packets.append((bool(packet.is_keyframe), wall_ms))
+
+    def on_disconnect(self, wall_ms: int, reason: str) -> None:
+        pass
+
+
+PACKET_LOGS: dict[tuple[str, str], PacketLog] = {}
+
+
+def _packet_log_maker(kind: str):
+    def maker(settings, database, clock):
+        def make(station_id: str) -> PacketLog:
+            log = PACKET_LOGS[(station_id, kind)] = PacketLog(keyframes_only=kind == "keyframes")
+            return log
+        return make
+    return maker
+
+
+every_packet_log = _packet_log_maker("every")
+keyframe_packet_log = _packet_log_maker("keyframes")
+PACKET_LOG_FACTORIES = ["tests.ingest_support:every_packet_log", "tests.ingest_support:keyframe_packet_log"]
+
+
 class RunningWorker:
-    def __init__(self, settings: Settings, db: Database, urls: dict[str, str]) -> None:
+    def __init__(self, settings: Settings, db: Database, urls: dict[str, str],
+                 observer_factories: list[str] | None = None) -> None:
         self.worker = IngestWorker(WorkerSpec(settings, url_overrides=urls, only_stations=set(urls),
-                                              reconcile_seconds=3600), database=db)
+                                              reconcile_seconds=3600,
+                                              observer_factories=list(observer_factories or [])), database=db)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
 
     def __enter__(self) -> RunningWorker:

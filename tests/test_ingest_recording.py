@@ -8,6 +8,8 @@ import pytest
 from sqlalchemy import select
 
 from tests.ingest_support import (
+    PACKET_LOG_FACTORIES,
+    PACKET_LOGS,
     RunningWorker,
     assert_contiguous,
     decode_all,
@@ -79,6 +81,20 @@ def test_three_cameras_record_playable_contiguous_indexed_segments(sim, tmp_path
     with db.session() as s:
         online = list(s.scalars(select(OnlineInterval)))
     assert {o.station_id for o in online} == set(STATIONS) and all(o.end_ms for o in online)
+
+
+def test_observers_get_every_packet_or_only_keyframes(sim, tmp_path, db):
+    settings = ingest_settings(tmp_path, segment_seconds=3)
+    sid = STATIONS[1]
+    with RunningWorker(settings, db, {sid: sim.urls[sid]}, PACKET_LOG_FACTORIES):
+        wait_until(lambda: (sid, "every") in PACKET_LOGS and len(PACKET_LOGS[sid, "every"].packets) >= 75, 20,
+                   "5 s of packets")
+    every, keyframes = PACKET_LOGS[sid, "every"].packets, PACKET_LOGS[sid, "keyframes"].packets
+    # 15 fps, a keyframe every 15 frames: the plain observer sees both kinds, in capture order.
+    assert sum(1 for key, _ in every if not key) >= 60
+    assert [wall for _, wall in every] == sorted(wall for _, wall in every)
+    # A keyframes_only observer is given exactly the keyframes, with the same wall times.
+    assert len(keyframes) >= 4 and keyframes == [p for p in every if p[0]]
 
 
 def test_stopped_camera_leaves_explained_gap_and_recording_resumes(sim, tmp_path, db):

@@ -124,18 +124,30 @@ class IngestWorker:
             actions += recover_orphans(self.db, self.volumes, self.settings.tz, self.node, ids, self.clock.now_ms())
             if actions:
                 log.warning("recovered %d segments left by an earlier run", len(actions))
-        for entry in new:
-            self._start_session(entry)
-
-    def _start_session(self, entry: CameraAssignmentEntry) -> None:
-        sid = entry.station_id
+        # Every session is prepared (its database reads done) before any starts: a started session
+        # probes its camera, and 70 probing threads (PyAV's open deadline takes the GIL at every
+        # check) slowed the preparation of the rest to ~0.3 s each, so the last camera of a worker
+        # started recording ~20 s after the first.
         with self.db.session() as s:
-            last = s.execute(select(Segment.end_ms, Segment.volume).where(
-                Segment.station_id == sid, Segment.stream == "main", Segment.state != "deleting")
-                .order_by(Segment.start_ms.desc()).limit(1)).first()
-            open_gap = s.execute(select(Gap.id, Gap.reason, Gap.start_ms).where(
-                Gap.station_id == sid, Gap.stream == "main", Gap.end_ms.is_(None))
-                .order_by(Gap.start_ms.desc()).limit(1)).first()
+            ends = {e.station_id: self._where_footage_ends(s, e.station_id) for e in new}
+        sessions = [self._make_session(entry, *ends[entry.station_id]) for entry in new]
+        for session in sessions:
+            session.start()
+            log.info("recording %s", session.describe())
+
+    @staticmethod
+    def _where_footage_ends(s, sid: str) -> tuple:
+        """(end, volume) of the station's newest segment and (id, reason, start) of its open gap."""
+        last = s.execute(select(Segment.end_ms, Segment.volume).where(
+            Segment.station_id == sid, Segment.stream == "main", Segment.state != "deleting")
+            .order_by(Segment.start_ms.desc()).limit(1)).first()
+        open_gap = s.execute(select(Gap.id, Gap.reason, Gap.start_ms).where(
+            Gap.station_id == sid, Gap.stream == "main", Gap.end_ms.is_(None))
+            .order_by(Gap.start_ms.desc()).limit(1)).first()
+        return last, open_gap
+
+    def _make_session(self, entry: CameraAssignmentEntry, last, open_gap) -> CameraSession:
+        sid = entry.station_id
         recorder = StreamRecorder(
             sid, self.volumes, self.settings.tz, self.index, self.clock, self.settings.ingest.segment_seconds,
             last_end_ms=last[0] if last else None, previous_volume=last[1] if last else None)
@@ -152,8 +164,7 @@ class IngestWorker:
         session = CameraSession(sid, entry.url, entry.transport, recorder, observers, self.settings.ingest,
                                 self.clock, self.index)
         self.sessions[sid] = (entry, session)
-        session.start()
-        log.info("recording %s", session.describe())
+        return session
 
     def _stop_sessions(self, station_ids: list[str]) -> None:
         sessions = [self.sessions[sid][1] for sid in station_ids if sid in self.sessions]
