@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -20,6 +21,7 @@ from tests.ingest_support import (
 )
 from vms.core.clock import SystemClock
 from vms.db.models import CameraStatus, OnlineInterval
+from vms.ingest.stall import StallWatchdog
 from vms.recording.repair import check
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
@@ -86,6 +88,7 @@ def test_three_cameras_record_playable_contiguous_indexed_segments(sim, tmp_path
 def test_observers_get_every_packet_or_only_keyframes(sim, tmp_path, db):
     settings = ingest_settings(tmp_path, segment_seconds=3)
     sid = STATIONS[1]
+    PACKET_LOGS.clear()
     with RunningWorker(settings, db, {sid: sim.urls[sid]}, PACKET_LOG_FACTORIES):
         wait_until(lambda: (sid, "every") in PACKET_LOGS and len(PACKET_LOGS[sid, "every"].packets) >= 75, 20,
                    "5 s of packets")
@@ -150,3 +153,32 @@ def test_stalled_camera_is_detected_and_recording_resumes(sim, tmp_path, db):
     assert g and g[0].reason == "stalled"
     hole = next((a.end_ms, b.start_ms) for a, b in zip(segs, segs[1:], strict=False) if b.start_ms > a.end_ms)
     assert g[0].start_ms == hole[0] and g[-1].end_ms == hole[1]
+
+
+def test_watchdog_keeps_ticking_every_session_when_one_fails():
+    class Session:
+        station_id, url = "x", "rtsp://127.0.0.1:9/x"
+
+        def __init__(self, fails: bool) -> None:
+            self.fails, self.ticks = fails, 0
+
+        def tick(self, mono: float, now_ms: int) -> None:
+            self.ticks += 1
+            if self.fails:
+                raise RuntimeError("a bug in one session")
+
+        def is_stalled(self, now: float, stall_seconds: float) -> bool:
+            if self.fails:
+                raise RuntimeError("another bug")
+            return False
+
+    bad, good = Session(True), Session(False)
+    stop = threading.Event()
+    watchdog = StallWatchdog(lambda: [bad, good], 10.0, stop, SystemClock())
+    watchdog.start()
+    try:
+        wait_until(lambda: good.ticks >= 3, 10, "three ticks of the healthy session")
+    finally:
+        stop.set()
+        watchdog.join(5)
+    assert bad.ticks >= 3  # the failing session is still ticked every second, not dropped

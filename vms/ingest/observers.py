@@ -11,7 +11,8 @@ class StreamObserver(Protocol):
     """Called from the camera session's thread, in order. Implementations must be cheap per packet
     (well under a millisecond on average) and must not raise: an exception is logged and the
     observer is dropped for the rest of the connection, so it can never stop the recording.
-    An observer with a true `keyframes_only` attribute gets on_packet for keyframes only."""
+    An observer with a true `keyframes_only` attribute gets on_packet for keyframes only, after the
+    observers that get every packet."""
 
     def on_connect(self, stream: av.video.stream.VideoStream, wall_ms: int) -> None:
         """A new connection delivers this video stream (codec parameters, extradata, time_base)."""

@@ -85,8 +85,7 @@ class CameraSession(threading.Thread):
         # notices new packets (for the stall check and last_packet_ms) and raises `_attention`
         # when the growing segment is due to be published; stop() raises it too.
         self._attention = False
-        self._unrecorded = 0  # video packets received but not recorded (no timestamp, before a keyframe)
-        self._seen_packets = -1
+        self._seen_packets = 0  # recorded frames (health.frames) at the last tick that saw them change
         self._seen_mono = 0.0
         self._next_progress = 0.0
         self._stall_marked_at: float | None = None
@@ -100,19 +99,20 @@ class CameraSession(threading.Thread):
 
     def tick(self, mono: float, now_ms: int) -> None:
         """Called every second from the worker's watchdog thread (never from the packet loop)."""
-        packets = self.health.frames + self._unrecorded
-        if packets != self._seen_packets:
-            self._seen_packets = packets
+        # Recorded frames, not packets: a camera whose packets cannot be recorded (no timestamps, never
+        # a keyframe) counts as stalled, and a reconnect is what most often brings a keyframe.
+        frames = self.health.frames
+        if frames != self._seen_packets:
+            self._seen_packets = frames
             self._seen_mono = mono
-            if self.health.frames:
-                self.health.last_packet_ms = now_ms
+            self.health.last_packet_ms = now_ms
         if self._reading and mono >= self._next_progress:
             self._next_progress = mono + self.settings.status_interval_seconds
             self._attention = True
 
     def is_stalled(self, now: float, stall_seconds: float) -> bool:
-        """Reading, and no video packet seen by tick() for stall_seconds (checked again every 5 s
-        until it ends)."""
+        """Reading, and no frame recorded (as seen by tick()) for stall_seconds; checked again every
+        5 s until it ends."""
         if not self._reading or now - self._seen_mono < stall_seconds:
             return False
         return self._stall_marked_at is None or now - self._stall_marked_at >= 5.0
@@ -236,7 +236,6 @@ class CameraSession(threading.Thread):
                         sps = new_sps
                 wall = video_packet(pkt)
                 if wall is None:
-                    self._unrecorded += 1
                     continue
                 h.frames += 1
                 h.bytes += size

@@ -109,12 +109,21 @@ class StallWatchdog(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.wait(1.0):
-            now = self.clock.monotonic()
-            now_ms = self.clock.now_ms()
-            for session in self.sessions():
-                session.tick(now, now_ms)
-                if session.is_stalled(now, self.stall_seconds):
-                    session.mark_stalled()
-                    n = shut_down_idle_connections(session.url)
-                    log.warning("%s: no packet for %.0f s; %s", session.station_id, self.stall_seconds,
-                                f"shut down {n} idle connection(s)" if n else "connection not found yet")
+            sessions = self.sessions()
+            # Every session's tick first (it also drives the growing segments' index rows): probing a
+            # stalled connection takes half a second and must not delay the others.
+            now, now_ms = self.clock.monotonic(), self.clock.now_ms()
+            for session in sessions:
+                try:
+                    session.tick(now, now_ms)
+                except Exception:  # noqa: BLE001 - the watchdog serves every camera of the worker
+                    log.exception("%s: session tick failed", session.station_id)
+            for session in sessions:
+                try:
+                    if session.is_stalled(self.clock.monotonic(), self.stall_seconds):
+                        session.mark_stalled()
+                        n = shut_down_idle_connections(session.url)
+                        log.warning("%s: no packet for %.0f s; %s", session.station_id, self.stall_seconds,
+                                    f"shut down {n} idle connection(s)" if n else "connection not found yet")
+                except Exception:  # noqa: BLE001
+                    log.exception("%s: stall check failed", session.station_id)

@@ -130,9 +130,11 @@ class IngestWorker:
         # started recording ~20 s after the first.
         with self.db.session() as s:
             ends = {e.station_id: self._where_footage_ends(s, e.station_id) for e in new}
-        sessions = [self._make_session(entry, *ends[entry.station_id]) for entry in new]
-        for session in sessions:
+        prepared = [(entry, self._make_session(entry, *ends[entry.station_id])) for entry in new]
+        for entry, session in prepared:
             session.start()
+            # Registered once started: stopping joins every registered session.
+            self.sessions[entry.station_id] = (entry, session)
             log.info("recording %s", session.describe())
 
     @staticmethod
@@ -161,10 +163,8 @@ class IngestWorker:
                 obs = None
             if obs is not None:
                 observers.append(obs)
-        session = CameraSession(sid, entry.url, entry.transport, recorder, observers, self.settings.ingest,
-                                self.clock, self.index)
-        self.sessions[sid] = (entry, session)
-        return session
+        return CameraSession(sid, entry.url, entry.transport, recorder, observers, self.settings.ingest,
+                             self.clock, self.index)
 
     def _stop_sessions(self, station_ids: list[str]) -> None:
         sessions = [self.sessions[sid][1] for sid in station_ids if sid in self.sessions]
