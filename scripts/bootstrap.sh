@@ -14,6 +14,8 @@ SYSTEM_PACKAGES=(
   poppler-utils
   python3-venv
   wrk  # scripts/bench_api.py --wrk: a C load generator
+  # FFmpeg's C headers, for the native copier (scripts/build_native.py); it links to PyAV's own FFmpeg
+  gcc python3-dev libavformat-dev libavcodec-dev libavutil-dev libavdevice-dev libavfilter-dev libswscale-dev libswresample-dev
 )
 
 missing=()
@@ -35,7 +37,9 @@ fi
 stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,native]'
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# The recorder's native copier: rebuilt when its source or the installed PyAV changes.
+.venv/bin/python scripts/build_native.py

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import av
 from sqlalchemy import select
 
+from vms.core.clock import SimulatedClock
 from vms.core.settings import Settings
 from vms.db.engine import Database
 from vms.db.models import Gap, Segment
@@ -169,3 +170,60 @@ def record_clip(clip, db, settings, clock, rewrite=lambda i, p: None, clock_step
         rec.end("stream_ended")
     index.stop()
     return segments(db, station_id), gaps(db, station_id)
+
+
+class StreamClock(SimulatedClock):
+    """Wall time = a start plus the recorder's stream position: the same at every packet the recorder
+    sees, whether or not the packets before it went through Python."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base_ms = self.now_ms()
+        self.recorder = None  # a StreamRecorder
+
+    def now_ms(self) -> int:
+        rec = getattr(self, "recorder", None)
+        return self._now_ms if rec is None else self.base_ms + rec._ticks_to_ms(rec._pos)
+
+    def monotonic(self) -> float:
+        return self.now_ms() / 1000
+
+
+def record_connection(clip, db, settings, station_id: str, native: bool, segment_seconds=5.0, hook=None):
+    """Record `clip` as one connection, as a camera session does, natively or not, on a StreamClock;
+    hook(seconds into the clip), if given, runs after every packet handed to Python and every batch the
+    copier reports. Returns the recorder and the number of packets the copier recorded."""
+    from vms.recording import copier as copier_mod
+    from vms.recording.index import IndexWriter
+    from vms.recording.recorder import StreamRecorder
+    from vms.recording.volumes import VolumeSet
+
+    clock = StreamClock()
+    index = IndexWriter(db, "t").start()
+    rec = StreamRecorder(station_id, VolumeSet.from_settings(settings), settings.tz, index, clock,
+                         segment_seconds=segment_seconds)
+    clock.recorder = rec
+    copied = 0
+
+    def count(n, nbytes, first_ms, last_ms):
+        nonlocal copied
+        copied += n
+        if hook:
+            hook((clock.now_ms() - clock.base_ms) / 1000)
+
+    with av.open(str(clip)) as c:
+        vs = c.streams.video[0]
+        rec.begin(vs, None)
+        if native:
+            cp = copier_mod.make_copier(c, [vs], vs.index)
+            packets = copier_mod.recorded_packets(cp, rec, count)
+        else:
+            packets = c.demux(vs)
+        for pkt in packets:
+            if pkt is not None and pkt.size:
+                rec.video_packet(pkt)
+                if hook:
+                    hook((clock.now_ms() - clock.base_ms) / 1000)
+        rec.end("stream_ended")
+    index.stop()
+    return rec, copied

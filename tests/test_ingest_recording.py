@@ -35,8 +35,9 @@ def sim():
         yield s
 
 
-def test_three_cameras_record_playable_contiguous_indexed_segments(sim, tmp_path, db):
-    settings = ingest_settings(tmp_path, segment_seconds=3)
+@pytest.mark.parametrize("native", [True, False], ids=["native-copy", "python-copy"])
+def test_three_cameras_record_playable_contiguous_indexed_segments(sim, tmp_path, db, native):
+    settings = ingest_settings(tmp_path, segment_seconds=3, native_copy=native)
     started = time.time()
     with RunningWorker(settings, db, sim.urls) as w:
         wait_until(lambda: all(len(segments(db, sid)) >= 5 for sid in STATIONS), 40, "5 segments per camera")
@@ -49,6 +50,9 @@ def test_three_cameras_record_playable_contiguous_indexed_segments(sim, tmp_path
         with db.session() as s:
             statuses = {c.station_id: c for c in s.scalars(select(CameraStatus))}
         assert {sid: w.health(sid).state for sid in STATIONS} == dict.fromkeys(STATIONS, "streaming")
+        # Past the first 10 s of a connection, the native copier records all but the keyframes.
+        copied = {sid: w.worker.sessions[sid][1].native_frames for sid in STATIONS}
+        assert all((n > 0) == native for n in copied.values()), copied
     stopped = time.time()
     volumes = VolumeSet.from_settings(settings)
     for sid in STATIONS:

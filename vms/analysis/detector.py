@@ -203,6 +203,19 @@ class ActivityTracker:
             self._bytes += size
             self._frames += 1
 
+    def copied(self, first_ms: int, last_ms: int, nbytes: int, count: int) -> None:
+        """`count` non-key packets between first_ms and last_ms (at most a second apart), as if each
+        had been given to packet(): a bucket that outgrew MAX_BUCKET_MS closes at the first."""
+        if self._start is not None and first_ms - self._start >= self.MAX_BUCKET_MS:
+            self._close_bucket(first_ms)
+            if len(self._held) > 2000:
+                self._judge(relight_from=None)
+        if self._start is None:
+            self._start = first_ms
+        self._last = last_ms
+        self._bytes += nbytes
+        self._frames += count
+
     def sample(self, t_ms: int, relit: bool, prev_sample_ms: int | None, motion: float | None) -> list[Event]:
         """Called at each sample: judge the held buckets, knowing whether the lights changed."""
         if relit:

@@ -168,6 +168,14 @@ class StationAnalysisObserver:
         except Exception as exc:
             self._error("packet", exc)
 
+    def on_copied(self, count: int, nbytes: int, first_ms: int, last_ms: int) -> None:
+        """Non-key packets the native copier recorded without handing them over (one call per GOP or
+        second): the activity tracker only needs their sizes and times."""
+        try:
+            self.detector.activity.copied(first_ms, last_ms, nbytes, count)
+        except Exception as exc:
+            self._error("packet", exc)
+
     def _sample(self, data: bytes, wall_ms: int) -> None:
         t0 = time.thread_time()
         frame = self._decoder.decode(data)

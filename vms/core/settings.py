@@ -90,6 +90,7 @@ class IngestSettings(StrictModel):
     backoff_max_seconds: float = Field(default=60, gt=0)
     stable_seconds: float = Field(default=60, gt=0, description="streaming this long resets the backoff")
     status_interval_seconds: float = Field(default=5, gt=0)
+    native_copy: bool = Field(default=True, description="copy ordinary packets in C (scripts/build_native.py)")
 
 
 class ApiSettings(StrictModel):

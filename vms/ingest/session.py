@@ -17,6 +17,7 @@ from vms.core.settings import IngestSettings
 from vms.ingest.backoff import Backoff
 from vms.ingest.errors import classify
 from vms.ingest.observers import StreamObserver
+from vms.recording.copier import make_copier, recorded_packets
 from vms.recording.h26x import HEAD_BYTES, sequence_parameter_set
 from vms.recording.index import IndexWriter
 from vms.recording.recorder import SUPPORTED_VIDEO, StreamRecorder
@@ -92,10 +93,18 @@ class CameraSession(threading.Thread):
         self._keyframe_observers: list[StreamObserver] = []
         self._packet_observers: list[StreamObserver] = []
         self._sort_observers()
+        self._copier = None  # the native copier (vms.recording.copier) while it reads this connection
+        self.native_frames = 0  # frames the native copier recorded (diagnostics, tests)
+
+    def _raise_attention(self) -> None:
+        self._attention = True
+        copier = self._copier
+        if copier is not None:
+            copier.attention = True  # ends its pump, which runs without the GIL
 
     def stop(self) -> None:
         self.stop_event.set()
-        self._attention = True
+        self._raise_attention()
 
     def tick(self, mono: float, now_ms: int) -> None:
         """Called every second from the worker's watchdog thread (never from the packet loop)."""
@@ -108,7 +117,7 @@ class CameraSession(threading.Thread):
             self.health.last_packet_ms = now_ms
         if self._reading and mono >= self._next_progress:
             self._next_progress = mono + self.settings.status_interval_seconds
-            self._attention = True
+            self._raise_attention()
 
     def is_stalled(self, now: float, stall_seconds: float) -> bool:
         """Reading, and no frame recorded (as seen by tick()) for stall_seconds; checked again every
@@ -209,13 +218,15 @@ class CameraSession(threading.Thread):
             video_index = video.index
             recorder, stop_event = self.recorder, self.stop_event
             video_packet, audio_packet = recorder.video_packet, recorder.audio_packet
-            for pkt in container.demux(streams):
+            for pkt in self._packets(container, streams, video_index):
                 if self._attention:
                     self._attention = False  # before the check: a stop() after it is seen next packet
                     if stop_event.is_set():
                         reason, detail = "ingest_stopped", "ingest stopped"
                         break
                     recorder.progress()
+                if pkt is None:
+                    continue
                 size = pkt.size
                 if not size:
                     continue
@@ -281,6 +292,35 @@ class CameraSession(threading.Thread):
             self._notify(obs, "on_disconnect", now, reason)
         self._close_online()
         return reason, detail
+
+    def _packets(self, container: av.container.InputContainer, streams: list, video_index: int):
+        """The packets the loop must see; None asks it to look at `_attention`. With the native copier,
+        the ordinary video packets of an open segment never reach Python (see vms.recording.copier)."""
+        copier = None
+        if self.settings.native_copy and all(hasattr(obs, "on_copied") for obs in self._packet_observers):
+            # (An observer without on_copied, such as the live tap, needs every packet itself.)
+            copier = make_copier(container, streams, video_index)
+        if copier is None:
+            yield from container.demux(streams)
+            return
+        self._copier = copier
+        if self._attention:
+            copier.attention = True
+        try:
+            yield from recorded_packets(copier, self.recorder, self._copied)
+        finally:
+            self._copier = None
+
+    def _copied(self, count: int, nbytes: int, first_ms: int, last_ms: int) -> None:
+        h = self.health
+        h.frames += count
+        h.bytes += nbytes
+        self.native_frames += count
+        for obs in self._packet_observers:
+            try:
+                obs.on_copied(count, nbytes, first_ms, last_ms)
+            except Exception:  # noqa: BLE001 - an observer never stops the recording
+                self._drop_observer(obs, "on_copied")
 
     def _close_online(self) -> None:
         if self._online_token is not None:

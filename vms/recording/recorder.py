@@ -35,6 +35,9 @@ MP4_AUDIO = ("aac", "mp3", "opus", "alac", "flac")
 MAX_SLEW = 0.005
 RESYNC_MS = 10_000
 MAX_STEP_S = 5.0  # a dts step larger than this within one connection is a camera clock jump
+# The burst of packets buffered during connect is over well within this much stream time; after it,
+# a segment's start is no longer pulled back (and the native copier may take over).
+PULLBACK_S = 10.0
 
 
 @dataclass
@@ -79,6 +82,8 @@ class StreamRecorder:
         self._half_den = 45000
         self._segment_ticks = int(segment_seconds * 90000)
         self._max_step_ticks = int(MAX_STEP_S * 90000)
+        self._pullback_ticks = int(PULLBACK_S * 90000)
+        self._second_ticks = 90000
         self._pos = 0
         self._last_dts: int | None = None
         self._frame_ticks = 0
@@ -146,6 +151,8 @@ class StreamRecorder:
         self._frame_ticks = max(1, round(self._tb_den / (float(rate) * self._tb_num)))
         self._segment_ticks = int(self.segment_seconds * self._tb_den / self._tb_num)
         self._max_step_ticks = int(MAX_STEP_S * self._tb_den / self._tb_num)
+        self._pullback_ticks = int(PULLBACK_S * self._tb_den / self._tb_num)
+        self._second_ticks = max(1, self._tb_den // self._tb_num)
         self._video_parameters: dict | None = None
         self._pos = 0
         self._last_dts = None
@@ -191,14 +198,17 @@ class StreamRecorder:
 
         rel = pos - seg.start_pos
         if seg.first_of_connection:
-            # Packets buffered during connect arrive in a burst: no packet can be captured after
-            # it was received, so pull the start back to the earliest receive-time bound.
-            bound = self.clock.now_ms() - self._ticks_to_ms(rel)
-            floor = self.last_end_ms if self.last_end_ms is not None else bound
-            if seg.gap_before is not None:
-                floor = max(floor, seg.gap_before_start)  # never before the gap it ends starts
-            if bound < seg.start_ms and bound >= floor:
-                seg.start_ms = bound
+            if rel < self._pullback_ticks:
+                # Packets buffered during connect arrive in a burst: no packet can be captured after
+                # it was received, so pull the start back to the earliest receive-time bound.
+                bound = self.clock.now_ms() - self._ticks_to_ms(rel)
+                floor = self.last_end_ms if self.last_end_ms is not None else bound
+                if seg.gap_before is not None:
+                    floor = max(floor, seg.gap_before_start)  # never before the gap it ends starts
+                if bound < seg.start_ms and bound >= floor:
+                    seg.start_ms = bound
+            else:
+                seg.first_of_connection = False
         f = seg.file
         pkt.stream = f.video_stream
         pkt.dts = rel
@@ -230,6 +240,35 @@ class StreamRecorder:
         except (av.error.FFmpegError, ValueError) as exc:
             # A bad audio timestamp must not cost the video: drop the packet.
             log.debug("%s: audio packet dropped: %s", self.station_id, exc)
+
+    # --- the native copier (native_copy.pyx, driven by copier.py) ---
+    def arm(self, copier) -> None:
+        """Before each pump: let the copier continue the open segment's timeline, or make it hand
+        every packet over when there is none (or its start may still move)."""
+        seg = self._seg
+        if seg is None or seg.first_of_connection or not seg.frames:
+            copier.disarm()
+            return
+        copier.arm(seg.file.container, seg.file.video_stream, seg.start_pos, self._pos, self._last_dts,
+                   self._max_step_ticks, self._frame_ticks, self._second_ticks)
+
+    def absorb(self, copier) -> tuple[int, int]:
+        """After a pump that copied packets: take the timeline back; returns the wall ms of the first
+        and the last packet copied."""
+        self._pos = copier.pos
+        self._last_dts = copier.last_dts
+        seg = self._seg
+        seg.frames += copier.copied
+        num, den, half = self._tb_num * 1000, self._tb_den, self._half_den
+        return (seg.start_ms + (copier.first_rel * num + half) // den,
+                seg.start_ms + (copier.last_rel * num + half) // den)
+
+    def copy_failed(self, code: int) -> None:
+        """The copier could not mux a packet: as a failed mux in video_packet."""
+        try:
+            av.error.err_check(code)
+        except OSError as exc:
+            self._disk_failure(exc)
 
     def _start_segment(self, pkt: av.Packet, start_ms: int | None = None, first: bool = True) -> _OpenSegment | None:
         if start_ms is None:

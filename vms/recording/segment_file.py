@@ -61,6 +61,7 @@ class SegmentFile:
                 # Parameters that changed mid-connection (width, height, extradata).
                 setattr(self._video.codec_context, key, value)
             self.video_stream = self._video
+            self.container = self._container  # for the native copier, which muxes into it directly
             self._audio = None
             if audio is not None:
                 self._audio = add_copy_stream(self._container, audio)

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Build vms/recording/native_copy.pyx against the PyAV installed in this venv, then check it.
+
+Cython needs PyAV's declarations of FFmpeg (`include/*.pxd`, shipped in PyAV's sdist, not its wheel):
+they are fetched once from the package index for the installed PyAV version. The C compiler needs
+FFmpeg's headers: Debian's (libavformat-dev, installed by bootstrap.sh). The module only touches
+AVPacket's leading fields and calls functions whose signatures have not changed since FFmpeg 5, and
+it links against the FFmpeg that PyAV bundles (the one loaded at run time); the check below reads a
+real packet both ways and refuses the build if the two views of its fields differ.
+
+Usage: .venv/bin/python scripts/build_native.py [--force]   (bootstrap.sh runs it; a no-op when up to date)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = REPO / "vms" / "recording" / "native_copy.pyx"
+BUILD = REPO / "build" / "native"
+LIBS = ("avformat", "avcodec", "avutil")
+
+
+def pyav_include(version: str) -> Path:
+    """PyAV's `include/` folder for `version`, from its sdist on the package index (cached)."""
+    dest = BUILD / f"pyav-{version}"
+    if (dest / "include" / "libav.pxd").exists():
+        return dest / "include"
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    page = urllib.request.urlopen(f"{index}/av/", timeout=60).read().decode()
+    match = re.search(rf'href="([^"#]*av-{re.escape(version)}\.tar\.gz)(?:#sha256=([0-9a-f]+))?"', page)
+    if match is None:
+        sys.exit(f"build_native: no sdist of av {version} on {index}")
+    url, sha256 = match.group(1), match.group(2)
+    if url.startswith("/") or not re.match(r"https?:", url):
+        url = urllib.parse.urljoin(f"{index}/av/", url)
+    data = urllib.request.urlopen(url, timeout=120).read()
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        sys.exit(f"build_native: {url}: checksum mismatch")
+    prefix = f"av-{version}/include/"
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()]
+        for m in members:
+            target = dest / "include" / m.name[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(m).read())
+    return dest / "include"
+
+
+def bundled_libraries() -> tuple[Path, list[str]]:
+    import av
+
+    libs_dir = Path(av.__file__).resolve().parent.parent / "av.libs"
+    names = []
+    for lib in LIBS:
+        found = sorted(libs_dir.glob(f"lib{lib}-*.so*"))
+        if not found:
+            sys.exit(f"build_native: lib{lib} not found in {libs_dir}")
+        names.append(found[0].name)
+    return libs_dir, names
+
+
+def build() -> Path:
+    import av
+
+    include = pyav_include(av.__version__)
+    BUILD.mkdir(parents=True, exist_ok=True)
+    c_file = BUILD / "native_copy.c"
+    subprocess.run([sys.executable, "-m", "cython", "-3", "-I", str(include), str(SOURCE), "-o", str(c_file)],
+                   check=True)
+    libs_dir, names = bundled_libraries()
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    out = SOURCE.with_name("native_copy" + suffix)
+    tmp = out.with_suffix(".tmp")
+    cmd = ["gcc", "-O2", "-shared", "-fPIC", "-w", f"-I{sysconfig.get_paths()['include']}", str(c_file),
+           "-o", str(tmp), f"-L{libs_dir}", *[f"-l:{n}" for n in names], f"-Wl,-rpath,{libs_dir}"]
+    subprocess.run(cmd, check=True)
+    tmp.replace(out)
+    return out
+
+
+def check() -> None:
+    """Demux a real H.264 stream and compare each packet's fields as PyAV sees them and as the module does."""
+    import av
+
+    from vms.recording import native_copy
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=15, options={"bf": "2", "g": "15"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        import numpy as np
+
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 5, np.uint8), format="rgb24")
+            for pkt in stream.encode(frame):
+                out.mux(pkt)
+        for pkt in stream.encode():
+            out.mux(pkt)
+    buf.seek(0)
+    with av.open(buf) as inp:
+        seen = 0
+        for pkt in inp.demux(video=0):
+            if pkt.size == 0:
+                continue
+            tb = pkt.time_base
+            expected = (pkt.pts, pkt.dts, pkt.size, pkt.stream_index, 1 if pkt.is_keyframe else 0,
+                        tb.numerator, tb.denominator)
+            got = native_copy.packet_fields(pkt)
+            got = (got[0], got[1], got[2], got[3], got[4] & 1, got[5], got[6])
+            if got != expected:
+                sys.exit(f"build_native: packet layout mismatch (PyAV {expected}, native {got}); not using it")
+            seen += 1
+    if seen < 30:
+        sys.exit(f"build_native: the check demuxed only {seen} packets")
+
+
+def fingerprint() -> str:
+    """What the build depends on: the source, this script, the PyAV version and the interpreter."""
+    import av
+
+    h = hashlib.sha256()
+    for path in (SOURCE, Path(__file__).resolve()):
+        h.update(path.read_bytes())
+    h.update(f"{av.__version__} {sys.version} {sys.executable}".encode())
+    return h.hexdigest()
+
+
+def main() -> None:
+    out = SOURCE.with_name("native_copy" + sysconfig.get_config_var("EXT_SUFFIX"))
+    stamp = BUILD / "stamp"
+    wanted = fingerprint()
+    if out.exists() and stamp.exists() and stamp.read_text() == wanted and "--force" not in sys.argv:
+        return  # up to date
+    out = build()
+    try:
+        check()
+    except SystemExit:
+        out.unlink(missing_ok=True)
+        raise
+    stamp.write_text(wanted)
+    print(f"build_native: built and checked {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

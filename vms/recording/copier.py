@@ -1,0 +1,65 @@
+"""Recording one connection with the native copier (native_copy.pyx), when it is built.
+
+`recorded_packets` replaces `container.demux()` in the camera session's loop: the ordinary video
+packets of an open segment are muxed in C and never reach Python; the loop sees only the packets
+that need a decision, and a summary of each batch the copier recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import av
+
+try:  # built by scripts/build_native.py (bootstrap.sh); without it every packet is copied in Python
+    from vms.recording import native_copy
+except ImportError:  # pragma: no cover - depends on the build
+    native_copy = None
+
+if TYPE_CHECKING:
+    from vms.recording.recorder import StreamRecorder
+
+# on_copied(count, bytes, first wall ms, last wall ms)
+CopiedCallback = Callable[[int, int, int, int], None]
+
+
+def native_copy_built() -> bool:
+    return native_copy is not None
+
+
+def make_copier(container: av.container.InputContainer, streams: list, video_index: int):
+    """A PacketCopier reading `container`, or None if the module is not built."""
+    if native_copy is None:
+        return None
+    return native_copy.PacketCopier(container, streams, video_index)
+
+
+def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback) -> Iterator[av.Packet | None]:
+    """The packets the caller must give the recorder (and its observers), in stream order; None when
+    the copier's `attention` was raised. Read errors raise as from demux(); the end of the stream ends
+    the iteration."""
+    packet, attention, end, write_failed = (native_copy.STATUS_PACKET, native_copy.STATUS_ATTENTION,
+                                            native_copy.STATUS_END, native_copy.STATUS_WRITE_FAILED)
+    arm, absorb, pump = recorder.arm, recorder.absorb, copier.pump
+    try:
+        while True:
+            # Armed afresh before each pump: between two pumps the recorder may have cut, closed or
+            # lost its segment, and the copier must never write into a closed one.
+            arm(copier)
+            status = pump()
+            if copier.copied:
+                first_ms, last_ms = absorb(copier)
+                on_copied(copier.copied, copier.copied_bytes, first_ms, last_ms)
+            if status == packet:
+                pkt, copier.packet = copier.packet, None
+                yield pkt
+            elif status == attention:
+                yield None
+            elif status == end:
+                return
+            elif status == write_failed:
+                recorder.copy_failed(copier.write_error)
+            # else a batch of `batch_ticks` (a second): reported above
+    finally:
+        copier.disarm()

@@ -1,0 +1,207 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The recorder's steady state in C: read packets and copy the ordinary ones into the open segment.
+
+Python handles every packet that needs a decision (keyframes, which may cut a segment or feed the
+analysis; audio; packets without a timestamp; the first segment of a connection, whose start is
+pulled back on the receive clock). The 29 other packets of each GOP only need their timestamps
+rebased and to be muxed: this loop does that without the GIL, so each camera costs one GIL round
+trip per keyframe instead of two per packet (docs/benchmarks.md, "native copy").
+
+It works on PyAV's own contexts and FFmpeg (the libraries bundled with PyAV), through PyAV's
+Cython declarations, but compiled against Debian's FFmpeg headers (PyAV's wheel has none): so it
+reads no FFmpeg struct but AVPacket, whose leading fields have not moved in years and which
+scripts/build_native.py checks (`packet_fields`); stream indexes and time bases come from Python.
+Without the module, the recorder copies every packet in Python.
+"""
+
+from libc.stdint cimport int64_t
+
+cimport libav as lib
+from av.container.core cimport Container
+from av.error cimport err_check
+from av.packet cimport Packet
+
+
+cdef extern from "libavcodec/avcodec.h" nogil:
+    # Not declared by PyAV.
+    void av_packet_unref(lib.AVPacket *pkt)
+    void av_packet_move_ref(lib.AVPacket *dst, lib.AVPacket *src)
+
+# pump() results
+cdef enum:
+    PACKET = 0        # `packet` holds a packet the caller must handle
+    ATTENTION = 1     # `attention` was raised (stop, or a periodic task is due); it is cleared
+    END = 2           # the stream ended
+    WRITE_FAILED = 3  # muxing a copied packet failed (`write_error`); the packet is lost
+    BATCH = 4         # `batch_ticks` of stream time were copied: report them
+
+STATUS_PACKET, STATUS_ATTENTION, STATUS_END, STATUS_WRITE_FAILED, STATUS_BATCH = PACKET, ATTENTION, END, WRITE_FAILED, BATCH
+
+cdef enum:
+    MAX_STREAMS = 32
+
+
+cdef class PacketCopier:
+    """One per camera connection; used only from the camera's thread (except `attention`)."""
+
+    cdef Container source
+    cdef list streams
+    cdef int video_index
+    cdef bint wanted[MAX_STREAMS]
+    cdef lib.AVRational stream_tb[MAX_STREAMS]
+    cdef Container sink
+    cdef int sink_index
+    cdef lib.AVRational in_tb
+    cdef lib.AVRational out_tb
+    cdef lib.AVPacket *pkt
+
+    # Raised from any thread; the loop checks it before every read.
+    cdef public bint attention
+    # Copy ordinary video packets into `sink` (else every packet is handed over).
+    cdef public bint armed
+    # The recorder's timeline (see StreamRecorder.video_packet): same arithmetic, same state.
+    cdef public int64_t pos
+    cdef public int64_t last_dts
+    cdef public int64_t start_pos
+    cdef public int64_t max_step
+    cdef public int64_t frame_ticks
+    cdef public int64_t batch_ticks
+    # What the last pump() copied.
+    cdef public long copied
+    cdef public long copied_bytes
+    cdef public int64_t first_rel
+    cdef public int64_t last_rel
+    cdef public int write_error
+    cdef public Packet packet
+
+    def __cinit__(self):
+        self.pkt = lib.av_packet_alloc()
+        if self.pkt == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        lib.av_packet_free(&self.pkt)
+
+    def __init__(self, Container source, streams, int video_index):
+        self.source = source
+        self.streams = list(source.streams)
+        self.video_index = video_index
+        cdef int i
+        for i in range(MAX_STREAMS):
+            self.wanted[i] = False
+            self.stream_tb[i].num, self.stream_tb[i].den = 0, 1
+        for stream in self.streams[:MAX_STREAMS]:
+            if stream.time_base is not None:
+                self.stream_tb[stream.index].num = stream.time_base.numerator
+                self.stream_tb[stream.index].den = stream.time_base.denominator
+        for stream in streams:
+            if stream.index >= MAX_STREAMS:
+                raise ValueError(f"stream index {stream.index} out of range")
+            self.wanted[stream.index] = True
+        self.armed = False
+        self.attention = False
+        self.batch_ticks = 1 << 62
+
+    def arm(self, Container sink, sink_stream, int64_t start_pos, int64_t pos, int64_t last_dts,
+            int64_t max_step, int64_t frame_ticks, int64_t batch_ticks):
+        """Copy ordinary video packets into `sink_stream` of `sink`, continuing this timeline (the
+        sink's header must be written: the muxer sets the stream's time base then)."""
+        out_tb = sink_stream.time_base
+        self.sink = sink
+        self.sink_index = sink_stream.index
+        self.in_tb = self.stream_tb[self.video_index]
+        self.out_tb.num, self.out_tb.den = out_tb.numerator, out_tb.denominator
+        self.start_pos, self.pos, self.last_dts = start_pos, pos, last_dts
+        self.max_step, self.frame_ticks, self.batch_ticks = max_step, frame_ticks, batch_ticks
+        self.armed = True
+
+    def disarm(self):
+        self.armed = False
+        self.sink = None
+
+    def pump(self):
+        """Read until a packet needs the caller (or attention, a batch, the end, a write error)."""
+        cdef lib.AVPacket *p = self.pkt
+        cdef lib.AVFormatContext *src = self.source.ptr
+        cdef lib.AVFormatContext *dst = NULL
+        cdef int ret = 0
+        cdef int status = -1
+        cdef int idx
+        cdef int vidx = self.video_index
+        cdef int size
+        cdef int64_t step, rel
+        if self.armed and self.sink is not None:
+            dst = self.sink.ptr
+        self.copied = 0
+        self.copied_bytes = 0
+        with nogil:
+            while True:
+                if self.attention:
+                    self.attention = False
+                    status = ATTENTION
+                    break
+                ret = lib.av_read_frame(src, p)
+                if ret < 0:
+                    break
+                idx = p.stream_index
+                if idx < 0 or idx >= MAX_STREAMS or not self.wanted[idx]:
+                    av_packet_unref(p)
+                    continue
+                if (dst == NULL or idx != vidx or p.size == 0 or p.dts == lib.AV_NOPTS_VALUE
+                        or (p.flags & lib.AV_PKT_FLAG_KEY)):
+                    status = PACKET
+                    break
+                step = p.dts - self.last_dts
+                if step <= 0 or step > self.max_step:
+                    step = self.frame_ticks
+                self.last_dts = p.dts
+                self.pos += step
+                rel = self.pos - self.start_pos
+                if p.pts != lib.AV_NOPTS_VALUE and p.pts > p.dts:
+                    p.pts = rel + p.pts - p.dts
+                else:
+                    p.pts = rel
+                p.dts = rel
+                p.stream_index = self.sink_index
+                lib.av_packet_rescale_ts(p, self.in_tb, self.out_tb)
+                p.time_base = self.out_tb
+                size = p.size
+                # Takes the packet's reference, on success and on failure.
+                ret = lib.av_interleaved_write_frame(dst, p)
+                av_packet_unref(p)
+                if ret < 0:
+                    self.write_error = ret
+                    status = WRITE_FAILED
+                    break
+                if self.copied == 0:
+                    self.first_rel = rel
+                self.last_rel = rel
+                self.copied += 1
+                self.copied_bytes += size
+                if rel - self.first_rel >= self.batch_ticks:
+                    status = BATCH
+                    break
+        if status == -1:
+            if ret == lib.AVERROR_EOF:
+                return END
+            err_check(ret)  # raises the same error PyAV's demux would
+            return END
+        if status == PACKET:
+            self.packet = self._hand_over(p)
+        return status
+
+    cdef Packet _hand_over(self, lib.AVPacket *p):
+        # As PyAV's demux yields it: the stream and its time base attached.
+        cdef Packet packet = Packet()
+        av_packet_move_ref(packet.ptr, p)
+        cdef int idx = packet.ptr.stream_index
+        if idx < len(self.streams):
+            packet._stream = self.streams[idx]
+            packet.ptr.time_base = self.stream_tb[idx]
+        return packet
+
+
+def packet_fields(Packet packet):
+    """The fields this module reads, as compiled here; the build checks them against PyAV's view."""
+    cdef lib.AVPacket *p = packet.ptr
+    return (p.pts, p.dts, p.size, p.stream_index, p.flags, p.time_base.num, p.time_base.den)
