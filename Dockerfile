@@ -7,13 +7,18 @@ RUN apt-get update \
       python3 python3-venv python3-pip python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
       gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad ffmpeg \
       fonts-noto-cjk ca-certificates \
+      gcc python3-dev libavformat-dev libavcodec-dev libavutil-dev libavdevice-dev libavfilter-dev \
+      libswscale-dev libswresample-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/vms
 COPY pyproject.toml README.md ./
 COPY vms ./vms
 COPY config ./config
-RUN python3 -m venv /opt/vms/.venv && /opt/vms/.venv/bin/pip install --no-cache-dir .
+COPY scripts/build_native.py ./scripts/
+# Editable, as bootstrap.sh installs it: the native copier is built into the source tree.
+RUN python3 -m venv /opt/vms/.venv && /opt/vms/.venv/bin/pip install --no-cache-dir -e '.[native]' \
+ && /opt/vms/.venv/bin/python scripts/build_native.py
 
 ENV VMS_DATA_DIR=/var/lib/vms/data \
     VMS_STORAGE__VOLUMES='[{name: main, path: /var/lib/vms/recordings}]' \

@@ -205,7 +205,7 @@ def record_connection(clip, db, settings, station_id: str, native: bool, segment
     clock.recorder = rec
     copied = 0
 
-    def count(n, nbytes, first_ms, last_ms):
+    def count(n, nbytes, first_ms, last_ms, kept):
         nonlocal copied
         copied += n
         if hook:

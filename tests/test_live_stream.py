@@ -116,6 +116,38 @@ def test_relay_shares_one_tap_connection_replays_gop_and_lets_go(recording):
     wait_until(lambda: not tap.clients, 3, "the tap to see the relay leave")
 
 
+def test_gop_replay_is_whole_while_the_native_copier_records(recording):
+    """Past the first 10 s of a connection the native copier records the camera; the tap still has
+    every packet of the current GOP for a new viewer, and while a viewer watches the copier stays off
+    (each packet comes as it arrives), then takes over again."""
+    session = recording.worker.sessions[STATION][1]
+    tap = recording.taps.taps[STATION]
+    wait_until(lambda: session.native_frames > 30, 30, "the native copier recording")
+
+    async def scenario():
+        hub = LiveHub(recording.settings.data_dir, linger_s=0.2)
+        a = await hub.watch(STATION)
+        assert (await asyncio.wait_for(a.get(), 2)).kind == "info"
+        items = [await asyncio.wait_for(a.get(), 3) for _ in range(45)]
+        replay = [i.packet for i in items if i.replay]
+        assert replay and replay[0].keyframe
+        steps = [b.dts - a.dts for a, b in zip(replay, replay[1:], strict=False)]
+        assert all(0 < step <= 100 for step in steps), f"a hole in the replayed GOP: {steps}"
+        live = [i.packet for i in items if not i.replay]
+        assert live and 0 < live[0].dts - replay[-1].dts <= 100, "live packets continue the replayed GOP"
+        copied = session.native_frames
+        await asyncio.sleep(2.0)
+        assert session.native_frames == copied, "the copier stays off while a viewer watches"
+        a.close()
+        await asyncio.sleep(1.0)
+        await hub.close()
+
+    asyncio.run(scenario())
+    wait_until(lambda: not tap.clients, 3, "the tap to see the relay leave")
+    copied = session.native_frames
+    wait_until(lambda: session.native_frames > copied, 5, "the copier to take over again")
+
+
 class ApiServer:
     def __init__(self, settings, db) -> None:
         with socket.socket() as s:

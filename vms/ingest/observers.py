@@ -24,6 +24,12 @@ class StreamObserver(Protocol):
     def on_disconnect(self, wall_ms: int, reason: str) -> None:
         """The connection ended (reason: a gap reason such as "stalled" or "stream_ended")."""
 
+    # Optional, for the native copier (vms.recording.copier), which records ordinary video packets
+    # without handing them to Python. It runs only if every observer that gets every packet has
+    # on_copied; `copied_packets = True` asks for the packets themselves (references, no copy).
+    # def on_copied(self, count, nbytes, first_ms, last_ms, kept: list[(packet, wall_ms)] | None) -> None
+    # def wants_each_packet(self) -> bool: while true, the copier hands every packet over
+
 
 class ObserverFactory(Protocol):
     def __call__(self, station_id: str) -> StreamObserver | None: ...

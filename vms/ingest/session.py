@@ -298,7 +298,7 @@ class CameraSession(threading.Thread):
         the ordinary video packets of an open segment never reach Python (see vms.recording.copier)."""
         copier = None
         if self.settings.native_copy and all(hasattr(obs, "on_copied") for obs in self._packet_observers):
-            # (An observer without on_copied, such as the live tap, needs every packet itself.)
+            # (An observer without on_copied needs every packet itself.)
             copier = make_copier(container, streams, video_index)
         if copier is None:
             yield from container.demux(streams)
@@ -307,18 +307,27 @@ class CameraSession(threading.Thread):
         if self._attention:
             copier.attention = True
         try:
-            yield from recorded_packets(copier, self.recorder, self._copied)
+            yield from recorded_packets(copier, self.recorder, self._copied, self._copy_allowed)
         finally:
             self._copier = None
 
-    def _copied(self, count: int, nbytes: int, first_ms: int, last_ms: int) -> None:
+    def _copy_allowed(self) -> bool:
+        """Asked before each pump. Also decides whether the copier keeps the packets it copies, for
+        observers that want them (`copied_packets`, the live tap's GOP)."""
+        copier = self._copier
+        copier.keep = any(getattr(obs, "copied_packets", False) for obs in self._packet_observers)
+        # An observer busy with a live viewer wants each packet as it comes, not a second later.
+        return not any(obs.wants_each_packet() for obs in self._packet_observers
+                       if hasattr(obs, "wants_each_packet"))
+
+    def _copied(self, count: int, nbytes: int, first_ms: int, last_ms: int, kept: list | None) -> None:
         h = self.health
         h.frames += count
         h.bytes += nbytes
         self.native_frames += count
         for obs in self._packet_observers:
             try:
-                obs.on_copied(count, nbytes, first_ms, last_ms)
+                obs.on_copied(count, nbytes, first_ms, last_ms, kept)
             except Exception:  # noqa: BLE001 - an observer never stops the recording
                 self._drop_observer(obs, "on_copied")
 

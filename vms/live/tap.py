@@ -136,6 +136,17 @@ class StationTap:
             if self.clients:
                 self._broadcast(packet_message(pts, dts, received, key, bytes(packet)))
 
+    # With the native copier (vms.recording.copier): the packets it recorded come a batch at a time, at
+    # most a second late, for the cached GOP; while a relay is connected the copier stays off.
+    copied_packets = True
+
+    def on_copied(self, count: int, nbytes: int, first_ms: int, last_ms: int, kept: list | None) -> None:
+        for packet, wall_ms in kept or ():
+            self.on_packet(packet, wall_ms)
+
+    def wants_each_packet(self) -> bool:
+        return bool(self.clients)
+
     def on_disconnect(self, wall_ms: int, reason: str) -> None:
         with self.lock:
             self.info = None

@@ -20,8 +20,8 @@ except ImportError:  # pragma: no cover - depends on the build
 if TYPE_CHECKING:
     from vms.recording.recorder import StreamRecorder
 
-# on_copied(count, bytes, first wall ms, last wall ms)
-CopiedCallback = Callable[[int, int, int, int], None]
+# on_copied(count, bytes, first wall ms, last wall ms, [(packet, wall ms)] if the copier keeps them, else None)
+CopiedCallback = Callable[[int, int, int, int, list | None], None]
 
 
 def native_copy_built() -> bool:
@@ -35,10 +35,11 @@ def make_copier(container: av.container.InputContainer, streams: list, video_ind
     return native_copy.PacketCopier(container, streams, video_index)
 
 
-def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback) -> Iterator[av.Packet | None]:
+def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback,
+                     copy_allowed: Callable[[], bool] = lambda: True) -> Iterator[av.Packet | None]:
     """The packets the caller must give the recorder (and its observers), in stream order; None when
     the copier's `attention` was raised. Read errors raise as from demux(); the end of the stream ends
-    the iteration."""
+    the iteration. While copy_allowed() is false (asked before each pump) every packet is handed over."""
     packet, attention, end, write_failed = (native_copy.STATUS_PACKET, native_copy.STATUS_ATTENTION,
                                             native_copy.STATUS_END, native_copy.STATUS_WRITE_FAILED)
     arm, absorb, pump = recorder.arm, recorder.absorb, copier.pump
@@ -46,11 +47,14 @@ def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback
         while True:
             # Armed afresh before each pump: between two pumps the recorder may have cut, closed or
             # lost its segment, and the copier must never write into a closed one.
-            arm(copier)
+            if copy_allowed():
+                arm(copier)
+            else:
+                copier.disarm()
             status = pump()
             if copier.copied:
-                first_ms, last_ms = absorb(copier)
-                on_copied(copier.copied, copier.copied_bytes, first_ms, last_ms)
+                first_ms, last_ms, kept = absorb(copier)
+                on_copied(copier.copied, copier.copied_bytes, first_ms, last_ms, kept)
             if status == packet:
                 pkt, copier.packet = copier.packet, None
                 yield pkt

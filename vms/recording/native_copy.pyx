@@ -39,6 +39,7 @@ STATUS_PACKET, STATUS_ATTENTION, STATUS_END, STATUS_WRITE_FAILED, STATUS_BATCH =
 
 cdef enum:
     MAX_STREAMS = 32
+    MAX_KEPT = 256  # packets kept per batch for `kept()`; a full batch ends the pump
 
 
 cdef class PacketCopier:
@@ -54,6 +55,9 @@ cdef class PacketCopier:
     cdef lib.AVRational in_tb
     cdef lib.AVRational out_tb
     cdef lib.AVPacket *pkt
+    cdef lib.AVPacket *kept_pkt[MAX_KEPT]
+    cdef int64_t kept_rel[MAX_KEPT]
+    cdef int n_kept
 
     # Raised from any thread; the loop checks it before every read.
     cdef public bint attention
@@ -66,6 +70,8 @@ cdef class PacketCopier:
     cdef public int64_t max_step
     cdef public int64_t frame_ticks
     cdef public int64_t batch_ticks
+    # Keep a reference to each packet copied (no copy of its data), for observers that want them.
+    cdef public bint keep
     # What the last pump() copied.
     cdef public long copied
     cdef public long copied_bytes
@@ -78,9 +84,17 @@ cdef class PacketCopier:
         self.pkt = lib.av_packet_alloc()
         if self.pkt == NULL:
             raise MemoryError()
+        cdef int i
+        for i in range(MAX_KEPT):
+            self.kept_pkt[i] = NULL
+        self.n_kept = 0
 
     def __dealloc__(self):
         lib.av_packet_free(&self.pkt)
+        cdef int i
+        for i in range(MAX_KEPT):
+            if self.kept_pkt[i] != NULL:
+                lib.av_packet_free(&self.kept_pkt[i])
 
     def __init__(self, Container source, streams, int video_index):
         self.source = source
@@ -134,6 +148,8 @@ cdef class PacketCopier:
             dst = self.sink.ptr
         self.copied = 0
         self.copied_bytes = 0
+        self._drop_kept()
+        cdef bint keep = self.keep
         with nogil:
             while True:
                 if self.attention:
@@ -166,6 +182,13 @@ cdef class PacketCopier:
                 lib.av_packet_rescale_ts(p, self.in_tb, self.out_tb)
                 p.time_base = self.out_tb
                 size = p.size
+                if keep:
+                    if self.kept_pkt[self.n_kept] == NULL:
+                        self.kept_pkt[self.n_kept] = lib.av_packet_alloc()
+                    if (self.kept_pkt[self.n_kept] != NULL
+                            and lib.av_packet_ref(self.kept_pkt[self.n_kept], p) == 0):
+                        self.kept_rel[self.n_kept] = rel
+                        self.n_kept += 1
                 # Takes the packet's reference, on success and on failure.
                 ret = lib.av_interleaved_write_frame(dst, p)
                 av_packet_unref(p)
@@ -178,7 +201,7 @@ cdef class PacketCopier:
                 self.last_rel = rel
                 self.copied += 1
                 self.copied_bytes += size
-                if rel - self.first_rel >= self.batch_ticks:
+                if rel - self.first_rel >= self.batch_ticks or self.n_kept == MAX_KEPT:
                     status = BATCH
                     break
         if status == -1:
@@ -189,6 +212,26 @@ cdef class PacketCopier:
         if status == PACKET:
             self.packet = self._hand_over(p)
         return status
+
+    def kept(self):
+        """The packets the last pump copied, if `keep` was set: (packet, position relative to the
+        segment start, in the input's time base); their timestamps are the segment's, in its time base."""
+        out = []
+        cdef Packet packet
+        cdef int i
+        for i in range(self.n_kept):
+            packet = Packet()
+            av_packet_move_ref(packet.ptr, self.kept_pkt[i])
+            packet.ptr.time_base = self.out_tb
+            out.append((packet, self.kept_rel[i]))
+        self.n_kept = 0
+        return out
+
+    cdef void _drop_kept(self):
+        cdef int i
+        for i in range(self.n_kept):
+            av_packet_unref(self.kept_pkt[i])
+        self.n_kept = 0
 
     cdef Packet _hand_over(self, lib.AVPacket *p):
         # As PyAV's demux yields it: the stream and its time base attached.

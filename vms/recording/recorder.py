@@ -252,16 +252,17 @@ class StreamRecorder:
         copier.arm(seg.file.container, seg.file.video_stream, seg.start_pos, self._pos, self._last_dts,
                    self._max_step_ticks, self._frame_ticks, self._second_ticks)
 
-    def absorb(self, copier) -> tuple[int, int]:
+    def absorb(self, copier) -> tuple[int, int, list | None]:
         """After a pump that copied packets: take the timeline back; returns the wall ms of the first
-        and the last packet copied."""
+        and the last packet copied, and the packets the copier kept with their wall ms (as
+        video_packet returns it), if it kept them."""
         self._pos = copier.pos
         self._last_dts = copier.last_dts
         seg = self._seg
         seg.frames += copier.copied
-        num, den, half = self._tb_num * 1000, self._tb_den, self._half_den
-        return (seg.start_ms + (copier.first_rel * num + half) // den,
-                seg.start_ms + (copier.last_rel * num + half) // den)
+        start, num, den, half = seg.start_ms, self._tb_num * 1000, self._tb_den, self._half_den
+        kept = [(pkt, start + (rel * num + half) // den) for pkt, rel in copier.kept()] if copier.keep else None
+        return start + (copier.first_rel * num + half) // den, start + (copier.last_rel * num + half) // den, kept
 
     def copy_failed(self, code: int) -> None:
         """The copier could not mux a packet: as a failed mux in video_packet."""
