@@ -34,7 +34,7 @@ from vms.db.engine import Database  # noqa: E402
 from vms.db.migrate import upgrade  # noqa: E402
 from vms.ingest.supervisor import IngestSupervisor  # noqa: E402
 from vms.recording.fmp4 import probe_segment  # noqa: E402
-from vms.server.recording import ANALYSIS_FACTORY  # noqa: E402
+from vms.server.recording import ANALYSIS_FACTORY, LIVE_TAP_FACTORY  # noqa: E402
 from vms.simulate import Simulator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,8 @@ def run_vms(sim: Simulator, stations: list[str], work: Path, args) -> dict:
         import_catalog(s, load_catalog(REPO / "config" / "stations.yaml"))
     urls = {sid: sim.urls[sid] for sid in stations}
     # --analysis: the stream analysis observers `vms ingest` runs by default (record + analyse).
-    factories = [ANALYSIS_FACTORY] if args.analysis else []
+    # --live-tap: the live view's tap, which `vms ingest` and `vms serve` always load (no viewer connected).
+    factories = ([LIVE_TAP_FACTORY] if args.live_tap else []) + ([ANALYSIS_FACTORY] if args.analysis else [])
     sup = IngestSupervisor(settings, urls, factories, only_stations=set(stations), cameras=len(stations)).start()
     try:
         cpu, pss = measure(lambda: [psutil.Process(pid) for pid in sup.pids()], args.warmup, args.seconds)
@@ -205,6 +206,8 @@ def main() -> None:
     ap.add_argument("--gop", type=int, default=30)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--analysis", action="store_true", help="vms also analyses the streams (as `vms ingest` does)")
+    ap.add_argument("--live-tap", action="store_true",
+                    help="vms also loads the live tap, as `vms ingest` does (with --analysis: the product's set-up)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the contenders this many times, alternating who goes first; means are reported")
     ap.add_argument("--bare-pyav", action="store_true",
@@ -267,7 +270,8 @@ def main() -> None:
     print(f"# {n} cameras {args.width}x{args.height} {args.fps} fps {args.bitrate_kbps} kbps GOP {args.gop}; "
           f"{args.warmup:.0f} s warm-up + {args.seconds:.0f} s measured; segments of {args.segment_seconds:.0f} s; "
           f"mean of {args.rounds} round(s), full segments: the worst round"
-          + ("; vms with stream analysis" if args.analysis else ""))
+          + ("; vms with stream analysis" if args.analysis else "")
+          + ("; vms with the live tap" if args.live_tap else ""))
     if vms is not None:
         cores = rows[0]["cpu_ms_per_stream_s"] * 139 / 1000
         print(f"# vms at 139 cameras, scaled: {cores:.2f} cores")
