@@ -21,6 +21,7 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -35,11 +36,20 @@ def pyav_include(version: str) -> Path:
     dest = BUILD / f"pyav-{version}"
     if (dest / "include" / "libav.pxd").exists():
         return dest / "include"
-    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
-    page = urllib.request.urlopen(f"{index}/av/", timeout=60).read().decode()
-    match = re.search(rf'href="([^"#]*av-{re.escape(version)}\.tar\.gz)(?:#sha256=([0-9a-f]+))?"', page)
+    # The configured index first (a mirror may hold wheels only), then PyPI's.
+    indexes = [i.rstrip("/") for i in (os.environ.get("PIP_INDEX_URL"), "https://pypi.org/simple") if i]
+    match = None
+    for index in indexes:
+        try:
+            page = urllib.request.urlopen(f"{index}/av/", timeout=60).read().decode()
+        except OSError as exc:
+            print(f"build_native: {index}: {exc}", file=sys.stderr)
+            continue
+        match = re.search(rf'href="([^"#]*av-{re.escape(version)}\.tar\.gz)(?:#sha256=([0-9a-f]+))?"', page)
+        if match is not None:
+            break
     if match is None:
-        sys.exit(f"build_native: no sdist of av {version} on {index}")
+        sys.exit(f"build_native: no sdist of av {version} on {', '.join(indexes)}")
     url, sha256 = match.group(1), match.group(2)
     if url.startswith("/") or not re.match(r"https?:", url):
         url = urllib.parse.urljoin(f"{index}/av/", url)

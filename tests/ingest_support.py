@@ -211,19 +211,23 @@ def record_connection(clip, db, settings, station_id: str, native: bool, segment
         if hook:
             hook((clock.now_ms() - clock.base_ms) / 1000)
 
-    with av.open(str(clip)) as c:
-        vs = c.streams.video[0]
-        rec.begin(vs, None)
-        if native:
-            cp = copier_mod.make_copier(c, [vs], vs.index)
-            packets = copier_mod.recorded_packets(cp, rec, count)
-        else:
-            packets = c.demux(vs)
-        for pkt in packets:
-            if pkt is not None and pkt.size:
-                rec.video_packet(pkt)
-                if hook:
-                    hook((clock.now_ms() - clock.base_ms) / 1000)
+    try:
+        # `clip`: a path, or a file object (in MPEG-TS) whose reads may fail like a network would.
+        with av.open(clip if hasattr(clip, "read") else str(clip), format="mpegts") as c:
+            vs = c.streams.video[0]
+            rec.begin(vs, None)
+            if native:
+                cp = copier_mod.make_copier(c, [vs], vs.index)
+                packets = copier_mod.recorded_packets(cp, rec, count)
+            else:
+                packets = c.demux(vs)
+            for pkt in packets:
+                if pkt is not None and pkt.size:
+                    rec.video_packet(pkt)
+                    if hook:
+                        hook((clock.now_ms() - clock.base_ms) / 1000)
+    finally:
+        # As the camera session does after any end of the connection, a read error included.
         rec.end("stream_ended")
-    index.stop()
+        index.stop()
     return rec, copied

@@ -4,12 +4,13 @@ and records exactly the segments the Python path records, byte for byte."""
 from __future__ import annotations
 
 import hashlib
+import io
 
 import av
 import numpy as np
 import pytest
 
-from tests.ingest_support import gaps, record_connection, segments
+from tests.ingest_support import decode_all, gaps, record_connection, segments
 from vms.analysis.detector import ActivityTracker
 from vms.core.settings import AnalysisSettings
 from vms.recording import copier as copier_mod
@@ -71,6 +72,40 @@ def test_native_copy_records_the_same_segments_byte_for_byte(tmp_path, db, setti
         assert da == db_, (sa.path, sb.path)
     assert [(g.reason, g.start_ms) for g in gaps(db, "pingshan-town")] == \
         [(g.reason, g.start_ms) for g in gaps(db, "baihua-town")]
+
+
+class FailingStream(io.RawIOBase):
+    """A clip whose reads fail after `limit` bytes, like a dropped connection."""
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        self.data, self.limit, self.pos = data, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        if self.pos >= self.limit:
+            raise ConnectionResetError("the camera's connection dropped")
+        n = min(len(buf), self.limit - self.pos, 4096)
+        buf[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+def test_a_read_error_after_copied_packets_indexes_them_all(tmp_path, db, settings):
+    """The copier meets the read error after copying packets in the same pump: the recorder takes
+    them over before the error is raised, so the index counts every frame the file holds."""
+    clip = make_bframe_clip(tmp_path / "clip.ts", seconds=24)
+    data = clip.read_bytes()
+    with pytest.raises((ConnectionResetError, av.error.FFmpegError)):  # as PyAV's demux reports it
+        record_connection(FailingStream(data, int(len(data) * 0.8)), db, settings, "pingshan-town", native=True)
+    segs = segments(db, "pingshan-town")
+    assert segs and all(s.state == "complete" for s in segs)
+    vols = VolumeSet.from_settings(settings)
+    for s in segs:
+        frames, _ = decode_all(vols.file_path(s.volume, s.path))
+        assert frames == s.frames, (s.path, frames, s.frames)
+    assert sum(s.frames for s in segs) >= 0.75 * 24 * FPS
 
 
 def test_attention_ends_a_pump_before_it_reads(tmp_path):

@@ -78,6 +78,10 @@ cdef class PacketCopier:
     cdef public int64_t first_rel
     cdef public int64_t last_rel
     cdef public int write_error
+    # A read error (or the end) met after copying packets: reported by the next pump, so that the
+    # caller first takes over what was copied.
+    cdef int read_error
+    cdef object pending_exc
     cdef public Packet packet
 
     def __cinit__(self):
@@ -150,6 +154,12 @@ cdef class PacketCopier:
         self.copied_bytes = 0
         self._drop_kept()
         cdef bint keep = self.keep
+        if self.pending_exc is not None:
+            exc, self.pending_exc = self.pending_exc, None
+            raise exc
+        if self.read_error:
+            ret, self.read_error = self.read_error, 0
+            return self._read_failed(ret)
         with nogil:
             while True:
                 if self.attention:
@@ -204,14 +214,31 @@ cdef class PacketCopier:
                 if rel - self.first_rel >= self.batch_ticks or self.n_kept == MAX_KEPT:
                     status = BATCH
                     break
+        try:
+            # An exception a Python I/O callback stashed during the reads (PyAV's demux checks after
+            # every read; left here, the next PyAV call, a mux, would raise it as its own).
+            err_check(0)
+        except BaseException as exc:
+            if status == PACKET:
+                av_packet_unref(p)  # demux raises instead of yielding it
+            if not self.copied:
+                raise
+            self.pending_exc = exc
+            return BATCH
         if status == -1:
-            if ret == lib.AVERROR_EOF:
-                return END
-            err_check(ret)  # raises the same error PyAV's demux would
-            return END
+            if self.copied:
+                self.read_error = ret
+                return BATCH
+            return self._read_failed(ret)
         if status == PACKET:
             self.packet = self._hand_over(p)
         return status
+
+    cdef int _read_failed(self, int ret) except -1:
+        if ret == lib.AVERROR_EOF:
+            return END
+        err_check(ret)  # raises the same error PyAV's demux would
+        return END
 
     def kept(self):
         """The packets the last pump copied, if `keep` was set: (packet, position relative to the
