@@ -31,6 +31,16 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def fill(path) -> None:
+    """Write to `path` until the disk is full."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
 def test_full_disk_keeps_stored_footage_and_resumes(tmp_path, small_disk, db, clock):
     settings = Settings.model_validate({"data_dir": str(tmp_path / "data"),
                                         "storage": {"volumes": [{"name": "main", "path": str(small_disk)}]}})
@@ -39,12 +49,7 @@ def test_full_disk_keeps_stored_footage_and_resumes(tmp_path, small_disk, db, cl
 
     def rewrite(i, pkt):
         if i == 20 * FPS:  # the disk fills up
-            with open(filler, "wb", buffering=0) as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 4096)
-                except OSError:
-                    pass
+            fill(filler)
         if i == 40 * FPS:
             filler.unlink(missing_ok=True)  # an operator frees space
 
@@ -81,12 +86,7 @@ def test_full_disk_while_the_native_copier_writes(tmp_path, small_disk, db):
 
     def hook(elapsed: float) -> None:
         if seen["s"] < 22 <= elapsed:  # the disk fills up while the copier writes
-            with open(filler, "wb", buffering=0) as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 4096)
-                except OSError:
-                    pass
+            fill(filler)
         if seen["s"] < 40 <= elapsed:
             filler.unlink(missing_ok=True)  # an operator frees space
         seen["s"] = elapsed
