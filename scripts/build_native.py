@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -57,12 +58,17 @@ def pyav_include(version: str) -> Path:
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         sys.exit(f"build_native: {url}: checksum mismatch")
     prefix = f"av-{version}/include/"
+    # Extracted beside, then renamed: an interrupted run leaves no half cache that looks complete.
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile()]
         for m in members:
-            target = dest / "include" / m.name[len(prefix):]
+            target = partial / "include" / m.name[len(prefix):]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(tar.extractfile(m).read())
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
     return dest / "include"
 
 

@@ -29,10 +29,15 @@ def native_copy_built() -> bool:
 
 
 def make_copier(container: av.container.InputContainer, streams: list, video_index: int):
-    """A PacketCopier reading `container`, or None if the module is not built."""
-    if native_copy is None:
+    """A PacketCopier reading `container`, or None if the module is not built or cannot serve it: a
+    read timeout (PyAV checks it in its interrupt callback, which the copier does not arm) or more
+    streams than it tracks."""
+    if native_copy is None or container.read_timeout is not None:
         return None
-    return native_copy.PacketCopier(container, streams, video_index)
+    try:
+        return native_copy.PacketCopier(container, streams, video_index)
+    except ValueError:
+        return None
 
 
 def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback,
@@ -63,7 +68,7 @@ def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback
             elif status == end:
                 return
             elif status == write_failed:
-                recorder.copy_failed(copier.write_error)
+                recorder.copy_failed(copier)
             # else a batch of `batch_ticks` (a second): reported above
     finally:
         copier.disarm()

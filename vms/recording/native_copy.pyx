@@ -148,6 +148,7 @@ cdef class PacketCopier:
         cdef int vidx = self.video_index
         cdef int size
         cdef int64_t step, rel
+        cdef bint kept
         if self.armed and self.sink is not None:
             dst = self.sink.ptr
         self.copied = 0
@@ -192,20 +193,24 @@ cdef class PacketCopier:
                 lib.av_packet_rescale_ts(p, self.in_tb, self.out_tb)
                 p.time_base = self.out_tb
                 size = p.size
+                kept = False
                 if keep:
                     if self.kept_pkt[self.n_kept] == NULL:
                         self.kept_pkt[self.n_kept] = lib.av_packet_alloc()
-                    if (self.kept_pkt[self.n_kept] != NULL
-                            and lib.av_packet_ref(self.kept_pkt[self.n_kept], p) == 0):
-                        self.kept_rel[self.n_kept] = rel
-                        self.n_kept += 1
+                    kept = (self.kept_pkt[self.n_kept] != NULL
+                            and lib.av_packet_ref(self.kept_pkt[self.n_kept], p) == 0)
                 # Takes the packet's reference, on success and on failure.
                 ret = lib.av_interleaved_write_frame(dst, p)
                 av_packet_unref(p)
                 if ret < 0:
+                    if kept:
+                        av_packet_unref(self.kept_pkt[self.n_kept])  # not recorded: not kept either
                     self.write_error = ret
                     status = WRITE_FAILED
                     break
+                if kept:
+                    self.kept_rel[self.n_kept] = rel
+                    self.n_kept += 1
                 if self.copied == 0:
                     self.first_rel = rel
                 self.last_rel = rel
@@ -219,12 +224,16 @@ cdef class PacketCopier:
             # every read; left here, the next PyAV call, a mux, would raise it as its own).
             err_check(0)
         except BaseException as exc:
-            if status == PACKET:
-                av_packet_unref(p)  # demux raises instead of yielding it
-            if not self.copied:
-                raise
+            if status == PACKET or status == -1:
+                if status == PACKET:
+                    av_packet_unref(p)  # demux raises instead of yielding it
+                status = BATCH  # the stashed exception stands for the read error too, as in err_check
+                if not self.copied:
+                    raise
+            # Raised by the next pump, once the caller has taken what was copied (and handled a
+            # failed write or the attention this pump ended with).
             self.pending_exc = exc
-            return BATCH
+            return status
         if status == -1:
             if self.copied:
                 self.read_error = ret

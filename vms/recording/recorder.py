@@ -264,10 +264,13 @@ class StreamRecorder:
         kept = [(pkt, start + (rel * num + half) // den) for pkt, rel in copier.kept()] if copier.keep else None
         return start + (copier.first_rel * num + half) // den, start + (copier.last_rel * num + half) // den, kept
 
-    def copy_failed(self, code: int) -> None:
-        """The copier could not mux a packet: as a failed mux in video_packet."""
+    def copy_failed(self, copier) -> None:
+        """The copier could not mux a packet: as a failed mux in video_packet, which has already
+        counted the packet in the timeline (absorb() has not run if it was the pump's first)."""
+        self._pos = copier.pos
+        self._last_dts = copier.last_dts
         try:
-            av.error.err_check(code)
+            av.error.err_check(copier.write_error)
         except OSError as exc:
             self._disk_failure(exc)
 
