@@ -2,10 +2,11 @@
 """The recorder's steady state in C: read packets and copy the ordinary ones into the open segment.
 
 Python handles every packet that needs a decision (keyframes, which may cut a segment or feed the
-analysis; audio; packets without a timestamp; the first segment of a connection, whose start is
-pulled back on the receive clock). The 29 other packets of each GOP only need their timestamps
-rebased and to be muxed: this loop does that without the GIL, so each camera costs one GIL round
-trip per keyframe instead of two per packet (docs/benchmarks.md, "native copy").
+analysis; audio; packets without a timestamp; the first PULLBACK_S of a connection, while the
+segment's start may still be pulled back on the receive clock). The 29 other packets of each GOP only
+need their timestamps rebased and to be muxed: this loop does that without the GIL, so each camera
+costs a GIL round trip per keyframe and per batch instead of two per packet (docs/benchmarks.md,
+"Session 5: the native copier").
 
 It works on PyAV's own contexts and FFmpeg (the libraries bundled with PyAV), through PyAV's
 Cython declarations, but compiled against Debian's FFmpeg headers (PyAV's wheel has none): so it

@@ -260,9 +260,9 @@ class StreamRecorder:
         self._last_dts = copier.last_dts
         seg = self._seg
         seg.frames += copier.copied
-        start, num, den, half = seg.start_ms, self._tb_num * 1000, self._tb_den, self._half_den
-        kept = [(pkt, start + (rel * num + half) // den) for pkt, rel in copier.kept()] if copier.keep else None
-        return start + (copier.first_rel * num + half) // den, start + (copier.last_rel * num + half) // den, kept
+        start, to_ms = seg.start_ms, self._ticks_to_ms
+        kept = [(pkt, start + to_ms(rel)) for pkt, rel in copier.kept()] if copier.keep else None
+        return start + to_ms(copier.first_rel), start + to_ms(copier.last_rel), kept
 
     def copy_failed(self, copier) -> None:
         """The copier could not mux a packet: as a failed mux in video_packet, which has already
