@@ -133,7 +133,7 @@ def score_simulated_day(cache: Path, cfg: AnalysisSettings) -> list[dict]:
     fmt = VideoFormat(640, 360, 15, 512, 30)
     cache.mkdir(parents=True, exist_ok=True)
     path, truth = station_day_clip(cache, fmt, 600.0)
-    over = {"sample_interval_seconds": 2, "hysteresis_seconds": 20}
+    over = {"sample_interval_seconds": 6, "sample_interval_changing_seconds": 2, "hysteresis_seconds": 20}
     # Operator calibration: a zone on the door, one snapshot marked closed (lights on, shutter down)
     # and one marked open, as an operator would do once per station.
     scene = StationScene(fmt.width, fmt.height, truth)

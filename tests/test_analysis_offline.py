@@ -19,8 +19,10 @@ from vms.db.models import Fault, Station, StationState
 FPS = 10
 
 
-def make_clip(path: Path, seconds_dark: int = 20, seconds_lit: int = 20, raw: bool = False) -> Path:
-    """A room (textured wall and shelves) with the light off, then on; camera noise in every frame."""
+def make_clip(path: Path, seconds_dark: int = 20, seconds_lit: int = 20, raw: bool = False,
+              dark_noise: float = 4) -> Path:
+    """A room (textured wall and shelves) with the light off, then on; camera noise in every frame
+    (dark_noise in the dark: real dark rooms have little, and their keyframes are far smaller)."""
     rng = np.random.default_rng(3)
     w, h = 320, 180
     room = np.full((h, w), 0.5, np.float32)
@@ -32,8 +34,9 @@ def make_clip(path: Path, seconds_dark: int = 20, seconds_lit: int = 20, raw: bo
     st.width, st.height, st.pix_fmt = w, h, "yuv420p"
     st.options = {"x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0", "bf": "0", "preset": "ultrafast"}
     for i in range((seconds_dark + seconds_lit) * FPS):
-        light = 40 if i < seconds_dark * FPS else 200
-        img = np.clip(room * light + rng.normal(0, 4, room.shape), 0, 255).astype(np.uint8)
+        dark = i < seconds_dark * FPS
+        light = 40 if dark else 200
+        img = np.clip(room * light + rng.normal(0, dark_noise if dark else 4, room.shape), 0, 255).astype(np.uint8)
         frame = av.VideoFrame.from_ndarray(np.dstack([img] * 3), format="rgb24")
         for p in st.encode(frame):
             out.mux(p)

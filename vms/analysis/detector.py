@@ -100,6 +100,11 @@ class StateTracker:
             return [StateChanged(self._since, vote)]
         return []
 
+    @property
+    def pending(self) -> bool:
+        """A vote for another state waits for the hysteresis."""
+        return self._candidate is not None
+
     def force(self, t_ms: int, state: str) -> list[Event]:
         self._candidate = None
         if state == self.state:
@@ -143,6 +148,11 @@ class FaultTracker:
         if t_ms - self._first_miss >= self.clear_ms:
             return self.close(self._first_miss)
         return []
+
+    @property
+    def pending(self) -> bool:
+        """Hits wait to raise the fault, or misses to end it."""
+        return self._first_miss is not None if self.active else self._first_hit is not None
 
     def open_now(self, t_ms: int, severity: str, detail: str) -> list[Event]:
         self._first_miss = None
@@ -342,6 +352,12 @@ class StationDetector:
         return []
 
     # -- packets and samples ------------------------------------------------------------------
+    def unsettled(self) -> bool:
+        """The last samples started something that later samples must confirm or drop."""
+        # A hidden scene waits to become unknown; once it is, nothing is pending until it clears.
+        hidden_pending = self._hidden_since is not None and self.states.state != UNKNOWN
+        return self.states.pending or hidden_pending or any(tracker.pending for tracker in self.faults.values())
+
     def packet(self, t_ms: int, size: int, keyframe: bool) -> None:
         self.activity.packet(t_ms, size, keyframe)
 

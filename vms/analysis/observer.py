@@ -1,8 +1,9 @@
 """Live analysis inside the ingest workers: a StreamObserver per camera, fed the packets it already has.
 
-Per packet only the compressed size is noted (activity). Every sample_interval_seconds the next
-keyframe is decoded by a single-threaded decoder made for it (skip_frame=NONKEY) and reduced to a small
-gray picture. Nothing here raises into the camera thread: errors are logged and the sample skipped.
+Per packet only the compressed size is noted (activity). A keyframe is decoded when the sample
+schedule says so (vms.analysis.sampling: every 60 s, sooner while the picture changes) by a
+single-threaded decoder made for it (skip_frame=NONKEY) and reduced to a small gray picture.
+Nothing here raises into the camera thread: errors are logged and the sample skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy import select
 from vms.analysis.calibration import StationCalibration, parse_calibration
 from vms.analysis.detector import Event, StationDetector
 from vms.analysis.look import load_look, look_path, save_look
+from vms.analysis.sampling import SampleSchedule
 from vms.analysis.sink import AnalysisSink, Resumed
 from vms.catalog.model import BusinessHours
 from vms.core.clock import Clock
@@ -118,17 +120,13 @@ class StationAnalysisObserver:
         self.detector = StationDetector(cfg, calibration, look, in_business_hours)
         self._base_cfg = cfg
         self._decoder: KeyframeDecoder | None = None
-        self._last_sample_ms: int | None = None
+        self.schedule = SampleSchedule(self.detector.cfg)
         self._last_save = clock.monotonic()
         self._lock = threading.Lock()
         self._errors = 0
         self.samples = 0
         self.decode_seconds = 0.0
         self._maybe_reset_reference()
-
-    @property
-    def interval_ms(self) -> int:
-        return int(self.detector.cfg.sample_interval_seconds * 1000)
 
     def _emit(self, events: list[Event]) -> None:
         if events:
@@ -145,7 +143,7 @@ class StationAnalysisObserver:
             with self._lock:
                 cc = stream.codec_context
                 self._decoder = KeyframeDecoder.for_stream(stream)
-                self._last_sample_ms = None
+                self.schedule.restart()
                 self._emit(self.detector.connected(wall_ms, cc.width or 0, cc.height or 0))
         except Exception as exc:
             self._decoder = None
@@ -160,10 +158,10 @@ class StationAnalysisObserver:
                 return
             with self._lock:
                 self.detector.packet(wall_ms, packet.size, True)
-                if (self._decoder is None
-                        or (self._last_sample_ms is not None and wall_ms - self._last_sample_ms < self.interval_ms)):
+                size = packet.size
+                if self._decoder is None or not self.schedule.due(wall_ms, size, self.detector.unsettled()):
                     return
-                self._last_sample_ms = wall_ms
+                self.schedule.taken(wall_ms)
                 self._sample(bytes(packet), wall_ms)
         except Exception as exc:
             self._error("packet", exc)
@@ -212,6 +210,7 @@ class StationAnalysisObserver:
             d.calibration = calibration
             d.cfg = calibration.effective_settings(self._base_cfg)
             d.states.hysteresis_ms = int(d.cfg.hysteresis_seconds * 1000)
+            self.schedule.configure(d.cfg)
             d._mask_cache = None
             d._prev = None  # a new mask makes the previous picture incomparable
             self._maybe_reset_reference()

@@ -1,10 +1,10 @@
 """`vms analyze`: the live detector run over a video file, for evaluation and for tuning a station.
 
 decode="keyframes" feeds the file's packets through StationAnalysisObserver exactly as the ingest
-does (only keyframes are decoded, at most one per sample interval). decode="all" decodes every
-frame and samples one per interval: for short clips whose keyframes are further apart than the
-sample interval wanted. Raw streams (H.264/HEVC/MPEG elementary streams) carry no timing: frame
-times are index / fps_assumed.
+does (only keyframes are decoded, when the sample schedule says so). decode="all" decodes every
+frame and samples on the same schedule, without the keyframe-size signal: for short clips whose
+keyframes are further apart than the sample interval wanted. Raw streams (H.264/HEVC/MPEG
+elementary streams) carry no timing: frame times are index / fps_assumed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from vms.analysis.detector import (
     StationDetector,
 )
 from vms.analysis.observer import StationAnalysisObserver, business_hours_check, frame_planes
+from vms.analysis.sampling import SampleSchedule
 from vms.core.clock import SimulatedClock
 from vms.core.errors import ConfigError, VmsError
 from vms.core.settings import AnalysisSettings
@@ -129,8 +130,7 @@ def analyse_file(
         cc = stream.codec_context
         yield from detector.connected(start_ms, cc.width or 0, cc.height or 0)
         stream.thread_type = "AUTO"
-        interval = int(detector.cfg.sample_interval_seconds * 1000)
-        next_sample = start_ms
+        schedule = SampleSchedule(detector.cfg)
         pkt_index = frame_index = 0
         last = start_ms
         for packet in container.demux(stream):
@@ -141,8 +141,8 @@ def analyse_file(
                 t = when(frame_index, frame.pts)
                 frame_index += 1
                 last = t
-                if t >= next_sample:
-                    next_sample = t + interval
+                if schedule.due(t, None, detector.unsettled()):
+                    schedule.taken(t)
                     y, u, v = frame_planes(frame)
                     yield from detector.frame(t, y, u, v)
         yield from detector.finish(last + round(1000 / fps_assumed))
