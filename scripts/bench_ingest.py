@@ -92,6 +92,7 @@ def run_vms(sim: Simulator, stations: list[str], work: Path, args) -> dict:
         "data_dir": str(work / "data"),
         "storage": {"volumes": [{"name": "main", "path": str(work / "vms")}]},
         "ingest": {"segment_seconds": args.segment_seconds, "workers": args.workers},
+        "analysis": getattr(args, "analysis_settings", None) or {},
     })
     upgrade(settings.db_url)
     db = Database(settings.db_url)
@@ -204,6 +205,9 @@ def main() -> None:
     ap.add_argument("--fps", type=int, default=15)
     ap.add_argument("--bitrate-kbps", type=int, default=2000)
     ap.add_argument("--gop", type=int, default=30)
+    ap.add_argument("--pattern-seconds", type=float, default=4.0,
+                    help="length of the looped test clip; for the analysis, not a divisor of its sample intervals "
+                         "(a 4 s loop sampled every 20 or 60 s shows the same picture each time: a frozen camera)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--analysis", action="store_true", help="vms also analyses the streams (as `vms ingest` does)")
     ap.add_argument("--live-tap", action="store_true",
@@ -214,6 +218,9 @@ def main() -> None:
     ap.add_argument("--bare-pyav", action="store_true",
                     help="also run bare PyAV demux+mux threads (vms's floor; diagnostic, no segments)")
     ap.add_argument("--only", choices=("vms", "ffmpeg", "pyav"), help="run one contender (while tuning; no ratios)")
+    ap.add_argument("--analysis-cost", action="store_true",
+                    help="instead of the peer: vms with and without --analysis, alternating in one run (issue #5), "
+                         "and with the previous sampling (a keyframe every 30 s, fixed)")
     args = ap.parse_args()
 
     stations = [s.id for s in load_catalog(REPO / "config" / "stations.yaml")][: args.cameras]
@@ -221,9 +228,24 @@ def main() -> None:
         sys.exit(f"the catalogue has only {len(stations)} stations")
     contenders = [("vms", run_vms), ("ffmpeg", run_ffmpeg)] + ([("pyav", run_pyav_bare)] if args.bare_pyav else [])
     contenders = [c for c in contenders if args.only in (None, c[0])]
+    if args.analysis_cost:
+        def with_analysis(sim, stations, work, args):
+            return run_vms(sim, stations, work, argparse.Namespace(**{**vars(args), "analysis": True}))
+
+        def without_analysis(sim, stations, work, args):
+            return run_vms(sim, stations, work, argparse.Namespace(**{**vars(args), "analysis": False}))
+
+        def with_fixed_sampling(sim, stations, work, args):
+            fixed = {"sample_interval_seconds": 30, "sample_interval_changing_seconds": 30}
+            return run_vms(sim, stations, work,
+                           argparse.Namespace(**{**vars(args), "analysis": True, "analysis_settings": fixed}))
+
+        contenders = [("vms+analysis", with_analysis), ("vms", without_analysis),
+                      ("vms+analysis fixed 30 s", with_fixed_sampling)]
     runs: dict[str, list[dict]] = {name: [] for name, _ in contenders}
     with Simulator(cameras=len(stations), names=stations, width=args.width, height=args.height, fps=args.fps,
                    bitrate_kbps=args.bitrate_kbps, gop=args.gop, content="pattern",
+                   pattern_seconds=args.pattern_seconds,
                    cache_dir=REPO / "data" / "cache" / "simulate", ready_timeout=300) as sim:
         # The simulator's start (139 GStreamer pipelines) keeps the machine busy for a while: the first
         # contender measured would pay for it.
@@ -250,6 +272,25 @@ def main() -> None:
                 "footage_s": min(r["footage_s"] for r in rs), "processes": rs[0]["processes"]}
 
     vms, peer, bare = mean_of("vms"), mean_of("ffmpeg"), mean_of("pyav")
+    if args.analysis_cost:
+        n = len(stations)
+        per = {name: 1000 * mean_of(name)["cpu_cores"] / n for name in runs}
+        print(f"# bench_ingest --analysis-cost {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()} "
+              f"{os.cpu_count()} cores; {n} cameras, {args.warmup:.0f} s warm-up + {args.seconds:.0f} s, "
+              f"{args.rounds} round(s)")
+        print("| run | CPU ms per stream-second (per round) | scaled to 139 cameras | PSS MB per stream |"
+              " full segments |")
+        print("|---|---|---|---|---|")
+        labels = {"vms+analysis": "record + analyse", "vms": "record only",
+                  "vms+analysis fixed 30 s": "record + analyse, previous sampling (every 30 s)"}
+        for key, name in labels.items():
+            r = mean_of(key)
+            rounds = ", ".join(f"{1000 * x['cpu_cores'] / n:.2f}" for x in runs[key])
+            print(f"| {name} | {per[key]:.2f} ({rounds}) | {per[key] * 139 / 1000:.2f} cores |"
+                  f" {r['pss'] / n / 2**20:.1f} | {r['full_segments']} |")
+        print(f"analysis adds {per['vms+analysis'] - per['vms']:.2f} ms per stream-second "
+              f"({per['vms+analysis fixed 30 s'] - per['vms']:.2f} with the previous sampling)")
+        return
 
     n = len(stations)
     recorded = args.warmup + args.seconds

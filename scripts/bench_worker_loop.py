@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30, help="measured seconds per contender and round")
     ap.add_argument("--warmup", type=float, default=12, help="seconds before measuring (connect, probe)")
     ap.add_argument("--compare-repo", type=Path, help="another vms checkout, run as contender 'other'")
+    ap.add_argument("--no-bare", action="store_true", help="skip the bare PyAV contender (A/B runs)")
     args = ap.parse_args()
 
     sys.path.insert(0, str(REPO))
@@ -99,7 +100,7 @@ def main() -> None:
     from vms.simulate import Simulator
 
     stations = [s.id for s in load_catalog(REPO / "config" / "stations.yaml")][: args.cameras]
-    contenders = [("bare", "bare", REPO), ("vms", "vms", REPO)]
+    contenders = ([] if args.no_bare else [("bare", "bare", REPO)]) + [("vms", "vms", REPO)]
     if args.compare_repo:
         contenders.append(("other", "vms", args.compare_repo.resolve()))
     results: dict[str, list[dict]] = {name: [] for name, _, _ in contenders}
@@ -121,7 +122,8 @@ def main() -> None:
         system = sum(r["system"] for r in rs) / len(rs)
         bare_total = bare_total or user + system
         print(f"mean {name:6s} user {user:.2f} system {system:.2f} total {user + system:.2f} ms/stream-s "
-              f"({(user + system) / bare_total:.2f}x bare), PSS {sum(r['pss_mb'] for r in rs) / len(rs):.1f} MB")
+              f"({(user + system) / bare_total:.2f}x {next(iter(results))}), "
+              f"PSS {sum(r['pss_mb'] for r in rs) / len(rs):.1f} MB")
 
 
 if __name__ == "__main__":
