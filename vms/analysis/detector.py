@@ -149,11 +149,6 @@ class FaultTracker:
             return self.close(self._first_miss)
         return []
 
-    @property
-    def pending(self) -> bool:
-        """Hits wait to raise the fault, or misses to end it."""
-        return self._first_miss is not None if self.active else self._first_hit is not None
-
     def open_now(self, t_ms: int, severity: str, detail: str) -> list[Event]:
         self._first_miss = None
         if self.active:
@@ -353,10 +348,13 @@ class StationDetector:
 
     # -- packets and samples ------------------------------------------------------------------
     def unsettled(self) -> bool:
-        """The last samples started something that later samples must confirm or drop."""
-        # A hidden scene waits to become unknown; once it is, nothing is pending until it clears.
+        """The last samples started a change of state that later samples must confirm or drop: a vote
+        for another state, or a hidden scene (covered, frozen, no signal) that has not yet made the
+        state unknown. Other faults rising or clearing wait for the steady samples: they are dated to
+        their first hit anyway, and one that flickers (a moving scene half-matching its reference)
+        would keep the camera on the fast schedule for nothing."""
         hidden_pending = self._hidden_since is not None and self.states.state != UNKNOWN
-        return self.states.pending or hidden_pending or any(tracker.pending for tracker in self.faults.values())
+        return self.states.pending or hidden_pending
 
     def packet(self, t_ms: int, size: int, keyframe: bool) -> None:
         self.activity.packet(t_ms, size, keyframe)

@@ -3,8 +3,8 @@
 Decoding a 1080p keyframe is nearly all of the analysis's cost (~20 ms each), so a settled station
 is sampled every `sample_interval_seconds` (60 s). Two cheap signals bring the next sample forward
 to `sample_interval_changing_seconds` (20 s) after the last one:
-- the detector is unsettled: a state vote, a fault rising or clearing, or a hidden scene waits for
-  the samples that confirm or drop it (so a change is confirmed as finely as before);
+- the detector is unsettled: a vote for another state, or a hidden scene, waits for the samples
+  that confirm or drop it (so a change of state is confirmed as finely as before);
 - a keyframe's compressed size left the band of the camera's keyframe sizes over the last steady
   interval by `sample_size_jump_ratio` or more, either way: lights switched, a shutter rolled, the
   lens covered all change how much an intra-coded picture costs long before a sample would see
