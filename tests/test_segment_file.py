@@ -56,3 +56,29 @@ def test_segment_is_copied_without_an_encoder_in_short_fragments(tmp_path, clip)
     assert len(counts) >= frames / (FRAGMENT_SECONDS * FPS + 1)
     with av.open(str(tmp_path / "seg.mp4")) as back:
         assert sum(1 for p in back.demux(back.streams.video[0]) if p.size) == frames
+
+
+def test_segment_header_is_written_without_opening_a_decoder(tmp_path, clip, monkeypatch):
+    # PyAV opens each output stream's codec context before the first mux: for a copy, a decoder that
+    # never decodes (~0.9 MB per camera). The native module writes the header without it; the file
+    # is the same as the one PyAV writes.
+    from vms.recording import segment_file
+
+    assert segment_file.write_header is not None, "native module not built (scripts/build_native.py)"
+    files = {}
+    for name, writer in (("native", segment_file.write_header), ("pyav", None)):
+        monkeypatch.setattr(segment_file, "write_header", writer)
+        with av.open(str(clip)) as c:
+            video = c.streams.video[0]
+            seg = SegmentFile(tmp_path / f"{name}.mp4", video)
+            if writer is not None:
+                # The header (ftyp + empty moov) is on disk before any packet, and no codec is open.
+                assert (tmp_path / f"{name}.mp4").read_bytes()[4:8] == b"ftyp"
+                assert not seg._video.codec_context.is_open
+            for i, pkt in enumerate(p for p in c.demux(video) if p.size):
+                seg.write_video(pkt, i * TICKS, i * TICKS)
+            if writer is None:
+                assert seg._video.codec_context.is_open
+            seg.close()
+        files[name] = (tmp_path / f"{name}.mp4").read_bytes()
+    assert files["native"] == files["pyav"]

@@ -15,18 +15,52 @@ scripts/build_native.py checks (`packet_fields`); stream indexes and time bases 
 Without the module, the recorder copies every packet in Python.
 """
 
+import os
+
 from libc.stdint cimport int64_t
 
 cimport libav as lib
 from av.container.core cimport Container
+from av.container.output cimport OutputContainer
 from av.error cimport err_check
 from av.packet cimport Packet
+from av.stream cimport Stream
 
 
 cdef extern from "libavcodec/avcodec.h" nogil:
     # Not declared by PyAV.
     void av_packet_unref(lib.AVPacket *pkt)
     void av_packet_move_ref(lib.AVPacket *dst, lib.AVPacket *src)
+
+def write_header(OutputContainer container, dict options):
+    """Open the file and write the header as PyAV's start_encoding() does, without opening codecs.
+
+    PyAV opens every output stream's codec context before the first mux; for a copied H.264 stream
+    that is a decoder that never decodes, ~0.9 MB per camera for as long as its segment is open
+    (most of a camera's memory after the connection itself). The muxer needs only the streams'
+    codec parameters, which _finalize_for_output() copies as PyAV would. The file is opened with
+    AVIO_FLAG_DIRECT: each fragment goes to write() whole rather than through a 32 KB buffer.
+    Touches one AVFormatContext field, `pb`, the fifth and unmoved since FFmpeg 1.0.
+    """
+    cdef Stream stream
+    cdef lib.AVDictionary *opts = NULL
+    cdef int ret
+    if container._started:
+        return
+    for stream in container.streams:
+        stream._finalize_for_output()
+    name = os.fsencode(container.name)
+    err_check(lib.avio_open(&container.ptr.pb, name, lib.AVIO_FLAG_WRITE | lib.AVIO_FLAG_DIRECT), container.name)
+    for key, value in options.items():
+        lib.av_dict_set(&opts, key.encode(), str(value).encode(), 0)
+    with nogil:
+        ret = lib.avformat_write_header(container.ptr, &opts)
+    lib.av_dict_free(&opts)
+    if ret < 0:
+        lib.avio_closep(&container.ptr.pb)
+        err_check(ret, container.name)
+    container._started = True
+
 
 # pump() results
 cdef enum:

@@ -17,6 +17,11 @@ import av
 from vms.recording.fmp4 import playable_length
 from vms.recording.volumes import fsync_dir
 
+try:  # built by scripts/build_native.py; without it PyAV writes the header (and opens a decoder)
+    from vms.recording.native_copy import write_header
+except ImportError:  # pragma: no cover - depends on the build
+    write_header = None
+
 # The muxer holds a fragment in memory until it ends. Fragments of at most half a second, whatever
 # the camera's GOP (2 s here, 10 s on some "smart" codecs): 0.5 MB less per 2 Mbps camera than one
 # fragment per GOP, and a kill -9 loses about that much (half a second plus a frame). Costs +0.1 %
@@ -36,7 +41,7 @@ def add_copy_stream(container: av.container.OutputContainer, template: av.stream
     stream from the template's *encoder* (libx264 for H.264): each segment opened an x264 encoder
     at the camera's resolution, never used, with its threads (four on 2 cores) and ~3.9 MB per
     1080p camera. The template's decoder, single-threaded, opens in a third of the time with ~1 MB
-    and no thread.
+    and no thread; native_copy.write_header does not open it at all.
     """
     stream = container.add_stream_from_template(template, opaque=True)
     stream.codec_context.thread_count = 1
@@ -66,6 +71,8 @@ class SegmentFile:
             if audio is not None:
                 self._audio = add_copy_stream(self._container, audio)
                 self._audio.time_base = audio.time_base
+            if write_header is not None:
+                write_header(self._container, dict(FMP4_OPTIONS))
         except Exception:
             os.close(self._fd)
             path.unlink(missing_ok=True)
