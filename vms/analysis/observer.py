@@ -333,9 +333,14 @@ class AnalysisObserverFactory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for ob in list(self.observers.values()):
+        observers = list(self.observers.values())
+        for ob in observers:
             ob._save_look()
         self.sink.flush()
+        if observers:
+            log.info("analysis: %d cameras, %d samples (%d early), %.1f s CPU in samples", len(observers),
+                     sum(ob.samples for ob in observers), sum(ob.schedule.early for ob in observers),
+                     sum(ob.decode_seconds for ob in observers))
 
 
 def make_analysis_observer_factory(settings: Settings, database: Database, clock: Clock) -> AnalysisObserverFactory:
