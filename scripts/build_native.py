@@ -4,9 +4,10 @@
 Cython needs PyAV's declarations of FFmpeg (`include/*.pxd`, shipped in PyAV's sdist, not its wheel):
 they are fetched once from the package index for the installed PyAV version. The C compiler needs
 FFmpeg's headers: Debian's (libavformat-dev, installed by bootstrap.sh). The module only touches
-AVPacket's leading fields and calls functions whose signatures have not changed since FFmpeg 5, and
-it links against the FFmpeg that PyAV bundles (the one loaded at run time); the check below reads a
-real packet both ways and refuses the build if the two views of its fields differ.
+AVPacket's leading fields and AVFormatContext's `pb`, and calls functions whose signatures have not
+changed since FFmpeg 5, and it links against the FFmpeg that PyAV bundles (the one loaded at run
+time); the check below reads a real packet both ways, and writes a file both with the module's header
+and PyAV's, and refuses the build if they differ.
 
 Usage: .venv/bin/python scripts/build_native.py [--force]   (bootstrap.sh runs it; a no-op when up to date)
 """
@@ -138,6 +139,29 @@ def check() -> None:
             seen += 1
     if seen < 30:
         sys.exit(f"build_native: the check demuxed only {seen} packets")
+    # write_header sets AVFormatContext.pb: the file must be the one PyAV's own header path writes.
+    import tempfile
+
+    files = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for native in (True, False):
+            buf.seek(0)
+            path = Path(tmp) / f"{native}.mp4"
+            with av.open(buf) as inp:
+                video = inp.streams.video[0]
+                out = av.open(str(path), "w", format="mp4", options={"movflags": "frag_keyframe+empty_moov"})
+                copy = out.add_stream_from_template(video, opaque=True)
+                copy.time_base = video.time_base
+                if native:
+                    native_copy.write_header(out)
+                for pkt in inp.demux(video):
+                    if pkt.size:
+                        pkt.stream = copy
+                        out.mux(pkt)
+                out.close()
+            files.append(path.read_bytes())
+    if len(files[0]) < 1000 or files[0] != files[1]:
+        sys.exit("build_native: write_header wrote another file than PyAV's own header path; not using it")
 
 
 def fingerprint() -> str:

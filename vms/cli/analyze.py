@@ -31,7 +31,9 @@ def analyze(
     station_config: Path | None = typer.Option(
         None, "--station-config", help="YAML: calibration, overrides (e.g. hysteresis_seconds), business_hours"),
     output: OutputFormat = typer.Option(OutputFormat.jsonl, "--format", help="output format"),
-    sample_interval: float | None = typer.Option(None, "--sample-interval", help="seconds between samples"),
+    sample_interval: float | None = typer.Option(
+        None, "--sample-interval", help="seconds between samples of a settled picture (sooner while it changes: "
+        "sample_interval_changing_seconds)"),
     hysteresis: float | None = typer.Option(None, "--hysteresis", help="seconds a state change must persist"),
     decode: Decode = typer.Option(
         Decode.keyframes, "--decode", help="keyframes: as live; all: every frame, one sample per interval"),

@@ -147,11 +147,11 @@ class AnalysisSettings(StrictModel):
     # 0.64 cores, over the 0.6 target (docs/benchmarks.md).
     sample_interval_seconds: float = Field(default=60, gt=0, le=600, description="decode one keyframe this often")
     sample_interval_changing_seconds: float = Field(
-        default=20, gt=0, le=600, description="this often while a change waits for confirmation or a keyframe's size "
-        "jumped (capped at sample_interval_seconds)")
+        default=20, gt=0, le=600, description="this often while a change of state waits for confirmation or a "
+        "keyframe's size jumped (no effect above sample_interval_seconds)")
     sample_size_jump_ratio: float = Field(
-        default=1.5, gt=1, description="a keyframe this factor above or below the sizes of the last "
-        "sample_interval_seconds samples early")
+        default=1.5, gt=1, description="a keyframe this factor above or below the keyframe sizes of the "
+        "sample_interval_seconds before the last sample is sampled early")
     analysis_width: int = Field(default=160, ge=32, le=640, description="long side of the analysed gray image")
     hysteresis_seconds: float = Field(default=120, ge=0, description="a state change must persist this long")
     open_luma: float = Field(default=70, gt=16, lt=235, description="lit/dark split until the station learns its own")

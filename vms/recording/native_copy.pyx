@@ -10,8 +10,9 @@ costs a GIL round trip per keyframe and per batch instead of two per packet (doc
 
 It works on PyAV's own contexts and FFmpeg (the libraries bundled with PyAV), through PyAV's
 Cython declarations, but compiled against Debian's FFmpeg headers (PyAV's wheel has none): so it
-reads no FFmpeg struct but AVPacket, whose leading fields have not moved in years and which
-scripts/build_native.py checks (`packet_fields`); stream indexes and time bases come from Python.
+reads no FFmpeg struct but AVPacket's leading fields and AVFormatContext's `pb` (write_header), which
+have not moved in years and which scripts/build_native.py checks; stream indexes and time bases come
+from Python.
 Without the module, the recorder copies every packet in Python.
 """
 
@@ -32,33 +33,42 @@ cdef extern from "libavcodec/avcodec.h" nogil:
     void av_packet_unref(lib.AVPacket *pkt)
     void av_packet_move_ref(lib.AVPacket *dst, lib.AVPacket *src)
 
-def write_header(OutputContainer container, dict options):
+def write_header(OutputContainer container):
     """Open the file and write the header as PyAV's start_encoding() does, without opening codecs.
 
     PyAV opens every output stream's codec context before the first mux; for a copied H.264 stream
-    that is a decoder that never decodes, ~0.9 MB per camera for as long as its segment is open
-    (most of a camera's memory after the connection itself). The muxer needs only the streams'
-    codec parameters, which _finalize_for_output() copies as PyAV would. The file is opened with
-    AVIO_FLAG_DIRECT: each fragment goes to write() whole rather than through a 32 KB buffer.
-    Touches one AVFormatContext field, `pb`, the fifth and unmoved since FFmpeg 1.0.
+    that is a decoder that never decodes, ~0.9 MB per camera for as long as its segment is open.
+    The muxer needs only the streams' codec parameters, which _finalize_for_output() copies as PyAV
+    would. Unlike start_encoding(), it sets no container metadata and does not warn of unused
+    options. The file is opened with AVIO_FLAG_DIRECT: a fragment's sample data goes to write() in
+    one call instead of through FFmpeg's 32 KB buffer. The muxer still patches box sizes by seeking
+    back, so a fragment is a few write() and lseek() calls, and for a moment its moof has a zero size
+    on disk (playable_length() stops before such a fragment). Measured: -13 % CPU per camera
+    (docs/benchmarks.md, session 6). Reads and writes one AVFormatContext field, `pb`, the fifth, unmoved since FFmpeg 1.0
+    (scripts/build_native.py checks that the file is the one PyAV writes).
     """
     cdef Stream stream
     cdef lib.AVDictionary *opts = NULL
     cdef int ret
     if container._started:
         return
+    if container.file is not None or container.ptr.pb != NULL:
+        raise ValueError("write_header: only for a container that opens its own file")
     for stream in container.streams:
         stream._finalize_for_output()
     name = os.fsencode(container.name)
-    err_check(lib.avio_open(&container.ptr.pb, name, lib.AVIO_FLAG_WRITE | lib.AVIO_FLAG_DIRECT), container.name)
-    for key, value in options.items():
-        lib.av_dict_set(&opts, key.encode(), str(value).encode(), 0)
-    with nogil:
-        ret = lib.avformat_write_header(container.ptr, &opts)
-    lib.av_dict_free(&opts)
-    if ret < 0:
-        lib.avio_closep(&container.ptr.pb)
+    try:
+        for key, value in {**container.options, **container.container_options}.items():
+            err_check(lib.av_dict_set(&opts, str(key).encode(), str(value).encode(), 0))
+        err_check(lib.avio_open(&container.ptr.pb, name, lib.AVIO_FLAG_WRITE | lib.AVIO_FLAG_DIRECT), container.name)
+        with nogil:
+            ret = lib.avformat_write_header(container.ptr, &opts)
         err_check(ret, container.name)
+    except BaseException:
+        lib.avio_closep(&container.ptr.pb)  # a no-op when it was not opened
+        raise
+    finally:
+        lib.av_dict_free(&opts)
     container._started = True
 
 

@@ -41,7 +41,8 @@ def add_copy_stream(container: av.container.OutputContainer, template: av.stream
     stream from the template's *encoder* (libx264 for H.264): each segment opened an x264 encoder
     at the camera's resolution, never used, with its threads (four on 2 cores) and ~3.9 MB per
     1080p camera. The template's decoder, single-threaded, opens in a third of the time with ~1 MB
-    and no thread; native_copy.write_header does not open it at all.
+    and no thread. SegmentFile does not open it at all when the native module is built
+    (native_copy.write_header); a remux still does.
     """
     stream = container.add_stream_from_template(template, opaque=True)
     stream.codec_context.thread_count = 1
@@ -58,6 +59,7 @@ class SegmentFile:
         path.parent.mkdir(parents=True, exist_ok=True)
         # O_EXCL: never overwrite footage. The descriptor is kept for fsync.
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._container = None
         try:
             self._container = av.open(str(path), "w", format="mp4", options=dict(FMP4_OPTIONS))
             self._video = add_copy_stream(self._container, video)
@@ -72,16 +74,21 @@ class SegmentFile:
                 self._audio = add_copy_stream(self._container, audio)
                 self._audio.time_base = audio.time_base
             if write_header is not None:
-                write_header(self._container, dict(FMP4_OPTIONS))
+                write_header(self._container)
+            fsync_dir(path.parent)
         except Exception:
             os.close(self._fd)
+            if self._container is not None:
+                try:  # now, not at garbage collection: a header already written gets its trailer
+                    self._container.close()
+                except Exception:  # noqa: BLE001 - the file is removed anyway
+                    pass
             path.unlink(missing_ok=True)
             raise
         self._closed = False
         # The recorder's per-packet path muxes video itself (stream, dts, pts, then mux) rather than
         # calling write_video: one Python call fewer per packet.
         self.mux = self._container.mux
-        fsync_dir(path.parent)
 
     def write_video(self, packet: av.Packet, dts: int, pts: int) -> None:
         packet.stream = self._video
