@@ -229,19 +229,13 @@ def main() -> None:
     contenders = [("vms", run_vms), ("ffmpeg", run_ffmpeg)] + ([("pyav", run_pyav_bare)] if args.bare_pyav else [])
     contenders = [c for c in contenders if args.only in (None, c[0])]
     if args.analysis_cost:
-        def with_analysis(sim, stations, work, args):
-            return run_vms(sim, stations, work, argparse.Namespace(**{**vars(args), "analysis": True}))
+        def vms_with(**overrides):
+            return lambda sim, stations, work, args: run_vms(
+                sim, stations, work, argparse.Namespace(**{**vars(args), **overrides}))
 
-        def without_analysis(sim, stations, work, args):
-            return run_vms(sim, stations, work, argparse.Namespace(**{**vars(args), "analysis": False}))
-
-        def with_fixed_sampling(sim, stations, work, args):
-            fixed = {"sample_interval_seconds": 30, "sample_interval_changing_seconds": 30}
-            return run_vms(sim, stations, work,
-                           argparse.Namespace(**{**vars(args), "analysis": True, "analysis_settings": fixed}))
-
-        contenders = [("vms+analysis", with_analysis), ("vms", without_analysis),
-                      ("vms+analysis fixed 30 s", with_fixed_sampling)]
+        fixed = {"sample_interval_seconds": 30, "sample_interval_changing_seconds": 30}
+        contenders = [("vms+analysis", vms_with(analysis=True)), ("vms", vms_with(analysis=False)),
+                      ("vms+analysis fixed 30 s", vms_with(analysis=True, analysis_settings=fixed))]
     runs: dict[str, list[dict]] = {name: [] for name, _ in contenders}
     with Simulator(cameras=len(stations), names=stations, width=args.width, height=args.height, fps=args.fps,
                    bitrate_kbps=args.bitrate_kbps, gop=args.gop, content="pattern",

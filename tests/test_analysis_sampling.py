@@ -20,7 +20,7 @@ def sampled_times(s: SampleSchedule, keyframes, unsettled=lambda t: False) -> li
     """Feed (t_ms, size) keyframes; return the times the schedule decoded."""
     out = []
     for t, size in keyframes:
-        if s.due(t, size, unsettled(t)):
+        if s.due(t, size, lambda t=t: unsettled(t)):
             s.taken(t)
             out.append(t)
     return out
@@ -147,3 +147,24 @@ def test_a_hidden_scene_is_unsettled_only_until_it_makes_the_state_unknown():
     # 60 s later (110 s) the state is unknown and nothing waits any more.
     assert all(unsettled[t] for t in range(50, 110, 10))
     assert not any(unsettled[t] for t in range(110, 200, 10))
+
+
+def test_a_calibration_edit_reschedules_and_a_reconnect_starts_a_new_band(tmp_path):
+    from vms.analysis.calibration import parse_calibration
+    from vms.analysis.observer import StationAnalysisObserver
+    from vms.core.clock import SimulatedClock
+
+    class Sink:
+        def submit(self, station_id, events):
+            pass
+
+    obs = StationAnalysisObserver("s", AnalysisSettings(), Sink(), SimulatedClock())
+    assert (obs.schedule.steady_ms, obs.schedule.changing_ms) == (60_000, 20_000)
+    obs.set_calibration(parse_calibration({"overrides": {"sample_interval_seconds": 90,
+                                                         "sample_interval_changing_seconds": 10}}))
+    assert (obs.schedule.steady_ms, obs.schedule.changing_ms) == (90_000, 10_000)
+
+    s = obs.schedule
+    assert sampled_times(s, [(0, 100_000)]) == [0]
+    s.restart()  # a new connection: sampled at once, and the old connection's sizes leave the band
+    assert sampled_times(s, [(5_000, 30_000), (20_000, 100_000)]) == [5_000, 20_000]

@@ -158,7 +158,7 @@ class StationAnalysisObserver:
                 return
             with self._lock:
                 self.detector.packet(wall_ms, packet.size, True)
-                if self._decoder is None or not self.schedule.due(wall_ms, packet.size, self.detector.unsettled()):
+                if self._decoder is None or not self.schedule.due(wall_ms, packet.size, self.detector.unsettled):
                     return
                 self.schedule.taken(wall_ms)
                 self._sample(bytes(packet), wall_ms)

@@ -141,7 +141,7 @@ def analyse_file(
                 t = when(frame_index, frame.pts)
                 frame_index += 1
                 last = t
-                if schedule.due(t, None, detector.unsettled()):
+                if schedule.due(t, None, detector.unsettled):
                     schedule.taken(t)
                     y, u, v = frame_planes(frame)
                     yield from detector.frame(t, y, u, v)

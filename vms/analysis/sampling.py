@@ -17,6 +17,7 @@ to `sample_interval_changing_seconds` (20 s) after the last one:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from vms.core.settings import AnalysisSettings
 
@@ -44,9 +45,10 @@ class SampleSchedule:
         self._band = None
         self._changed = False
 
-    def due(self, t_ms: int, size: int | None, unsettled: bool) -> bool:
+    def due(self, t_ms: int, size: int | None, unsettled: Callable[[], bool]) -> bool:
         """Whether the keyframe at t_ms (of `size` bytes, None when unknown) should be decoded.
-        Called for every keyframe: the sizes make the band."""
+        Called for every keyframe: the sizes make the band. `unsettled` is asked only when the
+        answer depends on it."""
         if size:
             self._note_size(t_ms, size)
         if self.last_ms is None:
@@ -56,7 +58,7 @@ class SampleSchedule:
             return True  # elapsed < 0: the clock stepped back; start over rather than wait for it
         if elapsed < self.changing_ms:
             return False
-        if unsettled or self._changed:
+        if self._changed or unsettled():
             self.early += 1
             return True
         return False

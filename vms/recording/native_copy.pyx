@@ -44,8 +44,8 @@ def write_header(OutputContainer container):
     one call instead of through FFmpeg's 32 KB buffer. The muxer still patches box sizes by seeking
     back, so a fragment is a few write() and lseek() calls, and for a moment its moof has a zero size
     on disk (playable_length() stops before such a fragment). Measured: -13 % CPU per camera
-    (docs/benchmarks.md, session 6). Reads and writes one AVFormatContext field, `pb`, the fifth, unmoved since FFmpeg 1.0
-    (scripts/build_native.py checks that the file is the one PyAV writes).
+    (docs/benchmarks.md, session 6). Reads and writes one AVFormatContext field, `pb`, the fifth,
+    unmoved since FFmpeg 1.0 (scripts/build_native.py checks that the file is the one PyAV writes).
     """
     cdef Stream stream
     cdef lib.AVDictionary *opts = NULL
