@@ -91,6 +91,10 @@ class IngestSettings(StrictModel):
     stable_seconds: float = Field(default=60, gt=0, description="streaming this long resets the backoff")
     status_interval_seconds: float = Field(default=5, gt=0)
     native_copy: bool = Field(default=True, description="copy ordinary packets in C (scripts/build_native.py)")
+    receive_pause_seconds: float = Field(
+        default=0.5, ge=0, le=2,
+        description="the native copier reads a TCP camera's packets in bursts, pausing up to this long between"
+                    " them (never just before a keyframe, nor while a viewer watches); 0 reads each as it comes")
 
 
 class ApiSettings(StrictModel):

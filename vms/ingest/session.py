@@ -95,6 +95,7 @@ class CameraSession(threading.Thread):
         self._sort_observers()
         self._copier = None  # the native copier (vms.recording.copier) while it reads this connection
         self.native_frames = 0  # frames the native copier recorded (diagnostics, tests)
+        self.native_pauses = 0  # pauses between its reads, of connections that ended (tests)
 
     def _raise_attention(self) -> None:
         self._attention = True
@@ -299,7 +300,9 @@ class CameraSession(threading.Thread):
         copier = None
         if self.settings.native_copy and all(hasattr(obs, "on_copied") for obs in self._packet_observers):
             # (An observer without on_copied needs every packet itself.)
-            copier = make_copier(container, streams, video_index)
+            # Over UDP a pause would let the socket's buffer overflow and drop packets: TCP only.
+            pause = self.settings.receive_pause_seconds if self.transport == "tcp" else 0
+            copier = make_copier(container, streams, video_index, pause)
         if copier is None:
             yield from container.demux(streams)
             return
@@ -309,6 +312,7 @@ class CameraSession(threading.Thread):
         try:
             yield from recorded_packets(copier, self.recorder, self._copied, self._copy_allowed)
         finally:
+            self.native_pauses += copier.pauses
             self._copier = None
 
     def _copy_allowed(self) -> bool:

@@ -28,16 +28,18 @@ def native_copy_built() -> bool:
     return native_copy is not None
 
 
-def make_copier(container: av.container.InputContainer, streams: list, video_index: int):
+def make_copier(container: av.container.InputContainer, streams: list, video_index: int, pause_s: float = 0):
     """A PacketCopier reading `container`, or None if the module is not built or cannot serve it: a
     read timeout (PyAV checks it in its interrupt callback, which the copier does not arm) or more
-    streams than it tracks."""
+    streams than it tracks. While armed it pauses up to `pause_s` between reads (0: never)."""
     if native_copy is None or container.read_timeout is not None:
         return None
     try:
-        return native_copy.PacketCopier(container, streams, video_index)
+        copier = native_copy.PacketCopier(container, streams, video_index)
     except ValueError:
         return None
+    copier.pause_us = round(pause_s * 1_000_000)
+    return copier
 
 
 def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback,

@@ -14,11 +14,17 @@ reads no FFmpeg struct but AVPacket's leading fields and AVFormatContext's `pb` 
 have not moved in years and which scripts/build_native.py checks; stream indexes and time bases come
 from Python.
 Without the module, the recorder copies every packet in Python.
+
+Between reads it pauses (`pause_us`), so a camera's packets gather in the socket and one wake-up
+reads several frames: waking up once per frame, as a reader blocked in FFmpeg's poll() does, was
+most of the recorder's kernel time (docs/design/recording.md, "Pausing between reads").
 """
 
 import os
 
 from libc.stdint cimport int64_t
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.unistd cimport usleep
 
 cimport libav as lib
 from av.container.core cimport Container
@@ -86,6 +92,17 @@ cdef enum:
     MAX_STREAMS = 32
     MAX_KEPT = 256  # packets kept per batch for `kept()`; a full batch ends the pump
 
+cdef enum:
+    BLOCKED_US = 1000      # a read that took longer waited for the camera: the loop is at the live edge
+    MIN_PAUSE_US = 20000   # shorter pauses are not worth a wake-up
+    KEY_MARGIN_US = 100000 # a pause ends this long (plus two frames) before the next keyframe is due
+
+
+cdef inline int64_t monotonic_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
 
 cdef class PacketCopier:
     """One per camera connection; used only from the camera's thread (except `attention`)."""
@@ -128,6 +145,15 @@ cdef class PacketCopier:
     cdef int read_error
     cdef object pending_exc
     cdef public Packet packet
+    # Pausing between reads, only while armed: the longest pause (0: never), the pause due before
+    # the next read, and the input's GOP as the loop has seen it (video dts of the last keyframe, the
+    # interval between the last two, the last video dts), to end pauses before a keyframe is due.
+    cdef public int64_t pause_us
+    cdef int64_t pause_next_us
+    cdef int64_t key_dts
+    cdef int64_t gop_ticks
+    cdef int64_t video_dts
+    cdef public long pauses
 
     def __cinit__(self):
         self.pkt = lib.av_packet_alloc()
@@ -164,6 +190,8 @@ cdef class PacketCopier:
         self.armed = False
         self.attention = False
         self.batch_ticks = 1 << 62
+        self.key_dts = self.video_dts = lib.AV_NOPTS_VALUE
+        self.gop_ticks = 0
 
     def arm(self, Container sink, sink_stream, int64_t start_pos, int64_t pos, int64_t last_dts,
             int64_t max_step, int64_t frame_ticks, int64_t batch_ticks):
@@ -194,6 +222,9 @@ cdef class PacketCopier:
         cdef int size
         cdef int64_t step, rel
         cdef bint kept
+        cdef int64_t t0
+        cdef bint blocked
+        cdef lib.AVRational vtb = self.stream_tb[vidx]
         if self.armed and self.sink is not None:
             dst = self.sink.ptr
         self.copied = 0
@@ -208,17 +239,34 @@ cdef class PacketCopier:
             return self._read_failed(ret)
         with nogil:
             while True:
+                if self.pause_next_us:
+                    # Only while armed: a disarmed copier hands every packet to Python at once (a
+                    # live viewer watches, or the segment's start may still move on the receive clock).
+                    if dst != NULL:
+                        usleep(self.pause_next_us)
+                        self.pauses += 1
+                    self.pause_next_us = 0
                 if self.attention:
                     self.attention = False
                     status = ATTENTION
                     break
+                t0 = monotonic_us()
                 ret = lib.av_read_frame(src, p)
+                blocked = monotonic_us() - t0 > BLOCKED_US
                 if ret < 0:
                     break
                 idx = p.stream_index
                 if idx < 0 or idx >= MAX_STREAMS or not self.wanted[idx]:
                     av_packet_unref(p)
                     continue
+                if idx == vidx and p.dts != lib.AV_NOPTS_VALUE:
+                    if p.flags & lib.AV_PKT_FLAG_KEY:
+                        if self.key_dts != lib.AV_NOPTS_VALUE and p.dts > self.key_dts:
+                            self.gop_ticks = p.dts - self.key_dts
+                        self.key_dts = p.dts
+                    self.video_dts = p.dts
+                if blocked and self.pause_us > 0:
+                    self._plan_pause(vtb)
                 if (dst == NULL or idx != vidx or p.size == 0 or p.dts == lib.AV_NOPTS_VALUE
                         or (p.flags & lib.AV_PKT_FLAG_KEY)):
                     status = PACKET
@@ -287,6 +335,19 @@ cdef class PacketCopier:
         if status == PACKET:
             self.packet = self._hand_over(p)
         return status
+
+    cdef void _plan_pause(self, lib.AVRational vtb) noexcept nogil:
+        # The read waited for the camera, so the packet just read is about the newest there is: pause
+        # before the next read, but wake up in time for the next keyframe. Keyframes are where the
+        # recorder reads the receive clock (a segment's wall end, docs/design/time.md) and where the
+        # analysis samples: they are read as promptly as without pauses, if the GOP is regular.
+        cdef int64_t to_key_us
+        if self.gop_ticks <= 0 or self.video_dts == lib.AV_NOPTS_VALUE or vtb.num <= 0 or vtb.den <= 0:
+            return  # no GOP seen yet: no pause
+        to_key_us = ((self.key_dts + self.gop_ticks - self.video_dts - 2 * self.frame_ticks)
+                     * 1000000 * vtb.num // vtb.den) - KEY_MARGIN_US
+        if to_key_us >= MIN_PAUSE_US:
+            self.pause_next_us = to_key_us if to_key_us < self.pause_us else self.pause_us
 
     cdef int _read_failed(self, int ret) except -1:
         if ret == lib.AVERROR_EOF:
