@@ -23,8 +23,7 @@ most of the recorder's kernel time (docs/design/recording.md, "Pausing between r
 import os
 
 from libc.stdint cimport int64_t
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
-from posix.unistd cimport usleep
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, nanosleep, timespec
 
 cimport libav as lib
 from av.container.core cimport Container
@@ -93,15 +92,32 @@ cdef enum:
     MAX_KEPT = 256  # packets kept per batch for `kept()`; a full batch ends the pump
 
 cdef enum:
-    BLOCKED_US = 1000      # a read that took longer waited for the camera: the loop is at the live edge
-    MIN_PAUSE_US = 20000   # shorter pauses are not worth a wake-up
-    KEY_MARGIN_US = 100000 # a pause ends this long (plus two frames) before the next keyframe is due
+    SLOW_READ_US = 1000     # a read that took longer may have waited for the camera (or been preempted)
+    MIN_PAUSE_US = 20000    # shorter pauses are not worth a wake-up
+    KEY_MARGIN_US = 100000  # a pause ends this long (plus two frames) before the next keyframe is due
+    PAUSE_BYTES = 131072    # at most this much gathers in the socket during a pause (the TCP window)
+    MAX_GOP_S = 20          # a longer keyframe interval is a timestamp jump, not a GOP
+
+cdef extern from "sys/resource.h" nogil:
+    struct rusage:
+        long ru_nvcsw
+    int getrusage(int who, rusage *usage)
+
+cdef enum:
+    RUSAGE_THREAD = 1  # Linux: the calling thread's counters
 
 
 cdef inline int64_t monotonic_us() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+cdef inline long voluntary_switches() noexcept nogil:
+    cdef rusage ru
+    if getrusage(RUSAGE_THREAD, &ru) != 0:
+        return -1
+    return ru.ru_nvcsw
 
 
 cdef class PacketCopier:
@@ -145,13 +161,21 @@ cdef class PacketCopier:
     cdef int read_error
     cdef object pending_exc
     cdef public Packet packet
-    # Pausing between reads, only while armed: the longest pause (0: never), the pause due before
-    # the next read, and the input's GOP as the loop has seen it (video dts of the last keyframe, the
-    # interval between the last two, the last video dts), to end pauses before a keyframe is due.
+    # Pausing between reads, only while armed: the longest pause (0: never); when the pause planned
+    # ends (monotonic us, 0: none planned); whether the last pause's packets are still being read;
+    # the thread's voluntary context switches at the last check; and the input's GOP as the loop has
+    # seen it (video dts of the last keyframe, the interval between the last two and the bytes read
+    # in it, the bytes since the last keyframe, the last video dts), to end pauses before a keyframe is
+    # due and before more than PAUSE_BYTES gather.
     cdef public int64_t pause_us
-    cdef int64_t pause_next_us
+    cdef int64_t pause_until
+    cdef bint catching_up
+    cdef int64_t caught_up_by
+    cdef long switches
     cdef int64_t key_dts
     cdef int64_t gop_ticks
+    cdef int64_t gop_bytes
+    cdef int64_t bytes_since_key
     cdef int64_t video_dts
     cdef public long pauses
 
@@ -222,11 +246,16 @@ cdef class PacketCopier:
         cdef int size
         cdef int64_t step, rel
         cdef bint kept
-        cdef int64_t t0
-        cdef bint blocked
+        cdef int64_t t0 = 0, now
+        cdef long switches
+        cdef bint waited
+        cdef timespec nap
         cdef lib.AVRational vtb = self.stream_tb[vidx]
         if self.armed and self.sink is not None:
             dst = self.sink.ptr
+        cdef bint pausing = self.pause_us > 0 and dst != NULL
+        if pausing:
+            self.switches = voluntary_switches()  # what Python did since the last pump is not a wait
         self.copied = 0
         self.copied_bytes = 0
         self._drop_kept()
@@ -239,33 +268,51 @@ cdef class PacketCopier:
             return self._read_failed(ret)
         with nogil:
             while True:
-                if self.pause_next_us:
+                if self.pause_until:
                     # Only while armed: a disarmed copier hands every packet to Python at once (a
                     # live viewer watches, or the segment's start may still move on the receive clock).
-                    if dst != NULL:
-                        usleep(self.pause_next_us)
+                    # Not when attention is asked either (a stop, a periodic task).
+                    now = monotonic_us()
+                    if pausing and not self.attention and self.pause_until - now >= MIN_PAUSE_US:
+                        nap.tv_sec = (self.pause_until - now) // 1000000
+                        nap.tv_nsec = ((self.pause_until - now) % 1000000) * 1000
+                        nanosleep(&nap, NULL)
+                        self.switches = voluntary_switches()  # the pause's own switch is not a wait
                         self.pauses += 1
-                    self.pause_next_us = 0
-                if self.attention:
+                        self.catching_up = True
+                        # Packets that gathered during the pause are read before attention is
+                        # answered (a stop would drop them), for at most as long as the pause.
+                        self.caught_up_by = monotonic_us() + self.pause_until - now
+                    self.pause_until = 0
+                if self.attention and (not self.catching_up or monotonic_us() > self.caught_up_by):
                     self.attention = False
+                    self.catching_up = False
                     status = ATTENTION
                     break
-                t0 = monotonic_us()
+                waited = False
+                if pausing:
+                    t0 = monotonic_us()
                 ret = lib.av_read_frame(src, p)
-                blocked = monotonic_us() - t0 > BLOCKED_US
+                if pausing and monotonic_us() - t0 > SLOW_READ_US:
+                    # Slow: it waited for the camera, or the thread was preempted. Only the first
+                    # makes a voluntary context switch; then the packet read is about the newest.
+                    switches = voluntary_switches()
+                    if switches != self.switches:
+                        self.switches = switches
+                        self.catching_up = False
+                        waited = True
                 if ret < 0:
                     break
                 idx = p.stream_index
                 if idx < 0 or idx >= MAX_STREAMS or not self.wanted[idx]:
                     av_packet_unref(p)
                     continue
+                self.bytes_since_key += p.size
                 if idx == vidx and p.dts != lib.AV_NOPTS_VALUE:
                     if p.flags & lib.AV_PKT_FLAG_KEY:
-                        if self.key_dts != lib.AV_NOPTS_VALUE and p.dts > self.key_dts:
-                            self.gop_ticks = p.dts - self.key_dts
-                        self.key_dts = p.dts
+                        self._note_keyframe(p.dts, p.size, vtb)
                     self.video_dts = p.dts
-                if blocked and self.pause_us > 0:
+                if waited:
                     self._plan_pause(vtb)
                 if (dst == NULL or idx != vidx or p.size == 0 or p.dts == lib.AV_NOPTS_VALUE
                         or (p.flags & lib.AV_PKT_FLAG_KEY)):
@@ -336,18 +383,36 @@ cdef class PacketCopier:
             self.packet = self._hand_over(p)
         return status
 
+    cdef void _note_keyframe(self, int64_t dts, int size, lib.AVRational vtb) noexcept nogil:
+        if (self.key_dts != lib.AV_NOPTS_VALUE and dts > self.key_dts and vtb.num > 0 and vtb.den > 0
+                and dts - self.key_dts <= MAX_GOP_S * vtb.den // vtb.num):
+            self.gop_ticks = dts - self.key_dts
+            self.gop_bytes = self.bytes_since_key - size
+        else:
+            self.gop_ticks = 0  # unknown until the next regular interval: no pause
+        self.key_dts = dts
+        self.bytes_since_key = size
+
     cdef void _plan_pause(self, lib.AVRational vtb) noexcept nogil:
         # The read waited for the camera, so the packet just read is about the newest there is: pause
         # before the next read, but wake up in time for the next keyframe. Keyframes are where the
         # recorder reads the receive clock (a segment's wall end, docs/design/time.md) and where the
-        # analysis samples: they are read as promptly as without pauses, if the GOP is regular.
-        cdef int64_t to_key_us
+        # analysis samples: they are read as promptly as without pauses, if the GOP is regular. The
+        # pause is timed from now, whatever Python does before the next pump.
+        cdef int64_t ticks, us, gop_us
         if self.gop_ticks <= 0 or self.video_dts == lib.AV_NOPTS_VALUE or vtb.num <= 0 or vtb.den <= 0:
             return  # no GOP seen yet: no pause
-        to_key_us = ((self.key_dts + self.gop_ticks - self.video_dts - 2 * self.frame_ticks)
-                     * 1000000 * vtb.num // vtb.den) - KEY_MARGIN_US
-        if to_key_us >= MIN_PAUSE_US:
-            self.pause_next_us = to_key_us if to_key_us < self.pause_us else self.pause_us
+        ticks = self.key_dts + self.gop_ticks - self.video_dts - 2 * self.frame_ticks
+        if ticks <= 0 or ticks > self.gop_ticks:
+            return
+        us = ticks * 1000000 * vtb.num // vtb.den - KEY_MARGIN_US
+        if us > self.pause_us:
+            us = self.pause_us
+        gop_us = self.gop_ticks * 1000000 * vtb.num // vtb.den
+        if self.gop_bytes > 0 and PAUSE_BYTES * gop_us // self.gop_bytes < us:
+            us = PAUSE_BYTES * gop_us // self.gop_bytes  # a high bitrate: keep within the TCP window
+        if us >= MIN_PAUSE_US:
+            self.pause_until = monotonic_us() + us
 
     cdef int _read_failed(self, int ret) except -1:
         if ret == lib.AVERROR_EOF:
