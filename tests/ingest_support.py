@@ -29,17 +29,20 @@ def ingest_settings(tmp_path, **ingest) -> Settings:
 
 
 class PacketLog:
-    """A test observer: (is_keyframe, wall_ms) of each packet it is given."""
+    """A test observer: (is_keyframe, wall_ms) of each packet it is given; and, for the current
+    connection, (monotonic s when given, wall s) of each."""
 
     def __init__(self, keyframes_only: bool) -> None:
         self.keyframes_only = keyframes_only
         self.packets: list[tuple[bool, int]] = []
+        self.arrivals: list[tuple[float, float]] = []
 
     def on_connect(self, stream, wall_ms: int) -> None:
-        pass
+        self.arrivals.clear()
 
     def on_packet(self, packet, wall_ms: int) -> None:
         self.packets.append((bool(packet.is_keyframe), wall_ms))
+        self.arrivals.append((time.monotonic(), wall_ms / 1000))
 
     def on_disconnect(self, wall_ms: int, reason: str) -> None:
         pass

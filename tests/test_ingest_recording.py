@@ -188,43 +188,17 @@ def test_watchdog_keeps_ticking_every_session_when_one_fails():
     assert bad.ticks >= 3  # the failing session is still ticked every second, not dropped
 
 
-class KeyframeArrivals:
-    """A test observer: when each keyframe reached the session (monotonic s) and its wall time (s, which
-    the recorder advances by the stream's timestamps)."""
-
-    keyframes_only = True
-
-    def __init__(self) -> None:
-        self.arrivals: list[tuple[float, float]] = []
-
-    def on_connect(self, stream, wall_ms: int) -> None:
-        self.arrivals.clear()
-
-    def on_packet(self, packet, wall_ms: int) -> None:
-        self.arrivals.append((time.monotonic(), wall_ms / 1000))
-
-    def on_disconnect(self, wall_ms: int, reason: str) -> None:
-        pass
-
-
-KEYFRAME_ARRIVALS: dict[str, KeyframeArrivals] = {}
-
-
-def keyframe_arrivals(settings, database, clock):
-    def make(station_id: str) -> KeyframeArrivals:
-        KEYFRAME_ARRIVALS[station_id] = KeyframeArrivals()
-        return KEYFRAME_ARRIVALS[station_id]
-    return make
-
 
 def test_native_copier_pauses_between_reads_but_reads_keyframes_on_time(sim, tmp_path, db):
     """The copier lets packets gather in the socket between reads (fewer wake-ups), but wakes up before
     each keyframe is due: keyframes, where the recorder reads the receive clock, are not delayed."""
     settings = ingest_settings(tmp_path, segment_seconds=3, receive_pause_seconds=0.5)
     sid = STATIONS[2]
-    with RunningWorker(settings, db, {sid: sim.urls[sid]}, [f"{__name__}:keyframe_arrivals"]) as w:
+    PACKET_LOGS.clear()
+    # (A keyframes-only observer: one that wants every packet would turn the copier off.)
+    with RunningWorker(settings, db, {sid: sim.urls[sid]}, ["tests.ingest_support:keyframe_packet_log"]) as w:
         wait_until(lambda: len(segments(db, sid)) >= 5, 30, "5 segments")
-        arrivals = list(KEYFRAME_ARRIVALS[sid].arrivals)
+        arrivals = list(PACKET_LOGS[sid, "keyframes"].arrivals)
         session = w.worker.sessions[sid][1]
     assert session.native_frames > 100
     assert session.native_pauses >= 5, session.native_pauses
