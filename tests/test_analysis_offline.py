@@ -148,3 +148,46 @@ def test_observer_never_raises_into_the_camera_thread(clip, settings, db):
     observer.on_packet(object(), 2)  # not even a packet
     observer.on_disconnect(3, "stalled")
     assert observer._errors >= 2
+
+
+def test_saving_the_learned_look_never_blocks_the_camera_thread(clip, settings, tmp_path):
+    """Issue 16: on_packet held the observer's lock and _save_look took it again once
+    model_save_minutes had passed; the camera thread then hung for good (every camera of the worker
+    after 10 minutes). Each sample here is past the save interval, so every one saves."""
+    import threading
+
+    class Sink:
+        def submit(self, station_id, events):
+            pass
+
+    clock = SimulatedClock()
+    cfg = settings.analysis.model_copy(update={"model_save_minutes": 0.01, "sample_interval_seconds": 1})
+    look_file = tmp_path / "look.json"
+    observer = StationAnalysisObserver("x", cfg, Sink(), clock, look_file=look_file)
+    saves: list[float] = []
+
+    def feed() -> None:
+        with av.open(str(clip)) as c:
+            s = c.streams.video[0]
+            observer.on_connect(s, clock.now_ms())
+            for p in c.demux(s):
+                if p.pts is None or p.size == 0:
+                    continue
+                if p.is_keyframe:
+                    clock.advance(1.0)  # past the 0.6 s save interval at every keyframe
+                observer.on_packet(p, clock.now_ms())
+                if look_file.exists() and (not saves or look_file.stat().st_mtime != saves[-1]):
+                    saves.append(look_file.stat().st_mtime)
+            observer.on_disconnect(clock.now_ms(), "stream_ended")
+
+    camera = threading.Thread(target=feed, daemon=True)
+    camera.start()
+    camera.join(30)
+    assert not camera.is_alive(), "the camera thread deadlocked while saving the learned look"
+    assert observer.samples >= 30 and observer._errors == 0
+    assert look_file.exists() and json.loads(look_file.read_text())  # a whole, readable file
+    # and the worker's tick (another thread) still gets the lock afterwards
+    ticker = threading.Thread(target=observer.tick, args=(clock.now_ms(),), daemon=True)
+    ticker.start()
+    ticker.join(5)
+    assert not ticker.is_alive()

@@ -169,8 +169,17 @@ def load_look(path: Path) -> StationLook:
         return StationLook()
 
 
-def save_look(path: Path, look: StationLook) -> None:
+def look_json(look: StationLook) -> str:
+    return json.dumps(look.to_json())
+
+
+def write_look(path: Path, text: str) -> None:
+    """Atomically (write, then rename): a crash leaves the previous look, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(look.to_json()), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def save_look(path: Path, look: StationLook) -> None:
+    write_look(path, look_json(look))

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from vms.analysis.calibration import StationCalibration, parse_calibration
 from vms.analysis.detector import Event, StationDetector
-from vms.analysis.look import load_look, look_path, save_look
+from vms.analysis.look import load_look, look_json, look_path, write_look
 from vms.analysis.sampling import SampleSchedule
 from vms.analysis.sink import AnalysisSink, Resumed
 from vms.catalog.model import BusinessHours
@@ -162,6 +162,10 @@ class StationAnalysisObserver:
                     return
                 self.schedule.taken(wall_ms)
                 self._sample(bytes(packet), wall_ms)
+            # Outside the lock: _save_look takes it itself (a plain Lock; taking it twice hung the
+            # camera thread for good, issue 16), and the file write must not hold up tick().
+            if self.look_file and self.clock.monotonic() - self._last_save >= self.detector.cfg.model_save_minutes * 60:
+                self._save_look()
         except Exception as exc:
             self._error("packet", exc)
 
@@ -183,8 +187,6 @@ class StationAnalysisObserver:
         self.decode_seconds += time.thread_time() - t0
         self.samples += 1
         self._emit(events)
-        if self.look_file and self.clock.monotonic() - self._last_save >= self.detector.cfg.model_save_minutes * 60:
-            self._save_look()
 
     def on_disconnect(self, wall_ms: int, reason: str) -> None:
         try:
@@ -220,13 +222,15 @@ class StationAnalysisObserver:
             self.detector.look.reset_references(reset)
 
     def _save_look(self) -> None:
+        """Write what the station learned. Never call with self._lock held: it takes the lock only to
+        serialise the look (a consistent copy), then writes the file without it."""
         if not self.look_file:
             return
         self._last_save = self.clock.monotonic()
         try:
             with self._lock:
-                data = self.detector.look
-                save_look(self.look_file, data)
+                text = look_json(self.detector.look)
+            write_look(self.look_file, text)
         except OSError as exc:
             self._error("saving the learned look", exc)
 
