@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Callable
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
@@ -22,8 +24,11 @@ log = logging.getLogger(__name__)
 MAINTENANCE_INTERVAL_S = 300.0
 
 
-def serve_app(app: FastAPI, host: str, port: int, log_level: str) -> None:
-    """Serve `app` with uvicorn until a signal stops it: what `vms serve` runs (and the API benchmark)."""
+def serve_app(app: FastAPI, host: str, port: int, log_level: str,
+              on_stop_signal: Callable[[], None] | None = None) -> None:
+    """Serve `app` with uvicorn until a signal stops it: what `vms serve` runs (and the API benchmark).
+    `on_stop_signal` runs (in a thread) as soon as SIGINT/SIGTERM arrives, while uvicorn drains its
+    connections: the recorder stops in parallel, so the whole stop fits in its deadline."""
     import gc
 
     import uvicorn
@@ -33,7 +38,18 @@ def serve_app(app: FastAPI, host: str, port: int, log_level: str) -> None:
     # this, which set GET /api/stations p99.
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    # A stop must finish within seconds (systemd, docker stop): open live views and downloads are cut
+    # after 3 s rather than waited for.
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=3)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if on_stop_signal is not None and not self.should_exit:
+                threading.Thread(target=on_stop_signal, name="stop", daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
 
 
 def create_app(settings: Settings, database: Database, clock: Clock) -> FastAPI:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from vms.api.context import ApiContext
 from vms.catalog.urls import mask_text
 from vms.db.models import ActivityEpisode, CameraStatus, Fault, Segment, Station, StationState
+from vms.ingest.health import reported_camera_state
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +69,10 @@ def compute_status(session: Session, ctx: ApiContext) -> list[dict]:
         faults.setdefault(f.station_id, []).append(
             {"kind": f.kind, "severity": f.severity, "since_ms": f.start_ms,
              "detail": mask_text(f.detail) if f.detail else None})
+    stall_ms = int(ctx.settings.ingest.stall_seconds * 1000)
     out = []
     for st in stations:
-        cam = cams.get(st.id)
-        if cam is None:
-            camera = {"state": "unknown", "reason": "no status reported", "online": False}
-        else:
-            fresh = now - cam.updated_ms <= stale_ms
-            state = cam.state if fresh else "offline"
-            age_s = (now - cam.updated_ms) // 1000
-            reason = cam.reason if fresh else f"no status from node {cam.node} for {age_s} s"
-            camera = {"state": state, "reason": reason, "online": fresh and cam.state == "streaming",
-                      "detail": mask_text(cam.detail) if cam.detail else None,
-                      "node": cam.node, "fps": cam.fps, "bitrate_bps": cam.bitrate_bps, "codec": cam.codec,
-                      "width": cam.width, "height": cam.height, "last_packet_ms": cam.last_packet_ms,
-                      "reconnects": cam.reconnects, "updated_ms": cam.updated_ms}
+        camera = reported_camera_state(cams.get(st.id), st.enabled, now, stale_ms, stall_ms)
         seg_end = growing.get(st.id)
         # A growing segment counts if its end is recent, or if the node that writes it reports streaming
         # right now (a writer may only move end_ms when a fragment is flushed).
@@ -100,6 +90,23 @@ def compute_status(session: Session, ctx: ApiContext) -> list[dict]:
             "faults": faults.get(st.id, []),
         })
     return out
+
+
+# States of an enabled camera that mean the recorder itself is failing it (not the camera or network).
+STUCK_STATES = ("hung", "offline")
+
+
+def health_summary(stations: list[dict]) -> dict:
+    """Counts of enabled cameras for /api/health and /metrics. `stuck`: hung in the recorder, or the
+    recording node no longer reports them (offline) -- the failures a restart fixes."""
+    enabled = [st for st in stations if st["enabled"]]
+    by_state: dict[str, int] = {}
+    for st in enabled:
+        by_state[st["camera"]["state"]] = by_state.get(st["camera"]["state"], 0) + 1
+    recording = sum(1 for st in enabled if st["camera"]["online"] and st["recording"])
+    stuck = sum(by_state.get(s, 0) for s in STUCK_STATES)
+    return {"enabled": len(enabled), "recording": recording, "not_recording": len(enabled) - recording,
+            "stuck": stuck, "by_state": dict(sorted(by_state.items()))}
 
 
 class StatusCache:

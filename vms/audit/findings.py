@@ -28,6 +28,7 @@ GAP_REASONS_ZH = {
     "clock_jump": "摄像机时钟跳变",
     "disk_error": "磁盘错误",
     "ingest_stopped": "录像服务停止",
+    "ingest_hung": "录像进程卡死（已自动重启）",
 }
 
 

@@ -9,12 +9,13 @@ import threading
 import typer
 from sqlalchemy import select
 
-from vms.catalog.urls import mask_text
 from vms.cli.context import OutputFormat, database, settings
 from vms.core.clock import SystemClock, from_ms
 from vms.core.logging_setup import configure_logging
+from vms.core.systemd import SystemdNotifier
 from vms.db.migrate import upgrade
 from vms.db.models import CameraStatus, Station
+from vms.ingest.health import reported_camera_state
 from vms.recording.repair import check
 from vms.recording.volumes import VolumeSet
 
@@ -48,9 +49,11 @@ def ingest(
     s = settings()
     configure_logging(s.log_level)
     upgrade(s.db_url)
+    notifier = SystemdNotifier()
     service = RecordingService(s, database(), simulate="always" if simulate else s.simulate.enabled,
-                               workers=workers, analysis=analysis)
+                               workers=workers, analysis=analysis, notifier=notifier)
     service.start()
+    notifier.ready(f"recording {service.camera_count} cameras")
     typer.echo(f"recording {service.camera_count} cameras with {service.worker_count} workers; Ctrl-C stops",
                err=True)
     try:
@@ -64,21 +67,20 @@ def cameras_status(format: OutputFormat = typer.Option(OutputFormat.table, "--fo
     """Per camera: state, fps, bitrate, codec, resolution, last packet, reconnects (from the recording node)."""
     s = settings()
     now = SystemClock().now_ms()
-    stale_ms = int(s.ingest.status_interval_seconds * 3000)
+    stale_ms = int(s.ingest.status_interval_seconds * 3000)  # as the API: three missed statuses
     with database().session() as db:
         rows = db.execute(select(Station.id, Station.name, Station.enabled, CameraStatus)
                           .join(CameraStatus, CameraStatus.station_id == Station.id, isouter=True)
                           .order_by(Station.town, Station.id)).all()
     out = []
     for sid, name, enabled, st in rows:
-        item = {"id": sid, "name": name, "enabled": enabled, "state": "unknown"}
+        cam = reported_camera_state(st, enabled, now, stale_ms, int(s.ingest.stall_seconds * 1000))
+        item = {"id": sid, "name": name, "enabled": enabled, "state": cam["state"], "reason": cam.get("reason")}
         if st is not None:
-            stale = now - st.updated_ms > stale_ms
             item.update(
-                state="offline" if stale else st.state, reason=st.reason,
-                detail=mask_text(st.detail) if st.detail else None, node=st.node,
-                fps=round(st.fps, 2) if st.fps is not None else None,
-                bitrate_bps=round(st.bitrate_bps) if st.bitrate_bps is not None else None,
+                detail=cam.get("detail"), node=st.node,
+                fps=round(cam["fps"], 2) if cam.get("fps") is not None else None,
+                bitrate_bps=round(cam["bitrate_bps"]) if cam.get("bitrate_bps") is not None else None,
                 codec=st.codec, width=st.width, height=st.height,
                 last_packet=from_ms(st.last_packet_ms, s.tz).isoformat() if st.last_packet_ms else None,
                 reconnects=st.reconnects, segments_written=st.segments_written,
@@ -104,7 +106,8 @@ def recordings_check(
     Exit 0 when everything agrees (or was repaired), 1 when problems remain."""
     s = settings()
     upgrade(s.db_url)
-    rep = check(database(), VolumeSet.from_settings(s), s.tz, SystemClock(), s.ingest.node, repair=repair)
+    rep = check(database(), VolumeSet.from_settings(s), s.tz, SystemClock(), s.ingest.node, repair=repair,
+                data_dir=s.data_dir)
     if format is OutputFormat.json:
         typer.echo(json.dumps({"files": rep.files, "rows": rep.rows, "problems": [a.__dict__ for a in rep.actions]},
                               ensure_ascii=False, indent=2))

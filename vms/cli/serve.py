@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 from vms.cli.context import database, settings
+
+log = logging.getLogger("vms.serve")
 
 app = typer.Typer(help="Run everything: recording, API and web console, scheduled jobs.",
                   invoke_without_command=True)
@@ -24,6 +28,7 @@ def serve(
     from vms.api.app import create_app, serve_app
     from vms.core.clock import SystemClock
     from vms.core.logging_setup import configure_logging
+    from vms.core.systemd import SystemdNotifier, feed_watchdog_forever
     from vms.db.migrate import upgrade
     from vms.server.jobs import start_scheduler
     from vms.server.recording import RecordingService
@@ -33,21 +38,29 @@ def serve(
     upgrade(s.db_url)
     db = database()
     clock = SystemClock()
+    notifier = SystemdNotifier()
     service = None
     if record:
         mode = simulate or s.simulate.enabled
         if mode not in ("auto", "always", "never"):
             raise typer.BadParameter("--simulate must be auto, always or never")
-        service = RecordingService(s, db, simulate=mode, workers=workers)
+        service = RecordingService(s, db, simulate=mode, workers=workers, notifier=notifier)
         service.start()
+        log.info("recording %d cameras with %d ingest workers", service.camera_count, service.worker_count)
+    elif notifier.watchdog_interval_s is not None:
+        # No recorder to vouch for: the API process alone feeds systemd's watchdog.
+        feed_watchdog_forever(notifier)
     scheduler = start_scheduler(s, db, clock)
+    notifier.ready(f"recording {service.camera_count if service else 0} cameras")
     # uvicorn re-raises the signal that stopped it once it has shut down; with the default handlers
     # that would kill this process before the recorder below finishes its segments.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
+    stop_recording = service.stop if service is not None else None
     try:
-        serve_app(create_app(s, db, clock), host or s.api.host, port or s.api.port, s.log_level.lower())
+        serve_app(create_app(s, db, clock), host or s.api.host, port or s.api.port, s.log_level.lower(),
+                  on_stop_signal=stop_recording)
     finally:
         scheduler.shutdown(wait=False)
         if service is not None:
-            service.stop()
+            service.stop()  # (again, if the signal started it: waits for that stop to end)

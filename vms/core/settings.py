@@ -89,12 +89,31 @@ class IngestSettings(StrictModel):
     backoff_initial_seconds: float = Field(default=1, gt=0)
     backoff_max_seconds: float = Field(default=60, gt=0)
     stable_seconds: float = Field(default=60, gt=0, description="streaming this long resets the backoff")
-    status_interval_seconds: float = Field(default=5, gt=0)
+    status_interval_seconds: float = Field(default=5, gt=0, description="how often each camera's state is published")
+    hung_grace_seconds: float = Field(
+        default=10, gt=0, le=300,
+        description="a camera with no recorded frame this long after stall_seconds (the watchdog has acted), or a "
+                    "connect or backoff this long past its deadline, is hung: its worker process is restarted")
+    heartbeat_timeout_seconds: float = Field(
+        default=15, ge=3, le=300,
+        description="a worker process whose watchdog has not gone round for this long is killed and restarted")
+    stop_seconds: float = Field(
+        default=8, ge=1, le=60,
+        description="a stop finishes every segment within this long; what is left then is repaired at the next start")
     native_copy: bool = Field(default=True, description="copy ordinary packets in C (scripts/build_native.py)")
     receive_pause_seconds: float = Field(
         default=0.5, ge=0, le=2,
         description="the native copier reads a TCP camera's packets in bursts, pausing up to this long between"
                     " them (never just before a keyframe, nor while a viewer watches); 0 reads each as it comes")
+
+    @model_validator(mode="after")
+    def _status_within_stall(self) -> IngestSettings:
+        # `streaming` is published only with a frame recorded within stall_seconds; a status older than
+        # that could not say so truthfully.
+        if self.status_interval_seconds * 2 > self.stall_seconds:
+            raise ValueError(f"status_interval_seconds ({self.status_interval_seconds:g}) must be at most half of "
+                             f"stall_seconds ({self.stall_seconds:g})")
+        return self
 
 
 class ApiSettings(StrictModel):

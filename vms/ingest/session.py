@@ -16,6 +16,7 @@ from vms.core.clock import Clock
 from vms.core.settings import IngestSettings
 from vms.ingest.backoff import Backoff
 from vms.ingest.errors import classify
+from vms.ingest.health import CameraState, HealthEvidence
 from vms.ingest.observers import StreamObserver
 from vms.recording.copier import make_copier, recorded_packets
 from vms.recording.h26x import HEAD_BYTES, sequence_parameter_set
@@ -52,7 +53,12 @@ def diagnose_silence(url: str, timeout_s: float) -> tuple[str, str]:
 
 @dataclass
 class CameraHealth:
-    state: str = "connecting"  # connecting | streaming | backoff | failed | stopped
+    """What the camera thread says of itself. Published only through vms.ingest.health.judge_state,
+    with evidence the thread cannot fake."""
+
+    state: CameraState = CameraState.CONNECTING
+    # Monotonic time by which `state` must have ended (connect deadline, backoff delay), or None.
+    expected_until: float | None = None
     reason: str | None = None
     detail: str | None = None
     codec: str | None = None
@@ -106,6 +112,20 @@ class CameraSession(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         self._raise_attention()
+
+    def _set_state(self, state: CameraState, lasts_at_most_s: float | None = None) -> None:
+        h = self.health
+        h.expected_until = None if lasts_at_most_s is None else self.clock.monotonic() + lasts_at_most_s
+        h.state = state
+
+    @property
+    def progress_mono(self) -> float:
+        """Monotonic time a recorded frame was last seen by tick() (or the connection began reading)."""
+        return self._seen_mono
+
+    def evidence(self) -> HealthEvidence:
+        """For judge_state, from any thread."""
+        return HealthEvidence(self.health.state, self._seen_mono, self.health.expected_until)
 
     def tick(self, mono: float, now_ms: int) -> None:
         """Called every second from the worker's watchdog thread (never from the packet loop)."""
@@ -162,23 +182,26 @@ class CameraSession(threading.Thread):
                     break
                 self._backoff.connection_lasted(self.clock.monotonic() - started)
                 delay = self._backoff.next_delay()
-                self.health.state, self.health.reason, self.health.detail = "backoff", reason, detail
+                self._set_state(CameraState.BACKOFF, delay + 1.0)
+                self.health.reason, self.health.detail = reason, detail
                 log.warning("%s: %s (%s); reconnecting in %.1f s", self.station_id, reason, detail, delay)
                 self.stop_event.wait(delay)
                 self.health.reconnects += 1
         except Exception:  # noqa: BLE001 - a bug must not end the recording of other cameras
             log.exception("%s: camera session crashed", self.station_id)
-            self.health.state, self.health.reason = "failed", "internal_error"
+            self._set_state(CameraState.FAILED)
+            self.health.reason = "internal_error"
         finally:
             try:
                 self.recorder.stop()
             except Exception:  # noqa: BLE001
                 log.exception("%s: stopping the recorder failed", self.station_id)
             self._close_online()
-            self.health.state = "stopped"
+            self._set_state(CameraState.STOPPED)
 
     def _connect_and_record(self) -> tuple[str, str]:
-        self.health.state = "connecting"
+        # The open has its deadline; telling silence from garbage afterwards takes up to 2 s more.
+        self._set_state(CameraState.CONNECTING, self._open_deadline_s() + 2 + 5)
         try:
             # The open gets a deadline (a camera that answers with endless garbage never times out
             # its socket). Reads get none: PyAV checks it in an interrupt callback that takes the GIL
@@ -199,6 +222,8 @@ class CameraSession(threading.Thread):
         self._seen_mono = self.clock.monotonic()
         self._next_progress = self._seen_mono + self.settings.status_interval_seconds
         self._reading = True
+        # Until the first recorded frame: the stall watchdog ends a connection that records nothing.
+        self._set_state(CameraState.CONNECTING, self.settings.stall_seconds + 5)
         try:
             video = container.streams.video[0] if container.streams.video else None
             if video is None:
@@ -254,7 +279,8 @@ class CameraSession(threading.Thread):
                 if not streaming:
                     streaming = True
                     now = self.clock.now_ms()
-                    h.state, h.reason, h.detail, h.last_packet_ms = "streaming", None, None, now
+                    self._set_state(CameraState.STREAMING)
+                    h.reason, h.detail, h.last_packet_ms = None, None, now
                     self._online_token = self.index.open_online(self.station_id, now)
                 if self._packet_observers:
                     for obs in self._packet_observers:
@@ -280,14 +306,19 @@ class CameraSession(threading.Thread):
                 reason, detail = "stalled", f"no packet for {self.settings.stall_seconds:g} s"
         finally:
             self._reading = False
-            # Say so before closing: the RTSP TEARDOWN of a stalled camera can wait for its timeout.
-            if reason is not None:
-                self.health.state, self.health.reason, self.health.detail = "backoff", reason, detail
+            # Say so, and finish the segment, before closing: the RTSP TEARDOWN of a stalled camera
+            # can wait for its timeout, and a stop must not wait for it to save the footage.
+            if reason is None:
+                reason, detail = "stream_ended", "the connection ended"
+            self._set_state(CameraState.BACKOFF, self.settings.rtsp_timeout_seconds * 2 + 5)
+            self.health.reason, self.health.detail = reason, detail
             try:
-                container.close()
-            except Exception:  # noqa: BLE001
-                pass
-        self.recorder.end(reason, detail)
+                self.recorder.end(reason, detail)
+            finally:
+                try:
+                    container.close()
+                except Exception:  # noqa: BLE001
+                    pass
         now = self.clock.now_ms()
         for obs in list(self.observers):
             self._notify(obs, "on_disconnect", now, reason)

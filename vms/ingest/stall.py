@@ -70,60 +70,83 @@ def sockets_to(addrs: set[str], port: int) -> list[socket.socket]:
     return found
 
 
-def shut_down_idle_connections(url: str, probe_s: float = 0.5) -> int:
-    """Shut down this process's connections to the camera at `url` that receive (almost) nothing.
-    Returns how many were shut down."""
-    target = _resolve(url)
-    if target is None:
-        return 0
-    socks = sockets_to(*target)
+def shut_down_idle_connections(urls: list[str], probe_s: float = 0.5) -> dict[str, int]:
+    """Shut down this process's connections to the cameras at `urls` that receive (almost) nothing,
+    all in one probe window (a mass outage must not make the watchdog's round last 0.5 s a camera).
+    Returns how many were shut down, per URL."""
+    socks: list[tuple[str, socket.socket]] = []
+    counts = dict.fromkeys(urls, 0)
+    for url in urls:
+        target = _resolve(url)
+        if target is not None:
+            socks.extend((url, sock) for sock in sockets_to(*target))
+    if not socks:
+        return counts
     try:
-        before = [_bytes_received(s) for s in socks]
+        before = [_bytes_received(sock) for _url, sock in socks]
         time.sleep(probe_s)
-        count = 0
-        for sock, b0 in zip(socks, before, strict=True):
+        for (url, sock), b0 in zip(socks, before, strict=True):
             b1 = _bytes_received(sock)
             if b0 is not None and b1 is not None and b1 - b0 <= IDLE_BYTES:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
-                    count += 1
+                    counts[url] += 1
                 except OSError:
                     pass
-        return count
+        return counts
     finally:
-        for sock in socks:
+        for _url, sock in socks:
             sock.close()
 
 
 class StallWatchdog(threading.Thread):
-    """Every second: ticks each session of one worker (see CameraSession.tick) and shuts down the
-    connection of any that stalled."""
+    """Every second: ticks each session of one worker (see CameraSession.tick), shuts down the
+    connection of any that stalled, then calls `after_round` (the worker's health checks and
+    heartbeat: a watchdog that stops going round stops the heartbeat, and the supervisor acts)."""
 
     def __init__(self, sessions: Callable[[], list], stall_seconds: float, stop: threading.Event,
-                 clock: Clock) -> None:
+                 clock: Clock, after_round: Callable[[], None] | None = None) -> None:
         super().__init__(name="stall-watchdog", daemon=True)
         self.sessions = sessions
         self.stall_seconds = stall_seconds
         self.stop_event = stop
         self.clock = clock
+        self.after_round = after_round
 
     def run(self) -> None:
         while not self.stop_event.wait(1.0):
-            sessions = self.sessions()
-            # Every session's tick first (it also drives the growing segments' index rows): probing a
-            # stalled connection takes half a second and must not delay the others.
-            now, now_ms = self.clock.monotonic(), self.clock.now_ms()
-            for session in sessions:
-                try:
-                    session.tick(now, now_ms)
-                except Exception:  # noqa: BLE001 - the watchdog serves every camera of the worker
-                    log.exception("%s: session tick failed", session.station_id)
-            for session in sessions:
-                try:
-                    if session.is_stalled(self.clock.monotonic(), self.stall_seconds):
-                        session.mark_stalled()
-                        n = shut_down_idle_connections(session.url)
-                        log.warning("%s: no packet for %.0f s; %s", session.station_id, self.stall_seconds,
-                                    f"shut down {n} idle connection(s)" if n else "connection not found yet")
-                except Exception:  # noqa: BLE001
-                    log.exception("%s: stall check failed", session.station_id)
+            self.round()
+
+    def round(self) -> None:
+        sessions = self.sessions()
+        # Every session's tick first (it also drives the growing segments' index rows): probing a
+        # stalled connection takes half a second and must not delay the others.
+        now, now_ms = self.clock.monotonic(), self.clock.now_ms()
+        for session in sessions:
+            try:
+                session.tick(now, now_ms)
+            except Exception:  # noqa: BLE001 - the watchdog serves every camera of the worker
+                log.exception("%s: session tick failed", session.station_id)
+        stalled = []
+        for session in sessions:
+            try:
+                if session.is_stalled(self.clock.monotonic(), self.stall_seconds):
+                    session.mark_stalled()
+                    stalled.append(session)
+            except Exception:  # noqa: BLE001
+                log.exception("%s: stall check failed", session.station_id)
+        if stalled:
+            try:
+                counts = shut_down_idle_connections(sorted({s.url for s in stalled}))
+            except Exception:  # noqa: BLE001
+                log.exception("shutting down stalled connections failed")
+                counts = {}
+            for session in stalled:
+                n = counts.get(session.url, 0)
+                log.warning("%s: no packet for %.0f s; %s", session.station_id, self.stall_seconds,
+                            f"shut down {n} idle connection(s)" if n else "connection not found yet")
+        if self.after_round is not None:
+            try:
+                self.after_round()
+            except Exception:  # noqa: BLE001
+                log.exception("worker health check failed")

@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,10 +18,12 @@ from vms.core.settings import Settings
 from vms.db.engine import Database
 from vms.db.models import Gap, Segment
 from vms.ingest.assignment import AllEnabledCameras, CameraAssignment, CameraAssignmentEntry
+from vms.ingest.health import CameraState, judge_state
 from vms.ingest.keyframes import KeyframeCacheObserver
 from vms.ingest.session import CameraSession
 from vms.ingest.stall import StallWatchdog
 from vms.recording.index import IndexWriter
+from vms.recording.liveness import RecorderLock
 from vms.recording.recorder import StreamRecorder
 from vms.recording.repair import recover_growing, recover_orphans
 from vms.recording.volumes import VolumeSet
@@ -28,6 +31,10 @@ from vms.recording.volumes import VolumeSet
 log = logging.getLogger(__name__)
 
 ObserverFactoryMaker = Callable[[Settings, Database, Clock], Callable[[str], object]]
+
+# Exit code of a worker that stopped itself because one of its camera threads hung: the supervisor
+# restarts it at once (a Python thread cannot be killed; a process can).
+EXIT_HUNG = 75
 
 
 @dataclass
@@ -44,6 +51,9 @@ class WorkerSpec:
     observer_factories: list[str] = field(default_factory=list)
     reconcile_seconds: float = 15.0
     supervisor_pid: int | None = None
+    # (reason, detail) of the gap that explains the hole an unclean end of the previous worker left,
+    # e.g. ("ingest_hung", ...) when the supervisor killed it for missing heartbeats.
+    unclean_gap: tuple[str, str] | None = None
 
 
 def _load_factory(path: str) -> ObserverFactoryMaker:
@@ -52,9 +62,18 @@ def _load_factory(path: str) -> ObserverFactoryMaker:
 
 
 class IngestWorker:
+    """Threads (see docs/design/threads.md): the main thread reconciles; a camera thread per session;
+    the watchdog ticks sessions, ends stalls, judges hangs and beats the heartbeat; the status thread
+    publishes judged states; the index writer owns the database writes."""
+
     def __init__(self, spec: WorkerSpec, clock: Clock | None = None, database: Database | None = None,
-                 assignment: CameraAssignment | None = None) -> None:
+                 assignment: CameraAssignment | None = None, heartbeat=None) -> None:
         self.spec = spec
+        # A multiprocessing.Value('d') the supervisor reads: time.monotonic() of the last healthy round.
+        self.heartbeat = heartbeat
+        self.exit_code = 0
+        self.hung_station: str | None = None
+        self._status_mono = time.monotonic()  # when the status thread last published
         self.settings = spec.settings
         self.clock = clock or SystemClock()
         self.db = database or Database.from_settings(self.settings)
@@ -64,8 +83,10 @@ class IngestWorker:
         self.index = IndexWriter(self.db, self.node)
         self.sessions: dict[str, tuple[CameraAssignmentEntry, CameraSession]] = {}
         self.stop_event = threading.Event()
-        self._published: dict[str, tuple[int, int, int]] = {}  # station -> (time, frames, bytes)
-        self._stuck: dict[str, CameraSession] = {}
+        # station -> (monotonic s, frames, bytes, fps, bitrate) of the last rate measurement
+        self._published: dict[str, tuple[float, int, int, float | None, float | None]] = {}
+        self._stuck: dict[str, tuple[CameraSession, float]] = {}  # did not stop in time: (session, since)
+        self._first_reconcile = True
         self._factories = []
         for path in spec.observer_factories:
             try:
@@ -74,28 +95,81 @@ class IngestWorker:
                 log.exception("observer factory %s unavailable; recording without it", path)
 
     def run(self) -> None:
-        """Record until stop() is called."""
+        """Record until stop() is called (or a camera thread hangs: then exit_code is EXIT_HUNG)."""
+        lock = RecorderLock(self.settings.data_dir, self.node)
         self.index.start()
         try:
+            # The watchdog (and so the heartbeat) before the first reconcile, which may take a while
+            # (crash repair of the segments a killed run left).
+            StallWatchdog(self._watched_sessions, self.settings.ingest.stall_seconds, self.stop_event, self.clock,
+                          after_round=self._after_watchdog_round).start()
+            threading.Thread(target=self._publish_status_loop, name="status", daemon=True).start()
             self.reconcile(initial=True)
-            publisher = threading.Thread(target=self._publish_status_loop, name="status", daemon=True)
-            publisher.start()
-            StallWatchdog(lambda: [sess for _e, sess in list(self.sessions.values())],
-                          self.settings.ingest.stall_seconds, self.stop_event, self.clock).start()
             while not self.stop_event.wait(self.spec.reconcile_seconds):
                 self.reconcile()
         finally:
-            self._stop_sessions(list(self.sessions))
-            for factory in self._factories:
-                close = getattr(factory, "close", None)
-                if close is not None:
-                    try:
-                        close()  # e.g. analysis saves what each station learned
-                    except Exception:  # noqa: BLE001
-                        log.exception("closing observer factory %s failed", factory)
-            self.index.stop()
+            # Bounded: a hung camera thread (or an observer it holds a lock of) must not keep the
+            # process from exiting; what is not written by the deadline is repaired at the next start.
+            closer = threading.Thread(target=self._close, name="worker-stop", daemon=True)
+            closer.start()
+            closer.join(self.settings.ingest.stop_seconds)
+            if closer.is_alive():
+                log.error("worker did not finish stopping in %.0f s; exiting anyway (the next start repairs "
+                          "what was left)", self.settings.ingest.stop_seconds)
+            lock.release()
+
+    def _close(self) -> None:
+        self._stop_sessions(list(self.sessions), deadline=time.monotonic() + self.settings.ingest.stop_seconds - 1)
+        for factory in self._factories:
+            close = getattr(factory, "close", None)
+            if close is not None:
+                try:
+                    close()  # e.g. analysis saves what each station learned
+                except Exception:  # noqa: BLE001
+                    log.exception("closing observer factory %s failed", factory)
+        self.index.stop(timeout=max(1.0, self.settings.ingest.stop_seconds / 2))
 
     def stop(self) -> None:
+        self.stop_event.set()
+
+    def _watched_sessions(self) -> list[CameraSession]:
+        return [sess for _e, sess in list(self.sessions.values())]
+
+    # --- health: judged from evidence, acted on here (docs/design/recording.md "Health") ---
+    def _after_watchdog_round(self) -> None:
+        if self.hung_station is None:
+            self._check_hung()
+        # The heartbeat says the watchdog goes round and the status thread publishes; the supervisor
+        # kills and restarts a worker whose heartbeat stops.
+        status_late = time.monotonic() - self._status_mono > 3 * self.settings.ingest.status_interval_seconds + 5
+        if self.heartbeat is not None and self.hung_station is None and not status_late:
+            self.heartbeat.value = time.monotonic()
+
+    def _check_hung(self) -> None:
+        ing = self.settings.ingest
+        now = self.clock.monotonic()
+        for _entry, session in list(self.sessions.values()):
+            if judge_state(session.evidence(), now, ing.stall_seconds, ing.hung_grace_seconds) is CameraState.HUNG:
+                self._declare_hung(session, f"no footage recorded for {now - session.progress_mono:.0f} s "
+                                            f"(the camera thread says {session.health.state})")
+                return
+        for session, since in list(self._stuck.values()):
+            if session.is_alive() and now - since > ing.stop_seconds + ing.hung_grace_seconds:
+                self._declare_hung(session, f"its session did not stop in {now - since:.0f} s")
+                return
+
+    def _declare_hung(self, session: CameraSession, why: str) -> None:
+        sid = session.station_id
+        self.hung_station = sid
+        self.exit_code = EXIT_HUNG
+        log.critical("%s: CAMERA THREAD HUNG: %s; restarting ingest worker %d (its %d cameras reconnect)", sid, why,
+                     self.spec.worker_index, len(self.sessions))
+        # If the stuck thread had already opened a gap (with its reason), the next worker adopts that one.
+        if not session.recorder.gap_open:
+            last = session.health.last_packet_ms
+            start = last if last is not None else self.clock.now_ms()
+            self.index.open_gap(sid, start, "ingest_hung", f"camera thread hung: {why}; worker restarted",
+                                session.recorder.stream)
         self.stop_event.set()
 
     def reconcile(self, initial: bool = False) -> None:
@@ -112,8 +186,8 @@ class IngestWorker:
                 if wanted.get(sid) != entry or not sess.is_alive()]
         self._stop_sessions(gone)
         # A session that did not stop in time still owns its files and its connection: never start
-        # a second recorder for that camera until it has.
-        self._stuck = {sid: t for sid, t in self._stuck.items() if t.is_alive()}
+        # a second recorder for that camera until it has (or the worker is restarted for it).
+        self._stuck = {sid: t for sid, t in self._stuck.items() if t[0].is_alive()}
         new = [e for sid, e in wanted.items() if sid not in self.sessions and sid not in self._stuck]
         if new:
             # The stopped sessions' last index writes (segment complete, gap) must land before the
@@ -136,6 +210,7 @@ class IngestWorker:
             # Registered once started: stopping joins every registered session.
             self.sessions[entry.station_id] = (entry, session)
             log.info("recording %s", session.describe())
+        self._first_reconcile = False
 
     @staticmethod
     def _where_footage_ends(s, sid: str) -> tuple:
@@ -153,7 +228,8 @@ class IngestWorker:
         recorder = StreamRecorder(
             sid, self.volumes, self.settings.tz, self.index, self.clock, self.settings.ingest.segment_seconds,
             last_end_ms=last[0] if last else None, previous_volume=last[1] if last else None)
-        recorder.start_run(tuple(open_gap) if open_gap else None)
+        unclean = self.spec.unclean_gap if self._first_reconcile else None
+        recorder.start_run(tuple(open_gap) if open_gap else None, *(unclean or ()))
         observers = [KeyframeCacheObserver(self.settings.data_dir, sid)]
         for factory in self._factories:
             try:
@@ -166,42 +242,65 @@ class IngestWorker:
         return CameraSession(sid, entry.url, entry.transport, recorder, observers, self.settings.ingest,
                              self.clock, self.index)
 
-    def _stop_sessions(self, station_ids: list[str]) -> None:
+    def _stop_sessions(self, station_ids: list[str], deadline: float | None = None) -> None:
+        """Stop these sessions, all at once, waiting for them until `deadline` (monotonic; default
+        stop_seconds from now)."""
         sessions = [self.sessions[sid][1] for sid in station_ids if sid in self.sessions]
         if not sessions:
             return
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.ingest.stop_seconds
         for s in sessions:
             s.stop()
         for s in sessions:
-            s.join(self.settings.ingest.stall_seconds + 5)
+            s.join(max(0.0, deadline - time.monotonic()))
             if s.is_alive():
                 log.error("%s: session did not stop in time; its camera is not restarted until it does",
                           s.station_id)
-                self._stuck[s.station_id] = s
-        self._publish_status()
+                self._stuck[s.station_id] = (s, self.clock.monotonic())
+        self._publish_status(sessions)
         for sid in station_ids:
             self.sessions.pop(sid, None)
+            self._published.pop(sid, None)
 
     def _publish_status_loop(self) -> None:
         while not self.stop_event.wait(self.settings.ingest.status_interval_seconds):
             self._publish_status()
 
-    def _publish_status(self) -> None:
-        now = self.clock.now_ms()
-        for sid, (_entry, session) in list(self.sessions.items()):
-            h = session.health
-            prev = self._published.get(sid)
+    def _publish_status(self, sessions: list[CameraSession] | None = None) -> None:
+        """Write each session's judged state (never what its thread says of itself alone), and its
+        rates measured over at least half a status interval, only while it streams."""
+        ing = self.settings.ingest
+        now_ms, mono = self.clock.now_ms(), self.clock.monotonic()
+        if sessions is None:
+            sessions = self._watched_sessions()
+            self._status_mono = time.monotonic()
+        for session in sessions:
+            sid, h = session.station_id, session.health
+            state = judge_state(session.evidence(), mono, ing.stall_seconds, ing.hung_grace_seconds)
+            reason, detail = h.reason, h.detail
+            if state is not h.state:
+                idle = mono - session.progress_mono
+                reason = state.value
+                detail = f"no footage recorded for {idle:.0f} s; the camera thread says {h.state.value}"
             fps = bitrate = None
-            if prev is not None and now > prev[0]:
-                dt = (now - prev[0]) / 1000
-                fps = (h.frames - prev[1]) / dt
-                bitrate = (h.bytes - prev[2]) * 8 / dt
-            self._published[sid] = (now, h.frames, h.bytes)
+            prev = self._published.get(sid)
+            if state is CameraState.STREAMING:
+                if prev is None or h.frames < prev[1]:
+                    self._published[sid] = (mono, h.frames, h.bytes, None, None)
+                elif mono - prev[0] >= ing.status_interval_seconds / 2:
+                    dt = mono - prev[0]
+                    fps, bitrate = (h.frames - prev[1]) / dt, (h.bytes - prev[2]) * 8 / dt
+                    self._published[sid] = (mono, h.frames, h.bytes, fps, bitrate)
+                else:  # too soon to measure again (a stop's publish): the last figures stand
+                    fps, bitrate = prev[3], prev[4]
+            else:
+                self._published.pop(sid, None)  # a new connection measures afresh
             self.index.put_status(
-                sid, state=h.state, reason=h.reason, detail=h.detail, fps=fps, bitrate_bps=bitrate, codec=h.codec,
+                sid, state=state.value, reason=reason, detail=detail, fps=fps, bitrate_bps=bitrate, codec=h.codec,
                 width=h.width, height=h.height, last_packet_ms=h.last_packet_ms, reconnects=h.reconnects,
                 segments_written=session.recorder.segments_written, bytes_written=session.recorder.bytes_written,
-                updated_ms=now)
+                updated_ms=now_ms)
 
 
 # glibc malloc settings of a worker process (each overridable with the environment variable VMS_<name>):
@@ -233,8 +332,9 @@ def tune_malloc() -> None:
             log.warning("malloc setting VMS_%s=%r ignored: %s", name, value, exc)
 
 
-def run_worker_process(spec: WorkerSpec, stop_event) -> None:
-    """Entry point of a spawned worker process."""
+def run_worker_process(spec: WorkerSpec, stop_event, heartbeat=None) -> None:
+    """Entry point of a spawned worker process. Exits with the worker's exit code (EXIT_HUNG when a
+    camera thread hung), without waiting for threads that are stuck."""
     import signal
 
     tune_malloc()
@@ -267,8 +367,17 @@ def run_worker_process(spec: WorkerSpec, stop_event) -> None:
 
     threading.Thread(target=watch, daemon=True).start()
     configure_logging(spec.settings.log_level)
-    worker = IngestWorker(spec)
-    holder.append(worker)
-    if stop_now.is_set():
-        return
-    worker.run()
+    code = 0
+    try:
+        worker = IngestWorker(spec, heartbeat=heartbeat)
+        holder.append(worker)
+        if not stop_now.is_set():
+            worker.run()
+        code = worker.exit_code
+    except BaseException:
+        log.exception("ingest worker %d failed", spec.worker_index)
+        code = 1
+    finally:
+        logging.shutdown()
+        # Not sys.exit: interpreter shutdown would wait on what a hung camera thread holds.
+        os._exit(code)

@@ -32,6 +32,7 @@ SEGMENTS = Segment.__table__
 GAP_REASONS = (
     "unreachable", "refused", "auth_failed", "stalled", "stream_ended", "unsupported_codec",
     "no_video", "bad_stream", "resolution_changed", "clock_jump", "disk_error", "ingest_stopped",
+    "ingest_hung",  # a camera thread (or its worker) stopped making progress; the worker was restarted
 )
 
 

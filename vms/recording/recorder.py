@@ -112,17 +112,24 @@ class StreamRecorder:
         self._gap_reason = reason
         self._gap_start = start
 
-    def start_run(self, open_gap: tuple[int, str, int] | None) -> None:
-        """At ingest start: continue the gap a clean shutdown left open (id, reason, start), or explain the
-        hole a killed run left, so that the time until the first new segment is never bare."""
+    def start_run(self, open_gap: tuple[int, str, int] | None, unclean_reason: str = "ingest_stopped",
+                  unclean_detail: str = "the previous run ended without a clean stop") -> None:
+        """At ingest start: continue the gap a clean shutdown (or a hung worker) left open (id, reason,
+        start), or explain the hole a killed run left, so that the time until the first new segment is
+        never bare."""
         if open_gap is not None:
             self._gap_token = self.index.adopt_row(open_gap[0])
             self._gap_reason = open_gap[1]
             self._gap_start = open_gap[2]
+            if self.last_end_ms is not None and self._gap_start < self.last_end_ms:
+                # Opened by a watcher at the last frame it saw; crash repair may have found footage up
+                # to a little later: the gap starts where the footage ends.
+                self._gap_start = self.last_end_ms
+                self.index.update_gap(self._gap_token, start_ms=self._gap_start)
         elif self.last_end_ms is not None:
-            self._gap_token = self.index.open_gap(self.station_id, self.last_end_ms, "ingest_stopped",
-                                                  "the previous run ended without a clean stop", self.stream)
-            self._gap_reason = "ingest_stopped"
+            self._gap_token = self.index.open_gap(self.station_id, self.last_end_ms, unclean_reason,
+                                                  unclean_detail, self.stream)
+            self._gap_reason = unclean_reason
             self._gap_start = self.last_end_ms
 
     def _close_gap(self, at_ms: int) -> int | None:
@@ -424,6 +431,11 @@ class StreamRecorder:
             self._finish(seg, max(0, self._pos - seg.start_pos), clean=False)
         self._disk_retry_at = self.clock.monotonic() + 5.0
         self.note_failure("disk_error", str(exc))
+
+    @property
+    def gap_open(self) -> bool:
+        """A gap is open: footage is not flowing, for a reason already recorded."""
+        return self._gap_token is not None
 
     @property
     def recording(self) -> bool:

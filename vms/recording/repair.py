@@ -22,6 +22,7 @@ from vms.core.clock import Clock
 from vms.db.engine import Database
 from vms.db.models import Segment, Station
 from vms.recording.fmp4 import SegmentProbe, playable_length, probe_segment
+from vms.recording.liveness import recorder_running
 from vms.recording.volumes import VolumeSet
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ def trim_and_probe(path: Path) -> SegmentProbe | None:
 
 @dataclass
 class RepairAction:
-    kind: str  # completed | removed_empty | row_without_file | file_without_row | truncated | unreadable
+    # completed | removed_empty | row_without_file | file_without_row | truncated | left_growing | unreadable
+    kind: str
     volume: str
     path: str
     detail: str = ""
@@ -165,10 +167,13 @@ class CheckReport:
 
 
 def check(db: Database, volumes: VolumeSet, tz: ZoneInfo, clock: Clock, node: str, repair: bool = False,
-          stale_growing_ms: int = 10 * 60_000) -> CheckReport:
-    """Reconcile every volume's files with the index."""
+          stale_growing_ms: int = 10 * 60_000, data_dir: Path | None = None) -> CheckReport:
+    """Reconcile every volume's files with the index. A `growing` row of this node is being written only
+    if a recorder of this node runs (its lock under `data_dir`, see vms.recording.liveness); without
+    `data_dir`, and for other nodes, only if it moved within `stale_growing_ms`."""
     report = CheckReport()
     now = clock.now_ms()
+    own_recorder_alive = recorder_running(data_dir, node) if data_dir is not None else None
     with db.session() as s:
         stations = set(s.scalars(select(Station.id)))
     for vol in volumes.volumes:
@@ -195,13 +200,19 @@ def check(db: Database, volumes: VolumeSet, tz: ZoneInfo, clock: Clock, node: st
                     continue
                 path = on_disk.pop(rel, None)
                 if state == "growing":
-                    if now - end_ms < stale_growing_ms:
-                        continue  # being written right now
+                    if row_node == node and own_recorder_alive is not None:
+                        if own_recorder_alive:
+                            continue  # being written right now
+                        why = f"left growing by a recorder of node {row_node} that is no longer running"
+                    elif now - end_ms < stale_growing_ms:
+                        continue  # being written right now, as far as its age tells
+                    else:
+                        why = f"growing row of node {row_node} not updated for {(now - end_ms) // 60_000} min"
                     if path is None:
-                        _act(report, RepairAction("row_without_file", vol, rel, "stale growing row"), repair,
+                        _act(report, RepairAction("row_without_file", vol, rel, why), repair,
                              lambda rid=rid: s.execute(delete(Segment).where(Segment.id == rid)))
                         continue
-                    _act(report, RepairAction("truncated", vol, rel, f"stale growing segment of node {row_node}"),
+                    _act(report, RepairAction("left_growing", vol, rel, why),
                          repair, lambda rid=rid, path=path: _reprobe(s, rid, path))
                     continue
                 if path is None:

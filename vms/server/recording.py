@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from sqlalchemy import select
 
 from vms.core.settings import Settings
+from vms.core.systemd import SystemdNotifier
 from vms.db.engine import Database
 from vms.db.models import Station
 from vms.ingest.supervisor import IngestSupervisor
@@ -20,7 +22,7 @@ LIVE_TAP_FACTORY = "vms.live.tap:make_live_tap_factory"
 
 class RecordingService:
     def __init__(self, settings: Settings, database: Database, simulate: str = "auto", workers: int | None = None,
-                 analysis: bool = True) -> None:
+                 analysis: bool = True, notifier: SystemdNotifier | None = None) -> None:
         self.settings = settings
         self.db = database
         self.simulate_mode = simulate
@@ -29,16 +31,24 @@ class RecordingService:
         self.workers = workers
         self.analysis = analysis
         self.camera_count = 0
+        self.notifier = notifier
+        self._stop_lock = threading.Lock()
+        self._stopped = False
 
     def _simulated_stations(self) -> list[str]:
+        """Stations to simulate; also counts the cameras to record (enabled stations with a camera URL,
+        plus the simulated ones), which sizes the worker pool."""
         with self.db.session() as s:
             rows = s.execute(select(Station.id, Station.main_url).where(Station.enabled.is_(True))
                              .order_by(Station.id)).all()
+        with_url = [sid for sid, url in rows if url]
         if self.simulate_mode == "never":
-            return []
-        ids = [sid for sid, url in rows if self.simulate_mode == "always" or not url]
-        self.camera_count = len(rows)
-        return ids[: self.settings.simulate.max_cameras]
+            ids: list[str] = []
+        else:
+            ids = [sid for sid, url in rows if self.simulate_mode == "always" or not url]
+            ids = ids[: self.settings.simulate.max_cameras]
+        self.camera_count = len(set(with_url) | set(ids))
+        return ids
 
     def start(self) -> None:
         overrides: dict[str, str] = {}
@@ -58,14 +68,20 @@ class RecordingService:
         if self.analysis and self.settings.analysis.enabled:
             factories.append(ANALYSIS_FACTORY)
         self.supervisor = IngestSupervisor(self.settings, overrides, factories, self.workers,
-                                           cameras=self.camera_count).start()
+                                           cameras=self.camera_count, notifier=self.notifier).start()
 
     @property
     def worker_count(self) -> int:
         return len(self.supervisor.specs) if self.supervisor else 0
 
     def stop(self) -> None:
-        if self.supervisor is not None:
-            self.supervisor.stop()
-        if self.simulator is not None:
-            self.simulator.close()
+        """Stop recording (workers finish their segments), then the simulated cameras. Safe to call from
+        two threads: the second call waits for the first to finish."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            if self.supervisor is not None:
+                self.supervisor.stop()
+            if self.simulator is not None:
+                self.simulator.close()
+            self._stopped = True

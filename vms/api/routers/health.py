@@ -1,21 +1,42 @@
-"""Liveness: no authentication, says whether the database answers."""
+"""Health for load balancers, container health checks and monitoring: no authentication.
+
+`status` is `ok` (every enabled camera is recording), `degraded` (some are not, for reasons outside the
+recorder: a camera offline, refusing its password, in backoff...; HTTP 200) or `failing` (HTTP 503:
+the database does not answer, or the recorder itself fails cameras: a camera thread hung, or the
+recording node stopped reporting them). Only counts are shown, never station names.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from vms.api.deps import Ctx
+from vms.api.status import health_summary, status_cache
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/api/health")
-def health(ctx: Ctx) -> JSONResponse:
+def _check(ctx) -> tuple[dict, int]:
     try:
         with ctx.database.session() as s:
             s.execute(text("SELECT 1"))
-    except Exception as exc:
-        return JSONResponse({"status": "error", "database": type(exc).__name__}, status_code=503)
-    return JSONResponse({"status": "ok", "database": "ok", "time_ms": ctx.clock.now_ms()})
+        cameras = health_summary(status_cache(ctx).get())
+    except Exception as exc:  # noqa: BLE001 - the answer is the error's kind
+        return {"status": "failing", "database": type(exc).__name__, "time_ms": ctx.clock.now_ms()}, 503
+    if cameras["stuck"]:
+        status, code = "failing", 503
+    elif cameras["not_recording"]:
+        status, code = "degraded", 200
+    else:
+        status, code = "ok", 200
+    return {"status": status, "database": "ok", "cameras": cameras, "time_ms": ctx.clock.now_ms()}, code
+
+
+@router.get("/api/health", responses={503: {"description": "failing: database down or cameras stuck"}})
+async def health(ctx: Ctx) -> JSONResponse:
+    body, code = await asyncio.to_thread(_check, ctx)
+    return JSONResponse(body, status_code=code)

@@ -13,13 +13,14 @@ from sqlalchemy import select
 from vms.api import permissions as P
 from vms.api.accounts import Principal
 from vms.api.deps import Ctx, require
-from vms.api.status import status_cache
+from vms.api.status import health_summary, status_cache
 from vms.db.models import CameraStatus
 
 router = APIRouter(tags=["metrics"])
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-CAMERA_STATES = ("connecting", "streaming", "backoff", "failed", "stopped", "offline", "unknown")
+CAMERA_STATES = ("connecting", "streaming", "backoff", "stalled", "hung", "failed", "stopped", "offline", "disabled",
+                 "unknown")
 
 
 class _CameraCollector:
@@ -48,12 +49,21 @@ class _CameraCollector:
             faults.add_metric(lv, float(len(st["faults"])))
             row = self.counters.get(st["id"])
             if row is not None:
-                fps.add_metric(lv, float(row.fps or 0.0))
-                br.add_metric(lv, float(row.bitrate_bps or 0.0))
+                # The checked figures (no rates for a camera that is not streaming), not the raw row.
+                fps.add_metric(lv, float(cam.get("fps") or 0.0))
+                br.add_metric(lv, float(cam.get("bitrate_bps") or 0.0))
                 rc.add_metric(lv, float(row.reconnects or 0))
                 sw.add_metric(lv, float(row.segments_written or 0))
                 bw.add_metric(lv, float(row.bytes_written or 0))
-        yield from (state, up, rec, fps, br, rc, sw, bw, faults)
+        summary = health_summary(self.stations)
+        enabled = GaugeMetricFamily("vms_cameras_enabled", "cameras of enabled stations")
+        enabled.add_metric([], float(summary["enabled"]))
+        missing = GaugeMetricFamily("vms_cameras_not_recording", "enabled cameras not recording right now")
+        missing.add_metric([], float(summary["not_recording"]))
+        stuck = GaugeMetricFamily("vms_cameras_stuck", "enabled cameras the recorder itself fails (hung, or no status "
+                                                       "from their recording node)")
+        stuck.add_metric([], float(summary["stuck"]))
+        yield from (state, up, rec, fps, br, rc, sw, bw, faults, enabled, missing, stuck)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})

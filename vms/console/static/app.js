@@ -3,15 +3,19 @@ import { api, ApiError, esc, localIso, localText, todayLocal, dayStartMs } from 
 import { startWebRTC, startMSE } from "./live.js";
 
 const main = document.getElementById("main");
-const STATE_TEXT = { recording: "录像中", offline: "离线", closed: "已关门", fault: "故障" };
+const STATE_TEXT = { recording: "录像中", offline: "离线", closed: "已关门", fault: "故障", disabled: "停用",
+                     stuck: "录像卡死" };
 const GAP_TEXT = { stalled: "断流", unreachable: "无法连接", stream_ended: "流结束", bad_stream: "流异常",
-                   ingest_stopped: "录像服务停止", auth_failed: "认证失败", no_video: "无视频" };
+                   ingest_stopped: "录像服务停止", ingest_hung: "录像进程卡死", auth_failed: "认证失败",
+                   no_video: "无视频" };
 let me = null;
 let cleanup = [];  // what the current page must stop when left (timers, live views)
 
 const can = (perm) => me && me.permissions.includes(perm);
 
 export function stationState(st) {
+  if (!st.enabled) return "disabled";
+  if (st.camera.state === "hung") return "stuck";
   if (!st.camera.online) return "offline";
   if (st.faults && st.faults.length) return "fault";
   if (st.open_state === "closed") return "closed";
@@ -78,10 +82,10 @@ function treeHtml(stations, currentTown) {
     `<span><i class="dot s-${k}"></i>${v}</span>`).join("")}</div>
     <p><a href="#/wall">全部站点（${stations.length}）</a></p>`;
   for (const [town, list] of towns) {
-    const counts = { recording: 0, offline: 0, closed: 0, fault: 0 };
+    const counts = { recording: 0, offline: 0, closed: 0, fault: 0, disabled: 0, stuck: 0 };
     list.forEach((st) => counts[stationState(st)]++);
     html += `<details ${currentTown === town ? "open" : ""} data-town="${esc(town)}"><summary>${esc(town)}
-      <span class="counts">${list.length}站 · 录${counts.recording} 离${counts.offline} 关${counts.closed} 障${counts.fault}</span></summary>
+      <span class="counts">${list.length}站 · 录${counts.recording} 离${counts.offline} 关${counts.closed} 障${counts.fault + counts.stuck}${counts.disabled ? ` 停${counts.disabled}` : ""}</span></summary>
       <p><a href="#/wall/${encodeURIComponent(town)}">在视频墙显示本镇</a></p><ul>` +
       list.map((st) => `<li><a class="station-link" data-state="${stationState(st)}" data-town="${esc(st.town)}" href="#/station/${esc(st.id)}">
         <i class="dot s-${stationState(st)}" title="${STATE_TEXT[stationState(st)]}"></i>${esc(st.name)}</a></li>`).join("") +
@@ -206,7 +210,8 @@ async function renderStation(id) {
   };
   document.getElementById("go-live").onclick = goLive;
   document.getElementById("go-mse").onclick = () => goMse(null);
-  if (state !== "offline") goLive(); else msg.textContent = "摄像机离线";
+  if (state === "disabled") msg.textContent = "站点已停用";
+  else if (state !== "offline") goLive(); else msg.textContent = "摄像机离线";
 
   const dayInput = document.getElementById("day");
   const drawTimeline = async () => {

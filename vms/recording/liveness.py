@@ -1,0 +1,50 @@
+"""Is a recorder of this node running? Evidence from the kernel, not from the database.
+
+Every ingest worker holds a shared flock on `<data_dir>/run/recorder-<node>.lock` while it may write
+footage. The kernel drops the lock the moment the process dies (kill -9 included), so whoever can take
+it exclusively knows that no recorder of this node is alive: the segments the node left `growing` were
+left by a dead process, however recent their last update. (A row's age alone cannot tell: right after
+a crash the rows look as fresh as those being written.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+
+def recorder_lock_path(data_dir: Path, node: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node)
+    return Path(data_dir) / "run" / f"recorder-{safe}.lock"
+
+
+class RecorderLock:
+    """Held (shared) by each ingest worker process for as long as it records."""
+
+    def __init__(self, data_dir: Path, node: str) -> None:
+        path = recorder_lock_path(data_dir, node)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+
+def recorder_running(data_dir: Path, node: str) -> bool:
+    """True if a live process of `node` holds the recorder lock under this data directory."""
+    path = recorder_lock_path(data_dir, node)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the exclusive lock if it was taken
+    return False
