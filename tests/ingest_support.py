@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -234,3 +235,40 @@ def record_connection(clip, db, settings, station_id: str, native: bool, segment
         rec.end("stream_ended")
         index.stop()
     return rec, copied
+
+
+HANG_DIR_ENV = "VMS_TEST_HANG_DIR"
+
+
+class HangingObserver:
+    """Fault injection for the hang tests: the first packet (or copied batch) after a file named after
+    the station appears in $VMS_TEST_HANG_DIR blocks the camera thread for good, as a deadlock would
+    (the file is removed, so the restarted worker records normally). Keeps the native copier on."""
+
+    def __init__(self, station_id: str, hang_dir: str | None) -> None:
+        self.flag = os.path.join(hang_dir, station_id) if hang_dir else None
+
+    def _maybe_hang(self) -> None:
+        if self.flag and os.path.exists(self.flag):
+            os.remove(self.flag)
+            threading.Event().wait()  # forever: nothing can interrupt a thread stuck like this
+
+    def on_connect(self, stream, wall_ms: int) -> None:
+        pass
+
+    def on_packet(self, packet, wall_ms: int) -> None:
+        self._maybe_hang()
+
+    def on_copied(self, count: int, nbytes: int, first_ms: int, last_ms: int, kept) -> None:
+        self._maybe_hang()
+
+    def on_disconnect(self, wall_ms: int, reason: str) -> None:
+        pass
+
+
+def hanging_observer(settings, database, clock):
+    hang_dir = os.environ.get(HANG_DIR_ENV)
+    return lambda station_id: HangingObserver(station_id, hang_dir)
+
+
+HANGING_OBSERVER = "tests.ingest_support:hanging_observer"

@@ -36,9 +36,15 @@ def test_station_list_shows_live_status_without_credentials(api, db, clock, sett
         st = s.get(Station, SID)
         st.main_url = "rtsp://admin:Secr3tPass@192.168.1.20:554/Streaming/Channels/101"
         s.add(CameraStatus(station_id=SID, node="n1", state="streaming", fps=15.0, bitrate_bps=2e6, codec="h264",
-                           width=1920, height=1080, updated_ms=now - 2000, reconnects=1,
+                           width=1920, height=1080, updated_ms=now - 2000, last_packet_ms=now - 3000, reconnects=1,
                            detail="rtsp://admin:Secr3tPass@192.168.1.20 ok"))
         s.add(CameraStatus(station_id="pingshan-v01", node="n1", state="streaming", updated_ms=now - 60_000))
+        # Fresh, says streaming, but its last frame is older than stall_seconds: not streaming.
+        s.add(CameraStatus(station_id="pingshan-v04", node="n1", state="streaming", fps=15.0, bitrate_bps=2e6,
+                           updated_ms=now - 1000, last_packet_ms=now - 30_000))
+        s.add(CameraStatus(station_id="pingshan-v05", node="n1", state="stopped", updated_ms=now - 600_000))
+        s.get(Station, "pingshan-v06").enabled = False
+        s.add(CameraStatus(station_id="pingshan-v06", node="n1", state="stopped", updated_ms=now - 600_000))
         s.add(CameraStatus(station_id="pingshan-v02", node="n1", state="backoff", reason="auth_failed",
                            updated_ms=now - 1000))
         s.add(StationState(station_id=SID, state="closed", start_ms=now - 7_200_000, end_ms=now - 3_600_000))
@@ -57,6 +63,11 @@ def test_station_list_shows_live_status_without_credentials(api, db, clock, sett
     assert me["camera"]["state"] == "streaming" and me["camera"]["online"] and me["recording"]
     assert me["open_state"] == "open" and [f["kind"] for f in me["faults"]] == ["blurred"]
     assert by_id["pingshan-v01"]["camera"]["state"] == "offline"  # status a minute old
+    stalled = by_id["pingshan-v04"]["camera"]
+    assert stalled["state"] == "stalled" and not stalled["online"] and stalled["fps"] is None
+    assert stalled["bitrate_bps"] is None and "30 s ago" in stalled["detail"]
+    assert by_id["pingshan-v05"]["camera"]["state"] == "stopped"  # stopped on purpose, then silent: not offline
+    assert by_id["pingshan-v06"]["camera"]["state"] == "disabled" and not by_id["pingshan-v06"]["enabled"]
     assert by_id["pingshan-v02"]["camera"]["reason"] == "auth_failed"
     assert by_id["pingshan-v03"]["camera"]["state"] == "unknown" and not by_id["pingshan-v03"]["recording"]
     assert api.get("/api/stations?state=backoff", headers=admin).json()["count"] == 1
@@ -87,7 +98,7 @@ def _write_keyframe(settings, clip, wall_ms: int) -> None:
 def test_snapshot_fresh_stale_and_offline(api, db, clock, settings, clip):
     now = clock.now_ms()
     with db.session() as s:
-        s.add(CameraStatus(station_id=SID, node="n1", state="streaming", updated_ms=now))
+        s.add(CameraStatus(station_id=SID, node="n1", state="streaming", updated_ms=now, last_packet_ms=now))
     view = login(api, "view")
     r = api.get(f"/api/stations/{SID}/snapshot.jpg", headers=view)
     assert r.status_code == 503 and "no picture yet" in r.json()["detail"]
@@ -101,7 +112,8 @@ def test_snapshot_fresh_stale_and_offline(api, db, clock, settings, clip):
     assert decoded.shape == (120, 160, 3)
     clock.advance(12)
     with db.session() as s:
-        s.get(CameraStatus, SID).updated_ms = clock.now_ms()
+        cam = s.get(CameraStatus, SID)
+        cam.updated_ms = cam.last_packet_ms = clock.now_ms()
     api.app.state.ctx.extras["status_cache"].invalidate()
     r = api.get(f"/api/stations/{SID}/snapshot.jpg", headers=view)
     assert r.status_code == 503 and "s old" in r.json()["detail"]

@@ -3,6 +3,7 @@ is left unindexed, and the hole is explained by a gap."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -92,6 +93,13 @@ def test_kill_9_mid_segment_loses_at_most_the_last_fragment(tmp_path, env, segme
             # segments are then complete; the one being written at the kill is growing.)
             assert before[sid][-1].state == "growing", "the killed run's segment is still growing"
             assert all(s.state == "complete" for s in before[sid][:-1])
+        # Right after the crash the rows still look fresh; `recordings check` knows no recorder of the
+        # node runs (its lock is free) and reports them, rather than "0 problems".
+        report = subprocess.run([VMS, "recordings", "check", "--format", "json"], env=env, capture_output=True,
+                                text=True)
+        assert report.returncode == 1, report.stdout + report.stderr
+        found = {(p["kind"], p["path"]) for p in json.loads(report.stdout)["problems"]}
+        assert {("left_growing", before[sid][-1].path) for sid in STATIONS} <= found, found
 
         log2 = open(tmp_path / "ingest2.log", "w")
         proc = subprocess.Popen([VMS, "ingest", "--no-analysis"], env=env, stdout=log2, stderr=log2,

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.ingest_support import make_clip, record_clip
-from vms.db.models import CameraStatus, Segment
+from vms.db.models import CameraStatus, Segment, Station
 from vms.ingest.backoff import Backoff
 from vms.recording.fmp4 import probe_segment
 from vms.recording.volumes import VolumeSet
@@ -88,6 +88,10 @@ def test_cameras_status_prints_health_without_credentials(db, cli_env):
         s.add(CameraStatus(station_id="baihua-v01", node="n1", state="backoff", reason="auth_failed",
                            detail="rtsp://admin:hunter2@10.0.0.5/ refused", updated_ms=now))
         s.add(CameraStatus(station_id="baihua-v02", node="n1", state="streaming", updated_ms=now - 3_600_000))
+        # What a stop used to publish: rates over the few ms since the last status (122 fps, 18 Mbps).
+        s.add(CameraStatus(station_id="baihua-v03", node="n1", state="stopped", fps=122.0, bitrate_bps=1.8e7,
+                           updated_ms=now))
+        s.get(Station, "baihua-v04").enabled = False
     out = subprocess.run([VMS, "cameras", "status", "--format", "json"], env=cli_env, capture_output=True,
                          text=True, check=True)
     rows = {r["id"]: r for r in json.loads(out.stdout)}
@@ -96,6 +100,9 @@ def test_cameras_status_prints_health_without_credentials(db, cli_env):
     assert rows["baihua-town"]["reconnects"] == 2 and rows["baihua-town"]["width"] == 1920
     assert rows["baihua-v01"]["reason"] == "auth_failed"
     assert rows["baihua-v02"]["state"] == "offline"  # its node stopped reporting
+    assert rows["baihua-v03"]["state"] == "stopped" and rows["baihua-v03"]["fps"] is None
+    assert rows["baihua-v03"]["bitrate_bps"] is None
+    assert rows["baihua-v04"]["state"] == "disabled"
     assert rows["gaotan-town"]["state"] == "unknown"
     assert "hunter2" not in out.stdout
     table = subprocess.run([VMS, "cameras", "status"], env=cli_env, capture_output=True, text=True, check=True)

@@ -58,7 +58,10 @@ class IngestSupervisor:
         self.settings = settings
         count = workers or settings.ingest.workers or default_worker_count(cameras)
         self._ctx = mp.get_context("spawn")  # never fork a process that runs PyAV threads
-        self._stop = self._ctx.Event()
+        # A shared flag the workers poll, not a multiprocessing.Event: Event.set() waits for every process
+        # that was waiting on it to wake, and one that died waiting (killed, or exited while hung) never
+        # does, so stop() would hang for good after the first worker restart.
+        self._stop = self._ctx.Value("b", 0, lock=False)
         self.specs = [WorkerSpec(settings, i, count, dict(url_overrides or {}), only_stations,
                                  list(observer_factories or []), supervisor_pid=os.getpid()) for i in range(count)]
         self._slots = [_Slot(spec) for spec in self.specs]
@@ -179,7 +182,7 @@ class IngestSupervisor:
     def stop(self, timeout: float | None = None) -> None:
         """Ask every worker to finish its segments and exit; kill those that have not by the deadline."""
         self._stopping.set()
-        self._stop.set()
+        self._stop.value = 1
         self.notifier.stopping()
         timeout = timeout if timeout is not None else self.settings.ingest.stop_seconds + 2
         deadline = time.monotonic() + timeout

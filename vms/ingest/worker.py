@@ -119,6 +119,10 @@ class IngestWorker:
             lock.release()
 
     def _close(self) -> None:
+        # A hung session is told to stop but not waited for: it would use up the whole deadline.
+        hung = self.sessions.pop(self.hung_station, None) if self.hung_station else None
+        if hung is not None:
+            hung[1].stop()
         self._stop_sessions(list(self.sessions), deadline=time.monotonic() + self.settings.ingest.stop_seconds - 1)
         for factory in self._factories:
             close = getattr(factory, "close", None)
@@ -170,6 +174,7 @@ class IngestWorker:
             start = last if last is not None else self.clock.now_ms()
             self.index.open_gap(sid, start, "ingest_hung", f"camera thread hung: {why}; worker restarted",
                                 session.recorder.stream)
+        self._publish_status([session])  # says `hung` until the restarted worker reports it again
         self.stop_event.set()
 
     def reconcile(self, initial: bool = False) -> None:
@@ -332,7 +337,7 @@ def tune_malloc() -> None:
             log.warning("malloc setting VMS_%s=%r ignored: %s", name, value, exc)
 
 
-def run_worker_process(spec: WorkerSpec, stop_event, heartbeat=None) -> None:
+def run_worker_process(spec: WorkerSpec, stop_flag, heartbeat=None) -> None:
     """Entry point of a spawned worker process. Exits with the worker's exit code (EXIT_HUNG when a
     camera thread hung), without waiting for threads that are stuck."""
     import signal
@@ -357,7 +362,7 @@ def run_worker_process(spec: WorkerSpec, stop_event, heartbeat=None) -> None:
     def watch() -> None:
         # Stop when told to, and also when the supervisor is gone (killed): an orphaned worker
         # would otherwise keep a second connection to every camera after the supervisor restarts.
-        while not stop_event.wait(1.0):
+        while not stop_flag.value and not stop_now.wait(1.0):
             if spec.supervisor_pid is not None and os.getppid() != spec.supervisor_pid:
                 logging.getLogger(__name__).error("supervisor %d is gone; worker stopping", spec.supervisor_pid)
                 break

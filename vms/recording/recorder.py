@@ -121,9 +121,10 @@ class StreamRecorder:
             self._gap_token = self.index.adopt_row(open_gap[0])
             self._gap_reason = open_gap[1]
             self._gap_start = open_gap[2]
-            if self.last_end_ms is not None and self._gap_start < self.last_end_ms:
-                # Opened by a watcher at the last frame it saw; crash repair may have found footage up
-                # to a little later: the gap starts where the footage ends.
+            if self.last_end_ms is not None and self._gap_start != self.last_end_ms:
+                # Opened by a watcher (an ingest_hung gap) at the last frame it saw, while crash repair
+                # kept footage up to the last whole fragment: the gap starts where the footage ends,
+                # leaving neither a bare hole nor an overlap.
                 self._gap_start = self.last_end_ms
                 self.index.update_gap(self._gap_token, start_ms=self._gap_start)
         elif self.last_end_ms is not None:
