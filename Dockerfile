@@ -26,5 +26,11 @@ ENV VMS_DATA_DIR=/var/lib/vms/data \
     PATH=/opt/vms/.venv/bin:$PATH
 VOLUME ["/var/lib/vms"]
 EXPOSE 8080
+# /api/health answers 503 when the recorder itself fails cameras (a camera thread hung, a worker silent)
+# or the database is down; 200 with "degraded" when only cameras or their network are at fault.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=90s --retries=3 \
+  CMD python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/api/health', timeout=8)"
+# docker stop sends SIGTERM: vms finishes its segments within ingest.stop_seconds (8 s).
+STOPSIGNAL SIGTERM
 
 CMD ["sh", "-c", "vms db upgrade && vms stations import config/stations.yaml && exec vms serve"]
