@@ -35,14 +35,19 @@ S = CameraState
 
 
 def test_judged_state_follows_evidence_not_the_threads_word():
-    def judge(reported, progress, expected=None, now=100.0):
-        return judge_state(HealthEvidence(reported, progress, expected), now, stall_s=10, hung_grace_s=10)
+    def judge(reported, progress, expected=None, now=100.0, loop_alive=0.0):
+        return judge_state(HealthEvidence(reported, progress, expected, loop_alive), now, stall_s=10,
+                           hung_grace_s=10)
 
     assert judge(S.STREAMING, progress=95) is S.STREAMING
     assert judge(S.STREAMING, progress=90) is S.STREAMING  # exactly stall_seconds
     assert judge(S.STREAMING, progress=89) is S.STALLED
     assert judge(S.STREAMING, progress=80) is S.STALLED
     assert judge(S.STREAMING, progress=79) is S.HUNG  # the watchdog acted 10 s ago: nothing moved
+    # Nothing recorded for a minute, but the packet loop answered the watchdog 5 s ago (packets that
+    # cannot be written, a full disk): not recording, yet not stuck; a restart would not help.
+    assert judge(S.STREAMING, progress=40, loop_alive=95) is S.STALLED
+    assert judge(S.STREAMING, progress=40, loop_alive=89) is S.HUNG
     # States that end by themselves are hung once past their deadline plus the grace.
     assert judge(S.CONNECTING, progress=0, expected=95) is S.CONNECTING
     assert judge(S.CONNECTING, progress=0, expected=89) is S.HUNG
@@ -236,3 +241,38 @@ log_level: WARNING
     assert took <= 15, f"vms serve took {took:.1f} s to stop"
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
     assert "STOPPING=1" in during_stop, during_stop
+
+
+def test_a_full_disk_is_not_a_hang(sim, tmp_path, db):
+    """Packets keep coming but none can be written: the camera is not recording (published as
+    stalled, reason disk_error), yet its loop turns, so its worker is not restarted for nothing."""
+    from tests.ingest_support import RunningWorker
+    from tests.test_recording_disk_full import fill
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(done.stderr.decode())
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        settings = ingest_settings(tmp_path, stall_seconds=3, hung_grace_seconds=3, status_interval_seconds=1,
+                                   segment_seconds=2)
+        settings.storage.volumes[0].path = mount
+        sid = STATIONS[1]
+        with RunningWorker(settings, db, {sid: sim.urls[sid]}) as w:
+            wait_until(lambda: len(segments(db, sid)) >= 2, 30, "recording")
+            fill(mount / "filler.bin")
+            wait_until(lambda: (st := _status(db, sid)) is not None and st.reason == "disk_error", 20,
+                       "disk_error published")
+            time.sleep(3 + 3 + 4)  # well past stall + grace
+            st = _status(db, sid)
+            assert st.state == "stalled" and st.fps is None
+            assert w.worker.hung_station is None and w.worker.exit_code == 0 and not w.worker.stop_event.is_set()
+            (mount / "filler.bin").unlink()
+            freed_ms = SystemClock().now_ms()
+            wait_until(lambda: any(seg.start_ms >= freed_ms for seg in segments(db, sid)), 30, "recording again")
+            wait_until(lambda: _status(db, sid).state == "streaming", 10, "streaming again")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -7,13 +7,16 @@ evidence only a working recorder produces:
 
 - the recorded-frame counter, which the camera thread raises only after the recorder wrote a frame;
   the watchdog's tick notes when it last moved (`progress_mono`);
+- whether the packet loop still turns: it answers the attention flag the watchdog raises every
+  status interval (`loop_alive_mono`);
 - for the states that must end by themselves (connecting has a deadline, a backoff a delay), the
   time by which they should have ended (`expected_until`).
 
 A camera that reports streaming but recorded nothing for `stall_s` is `stalled` (the watchdog then
-shuts its connection down, which ends a blocked read); still nothing `hung_grace_s` later, or a
-state that outlived its deadline by `hung_grace_s`, is `hung`: its thread is stuck where no socket
-can reach it, and only restarting the worker process frees the camera (see vms.ingest.worker).
+shuts its connection down, which ends a blocked read); still nothing `hung_grace_s` later with a loop
+that no longer turns, or a state that outlived its deadline by `hung_grace_s`, is `hung`: its thread is
+stuck where no socket can reach it, and only restarting the worker process frees the camera (see
+vms.ingest.worker).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class HealthEvidence:
     reported: CameraState  # what the camera thread last said
     progress_mono: float  # monotonic time a recorded frame was last seen (or reading began)
     expected_until: float | None  # monotonic time by which `reported` should have ended, if it must end
+    loop_alive_mono: float = 0.0  # monotonic time the packet loop last answered the watchdog
 
 
 def judge_state(evidence: HealthEvidence, now_mono: float, stall_s: float, hung_grace_s: float) -> CameraState:
@@ -49,7 +53,11 @@ def judge_state(evidence: HealthEvidence, now_mono: float, stall_s: float, hung_
         idle = now_mono - evidence.progress_mono
         if idle <= stall_s:
             return CameraState.STREAMING
-        return CameraState.STALLED if idle <= stall_s + hung_grace_s else CameraState.HUNG
+        if idle <= stall_s + hung_grace_s or now_mono - evidence.loop_alive_mono <= stall_s:
+            # Not recording; but a loop that still turns (packets that cannot be written: a full disk)
+            # is not stuck, and restarting its worker would not help.
+            return CameraState.STALLED
+        return CameraState.HUNG
     if evidence.expected_until is not None and now_mono > evidence.expected_until + hung_grace_s:
         return CameraState.HUNG
     return reported

@@ -92,7 +92,11 @@ class CameraSession(threading.Thread):
         # notices new packets (for the stall check and last_packet_ms) and raises `_attention`
         # when the growing segment is due to be published; stop() raises it too.
         self._attention = False
-        self._seen_packets = 0  # recorded frames (health.frames) at the last tick that saw them change
+        # Liveness of the loop itself: tick() notes when the loop last answered an attention it raised
+        # (a loop that turns but records nothing, e.g. on a full disk, is not stuck).
+        self._attention_pending = False
+        self._loop_alive_mono = 0.0
+        self._seen_footage = 0  # the recorder's footage_bytes() at the last tick that saw it grow
         self._seen_mono = 0.0
         self._next_progress = 0.0
         self._stall_marked_at: float | None = None
@@ -125,20 +129,25 @@ class CameraSession(threading.Thread):
 
     def evidence(self) -> HealthEvidence:
         """For judge_state, from any thread."""
-        return HealthEvidence(self.health.state, self._seen_mono, self.health.expected_until)
+        return HealthEvidence(self.health.state, self._seen_mono, self.health.expected_until, self._loop_alive_mono)
 
     def tick(self, mono: float, now_ms: int) -> None:
         """Called every second from the worker's watchdog thread (never from the packet loop)."""
-        # Recorded frames, not packets: a camera whose packets cannot be recorded (no timestamps, never
-        # a keyframe) counts as stalled, and a reconnect is what most often brings a keyframe.
-        frames = self.health.frames
-        if frames != self._seen_packets:
-            self._seen_packets = frames
+        # Footage on disk, not packets nor frames muxed into a buffer: a camera whose packets cannot be
+        # recorded (no timestamps, never a keyframe: a reconnect most often brings one) or written (a
+        # full disk) is not streaming. The file grows every fragment (at most 0.5 s of video).
+        footage = self.recorder.footage_bytes()
+        if footage > self._seen_footage:
+            self._seen_footage = footage
             self._seen_mono = mono
             self.health.last_packet_ms = now_ms
+        if self._attention_pending and not self._attention:
+            self._attention_pending = False
+            self._loop_alive_mono = mono
         if self._reading and mono >= self._next_progress:
             self._next_progress = mono + self.settings.status_interval_seconds
             self._raise_attention()
+            self._attention_pending = True
 
     def is_stalled(self, now: float, stall_seconds: float) -> bool:
         """Reading, and no frame recorded (as seen by tick()) for stall_seconds; checked again every
@@ -219,7 +228,7 @@ class CameraSession(threading.Thread):
         streaming = False
         reason = detail = None
         self._stall_marked_at = None
-        self._seen_mono = self.clock.monotonic()
+        self._seen_mono = self._loop_alive_mono = self.clock.monotonic()
         self._next_progress = self._seen_mono + self.settings.status_interval_seconds
         self._reading = True
         # Until the first recorded frame: the stall watchdog ends a connection that records nothing.

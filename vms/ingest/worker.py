@@ -286,7 +286,7 @@ class IngestWorker:
             reason, detail = h.reason, h.detail
             if state is not h.state:
                 idle = mono - session.progress_mono
-                reason = state.value
+                reason = session.recorder.gap_reason or state.value  # e.g. disk_error: why nothing is written
                 detail = f"no footage recorded for {idle:.0f} s; the camera thread says {h.state.value}"
             fps = bitrate = None
             prev = self._published.get(sid)

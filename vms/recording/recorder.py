@@ -13,6 +13,7 @@ previous one ends, so segments of one camera never overlap and never have negati
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -433,10 +434,30 @@ class StreamRecorder:
         self._disk_retry_at = self.clock.monotonic() + 5.0
         self.note_failure("disk_error", str(exc))
 
+    def footage_bytes(self) -> int:
+        """Bytes of footage this recorder got onto the disk, as the filesystem says: what its finished
+        segments hold plus the open segment's file size. Any thread may call it: it is the watchdog's
+        evidence that footage really reaches the disk (frames muxed into a buffer on a full disk do not).
+        `bytes_written` is read before `_seg`: a segment finishing in between is then counted once or
+        not at all (never twice), so the figure may dip but never jumps ahead."""
+        finished = self.bytes_written
+        seg = self._seg
+        if seg is None:
+            return finished
+        try:
+            return finished + os.stat(seg.file.path).st_size
+        except OSError:
+            return finished
+
     @property
     def gap_open(self) -> bool:
         """A gap is open: footage is not flowing, for a reason already recorded."""
         return self._gap_token is not None
+
+    @property
+    def gap_reason(self) -> str | None:
+        """The open gap's reason (e.g. disk_error), if one is open."""
+        return self._gap_reason
 
     @property
     def recording(self) -> bool:
