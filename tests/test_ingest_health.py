@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from tests.ingest_support import (
     HANG_DIR_ENV,
@@ -276,3 +277,23 @@ def test_a_full_disk_is_not_a_hang(sim, tmp_path, db):
             wait_until(lambda: _status(db, sid).state == "streaming", 10, "streaming again")
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_the_start_up_counts_configured_cameras_when_nothing_is_simulated(db, settings):
+    """`vms ingest` said "recording 0 cameras" with the simulator off, and sized its workers for none."""
+    from vms.db.models import Station
+    from vms.ingest.supervisor import default_worker_count
+    from vms.server.recording import RecordingService
+
+    with db.session() as s:
+        stations = list(s.scalars(select(Station)))
+        for i, st in enumerate(stations):
+            st.main_url = f"rtsp://10.0.{i // 250}.{i % 250 + 1}/main" if i % 2 == 0 else None
+        enabled_with_url = sum(1 for i, st in enumerate(stations) if st.enabled and i % 2 == 0)
+        enabled = sum(1 for st in stations if st.enabled)
+    never = RecordingService(settings, db, simulate="never")
+    assert never._simulated_stations() == [] and never.camera_count == enabled_with_url > 0
+    auto = RecordingService(settings, db, simulate="auto")
+    simulated = auto._simulated_stations()
+    assert len(simulated) == enabled - enabled_with_url and auto.camera_count == enabled
+    assert default_worker_count(300) == max(os.cpu_count() or 1, 5)
