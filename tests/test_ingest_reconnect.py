@@ -1,16 +1,19 @@
 """The reconnect policy (vms/ingest/backoff.py): fast after network failures, slow after refused
-credentials. Unit tests with a seeded random source; the real-camera tests are in
-tests/test_ingest_reconnect_rtsp.py."""
+credentials. Unit tests with a seeded random source, its settings, and the index writer's fault rows;
+the real-camera tests are in tests/test_ingest_reconnect_rtsp.py."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from sqlalchemy import select
 
 from vms.core.errors import ConfigError
 from vms.core.settings import IngestSettings, load_settings
+from vms.db.models import Fault
 from vms.ingest.backoff import ReconnectPolicy
+from vms.recording.index import IndexWriter
 
 NETWORK_REASONS = ("unreachable", "refused", "stalled", "stream_ended", "bad_stream")
 
@@ -131,3 +134,26 @@ def test_reconnect_settings_old_names_still_read_and_bad_values_named(tmp_path):
     cfg.write_text("ingest:\n  auth_backoff_seconds: 600\n  auth_backoff_max_seconds: 60\n")
     with pytest.raises(ConfigError, match="auth_backoff_max_seconds .60. is below auth_backoff_seconds .600."):
         load_settings(cfg, env={})
+
+
+def test_index_writer_keeps_one_open_fault_per_kind_and_closes_only_that_kind(db):
+    index = IndexWriter(db, "t").start()
+    try:
+        index.open_fault("baihua-v01", "auth_failed", "critical", 1000, "refused (401)")
+        # A second run (or session) raising it again: the open row continues, with the newer detail.
+        index.open_fault("baihua-v01", "auth_failed", "critical", 5000, "refused (403)")
+        index.open_fault("baihua-v02", "auth_failed", "critical", 2000, "refused (401)")
+        with db.session() as s:
+            s.add(Fault(station_id="baihua-v01", kind="covered", severity="major", start_ms=900))
+        index.flush()
+        index.close_fault("baihua-v01", "auth_failed", 500)  # a clock step back: never before the start
+        index.close_fault("baihua-v03", "auth_failed", 9000)  # nothing open: nothing happens
+        index.flush()
+        with db.session() as s:
+            rows = [(f.station_id, f.kind, f.start_ms, f.end_ms, f.detail)
+                    for f in s.scalars(select(Fault).order_by(Fault.station_id, Fault.kind))]
+    finally:
+        index.stop()
+    assert rows == [("baihua-v01", "auth_failed", 1000, 1000, "refused (403)"),
+                    ("baihua-v01", "covered", 900, None, None),
+                    ("baihua-v02", "auth_failed", 2000, None, "refused (401)")]
