@@ -26,6 +26,7 @@ pytestmark = pytest.mark.rtsp
 
 OUTAGE_S = 25.0
 RETURN_DELAY_S = 5.0  # the most a camera that comes back may wait for the next attempt (issue 16)
+SCHEDULING_SLACK_S = 1.0  # a busy machine (other tests, 2 cores) may start a thread's attempt late
 # Once the camera answers, the RTSP handshake and the wait for the first keyframe (a GOP is 1/3 s here).
 CONNECT_ALLOWANCE_S = 1.0
 AUTH_BACKOFF_S = 8.0
@@ -96,9 +97,9 @@ def test_camera_unreachable_for_25_s_is_recording_again_within_5_s_of_its_return
     assert len(refused) >= 4, refused
     tries = refused + after[:1]
     waits = [b - a for a, b in zip(tries, tries[1:], strict=False)]
-    assert max(waits) <= RETURN_DELAY_S + 0.5, [round(x, 2) for x in waits]
+    assert max(waits) <= RETURN_DELAY_S + SCHEDULING_SLACK_S, [round(x, 2) for x in waits]
     # ... so it tried again within that cap of the camera's return.
-    assert after and after[0] - restored <= RETURN_DELAY_S + 0.5, after[0] - restored
+    assert after and after[0] - restored <= RETURN_DELAY_S + SCHEDULING_SLACK_S, after[0] - restored
     # The hole in the index is the outage plus that delay and the connect: about 30 s (it was up to 51).
     segs = segments(db, sid)
     assert_contiguous(segs)
@@ -140,7 +141,7 @@ def test_refused_credentials_get_quick_tries_then_a_long_wait_and_a_fault_until_
             # the long wait is over.
             sim.set_password("auth", "typo")
             wait_until(lambda: len(watch.seen) >= 4, AUTH_BACKOFF_S * 1.2 + 10, "the attempt after the long wait")
-            assert watch.seen[3] - watch.seen[2] >= AUTH_BACKOFF_S - 0.2, watch.seen
+            assert watch.seen[3] - watch.seen[2] >= AUTH_BACKOFF_S - 1.0, watch.seen  # (seen by polling)
             wait_until(lambda: w.health(sid).state == "streaming", 15, "streaming with the accepted credentials")
             wait_until(lambda: _auth_faults(db, sid)[0].end_ms is not None, 10, "the fault to close")
             wait_until(lambda: len(segments(db, sid)) >= 1, 15, "a segment")
