@@ -11,9 +11,11 @@ from sqlalchemy import select
 
 from vms.core.errors import ConfigError
 from vms.core.settings import IngestSettings, load_settings
-from vms.db.models import Fault
+from vms.db.models import Fault, Gap
 from vms.ingest.backoff import ReconnectPolicy
 from vms.recording.index import IndexWriter
+from vms.recording.recorder import StreamRecorder
+from vms.recording.volumes import VolumeSet
 
 NETWORK_REASONS = ("unreachable", "refused", "stalled", "stream_ended", "bad_stream")
 
@@ -157,3 +159,31 @@ def test_index_writer_keeps_one_open_fault_per_kind_and_closes_only_that_kind(db
     assert rows == [("baihua-v01", "auth_failed", 1000, 1000, "refused (403)"),
                     ("baihua-v01", "covered", 900, None, None),
                     ("baihua-v02", "auth_failed", 2000, None, "refused (401)")]
+
+
+class CountingIndex(IndexWriter):
+    """The real index writer, counting the gap updates it is asked for."""
+
+    updates = 0
+
+    def update_gap(self, token: int, **values) -> None:
+        self.updates += 1
+        super().update_gap(token, **values)
+
+
+def test_a_camera_failing_the_same_way_for_hours_writes_its_gap_once(db, settings, clock):
+    index = CountingIndex(db, "t").start()
+    try:
+        rec = StreamRecorder("baihua-v01", VolumeSet.from_settings(settings), settings.tz, index, clock)
+        for _ in range(1000):  # ~1 hour of attempts every 3.75 s
+            rec.note_failure("refused", "connection refused")
+            clock.advance(3.75)
+        rec.note_failure("refused", "the camera has no such stream (404)")
+        rec.note_failure("unreachable", "timed out")
+        index.flush()
+        with db.session() as s:
+            rows = [(g.reason, g.detail, g.end_ms is None) for g in s.scalars(select(Gap).order_by(Gap.id))]
+    finally:
+        index.stop()
+    assert index.updates == 1  # the changed detail only
+    assert rows == [("refused", "the camera has no such stream (404)", False), ("unreachable", "timed out", True)]
