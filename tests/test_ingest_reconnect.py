@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from vms.core.errors import ConfigError
 from vms.core.settings import IngestSettings, load_settings
-from vms.db.models import Fault, Gap
+from vms.db.models import Fault, Gap, Station
 from vms.ingest.backoff import ReconnectPolicy
 from vms.recording.index import IndexWriter
 from vms.recording.recorder import StreamRecorder
@@ -138,7 +138,11 @@ def test_reconnect_settings_old_names_still_read_and_bad_values_named(tmp_path):
         load_settings(cfg, env={})
 
 
-def test_index_writer_keeps_one_open_fault_per_kind_and_closes_only_that_kind(db):
+def test_index_writer_keeps_one_open_fault_per_kind_and_closes_only_that_kind(any_db):
+    db = any_db
+    with db.session() as s:
+        for sid in ("baihua-v01", "baihua-v02"):
+            s.add(Station(id=sid, name=sid, level="village", town="白花镇"))
     index = IndexWriter(db, "t").start()
     try:
         index.open_fault("baihua-v01", "auth_failed", "critical", 1000, "refused (401)")
