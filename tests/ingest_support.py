@@ -20,7 +20,7 @@ from vms.ingest.worker import IngestWorker, WorkerSpec
 
 def ingest_settings(tmp_path, **ingest) -> Settings:
     base = {"segment_seconds": 4, "status_interval_seconds": 1, "stall_seconds": 3, "rtsp_timeout_seconds": 3,
-            "backoff_initial_seconds": 0.3, "backoff_max_seconds": 2, "node": "test-node"}
+            "retry_initial_seconds": 0.3, "retry_max_seconds": 2, "node": "test-node"}
     base.update(ingest)
     return Settings.model_validate({
         "data_dir": str(tmp_path / "data"),

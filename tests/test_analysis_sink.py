@@ -56,10 +56,13 @@ def test_resume_closes_what_a_dead_process_left_open_at_its_last_footage(any_db)
     with any_db.session() as s:
         s.add(StationState(station_id=sid, state="open", start_ms=T0, end_ms=None))
         s.add(Fault(station_id=sid, kind="blurred", severity="minor", start_ms=T0 + 10, end_ms=None))
+        # The ingest's own fault (refused credentials): not the analysis' to end.
+        s.add(Fault(station_id=sid, kind="auth_failed", severity="critical", start_ms=T0 + 20, end_ms=None))
         s.add(Segment(station_id=sid, node="n1", volume="main", path="a.mp4", start_ms=T0, end_ms=T0 + 60_000))
     sink = AnalysisSink(any_db)
     sink.submit(sid, [Resumed(T0 + H)])
     sink.flush()
     with any_db.session() as s:
         assert [r.end_ms - T0 for r in s.scalars(select(StationState))] == [60_000]
-        assert [r.end_ms - T0 for r in s.scalars(select(Fault))] == [60_000]
+        faults = {r.kind: r.end_ms and r.end_ms - T0 for r in s.scalars(select(Fault))}
+        assert faults == {"blurred": 60_000, "auth_failed": None}

@@ -70,7 +70,7 @@ def test_kill_9_mid_segment_loses_at_most_the_last_fragment(tmp_path, env, segme
     """The first segment of a connection is recorded in Python; later ones by the native copier, which
     also leaves up to `receive_pause_seconds` in the socket between its reads."""
     settings = _write_config(tmp_path, segment_seconds=segment_seconds, workers=1, node="crash-node",
-                             status_interval_seconds=1, backoff_initial_seconds=0.3)
+                             status_interval_seconds=1, retry_initial_seconds=0.3)
     with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30) as sim:
         subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
         subprocess.run([VMS, "stations", "import", str(_catalogue(tmp_path, sim.urls))], env=env, check=True,

@@ -81,7 +81,7 @@ def test_a_hung_camera_thread_is_recovered_by_a_worker_restart_within_30_s(sim, 
     hang_dir.mkdir()
     monkeypatch.setenv(HANG_DIR_ENV, str(hang_dir))
     settings = ingest_settings(tmp_path, stall_seconds=10, hung_grace_seconds=10, status_interval_seconds=1,
-                               segment_seconds=4, backoff_initial_seconds=0.3)
+                               segment_seconds=4, retry_initial_seconds=0.3)
     hung, others = STATIONS[0], STATIONS[1:]
     sup = IngestSupervisor(settings, dict(sim.urls), [HANGING_OBSERVER], workers=1, only_stations=set(STATIONS))
     sup.start()

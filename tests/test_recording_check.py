@@ -1,11 +1,10 @@
 """`vms recordings check [--repair]` finds and fixes every way the disk and the index can disagree;
-`vms cameras status` reports health; backoff grows with jitter and resets."""
+`vms cameras status` reports health."""
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from sqlalchemy import select
 
 from tests.ingest_support import make_clip, record_clip
 from vms.db.models import CameraStatus, Segment, Station
-from vms.ingest.backoff import Backoff
 from vms.recording.fmp4 import probe_segment
 from vms.recording.volumes import VolumeSet
 
@@ -107,19 +105,3 @@ def test_cameras_status_prints_health_without_credentials(db, cli_env):
     assert "hunter2" not in out.stdout
     table = subprocess.run([VMS, "cameras", "status"], env=cli_env, capture_output=True, text=True, check=True)
     assert "baihua-v01" in table.stdout and "hunter2" not in table.stdout
-
-
-def test_backoff_grows_with_jitter_caps_and_resets_after_a_stable_connection():
-    b = Backoff(initial_s=1, maximum_s=60, stable_s=60, rng=random.Random(7))
-    delays = [b.next_delay() for _ in range(10)]
-    for i, d in enumerate(delays):
-        step = min(60, 2**i)
-        assert step / 2 <= d <= step
-    assert max(delays) <= 60 and delays[-1] >= 30
-    b.connection_lasted(10)  # a short connection does not reset
-    assert b.next_delay() >= 30
-    b.connection_lasted(61)
-    assert b.next_delay() <= 1
-    # Jitter: cameras failing together do not retry together.
-    spread = {round(Backoff(rng=random.Random(seed)).next_delay(), 3) for seed in range(20)}
-    assert len(spread) > 15

@@ -166,6 +166,34 @@ def test_auth_mount_needs_the_right_credentials(sim):
         assert c.streams.video
 
 
+def test_auth_mount_counts_attempts_and_failed_logins_answers_403_and_changes_password(sim):
+    url = sim.urls["auth"]
+    before = sim.counts("auth")
+    with pytest.raises(av.error.HTTPUnauthorizedError):
+        open_rtsp(url.replace("admin:secret@", "admin:wrong@"))
+    with pytest.raises(av.error.HTTPUnauthorizedError):
+        open_rtsp(url.replace("admin:secret@", ""))  # no credentials: refused, but no failed login
+    with pytest.raises(av.error.HTTPForbiddenError):
+        open_rtsp(url.replace("admin:secret@", "guest:guest@"))  # an account that may not watch
+    after = sim.counts("auth")
+    assert after["attempts"] - before["attempts"] == 3
+    assert after["refused_logins"] - before["refused_logins"] == 2
+    assert after["unauthorized"] - before["unauthorized"] >= 3
+    try:
+        sim.set_password("auth", "changed")
+        with pytest.raises(av.error.HTTPUnauthorizedError):
+            open_rtsp(url)
+        with open_rtsp(url.replace("admin:secret@", "admin:changed@")) as c:
+            assert c.streams.video
+    finally:
+        sim.set_password("auth", "secret")
+    with open_rtsp(url) as c:
+        assert c.streams.video
+    assert sim.counts("auth")["attempts"] - after["attempts"] == 3
+    with pytest.raises(SimulatorError, match="cam01 asks for no credentials"):
+        sim.set_password("cam01", "x")
+
+
 def test_codec_mounts(sim):
     with open_rtsp(sim.urls["h265"]) as c:
         assert [s.codec_context.name for s in c.streams] == ["hevc"]

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from vms.analysis.detector import (
+    FAULT_KINDS,
     ActivityFound,
     Event,
     FaultClosed,
@@ -133,9 +134,12 @@ def _add_hourly(s: Session, station_id: str, start_ms: int, end_ms: int) -> None
 
 
 def _close_stale(s: Session, station_id: str, now_ms: int) -> None:
-    """End open rows of a previous run where its footage ended (not now: the gap was not seen)."""
+    """End open rows of a previous run where its footage ended (not now: the gap was not seen). Only the
+    analysis' own fault kinds: the ingest writes others (auth_failed) and ends them itself."""
     last_footage = s.scalar(select(func.max(Segment.end_ms)).where(Segment.station_id == station_id))
-    for model in (StationState, Fault):
-        for row in s.scalars(select(model).where(model.station_id == station_id, model.end_ms.is_(None))):
+    own = {StationState: StationState.station_id == station_id,
+           Fault: (Fault.station_id == station_id) & Fault.kind.in_(FAULT_KINDS)}
+    for model, mine in own.items():
+        for row in s.scalars(select(model).where(mine, model.end_ms.is_(None))):
             end = last_footage if last_footage is not None else row.start_ms
             row.end_ms = min(max(end, row.start_ms), now_ms)

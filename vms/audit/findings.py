@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-# vms.analysis.detector.FAULT_KINDS
+# vms.analysis.detector.FAULT_KINDS, and the ingest's own kind (vms.ingest.session.AUTH_FAULT)
 FAULT_KINDS_ZH = {
+    "auth_failed": "认证失败",
     "signal_lost": "信号丢失",
     "frozen": "画面冻结",
     "black": "黑屏",

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vms.core.errors import ConfigError
 from vms.core.yamlfile import line_of, load_with_lines
@@ -86,9 +86,24 @@ class IngestSettings(StrictModel):
     workers: int | None = Field(default=None, ge=1, description="worker processes; default one per core")
     rtsp_timeout_seconds: float = Field(default=10, gt=0)
     stall_seconds: float = Field(default=10, gt=0)
-    backoff_initial_seconds: float = Field(default=1, gt=0)
-    backoff_max_seconds: float = Field(default=60, gt=0)
-    stable_seconds: float = Field(default=60, gt=0, description="streaming this long resets the backoff")
+    # Reconnecting (vms/ingest/backoff.py, docs/design/recording.md). The retry_* keys were called
+    # backoff_initial_seconds / backoff_max_seconds before; those names are still read.
+    retry_initial_seconds: float = Field(
+        default=1, gt=0, validation_alias=AliasChoices("retry_initial_seconds", "backoff_initial_seconds"),
+        description="first wait after a network failure (unreachable, refused, stalled, stream ended); doubles")
+    retry_max_seconds: float = Field(
+        default=5, gt=0, validation_alias=AliasChoices("retry_max_seconds", "backoff_max_seconds"),
+        description="longest wait between attempts after network failures, so a camera that comes back is "
+                    "recording again within about this long; each wait is jittered to 50-100 %")
+    stable_seconds: float = Field(default=60, gt=0, description="streaming this long resets the network waits")
+    auth_quick_tries: int = Field(
+        default=3, ge=1, le=10, description="attempts with refused credentials (401/403) before the long waits; "
+        "cameras lock the login after a few failures (Hikvision, Dahua: often 5)")
+    auth_backoff_seconds: float = Field(
+        default=600, gt=0, description="wait after the quick tries with refused credentials; doubles up to "
+        "auth_backoff_max_seconds (a changed camera URL tries again at once)")
+    auth_backoff_max_seconds: float = Field(
+        default=3600, gt=0, description="longest wait between attempts with refused credentials")
     status_interval_seconds: float = Field(default=5, gt=0, description="how often each camera's state is published")
     hung_grace_seconds: float = Field(
         default=10, gt=0, le=300,
@@ -113,6 +128,23 @@ class IngestSettings(StrictModel):
         if self.status_interval_seconds * 2 > self.stall_seconds:
             raise ValueError(f"status_interval_seconds ({self.status_interval_seconds:g}) must be at most half of "
                              f"stall_seconds ({self.stall_seconds:g})")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_each(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for new, old in (("retry_initial_seconds", "backoff_initial_seconds"),
+                             ("retry_max_seconds", "backoff_max_seconds")):
+                if new in data and old in data:
+                    raise ValueError(f"{old} is the old name of {new}: give only {new}")
+        return data
+
+    @model_validator(mode="after")
+    def _auth_backoff_order(self) -> IngestSettings:
+        if self.auth_backoff_max_seconds < self.auth_backoff_seconds:
+            raise ValueError(f"auth_backoff_max_seconds ({self.auth_backoff_max_seconds:g}) is below "
+                             f"auth_backoff_seconds ({self.auth_backoff_seconds:g})")
         return self
 
 

@@ -206,7 +206,7 @@ class ActivityHourly(Base):
 
 class Fault(Base):
     """A camera fault interval (signal_lost, frozen, black, overexposed, blurred, covered, color_cast,
-    scene_changed). end_ms is null while it lasts."""
+    scene_changed: written by the analysis; auth_failed: by the ingest). end_ms is null while it lasts."""
 
     __tablename__ = "faults"
     __table_args__ = (Index("ix_faults_station_start", "station_id", "start_ms"),)

@@ -18,8 +18,12 @@ def classify(exc: BaseException, streaming: bool) -> tuple[str, str]:
         return "bad_stream", "no valid RTSP answer before the open deadline"
     if isinstance(exc, EOFError):
         return "stream_ended", "the camera ended the stream"
-    if isinstance(exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError):
-        return "auth_failed", "the camera refused the credentials (401/403)"
+    # 401 (no or wrong credentials) and 403 (the account may not watch, or is locked) are both fixed
+    # by correcting the credentials, and both count towards a camera's login lock-out.
+    if isinstance(exc, av.error.HTTPUnauthorizedError):
+        return "auth_failed", "the camera refused the credentials (401 Unauthorized)"
+    if isinstance(exc, av.error.HTTPForbiddenError):
+        return "auth_failed", "the camera refused access (403 Forbidden)"
     if isinstance(exc, av.error.HTTPNotFoundError):
         return "refused", "the camera has no such stream (404)"
     if isinstance(exc, av.error.HTTPError | av.error.HTTPClientError | av.error.HTTPServerError):

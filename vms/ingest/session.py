@@ -1,5 +1,6 @@
 """One camera session: the only connection to a station's camera. Connects over RTSP, hands every
-packet to the recorder and then to the observers, and reconnects with backoff when anything fails."""
+packet to the recorder and then to the observers, and reconnects when anything fails: fast after a
+network failure, slowly after refused credentials (vms/ingest/backoff.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import av
 from vms.catalog.urls import mask_url
 from vms.core.clock import Clock
 from vms.core.settings import IngestSettings
-from vms.ingest.backoff import Backoff
+from vms.ingest.backoff import ReconnectPolicy, Retry
 from vms.ingest.errors import classify
 from vms.ingest.health import CameraState, HealthEvidence
 from vms.ingest.observers import StreamObserver
@@ -24,6 +25,16 @@ from vms.recording.index import IndexWriter
 from vms.recording.recorder import SUPPORTED_VIDEO, StreamRecorder
 
 log = logging.getLogger(__name__)
+
+AUTH_FAULT = "auth_failed"  # the fault kind this session raises (the analysis' kinds are its own)
+# A camera that keeps failing for the same reason is logged again this often, not at every attempt:
+# a 3-hour outage of 139 cameras would otherwise write ~400,000 warnings.
+REPEAT_LOG_SECONDS = 600.0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
 
 class _StreamProblem(Exception):
     def __init__(self, reason: str, detail: str) -> None:
@@ -85,8 +96,14 @@ class CameraSession(threading.Thread):
         self.health = CameraHealth()
         self.stop_event = threading.Event()
         self._online_token: int | None = None
-        self._backoff = Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds,
-                                settings.stable_seconds)
+        self._policy = ReconnectPolicy.from_settings(settings)
+        self._opened_mono: float | None = None  # when the current attempt's open succeeded
+        # Whether this session knows of an open auth_failed fault row: None = not known (an earlier run
+        # may have left one), closed at the first accepted connection.
+        self._auth_fault: bool | None = None
+        self._first_refusal_ms = 0
+        self._failed_attempts = 0  # in a row
+        self._logged: tuple[str, float] | None = None  # (reason, monotonic) of the last failure logged
         self._reading = False
         # The packet loop reads no clock: the worker's watchdog calls tick() every second, which
         # notices new packets (for the stall check and last_packet_ms) and raises `_attention`
@@ -182,19 +199,31 @@ class CameraSession(threading.Thread):
     def _open_deadline_s(self) -> float:
         return self.settings.rtsp_timeout_seconds * 2 + 2
 
+    def retire(self) -> None:
+        """The worker stopped this session because the station's camera URL changed or the station is no
+        longer recorded here: what the old camera answered (refused credentials) no longer holds."""
+        self.index.close_fault(self.station_id, AUTH_FAULT, self.clock.now_ms())
+        self._auth_fault = False
+
     def run(self) -> None:
         try:
             while not self.stop_event.is_set():
                 started = self.clock.monotonic()
+                self._opened_mono = None
                 reason, detail = self._connect_and_record()
                 if self.stop_event.is_set():
                     break
-                self._backoff.connection_lasted(self.clock.monotonic() - started)
-                delay = self._backoff.next_delay()
-                self._set_state(CameraState.BACKOFF, delay + 1.0)
+                ended = self.clock.monotonic()
+                if self._opened_mono is not None:
+                    self._policy.connection_lasted(ended - self._opened_mono)
+                    retry = self._policy.failed(reason)
+                else:
+                    # The time a failed open spent waiting for the camera counts towards the wait.
+                    retry = self._policy.failed(reason, waited_s=ended - started)
+                detail = self._after_failure(reason, detail, retry)
+                self._set_state(CameraState.BACKOFF, retry.delay_s + 1.0)
                 self.health.reason, self.health.detail = reason, detail
-                log.warning("%s: %s (%s); reconnecting in %.1f s", self.station_id, reason, detail, delay)
-                self.stop_event.wait(delay)
+                self.stop_event.wait(retry.delay_s)
                 self.health.reconnects += 1
         except Exception:  # noqa: BLE001 - a bug must not end the recording of other cameras
             log.exception("%s: camera session crashed", self.station_id)
@@ -208,6 +237,50 @@ class CameraSession(threading.Thread):
             self._close_online()
             self._set_state(CameraState.STOPPED)
 
+    def _after_failure(self, reason: str, detail: str, retry: Retry) -> str:
+        """Log (once per reason, then every REPEAT_LOG_SECONDS), raise the auth_failed fault when the long
+        wait begins; returns the detail the camera's status shows."""
+        self._failed_attempts += 1
+        now_ms, mono = self.clock.now_ms(), self.clock.monotonic()
+        refusals = self._policy.auth_refusals
+        if reason == AUTH_FAULT and refusals == 1:
+            self._first_refusal_ms = now_ms
+        if retry.auth_backoff:
+            advice = "cameras lock the login after a few failures: correct the camera URL"
+            if not self._auth_fault:
+                # Dated from the first refusal: that is when recording stopped for this reason.
+                cfg = self.settings
+                self.index.open_fault(
+                    self.station_id, AUTH_FAULT, "critical", self._first_refusal_ms,
+                    f"{detail}; tried {refusals} times, now every {_duration(cfg.auth_backoff_seconds)} to "
+                    f"{_duration(cfg.auth_backoff_max_seconds)} ({advice})")
+                self._auth_fault = True
+            detail = f"{detail}; refused {refusals} times in a row, next try in {_duration(retry.delay_s)} ({advice})"
+            if refusals == self._policy.auth_quick_tries:
+                log.error("%s: %s", self.station_id, detail)
+                self._logged = (reason, mono)
+                return detail
+        if self._logged is None or self._logged[0] != reason or mono - self._logged[1] >= REPEAT_LOG_SECONDS:
+            more = f", {self._failed_attempts} failed attempts in a row" if self._failed_attempts > 1 else ""
+            log.warning("%s: %s (%s); trying again in %s%s", self.station_id, reason, detail,
+                        _duration(retry.delay_s), more)
+            self._logged = (reason, mono)
+        else:
+            log.debug("%s: %s (%s); trying again in %s", self.station_id, reason, detail, _duration(retry.delay_s))
+        return detail
+
+    def _camera_accepted(self) -> None:
+        """The open succeeded: the camera answers and accepts the credentials."""
+        self._opened_mono = self.clock.monotonic()
+        self._policy.accepted()
+        if self._auth_fault is not False:
+            self.index.close_fault(self.station_id, AUTH_FAULT, self.clock.now_ms())
+            self._auth_fault = False
+        if self._failed_attempts:
+            log.info("%s: connected after %d failed attempts", self.station_id, self._failed_attempts)
+            self._failed_attempts = 0
+        self._logged = None
+
     def _connect_and_record(self) -> tuple[str, str]:
         # The open has its deadline; telling silence from garbage afterwards takes up to 2 s more.
         self._set_state(CameraState.CONNECTING, self._open_deadline_s() + 2 + 5)
@@ -219,12 +292,15 @@ class CameraSession(threading.Thread):
             container = av.open(self.url, options=self._options(), timeout=(self._open_deadline_s(), None))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a gap with a reason
             reason, detail = classify(exc, streaming=False)
-            if reason == "bad_stream":
+            if reason == "auth_failed" and not urlsplit(self.url).username:
+                detail = f"{detail}; the camera URL has no credentials"
+            elif reason == "bad_stream":
                 # FFmpeg says "invalid data" both for a camera that says nothing and for one that
                 # talks garbage: one plain RTSP request tells them apart.
                 reason, detail = diagnose_silence(self.url, min(2.0, self.settings.rtsp_timeout_seconds))
             self.recorder.note_failure(reason, detail)
             return reason, detail
+        self._camera_accepted()
         streaming = False
         reason = detail = None
         self._stall_marked_at = None

@@ -189,7 +189,12 @@ class IngestWorker:
         # Sessions whose camera changed or left, and threads that died (a bug): stop and restart.
         gone = [sid for sid, (entry, sess) in self.sessions.items()
                 if wanted.get(sid) != entry or not sess.is_alive()]
+        # A changed URL (or a station no longer recorded here) ends what the old camera told us (its
+        # auth_failed fault); the new session starts again with quick tries.
+        retired = [sess for sid, (entry, sess) in self.sessions.items() if wanted.get(sid) != entry]
         self._stop_sessions(gone)
+        for sess in retired:
+            sess.retire()
         # A session that did not stop in time still owns its files and its connection: never start
         # a second recorder for that camera until it has (or the worker is restarted for it).
         self._stuck = {sid: t for sid, t in self._stuck.items() if t[0].is_alive()}

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vms.db.engine import Database
-from vms.db.models import CameraStatus, Gap, OnlineInterval, Segment
+from vms.db.models import CameraStatus, Fault, Gap, OnlineInterval, Segment
 
 log = logging.getLogger(__name__)
 SEGMENTS = Segment.__table__
@@ -102,6 +102,17 @@ class IndexWriter:
 
     def close_online(self, token: int, end_ms: int) -> None:
         self._queue.put(_Op("close_online", {"end_ms": end_ms}, token))
+
+    def open_fault(self, station_id: str, kind: str, severity: str, start_ms: int, detail: str | None = None) -> None:
+        """A camera fault of this kind holds: a new open row, unless one of the kind is already open for
+        the station (left by an earlier run or session), which then only gets the new detail. Kinds
+        written here must differ from the analysis' (vms.analysis.sink owns those rows)."""
+        self._queue.put(_Op("open_fault", dict(station_id=station_id, kind=kind, severity=severity,
+                                               start_ms=start_ms, detail=detail)))
+
+    def close_fault(self, station_id: str, kind: str, end_ms: int) -> None:
+        """The fault of this kind has ended: close the station's open rows of the kind (none is fine)."""
+        self._queue.put(_Op("close_fault", dict(station_id=station_id, kind=kind, end_ms=end_ms)))
 
     def put_status(self, station_id: str, **values: Any) -> None:
         self._queue.put(_Op("status", {"station_id": station_id, "values": values}))
@@ -233,6 +244,18 @@ class IndexWriter:
             row_id = self._row_id(op.token, new_ids)
             if row_id is not None:
                 s.execute(update(OnlineInterval).where(OnlineInterval.id == row_id).values(end_ms=a["end_ms"]))
+        elif op.kind == "open_fault":
+            open_row = s.scalar(select(Fault.id).where(
+                Fault.station_id == a["station_id"], Fault.kind == a["kind"], Fault.end_ms.is_(None)).limit(1))
+            if open_row is None:
+                s.execute(insert(Fault).values(**a))
+            elif a["detail"] is not None:
+                s.execute(update(Fault).where(Fault.id == open_row).values(detail=a["detail"]))
+        elif op.kind == "close_fault":
+            # Never before the row's start (a clock step back, or a start dated to the first refusal).
+            s.execute(update(Fault).where(Fault.station_id == a["station_id"], Fault.kind == a["kind"],
+                                          Fault.end_ms.is_(None))
+                      .values(end_ms=case((Fault.start_ms > a["end_ms"], Fault.start_ms), else_=a["end_ms"])))
         elif op.kind == "call":
             a["fn"](s)
 

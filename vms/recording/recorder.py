@@ -75,6 +75,7 @@ class StreamRecorder:
         self.last_end_ms = last_end_ms  # wall end of the newest footage of this stream
         self._gap_token: int | None = None
         self._gap_reason: str | None = None
+        self._gap_detail: str | None = None  # as last written to the open gap's row (None: not known)
         self._gap_start = 0
         self._seg: _OpenSegment | None = None
         self._video: av.video.stream.VideoStream | None = None
@@ -99,8 +100,11 @@ class StreamRecorder:
         """Footage is not flowing, for this reason: open (or re-reason) the current gap."""
         now = self.clock.now_ms()
         if self._gap_token is not None and self._gap_reason == reason:
-            if detail:
+            # A camera that keeps failing the same way (every few seconds through a long outage)
+            # writes nothing more.
+            if detail and detail != self._gap_detail:
                 self.index.update_gap(self._gap_token, detail=detail)
+                self._gap_detail = detail
             return
         if self._gap_token is not None:
             # The reason changed: the old gap ends now and the new one starts there.
@@ -111,6 +115,7 @@ class StreamRecorder:
             start = self.last_end_ms if self.last_end_ms is not None else now
         self._gap_token = self.index.open_gap(self.station_id, start, reason, detail, self.stream)
         self._gap_reason = reason
+        self._gap_detail = detail
         self._gap_start = start
 
     def start_run(self, open_gap: tuple[int, str, int] | None, unclean_reason: str = "ingest_stopped",
@@ -118,6 +123,7 @@ class StreamRecorder:
         """At ingest start: continue the gap a clean shutdown (or a hung worker) left open (id, reason,
         start), or explain the hole a killed run left, so that the time until the first new segment is
         never bare."""
+        self._gap_detail = None
         if open_gap is not None:
             self._gap_token = self.index.adopt_row(open_gap[0])
             self._gap_reason = open_gap[1]
@@ -140,7 +146,7 @@ class StreamRecorder:
         token = self._gap_token
         if token is not None:
             self.index.close_gap(token, at_ms)
-            self._gap_token = self._gap_reason = None
+            self._gap_token = self._gap_reason = self._gap_detail = None
         return token
 
     # --- connection ---
@@ -362,6 +368,7 @@ class StreamRecorder:
                     # Nothing was recorded after all: the gap this segment ended goes on.
                     self.index.update_gap(seg.gap_before, end_ms=None)
                     self._gap_token, self._gap_reason = seg.gap_before, seg.gap_before_reason
+                    self._gap_detail = None
                     self._gap_start = seg.gap_before_start
                 return self.last_end_ms if self.last_end_ms is not None else seg.start_ms
             media_ms = probe.duration_ms

@@ -5,7 +5,8 @@ It imports nothing from `vms`: the project's virtualenv has no `gi`, so the venv
 spec and launches this script with /usr/bin/python3. Protocol on stdout, one line each, flushed:
     rtsp-port N | control-port N | ready NAME URL | serving | error MESSAGE
 Control: a line-based TCP service on 127.0.0.1 (see docs/simulator.md), one command per line:
-    stop|start|restart|stall|resume|drop NAME, status, ping  ->  "ok ..." or "error MESSAGE".
+    stop|start|restart|stall|resume|drop|counts NAME, password NAME PASSWORD, status, ping
+    ->  "ok ..." or "error MESSAGE".
 It stops on SIGINT/SIGTERM or when stdin reaches end of file (its parent went away), exit code 0.
 """
 
@@ -22,12 +23,15 @@ import time
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 AUTH_USER = "admin"
 AUTH_PASSWORD = "secret"
 ROLE_ADMIN = "admin"
+# An account that exists but may not watch (as a camera's locked or view-less account): 403 Forbidden.
+FORBIDDEN_USER, FORBIDDEN_PASSWORD = "guest", "guest"
 CLOSE_WAIT_S = 2.0  # how long stop, restart and drop wait for the clients they disconnect to be gone
 
 
@@ -72,21 +76,40 @@ def launch_line(mount: dict) -> str:
     return f"( {body} )"
 
 
+FORBIDDEN_BASIC = GstRtspServer.RTSPAuth.make_basic(FORBIDDEN_USER, FORBIDDEN_PASSWORD)
+
+
 class MountAuth(GstRtspServer.RTSPAuth):
     """Basic auth on some mounts only; the others stay open to anonymous clients.
 
     A server-wide default token would answer anonymous requests for a protected mount with 404
     (no challenge, so clients never send credentials); here they get 401 with a Basic challenge.
+    It counts, per protected mount, the requests it refused (401) and those of them that carried
+    credentials (failed logins: what a real camera counts towards locking the account).
     """
 
-    def __init__(self, protected: set) -> None:
+    def __init__(self, protected: dict) -> None:
         super().__init__()
-        self.protected = protected
+        self.protected = protected  # factory -> Mount
 
     def do_check(self, ctx, check: str) -> bool:
-        if check.startswith("auth.check.media.factory.") and ctx.factory in self.protected:
-            return GstRtspServer.RTSPAuth.do_check(self, ctx, check)
-        return True
+        cam = self.protected.get(ctx.factory) if check.startswith("auth.check.media.factory.") else None
+        if cam is None:
+            return True
+        res, credentials = ctx.request.get_header(GstRtsp.RTSPHeaderField.AUTHORIZATION, 0)
+        if res == GstRtsp.RTSPResult.OK and credentials.strip() == "Basic " + FORBIDDEN_BASIC:
+            # (gst-rtsp-server itself answers a login without permission with 404, to hide the mount.)
+            cam.refused_logins += 1
+            code = GstRtsp.RTSPStatusCode.FORBIDDEN
+            _res, response = GstRtsp.rtsp_message_new_response(code, GstRtsp.rtsp_status_as_text(code), ctx.request)
+            ctx.client.send_message(ctx.session, response)
+            return False
+        allowed = GstRtspServer.RTSPAuth.do_check(self, ctx, check)
+        if not allowed:
+            cam.unauthorized += 1
+            if res == GstRtsp.RTSPResult.OK:
+                cam.refused_logins += 1
+        return allowed
 
 
 class Mount:
@@ -100,6 +123,9 @@ class Mount:
         self.stalled = False
         self.mounted = False
         self.medias: list = []
+        self.attempts = 0  # connections that asked for this camera (their first request naming it)
+        self.unauthorized = 0  # requests answered 401 (protected mounts)
+        self.refused_logins = 0  # of those, the ones that carried credentials
         self.factory = GstRtspServer.RTSPMediaFactory()
         self.factory.set_launch(launch_line(spec))
         self.factory.set_shared(True)
@@ -176,18 +202,38 @@ class CameraServer:
         self.port = 0
         self.control: socket.socket | None = None
         self._sockets: dict = {}  # client -> its Gio.Socket, to disconnect it (see close_clients)
+        self._asked: dict = {}  # client -> names of the cameras it has asked for (counts attempts)
         self.rtsp.connect("client-connected", self._on_client_connected)
 
     def _on_client_connected(self, _server, client) -> None:
         self._sockets[client] = client.get_connection().get_read_socket()
-        client.connect("closed", lambda c: self._sockets.pop(c, None))
+        self._asked[client] = set()
+        client.connect("closed", self._on_client_closed)
+        # Every client starts with OPTIONS (FFmpeg, GStreamer, VLC), before any authentication.
+        client.connect("options-request", self._on_request)
+        client.connect("describe-request", self._on_request)
+
+    def _on_client_closed(self, client) -> None:
+        self._sockets.pop(client, None)
+        self._asked.pop(client, None)
+
+    def _on_request(self, client, ctx) -> None:
+        uri = ctx.uri
+        name = uri.abspath.strip("/").split("/")[0] if uri is not None and uri.abspath else ""
+        cam = self.cameras.get(name)
+        asked = self._asked.setdefault(client, set())
+        if cam is not None and name not in asked:
+            asked.add(name)
+            cam.attempts += 1
 
     def _configure_auth(self) -> None:
-        protected = {cam.factory for cam in self.cameras.values() if cam.spec.get("auth")}
+        protected = {cam.factory: cam for cam in self.cameras.values() if cam.spec.get("auth")}
         auth = MountAuth(protected)
         token = GstRtspServer.RTSPToken()
         token.set_string("media.factory.role", ROLE_ADMIN)
-        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(AUTH_USER, AUTH_PASSWORD), token)
+        self._auth, self._auth_token = auth, token
+        self._basic = GstRtspServer.RTSPAuth.make_basic(AUTH_USER, AUTH_PASSWORD)
+        auth.add_basic(self._basic, token)
         self.rtsp.set_auth(auth)
         perms = GstRtspServer.RTSPPermissions()
         perms.add_permission_for_role(ROLE_ADMIN, "media.factory.access", True)
@@ -261,13 +307,27 @@ class CameraServer:
                      f"{',stalled' if c.stalled else ''},clients:{c.client_count()}"
                      for c in self.cameras.values()]
             return "ok " + " ".join(parts)
-        if verb not in ("stop", "start", "restart", "stall", "resume", "drop"):
-            return f"error unknown command {verb!r} (known: stop start restart stall resume drop status ping)"
-        if len(args) != 1:
+        known = ("stop", "start", "restart", "stall", "resume", "drop", "counts", "password")
+        if verb not in known:
+            return f"error unknown command {verb!r} (known: {' '.join(known)} status ping)"
+        if verb == "password":
+            if len(args) != 2:
+                return "error password needs a camera name and the new password"
+        elif len(args) != 1:
             return f"error {verb} needs exactly one camera name"
         cam = self.cameras.get(args[0])
         if cam is None:
             return f"error unknown camera {args[0]!r}"
+        if verb == "counts":
+            return f"ok attempts={cam.attempts} unauthorized={cam.unauthorized} refused_logins={cam.refused_logins}"
+        if verb == "password":
+            if not cam.spec.get("auth"):
+                return f"error {cam.name} asks for no credentials"
+            # The protected mounts share one account (user admin), as the cameras of one NVR would.
+            self._auth.remove_basic(self._basic)
+            self._basic = GstRtspServer.RTSPAuth.make_basic(AUTH_USER, args[1])
+            self._auth.add_basic(self._basic, self._auth_token)
+            return f"ok password of {AUTH_USER} changed"
         if verb == "stop":
             cam.unmount()
             n = self.close_clients(cam)

@@ -317,6 +317,17 @@ class Simulator:
         """Close the camera's current client connections; it stays available for reconnects."""
         self.command(f"drop {name}")
 
+    def counts(self, name: str) -> dict[str, int]:
+        """What the camera saw, counted at the server: `attempts` (connections that asked for it),
+        `unauthorized` (requests answered 401) and `refused_logins` (those that carried credentials)."""
+        return {k: int(v) for k, v in (item.split("=") for item in self.command(f"counts {name}").split())}
+
+    def set_password(self, name: str, password: str) -> None:
+        """Change the password the `auth` mount accepts for user admin (e.g. reset to what a URL says)."""
+        if not password or any(c.isspace() for c in password):
+            raise ValueError("the password must be non-empty and have no spaces")
+        self.command(f"password {name} {password}")
+
     def status(self) -> dict[str, dict]:
         """name -> {"up": bool, "stalled": bool, "clients": int}."""
         out: dict[str, dict] = {}
