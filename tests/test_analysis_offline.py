@@ -191,3 +191,50 @@ def test_saving_the_learned_look_never_blocks_the_camera_thread(clip, settings, 
     ticker.start()
     ticker.join(5)
     assert not ticker.is_alive()
+
+
+def test_a_camera_thread_stuck_in_its_observer_does_not_hold_up_the_stop(settings, db):
+    """Issue 16, the worker's stop after a camera thread hung while holding its observer's lock (as
+    the look save did): close() waited 10 s for the analysis thread (itself waiting for that lock in
+    tick) and then for the lock for good, past the worker's stop deadline, and no other station's
+    look or pending events were saved. Now it gives up on that observer after a second."""
+    import threading
+    import time
+
+    from vms.analysis.detector import StateChanged
+    from vms.analysis.look import look_path
+
+    quick = settings.model_copy(update={"analysis": settings.analysis.model_copy(update={"sink_flush_seconds": 0.05})})
+    with db.session() as s:
+        stuck_id, other_id = list(s.scalars(select(Station.id).order_by(Station.id)))[:2]
+    clock = SimulatedClock()
+    factory = make_analysis_observer_factory(quick, db, clock)
+    stuck = factory(stuck_id)
+    factory(other_id)  # a second camera of the same worker
+    release = threading.Event()
+
+    def hung_camera_thread() -> None:
+        with stuck._lock:
+            release.wait(60)
+
+    camera = threading.Thread(target=hung_camera_thread, daemon=True)
+    camera.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not stuck._lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the analysis thread's next tick now waits for the stuck observer
+        factory.sink.submit(other_id, [StateChanged(clock.now_ms(), "open")])
+        closer = threading.Thread(target=factory.close, daemon=True)
+        t0 = time.monotonic()
+        closer.start()
+        closer.join(8)
+        assert not closer.is_alive(), "closing the analysis waited for the stuck camera thread"
+        assert time.monotonic() - t0 < 5  # well inside ingest.stop_seconds (8 s)
+        assert look_path(settings.data_dir, other_id).exists()
+        with db.session() as s:
+            states = s.scalars(select(StationState.state).where(StationState.station_id == other_id)).all()
+        assert states == ["open"]
+    finally:
+        release.set()
+        camera.join(5)

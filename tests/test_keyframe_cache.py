@@ -70,3 +70,22 @@ def test_non_keyframes_are_never_written(tmp_path, keyframes):
     request_keyframe(tmp_path, SID)
     obs.on_packet(av.Packet(b"\x00\x00\x00\x01\x41\x9a"), T0)
     assert written_at(tmp_path) is None
+
+
+def test_a_failed_write_never_raises_and_writing_resumes(tmp_path, keyframes):
+    """Issue 16: an OSError (full or read-only disk) raised into the camera thread, whose session then
+    dropped the observer for good: snapshots stayed stale until the worker restarted. Now the write is
+    tried again at the next due keyframe."""
+    video, packet = keyframes
+    obs = KeyframeCacheObserver(tmp_path, SID)
+    obs.on_connect(video, T0)
+    obs.on_packet(packet, T0)
+    blocker = tmp_path / "run" / "keyframes" / f"{SID}.tmp"
+    blocker.mkdir()  # opening the temporary file now fails (IsADirectoryError, an OSError)
+    obs.on_packet(packet, T0 + 30_000)  # must not raise
+    assert written_at(tmp_path) == T0
+    blocker.rmdir()
+    obs.on_packet(packet, T0 + 31_000)
+    assert written_at(tmp_path) == T0  # the failed attempt counts: no retry at every keyframe
+    obs.on_packet(packet, T0 + 60_000)
+    assert written_at(tmp_path) == T0 + 60_000

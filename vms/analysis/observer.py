@@ -221,15 +221,22 @@ class StationAnalysisObserver:
         if reset and reset > self.detector.look.reference_since_ms:
             self.detector.look.reset_references(reset)
 
-    def _save_look(self) -> None:
+    def _save_look(self, lock_timeout: float = -1) -> None:
         """Write what the station learned. Never call with self._lock held: it takes the lock only to
-        serialise the look (a consistent copy), then writes the file without it."""
+        serialise the look (a consistent copy), then writes the file without it. With `lock_timeout`
+        (seconds), gives up when the lock stays taken that long (a camera thread stuck inside on_packet)."""
         if not self.look_file:
             return
         self._last_save = self.clock.monotonic()
         try:
-            with self._lock:
+            if not self._lock.acquire(timeout=lock_timeout):
+                log.error("analysis %s: learned look not saved: its camera thread has held the observer "
+                          "for %g s", self.station_id, lock_timeout)
+                return
+            try:
                 text = look_json(self.detector.look)
+            finally:
+                self._lock.release()
             write_look(self.look_file, text)
         except OSError as exc:
             self._error("saving the learned look", exc)
@@ -240,6 +247,10 @@ class AnalysisObserverFactory:
     every few seconds, raises signal_lost for cameras that stay away and picks up calibration edits."""
 
     CALIBRATION_RELOAD_S = 60.0
+    # At a stop, how long to wait for the analysis thread and for each observer's lock: a camera thread
+    # stuck while holding its observer (the worker stops because it hung) must not use up the worker's
+    # whole stop deadline (ingest.stop_seconds) and keep the other stations' looks and events unsaved.
+    CLOSE_WAIT_S = 1.0
 
     def __init__(self, settings: Settings, database: Database, clock: Clock, start_thread: bool = True) -> None:
         self.settings = settings
@@ -335,10 +346,11 @@ class AnalysisObserverFactory:
         """Save learned looks and write what is pending (call when the worker stops)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
-        observers = list(self.observers.values())
+            self._thread.join(timeout=self.CLOSE_WAIT_S)  # it may wait in tick() for a stuck observer
+        with self._lock:
+            observers = list(self.observers.values())
         for ob in observers:
-            ob._save_look()
+            ob._save_look(lock_timeout=self.CLOSE_WAIT_S)
         self.sink.flush()
         if observers:
             log.info("analysis: %d cameras, %d samples (%d early), %.1f s CPU in samples", len(observers),

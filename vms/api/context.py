@@ -17,16 +17,23 @@ from vms.recording.volumes import VolumeSet
 class LoginThrottle:
     """At most `limit` failed logins per (username, client) per minute; counts on the monotonic clock."""
 
+    PRUNE_ABOVE = 10_000  # pairs kept before those with no failure in the window are dropped
+
     def __init__(self, clock: Clock, limit: int, window_s: float = 60.0) -> None:
         self.clock = clock
         self.limit = limit
         self.window_s = window_s
         self._failures: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.Lock()
+        self._pruned_mono = float("-inf")
 
-    def _recent(self, key: tuple[str, str]) -> deque[float]:
+    def _recent(self, key: tuple[str, str], create: bool = False) -> deque[float]:
         now = self.clock.monotonic()
-        q = self._failures.setdefault(key, deque())
+        q = self._failures.get(key)
+        if q is None:
+            if not create:
+                return deque()  # only failures make an entry
+            q = self._failures[key] = deque()
         while q and now - q[0] >= self.window_s:
             q.popleft()
         return q
@@ -41,10 +48,20 @@ class LoginThrottle:
 
     def failed(self, username: str, client: str) -> None:
         with self._lock:
-            self._recent((username, client)).append(self.clock.monotonic())
-            if len(self._failures) > 10_000:  # bound memory under a spray of names
-                for k in [k for k, v in self._failures.items() if not v][:5000]:
-                    del self._failures[k]
+            now = self.clock.monotonic()
+            self._recent((username, client), create=True).append(now)
+            # At most one scan per window: a spray of names within one window is kept (each counts).
+            if len(self._failures) > self.PRUNE_ABOVE and now - self._pruned_mono >= self.window_s:
+                self._pruned_mono = now
+                self._prune()
+
+    def _prune(self) -> None:
+        """Bound memory under a spray of names. A pair's old failures were only dropped when that same pair
+        tried again, so every mistyped name stayed for good and, past the limit, each failed login scanned
+        the whole table and freed nothing."""
+        now = self.clock.monotonic()
+        for key in [k for k, q in self._failures.items() if not q or now - q[-1] >= self.window_s]:
+            del self._failures[key]
 
     def succeeded(self, username: str, client: str) -> None:
         with self._lock:

@@ -45,16 +45,22 @@ class PlaybackStore:
 
     def clean(self, keep_s: float = PLAYBACK_KEEP_S) -> int:
         now = time.monotonic()
-        with self._lock:
+        with self._lock:  # request threads add items meanwhile
             old = [k for k, v in self._items.items() if now - v.created > keep_s]
             items = [self._items.pop(k) for k in old]
+            known = {it.path for it in self._items.values()}
         for it in items:
             it.path.unlink(missing_ok=True)
         # Files left by an earlier process are unknown to this one.
-        known = {it.path for it in self._items.values()}
         if self.dir.exists():
             for p in self.dir.iterdir():
-                if p not in known and time.time() - p.stat().st_mtime > keep_s:
+                if p in known:
+                    continue
+                try:
+                    age = time.time() - p.stat().st_mtime
+                except FileNotFoundError:  # a remux's temporary file, renamed meanwhile
+                    continue
+                if age > keep_s:
                     p.unlink(missing_ok=True)
         return len(items)
 

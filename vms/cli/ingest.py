@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 
 import typer
 from sqlalchemy import select
@@ -12,6 +10,7 @@ from sqlalchemy import select
 from vms.cli.context import OutputFormat, database, settings
 from vms.core.clock import SystemClock, from_ms
 from vms.core.logging_setup import configure_logging
+from vms.core.signals import StopSignals
 from vms.core.systemd import SystemdNotifier
 from vms.db.migrate import upgrade
 from vms.db.models import CameraStatus, Station
@@ -26,12 +25,8 @@ recordings_app = typer.Typer(help="Footage on disk and its index.", no_args_is_h
 
 
 def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    while not done.wait(1.0):
-        pass
+    """Block until SIGINT or SIGTERM (see vms.core.signals: the handler must take no lock)."""
+    StopSignals().wait()
 
 
 @ingest_app.callback()

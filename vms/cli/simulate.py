@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import sys
-import threading
 from enum import StrEnum
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import typer
 
 from vms.catalog.urls import mask_url
 from vms.cli.context import fail, settings
+from vms.core.signals import StopSignals
 from vms.simulate import EXTRA_MOUNTS, Simulator, SimulatorError
 
 app = typer.Typer(
@@ -66,9 +65,7 @@ def serve(
     name_list = [n.strip() for n in names.split(",")] if names else None
     if name_list is not None and cameras == 1 and len(name_list) != 1:
         cameras = len(name_list)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopSignals()  # not an Event set by the handler: see vms.core.signals
     try:
         sim = Simulator(
             cameras=cameras, width=width or sim_settings.width, height=height or sim_settings.height,

@@ -26,23 +26,31 @@ class SystemdNotifier:
         usec = env.get("WATCHDOG_USEC", "")
         # systemd asks for a keep-alive at least every WatchdogSec; sending twice as often is its advice.
         self.watchdog_interval_s: float | None = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
+        # Made here, not at the first notification: the supervisor's watch thread and the stop thread both
+        # notify. Non-blocking: a datagram to a peer whose queue is full blocks the sender, and the sender
+        # is the supervisor's watch thread, which restarts dead workers; a lost keep-alive is followed by
+        # the next one within half the watchdog interval.
         self._sock: socket.socket | None = None
+        if address is not None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        self._failures = 0  # in a row
 
     @property
     def enabled(self) -> bool:
         return self.address is not None
 
     def notify(self, message: str) -> bool:
-        if self.address is None:
+        if self.address is None or self._sock is None:
             return False
         try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.sendto(message.encode(), self.address)
-            return True
-        except OSError as exc:
-            log.warning("systemd notification %r failed: %s", message, exc)
+        except OSError as exc:  # BlockingIOError included: systemd is not reading its socket
+            self._failures += 1
+            if self._failures == 1 or self._failures % 100 == 0:
+                log.warning("systemd notification %r failed (%d in a row): %s", message, self._failures, exc)
             return False
+        self._failures = 0
+        return True
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))

@@ -11,12 +11,15 @@ someone asked for a fresh one (`request_keyframe`, a marker file's mtime). Rewri
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
+
+log = logging.getLogger(__name__)
 
 ANNEXB_START = (b"\x00\x00\x00\x01", b"\x00\x00\x01")
 
@@ -88,6 +91,7 @@ class KeyframeCacheObserver:
         self._prefix = b""
         self._codec = "h264"
         self._size: tuple[int | None, int | None] = (None, None)
+        self._failures = 0  # writes failed in a row
 
     def on_connect(self, stream, wall_ms: int) -> None:
         ctx = stream.codec_context
@@ -108,9 +112,21 @@ class KeyframeCacheObserver:
         header = json.dumps({"wall_ms": wall_ms, "codec": self._codec,
                              "width": self._size[0], "height": self._size[1]}).encode()
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(header + b"\n" + self._prefix + bytes(packet))
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(header + b"\n" + self._prefix + bytes(packet))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            # Never raise into the camera thread: the session would drop this observer for good and
+            # snapshots would stay stale after one full disk. Tried again at the next due keyframe.
+            self._failures += 1
+            if self._failures == 1 or self._failures % 100 == 0:
+                log.warning("%s: cannot keep the snapshot keyframe (%d failures in a row): %s",
+                            self.path.stem, self._failures, exc)
+            return
+        if self._failures:
+            log.info("%s: snapshot keyframe written again after %d failures", self.path.stem, self._failures)
+            self._failures = 0
 
     def _wanted(self) -> bool:
         try:

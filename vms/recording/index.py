@@ -53,7 +53,11 @@ class IndexWriter:
         self.flush_interval_s = flush_interval_s
         self._queue: queue.Queue[_Op] = queue.Queue()
         self._tokens = itertools.count(1)
-        self._ids: dict[int, int] = {}  # token -> row id (gaps and online intervals)
+        self._ids: dict[int, int] = {}  # token -> row id (gaps and online intervals still in use)
+        # (station, stream) -> token of its newest gap, kept by the writer thread: opening a camera's next
+        # gap retires the previous token (see _retire_tokens), else _ids grew by two ids per reconnect for
+        # the life of the worker (months).
+        self._newest_gap: dict[tuple[str, str], int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self.failures = 0
@@ -191,9 +195,25 @@ class IndexWriter:
         self.failures = 0
         self.last_error = None
         self._ids.update(new_ids)
+        self._retire_tokens(ops)
         for op in barriers:
             op.done.set()
         return True
+
+    def _retire_tokens(self, ops: list[_Op]) -> None:
+        """Forget the row ids of tokens no operation can use any more (after their batch committed): an
+        online interval once closed; a gap once its camera's next gap is opened (a recorder updates,
+        closes or re-opens only its current gap and the one before its open segment, and opens a new
+        gap only when no segment is open)."""
+        for op in ops:
+            if op.kind == "close_online":
+                self._ids.pop(op.token, None)
+            elif op.kind == "open_gap" and op.token is not None:
+                key = (op.args["station_id"], op.args["stream"])
+                previous = self._newest_gap.get(key)
+                self._newest_gap[key] = op.token
+                if previous is not None:
+                    self._ids.pop(previous, None)
 
     def _apply_singly(self, ops: list[_Op]) -> list[_Op]:
         """Apply operations one by one; drop one the database rejects as invalid (logged), stop at the
