@@ -238,3 +238,26 @@ def test_a_camera_thread_stuck_in_its_observer_does_not_hold_up_the_stop(setting
     finally:
         release.set()
         camera.join(5)
+
+
+def test_a_station_no_longer_recorded_is_released_not_reported_lost(clip, settings, db):
+    """A station disabled (or moved to another worker) stops being recorded here: its observer is
+    released, so 30 s later no critical signal_lost fault opens for a camera that is not ours."""
+    clock = SimulatedClock()
+    with db.session() as s:
+        sids = [st.id for st in s.scalars(select(Station).order_by(Station.id)).all()[:2]]
+    factory = make_analysis_observer_factory(settings, db, clock)
+    try:
+        for sid in sids:
+            ob = factory(sid)
+            last = _feed(ob, clip, clock.now_ms())
+            ob.on_disconnect(last + 100, "ingest_stopped")
+        factory.release(sids[0])
+        clock.advance(120)
+        factory.tick()
+        with db.session() as s:
+            lost = {f.station_id for f in s.scalars(select(Fault).where(Fault.kind == "signal_lost"))}
+        assert lost == {sids[1]}  # the one still ours is reported; the released one is not
+        assert (settings.data_dir / "analysis" / "looks" / f"{sids[0]}.json").exists()  # what it learned is kept
+    finally:
+        factory.close()

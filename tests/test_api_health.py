@@ -44,6 +44,21 @@ def test_health_is_ok_degraded_or_failing_by_what_the_evidence_says(api, db, clo
     assert body["cameras"]["not_recording"] == 0 and body["cameras"]["stuck"] == 0
     assert A not in str(body)  # counts only
 
+    # The background recompute hangs (a table lock, a half-open connection): the list it would
+    # replace grows old, and health must not keep answering from it.
+    cache = api.app.state.ctx.extras["status_cache"]
+    with cache._lock:  # the refresh cannot run, as when its queries never return
+        clock.advance(45)
+        r = api.get("/api/health")
+        assert r.status_code == 503 and r.json()["status_age_s"] >= 45, r.json()
+    now = clock.now_ms()
+    for sid in (A, B):
+        _set(db, sid, updated_ms=now, last_packet_ms=now - 1000)
+    add_segments(db, VolumeSet.from_settings(settings), clip, A, now - 4_000, 1, settings.tz, state_last="growing")
+    add_segments(db, VolumeSet.from_settings(settings), clip, B, now - 4_000, 1, settings.tz, state_last="growing")
+    code, body = _health(api)
+    assert (code, body["status"]) == (200, "ok"), body
+
     _set(db, B, state="backoff", reason="auth_failed", last_packet_ms=now - 60_000)
     code, body = _health(api)
     assert (code, body["status"]) == (200, "degraded") and body["cameras"]["not_recording"] == 1

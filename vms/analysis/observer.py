@@ -290,6 +290,16 @@ class AnalysisObserverFactory:
         self.sink.submit(station_id, [Resumed(self.clock.now_ms())])
         return observer
 
+    def release(self, station_id: str) -> None:
+        """The station is no longer recorded by this worker (disabled, removed, moved to another worker):
+        save what it learned and stop analysing it, so no `signal_lost` is raised for a camera that is
+        simply not ours any more."""
+        with self._lock:
+            observer = self.observers.pop(station_id, None)
+            self._calibration_seen.pop(station_id, None)
+        if observer is not None:
+            observer._save_look()
+
     def _station(self, station_id: str) -> tuple[StationCalibration, str | None, int]:
         with self.database.session() as s:
             row = s.get(Station, station_id)

@@ -112,10 +112,22 @@ class StallWatchdog(threading.Thread):
         self.stop_event = stop
         self.clock = clock
         self.after_round = after_round
+        self._prober: threading.Thread | None = None
 
     def run(self) -> None:
         while not self.stop_event.wait(1.0):
             self.round()
+
+    def _shut_down(self, stalled: list) -> None:
+        try:
+            counts = shut_down_idle_connections(sorted({s.url for s in stalled}))
+        except Exception:  # noqa: BLE001
+            log.exception("shutting down stalled connections failed")
+            return
+        for session in stalled:
+            n = counts.get(session.url, 0)
+            log.warning("%s: no packet for %.0f s; %s", session.station_id, self.stall_seconds,
+                        f"shut down {n} idle connection(s)" if n else "connection not found yet")
 
     def round(self) -> None:
         sessions = self.sessions()
@@ -135,16 +147,12 @@ class StallWatchdog(threading.Thread):
                     stalled.append(session)
             except Exception:  # noqa: BLE001
                 log.exception("%s: stall check failed", session.station_id)
-        if stalled:
-            try:
-                counts = shut_down_idle_connections(sorted({s.url for s in stalled}))
-            except Exception:  # noqa: BLE001
-                log.exception("shutting down stalled connections failed")
-                counts = {}
-            for session in stalled:
-                n = counts.get(session.url, 0)
-                log.warning("%s: no packet for %.0f s; %s", session.station_id, self.stall_seconds,
-                            f"shut down {n} idle connection(s)" if n else "connection not found yet")
+        if stalled and (self._prober is None or not self._prober.is_alive()):
+            # On a thread of its own: resolving a camera's name can wait for DNS, and the probe sleeps
+            # half a second; the round (and so the worker's heartbeat) must not wait for either. A
+            # session still stalled when this probe ends is probed again 5 s after the last.
+            self._prober = threading.Thread(target=self._shut_down, args=(stalled,), name="stall-probe", daemon=True)
+            self._prober.start()
         if self.after_round is not None:
             try:
                 self.after_round()

@@ -186,6 +186,10 @@ class IngestSupervisor:
         self.notifier.stopping()
         timeout = timeout if timeout is not None else self.settings.ingest.stop_seconds + 2
         deadline = time.monotonic() + timeout
+        # A watch round under way could restart a worker after the list below is taken (or restart one
+        # this stop kills): let it finish first. It checks _stopping before each worker.
+        if self._watchdog.is_alive() and self._watchdog is not threading.current_thread():
+            self._watchdog.join(max(0.0, deadline - time.monotonic()))
         for p in self.processes:
             if p is not None:
                 p.join(max(0.0, deadline - time.monotonic()))

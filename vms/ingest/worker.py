@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from vms.core.clock import Clock, SystemClock
 from vms.core.settings import Settings
+from vms.core.signals import StopSignals
 from vms.db.engine import Database
 from vms.db.models import Gap, Segment
 from vms.ingest.assignment import AllEnabledCameras, CameraAssignment, CameraAssignmentEntry
@@ -195,6 +196,16 @@ class IngestWorker:
         self._stop_sessions(gone)
         for sess in retired:
             sess.retire()
+        # Stations no longer recorded here at all: observers that keep per-station state (analysis)
+        # forget them, or they would report the station's camera as lost.
+        for sid in [sess.station_id for sess in retired if sess.station_id not in wanted]:
+            for factory in self._factories:
+                release = getattr(factory, "release", None)
+                if release is not None:
+                    try:
+                        release(sid)
+                    except Exception:  # noqa: BLE001
+                        log.exception("%s: releasing its observer failed", sid)
         # A session that did not stop in time still owns its files and its connection: never start
         # a second recorder for that camera until it has (or the worker is restarted for it).
         self._stuck = {sid: t for sid, t in self._stuck.items() if t[0].is_alive()}
@@ -351,43 +362,47 @@ def run_worker_process(spec: WorkerSpec, stop_flag, heartbeat=None) -> None:
 
     from vms.core.logging_setup import configure_logging
 
-    stop_now = threading.Event()
     holder: list[IngestWorker] = []
-
-    def on_sigterm(*_args) -> None:
-        # A SIGTERM to the whole process group (systemd, docker stop) stops this worker cleanly:
-        # segments are finished and indexed, the gap is opened, rather than dying mid-fragment.
-        stop_now.set()
-        if holder:
-            holder[0].stop()
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which tells us
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # A SIGTERM to the whole process group (systemd, docker stop) stops this worker cleanly: segments
+    # are finished and indexed, the gap is opened, rather than dying mid-fragment. The handler only
+    # stores the signal (vms.core.signals): the watch thread acts on it, since a handler that sets an
+    # Event the main thread waits on can deadlock it.
+    sigterm = StopSignals((signal.SIGTERM,))
+
+    def stop_requested() -> bool:
+        return bool(stop_flag.value) or sigterm.received is not None
 
     def watch() -> None:
         # Stop when told to, and also when the supervisor is gone (killed): an orphaned worker
         # would otherwise keep a second connection to every camera after the supervisor restarts.
-        while not stop_flag.value and not stop_now.wait(1.0):
+        while not stop_requested():
+            time.sleep(0.5)
             if spec.supervisor_pid is not None and os.getppid() != spec.supervisor_pid:
                 logging.getLogger(__name__).error("supervisor %d is gone; worker stopping", spec.supervisor_pid)
                 break
-        stop_now.set()
         if holder:
             holder[0].stop()
+        else:
+            stopped_early.append(True)
 
+    stopped_early: list[bool] = []
     threading.Thread(target=watch, daemon=True).start()
     configure_logging(spec.settings.log_level)
     code = 0
     try:
         worker = IngestWorker(spec, heartbeat=heartbeat)
         holder.append(worker)
-        if not stop_now.is_set():
+        if not stopped_early and not stop_requested():
             worker.run()
         code = worker.exit_code
     except BaseException:
         log.exception("ingest worker %d failed", spec.worker_index)
         code = 1
     finally:
-        logging.shutdown()
+        # Flush the logs, but not for ever: a thread stuck writing a line holds its handler's lock.
+        flusher = threading.Thread(target=logging.shutdown, daemon=True)
+        flusher.start()
+        flusher.join(2.0)
         # Not sys.exit: interpreter shutdown would wait on what a hung camera thread holds.
         os._exit(code)

@@ -20,13 +20,23 @@ from vms.api.status import health_summary, status_cache
 router = APIRouter(tags=["health"])
 
 
+# The status list is recomputed in the background (stale-while-revalidate); one this old means its
+# queries no longer finish (a lock, a half-open connection), and counts from it would be old news.
+STALE_STATUS_S = 30.0
+
+
 def _check(ctx) -> tuple[dict, int]:
     try:
         with ctx.database.session() as s:
             s.execute(text("SELECT 1"))
-        cameras = health_summary(status_cache(ctx).get())
+        snapshot = status_cache(ctx).snapshot()
     except Exception as exc:  # noqa: BLE001 - the answer is the error's kind
         return {"status": "failing", "database": type(exc).__name__, "time_ms": ctx.clock.now_ms()}, 503
+    cameras = health_summary(snapshot.stations)
+    age_s = ctx.clock.monotonic() - snapshot.computed_mono
+    if age_s > STALE_STATUS_S:
+        return {"status": "failing", "database": "ok", "status_age_s": round(age_s), "cameras": cameras,
+                "time_ms": ctx.clock.now_ms()}, 503
     if cameras["stuck"]:
         status, code = "failing", 503
     elif cameras["not_recording"]:
