@@ -297,3 +297,37 @@ def test_the_start_up_counts_configured_cameras_when_nothing_is_simulated(db, se
     simulated = auto._simulated_stations()
     assert len(simulated) == enabled - enabled_with_url and auto.camera_count == enabled
     assert default_worker_count(300) == max(os.cpu_count() or 1, 5)
+
+
+class _ReleaseLog:
+    """An observer factory that notes which stations the worker released."""
+
+    def __init__(self) -> None:
+        self.released: list[str] = []
+
+    def __call__(self, station_id: str):
+        return None
+
+    def release(self, station_id: str) -> None:
+        self.released.append(station_id)
+
+
+def release_log_factory(settings, database, clock):
+    return _ReleaseLog()
+
+
+def test_a_station_disabled_while_recording_is_stopped_and_released(sim, tmp_path, db):
+    from tests.ingest_support import RunningWorker
+    from vms.db.models import Station
+
+    settings = ingest_settings(tmp_path, status_interval_seconds=1, segment_seconds=2)
+    urls = {sid: sim.urls[sid] for sid in STATIONS[:2]}
+    with RunningWorker(settings, db, urls, ["tests.test_ingest_health:release_log_factory"]) as w:
+        wait_until(lambda: all(len(segments(db, sid)) >= 1 for sid in urls), 30, "recording")
+        with db.session() as s:
+            s.get(Station, STATIONS[0]).enabled = False
+        w.worker.reconcile()
+        assert STATIONS[0] not in w.worker.sessions and STATIONS[1] in w.worker.sessions
+        assert w.worker._factories[0].released == [STATIONS[0]]
+    st = _status(db, STATIONS[0])
+    assert st.state == "stopped" and st.fps is None
