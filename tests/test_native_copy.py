@@ -3,14 +3,13 @@ and records exactly the segments the Python path records, byte for byte."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 
 import av
 import numpy as np
 import pytest
 
-from tests.ingest_support import decode_all, gaps, record_connection, segments
+from tests.ingest_support import assert_same_recording, decode_all, record_connection, segments
 from vms.analysis.detector import ActivityTracker
 from vms.core.settings import AnalysisSettings
 from vms.recording import copier as copier_mod
@@ -58,20 +57,7 @@ def test_native_copy_records_the_same_segments_byte_for_byte(tmp_path, db, setti
     # for the keyframe of each second.
     assert copied_py == 0
     assert copied >= (24 - 10 - 1) * (FPS - 1), copied
-    a, b = segments(db, "pingshan-town"), segments(db, "baihua-town")
-    assert len(a) == len(b) >= 4
-
-    def row(s):
-        return (s.start_ms, s.end_ms, s.duration_ms, s.frames, s.keyframes, s.bytes, s.state)
-
-    assert [row(s) for s in a] == [row(s) for s in b]
-    vols = VolumeSet.from_settings(settings)
-    for sa, sb in zip(a, b, strict=True):
-        da = hashlib.sha256(vols.file_path(sa.volume, sa.path).read_bytes()).hexdigest()
-        db_ = hashlib.sha256(vols.file_path(sb.volume, sb.path).read_bytes()).hexdigest()
-        assert da == db_, (sa.path, sb.path)
-    assert [(g.reason, g.start_ms) for g in gaps(db, "pingshan-town")] == \
-        [(g.reason, g.start_ms) for g in gaps(db, "baihua-town")]
+    assert len(assert_same_recording(db, settings, "pingshan-town", "baihua-town")) >= 4
 
 
 class FailingStream(io.RawIOBase):
