@@ -89,6 +89,50 @@ def test_three_cameras_record_playable_contiguous_indexed_segments(sim, tmp_path
     assert {o.station_id for o in online} == set(STATIONS) and all(o.end_ms for o in online)
 
 
+def test_camera_clock_set_and_reset_over_rtsp_on_both_paths(sim, tmp_path, db):
+    """A camera's timestamps jump an hour forward, then back to 0, mid-GOP while the native copier
+    records it; a second worker with `ingest.native_copy: false` records the same stream (the
+    simulator's media is shared). Each jump costs one frame: no hole, no overlap, no hour-long or
+    negative segment, on either path."""
+    url = sim.urls[STATIONS[0]]
+    paths = {"baihua-town": True, "pingshan-town": False}  # station -> native copy
+    workers = {sid: RunningWorker(ingest_settings(tmp_path / sid, segment_seconds=3, native_copy=native), db,
+                                  {sid: url}) for sid, native in paths.items()}
+    started = time.time()
+    with workers["baihua-town"], workers["pingshan-town"]:
+        def session(sid):
+            return workers[sid].worker.sessions[sid][1]
+
+        hour = 3600 * 90000
+        wait_until(lambda: all(sid in workers[sid].worker.sessions for sid in paths), 10, "the sessions")
+        wait_until(lambda: session("baihua-town").native_frames > 0 and len(segments(db, "pingshan-town")) >= 1,
+                   30, "the copier recording")
+        sim.jump(STATIONS[0], 3600)
+        wait_until(lambda: all(session(sid).recorder._last_dts > hour for sid in paths), 15, "the jump forward")
+        sim.jump(STATIONS[0], -1e9)  # back to 0
+        wait_until(lambda: all(session(sid).recorder._last_dts < hour for sid in paths), 15, "the reset")
+        copied = session("baihua-town").native_frames
+        before = {sid: len(segments(db, sid)) for sid in paths}
+        wait_until(lambda: all(len(segments(db, sid)) >= before[sid] + 2 for sid in paths), 30, "two more segments")
+        assert session("baihua-town").native_frames > copied, "the copier went on after the jumps"
+        assert session("pingshan-town").native_frames == 0
+        assert {sid: workers[sid].health(sid).state for sid in paths} == dict.fromkeys(paths, "streaming")
+    stopped = time.time()
+    for sid in paths:
+        segs = segments(db, sid)
+        volumes = VolumeSet.from_settings(ingest_settings(tmp_path / sid))
+        assert_contiguous(segs)
+        assert all(b.start_ms == a.end_ms for a, b in zip(segs, segs[1:], strict=False)), sid
+        assert [g.reason for g in gaps(db, sid)] == ["ingest_stopped"], sid
+        for seg in segs[:-1]:
+            assert 3000 <= seg.duration_ms <= 4100, (sid, seg.duration_ms)
+        span = segs[-1].end_ms - segs[0].start_ms
+        assert abs(sum(seg.duration_ms for seg in segs) - span) <= 0.01 * span, sid
+        assert span <= (stopped - started) * 1000 + 200
+        for seg in segs:
+            assert decode_all(volumes.file_path(seg.volume, seg.path))[0] == seg.frames, (sid, seg.path)
+
+
 def test_observers_get_every_packet_or_only_keyframes(sim, tmp_path, db):
     settings = ingest_settings(tmp_path, segment_seconds=3)
     sid = STATIONS[1]
