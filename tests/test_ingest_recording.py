@@ -35,7 +35,22 @@ def sim():
         yield s
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native-copy", "python-copy"])
+@pytest.fixture(params=[True, False], ids=["native-copy", "python-copy"])
+def native(request) -> bool:
+    """A recording test runs with the native copier (which records all but the first segment of a
+    connection) and with `ingest.native_copy: false`: every packet through PyAV, as on a machine where
+    the module is not built, or while a viewer watches live."""
+    return request.param
+
+
+def past_first_segment(worker: RunningWorker, db, sid: str, native: bool) -> bool:
+    """The session streams past the first segment of its connection (where the copier takes over), on
+    the path asked for."""
+    session = worker.worker.sessions.get(sid)
+    return session is not None and session[1].health.state == "streaming" and len(segments(db, sid)) >= 2 and (
+        session[1].native_frames > 0 if native else session[1].native_frames == 0)
+
+
 def test_three_cameras_record_playable_contiguous_indexed_segments(sim, tmp_path, db, native):
     settings = ingest_settings(tmp_path, segment_seconds=3, native_copy=native)
     started = time.time()
@@ -148,11 +163,11 @@ def test_observers_get_every_packet_or_only_keyframes(sim, tmp_path, db):
     assert len(keyframes) >= 4 and keyframes == [p for p in every if p[0]]
 
 
-def test_stopped_camera_leaves_explained_gap_and_recording_resumes(sim, tmp_path, db):
-    settings = ingest_settings(tmp_path, segment_seconds=3)
+def test_stopped_camera_leaves_explained_gap_and_recording_resumes(sim, tmp_path, db, native):
+    settings = ingest_settings(tmp_path, segment_seconds=3, native_copy=native)
     sid = "baihua-v01"
     with RunningWorker(settings, db, {sid: sim.urls[sid]}) as w:
-        wait_until(lambda: len(segments(db, sid)) >= 1 and w.health(sid).state == "streaming", 20, "streaming")
+        wait_until(lambda: past_first_segment(w, db, sid, native), 20, "streaming")
         sim.stop_camera(sid)
         wait_until(lambda: w.health(sid).reason in ("refused", "stream_ended")
                    and w.health(sid).state != "streaming", 20, "the loss to be noticed")
@@ -164,6 +179,7 @@ def test_stopped_camera_leaves_explained_gap_and_recording_resumes(sim, tmp_path
         wait_until(lambda: w.health(sid).state == "streaming", 15, "recording to resume")
         resumed_after = time.time() - restarted
         wait_until(lambda: len(segments(db, sid)) > before, 10, "a new segment")
+        assert (w.worker.sessions[sid][1].native_frames > 0) == native
     # Backoff is capped at 2 s here: recording resumes within one backoff step plus a connect.
     assert resumed_after <= 2 + 3
     segs = segments(db, sid)
@@ -179,12 +195,13 @@ def test_stopped_camera_leaves_explained_gap_and_recording_resumes(sim, tmp_path
     assert hole_end - hole_start >= 2500
 
 
-def test_stalled_camera_is_detected_and_recording_resumes(sim, tmp_path, db):
+def test_stalled_camera_is_detected_and_recording_resumes(sim, tmp_path, db, native):
     # The socket timeout (10 s) is longer than the RTCP interval: only the stall watchdog can notice.
-    settings = ingest_settings(tmp_path, segment_seconds=3, stall_seconds=2, rtsp_timeout_seconds=10)
+    settings = ingest_settings(tmp_path, segment_seconds=3, stall_seconds=2, rtsp_timeout_seconds=10,
+                               native_copy=native)
     sid = "baihua-v02"
     with RunningWorker(settings, db, {sid: sim.urls[sid]}) as w:
-        wait_until(lambda: len(segments(db, sid)) >= 1 and w.health(sid).state == "streaming", 20, "streaming")
+        wait_until(lambda: past_first_segment(w, db, sid, native), 20, "streaming")
         sim.stall(sid)
         # The connection stays open (RTCP keeps flowing) but no media comes: noticed by the stall
         # timeout, counted from the last packet received (the server may flush a few buffered ones).
@@ -194,6 +211,7 @@ def test_stalled_camera_is_detected_and_recording_resumes(sim, tmp_path, db):
         wait_until(lambda: w.health(sid).state == "streaming" and w.health(sid).frames > 0, 20, "resume")
         before = len(segments(db, sid))
         wait_until(lambda: len(segments(db, sid)) > before, 10, "a new segment after the stall")
+        assert (w.worker.sessions[sid][1].native_frames > 0) == native
     assert detected_after <= settings.ingest.stall_seconds + 1.5
     segs = segments(db, sid)
     assert_contiguous(segs)
