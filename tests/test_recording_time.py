@@ -112,13 +112,15 @@ class Fault:
 
 FAULTS = {
     "forward-jump": Fault(lambda i: i * TICKS + (3600 * SECOND if i >= J else 0)),
-    # (Back by less than 60 s past the first timestamp: FFmpeg's MPEG-TS wrap correction, below, reads
-    # a step further back as a step 2^33 forward.)
+    # (No further back than 60 s before the stream's first timestamp: FFmpeg's MPEG-TS wrap correction,
+    # below, would read a timestamp below that as one 2^33 later.)
     "backward-jump": Fault(lambda i: 1000 * SECOND + i * TICKS - (40 * SECOND if i >= J else 0)),
     "reset-to-0": Fault(lambda i: i * TICKS if i < J else (i - J) * TICKS),
-    # 33-bit MPEG-TS timestamps wrap every 26.5 h. FFmpeg corrects the first wrap of a stream
-    # (`correct_ts_overflow`, by where the first timestamp lies), so the recorder sees negative
-    # timestamps before it; later wraps pass uncorrected, as this one does with the correction off.
+    # 33-bit MPEG-TS timestamps wrap every 26.5 h. FFmpeg's correction (`correct_ts_overflow`) moves the
+    # timestamps more than 60 s below a stream's first one by 2^33: it unwraps a wrap soon after the
+    # start (the "-corrected" clip: negative timestamps before it), but a stream that runs on meets a
+    # raw 2^33 step within 26.5 h anyway, when its timestamps cross that reference. With the correction
+    # off, this clip's wrap reaches the recorder raw.
     "33-bit-wrap": Fault(lambda i: (2**33 - J * TICKS + i * TICKS) % 2**33,
                          open_options={"correct_ts_overflow": "0"}),
     "33-bit-wrap-corrected": Fault(lambda i: (2**33 - J * TICKS + i * TICKS) % 2**33),

@@ -121,8 +121,8 @@ cdef inline long voluntary_switches() noexcept nogil:
 
 
 # --- Pause planning (docs/design/recording.md, "Pausing between reads") ---------------------------
-# Pure functions of their arguments, inlined into the read loop; GopTracker, plan_pause_us and nap_us
-# below call the same ones from Python, for the tests of their bounds.
+# Pure functions of their arguments, inlined into the read loop; GopTracker and nap_us below call the
+# same ones from Python, for the tests of their bounds.
 
 cdef struct Gop:
     # The input's GOP as the read loop has seen it.
@@ -498,11 +498,8 @@ cdef class GopTracker:
         self.tb.num, self.tb.den = tb_num, tb_den
 
     def packet(self, int64_t dts, int size, bint key=False, bint video=True):
-        """A packet read: dts in the video time base (a video packet without one: use no_dts())."""
+        """A packet read (dts in the video time base)."""
         gop_packet(&self.gop, video, dts, size, key, self.tb)
-
-    def no_dts(self, int size, bint key=False):
-        gop_packet(&self.gop, True, lib.AV_NOPTS_VALUE, size, key, self.tb)
 
     def pause_us(self, int64_t frame_ticks, int64_t max_us):
         """The pause a read that waited for the camera would plan now, in us (0: none)."""
