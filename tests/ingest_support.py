@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import av
 from sqlalchemy import select
@@ -129,6 +131,29 @@ def assert_contiguous(segs: list[Segment]) -> None:
         assert b.start_ms >= a.end_ms, f"{b.path} starts {a.end_ms - b.start_ms} ms before {a.path} ends"
 
 
+def assert_same_recording(db: Database, settings: Settings, a: str, b: str) -> list[Segment]:
+    """Stations `a` and `b` recorded the same clip (by the two paths): the same segment rows, byte for
+    byte the same files, the same gaps. Returns a's segments."""
+    import hashlib
+
+    from vms.recording.volumes import VolumeSet
+
+    sa, sb = segments(db, a), segments(db, b)
+
+    def row(s: Segment) -> tuple:
+        return (s.start_ms, s.end_ms, s.duration_ms, s.frames, s.keyframes, s.bytes, s.state)
+
+    assert [row(s) for s in sa] == [row(s) for s in sb]
+    vols = VolumeSet.from_settings(settings)
+    for x, y in zip(sa, sb, strict=True):
+        hx = hashlib.sha256(vols.file_path(x.volume, x.path).read_bytes()).hexdigest()
+        hy = hashlib.sha256(vols.file_path(y.volume, y.path).read_bytes()).hexdigest()
+        assert hx == hy, (x.path, y.path)
+    assert [(g.reason, g.start_ms, g.end_ms) for g in gaps(db, a)] == \
+        [(g.reason, g.start_ms, g.end_ms) for g in gaps(db, b)]
+    return sa
+
+
 FPS = 15
 TICKS = 90000 // FPS  # RTSP video time base is 1/90000
 
@@ -148,6 +173,67 @@ def make_clip(path, seconds: int = 24):
         for p in s.encode():
             out.mux(p)
     return path
+
+
+def remux_with_timestamps(clip, path, stamps: list[int | None]):
+    """The clip's video packets, in order, in a new MPEG-TS file with `stamps` as their dts (and pts;
+    None: the packet carries no timestamp at all), jumps, resets, wraps and repeats included: what a
+    demuxer reads back, natively or in PyAV, is exactly these timestamps.
+
+    A muxer refuses timestamps that do not increase, so each increasing run is muxed on its own and the
+    runs are joined (MPEG-TS is a sequence of 188-byte packets; each run opens with its own PAT/PMT). A
+    packet without timestamp is muxed with a placeholder that is then blanked in its PES header."""
+    with av.open(str(clip)) as src:
+        template = src.streams.video[0]
+        packets = [(bytes(p), p.is_keyframe) for p in src.demux(template) if p.size]
+        if len(packets) != len(stamps):
+            raise ValueError(f"{len(stamps)} timestamps for {len(packets)} packets")
+        runs: list[list[tuple[bytes, bool, int, bool]]] = []
+        last = None
+        for (data, key), ts in zip(packets, stamps, strict=True):
+            blank = ts is None
+            if blank:
+                ts = last + 1 if last is not None else 0
+            if last is None or ts <= last:
+                runs.append([])
+            runs[-1].append((data, key, ts, blank))
+            last = ts
+        out = bytearray()
+        for run in runs:
+            buf = io.BytesIO()
+            with av.open(buf, "w", format="mpegts") as dst:
+                stream = dst.add_stream_from_template(template)
+                for data, key, ts, _ in run:
+                    pkt = av.Packet(data)
+                    pkt.stream, pkt.time_base, pkt.is_keyframe = stream, template.time_base, key
+                    pkt.pts = pkt.dts = ts
+                    dst.mux(pkt)
+            out += _blank_pes_timestamps(buf.getvalue(), {i for i, (*_, blank) in enumerate(run) if blank})
+    Path(path).write_bytes(bytes(out))
+    return path
+
+
+def _blank_pes_timestamps(ts: bytes, which: set[int]) -> bytes:
+    """Remove the PTS/DTS of the video PES packets numbered `which` (0: the first) of an MPEG-TS stream:
+    the header keeps its length, the timestamp bytes become stuffing (0xFF)."""
+    data = bytearray(ts)
+    n = -1
+    for off in range(0, len(data), 188):
+        if data[off] != 0x47:
+            raise ValueError(f"not MPEG-TS at byte {off}")
+        adaptation, payload_start = data[off + 3] & 0x20, data[off + 1] & 0x40
+        pes = off + 4 + (1 + data[off + 4] if adaptation else 0)
+        if not payload_start or data[pes:pes + 3] != b"\x00\x00\x01" or not 0xE0 <= data[pes + 3] <= 0xEF:
+            continue
+        n += 1
+        if n in which:
+            flags = data[pes + 7]
+            if flags & 0x3F:
+                raise ValueError("PES header with optional fields after the timestamps")
+            size = {0x80: 5, 0xC0: 10}[flags & 0xC0]
+            data[pes + 7] = 0
+            data[pes + 9:pes + 9 + size] = b"\xff" * size
+    return bytes(data)
 
 
 def record_clip(clip, db, settings, clock, rewrite=lambda i, p: None, clock_step=None, segment_seconds=5.0,
@@ -178,31 +264,40 @@ def record_clip(clip, db, settings, clock, rewrite=lambda i, p: None, clock_step
 
 class StreamClock(SimulatedClock):
     """Wall time = a start plus the recorder's stream position: the same at every packet the recorder
-    sees, whether or not the packets before it went through Python."""
+    sees, whether or not the packets before it went through Python. shift(seconds of stream position)
+    adds wall seconds, for a receive clock that steps or a camera that paused."""
 
-    def __init__(self) -> None:
+    def __init__(self, shift: Callable[[float], float] | None = None) -> None:
         super().__init__()
         self.base_ms = self.now_ms()
         self.recorder = None  # a StreamRecorder
+        self.shift = shift
 
     def now_ms(self) -> int:
         rec = getattr(self, "recorder", None)
-        return self._now_ms if rec is None else self.base_ms + rec._ticks_to_ms(rec._pos)
+        if rec is None:
+            return self._now_ms
+        pos_ms = rec._ticks_to_ms(rec._pos)
+        return self.base_ms + pos_ms + (round(self.shift(pos_ms / 1000) * 1000) if self.shift else 0)
 
     def monotonic(self) -> float:
         return self.now_ms() / 1000
 
 
-def record_connection(clip, db, settings, station_id: str, native: bool, segment_seconds=5.0, hook=None):
-    """Record `clip` as one connection, as a camera session does, natively or not, on a StreamClock;
-    hook(seconds into the clip), if given, runs after every packet handed to Python and every batch the
-    copier reports. Returns the recorder and the number of packets the copier recorded."""
+def record_connection(clip, db, settings, station_id: str, native: bool, segment_seconds=5.0, hook=None,
+                      clock_shift: Callable[[float], float] | None = None, open_options: dict | None = None,
+                      recorded_in_python: list[int] | None = None):
+    """Record `clip` as one connection, as a camera session does, natively or not, on a StreamClock
+    (with clock_shift, see StreamClock; open_options go to the demuxer); hook(seconds into the clip), if
+    given, runs after every packet handed to Python and every batch the copier reports;
+    recorded_in_python, if given, gets the stream position (ticks) of each packet Python recorded.
+    Returns the recorder and the number of packets the copier recorded."""
     from vms.recording import copier as copier_mod
     from vms.recording.index import IndexWriter
     from vms.recording.recorder import StreamRecorder
     from vms.recording.volumes import VolumeSet
 
-    clock = StreamClock()
+    clock = StreamClock(clock_shift)
     index = IndexWriter(db, "t").start()
     rec = StreamRecorder(station_id, VolumeSet.from_settings(settings), settings.tz, index, clock,
                          segment_seconds=segment_seconds)
@@ -217,7 +312,7 @@ def record_connection(clip, db, settings, station_id: str, native: bool, segment
 
     try:
         # `clip`: a path, or a file object (in MPEG-TS) whose reads may fail like a network would.
-        with av.open(clip if hasattr(clip, "read") else str(clip), format="mpegts") as c:
+        with av.open(clip if hasattr(clip, "read") else str(clip), format="mpegts", options=open_options) as c:
             vs = c.streams.video[0]
             rec.begin(vs, None)
             if native:
@@ -227,7 +322,8 @@ def record_connection(clip, db, settings, station_id: str, native: bool, segment
                 packets = c.demux(vs)
             for pkt in packets:
                 if pkt is not None and pkt.size:
-                    rec.video_packet(pkt)
+                    if rec.video_packet(pkt) is not None and recorded_in_python is not None:
+                        recorded_in_python.append(rec._pos)
                     if hook:
                         hook((clock.now_ms() - clock.base_ms) / 1000)
     finally:

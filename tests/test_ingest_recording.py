@@ -35,7 +35,22 @@ def sim():
         yield s
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native-copy", "python-copy"])
+@pytest.fixture(params=[True, False], ids=["native-copy", "python-copy"])
+def native(request) -> bool:
+    """A recording test runs with the native copier (which records all but the first segment of a
+    connection) and with `ingest.native_copy: false`: every packet through PyAV, as on a machine where
+    the module is not built, or while a viewer watches live."""
+    return request.param
+
+
+def past_first_segment(worker: RunningWorker, db, sid: str, native: bool) -> bool:
+    """The session streams past the first segment of its connection (where the copier takes over), on
+    the path asked for."""
+    session = worker.worker.sessions.get(sid)
+    return session is not None and session[1].health.state == "streaming" and len(segments(db, sid)) >= 2 and (
+        session[1].native_frames > 0 if native else session[1].native_frames == 0)
+
+
 def test_three_cameras_record_playable_contiguous_indexed_segments(sim, tmp_path, db, native):
     settings = ingest_settings(tmp_path, segment_seconds=3, native_copy=native)
     started = time.time()
@@ -89,6 +104,50 @@ def test_three_cameras_record_playable_contiguous_indexed_segments(sim, tmp_path
     assert {o.station_id for o in online} == set(STATIONS) and all(o.end_ms for o in online)
 
 
+def test_camera_clock_set_and_reset_over_rtsp_on_both_paths(sim, tmp_path, db):
+    """A camera's timestamps jump an hour forward, then back to 0, mid-GOP while the native copier
+    records it; a second worker with `ingest.native_copy: false` records the same stream (the
+    simulator's media is shared). Each jump costs one frame: no hole, no overlap, no hour-long or
+    negative segment, on either path."""
+    url = sim.urls[STATIONS[0]]
+    paths = {"baihua-town": True, "pingshan-town": False}  # station -> native copy
+    workers = {sid: RunningWorker(ingest_settings(tmp_path / sid, segment_seconds=3, native_copy=native), db,
+                                  {sid: url}) for sid, native in paths.items()}
+    started = time.time()
+    with workers["baihua-town"], workers["pingshan-town"]:
+        def session(sid):
+            return workers[sid].worker.sessions[sid][1]
+
+        hour = 3600 * 90000
+        wait_until(lambda: all(sid in workers[sid].worker.sessions for sid in paths), 10, "the sessions")
+        wait_until(lambda: session("baihua-town").native_frames > 0 and len(segments(db, "pingshan-town")) >= 1,
+                   30, "the copier recording")
+        sim.jump(STATIONS[0], 3600)
+        wait_until(lambda: all(session(sid).recorder._last_dts > hour for sid in paths), 15, "the jump forward")
+        sim.jump(STATIONS[0], -1e9)  # back to 0
+        wait_until(lambda: all(session(sid).recorder._last_dts < hour for sid in paths), 15, "the reset")
+        copied = session("baihua-town").native_frames
+        before = {sid: len(segments(db, sid)) for sid in paths}
+        wait_until(lambda: all(len(segments(db, sid)) >= before[sid] + 2 for sid in paths), 30, "two more segments")
+        assert session("baihua-town").native_frames > copied, "the copier went on after the jumps"
+        assert session("pingshan-town").native_frames == 0
+        assert {sid: workers[sid].health(sid).state for sid in paths} == dict.fromkeys(paths, "streaming")
+    stopped = time.time()
+    for sid in paths:
+        segs = segments(db, sid)
+        volumes = VolumeSet.from_settings(ingest_settings(tmp_path / sid))
+        assert_contiguous(segs)
+        assert all(b.start_ms == a.end_ms for a, b in zip(segs, segs[1:], strict=False)), sid
+        assert [g.reason for g in gaps(db, sid)] == ["ingest_stopped"], sid
+        for seg in segs[:-1]:
+            assert 3000 <= seg.duration_ms <= 4100, (sid, seg.duration_ms)
+        span = segs[-1].end_ms - segs[0].start_ms
+        assert abs(sum(seg.duration_ms for seg in segs) - span) <= 0.01 * span, sid
+        assert span <= (stopped - started) * 1000 + 200
+        for seg in segs:
+            assert decode_all(volumes.file_path(seg.volume, seg.path))[0] == seg.frames, (sid, seg.path)
+
+
 def test_observers_get_every_packet_or_only_keyframes(sim, tmp_path, db):
     settings = ingest_settings(tmp_path, segment_seconds=3)
     sid = STATIONS[1]
@@ -104,11 +163,11 @@ def test_observers_get_every_packet_or_only_keyframes(sim, tmp_path, db):
     assert len(keyframes) >= 4 and keyframes == [p for p in every if p[0]]
 
 
-def test_stopped_camera_leaves_explained_gap_and_recording_resumes(sim, tmp_path, db):
-    settings = ingest_settings(tmp_path, segment_seconds=3)
+def test_stopped_camera_leaves_explained_gap_and_recording_resumes(sim, tmp_path, db, native):
+    settings = ingest_settings(tmp_path, segment_seconds=3, native_copy=native)
     sid = "baihua-v01"
     with RunningWorker(settings, db, {sid: sim.urls[sid]}) as w:
-        wait_until(lambda: len(segments(db, sid)) >= 1 and w.health(sid).state == "streaming", 20, "streaming")
+        wait_until(lambda: past_first_segment(w, db, sid, native), 20, "streaming")
         sim.stop_camera(sid)
         wait_until(lambda: w.health(sid).reason in ("refused", "stream_ended")
                    and w.health(sid).state != "streaming", 20, "the loss to be noticed")
@@ -120,6 +179,7 @@ def test_stopped_camera_leaves_explained_gap_and_recording_resumes(sim, tmp_path
         wait_until(lambda: w.health(sid).state == "streaming", 15, "recording to resume")
         resumed_after = time.time() - restarted
         wait_until(lambda: len(segments(db, sid)) > before, 10, "a new segment")
+        assert (w.worker.sessions[sid][1].native_frames > 0) == native
     # Backoff is capped at 2 s here: recording resumes within one backoff step plus a connect.
     assert resumed_after <= 2 + 3
     segs = segments(db, sid)
@@ -135,12 +195,13 @@ def test_stopped_camera_leaves_explained_gap_and_recording_resumes(sim, tmp_path
     assert hole_end - hole_start >= 2500
 
 
-def test_stalled_camera_is_detected_and_recording_resumes(sim, tmp_path, db):
+def test_stalled_camera_is_detected_and_recording_resumes(sim, tmp_path, db, native):
     # The socket timeout (10 s) is longer than the RTCP interval: only the stall watchdog can notice.
-    settings = ingest_settings(tmp_path, segment_seconds=3, stall_seconds=2, rtsp_timeout_seconds=10)
+    settings = ingest_settings(tmp_path, segment_seconds=3, stall_seconds=2, rtsp_timeout_seconds=10,
+                               native_copy=native)
     sid = "baihua-v02"
     with RunningWorker(settings, db, {sid: sim.urls[sid]}) as w:
-        wait_until(lambda: len(segments(db, sid)) >= 1 and w.health(sid).state == "streaming", 20, "streaming")
+        wait_until(lambda: past_first_segment(w, db, sid, native), 20, "streaming")
         sim.stall(sid)
         # The connection stays open (RTCP keeps flowing) but no media comes: noticed by the stall
         # timeout, counted from the last packet received (the server may flush a few buffered ones).
@@ -150,6 +211,7 @@ def test_stalled_camera_is_detected_and_recording_resumes(sim, tmp_path, db):
         wait_until(lambda: w.health(sid).state == "streaming" and w.health(sid).frames > 0, 20, "resume")
         before = len(segments(db, sid))
         wait_until(lambda: len(segments(db, sid)) > before, 10, "a new segment after the stall")
+        assert (w.worker.sessions[sid][1].native_frames > 0) == native
     assert detected_after <= settings.ingest.stall_seconds + 1.5
     segs = segments(db, sid)
     assert_contiguous(segs)

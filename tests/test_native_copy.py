@@ -3,14 +3,13 @@ and records exactly the segments the Python path records, byte for byte."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 
 import av
 import numpy as np
 import pytest
 
-from tests.ingest_support import decode_all, gaps, record_connection, segments
+from tests.ingest_support import assert_same_recording, decode_all, record_connection, segments
 from vms.analysis.detector import ActivityTracker
 from vms.core.settings import AnalysisSettings
 from vms.recording import copier as copier_mod
@@ -58,20 +57,7 @@ def test_native_copy_records_the_same_segments_byte_for_byte(tmp_path, db, setti
     # for the keyframe of each second.
     assert copied_py == 0
     assert copied >= (24 - 10 - 1) * (FPS - 1), copied
-    a, b = segments(db, "pingshan-town"), segments(db, "baihua-town")
-    assert len(a) == len(b) >= 4
-
-    def row(s):
-        return (s.start_ms, s.end_ms, s.duration_ms, s.frames, s.keyframes, s.bytes, s.state)
-
-    assert [row(s) for s in a] == [row(s) for s in b]
-    vols = VolumeSet.from_settings(settings)
-    for sa, sb in zip(a, b, strict=True):
-        da = hashlib.sha256(vols.file_path(sa.volume, sa.path).read_bytes()).hexdigest()
-        db_ = hashlib.sha256(vols.file_path(sb.volume, sb.path).read_bytes()).hexdigest()
-        assert da == db_, (sa.path, sb.path)
-    assert [(g.reason, g.start_ms) for g in gaps(db, "pingshan-town")] == \
-        [(g.reason, g.start_ms) for g in gaps(db, "baihua-town")]
+    assert len(assert_same_recording(db, settings, "pingshan-town", "baihua-town")) >= 4
 
 
 class FailingStream(io.RawIOBase):
@@ -164,3 +150,124 @@ def test_activity_batches_match_packet_by_packet(gop_ms):
         assert all(ActivityTracker.MAX_BUCKET_MS <= end - start <= ActivityTracker.MAX_BUCKET_MS + 1000
                    for start, end in spans if end % gop_ms)
         assert len(batched._held) == len(one._held)
+
+
+# --- Pause planning (docs/design/recording.md, "Pausing between reads") --------------------------
+# GopTracker and nap_us run the inline functions of the copier's read loop.
+
+FRAME = 90000 // FPS  # ticks per frame, 1/90000 as over RTSP
+
+
+def camera(tracker, seconds: float, gop_frames: int, bitrate_bps: int, start_dts: int = 0):
+    """Feed a 15 fps camera's packets (keyframes 5x a P-frame's size) to `tracker`; yields each dts
+    after the tracker has seen its packet."""
+    p_frame = bitrate_bps / 8 / (FPS + 4 * FPS / gop_frames)
+    for i in range(round(seconds * FPS)):
+        key = i % gop_frames == 0
+        tracker.packet(start_dts + i * FRAME, round(p_frame * (5 if key else 1)), key)
+        yield start_dts + i * FRAME
+
+
+@pytest.mark.parametrize("gop_frames", [15, 30, 150])
+def test_a_pause_ends_two_frames_and_100_ms_before_the_next_keyframe_is_due(gop_frames):
+    from vms.recording.native_copy import GopTracker
+
+    tracker = GopTracker()
+    planned = []
+    for dts in camera(tracker, 3 * gop_frames / FPS, gop_frames, 100_000):
+        us = tracker.pause_us(FRAME, 10_000_000)
+        if dts < gop_frames * FRAME:
+            assert us == 0, "no pause before a GOP has been seen"
+            continue
+        # The next keyframe is due this many ticks after the packet just read.
+        due = gop_frames * FRAME - dts % (gop_frames * FRAME)
+        bound_us = (due - 2 * FRAME) * 1_000_000 // 90000 - 100_000
+        if us:
+            # The keyframe is not read late: the pause ends in time (exactly at the bound here, the
+            # bitrate being low).
+            assert us == bound_us
+            planned.append(us)
+        else:
+            assert bound_us < 20_000, "a pause worth a wake-up was missed"
+    assert planned and max(planned) == (gop_frames - 2) * 1_000_000 // FPS - 100_000
+    # The longest pause allowed bounds it too.
+    assert pause_after_a_keyframe(gop_frames, max_us=300_000) == 300_000
+
+
+def pause_after_a_keyframe(gop_frames: int, max_us: int, bitrate_bps: int = 100_000) -> int:
+    from vms.recording.native_copy import GopTracker
+
+    tracker = GopTracker()
+    for _ in camera(tracker, 2 * gop_frames / FPS + 1 / FPS, gop_frames, bitrate_bps):
+        pass
+    return tracker.pause_us(FRAME, max_us)
+
+
+@pytest.mark.parametrize("mbps", [0.5, 2, 4, 8, 16, 64])
+def test_at_most_128_kb_gather_during_a_pause(mbps):
+    from vms.recording.native_copy import GopTracker
+
+    tracker = GopTracker()
+    for _ in camera(tracker, 2 + 1 / FPS, 30, int(mbps * 1_000_000)):
+        pass
+    bytes_per_us = tracker.gop_bytes / (30 * 1_000_000 / FPS)
+    assert abs(bytes_per_us * 8 - mbps) < 0.01 * mbps  # the rate comes from the last GOP's bytes
+    us = tracker.pause_us(FRAME, 500_000)
+    assert us * bytes_per_us <= 131072
+    if mbps <= 2:
+        assert us == 500_000  # a camera at the common bitrates pauses as long as allowed
+    elif mbps <= 16:
+        assert 20_000 <= us < 500_000 and us * bytes_per_us > 131072 - 100  # shortened to the bound
+    else:
+        assert us == 0  # under 20 ms: not worth a wake-up
+
+
+def test_keyframe_intervals_over_20_s_are_timestamp_jumps_not_gops():
+    from vms.recording.native_copy import GopTracker
+
+    second = 90000
+    # A "smart codec" camera with 20 s GOPs: a GOP, so it pauses.
+    tracker = GopTracker()
+    tracker.packet(0, 50_000, key=True)
+    tracker.packet(20 * second, 50_000, key=True)
+    assert tracker.gop_ticks == 20 * second
+    tracker.packet(20 * second + FRAME, 5_000)
+    assert tracker.pause_us(FRAME, 500_000) == 500_000
+    # Keyframes 21 s apart: a jump, so no GOP is known and no pause is planned until the next regular
+    # interval.
+    tracker.packet(41 * second, 50_000, key=True)
+    tracker.packet(41 * second + FRAME, 5_000)
+    assert tracker.gop_ticks == 0 and tracker.pause_us(FRAME, 500_000) == 0
+    tracker.packet(42 * second, 50_000, key=True)
+    tracker.packet(42 * second + FRAME, 5_000)
+    assert tracker.gop_ticks == second and tracker.pause_us(FRAME, 500_000) > 0
+    # A timestamp reset (the next keyframe before the last) is no GOP either; nor is a jump forward
+    # within a GOP a reason to sleep past the next keyframe.
+    tracker.packet(0, 50_000, key=True)
+    tracker.packet(FRAME, 5_000)
+    assert tracker.gop_ticks == 0 and tracker.pause_us(FRAME, 500_000) == 0
+    tracker = GopTracker()
+    for _ in camera(tracker, 2 + 2 / FPS, 15, 500_000):
+        pass
+    assert tracker.pause_us(FRAME, 500_000) > 0
+    tracker.packet(3600 * second, 5_000)  # a P-frame an hour on
+    assert tracker.pause_us(FRAME, 500_000) == 0
+    tracker.packet(-3600 * second, 5_000)  # and one an hour back
+    assert tracker.pause_us(FRAME, 500_000) == 0
+
+
+def test_no_pause_while_disarmed_when_attention_is_asked_or_over_udp(tmp_path):
+    from vms.recording.native_copy import nap_us
+
+    now = 1_000_000_000
+    assert nap_us(True, False, now + 300_000, now) == 300_000
+    # Not armed: a connection's first segment (its start may still move), or a live viewer watches.
+    assert nap_us(False, False, now + 300_000, now) == 0
+    assert nap_us(True, True, now + 300_000, now) == 0  # a stop or a periodic task is due
+    assert nap_us(True, False, now + 19_999, now) == 0  # not worth a wake-up
+    assert nap_us(True, False, 0, now) == 0  # none planned
+    clip = make_bframe_clip(tmp_path / "clip.ts", seconds=1)
+    with av.open(str(clip)) as c:
+        vs = c.streams.video[0]
+        assert copier_mod.make_copier(c, [vs], vs.index, 0.5, "tcp").pause_us == 500_000
+        assert copier_mod.make_copier(c, [vs], vs.index, 0.5, "udp").pause_us == 0

@@ -133,6 +133,33 @@ def test_stall_keeps_the_connection_but_sends_nothing_until_resume(sim):
         assert (first_key.pts - before) / 90000 > 1.5
 
 
+def test_jump_moves_the_timestamps_at_a_non_key_frame_and_keeps_the_pace(sim):
+    """A camera's clock set an hour forward, then reset: the pts jump by the hour, then back to the
+    stream's start (a jump back is clamped there), each at a non-key frame; the frames keep coming at
+    the stream's rate."""
+    packets: list[tuple[float, int, bool]] = []  # (arrival, pts, keyframe)
+    with open_rtsp(sim.urls["cam01"]) as c:
+        for p in c.demux(c.streams.video[0]):
+            if p.pts is None:
+                continue
+            packets.append((time.monotonic(), p.pts, p.is_keyframe))
+            if len(packets) == 10:
+                sim.jump("cam01", 3600)
+            elif len(packets) == 30:
+                sim.jump("cam01", -1e9)
+            elif len(packets) == 50:
+                break
+    steps = [(b[1] - a[1], b[2]) for a, b in zip(packets, packets[1:], strict=False)]
+    jumps = [(i, step, key) for i, (step, key) in enumerate(steps) if abs(step - TICKS) > 1]
+    assert len(jumps) == 2, jumps
+    (i_fwd, forward, key_fwd), (i_back, back, key_back) = jumps
+    assert abs(forward - 3600 * 90000 - TICKS) <= 1 and not key_fwd
+    assert back < 0 and not key_back and packets[i_back + 1][1] <= packets[0][1]
+    assert 10 <= i_fwd < i_back
+    took = packets[-1][0] - packets[10][0]
+    assert abs(took - 39 / FPS) < 0.6, took
+
+
 def test_drop_closes_clients_and_reconnect_works(sim):
     with open_rtsp(sim.urls["cam04"]) as c:
         it = c.demux(c.streams.video[0])

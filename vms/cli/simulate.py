@@ -31,6 +31,7 @@ class FaultAction(StrEnum):
     stall = "stall"
     resume = "resume"
     drop = "drop"
+    jump = "jump"
 
 
 @app.callback(invoke_without_command=True)
@@ -92,12 +93,16 @@ def serve(
 
 @app.command()
 def fault(
-    action: FaultAction = typer.Argument(..., help="stop | start | restart | stall | resume | drop"),
+    action: FaultAction = typer.Argument(..., help="stop | start | restart | stall | resume | drop | jump"),
     camera: str = typer.Argument(..., help="camera (mount) name, e.g. cam02"),
     control_port: int = typer.Option(..., help="the simulator's control port (printed when it starts)"),
+    seconds: float | None = typer.Option(
+        None, help="jump only: how far the camera's timestamps jump (negative: back; -1e9 resets them to 0)"),
 ) -> None:
     """Inject a fault into a running simulator."""
-    typer.echo(_send(control_port, f"{action.value} {camera}"))
+    if (action == FaultAction.jump) != (seconds is not None):
+        raise fail("--seconds goes with jump, and only with jump")
+    typer.echo(_send(control_port, f"{action.value} {camera}" + (f" {seconds:g}" if seconds is not None else "")))
 
 
 @app.command()

@@ -416,9 +416,7 @@ class CameraSession(threading.Thread):
         copier = None
         if self.settings.native_copy and all(hasattr(obs, "on_copied") for obs in self._packet_observers):
             # (An observer without on_copied needs every packet itself.)
-            # Over UDP a pause would let the socket's buffer overflow and drop packets: TCP only.
-            pause = self.settings.receive_pause_seconds if self.transport == "tcp" else 0
-            copier = make_copier(container, streams, video_index, pause)
+            copier = make_copier(container, streams, video_index, self.settings.receive_pause_seconds, self.transport)
         if copier is None:
             yield from container.demux(streams)
             return

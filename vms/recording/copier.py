@@ -28,17 +28,19 @@ def native_copy_built() -> bool:
     return native_copy is not None
 
 
-def make_copier(container: av.container.InputContainer, streams: list, video_index: int, pause_s: float = 0):
+def make_copier(container: av.container.InputContainer, streams: list, video_index: int, pause_s: float = 0,
+                transport: str = "tcp"):
     """A PacketCopier reading `container`, or None if the module is not built or cannot serve it: a
     read timeout (PyAV checks it in its interrupt callback, which the copier does not arm) or more
-    streams than it tracks. While armed it pauses up to `pause_s` between reads (0: never)."""
+    streams than it tracks. While armed it pauses up to `pause_s` between reads (0: never), over TCP
+    only: over UDP a pause would let the socket's buffer overflow and drop packets."""
     if native_copy is None or container.read_timeout is not None:
         return None
     try:
         copier = native_copy.PacketCopier(container, streams, video_index)
     except ValueError:
         return None
-    copier.pause_us = round(pause_s * 1_000_000)
+    copier.pause_us = round(pause_s * 1_000_000) if transport == "tcp" else 0
     return copier
 
 

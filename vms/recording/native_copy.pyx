@@ -120,6 +120,76 @@ cdef inline long voluntary_switches() noexcept nogil:
     return ru.ru_nvcsw
 
 
+# --- Pause planning (docs/design/recording.md, "Pausing between reads") ---------------------------
+# Pure functions of their arguments, inlined into the read loop; GopTracker and nap_us below call the
+# same ones from Python, for the tests of their bounds.
+
+cdef struct Gop:
+    # The input's GOP as the read loop has seen it.
+    int64_t key_dts          # video dts of the last keyframe (AV_NOPTS_VALUE: none yet)
+    int64_t ticks            # the dts interval between the last two keyframes (0: unknown, or a jump)
+    int64_t bytes            # the bytes read in that interval (every stream the copier reads)
+    int64_t bytes_since_key  # the bytes read since the last keyframe
+    int64_t video_dts        # the last video dts (AV_NOPTS_VALUE: none yet)
+
+
+cdef inline void gop_init(Gop *gop) noexcept nogil:
+    gop.key_dts = gop.video_dts = lib.AV_NOPTS_VALUE
+    gop.ticks = gop.bytes = gop.bytes_since_key = 0
+
+
+cdef inline void gop_packet(Gop *gop, bint video, int64_t dts, int size, bint key,
+                            lib.AVRational tb) noexcept nogil:
+    """A packet was read (`video`: of the video stream; dts AV_NOPTS_VALUE: none; tb: the video's)."""
+    gop.bytes_since_key += size
+    if not video or dts == lib.AV_NOPTS_VALUE:
+        return
+    if key:
+        if (gop.key_dts != lib.AV_NOPTS_VALUE and dts > gop.key_dts and tb.num > 0 and tb.den > 0
+                and dts - gop.key_dts <= MAX_GOP_S * tb.den // tb.num):
+            gop.ticks = dts - gop.key_dts
+            gop.bytes = gop.bytes_since_key - size
+        else:
+            gop.ticks = 0  # unknown (or a timestamp jump) until the next regular interval: no pause
+        gop.key_dts = dts
+        gop.bytes_since_key = size
+    gop.video_dts = dts
+
+
+cdef inline int64_t plan_pause(const Gop *gop, int64_t frame_ticks, lib.AVRational tb,
+                               int64_t max_us) noexcept nogil:
+    """How long to pause after a read that waited for the camera (so the packet just read is about
+    the newest there is), in us; 0: no pause. At most max_us; it ends two frames and KEY_MARGIN_US
+    before the next keyframe is due, if the GOP is regular: keyframes are where the recorder reads the
+    receive clock (a segment's wall end, docs/design/time.md) and where the analysis samples, and they
+    are read as promptly as without pauses. At most PAUSE_BYTES gather at the GOP's bitrate. Shorter
+    than MIN_PAUSE_US: not worth a wake-up."""
+    cdef int64_t ticks, us, gop_us
+    if gop.ticks <= 0 or gop.video_dts == lib.AV_NOPTS_VALUE or tb.num <= 0 or tb.den <= 0 or max_us <= 0:
+        return 0  # no regular GOP seen yet: no pause
+    ticks = gop.key_dts + gop.ticks - gop.video_dts - 2 * frame_ticks
+    if ticks <= 0 or ticks > gop.ticks:
+        return 0
+    us = ticks * 1000000 * tb.num // tb.den - KEY_MARGIN_US
+    if us > max_us:
+        us = max_us
+    gop_us = gop.ticks * 1000000 * tb.num // tb.den
+    if gop.bytes > 0 and PAUSE_BYTES * gop_us // gop.bytes < us:
+        us = PAUSE_BYTES * gop_us // gop.bytes  # a high bitrate: keep within the TCP window
+    return us if us >= MIN_PAUSE_US else 0
+
+
+cdef inline int64_t nap(bint pausing, bint attention, int64_t pause_until, int64_t now) noexcept nogil:
+    """How long to sleep before the next read, in us (0: read now), for a pause planned to end at
+    `pause_until` (monotonic us, 0: none). Only while `pausing`: the copier is armed (never in a
+    connection's first segment, while the segment's start may still move on the receive clock, nor
+    while a viewer watches live) and has a pause length (none over UDP, see copier.make_copier). Never
+    once attention is asked (a stop, a periodic task)."""
+    if not pausing or attention or pause_until == 0 or pause_until - now < MIN_PAUSE_US:
+        return 0
+    return pause_until - now
+
+
 cdef class PacketCopier:
     """One per camera connection; used only from the camera's thread (except `attention`)."""
 
@@ -164,19 +234,13 @@ cdef class PacketCopier:
     # Pausing between reads, only while armed: the longest pause (0: never); when the pause planned
     # ends (monotonic us, 0: none planned); whether the last pause's packets are still being read;
     # the thread's voluntary context switches at the last check; and the input's GOP as the loop has
-    # seen it (video dts of the last keyframe, the interval between the last two and the bytes read
-    # in it, the bytes since the last keyframe, the last video dts), to end pauses before a keyframe is
-    # due and before more than PAUSE_BYTES gather.
+    # seen it, to end pauses before a keyframe is due and before more than PAUSE_BYTES gather.
     cdef public int64_t pause_us
     cdef int64_t pause_until
     cdef bint catching_up
     cdef int64_t caught_up_by
     cdef long switches
-    cdef int64_t key_dts
-    cdef int64_t gop_ticks
-    cdef int64_t gop_bytes
-    cdef int64_t bytes_since_key
-    cdef int64_t video_dts
+    cdef Gop gop
     cdef public long pauses
 
     def __cinit__(self):
@@ -214,8 +278,7 @@ cdef class PacketCopier:
         self.armed = False
         self.attention = False
         self.batch_ticks = 1 << 62
-        self.key_dts = self.video_dts = lib.AV_NOPTS_VALUE
-        self.gop_ticks = 0
+        gop_init(&self.gop)
 
     def arm(self, Container sink, sink_stream, int64_t start_pos, int64_t pos, int64_t last_dts,
             int64_t max_step, int64_t frame_ticks, int64_t batch_ticks):
@@ -246,10 +309,10 @@ cdef class PacketCopier:
         cdef int size
         cdef int64_t step, rel
         cdef bint kept
-        cdef int64_t t0 = 0, now
+        cdef int64_t t0 = 0, sleep_us
         cdef long switches
         cdef bint waited
-        cdef timespec nap
+        cdef timespec ts
         cdef lib.AVRational vtb = self.stream_tb[vidx]
         if self.armed and self.sink is not None:
             dst = self.sink.ptr
@@ -269,20 +332,18 @@ cdef class PacketCopier:
         with nogil:
             while True:
                 if self.pause_until:
-                    # Only while armed: a disarmed copier hands every packet to Python at once (a
-                    # live viewer watches, or the segment's start may still move on the receive clock).
-                    # Not when attention is asked either (a stop, a periodic task).
-                    now = monotonic_us()
-                    if pausing and not self.attention and self.pause_until - now >= MIN_PAUSE_US:
-                        nap.tv_sec = (self.pause_until - now) // 1000000
-                        nap.tv_nsec = ((self.pause_until - now) % 1000000) * 1000
-                        nanosleep(&nap, NULL)
+                    # (A disarmed copier hands every packet to Python at once.)
+                    sleep_us = nap(pausing, self.attention, self.pause_until, monotonic_us())
+                    if sleep_us:
+                        ts.tv_sec = sleep_us // 1000000
+                        ts.tv_nsec = (sleep_us % 1000000) * 1000
+                        nanosleep(&ts, NULL)
                         self.switches = voluntary_switches()  # the pause's own switch is not a wait
                         self.pauses += 1
                         self.catching_up = True
                         # Packets that gathered during the pause are read before attention is
                         # answered (a stop would drop them), for at most as long as the pause.
-                        self.caught_up_by = monotonic_us() + self.pause_until - now
+                        self.caught_up_by = monotonic_us() + sleep_us
                     self.pause_until = 0
                 if self.attention and (not self.catching_up or monotonic_us() > self.caught_up_by):
                     self.attention = False
@@ -307,13 +368,12 @@ cdef class PacketCopier:
                 if idx < 0 or idx >= MAX_STREAMS or not self.wanted[idx]:
                     av_packet_unref(p)
                     continue
-                self.bytes_since_key += p.size
-                if idx == vidx and p.dts != lib.AV_NOPTS_VALUE:
-                    if p.flags & lib.AV_PKT_FLAG_KEY:
-                        self._note_keyframe(p.dts, p.size, vtb)
-                    self.video_dts = p.dts
+                gop_packet(&self.gop, idx == vidx, p.dts, p.size, p.flags & lib.AV_PKT_FLAG_KEY, vtb)
                 if waited:
-                    self._plan_pause(vtb)
+                    # Timed from now, whatever Python does before the next pump.
+                    sleep_us = plan_pause(&self.gop, self.frame_ticks, vtb, self.pause_us)
+                    if sleep_us:
+                        self.pause_until = monotonic_us() + sleep_us
                 if (dst == NULL or idx != vidx or p.size == 0 or p.dts == lib.AV_NOPTS_VALUE
                         or (p.flags & lib.AV_PKT_FLAG_KEY)):
                     status = PACKET
@@ -383,37 +443,6 @@ cdef class PacketCopier:
             self.packet = self._hand_over(p)
         return status
 
-    cdef void _note_keyframe(self, int64_t dts, int size, lib.AVRational vtb) noexcept nogil:
-        if (self.key_dts != lib.AV_NOPTS_VALUE and dts > self.key_dts and vtb.num > 0 and vtb.den > 0
-                and dts - self.key_dts <= MAX_GOP_S * vtb.den // vtb.num):
-            self.gop_ticks = dts - self.key_dts
-            self.gop_bytes = self.bytes_since_key - size
-        else:
-            self.gop_ticks = 0  # unknown until the next regular interval: no pause
-        self.key_dts = dts
-        self.bytes_since_key = size
-
-    cdef void _plan_pause(self, lib.AVRational vtb) noexcept nogil:
-        # The read waited for the camera, so the packet just read is about the newest there is: pause
-        # before the next read, but wake up in time for the next keyframe. Keyframes are where the
-        # recorder reads the receive clock (a segment's wall end, docs/design/time.md) and where the
-        # analysis samples: they are read as promptly as without pauses, if the GOP is regular. The
-        # pause is timed from now, whatever Python does before the next pump.
-        cdef int64_t ticks, us, gop_us
-        if self.gop_ticks <= 0 or self.video_dts == lib.AV_NOPTS_VALUE or vtb.num <= 0 or vtb.den <= 0:
-            return  # no GOP seen yet: no pause
-        ticks = self.key_dts + self.gop_ticks - self.video_dts - 2 * self.frame_ticks
-        if ticks <= 0 or ticks > self.gop_ticks:
-            return
-        us = ticks * 1000000 * vtb.num // vtb.den - KEY_MARGIN_US
-        if us > self.pause_us:
-            us = self.pause_us
-        gop_us = self.gop_ticks * 1000000 * vtb.num // vtb.den
-        if self.gop_bytes > 0 and PAUSE_BYTES * gop_us // self.gop_bytes < us:
-            us = PAUSE_BYTES * gop_us // self.gop_bytes  # a high bitrate: keep within the TCP window
-        if us >= MIN_PAUSE_US:
-            self.pause_until = monotonic_us() + us
-
     cdef int _read_failed(self, int ret) except -1:
         if ret == lib.AVERROR_EOF:
             return END
@@ -455,3 +484,36 @@ def packet_fields(Packet packet):
     """The fields this module reads, as compiled here; the build checks them against PyAV's view."""
     cdef lib.AVPacket *p = packet.ptr
     return (p.pts, p.dts, p.size, p.stream_index, p.flags, p.time_base.num, p.time_base.den)
+
+
+cdef class GopTracker:
+    """The read loop's GOP tracking and pause planning (gop_packet, plan_pause), for Python: the tests
+    of their bounds drive the same inline functions the loop runs."""
+
+    cdef Gop gop
+    cdef lib.AVRational tb
+
+    def __cinit__(self, int tb_num=1, int tb_den=90000):
+        gop_init(&self.gop)
+        self.tb.num, self.tb.den = tb_num, tb_den
+
+    def packet(self, int64_t dts, int size, bint key=False, bint video=True):
+        """A packet read (dts in the video time base)."""
+        gop_packet(&self.gop, video, dts, size, key, self.tb)
+
+    def pause_us(self, int64_t frame_ticks, int64_t max_us):
+        """The pause a read that waited for the camera would plan now, in us (0: none)."""
+        return plan_pause(&self.gop, frame_ticks, self.tb, max_us)
+
+    @property
+    def gop_ticks(self):
+        return self.gop.ticks
+
+    @property
+    def gop_bytes(self):
+        return self.gop.bytes
+
+
+def nap_us(bint pausing, bint attention, int64_t pause_until, int64_t now):
+    """The read loop's decision to sleep before a read (see nap), for Python."""
+    return nap(pausing, attention, pause_until, now)

@@ -5,7 +5,7 @@ It imports nothing from `vms`: the project's virtualenv has no `gi`, so the venv
 spec and launches this script with /usr/bin/python3. Protocol on stdout, one line each, flushed:
     rtsp-port N | control-port N | ready NAME URL | serving | error MESSAGE
 Control: a line-based TCP service on 127.0.0.1 (see docs/simulator.md), one command per line:
-    stop|start|restart|stall|resume|drop|counts NAME, password NAME PASSWORD, status, ping
+    stop|start|restart|stall|resume|drop|counts NAME, password NAME PASSWORD, jump NAME SECONDS, status, ping
     ->  "ok ..." or "error MESSAGE".
 It stops on SIGINT/SIGTERM or when stdin reaches end of file (its parent went away), exit code 0.
 """
@@ -112,6 +112,29 @@ class MountAuth(GstRtspServer.RTSPAuth):
         return allowed
 
 
+class TimestampShift:
+    """The `jump` fault of one media: from the next non-key frame on, every buffer's timestamps move by
+    an offset, as a camera's do when its clock is set or reset. Applied after clocksync, so the pace
+    of the stream does not change; the payloader turns it into the same jump of the RTP timestamps."""
+
+    def __init__(self) -> None:
+        self.offset = 0  # ns
+        self.pending: int | None = None  # ns, set by jump(); applied at the next non-key frame
+
+    def probe(self, _pad, info):
+        buf = info.get_buffer()
+        pending = self.pending
+        if pending is not None and buf.has_flags(Gst.BufferFlags.DELTA_UNIT) and buf.pts != Gst.CLOCK_TIME_NONE:
+            self.pending = None
+            self.offset = max(self.offset + pending, -buf.pts)  # never before 0: a reset to 0
+        if self.offset:
+            if buf.pts != Gst.CLOCK_TIME_NONE:
+                buf.pts += self.offset
+            if buf.dts != Gst.CLOCK_TIME_NONE:
+                buf.dts += self.offset
+        return Gst.PadProbeReturn.OK
+
+
 class Mount:
     """One camera path: its factory, the medias it built, and its fault state."""
 
@@ -126,6 +149,7 @@ class Mount:
         self.attempts = 0  # connections that asked for this camera (their first request naming it)
         self.unauthorized = 0  # requests answered 401 (protected mounts)
         self.refused_logins = 0  # of those, the ones that carried credentials
+        self.shifts: dict = {}  # media -> its TimestampShift
         self.factory = GstRtspServer.RTSPMediaFactory()
         self.factory.set_launch(launch_line(spec))
         self.factory.set_shared(True)
@@ -139,12 +163,17 @@ class Mount:
         if parse is not None:
             parse.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, self._on_parsed)
         valve = bin_.get_by_name("valve")
-        if valve is not None and self.stalled:
-            valve.set_property("drop", True)
+        if valve is not None:
+            if self.stalled:
+                valve.set_property("drop", True)
+            shift = TimestampShift()
+            self.shifts[media] = shift
+            valve.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, shift.probe)
 
     def _on_unprepared(self, media) -> None:
         if media in self.medias:
             self.medias.remove(media)
+        self.shifts.pop(media, None)
 
     @staticmethod
     def _on_parsed(_pad, info):
@@ -171,6 +200,14 @@ class Mount:
             if was and not stalled:
                 valve.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, self._until_keyframe)
             valve.set_property("drop", stalled)
+
+    def jump(self, seconds: float) -> None:
+        """The stream's timestamps jump by `seconds` (negative: back, at most to the stream's start)."""
+        for media, shift in self.shifts.items():
+            # The server's sinks would wait for a jump forward on the clock (rate control): the pace is
+            # clocksync's, upstream of the jump, anyway.
+            media.set_rate_control(False)
+            shift.pending = round(seconds * Gst.SECOND)
 
     def mount(self) -> None:
         if not self.mounted:
@@ -307,12 +344,20 @@ class CameraServer:
                      f"{',stalled' if c.stalled else ''},clients:{c.client_count()}"
                      for c in self.cameras.values()]
             return "ok " + " ".join(parts)
-        known = ("stop", "start", "restart", "stall", "resume", "drop", "counts", "password")
+        known = ("stop", "start", "restart", "stall", "resume", "drop", "counts", "password", "jump")
         if verb not in known:
             return f"error unknown command {verb!r} (known: {' '.join(known)} status ping)"
         if verb == "password":
             if len(args) != 2:
                 return "error password needs a camera name and the new password"
+        elif verb == "jump":
+            if len(args) != 2:
+                return "error jump needs a camera name and seconds (e.g. jump cam01 -20)"
+            try:
+                seconds = float(args[1])
+            except ValueError:
+                return f"error jump: {args[1]!r} is not a number of seconds"
+            args = args[:1]
         elif len(args) != 1:
             return f"error {verb} needs exactly one camera name"
         cam = self.cameras.get(args[0])
@@ -328,6 +373,9 @@ class CameraServer:
             self._basic = GstRtspServer.RTSPAuth.make_basic(AUTH_USER, args[1])
             self._auth.add_basic(self._basic, self._auth_token)
             return f"ok password of {AUTH_USER} changed"
+        if verb == "jump":
+            cam.jump(seconds)
+            return f"ok {cam.name} timestamps jump by {seconds:g} s"
         if verb == "stop":
             cam.unmount()
             n = self.close_clients(cam)

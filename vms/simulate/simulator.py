@@ -313,6 +313,11 @@ class Simulator:
     def resume(self, name: str) -> None:
         self.command(f"resume {name}")
 
+    def jump(self, name: str, seconds: float) -> None:
+        """The camera's timestamps jump by `seconds` from its next non-key frame (negative: back, at most
+        to the stream's start, i.e. a reset to 0), as when a camera's clock is set; the pace stays."""
+        self.command(f"jump {name} {seconds:g}")
+
     def drop(self, name: str) -> None:
         """Close the camera's current client connections; it stays available for reconnects."""
         self.command(f"drop {name}")
