@@ -83,7 +83,10 @@ class IngestWorker:
             StallWatchdog(lambda: [sess for _e, sess in list(self.sessions.values())],
                           self.settings.ingest.stall_seconds, self.stop_event, self.clock).start()
             while not self.stop_event.wait(self.spec.reconcile_seconds):
-                self.reconcile()
+                try:
+                    self.reconcile()
+                except Exception:  # noqa: BLE001 - e.g. the database went away mid-way: try next round
+                    log.exception("reconcile failed; the cameras already recording go on")
         finally:
             self._stop_sessions(list(self.sessions))
             for factory in self._factories:
@@ -117,8 +120,10 @@ class IngestWorker:
         new = [e for sid, e in wanted.items() if sid not in self.sessions and sid not in self._stuck]
         if new:
             # The stopped sessions' last index writes (segment complete, gap) must land before the
-            # new sessions read where their footage ended.
-            self.index.flush()
+            # new sessions read where their footage ended: while the database is away, wait.
+            if not self.index.flush():
+                log.warning("index writes are waiting for the database; %d cameras start later", len(new))
+                return
             ids = [e.station_id for e in new]
             actions = recover_growing(self.db, self.volumes, self.node, ids)
             actions += recover_orphans(self.db, self.volumes, self.settings.tz, self.node, ids, self.clock.now_ms())
