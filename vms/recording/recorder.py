@@ -21,6 +21,7 @@ from sqlalchemy import delete
 
 from vms.core.clock import Clock
 from vms.db.models import Segment
+from vms.recording.fmp4 import playable_length, probe_segment
 from vms.recording.h26x import parameter_sets_annexb
 from vms.recording.index import IndexWriter
 from vms.recording.layout import segment_rel_path
@@ -90,6 +91,9 @@ class StreamRecorder:
         self._force_cut = False
         self._video_parameters: dict | None = None
         self._disk_retry_at = 0.0
+        # Segments a write error left on a volume that could not be written then: (segment, the end its
+        # row was given, or None if it has no row).
+        self._unfinished: list[tuple[_OpenSegment, int | None]] = []
         self.segments_written = 0
         self.bytes_written = 0
 
@@ -97,6 +101,10 @@ class StreamRecorder:
     def note_failure(self, reason: str, detail: str | None = None) -> None:
         """Footage is not flowing, for this reason: open (or re-reason) the current gap."""
         now = self.clock.now_ms()
+        if reason == "stalled" and self._gap_reason == "disk_error" and self._gap_token is not None:
+            # The watchdog counts recorded frames: a recorder that cannot write looks stalled to it.
+            # The disk is why footage is missing.
+            return
         if self._gap_token is not None and self._gap_reason == reason:
             if detail:
                 self.index.update_gap(self._gap_token, detail=detail)
@@ -292,6 +300,8 @@ class StreamRecorder:
             except OSError as exc:
                 self._disk_failure(exc)  # the open gap stays open (or becomes a disk_error gap)
                 return None
+        if self._unfinished:
+            self._finish_unfinished()
         # Only now that footage is on its way does the gap before it end.
         gap_token, gap_reason, gap_start = self._gap_token, self._gap_reason, self._gap_start
         self._close_gap(start_ms)
@@ -339,26 +349,7 @@ class StreamRecorder:
             size = seg.file.close()
         except Exception as exc:  # noqa: BLE001 - any failure: keep what reached the disk, measured
             log.error("%s: closing %s failed: %s", self.station_id, seg.rel_path, exc)
-            seg.file.abandon()
-            try:
-                probe = trim_and_probe(seg.file.path) if seg.file.path.exists() else None
-            except OSError as probe_exc:  # e.g. the filesystem went read-only: leave it for repair
-                log.error("%s: cannot measure %s: %s", self.station_id, seg.rel_path, probe_exc)
-                return self.last_end_ms if self.last_end_ms is not None else seg.start_ms
-            if probe is None:
-                seg.file.path.unlink(missing_ok=True)
-                self.index.call(lambda s, v=seg.volume, p=seg.rel_path: s.execute(
-                    delete(Segment).where(Segment.volume == v, Segment.path == p)))
-                if seg.gap_before is not None:
-                    # Nothing was recorded after all: the gap this segment ended goes on.
-                    self.index.update_gap(seg.gap_before, end_ms=None)
-                    self._gap_token, self._gap_reason = seg.gap_before, seg.gap_before_reason
-                    self._gap_start = seg.gap_before_start
-                return self.last_end_ms if self.last_end_ms is not None else seg.start_ms
-            media_ms = probe.duration_ms
-            end_ms = seg.start_ms + media_ms
-            size = seg.file.path.stat().st_size
-            seg.frames, seg.keyframes = probe.frames, probe.keyframes
+            return self._keep_what_reached_disk(seg, durable=seg.file.abandon())
         self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms, end_ms=end_ms,
                                   duration_ms=media_ms, bytes=size, frames=seg.frames,
                                   keyframes=seg.keyframes, state="complete")
@@ -366,6 +357,91 @@ class StreamRecorder:
         self.bytes_written += size
         self.last_end_ms = end_ms
         return end_ms
+
+    def _keep_what_reached_disk(self, seg: _OpenSegment, durable: bool) -> int:
+        """After a failed write: index the playable part of the segment as complete, or remove it if
+        there is none. On a volume that cannot be written now (read-only after a disk error: the torn
+        tail cannot be cut off, and what was not fsynced may never reach the disk), the playable part
+        is measured without writing and indexed as still `growing`, never complete; it is finished once
+        the volume takes a new segment again (or by crash repair), and what did not survive becomes a
+        disk_error gap then. Returns where footage ends."""
+        path = seg.file.path
+        parked = not durable
+        try:
+            if parked:
+                raise OSError("its data could not be synced to the disk")
+            probe = trim_and_probe(path) if path.exists() else None
+            if probe is None:
+                path.unlink(missing_ok=True)
+            size = path.stat().st_size if probe is not None else 0
+        except OSError as exc:
+            log.error("%s: cannot finish %s now (%s); it is finished when the volume can be written again",
+                      self.station_id, seg.rel_path, exc)
+            parked = True
+            try:
+                size = playable_length(path)
+                probe = probe_segment(path, size) if size else None
+            except Exception as probe_exc:  # noqa: BLE001 - unreadable too: nothing is indexed as playable
+                log.error("%s: cannot read %s: %s", self.station_id, seg.rel_path, probe_exc)
+                probe = None
+            if probe is not None and probe.frames == 0:
+                probe = None
+            self._unfinished.append((seg, seg.start_ms + probe.duration_ms if probe is not None else None))
+        if probe is None:
+            self.index.call(lambda s, v=seg.volume, p=seg.rel_path: s.execute(
+                delete(Segment).where(Segment.volume == v, Segment.path == p)))
+            if seg.gap_before is not None:
+                # Nothing was recorded after all: the gap this segment ended goes on.
+                self.index.update_gap(seg.gap_before, end_ms=None)
+                self._gap_token, self._gap_reason = seg.gap_before, seg.gap_before_reason
+                self._gap_start = seg.gap_before_start
+            return self.last_end_ms if self.last_end_ms is not None else seg.start_ms
+        end_ms = seg.start_ms + probe.duration_ms
+        self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms, end_ms=end_ms,
+                                  duration_ms=probe.duration_ms, bytes=size, frames=probe.frames,
+                                  keyframes=probe.keyframes, state="growing" if parked else "complete")
+        if not parked:
+            self.segments_written += 1
+            self.bytes_written += size
+        self.last_end_ms = end_ms
+        return end_ms
+
+    def _finish_unfinished(self) -> None:
+        """The volume takes files again: finish the segments a write error left on it, from what is
+        really on the disk now."""
+        waiting, self._unfinished = self._unfinished, []
+        for seg, indexed_end in waiting:
+            path = seg.file.path
+            try:
+                probe = trim_and_probe(path) if path.exists() else None
+                if probe is None:
+                    path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("%s: still cannot finish %s: %s", self.station_id, seg.rel_path, exc)
+                self._unfinished.append((seg, indexed_end))
+                continue
+            if indexed_end is None:
+                if probe is not None:  # unreadable then, readable now: `vms recordings check --repair` indexes it
+                    log.warning("%s: %s is readable again but not indexed", self.station_id, seg.rel_path)
+                continue
+            kept_end = seg.start_ms + (probe.duration_ms if probe is not None else 0)
+            if probe is None:
+                self.index.call(lambda s, v=seg.volume, p=seg.rel_path: s.execute(
+                    delete(Segment).where(Segment.volume == v, Segment.path == p)))
+            else:
+                size = path.stat().st_size
+                self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms, end_ms=kept_end,
+                                          duration_ms=probe.duration_ms, bytes=size, frames=probe.frames,
+                                          keyframes=probe.keyframes, state="complete")
+                self.segments_written += 1
+                self.bytes_written += size
+            if kept_end < indexed_end:
+                # What the page cache showed after the error never reached the disk.
+                self.index.add_closed_gap(self.station_id, kept_end, indexed_end, "disk_error",
+                                          "footage written just before the volume failed did not survive it",
+                                          self.stream)
+            log.warning("%s: finished %s after the volume failed: %.1f s kept of %.1f s", self.station_id,
+                        seg.rel_path, (kept_end - seg.start_ms) / 1000, (indexed_end - seg.start_ms) / 1000)
 
     def _cut(self, pkt: av.Packet) -> _OpenSegment | None:
         seg = self._seg
