@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, case, insert, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -319,7 +319,9 @@ class IndexWriter:
         elif op.kind == "close_online":
             row_id = self._row_id(op.token, new_ids)
             if row_id is not None:
-                s.execute(update(OnlineInterval).where(OnlineInterval.id == row_id).values(end_ms=a["end_ms"]))
+                # Never before its start: the clock may have stepped back while the camera was online.
+                end = case((OnlineInterval.start_ms > a["end_ms"], OnlineInterval.start_ms), else_=a["end_ms"])
+                s.execute(update(OnlineInterval).where(OnlineInterval.id == row_id).values(end_ms=end))
         elif op.kind == "call":
             a["fn"](s)
 
