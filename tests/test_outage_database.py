@@ -95,14 +95,18 @@ def test_postgres_restarts_crash_and_a_minute_down_cost_no_footage(sim, tmp_path
         wait_until(lambda: all(len(segments(database, sid)) >= 2 for sid in STATIONS), 30, "recording")
 
         # 1. A fast restart, then a crash (kill -9 of the postmaster) and a start 3 s later.
+        idle = Database(database.url)  # a pool whose connection waits, unused, through the restarts
+        with idle.session() as s:
+            s.execute(text("select 1"))
         pg.restart()
         time.sleep(2)
         pg.kill9()
         time.sleep(3)
         pg.start()
         # The pool never hands out a connection that died with the server.
-        with database.session() as s:
+        with idle.session() as s:
             assert s.execute(text("select 1")).scalar() == 1
+        idle.dispose()
 
         # 2. Down across a segment cut: the cut's writes (complete + the next segment) wait.
         before = files_on_disk(settings)
