@@ -115,8 +115,8 @@ class StreamRecorder:
         """Footage is not flowing, for this reason: open (or re-reason) the current gap."""
         now = self.clock.now_ms()
         if reason == "stalled" and self._gap_reason == "disk_error" and self._gap_token is not None:
-            # The watchdog counts recorded frames: a recorder that cannot write looks stalled to it.
-            # The disk is why footage is missing.
+            # A recorder that cannot write looks stalled to the watchdog (no footage reaches the disk),
+            # which may reconnect the camera: the disk is still why footage is missing.
             return
         if self._gap_token is not None and self._gap_reason == reason:
             if detail:
