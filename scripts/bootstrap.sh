@@ -12,6 +12,7 @@ SYSTEM_PACKAGES=(
   chromium
   fonts-noto-cjk
   poppler-utils
+  e2fsprogs  # tests: an ext4 footage volume on a loop device that goes read-only (mkfs.ext4, e2fsck)
   python3-venv
   wrk  # scripts/bench_api.py --wrk: a C load generator
   # FFmpeg's C headers, for the native copier (scripts/build_native.py); it links to PyAV's own FFmpeg

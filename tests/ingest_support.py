@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 from sqlalchemy import select
 
-from vms.core.clock import SimulatedClock
+from vms.core.clock import Clock, SimulatedClock
 from vms.core.settings import Settings
 from vms.db.engine import Database
 from vms.db.models import Gap, Segment
@@ -70,10 +70,11 @@ PACKET_LOG_FACTORIES = ["tests.ingest_support:every_packet_log", "tests.ingest_s
 
 class RunningWorker:
     def __init__(self, settings: Settings, db: Database, urls: dict[str, str],
-                 observer_factories: list[str] | None = None) -> None:
+                 observer_factories: list[str] | None = None, clock: Clock | None = None) -> None:
         self.worker = IngestWorker(WorkerSpec(settings, url_overrides=urls, only_stations=set(urls),
                                               reconcile_seconds=3600,
-                                              observer_factories=list(observer_factories or [])), database=db)
+                                              observer_factories=list(observer_factories or [])), database=db,
+                                   clock=clock)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
 
     def __enter__(self) -> RunningWorker:

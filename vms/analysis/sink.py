@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from vms.db.models import ActivityEpisode, ActivityHourly, Fault, Segment, Stati
 
 log = logging.getLogger(__name__)
 HOUR_MS = 3_600_000
+FAILURE_LOG_S = 60.0
 MAX_PENDING = 200_000  # events kept while the database is unreachable; the oldest are dropped beyond
 
 
@@ -51,6 +53,8 @@ class AnalysisSink:
         self.written = 0
         self.dropped = 0
         self.failures = 0
+        self._failing_since: float | None = None
+        self._last_log = 0.0
 
     def submit(self, station_id: str, events: list) -> None:
         keep = [e for e in events if not isinstance(e, Sampled)]
@@ -80,10 +84,20 @@ class AnalysisSink:
                         _apply(s, station_id, event)
             except Exception as exc:  # the database may be down for a while: retry later, in order
                 self.failures += 1
-                log.warning("analysis: could not write %d events (%s); will retry", len(batch), exc)
+                now = time.monotonic()
+                if self._failing_since is None or now - self._last_log >= FAILURE_LOG_S:
+                    # Once, then once a minute while the database stays away (a flush runs every few seconds).
+                    self._failing_since = self._failing_since or now
+                    self._last_log = now
+                    log.warning("analysis: could not write %d events for %.0f s (%s); will retry", len(batch),
+                                now - self._failing_since, exc)
                 with self._lock:
                     self._pending.extendleft(reversed(batch))
                 return 0
+            if self._failing_since is not None:
+                log.warning("analysis: database available again after %.0f s; %d events written",
+                            time.monotonic() - self._failing_since, len(batch))
+                self._failing_since = None
             self.written += len(batch)
             return len(batch)
 

@@ -107,7 +107,10 @@ class IngestWorker:
             threading.Thread(target=self._publish_status_loop, name="status", daemon=True).start()
             self.reconcile(initial=True)
             while not self.stop_event.wait(self.spec.reconcile_seconds):
-                self.reconcile()
+                try:
+                    self.reconcile()
+                except Exception:  # noqa: BLE001 - e.g. the database went away mid-way: try next round
+                    log.exception("reconcile failed; the cameras already recording go on")
         finally:
             # Bounded: a hung camera thread (or an observer it holds a lock of) must not keep the
             # process from exiting; what is not written by the deadline is repaired at the next start.
@@ -212,8 +215,10 @@ class IngestWorker:
         new = [e for sid, e in wanted.items() if sid not in self.sessions and sid not in self._stuck]
         if new:
             # The stopped sessions' last index writes (segment complete, gap) must land before the
-            # new sessions read where their footage ended.
-            self.index.flush()
+            # new sessions read where their footage ended: while the database is away, wait.
+            if not self.index.flush():
+                log.warning("index writes are waiting for the database; %d cameras start later", len(new))
+                return
             ids = [e.station_id for e in new]
             actions = recover_growing(self.db, self.volumes, self.node, ids)
             actions += recover_orphans(self.db, self.volumes, self.settings.tz, self.node, ids, self.clock.now_ms())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +116,47 @@ class SegmentProbe:
     has_audio: bool
 
 
-def probe_segment(path: Path) -> SegmentProbe:
-    """Demux (no decode) a segment to measure it from its own timestamps."""
-    with av.open(str(path)) as c:
+class _Prefix(io.RawIOBase):
+    """The first `length` bytes of a file, read-only: a torn tail that cannot be cut off (the volume is
+    read-only) is not read."""
+
+    def __init__(self, path: Path, length: int) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed with this object
+        self._length = length
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = max(0, min(len(buffer), self._length - self._pos))
+        self._file.seek(self._pos)
+        data = self._file.read(n)
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def probe_segment(path: Path, length: int | None = None) -> SegmentProbe:
+    """Demux (no decode) a segment to measure it from its own timestamps; only its first `length` bytes
+    if given (its playable prefix, when the tail cannot be trimmed)."""
+    source = str(path) if length is None else _Prefix(path, length)
+    with av.open(source, format="mp4" if length is not None else None) as c:
         if not c.streams.video:
             raise ValueError(f"{path}: no video track")
         vs = c.streams.video[0]

@@ -3,8 +3,17 @@
 Camera threads never touch the database: they enqueue operations, which this thread applies in
 order, batched into one short transaction about twice a second. Order matters and is kept: a
 segment's file is fsynced by the camera thread *before* it enqueues `complete_segment`, so a row
-marked complete always describes bytes on disk. If the database is briefly unavailable the queue
-waits and retries; footage keeps going to disk, and crash repair reconciles the rest.
+marked complete always describes bytes on disk.
+
+If the database is unavailable (PostgreSQL restarting or down, the SQLite file locked past its busy
+timeout) the operations wait in memory and are retried with backoff; footage keeps going to disk, and
+when the database answers again the backlog is written in order, in transactions of at most BATCH
+operations. While they wait, they are compacted so that memory grows with the footage written, not with
+time: status rows keep only the latest values per station (they never queue at all), and the progress
+updates of a segment fold into its one waiting insert or update (about 1 KB per segment written while
+the database is down). A killed process loses what was waiting; crash repair (repair.py) indexes those
+files on the next start. An operation the database *refuses* (not an outage) is isolated and dropped
+with a logged error, so that it cannot block the ones after it forever.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +30,8 @@ from typing import Any
 from sqlalchemy import bindparam, case, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from vms.db.engine import Database
@@ -34,6 +45,8 @@ GAP_REASONS = (
     "no_video", "bad_stream", "resolution_changed", "clock_jump", "disk_error", "ingest_stopped",
     "ingest_hung",  # a camera thread (or its worker) stopped making progress; the worker was restarted
 )
+BATCH = 500  # operations per transaction
+OUTAGE_LOG_S = 60.0  # while the database stays away, one log line this often
 
 
 @dataclass
@@ -52,6 +65,12 @@ class IndexWriter:
         self.node = node
         self.flush_interval_s = flush_interval_s
         self._queue: queue.Queue[_Op] = queue.Queue()
+        # Camera status: only the newest values per station matter, so they never queue.
+        self._status_lock = threading.Lock()
+        self._statuses: dict[str, dict[str, Any]] = {}
+        self._backlog: list[_Op] = []  # taken from the queue, not yet committed (writer thread only)
+        self._failing_since: float | None = None
+        self._last_outage_log = 0.0
         self._tokens = itertools.count(1)
         self._ids: dict[int, int] = {}  # token -> row id (gaps and online intervals still in use)
         # (station, stream) -> token of its newest gap, kept by the writer thread: opening a camera's next
@@ -119,7 +138,8 @@ class IndexWriter:
         self._queue.put(_Op("close_fault", dict(station_id=station_id, kind=kind, end_ms=end_ms)))
 
     def put_status(self, station_id: str, **values: Any) -> None:
-        self._queue.put(_Op("status", {"station_id": station_id, "values": values}))
+        with self._status_lock:
+            self._statuses.setdefault(station_id, {}).update(values)
 
     def call(self, fn: Callable[[Session], None]) -> None:
         """Run fn(session) in order with the other operations (for rare, custom writes)."""
@@ -131,6 +151,12 @@ class IndexWriter:
         self._queue.put(_Op("barrier", done=ev))
         return ev.wait(timeout)
 
+    def backlog(self) -> dict[str, int]:
+        """What waits to be written: operations (queued and taken) and stations with a status."""
+        with self._status_lock:
+            statuses = len(self._statuses)
+        return {"ops": self._queue.qsize() + len(self._backlog), "status": statuses}
+
     def stop(self, timeout: float = 30.0) -> None:
         self.flush(timeout)
         self._stop.set()
@@ -138,43 +164,104 @@ class IndexWriter:
 
     # --- the writer thread ---
     def _run(self) -> None:
-        pending: list[_Op] = []
         while True:
-            try:
-                pending.append(self._queue.get(timeout=self.flush_interval_s))
-                deadline_batch = 500
-                while len(pending) < deadline_batch:
-                    pending.append(self._queue.get_nowait())
-            except queue.Empty:
-                pass
-            if pending:
-                if self._apply(pending):
-                    pending = []
-                elif self.failures >= 3:
-                    # Keep failing: find the operation that cannot apply (e.g. a row that an earlier,
-                    # unacknowledged commit already inserted) so it does not block the others.
-                    pending = self._apply_singly(pending)
-                    if pending:
-                        self._stop.wait(min(5.0, 0.2 * 2 ** min(self.failures, 5)))
-                    continue
-                else:
+            self._take()
+            if self._backlog or self._statuses:
+                if not self._write_backlog():
+                    if self._failing_since is not None:
+                        self._compact()
                     self._stop.wait(min(5.0, 0.2 * 2 ** min(self.failures, 5)))
                     continue
-            if self._stop.is_set() and self._queue.empty():
+            if self._stop.is_set() and self._queue.empty() and not self._backlog and not self._statuses:
                 return
 
-    def _apply(self, ops: list[_Op]) -> bool:
-        barriers = [op for op in ops if op.kind == "barrier"]
-        statuses: dict[str, dict] = {}
+    def _take(self) -> None:
+        """Move queued operations to the backlog: wait up to flush_interval_s for the first one when
+        there is nothing to do; take up to BATCH of them normally, and all of them during an outage."""
+        try:
+            if not self._backlog:
+                self._backlog.append(self._queue.get(timeout=self.flush_interval_s))
+            limit = BATCH if self._failing_since is None else None
+            while limit is None or len(self._backlog) < limit:
+                self._backlog.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+
+    def _write_backlog(self) -> bool:
+        """Commit the backlog in order, BATCH operations per transaction; False if the database is
+        unavailable (what is left waits)."""
+        while self._backlog or self._statuses:
+            chunk = self._backlog[:BATCH]
+            with self._status_lock:
+                statuses, self._statuses = self._statuses, {}
+            if self._apply(chunk, statuses):
+                del self._backlog[:len(chunk)]
+                continue
+            unavailable = _unavailable(self.last_error)
+            if unavailable or chunk:
+                with self._status_lock:  # newer values, put meanwhile, win
+                    for station_id, values in statuses.items():
+                        self._statuses[station_id] = {**values, **self._statuses.get(station_id, {})}
+            else:
+                log.error("camera status of %d stations dropped, the database refuses it: %s", len(statuses),
+                          self.last_error)
+            if unavailable:
+                self._note_outage()
+                return False
+            # The database answered and refused an operation (e.g. a row that an earlier commit, whose
+            # answer was lost, already inserted): find it, so that it does not block the others.
+            if not self._apply_singly(len(chunk)):
+                self._note_outage()
+                return False
+        if self._failing_since is not None:
+            log.warning("index: database available again after %.0f s; the waiting operations are written",
+                        time.monotonic() - self._failing_since)
+            self._failing_since = None
+        return True
+
+    def _note_outage(self) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = self._last_outage_log = now
+            log.error("index write failed, will retry (footage keeps being recorded): %s", self.last_error)
+        elif now - self._last_outage_log >= OUTAGE_LOG_S:
+            self._last_outage_log = now
+            log.error("index: database unavailable for %.0f s, %d operations waiting: %s",
+                      now - self._failing_since, len(self._backlog), self.last_error)
+
+    def _compact(self) -> None:
+        """Fold the waiting updates of a row into the waiting operation that inserts or updates it first:
+        later values move earlier, never the other way, so a barrier (flush) still waits for everything
+        enqueued before it. Nothing is folded across a custom call, which may touch any row."""
+        kept: list[_Op] = []
+        first: dict[tuple, _Op] = {}  # row key -> the first waiting operation that writes that row
+        for op in self._backlog:
+            key = _row_key(op)
+            if key is None:
+                if op.kind == "call":
+                    first.clear()
+                kept.append(op)
+                continue
+            target = first.get(key)
+            if target is not None and op.kind in ("update_segment", "update_gap"):
+                values = op.args["values"]
+                if target.kind in ("open_segment", "open_gap"):
+                    target.args.update(values)
+                else:
+                    target.args["values"] = {**target.args["values"], **values}
+                continue
+            first[key] = op
+            kept.append(op)
+        self._backlog = kept
+
+    def _apply(self, ops: list[_Op], statuses: dict[str, dict] | None = None) -> bool:
         new_ids: dict[int, int] = {}
         try:
             with self.db.session() as s:
                 i = 0
                 while i < len(ops):
                     op = ops[i]
-                    if op.kind == "status":
-                        statuses.setdefault(op.args["station_id"], {}).update(op.args["values"])
-                    elif op.kind in ("open_segment", "update_segment"):
+                    if op.kind in ("open_segment", "update_segment"):
                         # Consecutive segment writes of the same shape go as one executemany: building
                         # and compiling a statement per row cost more CPU than the recording itself.
                         j = i + 1
@@ -183,21 +270,22 @@ class IndexWriter:
                         self._segment_batch(s, ops[i:j])
                         i = j
                         continue
-                    elif op.kind != "barrier":
+                    if op.kind != "barrier":
                         self._apply_one(s, op, new_ids)
                     i += 1
-                self._upsert_statuses(s, statuses)
-        except Exception as exc:  # noqa: BLE001 - keep the queue, retry: footage is on disk already
+                if statuses:
+                    self._upsert_statuses(s, statuses)
+        except Exception as exc:  # noqa: BLE001 - keep the operations, retry: footage is on disk already
             self.last_error = exc
             self.failures += 1
-            log.error("index write failed (%d ops, attempt %d), will retry: %s", len(ops), self.failures, exc)
             return False
         self.failures = 0
         self.last_error = None
         self._ids.update(new_ids)
         self._retire_tokens(ops)
-        for op in barriers:
-            op.done.set()
+        for op in ops:
+            if op.kind == "barrier":
+                op.done.set()
         return True
 
     def _retire_tokens(self, ops: list[_Op]) -> None:
@@ -215,17 +303,17 @@ class IndexWriter:
                 if previous is not None:
                     self._ids.pop(previous, None)
 
-    def _apply_singly(self, ops: list[_Op]) -> list[_Op]:
-        """Apply operations one by one; drop one the database rejects as invalid (logged), stop at the
-        first that fails for another reason (the database is down) and return it with the rest."""
-        for i, op in enumerate(ops):
-            if self._apply([op]):
-                continue
-            if isinstance(self.last_error, IntegrityError):
-                log.error("index operation %s dropped: %s", op.kind, self.last_error)
-                continue
-            return ops[i:]
-        return []
+    def _apply_singly(self, count: int) -> bool:
+        """Apply the first `count` waiting operations one by one; drop (logged) one the database refuses;
+        False, with the rest still waiting, at the first that fails because the database went away."""
+        for _ in range(count):
+            op = self._backlog[0]
+            if not self._apply([op]) and _unavailable(self.last_error):
+                return False
+            if self.last_error is not None:
+                log.error("index operation %s dropped, the database refuses it: %s", op.kind, self.last_error)
+            del self._backlog[0]
+        return True
 
     def _row_id(self, token: int | None, new_ids: dict[int, int]) -> int | None:
         if token is None:
@@ -263,7 +351,9 @@ class IndexWriter:
         elif op.kind == "close_online":
             row_id = self._row_id(op.token, new_ids)
             if row_id is not None:
-                s.execute(update(OnlineInterval).where(OnlineInterval.id == row_id).values(end_ms=a["end_ms"]))
+                # Never before its start: the clock may have stepped back while the camera was online.
+                end = case((OnlineInterval.start_ms > a["end_ms"], OnlineInterval.start_ms), else_=a["end_ms"])
+                s.execute(update(OnlineInterval).where(OnlineInterval.id == row_id).values(end_ms=end))
         elif op.kind == "open_fault":
             open_row = s.scalar(select(Fault.id).where(
                 Fault.station_id == a["station_id"], Fault.kind == a["kind"], Fault.end_ms.is_(None)).limit(1))
@@ -292,6 +382,25 @@ class IndexWriter:
                 stmt = self._statements[("status", keys)] = ins.on_conflict_do_update(
                     index_elements=["station_id"], set_={k: ins.excluded[k] for k in keys if k != "station_id"})
             s.execute(stmt, rows)
+
+
+def _unavailable(exc: BaseException | None) -> bool:
+    """Whether an error means the database cannot be reached or used right now (down, restarting,
+    connection lost, SQLite file locked) rather than that it refused the statement."""
+    if isinstance(exc, (OperationalError, PoolTimeoutError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _row_key(op: _Op) -> tuple | None:
+    """The row an operation writes, for operations that may be folded together while they wait."""
+    if op.kind == "open_segment":
+        return ("segment", op.args["volume"], op.args["path"])
+    if op.kind == "update_segment":
+        return ("segment", op.args["volume"], op.args["path"])
+    if op.kind in ("open_gap", "update_gap") and op.token is not None:
+        return ("gap", op.token)
+    return None
 
 
 def _shape(op: _Op) -> tuple:

@@ -4,10 +4,14 @@ Time (see docs/design/time.md): within one connection a segment's wall start is 
 receive clock, and everything after it advances by the stream's own timestamps, made monotonic
 (a missing, repeated, backwards or huge dts step counts as one frame). Consecutive segments of a
 connection are therefore contiguous. Each segment's wall length is its media length slewed toward
-the receive clock by at most 0.5 %, so a drifting camera clock never opens a hole or an overlap;
-a divergence beyond `resync_ms` (a camera clock reset) re-anchors the next segment on the receive
-clock, with a `clock_jump` gap if that leaves a hole. A new segment never starts before the
-previous one ends, so segments of one camera never overlap and never have negative length.
+the receive clock by at most 0.5 %, so a drifting camera clock never opens a hole or an overlap.
+When the receive clock runs more than RESYNC_MS ahead of the footage (a camera clock reset, or the
+machine's clock stepped forward), the next segment is re-anchored on it, with a `clock_jump` gap for
+the hole. When it runs more than RESYNC_MS behind (the machine's clock stepped back), segments catch
+up instead: each one's wall length is half its media length until the footage is back within
+RESYNC_MS of the clock. A new segment never starts before the previous one ends, so segments of one
+camera never overlap and never have negative length; a divergence is noticed within a status
+interval and cuts the segment at the next keyframe.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from sqlalchemy import delete
 
 from vms.core.clock import Clock
 from vms.db.models import Segment
+from vms.recording.fmp4 import playable_length, probe_segment
 from vms.recording.h26x import parameter_sets_annexb
 from vms.recording.index import IndexWriter
 from vms.recording.layout import segment_rel_path
@@ -35,6 +40,7 @@ SUPPORTED_VIDEO = ("h264", "hevc")
 MP4_AUDIO = ("aac", "mp3", "opus", "alac", "flac")
 MAX_SLEW = 0.005
 RESYNC_MS = 10_000
+CATCH_UP = 2  # while footage runs ahead of the receive clock, its wall time advances at 1/CATCH_UP speed
 MAX_STEP_S = 5.0  # a dts step larger than this within one connection is a camera clock jump
 # The burst of packets buffered during connect is over well within this much stream time; after it,
 # a segment's start is no longer pulled back (and the native copier may take over).
@@ -56,6 +62,14 @@ class _OpenSegment:
     gap_before_reason: str | None = None
     gap_before_start: int = 0
     published_start_ms: int = 0
+    catch_up: bool = False  # filed at 1/CATCH_UP wall speed (the receive clock stepped back)
+    # Wall ms after the start of stream position rel: (rel * tb_num * 1000 + wall_half) // wall_den.
+    tb_num: int = 1
+    wall_den: int = 1000
+    wall_half: int = 500
+
+    def wall_ms(self, rel: int) -> int:
+        return (rel * self.tb_num * 1000 + self.wall_half) // self.wall_den
 
 
 class StreamRecorder:
@@ -81,7 +95,6 @@ class StreamRecorder:
         self._video: av.video.stream.VideoStream | None = None
         self._audio: av.audio.stream.AudioStream | None = None
         self._tb_num, self._tb_den = 1, 90000
-        self._half_den = 45000
         self._segment_ticks = int(segment_seconds * 90000)
         self._max_step_ticks = int(MAX_STEP_S * 90000)
         self._pullback_ticks = int(PULLBACK_S * 90000)
@@ -92,6 +105,10 @@ class StreamRecorder:
         self._force_cut = False
         self._video_parameters: dict | None = None
         self._disk_retry_at = 0.0
+        self._catching_up = False
+        # Segments a write error left on a volume that could not be written then: (segment, the end its
+        # row was given, or None if it has no row).
+        self._unfinished: list[tuple[_OpenSegment, int | None]] = []
         self.segments_written = 0
         self.bytes_written = 0
 
@@ -99,6 +116,10 @@ class StreamRecorder:
     def note_failure(self, reason: str, detail: str | None = None) -> None:
         """Footage is not flowing, for this reason: open (or re-reason) the current gap."""
         now = self.clock.now_ms()
+        if reason == "stalled" and self._gap_reason == "disk_error" and self._gap_token is not None:
+            # A recorder that cannot write looks stalled to the watchdog (no footage reaches the disk),
+            # which may reconnect the camera: the disk is still why footage is missing.
+            return
         if self._gap_token is not None and self._gap_reason == reason:
             # A camera that keeps failing the same way (every few seconds through a long outage)
             # writes nothing more.
@@ -161,7 +182,6 @@ class StreamRecorder:
                      self.station_id, audio.codec_context.name)
         # Integer arithmetic per packet (Fractions cost more than the mux itself).
         self._tb_num, self._tb_den = video.time_base.numerator, video.time_base.denominator
-        self._half_den = self._tb_den // 2
         rate = video.average_rate or video.guessed_rate or 15
         self._frame_ticks = max(1, round(self._tb_den / (float(rate) * self._tb_num)))
         self._segment_ticks = int(self.segment_seconds * self._tb_den / self._tb_num)
@@ -236,7 +256,7 @@ class StreamRecorder:
         seg.frames += 1
         if key:
             seg.keyframes += 1
-        return seg.start_ms + (rel * self._tb_num * 1000 + self._half_den) // self._tb_den
+        return seg.start_ms + (rel * self._tb_num * 1000 + seg.wall_half) // seg.wall_den
 
     def audio_packet(self, pkt: av.Packet) -> None:
         seg = self._seg
@@ -275,7 +295,7 @@ class StreamRecorder:
         self._last_dts = copier.last_dts
         seg = self._seg
         seg.frames += copier.copied
-        start, to_ms = seg.start_ms, self._ticks_to_ms
+        start, to_ms = seg.start_ms, seg.wall_ms
         kept = [(pkt, start + to_ms(rel)) for pkt, rel in copier.kept()] if copier.keep else None
         return start + to_ms(copier.first_rel), start + to_ms(copier.last_rel), kept
 
@@ -289,12 +309,15 @@ class StreamRecorder:
         except OSError as exc:
             self._disk_failure(exc)
 
-    def _start_segment(self, pkt: av.Packet, start_ms: int | None = None, first: bool = True) -> _OpenSegment | None:
+    def _start_segment(self, pkt: av.Packet, start_ms: int | None = None, first: bool = True,
+                       catch_up: bool = False) -> _OpenSegment | None:
         if start_ms is None:
             now = self.clock.now_ms()
             start_ms = now if self.last_end_ms is None else max(now, self.last_end_ms)
             if self._gap_token is not None:
                 start_ms = max(start_ms, self._gap_start)
+            # Footage already filed ahead of the clock (it stepped back): never before its end.
+            catch_up = start_ms - now > RESYNC_MS
         while True:
             rel_path = segment_rel_path(self.station_id, start_ms, self.tz, self.stream)
             try:
@@ -307,9 +330,12 @@ class StreamRecorder:
             except OSError as exc:
                 self._disk_failure(exc)  # the open gap stays open (or becomes a disk_error gap)
                 return None
+        if self._unfinished:
+            self._finish_unfinished()
         # Only now that footage is on its way does the gap before it end.
         gap_token, gap_reason, gap_start = self._gap_token, self._gap_reason, self._gap_start
         self._close_gap(start_ms)
+        wall_den = self._tb_den * (CATCH_UP if catch_up else 1)
         vctx = self._video.codec_context
         width, height = vctx.width or None, vctx.height or None
         if self._video_parameters:
@@ -317,7 +343,16 @@ class StreamRecorder:
         self._seg = _OpenSegment(f, self.volume, rel_path, start_ms, self._pos,
                                  audio_base=float((pkt.dts if pkt.dts is not None else pkt.pts) * pkt.time_base),
                                  first_of_connection=first, gap_before=gap_token, gap_before_reason=gap_reason,
-                                 gap_before_start=gap_start, published_start_ms=start_ms)
+                                 gap_before_start=gap_start, published_start_ms=start_ms, catch_up=catch_up,
+                                 tb_num=self._tb_num, wall_den=wall_den, wall_half=wall_den // 2)
+        if catch_up != self._catching_up:
+            self._catching_up = catch_up
+            if catch_up:
+                log.warning("%s: footage runs %.0f s ahead of the clock (it stepped back?): filed at 1/%d speed "
+                            "until it is within %d s", self.station_id, (start_ms - self.clock.now_ms()) / 1000,
+                            CATCH_UP, RESYNC_MS // 1000)
+            else:
+                log.warning("%s: footage caught up with the clock", self.station_id)
         self.index.open_segment(
             station_id=self.station_id, stream=self.stream, volume=self.volume, path=rel_path,
             start_ms=start_ms, end_ms=start_ms, duration_ms=0, bytes=0, codec=vctx.name,
@@ -340,10 +375,14 @@ class StreamRecorder:
         expected_end = seg.start_ms + media_ms
         now = self.clock.now_ms()
         err = now - expected_end
-        if err < -RESYNC_MS:
-            # The camera's clock runs far ahead of ours: this segment's wall span ends now, so
-            # footage is never filed in the future.
-            end_ms = max(seg.start_ms, now)
+        if seg.catch_up:
+            # Filed at 1/CATCH_UP speed, as its packets' wall times said; it may end later, up to where
+            # the clock is (the footage has caught up), never shorter.
+            end_ms = max(seg.start_ms + seg.wall_ms(media_ticks), min(now, expected_end))
+        elif err < -RESYNC_MS:
+            # The footage runs far ahead of the receive clock (the clock stepped back): this segment
+            # keeps the wall times its packets were given; the next ones catch up (_cut).
+            end_ms = expected_end
         elif err > RESYNC_MS:
             end_ms = expected_end  # far behind: _cut re-anchors the next segment with a clock_jump gap
         else:
@@ -354,27 +393,7 @@ class StreamRecorder:
             size = seg.file.close()
         except Exception as exc:  # noqa: BLE001 - any failure: keep what reached the disk, measured
             log.error("%s: closing %s failed: %s", self.station_id, seg.rel_path, exc)
-            seg.file.abandon()
-            try:
-                probe = trim_and_probe(seg.file.path) if seg.file.path.exists() else None
-            except OSError as probe_exc:  # e.g. the filesystem went read-only: leave it for repair
-                log.error("%s: cannot measure %s: %s", self.station_id, seg.rel_path, probe_exc)
-                return self.last_end_ms if self.last_end_ms is not None else seg.start_ms
-            if probe is None:
-                seg.file.path.unlink(missing_ok=True)
-                self.index.call(lambda s, v=seg.volume, p=seg.rel_path: s.execute(
-                    delete(Segment).where(Segment.volume == v, Segment.path == p)))
-                if seg.gap_before is not None:
-                    # Nothing was recorded after all: the gap this segment ended goes on.
-                    self.index.update_gap(seg.gap_before, end_ms=None)
-                    self._gap_token, self._gap_reason = seg.gap_before, seg.gap_before_reason
-                    self._gap_detail = None
-                    self._gap_start = seg.gap_before_start
-                return self.last_end_ms if self.last_end_ms is not None else seg.start_ms
-            media_ms = probe.duration_ms
-            end_ms = seg.start_ms + media_ms
-            size = seg.file.path.stat().st_size
-            seg.frames, seg.keyframes = probe.frames, probe.keyframes
+            return self._keep_what_reached_disk(seg, durable=seg.file.abandon())
         self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms, end_ms=end_ms,
                                   duration_ms=media_ms, bytes=size, frames=seg.frames,
                                   keyframes=seg.keyframes, state="complete")
@@ -383,18 +402,105 @@ class StreamRecorder:
         self.last_end_ms = end_ms
         return end_ms
 
+    def _keep_what_reached_disk(self, seg: _OpenSegment, durable: bool) -> int:
+        """After a failed write: index the playable part of the segment as complete, or remove it if
+        there is none. On a volume that cannot be written now (read-only after a disk error: the torn
+        tail cannot be cut off, and what was not fsynced may never reach the disk), the playable part
+        is measured without writing and indexed as still `growing`, never complete; it is finished once
+        the volume takes a new segment again (or by crash repair), and what did not survive becomes a
+        disk_error gap then. Returns where footage ends."""
+        path = seg.file.path
+        parked = not durable
+        try:
+            if parked:
+                raise OSError("its data could not be synced to the disk")
+            probe = trim_and_probe(path) if path.exists() else None
+            if probe is None:
+                path.unlink(missing_ok=True)
+            size = path.stat().st_size if probe is not None else 0
+        except OSError as exc:
+            log.error("%s: cannot finish %s now (%s); it is finished when the volume can be written again",
+                      self.station_id, seg.rel_path, exc)
+            parked = True
+            try:
+                size = playable_length(path)
+                probe = probe_segment(path, size) if size else None
+            except Exception as probe_exc:  # noqa: BLE001 - unreadable too: nothing is indexed as playable
+                log.error("%s: cannot read %s: %s", self.station_id, seg.rel_path, probe_exc)
+                probe = None
+            if probe is not None and probe.frames == 0:
+                probe = None
+            self._unfinished.append((seg, seg.start_ms + probe.duration_ms if probe is not None else None))
+        if probe is None:
+            self.index.call(lambda s, v=seg.volume, p=seg.rel_path: s.execute(
+                delete(Segment).where(Segment.volume == v, Segment.path == p)))
+            if seg.gap_before is not None:
+                # Nothing was recorded after all: the gap this segment ended goes on.
+                self.index.update_gap(seg.gap_before, end_ms=None)
+                self._gap_token, self._gap_reason = seg.gap_before, seg.gap_before_reason
+                self._gap_detail = None
+                self._gap_start = seg.gap_before_start
+            return self.last_end_ms if self.last_end_ms is not None else seg.start_ms
+        end_ms = seg.start_ms + probe.duration_ms
+        self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms, end_ms=end_ms,
+                                  duration_ms=probe.duration_ms, bytes=size, frames=probe.frames,
+                                  keyframes=probe.keyframes, state="growing" if parked else "complete")
+        if not parked:
+            self.segments_written += 1
+            self.bytes_written += size
+        self.last_end_ms = end_ms
+        return end_ms
+
+    def _finish_unfinished(self) -> None:
+        """The volume takes files again: finish the segments a write error left on it, from what is
+        really on the disk now."""
+        waiting, self._unfinished = self._unfinished, []
+        for seg, indexed_end in waiting:
+            path = seg.file.path
+            try:
+                probe = trim_and_probe(path) if path.exists() else None
+                if probe is None:
+                    path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("%s: still cannot finish %s: %s", self.station_id, seg.rel_path, exc)
+                self._unfinished.append((seg, indexed_end))
+                continue
+            if indexed_end is None:
+                if probe is not None:  # unreadable then, readable now: `vms recordings check --repair` indexes it
+                    log.warning("%s: %s is readable again but not indexed", self.station_id, seg.rel_path)
+                continue
+            kept_end = seg.start_ms + (probe.duration_ms if probe is not None else 0)
+            if probe is None:
+                self.index.call(lambda s, v=seg.volume, p=seg.rel_path: s.execute(
+                    delete(Segment).where(Segment.volume == v, Segment.path == p)))
+            else:
+                size = path.stat().st_size
+                self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms, end_ms=kept_end,
+                                          duration_ms=probe.duration_ms, bytes=size, frames=probe.frames,
+                                          keyframes=probe.keyframes, state="complete")
+                self.segments_written += 1
+                self.bytes_written += size
+            if kept_end < indexed_end:
+                # What the page cache showed after the error never reached the disk.
+                self.index.add_closed_gap(self.station_id, kept_end, indexed_end, "disk_error",
+                                          "footage written just before the volume failed did not survive it",
+                                          self.stream)
+            log.warning("%s: finished %s after the volume failed: %.1f s kept of %.1f s", self.station_id,
+                        seg.rel_path, (kept_end - seg.start_ms) / 1000, (indexed_end - seg.start_ms) / 1000)
+
     def _cut(self, pkt: av.Packet) -> _OpenSegment | None:
         seg = self._seg
         end_ms = self._finish(seg, self._pos - seg.start_pos)
         now = self.clock.now_ms()
         start_ms = end_ms
         if now - end_ms > RESYNC_MS:
-            # The stream's clock fell far behind the receive clock (camera clock reset): re-anchor.
+            # The stream's clock fell far behind the receive clock (a camera clock reset, or the machine's
+            # clock stepped forward): re-anchor.
             self.index.add_closed_gap(self.station_id, end_ms, now, "clock_jump",
                                       f"stream time {round((now - end_ms) / 1000)} s behind the receive clock",
                                       self.stream)
             start_ms = now
-        return self._start_segment(pkt, start_ms, first=False)
+        return self._start_segment(pkt, start_ms, first=False, catch_up=end_ms - now > RESYNC_MS)
 
     def change_parameters(self, keyframe: av.Packet) -> tuple[int, int]:
         """The camera changed resolution (new SPS) at this keyframe: later segments of this
@@ -418,10 +524,15 @@ class StreamRecorder:
             return
         self._publish_start(seg)
         media_ticks = self._pos - seg.start_pos
-        self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms,
-                                  end_ms=seg.start_ms + self._ticks_to_ms(media_ticks),
+        wall_end = seg.start_ms + seg.wall_ms(media_ticks)
+        self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms, end_ms=wall_end,
                                   duration_ms=self._ticks_to_ms(media_ticks), bytes=seg.file.size(),
                                   frames=seg.frames, keyframes=seg.keyframes)
+        # The receive clock is read here, not per packet: if it stepped (NTP) or the stream stopped
+        # advancing, cut at the next keyframe, where _cut re-anchors or starts catching up.
+        off = self.clock.now_ms() - wall_end
+        if off > RESYNC_MS or (off < -RESYNC_MS and not seg.catch_up and not seg.first_of_connection):
+            self._force_cut = True
 
     def end(self, reason: str, detail: str | None = None) -> None:
         """The connection is over: finish the open segment and open a gap with the reason."""

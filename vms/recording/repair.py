@@ -83,9 +83,14 @@ def recover_growing(db: Database, volumes: VolumeSet, node: str, station_ids: li
                 s.delete(row)
                 actions.append(RepairAction("row_without_file", row.volume, row.path, "growing row, no file", True))
                 continue
-            probe = trim_and_probe(path)
+            try:
+                probe = trim_and_probe(path)
+                if probe is None:
+                    path.unlink(missing_ok=True)
+            except OSError as exc:  # e.g. a read-only volume: left growing, for a later run
+                actions.append(RepairAction("unreadable", row.volume, row.path, f"cannot finish it now: {exc}"))
+                continue
             if probe is None:
-                path.unlink(missing_ok=True)
                 s.delete(row)
                 actions.append(RepairAction("removed_empty", row.volume, row.path, "no complete fragment", True))
                 continue

@@ -124,10 +124,12 @@ class SegmentFile:
             raise OSError(f"{self.path.name}: incomplete after close (disk full?)")
         return size
 
-    def abandon(self) -> None:
-        """Close without caring about errors (the camera failed mid-write); what is on disk stays."""
+    def abandon(self) -> bool:
+        """Close without caring about errors (the camera failed mid-write); what is on disk stays.
+        Returns whether it is durable: False when the fsync failed (the file system went read-only
+        after an error, and what the page cache still shows may never reach the disk)."""
         if self._closed:
-            return
+            return True
         self._closed = True
         try:
             self._container.close()
@@ -135,5 +137,8 @@ class SegmentFile:
             pass
         try:
             os.fsync(self._fd)
+        except OSError:
+            return False
         finally:
             os.close(self._fd)
+        return True

@@ -5,6 +5,7 @@ This module is the one place that turns a segment row (volume, relative path) in
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from dataclasses import dataclass
@@ -49,8 +50,13 @@ class VolumeSet:
         return p
 
     def mark(self, volume: str) -> None:
-        """Create the volume's root and its marker file (done when recording starts writing there)."""
+        """Create the volume's root and its marker file (done when recording starts writing there).
+        Once marked, a volume whose marker is gone is refused: its disk was unmounted, and footage
+        written to the bare mount point would vanish under the disk when it is mounted again."""
         if volume in self._marked:
+            if not (self.root(volume) / MARKER).exists():
+                raise OSError(errno.ENODEV, f"volume {volume!r} is not available (its {MARKER} marker is gone: "
+                                            "unmounted?)", str(self.root(volume)))
             return
         root = self.root(volume)
         root.mkdir(parents=True, exist_ok=True)
