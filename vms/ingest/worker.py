@@ -42,7 +42,7 @@ class WorkerSpec:
     # "module:function" names of ObserverFactoryMaker functions (analysis, live relay...), so that
     # ingest needs no import of the layers above it.
     observer_factories: list[str] = field(default_factory=list)
-    reconcile_seconds: float = 15.0
+    reconcile_seconds: float | None = None  # None: settings.ingest.reconcile_seconds
     supervisor_pid: int | None = None
 
 
@@ -82,7 +82,7 @@ class IngestWorker:
             publisher.start()
             StallWatchdog(lambda: [sess for _e, sess in list(self.sessions.values())],
                           self.settings.ingest.stall_seconds, self.stop_event, self.clock).start()
-            while not self.stop_event.wait(self.spec.reconcile_seconds):
+            while not self.stop_event.wait(self.spec.reconcile_seconds or self.settings.ingest.reconcile_seconds):
                 self.reconcile()
         finally:
             self._stop_sessions(list(self.sessions))
@@ -115,6 +115,7 @@ class IngestWorker:
         # a second recorder for that camera until it has.
         self._stuck = {sid: t for sid, t in self._stuck.items() if t.is_alive()}
         new = [e for sid, e in wanted.items() if sid not in self.sessions and sid not in self._stuck]
+        log.debug("reconcile: %d cameras wanted, %d stopped, %d to start", len(wanted), len(gone), len(new))
         if new:
             # The stopped sessions' last index writes (segment complete, gap) must land before the
             # new sessions read where their footage ended.
@@ -154,7 +155,8 @@ class IngestWorker:
             sid, self.volumes, self.settings.tz, self.index, self.clock, self.settings.ingest.segment_seconds,
             last_end_ms=last[0] if last else None, previous_volume=last[1] if last else None)
         recorder.start_run(tuple(open_gap) if open_gap else None)
-        observers = [KeyframeCacheObserver(self.settings.data_dir, sid)]
+        observers = [KeyframeCacheObserver(self.settings.data_dir, sid,
+                                           idle_interval_s=self.settings.ingest.snapshot_keyframe_seconds)]
         for factory in self._factories:
             try:
                 obs = factory(sid)
