@@ -307,12 +307,14 @@ def process_roles(serve_pid: int, log_text: str) -> dict[str, psutil.Process]:
 
 
 def sample_processes(serve_pid: int, log_text: str) -> dict[str, dict]:
-    """RSS (bytes), open fds and threads of every process of the run, by role."""
+    """RSS (bytes), open fds, threads and CPU seconds used so far of every process of the run, by role."""
     out = {}
     for role, p in process_roles(serve_pid, log_text).items():
         try:
             with p.oneshot():
-                out[role] = {"pid": p.pid, "rss": p.memory_info().rss, "fds": p.num_fds(), "threads": p.num_threads()}
+                cpu = p.cpu_times()
+                out[role] = {"pid": p.pid, "rss": p.memory_info().rss, "fds": p.num_fds(), "threads": p.num_threads(),
+                             "cpu_s": round(cpu.user + cpu.system, 2)}
         except psutil.Error:
             continue
     return out
