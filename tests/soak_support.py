@@ -155,9 +155,12 @@ def start_serve(root: Path, settings: dict, cameras: int, ready_timeout: float =
 class ApiClient:
     """The admin's calls, logging in again when the session expires (the soak shortens sessions)."""
 
-    def __init__(self, base: str, timeout: float = 30) -> None:
+    def __init__(self, base: str, timeout: float = 30, keepalive: bool = True) -> None:
+        """keepalive=False for calls seconds apart: a connection reused just as uvicorn closes it after its
+        5 s keep-alive is reset (the client's race, not the server's), and a POST is not retried."""
         self.base = base
-        self.http = httpx.Client(base_url=base, timeout=timeout)
+        limits = httpx.Limits() if keepalive else httpx.Limits(max_keepalive_connections=0)
+        self.http = httpx.Client(base_url=base, timeout=timeout, limits=limits)
         self.token: str | None = None
         self.logins = 0
         self.expired = 0  # 401 "session expired" answers, each followed by a new login

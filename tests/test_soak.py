@@ -115,7 +115,7 @@ class ClientActivity(threading.Thread):
 
     def __init__(self, base: str, data_dir: Path, stations: list[str], start_ms: int, soak_s: float) -> None:
         super().__init__(name="soak-activity", daemon=True)
-        self.client = ApiClient(base)
+        self.client = ApiClient(base, keepalive=False)
         self.base, self.data_dir, self.stations, self.start_ms = base, data_dir, stations, start_ms
         self.problems: list[str] = []
         self.playbacks: list[tuple[str, int]] = []  # (id, made at ms)
