@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 
 import pytest
@@ -216,3 +218,34 @@ def test_login_and_station_list_on_each_database(any_db, settings, clock):
         r = client.get("/api/stations/pingshan-town/timeline?start=2025-12-31T00:00&end=2025-12-31T12:00",
                        headers=headers)
         assert r.status_code == 200 and r.json()["recorded"] == []
+
+
+def test_a_write_is_committed_before_its_answer_is_sent(api, db):
+    """A client may act on an answer at once: the session a login created (and every other write made
+    through the request's database session) must be committed before the response leaves. The soak saw
+    a token refused as unknown right after its login, when the commit came after the answer."""
+    app = api.app
+    seen: dict = {}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b'{"username": "op", "password": "%s"}' % PASSWORD.encode(),
+                "more_body": False}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            seen["status"] = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            # The client has the whole answer now: its token must already be in the database.
+            token = json.loads(seen.get("body", b"") + message["body"])["token"]
+            with db.session() as s:
+                seen["stored"] = s.scalar(select(AuthToken.id).where(AuthToken.token_hash == token_hash(token)))
+        elif message["type"] == "http.response.body":
+            seen["body"] = seen.get("body", b"") + message["body"]
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/auth/login", "raw_path": b"/api/auth/login", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"host", b"testserver")],
+             "client": ("127.0.0.1", 5000), "server": ("testserver", 80), "state": {}}
+    asyncio.run(app(scope, receive, send))
+    assert seen["status"] == 200
+    assert seen["stored"] is not None, "the answer left before the login's session was committed"

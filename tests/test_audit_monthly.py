@@ -3,7 +3,7 @@ the scheduled jobs (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -155,3 +155,20 @@ def test_scheduled_jobs(catalog_db, month_settings):  # noqa: F811
     with pytest.raises(AuditBusyError, match="another audit is running"):
         run_daily_audit(month_settings, catalog_db, clock)
     lease.release()
+
+
+def test_daily_audit_on_a_shortened_schedule(catalog_db, month_settings):  # noqa: F811
+    """audit.daily_every_minutes replaces the 01:00 cron by an interval (used by the soak test)."""
+    settings = month_settings.model_copy(deep=True)
+    settings.audit.daily_every_minutes = 0.5
+    sched = BackgroundScheduler(timezone="UTC")
+    clock = SimulatedClock(L("2026-03-01 00:30"))
+    daily, _monthly = register_audit_jobs(sched, settings, catalog_db, clock)
+    sched.start(paused=True)
+    try:
+        now = datetime.fromtimestamp(clock.now_ms() / 1000, settings.tz)
+        first = daily.trigger.get_next_fire_time(None, now)
+        second = daily.trigger.get_next_fire_time(first, first)
+        assert (second - first).total_seconds() == 30
+    finally:
+        sched.shutdown(wait=False)

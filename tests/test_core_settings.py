@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vms.core.clock import SimulatedClock
 from vms.core.errors import ConfigError
-from vms.core.settings import load_settings
+from vms.core.settings import Settings, load_settings
 
 
 def _load(tmp_path: Path, text: str | None, env: dict | None = None):
@@ -83,3 +85,26 @@ def test_simulated_clock_moves_only_when_told():
     assert c.now_ms() == 3500 and c.monotonic() == 2.5
     with pytest.raises(ValueError):
         c.set(10)
+
+
+def test_commented_defaults_in_the_example_config_are_the_real_defaults():
+    """config/vms.yaml shows every key commented with its default: uncommented, the file must validate and
+    give the embedded defaults (a shortened soak interval or a stale value shown there would mislead)."""
+    text = (Path(__file__).resolve().parents[1] / "config" / "vms.yaml").read_text(encoding="utf-8")
+    shown = [re.sub(r"^# ?", "", line).split(" #")[0] for line in text.splitlines()
+             if line.startswith("#   ") or re.match(r"^# [a-z_]+:", line)]
+    data = yaml.safe_load("\n".join(shown))
+    assert {"ingest", "retention", "api", "analysis", "audit", "live"} <= set(data)
+    assert Settings.model_validate(data).model_dump(mode="json") == Settings().model_dump(mode="json")
+
+
+def test_interval_settings_are_validated(tmp_path):
+    path = tmp_path / "vms.yaml"
+    path.write_text("ingest:\n  reconcile_seconds: 0\naudit:\n  daily_every_minutes: -1\n"
+                    "analysis:\n  calibration_reload_seconds: 0\napi:\n  maintenance_interval_seconds: 0\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, env={})
+    text = str(exc.value)
+    for key in ("ingest.reconcile_seconds", "audit.daily_every_minutes", "analysis.calibration_reload_seconds",
+                "api.maintenance_interval_seconds"):
+        assert key in text, text

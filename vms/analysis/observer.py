@@ -238,15 +238,16 @@ class StationAnalysisObserver:
             finally:
                 self._lock.release()
             write_look(self.look_file, text)
+            log.debug("analysis %s: learned look saved", self.station_id)
         except OSError as exc:
             self._error("saving the learned look", exc)
 
 
 class AnalysisObserverFactory:
     """Made once per ingest worker: observer per station, one sink, one thread that flushes the sink
-    every few seconds, raises signal_lost for cameras that stay away and picks up calibration edits."""
+    every few seconds, raises signal_lost for cameras that stay away and picks up calibration edits
+    (every analysis.calibration_reload_seconds)."""
 
-    CALIBRATION_RELOAD_S = 60.0
     # At a stop, how long to wait for the analysis thread and for each observer's lock: a camera thread
     # stuck while holding its observer (the worker stops because it hung) must not use up the worker's
     # whole stop deadline (ingest.stop_seconds) and keep the other stations' looks and events unsaved.
@@ -319,10 +320,11 @@ class AnalysisObserverFactory:
             observers = list(self.observers.values())
         for ob in observers:
             ob.tick(now)
-        if time.monotonic() - self._last_reload >= self.CALIBRATION_RELOAD_S:
+        if time.monotonic() - self._last_reload >= self.settings.analysis.calibration_reload_seconds:
             self._last_reload = time.monotonic()
             self._reload_calibration()
-        self.sink.flush()
+        written = self.sink.flush()
+        log.debug("analysis tick: %d cameras, %d events written", len(observers), written)
 
     def _reload_calibration(self) -> None:
         ids = list(self.observers)
@@ -335,9 +337,10 @@ class AnalysisObserverFactory:
         except Exception as exc:
             log.warning("analysis: cannot reload calibration: %s", exc)
             return
-        for sid, raw, updated in rows:
-            if (updated or 0) == self._calibration_seen.get(sid):
-                continue
+        changed = [(sid, raw, updated) for sid, raw, updated in rows
+                   if (updated or 0) != self._calibration_seen.get(sid)]
+        log.debug("analysis: calibration reloaded for %d stations, %d changed", len(rows), len(changed))
+        for sid, raw, updated in changed:
             self._calibration_seen[sid] = updated or 0
             try:
                 self.observers[sid].set_calibration(parse_calibration(raw, f"station {sid} calibration"))

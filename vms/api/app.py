@@ -21,8 +21,6 @@ from vms.db.engine import Database
 
 log = logging.getLogger(__name__)
 
-MAINTENANCE_INTERVAL_S = 300.0
-
 
 def serve_app(app: FastAPI, host: str, port: int, log_level: str,
               on_stop_signal: Callable[[], None] | None = None) -> None:
@@ -109,7 +107,7 @@ def _optional_routers() -> list:
 
 
 async def _maintenance_loop(ctx: ApiContext) -> None:
-    """Expire old exports and playback files now and then."""
+    """Expire old exports and playback files every api.maintenance_interval_seconds."""
     from vms.api import maintenance
 
     try:
@@ -121,7 +119,7 @@ async def _maintenance_loop(ctx: ApiContext) -> None:
             await run_in_threadpool(maintenance.run, ctx)
         except Exception:  # keep the loop alive; the next round retries
             log.exception("API maintenance failed")
-        await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+        await asyncio.sleep(ctx.settings.api.maintenance_interval_seconds)
 
 
 def _shutdown(ctx: ApiContext) -> None:

@@ -32,7 +32,10 @@ def get_session(ctx: Ctx) -> Iterator[Session]:
         yield s
 
 
-DbSession = Annotated[Session, Depends(get_session)]
+# scope="function": the session commits when the handler returns, before the answer is sent. With the
+# default ("request") the commit came after the answer, and a client acting on it at once could miss the
+# write (the soak saw a token refused as unknown right after its login).
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def client_address(request: Request) -> str:

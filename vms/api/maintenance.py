@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from vms.api import exports, playback
 from vms.api.context import ApiContext
+
+log = logging.getLogger(__name__)
 
 
 def startup(ctx: ApiContext) -> None:
@@ -11,5 +15,6 @@ def startup(ctx: ApiContext) -> None:
 
 
 def run(ctx: ApiContext) -> None:
-    exports.expire_exports(ctx)
-    playback.clean_playback_cache(ctx)
+    expired = exports.expire_exports(ctx)
+    removed = playback.clean_playback_cache(ctx)
+    log.debug("API maintenance: %d exports expired, %d playback files removed", expired, removed)

@@ -12,8 +12,6 @@ from pathlib import Path
 from vms.api.context import ApiContext
 from vms.api.remux import RemuxResult
 
-PLAYBACK_KEEP_S = 3600.0
-
 
 @dataclass
 class PlaybackItem:
@@ -43,7 +41,7 @@ class PlaybackStore:
         with self._lock:
             return self._items.get(pid)
 
-    def clean(self, keep_s: float = PLAYBACK_KEEP_S) -> int:
+    def clean(self, keep_s: float) -> int:
         now = time.monotonic()
         with self._lock:  # request threads add items meanwhile
             old = [k for k, v in self._items.items() if now - v.created > keep_s]
@@ -69,5 +67,6 @@ def playback_store(ctx: ApiContext) -> PlaybackStore:
     return ctx.singleton("playback", lambda: PlaybackStore(ctx))
 
 
-def clean_playback_cache(ctx: ApiContext) -> None:
-    playback_store(ctx).clean()
+def clean_playback_cache(ctx: ApiContext) -> int:
+    """Remove playback files older than api.playback_keep_minutes; returns how many this process knew."""
+    return playback_store(ctx).clean(ctx.settings.api.playback_keep_minutes * 60)

@@ -68,8 +68,10 @@ class RetentionSettings(StrictModel):
     per_town: dict[str, float] = Field(default_factory=dict, description="town name -> days")
     per_station: dict[str, float] = Field(default_factory=dict, description="station id -> days")
     floor_days: float = Field(default=3, ge=0, description="pressure never evicts newer than this unless critical")
-    sweep_minutes: float = Field(default=10, gt=0)
-    pressure_check_seconds: float = Field(default=60, gt=0)
+    sweep_minutes: float = Field(default=10, gt=0, description="delete expired footage this often (the first "
+                                 "sweep runs 30 s after the start)")
+    pressure_check_seconds: float = Field(default=60, gt=0, description="check each volume's free space and quota "
+                                          "this often, evicting early under pressure")
 
     @field_validator("per_town", "per_station")
     @classmethod
@@ -104,7 +106,8 @@ class IngestSettings(StrictModel):
         "auth_backoff_max_seconds (a changed camera URL tries again at once)")
     auth_backoff_max_seconds: float = Field(
         default=3600, gt=0, description="longest wait between attempts with refused credentials")
-    status_interval_seconds: float = Field(default=5, gt=0, description="how often each camera's state is published")
+    status_interval_seconds: float = Field(default=5, gt=0, description="each worker publishes its cameras' "
+                                           "status (and the growing segments' ends) this often")
     hung_grace_seconds: float = Field(
         default=10, gt=0, le=300,
         description="a camera with no recorded frame this long after stall_seconds (the watchdog has acted), or a "
@@ -115,6 +118,11 @@ class IngestSettings(StrictModel):
     stop_seconds: float = Field(
         default=8, ge=1, le=60,
         description="a stop finishes every segment within this long; what is left then is repaired at the next start")
+    reconcile_seconds: float = Field(default=15, gt=0, description="each worker re-reads which cameras it "
+                                     "records this often (catalogue changes; a session that died is restarted)")
+    snapshot_keyframe_seconds: float = Field(
+        default=30, gt=0, le=3600, description="rewrite each camera's latest keyframe (snapshots without a "
+        "camera connection) this often; every keyframe, at most every 2 s, for a minute after a snapshot request")
     native_copy: bool = Field(default=True, description="copy ordinary packets in C (scripts/build_native.py)")
     receive_pause_seconds: float = Field(
         default=0.5, ge=0, le=2,
@@ -153,6 +161,9 @@ class ApiSettings(StrictModel):
     port: int = Field(default=8080, ge=1, le=65535)
     session_hours: float = Field(default=12, gt=0)
     status_cache_seconds: float = Field(default=1.0, ge=0, description="reuse of station status")
+    maintenance_interval_seconds: float = Field(
+        default=300, gt=0, description="expire old exports and playback files this often")
+    playback_keep_minutes: float = Field(default=60, gt=0, description="a playback file can be fetched this long")
     snapshot_max_age_seconds: float = Field(default=10, gt=0, description="older keyframes give 503")
     playback_max_minutes: float = Field(default=60, gt=0, description="longest range of one playback")
     export_max_hours: float = Field(default=24, gt=0, description="longest range of one export")
@@ -166,6 +177,8 @@ class SimulateSettings(StrictModel):
 
     enabled: Literal["auto", "always", "never"] = "auto"
     port: int = Field(default=8554, ge=1, le=65535)
+    control_port: int = Field(default=0, ge=0, le=65535, description="fault-injection port of the simulated "
+                              "cameras (`vms simulate fault ... --control-port`); 0 = any free port (logged)")
     width: int = Field(default=640, ge=64, le=3840)
     height: int = Field(default=360, ge=64, le=2160)
     fps: int = Field(default=15, ge=1, le=60)
@@ -187,6 +200,9 @@ class AuditSettings(StrictModel):
     )
     daily_hour: int = Field(default=1, ge=0, le=23, description="audit the previous day at this hour")
     daily_minute: int = Field(default=0, ge=0, le=59)
+    daily_every_minutes: float | None = Field(
+        default=None, gt=0, description="if set, audit the previous day every this many minutes instead of "
+        "once at daily_hour:daily_minute (soak tests run the daily audit path many times this way)")
     monthly_day: int = Field(default=1, ge=1, le=28, description="report the previous month on this day")
     monthly_hour: int = Field(default=2, ge=0, le=23)
     monthly_minute: int = Field(default=0, ge=0, le=59)
@@ -212,7 +228,10 @@ class AnalysisSettings(StrictModel):
     open_luma: float = Field(default=70, gt=16, lt=235, description="lit/dark split until the station learns its own")
     learn_min_samples: int = Field(default=200, ge=10, description="samples before the learned split is used")
     learn_half_life_hours: float = Field(default=72, gt=0, description="how fast the learned look forgets")
-    model_save_minutes: float = Field(default=10, gt=0)
+    model_save_minutes: float = Field(default=10, gt=0, description="save what each station learned (its "
+                                      "look) this often, at the next sample")
+    calibration_reload_seconds: float = Field(
+        default=60, gt=0, description="each worker picks up stations' calibration edits this often")
     fault_min_seconds: float = Field(default=30, ge=0, description="a fault must persist this long to be raised")
     fault_clear_seconds: float = Field(default=30, ge=0, description="and be absent this long to end")
     frozen_seconds: float = Field(default=60, ge=0, description="identical samples for this long: frozen")

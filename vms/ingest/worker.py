@@ -50,7 +50,7 @@ class WorkerSpec:
     # "module:function" names of ObserverFactoryMaker functions (analysis, live relay...), so that
     # ingest needs no import of the layers above it.
     observer_factories: list[str] = field(default_factory=list)
-    reconcile_seconds: float = 15.0
+    reconcile_seconds: float | None = None  # None: settings.ingest.reconcile_seconds
     supervisor_pid: int | None = None
     # (reason, detail) of the gap that explains the hole an unclean end of the previous worker left,
     # e.g. ("ingest_hung", ...) when the supervisor killed it for missing heartbeats.
@@ -106,7 +106,7 @@ class IngestWorker:
                           after_round=self._after_watchdog_round).start()
             threading.Thread(target=self._publish_status_loop, name="status", daemon=True).start()
             self.reconcile(initial=True)
-            while not self.stop_event.wait(self.spec.reconcile_seconds):
+            while not self.stop_event.wait(self.spec.reconcile_seconds or self.settings.ingest.reconcile_seconds):
                 try:
                     self.reconcile()
                 except Exception:  # noqa: BLE001 - e.g. the database went away mid-way: try next round
@@ -213,6 +213,7 @@ class IngestWorker:
         # a second recorder for that camera until it has (or the worker is restarted for it).
         self._stuck = {sid: t for sid, t in self._stuck.items() if t[0].is_alive()}
         new = [e for sid, e in wanted.items() if sid not in self.sessions and sid not in self._stuck]
+        log.debug("reconcile: %d cameras wanted, %d stopped, %d to start", len(wanted), len(gone), len(new))
         if new:
             # The stopped sessions' last index writes (segment complete, gap) must land before the
             # new sessions read where their footage ended: while the database is away, wait.
@@ -256,7 +257,8 @@ class IngestWorker:
             last_end_ms=last[0] if last else None, previous_volume=last[1] if last else None)
         unclean = self.spec.unclean_gap if self._first_reconcile else None
         recorder.start_run(tuple(open_gap) if open_gap else None, *(unclean or ()))
-        observers = [KeyframeCacheObserver(self.settings.data_dir, sid)]
+        observers = [KeyframeCacheObserver(self.settings.data_dir, sid,
+                                           idle_interval_s=self.settings.ingest.snapshot_keyframe_seconds)]
         for factory in self._factories:
             try:
                 obs = factory(sid)

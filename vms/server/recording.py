@@ -61,8 +61,10 @@ class RecordingService:
             self.simulator = Simulator(
                 cameras=len(simulated), names=simulated, width=sim.width, height=sim.height, fps=sim.fps,
                 bitrate_kbps=sim.bitrate_kbps, content=sim.content, day_seconds=sim.day_seconds,
-                port=sim.port, cache_dir=self.settings.data_dir / "cache" / "simulate")
+                port=sim.port, control_port=sim.control_port, cache_dir=self.settings.data_dir / "cache" / "simulate")
             self.simulator.start()
+            log.info("simulated cameras' fault control on port %d (vms simulate fault stall NAME --control-port %d)",
+                     self.simulator.control_port, self.simulator.control_port)
             overrides = dict(self.simulator.urls)
         factories = [LIVE_TAP_FACTORY]
         if self.analysis and self.settings.analysis.enabled:

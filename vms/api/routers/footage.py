@@ -77,7 +77,8 @@ def playback_file(playback_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,40
                   principal: Annotated[Principal, Depends(require(P.PLAYBACK))]) -> FileResponse:
     item = playback_store(ctx).get(playback_id)
     if item is None or not item.path.exists() or (item.user_id != principal.user_id and principal.role != "admin"):
-        raise HTTPException(404, "no such playback (they last an hour): POST a new one")
+        keep = ctx.settings.api.playback_keep_minutes
+        raise HTTPException(404, f"no such playback (they last {keep:g} minutes): POST a new one")
     return FileResponse(item.path, media_type="video/mp4", filename=f"{item.station_id}-{playback_id}.mp4",
                         content_disposition_type="inline")
 
