@@ -89,3 +89,24 @@ def test_health_is_ok_degraded_or_failing_by_what_the_evidence_says(api, db, clo
         s.get(Station, B).enabled = False
     code, body = _health(api)
     assert (code, body["status"]) == (200, "ok") and body["cameras"]["enabled"] == 1
+
+
+def test_a_camera_between_two_segments_is_still_recording(api, db, clock, settings, clip):
+    """At a cut, the old segment's `complete` can commit before the new one's row: the streaming camera
+    has no growing row for a moment, and must not flicker to "not recording" (seen by the soak)."""
+    from test_api_helpers import CLIP_SECONDS
+
+    now = clock.now_ms()
+    with db.session() as s:
+        for sid in (A, B):
+            s.add(CameraStatus(station_id=sid, node="n1", state="streaming", updated_ms=now,
+                               last_packet_ms=now - 500))
+    for sid in (A, B):  # the last segment just completed, its successor not indexed yet
+        add_segments(db, VolumeSet.from_settings(settings), clip, sid, now - 2 * CLIP_SECONDS * 1000 - 300, 2,
+                     settings.tz)
+    _set(db, B, state="backoff", reason="unreachable", last_packet_ms=now - 30_000)
+    code, body = _health(api)
+    stations = {st["id"]: st for st in api.get("/api/stations", headers=login(api, "admin")).json()["stations"]}
+    assert stations[A]["recording"] and stations[A]["recorded_until_ms"] == now - 300
+    assert not stations[B]["recording"]  # its camera is away: the completed segment is history
+    assert body["cameras"]["recording"] >= 1

@@ -47,8 +47,9 @@ def _latest_per_station(session: Session, model, cols) -> dict[str, tuple]:
     return {r[0]: tuple(r[1:]) for r in session.execute(q)}
 
 
-def compute_status(session: Session, ctx: ApiContext) -> list[dict]:
-    now = ctx.clock.now_ms()
+def compute_status(session: Session, ctx: ApiContext, now: int | None = None) -> list[dict]:
+    """Every station's status as of `now` (default: the clock's now)."""
+    now = ctx.clock.now_ms() if now is None else now
     interval_ms = int(ctx.settings.ingest.status_interval_seconds * 1000)
     stale_ms = STALE_STATUS_INTERVALS * interval_ms
     stations = list(session.scalars(select(Station).order_by(Station.town, Station.level, Station.id)))
@@ -60,6 +61,14 @@ def compute_status(session: Session, ctx: ApiContext) -> list[dict]:
     for station_id, end_ms in session.execute(select(Segment.station_id, Segment.end_ms)
                                               .where(Segment.state == "growing")):
         growing[station_id] = max(end_ms, growing.get(station_id, end_ms))
+    # At a segment cut the old segment's `complete` and the new one's row can commit in two index
+    # batches: for a moment a recording camera has no growing row. A segment completed within the last
+    # few status intervals covers that moment (a range on the (state, end_ms) index: a few rows).
+    fresh_ms = RECORDING_FRESH_INTERVALS * interval_ms
+    just_completed: dict[str, int] = {}
+    for station_id, end_ms in session.execute(select(Segment.station_id, Segment.end_ms).where(
+            Segment.state == "complete", Segment.end_ms >= now - fresh_ms)):
+        just_completed[station_id] = max(end_ms, just_completed.get(station_id, end_ms))
     states = _latest_per_station(session, StationState, (StationState.state, StationState.start_ms,
                                                          StationState.end_ms))
     activity = _latest_per_station(session, ActivityEpisode,
@@ -74,10 +83,14 @@ def compute_status(session: Session, ctx: ApiContext) -> list[dict]:
     for st in stations:
         camera = reported_camera_state(cams.get(st.id), st.enabled, now, stale_ms, stall_ms)
         seg_end = growing.get(st.id)
+        completed_end = just_completed.get(st.id)
         # A growing segment counts if its end is recent, or if the node that writes it reports streaming
-        # right now (a writer may only move end_ms when a fragment is flushed).
-        recording = seg_end is not None and (
-            now - seg_end <= RECORDING_FRESH_INTERVALS * interval_ms or camera["online"])
+        # right now (a writer may only move end_ms when a fragment is flushed); a segment just completed
+        # counts while the camera streams (its successor's row may not be committed yet).
+        recording = (seg_end is not None and (now - seg_end <= fresh_ms or camera["online"])) or (
+            completed_end is not None and camera["online"])
+        if completed_end is not None and (seg_end is None or completed_end > seg_end):
+            seg_end = completed_end
         s = states.get(st.id)
         a = activity.get(st.id)
         out.append({
@@ -162,9 +175,10 @@ class StatusCache:
 
     def _compute(self) -> StatusSnapshot:
         generation = self._generation
+        now = self.ctx.clock.now_ms()  # the moment the answer describes (its generated_ms)
         with self.ctx.status_database.session() as s:
-            stations = compute_status(s, self.ctx)
-        snap = StatusSnapshot(self.ctx.clock.monotonic(), stations, self.ctx.clock.now_ms())
+            stations = compute_status(s, self.ctx, now)
+        snap = StatusSnapshot(self.ctx.clock.monotonic(), stations, now)
         # A refresh that began before an invalidate() read the rows from before the change: not kept.
         if generation == self._generation:
             self._snap = snap
