@@ -110,7 +110,9 @@ def test_kill_9_mid_segment_loses_at_most_the_last_fragment(tmp_path, env, segme
             time.sleep(2)
         finally:
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
+            code = proc.wait(30)
+            log2.close()
+            assert code == 0, (tmp_path / "ingest2.log").read_text()[-4000:]
 
     volumes = VolumeSet.from_settings(settings)
     for sid in STATIONS:
