@@ -4,7 +4,7 @@ recorded as fast as it can be read by one real CameraSession with the observers 
 native copier on, on a clock that follows the stream. No network, no other threads competing: run
 it under callgrind to count instructions, which do not depend on the machine's load.
 
-    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p scripts/bench_loop_offline.py --setup product --seconds 120
+    valgrind --tool=callgrind --callgrind-out-file=cg.out scripts/bench_loop_offline.py --setup product --seconds 120
 
 The steady state per stream-second is the difference between two lengths, e.g. (Ir(120 s) -
 Ir(60 s)) / 60: it leaves out the start-up (imports, the first PULLBACK_S through Python) and counts
