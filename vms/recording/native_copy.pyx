@@ -89,7 +89,7 @@ STATUS_PACKET, STATUS_ATTENTION, STATUS_END, STATUS_WRITE_FAILED, STATUS_BATCH =
 
 cdef enum:
     MAX_STREAMS = 32
-    MAX_KEPT = 256  # packets kept per batch for `kept()`; a full batch ends the pump
+    MAX_KEPT = 900  # packets of one GOP kept for `kept()` (the live tap's limit); later ones are not kept
 
 cdef enum:
     SLOW_READ_US = 1000     # a read that took longer may have waited for the camera (or been preempted)
@@ -125,7 +125,7 @@ cdef class PacketCopier:
 
     cdef Container source
     cdef list streams
-    cdef int video_index
+    cdef readonly int video_index
     cdef bint wanted[MAX_STREAMS]
     cdef lib.AVRational stream_tb[MAX_STREAMS]
     cdef Container sink
@@ -148,7 +148,8 @@ cdef class PacketCopier:
     cdef public int64_t max_step
     cdef public int64_t frame_ticks
     cdef public int64_t batch_ticks
-    # Keep a reference to each packet copied (no copy of its data), for observers that want them.
+    # Keep a reference to each packet copied since the last video keyframe read (no copy of its data,
+    # no Python object), for observers that want the current GOP (the live tap); kept() hands them over.
     cdef public bint keep
     # What the last pump() copied.
     cdef public long copied
@@ -234,6 +235,10 @@ cdef class PacketCopier:
         self.armed = False
         self.sink = None
 
+    def wake(self):
+        """From any thread: end the current pump as `attention` does (it returns ATTENTION)."""
+        self.attention = True
+
     def pump(self):
         """Read until a packet needs the caller (or attention, a batch, the end, a write error)."""
         cdef lib.AVPacket *p = self.pkt
@@ -258,8 +263,9 @@ cdef class PacketCopier:
             self.switches = voluntary_switches()  # what Python did since the last pump is not a wait
         self.copied = 0
         self.copied_bytes = 0
-        self._drop_kept()
         cdef bint keep = self.keep
+        if not keep and self.n_kept:
+            self._drop_kept()
         if self.pending_exc is not None:
             exc, self.pending_exc = self.pending_exc, None
             raise exc
@@ -308,6 +314,8 @@ cdef class PacketCopier:
                     av_packet_unref(p)
                     continue
                 self.bytes_since_key += p.size
+                if idx == vidx and p.flags & lib.AV_PKT_FLAG_KEY and self.n_kept:
+                    self._drop_kept()  # a new GOP: the packets kept of the last one are of no use
                 if idx == vidx and p.dts != lib.AV_NOPTS_VALUE:
                     if p.flags & lib.AV_PKT_FLAG_KEY:
                         self._note_keyframe(p.dts, p.size, vtb)
@@ -334,7 +342,7 @@ cdef class PacketCopier:
                 p.time_base = self.out_tb
                 size = p.size
                 kept = False
-                if keep:
+                if keep and self.n_kept < MAX_KEPT:
                     if self.kept_pkt[self.n_kept] == NULL:
                         self.kept_pkt[self.n_kept] = lib.av_packet_alloc()
                     kept = (self.kept_pkt[self.n_kept] != NULL
@@ -356,7 +364,7 @@ cdef class PacketCopier:
                 self.last_rel = rel
                 self.copied += 1
                 self.copied_bytes += size
-                if rel - self.first_rel >= self.batch_ticks or self.n_kept == MAX_KEPT:
+                if rel - self.first_rel >= self.batch_ticks:
                     status = BATCH
                     break
         try:
@@ -420,9 +428,15 @@ cdef class PacketCopier:
         err_check(ret)  # raises the same error PyAV's demux would
         return END
 
+    @property
+    def kept_count(self):
+        """Packets kept (see `keep`) and not yet handed over by kept()."""
+        return self.n_kept
+
     def kept(self):
-        """The packets the last pump copied, if `keep` was set: (packet, position relative to the
-        segment start, in the input's time base); their timestamps are the segment's, in its time base."""
+        """Hand over the packets copied since the last video keyframe read, if `keep` was set:
+        (packet, position relative to the segment start, in the input's time base); their timestamps
+        are the segment's, in its time base. The copier keeps none of them any more."""
         out = []
         cdef Packet packet
         cdef int i
@@ -434,7 +448,7 @@ cdef class PacketCopier:
         self.n_kept = 0
         return out
 
-    cdef void _drop_kept(self):
+    cdef void _drop_kept(self) noexcept nogil:
         cdef int i
         for i in range(self.n_kept):
             av_packet_unref(self.kept_pkt[i])
