@@ -54,17 +54,17 @@ class StreamClock(SimulatedClock):
 
     def now_ms(self) -> int:
         rec = self.recorder
-        return self._now_ms if rec is None or rec._seg is None else self.base_ms + rec._ticks_to_ms(rec._pos)
+        return self._now_ms if rec is None else self.base_ms + rec._ticks_to_ms(rec._pos)
 
     def monotonic(self) -> float:
         return self.now_ms() / 1000
 
 
-def make_clip(seconds: float, fmt: VideoFormat) -> Path:
+def make_clip(seconds: float, fmt: VideoFormat, pattern_seconds: float) -> Path:
     """The simulator's pattern clip looped for `seconds`, in MPEG-TS with 90 kHz timestamps (as RTSP);
     cached, so that a measured run does not count making it."""
     cache = REPO / "data" / "cache" / "simulate"
-    source = pattern_clip(cache, fmt)
+    source = pattern_clip(cache, fmt, pattern_seconds)
     out = cache / f"offline-{source.stem}-{seconds:g}s.ts"
     if out.exists():
         return out
@@ -97,12 +97,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60, help="length of the recorded clip")
     ap.add_argument("--segment-seconds", type=float, default=60)
     ap.add_argument("--python-path", action="store_true", help="without the native copier")
+    ap.add_argument("--pattern-seconds", type=float, default=14,
+                    help="length of the looped pattern; not a divisor of the analysis's sample intervals (a 4 s "
+                         "loop sampled every 20 or 60 s shows the same picture: a frozen camera, sampled every 20 s)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-offline-"))
     try:
         fmt = VideoFormat(1920, 1080, 15, 2000, 30)
-        clip = make_clip(args.seconds, fmt)
+        clip = make_clip(args.seconds, fmt, args.pattern_seconds)
         settings = Settings.model_validate({
             "data_dir": str(work / "data"), "storage": {"volumes": [{"name": "main", "path": str(work / "vms")}]},
             "ingest": {"segment_seconds": args.segment_seconds, "native_copy": not args.python_path}})
@@ -137,7 +140,8 @@ def main() -> None:
         analysis = [o for o in observers if hasattr(o, "samples")]
         print(f"{args.setup}: {args.seconds:.0f} s clip, ended {reason}; {session.health.frames} frames, "
               f"{session.native_frames} by the copier; CPU {cpu:.3f} s = {1000 * cpu / args.seconds:.3f} ms/stream-s"
-              + (f"; {analysis[0].samples} samples" if analysis else ""))
+              + (f"; {analysis[0].samples} samples ({analysis[0].schedule.early} early), "
+                 f"{1000 * analysis[0].decode_seconds / max(1, analysis[0].samples):.1f} ms each" if analysis else ""))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

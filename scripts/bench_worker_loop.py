@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=12, help="seconds before measuring (connect, probe)")
     ap.add_argument("--compare-repo", type=Path, help="another vms checkout, run as contender 'other'")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare PyAV contender (A/B runs)")
+    ap.add_argument("--pattern-seconds", type=float, default=14.0,
+                    help="length of the looped test clip (a 4 s loop looks frozen to the analysis: see bench_ingest)")
     ap.add_argument("--setups", default="record",
                     help="comma-separated observer set-ups, each a contender (with --compare-repo, for both "
                          f"checkouts): {', '.join(SETUPS)} (record: none; product: live tap + analysis, as "
@@ -128,7 +130,8 @@ def main() -> None:
         contenders += [(named("other", s), "vms", args.compare_repo.resolve(), s) for s in setups]
     results: dict[str, list[dict]] = {name: [] for name, *_ in contenders}
     with Simulator(cameras=len(stations), names=stations, width=1920, height=1080, fps=15, bitrate_kbps=2000,
-                   gop=30, content="pattern", cache_dir=REPO / "data" / "cache" / "simulate",
+                   gop=30, content="pattern", pattern_seconds=args.pattern_seconds,
+                   cache_dir=REPO / "data" / "cache" / "simulate",
                    ready_timeout=300) as sim:
         urls = {sid: sim.urls[sid] for sid in stations}
         for k in range(args.rounds):
