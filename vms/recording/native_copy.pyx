@@ -5,7 +5,7 @@ Python handles every packet that needs a decision (keyframes, which may cut a se
 analysis; audio; packets without a timestamp; the first PULLBACK_S of a connection, while the
 segment's start may still be pulled back on the receive clock). The 29 other packets of each GOP only
 need their timestamps rebased and to be muxed: this loop does that without the GIL, so each camera
-costs a GIL round trip per keyframe and per batch instead of two per packet (docs/benchmarks.md,
+costs a GIL round trip per keyframe and per batch instead of two per packet (docs/benchmarks-history.md,
 "Session 5: the native copier").
 
 It works on PyAV's own contexts and FFmpeg (the libraries bundled with PyAV), through PyAV's
@@ -49,7 +49,7 @@ def write_header(OutputContainer container):
     one call instead of through FFmpeg's 32 KB buffer. The muxer still patches box sizes by seeking
     back, so a fragment is a few write() and lseek() calls, and for a moment its moof has a zero size
     on disk (playable_length() stops before such a fragment). Measured: -13 % CPU per camera
-    (docs/benchmarks.md, session 6). Reads and writes one AVFormatContext field, `pb`, the fifth,
+    (docs/benchmarks-history.md, Ingest, session 6). Reads and writes one AVFormatContext field, `pb`, the fifth,
     unmoved since FFmpeg 1.0 (scripts/build_native.py checks that the file is the one PyAV writes).
     """
     cdef Stream stream
