@@ -1,6 +1,6 @@
 """CPU cost of live analysis per camera, next to the peer approach (decode everything, 5 fps diff).
 
-    .venv/bin/python scripts/bench_analysis.py [--cameras 70] [--seconds 30] [--markdown-append docs/benchmarks.md]
+    .venv/bin/python scripts/bench_analysis.py [--cameras 70] [--seconds 30] [--markdown-append FILE.md]
 
 Stream: the simulator's pattern clip at 1920x1080, 15 fps, 2 Mbps, GOP 30 (moving bars, grain, a box),
 demuxed once into memory and replayed in real time by one thread per camera into a

@@ -287,12 +287,15 @@ class StreamClock(SimulatedClock):
 
 def record_connection(clip, db, settings, station_id: str, native: bool, segment_seconds=5.0, hook=None,
                       clock_shift: Callable[[float], float] | None = None, open_options: dict | None = None,
-                      recorded_in_python: list[int] | None = None):
+                      recorded_in_python: list[int] | None = None, copy_allowed=None, on_kept=None, on_packet=None):
     """Record `clip` as one connection, as a camera session does, natively or not, on a StreamClock
     (with clock_shift, see StreamClock; open_options go to the demuxer); hook(seconds into the clip), if
     given, runs after every packet handed to Python and every batch the copier reports;
     recorded_in_python, if given, gets the stream position (ticks) of each packet Python recorded.
-    Returns the recorder and the number of packets the copier recorded."""
+    copy_allowed(seconds into the clip) and on_kept([(packet, wall ms)]), if given, are the copier's
+    (with on_kept it keeps the current GOP); on_packet(packet, wall ms) gets each video packet the
+    recorder took through Python, as an observer would. Returns the recorder and the number of packets
+    the copier recorded."""
     from vms.recording import copier as copier_mod
     from vms.recording.index import IndexWriter
     from vms.recording.recorder import StreamRecorder
@@ -305,11 +308,14 @@ def record_connection(clip, db, settings, station_id: str, native: bool, segment
     clock.recorder = rec
     copied = 0
 
-    def count(n, nbytes, first_ms, last_ms, kept):
+    def seconds() -> float:
+        return (clock.now_ms() - clock.base_ms) / 1000
+
+    def count(n, nbytes, first_ms, last_ms):
         nonlocal copied
         copied += n
         if hook:
-            hook((clock.now_ms() - clock.base_ms) / 1000)
+            hook(seconds())
 
     try:
         # `clip`: a path, or a file object (in MPEG-TS) whose reads may fail like a network would.
@@ -318,15 +324,20 @@ def record_connection(clip, db, settings, station_id: str, native: bool, segment
             rec.begin(vs, None)
             if native:
                 cp = copier_mod.make_copier(c, [vs], vs.index)
-                packets = copier_mod.recorded_packets(cp, rec, count)
+                cp.keep = on_kept is not None
+                allowed = (lambda: copy_allowed(seconds())) if copy_allowed else (lambda: True)
+                packets = copier_mod.recorded_packets(cp, rec, count, allowed, on_kept)
             else:
                 packets = c.demux(vs)
             for pkt in packets:
                 if pkt is not None and pkt.size:
-                    if rec.video_packet(pkt) is not None and recorded_in_python is not None:
+                    wall = rec.video_packet(pkt)
+                    if wall is not None and recorded_in_python is not None:
                         recorded_in_python.append(rec._pos)
+                    if on_packet and wall is not None:
+                        on_packet(pkt, wall)
                     if hook:
-                        hook((clock.now_ms() - clock.base_ms) / 1000)
+                        hook(seconds())
     finally:
         # As the camera session does after any end of the connection, a read error included.
         rec.end("stream_ended")
@@ -356,7 +367,7 @@ class HangingObserver:
     def on_packet(self, packet, wall_ms: int) -> None:
         self._maybe_hang()
 
-    def on_copied(self, count: int, nbytes: int, first_ms: int, last_ms: int, kept) -> None:
+    def on_copied(self, count: int, nbytes: int, first_ms: int, last_ms: int) -> None:
         self._maybe_hang()
 
     def on_disconnect(self, wall_ms: int, reason: str) -> None:

@@ -148,6 +148,46 @@ def test_gop_replay_is_whole_while_the_native_copier_records(recording):
     wait_until(lambda: session.native_frames > copied, 5, "the copier to take over again")
 
 
+def test_an_idle_tap_keeps_no_python_packet_of_what_the_copier_records(recording):
+    """With nobody watching, the packets the native copier records stay in the copier (C): the tap's
+    own cached GOP holds only what went through Python (the keyframe), not a Python object per
+    packet; a viewer still gets the whole GOP (test above)."""
+    session = recording.worker.sessions[STATION][1]
+    tap = recording.taps.taps[STATION]
+    wait_until(lambda: session.native_frames > 30, 30, "the native copier recording")
+    sizes, kept = [], []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # more than a GOP (2 s)
+        sizes.append(len(tap.gop))
+        copier = session._copier
+        kept.append(copier.kept_count if copier is not None else 0)
+        time.sleep(0.05)
+    assert max(sizes) <= 1, sizes
+    assert max(kept) > 5, "the copier keeps the GOP's packets"
+
+
+def test_a_new_viewer_wakes_the_copier_for_the_rest_of_the_gop(tmp_path):
+    """A relay connecting ends the copier's current read loop (the rest of the GOP is handed over at
+    once, not at the end of a batch, up to a second later)."""
+    from vms.live.tap import LiveTapServer, _Client
+
+    server = LiveTapServer(tmp_path, SystemClock())
+    try:
+        tap = server("pingshan-town")
+        woken = threading.Event()
+        tap.on_copier(woken.set)
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            tap.add_client(_Client(a, server))
+            assert woken.is_set()
+            assert tap.wants_each_packet()
+            tap.on_copier(None)  # the copier stopped: nothing to wake
+            tap.add_client(_Client(b, server))
+    finally:
+        server.close()
+
+
 class ApiServer:
     def __init__(self, settings, db) -> None:
         with socket.socket() as s:

@@ -18,11 +18,12 @@ from vms.recording.volumes import VolumeSet
 FPS = 15
 
 
-def make_bframe_clip(path, seconds: int = 24):
-    """H.264 with B-frames (pts != dts), a keyframe every second, in MPEG-TS (1/90000 like RTSP)."""
+def make_bframe_clip(path, seconds: int = 24, gop: int = FPS):
+    """H.264 with B-frames (pts != dts), a keyframe every `gop` frames (a second), in MPEG-TS (1/90000
+    like RTSP)."""
     with av.open(str(path), "w", format="mpegts") as out:
         s = out.add_stream("libx264", rate=FPS, options={
-            "x264-params": f"keyint={FPS}:min-keyint={FPS}:scenecut=0:sliced-threads=0", "bf": "2"})
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:sliced-threads=0", "bf": "2"})
         s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
         rng = np.random.default_rng(7)
         for i in range(seconds * FPS):
@@ -92,6 +93,50 @@ def test_a_read_error_after_copied_packets_indexes_them_all(tmp_path, db, settin
         frames, _ = decode_all(vols.file_path(s.volume, s.path))
         assert frames == s.frames, (s.path, frames, s.frames)
     assert sum(s.frames for s in segs) >= 0.75 * 24 * FPS
+
+
+def test_the_copier_keeps_the_gop_in_c_and_hands_it_over_whole_when_copying_stops(tmp_path, db, settings):
+    """With `keep` (the live tap), the packets the copier records stay in C, across batches, until
+    a pump must hand every packet over (copy not allowed, as when a live viewer comes): then the
+    observer gets them, and so has every packet of the current GOP, in order, each once, before the
+    next packet. Nothing is handed over while copying goes on, and a keyframe drops what was kept."""
+    gop = 3 * FPS  # longer than the copier's one-second batches: pumps end mid-GOP
+    clip = make_bframe_clip(tmp_path / "clip.ts", seconds=30, gop=gop)
+
+    def allowed(t: float) -> bool:
+        return not (13.5 <= t < 16.2 or 19.2 <= t < 20.5 or 22.6 <= t < 23.9)  # longer than a batch
+
+    observed: list[tuple[bool, int]] = []  # (keyframe, wall ms) of the current GOP, as the tap keeps it
+    handed: list[int] = []
+    now = {"t": 0.0}
+
+    def keep(pkt, wall):
+        if pkt.is_keyframe:
+            observed.clear()
+        if observed or pkt.is_keyframe:
+            observed.append((pkt.is_keyframe, wall))
+
+    def on_kept(packets):
+        assert not allowed(now["t"]), "handed over while the copier may copy on"
+        assert packets and not any(p.is_keyframe for p, _ in packets)
+        handed.append(len(packets))
+        for pkt, wall in packets:
+            keep(pkt, wall)
+
+    def on_packet(pkt, wall):
+        keep(pkt, wall)
+        if not allowed(now["t"]):
+            # Every packet of the GOP so far, once each and in order (walls a frame apart).
+            walls = [w for _, w in observed]
+            assert observed[0][0], "the GOP starts at its keyframe"
+            assert walls == sorted(set(walls)), walls
+            assert round((walls[-1] - walls[0]) * FPS / 1000) + 1 == len(walls), walls
+
+    _, copied = record_connection(clip, db, settings, "pingshan-town", native=True, segment_seconds=60,
+                                  hook=lambda t: now.update(t=t), copy_allowed=allowed,
+                                  on_kept=on_kept, on_packet=on_packet)
+    assert copied > 10 * FPS
+    assert len(handed) == 3 and sum(handed) > 4 * FPS, handed
 
 
 def test_attention_ends_a_pump_before_it_reads(tmp_path):

@@ -169,7 +169,7 @@ class StationAnalysisObserver:
         except Exception as exc:
             self._error("packet", exc)
 
-    def on_copied(self, count: int, nbytes: int, first_ms: int, last_ms: int, kept: list | None) -> None:
+    def on_copied(self, count: int, nbytes: int, first_ms: int, last_ms: int) -> None:
         """Non-key packets the native copier recorded without handing them over (one call per GOP or
         second): the activity tracker only needs their sizes and times."""
         try:

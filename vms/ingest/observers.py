@@ -26,9 +26,17 @@ class StreamObserver(Protocol):
 
     # Optional, for the native copier (vms.recording.copier), which records ordinary video packets
     # without handing them to Python. It runs only if every observer that gets every packet has
-    # on_copied; `copied_packets = True` asks for the packets themselves (references, no copy).
-    # def on_copied(self, count, nbytes, first_ms, last_ms, kept: list[(packet, wall_ms)] | None) -> None
+    # on_copied.
+    # def on_copied(self, count, nbytes, first_ms, last_ms) -> None: a batch recorded (about a second)
     # def wants_each_packet(self) -> bool: while true, the copier hands every packet over
+    # `copied_packets = True` asks for the packets of the current GOP the copier recorded: it keeps
+    # them in C (references, no copy, no Python object) and hands them over only when they must be:
+    # def on_kept(self, packets: list[(packet, wall_ms)]) -> None: before a video packet of the same
+    #     GOP goes through Python (on_packet), and before the copier stops copying (e.g. because
+    #     wants_each_packet() turned true); packets in stream order, each once
+    # def on_copier(self, wake: Callable[[], None] | None) -> None: the copier started reading this
+    #     connection (wake(), from any thread, ends its current read loop so that a change of
+    #     wants_each_packet() is seen at once), or stopped (None)
 
 
 class ObserverFactory(Protocol):

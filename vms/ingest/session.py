@@ -117,10 +117,12 @@ class CameraSession(threading.Thread):
         self._seen_mono = 0.0
         self._next_progress = 0.0
         self._stall_marked_at: float | None = None
+        self._copier = None  # the native copier (vms.recording.copier) while it reads this connection
         self._keyframe_observers: list[StreamObserver] = []
         self._packet_observers: list[StreamObserver] = []
+        self._gop_observers: list[StreamObserver] = []  # want the copied packets of the current GOP
+        self._each_packet_askers: list = []  # their wants_each_packet, asked before each pump
         self._sort_observers()
-        self._copier = None  # the native copier (vms.recording.copier) while it reads this connection
         self.native_frames = 0  # frames the native copier recorded (diagnostics, tests)
         self.native_pauses = 0  # pauses between its reads, of connections that ended (tests)
 
@@ -181,6 +183,13 @@ class CameraSession(threading.Thread):
         # is not called for the other 29 packets of each GOP.
         self._keyframe_observers = [o for o in self.observers if getattr(o, "keyframes_only", False)]
         self._packet_observers = [o for o in self.observers if not getattr(o, "keyframes_only", False)]
+        # Sorted once, not looked up before each pump of the native copier.
+        self._gop_observers = [o for o in self._packet_observers if getattr(o, "copied_packets", False)]
+        self._each_packet_askers = [o.wants_each_packet for o in self._packet_observers
+                                    if hasattr(o, "wants_each_packet")]
+        copier = self._copier
+        if copier is not None:
+            copier.keep = bool(self._gop_observers)
 
     def _options(self) -> dict[str, str]:
         timeout_us = str(int(self.settings.rtsp_timeout_seconds * 1_000_000))
@@ -421,33 +430,52 @@ class CameraSession(threading.Thread):
             yield from container.demux(streams)
             return
         self._copier = copier
+        # The copier keeps the packets of the current GOP for the observers that want them (the live
+        # tap), in C; they get them when they must (see recorded_packets).
+        copier.keep = bool(self._gop_observers)
         if self._attention:
             copier.attention = True
+        wake = copier.wake
+        self._tell_gop_observers(wake)
         try:
-            yield from recorded_packets(copier, self.recorder, self._copied, self._copy_allowed)
+            yield from recorded_packets(copier, self.recorder, self._copied, self._copy_allowed, self._kept)
         finally:
+            self._tell_gop_observers(None)
             self.native_pauses += copier.pauses
             self._copier = None
 
-    def _copy_allowed(self) -> bool:
-        """Asked before each pump. Also decides whether the copier keeps the packets it copies, for
-        observers that want them (`copied_packets`, the live tap's GOP)."""
-        copier = self._copier
-        copier.keep = any(getattr(obs, "copied_packets", False) for obs in self._packet_observers)
-        # An observer busy with a live viewer wants each packet as it comes, not a second later.
-        return not any(obs.wants_each_packet() for obs in self._packet_observers
-                       if hasattr(obs, "wants_each_packet"))
+    def _tell_gop_observers(self, wake) -> None:
+        # wake(), from any thread, ends the copier's read loop: a new viewer need not wait for the
+        # end of its batch (up to a second) to get the rest of the GOP.
+        for obs in self._gop_observers:
+            if hasattr(obs, "on_copier"):
+                self._notify(obs, "on_copier", wake)
 
-    def _copied(self, count: int, nbytes: int, first_ms: int, last_ms: int, kept: list | None) -> None:
+    def _copy_allowed(self) -> bool:
+        """Asked before each pump: an observer busy with a live viewer wants each packet as it comes,
+        not a second later."""
+        for wants_each_packet in self._each_packet_askers:
+            if wants_each_packet():
+                return False
+        return True
+
+    def _copied(self, count: int, nbytes: int, first_ms: int, last_ms: int) -> None:
         h = self.health
         h.frames += count
         h.bytes += nbytes
         self.native_frames += count
         for obs in self._packet_observers:
             try:
-                obs.on_copied(count, nbytes, first_ms, last_ms, kept)
+                obs.on_copied(count, nbytes, first_ms, last_ms)
             except Exception:  # noqa: BLE001 - an observer never stops the recording
                 self._drop_observer(obs, "on_copied")
+
+    def _kept(self, packets: list) -> None:
+        for obs in self._gop_observers:
+            try:
+                obs.on_kept(packets)
+            except Exception:  # noqa: BLE001 - an observer never stops the recording
+                self._drop_observer(obs, "on_kept")
 
     def _close_online(self) -> None:
         if self._online_token is not None:

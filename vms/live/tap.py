@@ -3,8 +3,9 @@
 The API process has no camera packets (ingest runs in worker processes), and a second camera
 connection per viewer is not allowed, so each camera session gets a `StationTap` observer that listens
 on a Unix socket (`vms.live.protocol.tap_address`). One selector thread per worker accepts and
-flushes every tap's connections. With nobody connected a tap only keeps references to the packets
-of the current GOP (no copy, no syscall). A client gets the stream info, the cached GOP (so a new
+flushes every tap's connections. With nobody connected a tap costs next to nothing: the packets of
+the current GOP are kept as references (no copy, no syscall), those the native copier records by the
+copier itself, in C, until a client comes. A client gets the stream info, the cached GOP (so a new
 viewer sees a picture at once) and then every packet, framed as in vms.live.protocol.
 """
 
@@ -99,6 +100,7 @@ class StationTap:
         self.clients: list[_Client] = []
         self.listener = _listen(address)
         self._last_dts: int | None = None
+        self._wake_copier = None  # ends the native copier's read loop (see on_copier)
         self.packets = 0
 
     # -- StreamObserver --------------------------------------------------------------------------
@@ -118,13 +120,16 @@ class StationTap:
             self._last_dts = None
             self._broadcast(info.encode())
 
-    def on_packet(self, packet: av.Packet, wall_ms: int) -> None:
+    def on_packet(self, packet: av.Packet, wall_ms: int, replay: bool = False) -> None:
         # The recorder has rebased packet.pts to its segment; wall_ms is the continuous capture time.
         dts = wall_ms if self._last_dts is None or wall_ms > self._last_dts else self._last_dts + 1
         self._last_dts = dts
         pts = dts
-        if packet.pts is not None and packet.dts is not None and packet.time_base is not None:
-            pts = dts + max(0, round((packet.pts - packet.dts) * packet.time_base * 1000))
+        p, d = packet.pts, packet.dts
+        if p is not None and d is not None and p > d:  # B-frames: shown after they are decoded
+            tb = packet.time_base
+            if tb is not None:
+                pts = dts + round((p - d) * tb.numerator * 1000 / tb.denominator)
         key = bool(packet.is_keyframe)
         received = self.server.clock.now_ms()
         with self.lock:
@@ -134,15 +139,24 @@ class StationTap:
             if (self.gop or key) and len(self.gop) < MAX_GOP_PACKETS:
                 self.gop.append((pts, dts, received, key, packet))
             if self.clients:
-                self._broadcast(packet_message(pts, dts, received, key, bytes(packet)))
+                self._broadcast(packet_message(pts, dts, received, key, bytes(packet), replay=replay))
 
-    # With the native copier (vms.recording.copier): the packets it recorded come a batch at a time, at
-    # most a second late, for the cached GOP; while a relay is connected the copier stays off.
+    # With the native copier (vms.recording.copier): it keeps the packets of the current GOP it
+    # recorded, in C, and hands them over (on_kept) when a relay connects (wants_each_packet: the
+    # copier then stops, every packet comes as it arrives) or before another packet of the GOP.
     copied_packets = True
 
-    def on_copied(self, count: int, nbytes: int, first_ms: int, last_ms: int, kept: list | None) -> None:
-        for packet, wall_ms in kept or ():
-            self.on_packet(packet, wall_ms)
+    def on_copier(self, wake) -> None:
+        self._wake_copier = wake
+
+    def on_copied(self, count: int, nbytes: int, first_ms: int, last_ms: int) -> None:
+        self.packets += count  # (only this thread writes it)
+
+    def on_kept(self, packets: list) -> None:
+        # Older than what a relay that is connected now gets next: for it they are the rest of the
+        # cached GOP (replayed at once), not live packets.
+        for packet, wall_ms in packets:
+            self.on_packet(packet, wall_ms, replay=True)
 
     def wants_each_packet(self) -> bool:
         return bool(self.clients)
@@ -166,6 +180,9 @@ class StationTap:
                 for pts, dts, received, key, pkt in self.gop:
                     client.send(packet_message(pts, dts, received, key, bytes(pkt), replay=True))
             self.clients.append(client)
+        wake = self._wake_copier
+        if wake is not None:
+            wake()  # the rest of the GOP is in the copier: now, not at the end of its batch
 
     def remove_client(self, client: _Client) -> None:
         with self.lock:

@@ -20,8 +20,10 @@ except ImportError:  # pragma: no cover - depends on the build
 if TYPE_CHECKING:
     from vms.recording.recorder import StreamRecorder
 
-# on_copied(count, bytes, first wall ms, last wall ms, [(packet, wall ms)] if the copier keeps them, else None)
-CopiedCallback = Callable[[int, int, int, int, list | None], None]
+# on_copied(count, bytes, first wall ms, last wall ms): a batch the copier recorded
+CopiedCallback = Callable[[int, int, int, int], None]
+# on_kept([(packet, wall ms)]): the packets of the current GOP the copier recorded and kept (`keep`)
+KeptCallback = Callable[[list], None]
 
 
 def native_copy_built() -> bool:
@@ -45,13 +47,21 @@ def make_copier(container: av.container.InputContainer, streams: list, video_ind
 
 
 def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback,
-                     copy_allowed: Callable[[], bool] = lambda: True) -> Iterator[av.Packet | None]:
+                     copy_allowed: Callable[[], bool] = lambda: True,
+                     on_kept: KeptCallback | None = None) -> Iterator[av.Packet | None]:
     """The packets the caller must give the recorder (and its observers), in stream order; None when
     the copier's `attention` was raised. Read errors raise as from demux(); the end of the stream ends
-    the iteration. While copy_allowed() is false (asked before each pump) every packet is handed over."""
+    the iteration. While copy_allowed() is false (asked before each pump) every packet is handed over.
+
+    With `copier.keep`, the packets the copier records since the last keyframe stay in C (references,
+    no Python object) and reach on_kept only when they must, so that whoever wants the current GOP
+    gets it whole and in order: before a video packet of the same GOP goes through Python (copy not
+    allowed, e.g. a live viewer came; no segment to copy into; a packet without a timestamp). A
+    keyframe starts a new GOP: the copier drops what it kept."""
     packet, attention, end, write_failed = (native_copy.STATUS_PACKET, native_copy.STATUS_ATTENTION,
                                             native_copy.STATUS_END, native_copy.STATUS_WRITE_FAILED)
     arm, absorb, pump = recorder.arm, recorder.absorb, copier.pump
+    video_index = copier.video_index
     try:
         while True:
             # Armed afresh before each pump: between two pumps the recorder may have cut, closed or
@@ -62,10 +72,12 @@ def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback
                 copier.disarm()
             status = pump()
             if copier.copied:
-                first_ms, last_ms, kept = absorb(copier)
-                on_copied(copier.copied, copier.copied_bytes, first_ms, last_ms, kept)
+                first_ms, last_ms = absorb(copier)
+                on_copied(copier.copied, copier.copied_bytes, first_ms, last_ms)
             if status == packet:
                 pkt, copier.packet = copier.packet, None
+                if copier.kept_count and pkt.stream_index == video_index:
+                    _hand_kept(copier, recorder, on_kept)  # (never a keyframe: it dropped them)
                 yield pkt
             elif status == attention:
                 yield None
@@ -76,3 +88,9 @@ def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback
             # else a batch of `batch_ticks` (a second): reported above
     finally:
         copier.disarm()
+
+
+def _hand_kept(copier, recorder: StreamRecorder, on_kept: KeptCallback | None) -> None:
+    kept = recorder.kept(copier)
+    if kept and on_kept is not None:
+        on_kept(kept)

@@ -5,7 +5,7 @@ Python handles every packet that needs a decision (keyframes, which may cut a se
 analysis; audio; packets without a timestamp; the first PULLBACK_S of a connection, while the
 segment's start may still be pulled back on the receive clock). The 29 other packets of each GOP only
 need their timestamps rebased and to be muxed: this loop does that without the GIL, so each camera
-costs a GIL round trip per keyframe and per batch instead of two per packet (docs/benchmarks.md,
+costs a GIL round trip per keyframe and per batch instead of two per packet (docs/benchmarks-history.md,
 "Session 5: the native copier").
 
 It works on PyAV's own contexts and FFmpeg (the libraries bundled with PyAV), through PyAV's
@@ -49,7 +49,7 @@ def write_header(OutputContainer container):
     one call instead of through FFmpeg's 32 KB buffer. The muxer still patches box sizes by seeking
     back, so a fragment is a few write() and lseek() calls, and for a moment its moof has a zero size
     on disk (playable_length() stops before such a fragment). Measured: -13 % CPU per camera
-    (docs/benchmarks.md, session 6). Reads and writes one AVFormatContext field, `pb`, the fifth,
+    (docs/benchmarks-history.md, Ingest, session 6). Reads and writes one AVFormatContext field, `pb`, the fifth,
     unmoved since FFmpeg 1.0 (scripts/build_native.py checks that the file is the one PyAV writes).
     """
     cdef Stream stream
@@ -89,7 +89,7 @@ STATUS_PACKET, STATUS_ATTENTION, STATUS_END, STATUS_WRITE_FAILED, STATUS_BATCH =
 
 cdef enum:
     MAX_STREAMS = 32
-    MAX_KEPT = 256  # packets kept per batch for `kept()`; a full batch ends the pump
+    MAX_KEPT = 900  # packets of one GOP kept for `kept()` (the live tap's limit); later ones are not kept
 
 cdef enum:
     SLOW_READ_US = 1000     # a read that took longer may have waited for the camera (or been preempted)
@@ -195,7 +195,7 @@ cdef class PacketCopier:
 
     cdef Container source
     cdef list streams
-    cdef int video_index
+    cdef readonly int video_index
     cdef bint wanted[MAX_STREAMS]
     cdef lib.AVRational stream_tb[MAX_STREAMS]
     cdef Container sink
@@ -218,7 +218,8 @@ cdef class PacketCopier:
     cdef public int64_t max_step
     cdef public int64_t frame_ticks
     cdef public int64_t batch_ticks
-    # Keep a reference to each packet copied (no copy of its data), for observers that want them.
+    # Keep a reference to each packet copied since the last video keyframe read (no copy of its data,
+    # no Python object), for observers that want the current GOP (the live tap); kept() hands them over.
     cdef public bint keep
     # What the last pump() copied.
     cdef public long copied
@@ -297,6 +298,10 @@ cdef class PacketCopier:
         self.armed = False
         self.sink = None
 
+    def wake(self):
+        """From any thread: end the current pump as `attention` does (it returns ATTENTION)."""
+        self.attention = True
+
     def pump(self):
         """Read until a packet needs the caller (or attention, a batch, the end, a write error)."""
         cdef lib.AVPacket *p = self.pkt
@@ -321,8 +326,9 @@ cdef class PacketCopier:
             self.switches = voluntary_switches()  # what Python did since the last pump is not a wait
         self.copied = 0
         self.copied_bytes = 0
-        self._drop_kept()
         cdef bint keep = self.keep
+        if not keep and self.n_kept:
+            self._drop_kept()
         if self.pending_exc is not None:
             exc, self.pending_exc = self.pending_exc, None
             raise exc
@@ -368,6 +374,8 @@ cdef class PacketCopier:
                 if idx < 0 or idx >= MAX_STREAMS or not self.wanted[idx]:
                     av_packet_unref(p)
                     continue
+                if idx == vidx and p.flags & lib.AV_PKT_FLAG_KEY and self.n_kept:
+                    self._drop_kept()  # a new GOP: the packets kept of the last one are of no use
                 gop_packet(&self.gop, idx == vidx, p.dts, p.size, p.flags & lib.AV_PKT_FLAG_KEY, vtb)
                 if waited:
                     # Timed from now, whatever Python does before the next pump.
@@ -394,7 +402,7 @@ cdef class PacketCopier:
                 p.time_base = self.out_tb
                 size = p.size
                 kept = False
-                if keep:
+                if keep and self.n_kept < MAX_KEPT:
                     if self.kept_pkt[self.n_kept] == NULL:
                         self.kept_pkt[self.n_kept] = lib.av_packet_alloc()
                     kept = (self.kept_pkt[self.n_kept] != NULL
@@ -416,7 +424,7 @@ cdef class PacketCopier:
                 self.last_rel = rel
                 self.copied += 1
                 self.copied_bytes += size
-                if rel - self.first_rel >= self.batch_ticks or self.n_kept == MAX_KEPT:
+                if rel - self.first_rel >= self.batch_ticks:
                     status = BATCH
                     break
         try:
@@ -449,9 +457,15 @@ cdef class PacketCopier:
         err_check(ret)  # raises the same error PyAV's demux would
         return END
 
+    @property
+    def kept_count(self):
+        """Packets kept (see `keep`) and not yet handed over by kept()."""
+        return self.n_kept
+
     def kept(self):
-        """The packets the last pump copied, if `keep` was set: (packet, position relative to the
-        segment start, in the input's time base); their timestamps are the segment's, in its time base."""
+        """Hand over the packets copied since the last video keyframe read, if `keep` was set:
+        (packet, position relative to the segment start, in the input's time base); their timestamps
+        are the segment's, in its time base. The copier keeps none of them any more."""
         out = []
         cdef Packet packet
         cdef int i
@@ -463,7 +477,7 @@ cdef class PacketCopier:
         self.n_kept = 0
         return out
 
-    cdef void _drop_kept(self):
+    cdef void _drop_kept(self) noexcept nogil:
         cdef int i
         for i in range(self.n_kept):
             av_packet_unref(self.kept_pkt[i])

@@ -287,17 +287,26 @@ class StreamRecorder:
         copier.arm(seg.file.container, seg.file.video_stream, seg.start_pos, self._pos, self._last_dts,
                    self._max_step_ticks, self._frame_ticks, self._second_ticks)
 
-    def absorb(self, copier) -> tuple[int, int, list | None]:
+    def absorb(self, copier) -> tuple[int, int]:
         """After a pump that copied packets: take the timeline back; returns the wall ms of the first
-        and the last packet copied, and the packets the copier kept with their wall ms (as
-        video_packet returns it), if it kept them."""
+        and the last packet copied."""
         self._pos = copier.pos
         self._last_dts = copier.last_dts
         seg = self._seg
         seg.frames += copier.copied
         start, to_ms = seg.start_ms, seg.wall_ms
-        kept = [(pkt, start + to_ms(rel)) for pkt, rel in copier.kept()] if copier.keep else None
-        return start + to_ms(copier.first_rel), start + to_ms(copier.last_rel), kept
+        return start + to_ms(copier.first_rel), start + to_ms(copier.last_rel)
+
+    def kept(self, copier) -> list:
+        """The packets the copier kept (all of the open segment: it drops them at each keyframe, and
+        segments start at keyframes) with their wall ms, as video_packet returns it; none if the
+        segment is gone (a disk failure closed it)."""
+        kept = copier.kept()
+        seg = self._seg
+        if seg is None:
+            return []
+        start, to_ms = seg.start_ms, seg.wall_ms
+        return [(pkt, start + to_ms(rel)) for pkt, rel in kept]
 
     def copy_failed(self, copier) -> None:
         """The copier could not mux a packet: as a failed mux in video_packet, which has already

@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - depends on the build
 # the camera's GOP (2 s here, 10 s on some "smart" codecs): 0.5 MB less per 2 Mbps camera than one
 # fragment per GOP, and a kill -9 loses about that much (half a second plus a frame). Costs +0.1 %
 # file size and ~1 ms more to verify a 60 s segment; the CPU of muxing did not rise measurably
-# (docs/benchmarks.md).
+# (docs/benchmarks-history.md).
 FRAGMENT_SECONDS = 0.5
 # flush_packets: hand each fragment to the OS as soon as the muxer finishes it (else FFmpeg holds
 # fragments in its buffer and a kill -9 loses them).
