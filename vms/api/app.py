@@ -41,8 +41,12 @@ def serve_app(app: FastAPI, host: str, port: int, log_level: str,
     gc.freeze()
     # A stop must finish within seconds (systemd, docker stop): open live views and downloads are cut
     # after 3 s rather than waited for.
+    # X-Forwarded-For is believed only from the configured proxies: uvicorn's default trusts it from
+    # 127.0.0.1, so any local client could pick its address (reset the login limit, forge the access log).
+    proxies = app.state.ctx.settings.api.trusted_proxies
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=3)
+                            timeout_graceful_shutdown=3, proxy_headers=bool(proxies),
+                            forwarded_allow_ips=list(proxies))
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

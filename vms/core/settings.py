@@ -8,6 +8,7 @@ directory. Errors name the file and line, or the environment variable, and what 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -159,6 +160,22 @@ class ApiSettings(StrictModel):
     export_keep_hours: float = Field(default=24, gt=0, description="exports can be downloaded this long")
     export_workers: int = Field(default=1, ge=1, le=8)
     login_failures_per_minute: int = Field(default=5, ge=1, description="per user and client address")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="addresses or networks (CIDR) of reverse proxies whose "
+        "X-Forwarded-For / X-Forwarded-Proto are believed; empty: none, the client is the peer of the connection")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _ip_or_network(cls, v: list[str]) -> list[str]:
+        out = []
+        for entry in v:
+            try:
+                net = ipaddress.ip_network(entry.strip(), strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or network such as 10.0.0.5 or 10.0.0.0/24 "
+                                 f"({exc})") from None
+            out.append(str(net.network_address) if net.num_addresses == 1 else str(net))
+        return out
 
 
 class SimulateSettings(StrictModel):
