@@ -3,13 +3,21 @@ from configured proxies), the login limits, request body sizes."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
 import httpx
 import pytest
 
-from tests.serve_support import running_serve
+from tests.serve_support import PASSWORD, running_serve
 
-# A server behind a (pretend) reverse proxy on 127.0.0.1: X-Forwarded-For names the client.
-PROXIED = {"trusted_proxies": ["127.0.0.1"]}
+# A server behind a (pretend) reverse proxy on 127.0.0.1: X-Forwarded-For names the client. Short
+# delays and a short login queue so the tests need not wait long or send hundreds of logins.
+MAX_DELAY_S = 4
+PROXIED = {"trusted_proxies": ["127.0.0.1"], "login_max_delay_seconds": MAX_DELAY_S, "login_queue": 8}
+FREE_PER_ADDRESS = 10  # the default api.login_failures_per_address
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +54,105 @@ def test_forwarded_for_names_the_client_behind_a_trusted_proxy(proxied):
     assert _live_view_client(proxied, {"X-Forwarded-For": "10.9.8.7"}) == "10.9.8.7"
     # The proxy appends the address it saw: what the client wrote before it is not believed.
     assert _live_view_client(proxied, {"X-Forwarded-For": "1.2.3.4, 10.9.8.6"}) == "10.9.8.6"
+
+
+def _login(s, username: str, password: str, address: str) -> httpx.Response:
+    return httpx.post(f"{s['base']}/api/auth/login", json={"username": username, "password": password},
+                      headers={"X-Forwarded-For": address}, timeout=120)
+
+
+def _at_once(n: int, call) -> list:
+    """`call(i)` in n threads released together."""
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = call(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_concurrent_wrong_passwords_meet_the_limit(proxied):
+    """Before, the failures were counted after the ~0.25 s password check: 30 at once all got 401."""
+    codes = Counter(r.status_code for r in _at_once(30, lambda i: _login(proxied, "zhao-auditor", f"guess {i}",
+                                                                         "10.0.5.5")))
+    assert codes[401] <= FREE_PER_ADDRESS and codes[429] >= 30 - FREE_PER_ADDRESS, codes
+
+
+def test_an_attacker_elsewhere_does_not_lock_the_user_out(proxied):
+    codes = Counter(_login(proxied, "chen-viewer", f"guess {i}", "10.0.6.66").status_code for i in range(20))
+    assert codes[429] > 0, codes  # the attacker's address waits
+    r = _login(proxied, "chen-viewer", PASSWORD, "10.0.6.7")  # the real user, at another address: at once
+    assert r.status_code == 200, r.text
+
+
+def test_an_attacker_at_the_same_address_delays_the_user_briefly(proxied):
+    """An attacker behind the same proxy (or NAT) as the user: before, 5 failures locked the pair out
+    for a minute, again and again; now the user waits at most login_max_delay_seconds."""
+    address = "10.0.7.99"
+    deadline = time.monotonic() + 120
+    failures = 0
+    # An attacker who respects the delays, pushing them to the cap (1, 2, 4, 4 s).
+    while failures < FREE_PER_ADDRESS + 4 and time.monotonic() < deadline:
+        r = _login(proxied, "li-operator", "guess again", address)
+        if r.status_code == 429:
+            time.sleep(int(r.headers["Retry-After"]))
+        else:
+            assert r.status_code == 401
+            failures += 1
+    assert failures == FREE_PER_ADDRESS + 4
+    r = _login(proxied, "li-operator", PASSWORD, address)
+    assert r.status_code == 429 and r.json()["code"] == "login_throttled"
+    assert int(r.headers["Retry-After"]) <= MAX_DELAY_S
+    time.sleep(int(r.headers["Retry-After"]))
+    assert _login(proxied, "li-operator", PASSWORD, address).status_code == 200
+
+
+def test_right_passwords_at_once_from_one_address_all_get_in(proxied):
+    """A shift starting behind one NAT: logins being checked count against the address's free failures,
+    so the ones past them wait for those checks to end (right passwords) instead of a 429."""
+    responses = _at_once(15, lambda i: _login(proxied, "wang-admin", PASSWORD, "10.0.9.9"))
+    assert [r.status_code for r in responses] == [200] * 15
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_concurrent_password_checks_are_capped(proxied):
+    """argon2id takes 64 MiB per check: 40 logins at once took the server from ~220 to ~1,180 MiB. Now 2
+    checks run at once, 8 more wait and the rest are told to come back."""
+    pid = proxied["proc"].pid
+    before = _rss_mib(pid)
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib(pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        responses = _at_once(40, lambda i: _login(proxied, "wang-admin", PASSWORD, f"10.0.8.{i + 1}"))
+    finally:
+        done.set()
+        sampler.join()
+    codes = Counter(r.status_code for r in responses)
+    assert set(codes) <= {200, 503} and codes[200] >= 2 and codes[503] >= 1, codes
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.json()["code"] == "login_busy" and busy.headers["Retry-After"] == "1"
+    assert peak[0] - before < 300, f"{before:.0f} -> {peak[0]:.0f} MiB"
 
 
 def test_a_forged_address_does_not_reset_the_login_limit(srv):

@@ -159,7 +159,22 @@ class ApiSettings(StrictModel):
     export_max_hours: float = Field(default=24, gt=0, description="longest range of one export")
     export_keep_hours: float = Field(default=24, gt=0, description="exports can be downloaded this long")
     export_workers: int = Field(default=1, ge=1, le=8)
-    login_failures_per_minute: int = Field(default=5, ge=1, description="per user and client address")
+    # Login limits (docs/design/api.md, Authentication). Failed logins are remembered login_window_minutes;
+    # past the free failures of a client address or an account, each further attempt from that address or
+    # on that account waits 1 s after the last failure, then 2, 4 ... up to login_max_delay_seconds.
+    login_failures_per_address: int = Field(
+        default=10, ge=1, validation_alias=AliasChoices("login_failures_per_address", "login_failures_per_minute"),
+        description="failed logins from one client address (any account) before its attempts are delayed "
+                    "(was login_failures_per_minute, per user and address)")
+    login_failures_per_account: int = Field(
+        default=30, ge=1, description="failed logins on one account (from any address) before attempts on it "
+                                      "are delayed; above the per-address count, so one attacker's address "
+                                      "does not delay the real user elsewhere")
+    login_window_minutes: float = Field(default=15, gt=0, le=1440, description="failed logins count this long")
+    login_max_delay_seconds: float = Field(default=30, ge=1, le=3600, description="longest delay between attempts")
+    login_concurrent_checks: int = Field(
+        default=2, ge=1, le=32, description="password checks (argon2id, 64 MiB each) running at once")
+    login_queue: int = Field(default=64, ge=0, description="logins waiting for a password check; more get 503")
     trusted_proxies: list[str] = Field(
         default_factory=list, description="addresses or networks (CIDR) of reverse proxies whose "
         "X-Forwarded-For / X-Forwarded-Proto are believed; empty: none, the client is the peer of the connection")
