@@ -3,6 +3,10 @@ from configured proxies), the login limits, request body sizes."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import select
+import socket
 import threading
 import time
 from collections import Counter
@@ -153,6 +157,59 @@ def test_concurrent_password_checks_are_capped(proxied):
     busy = next(r for r in responses if r.status_code == 503)
     assert busy.json()["code"] == "login_busy" and busy.headers["Retry-After"] == "1"
     assert peak[0] - before < 300, f"{before:.0f} -> {peak[0]:.0f} MiB"
+
+
+def _post_raw(s, head: str, chunks) -> tuple[int, dict | None, float]:
+    """POST with the given headers, sending `chunks` until the server answers; (status, JSON body if
+    small, MiB sent)."""
+    port = int(s["base"].rsplit(":", 1)[1])
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        sock.sendall(head.encode())
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the answer came: stop sending
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while b"\r\n\r\n" not in data and (more := sock.recv(65536)):
+                data += more
+        head_bytes, _, body = data.partition(b"\r\n\r\n")
+        status = int(head_bytes.split(b" ", 2)[1])
+        length = next((int(line.split(b":")[1]) for line in head_bytes.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        if length > 65536:  # not the short refusal expected (an echo of the body in a 422)
+            return status, None, sent / 1048576
+        with contextlib.suppress(ConnectionResetError):
+            while len(body) < length and (more := sock.recv(65536)):
+                body += more
+    return status, json.loads(body[:length]), sent / 1048576
+
+
+def test_large_bodies_are_refused_without_reading_them(srv):
+    """Before, a 100 MB JSON body to /api/auth/login was read and parsed before the 422."""
+    pid = srv["proc"].pid
+    before = _rss_mib(pid)
+    host = "Host: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    payload = b'{"username": "chen-viewer", "password": "' + b"a" * 100 * 1048576 + b'"}'
+    pieces = [payload[i:i + 262144] for i in range(0, len(payload), 262144)]
+    # Declared: the answer comes at once, before the body.
+    status, body, sent = _post_raw(srv, f"POST /api/auth/login HTTP/1.1\r\n{host}Content-Length: {len(payload)}"
+                                        "\r\n\r\n", pieces)
+    assert status == 413 and body and body["code"] == "body_too_large", (status, body)
+    assert sent < 20, f"{sent:.0f} MiB sent before the answer"
+    # Streamed (chunked, no length): counted as it comes, refused past the limit.
+    chunked = (f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces)
+    status, body, sent = _post_raw(srv, f"POST /api/auth/login HTTP/1.1\r\n{host}Transfer-Encoding: chunked"
+                                        "\r\n\r\n", chunked)
+    assert status == 413 and body and body["code"] == "body_too_large", (status, body)
+    assert sent < 20, f"{sent:.0f} MiB sent before the answer"
+    grown = _rss_mib(pid) - before
+    assert grown < 30, f"the server grew by {grown:.0f} MiB"
 
 
 def test_a_forged_address_does_not_reset_the_login_limit(srv):

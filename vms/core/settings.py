@@ -175,6 +175,8 @@ class ApiSettings(StrictModel):
     login_concurrent_checks: int = Field(
         default=2, ge=1, le=32, description="password checks (argon2id, 64 MiB each) running at once")
     login_queue: int = Field(default=64, ge=0, description="logins waiting for a password check; more get 503")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="largest request body (413 beyond); "
+                                "nothing uploads files, the largest bodies are WebRTC offers of ~10 kB")
     trusted_proxies: list[str] = Field(
         default_factory=list, description="addresses or networks (CIDR) of reverse proxies whose "
         "X-Forwarded-For / X-Forwarded-Proto are believed; empty: none, the client is the peer of the connection")
