@@ -11,7 +11,7 @@ from pydantic import Field
 from sqlalchemy import select
 
 from vms.api import permissions as P
-from vms.api.access import record_access
+from vms.api.access import record_access, record_download
 from vms.api.accounts import Principal
 from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, client_address, require, visible_station
 from vms.api.exports import export_path, export_runner
@@ -71,7 +71,7 @@ def create_export(body: ExportIn, request: Request, ctx: Ctx, session: DbSession
                     username=principal.username, state="queued", progress=0.0, created_ms=now)
     session.add(job)
     record_access(session, principal, "export", now, client_address(request), station_id=station.id,
-                  start_ms=s, end_ms=e, reason=job.reason)
+                  start_ms=s, end_ms=e, reason=job.reason, export_id=job.id)
     session.commit()  # the worker reads the row from its own session
     export_runner(ctx).submit(job.id)
     return _out(ctx, job)
@@ -115,10 +115,8 @@ def download_export(export_id: ExportId, request: Request, ctx: Ctx, session: Db
     path = export_path(ctx, job.id)
     if not path.exists():
         raise HTTPException(410, f"export {job.id} file is gone")
-    # One entry per download request that starts at the beginning (ranged re-reads are the same download).
-    range_header = request.headers.get("range", "")
-    if not range_header or range_header.replace(" ", "").startswith("bytes=0-"):
-        record_access(session, principal, "download", ctx.clock.now_ms(), client_address(request),
-                      station_id=job.station_id, start_ms=job.start_ms, end_ms=job.end_ms, reason=job.reason)
+    if request.method == "GET":  # (HEAD sends no footage)
+        record_download(session, principal, job, ctx.clock.now_ms(), client_address(request))
+        session.commit()
     local = iso(job.start_ms, ctx.settings.tz).replace(":", "")[:17]
     return FileResponse(path, media_type="video/mp4", filename=f"{job.station_id}-{local}.mp4")
