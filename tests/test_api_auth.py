@@ -110,7 +110,7 @@ ROLE_CASES = [
     ("aud", "POST", "/api/holds", {"station_id": "{sid}", "start": "2025-12-31T10:00",
                                    "end": "2025-12-31T10:05", "reason": "case 1"}, 403),
     ("op", "POST", "/api/holds", {"station_id": "{sid}", "start": "2025-12-31T10:00",
-                                  "end": "2025-12-31T10:05", "reason": "case 1"}, 201),
+                                  "end": "2025-12-31T10:05", "reason": "case 1"}, 404),  # allowed; no footage
     ("op", "GET", "/api/access-log", None, 403),
     ("op", "GET", "/api/users", None, 403),
     ("op", "PATCH", "/api/stations/{sid}", {"enabled": False}, 403),

@@ -101,3 +101,114 @@ def test_two_download_rows_of_one_export_and_user_cannot_exist(any_db, clock):
         assert record_download(s, op, job, clock.now_ms(), "10.0.0.1") is False
         record_access(s, op, "export", clock.now_ms(), "10.0.0.1", export_id=job.id)  # other actions: any number
         record_access(s, op, "export", clock.now_ms(), "10.0.0.1", export_id=job.id)
+
+
+def _job_row(db, username: str, state: str, now: int, size: int | None = None, start_ms: int = 0) -> None:
+    import uuid
+
+    from vms.db.models import ExportJob
+
+    with db.session() as s:
+        s.add(ExportJob(id=uuid.uuid4().hex, station_id=SID, start_ms=start_ms, end_ms=start_ms + 20_000, reason="r",
+                        username=username, state=state, progress=0.5, bytes=size, created_ms=now,
+                        expires_ms=now + 3_600_000 if state == "done" else None))
+
+
+def test_exports_in_progress_are_limited_per_user_and_in_all(api, db, clock, settings, clip):
+    now = clock.now_ms()
+    add_segments(db, VolumeSet.from_settings(settings), clip, SID, now - 600_000, 3, settings.tz)
+    op = login(api, "op")
+    api.cookies.clear()
+    body = {"station_id": SID, "start": str(now - 595_000), "end": str(now - 575_000), "reason": "投诉核查"}
+    for _ in range(settings.api.export_max_active_per_user):  # (rows: a remux of these would end at once)
+        _job_row(db, "op", "running", now)
+    r = api.post("/api/exports", headers=op, json=body)
+    assert r.status_code == 429 and r.json()["code"] == "export_busy_user", r.text
+    assert "导出在进行中" in r.json()["detail"]
+    for _ in range(settings.api.export_max_active - settings.api.export_max_active_per_user):
+        _job_row(db, "someone", "queued", now)
+    r = api.post("/api/exports", headers=login(api, "admin"), json=body)
+    assert r.status_code == 429 and r.json()["code"] == "export_busy", r.text
+    with db.session() as s:
+        from vms.db.models import AccessLog, ExportJob
+
+        assert s.query(ExportJob).count() == settings.api.export_max_active  # nothing was added
+        assert s.query(AccessLog).count() == 0
+
+
+def test_bytes_of_exports_are_limited_per_user_and_in_all_until_they_expire(api, db, clock, settings, clip):
+    from vms.api.exports import estimated_bytes, expire_exports
+
+    now = clock.now_ms()
+    add_segments(db, VolumeSet.from_settings(settings), clip, SID, now - 600_000, 3, settings.tz)
+    with db.session() as s:
+        estimate = estimated_bytes(s, SID, now - 595_000, now - 575_000)
+    assert estimate > 10_000
+    op, admin = login(api, "op"), login(api, "admin")
+    api.cookies.clear()
+    settings.api.export_max_bytes_per_user = int(estimate * 2.5)
+    job = _finished_export(api, op, now - 595_000, now - 575_000)
+    assert abs(job["bytes"] - estimate) < estimate * 0.3  # the estimate is close to what an export makes
+    _finished_export(api, op, now - 595_000, now - 575_000)
+    body = {"station_id": SID, "start": str(now - 595_000), "end": str(now - 575_000), "reason": "再导一次"}
+    r = api.post("/api/exports", headers=op, json=body)
+    assert r.status_code == 429 and r.json()["code"] == "export_quota_user", r.text
+    assert "每人上限" in r.json()["detail"]
+    # Another user still may, until all the exports kept pass the limit of all users together.
+    settings.api.export_max_bytes = int(estimate * 3.5)
+    assert api.post("/api/exports", headers=admin, json=body).status_code == 202
+    r = api.post("/api/exports", headers=admin, json=body)
+    assert r.status_code == 429 and r.json()["code"] == "export_quota", r.text
+    # Exports expire after api.export_keep_hours: their files are deleted and no longer count.
+    clock.advance(settings.api.export_keep_hours * 3600 + 1)
+    time.sleep(1)  # (the admin's export finishes)
+    assert expire_exports(api.app.state.ctx) >= 2
+    assert api.post("/api/exports", headers=login(api, "op"), json=body).status_code == 202
+
+
+def test_partial_export_files_of_a_killed_server_are_deleted_at_start(api):
+    from vms.api import maintenance
+
+    ctx = api.app.state.ctx
+    ctx.export_dir.mkdir(parents=True, exist_ok=True)
+    part = ctx.export_dir / ("e" * 32 + ".mp4.part")
+    part.write_bytes(b"\0" * 1000)
+    ctx.extras.pop("exports", None)  # as in a new process, before any export runs
+    maintenance.startup(ctx)
+    assert not part.exists()
+
+
+def test_holds_cover_recorded_footage_only(api, db, clock, settings, clip):
+    """Before, an operator could hold footage until 9999-12-31, or hours not recorded yet."""
+    now = clock.now_ms()
+    t0 = now - 3 * 86_400_000
+    add_segments(db, VolumeSet.from_settings(settings), clip, SID, t0, 3, settings.tz, gap_after={0: 600_000})
+    op = login(api, "op")
+    api.cookies.clear()
+
+    def hold(start_ms: int, end_ms: int, station_id: str = SID):
+        return api.post("/api/holds", headers=op, json={"station_id": station_id, "start": str(start_ms),
+                                                        "end": str(end_ms), "reason": "案件 2026-17"})
+
+    cases = [
+        (t0, 253402300799000, 400, "hold_in_future"),  # 9999-12-31
+        (now - 3_600_000, now + 3_600_000, 400, "hold_in_future"),
+        (now - 40 * 86_400_000, now - 3_600_000, 400, "hold_too_long"),
+        (t0 - 3_600_000, t0 + 5000, 400, "hold_before_footage"),
+        (t0 + 12_000, t0 + 600_000, 404, "hold_no_footage"),  # inside the 10-minute gap
+        (now - 3_600_000, now, 404, "hold_no_footage"),  # nothing recorded since
+    ]
+    for start_ms, end_ms, status, code in cases:
+        r = hold(start_ms, end_ms)
+        assert r.status_code == status and r.json()["code"] == code, (start_ms - t0, end_ms - t0, r.text)
+    r = hold(t0 - 3_600_000, t0 + 5000)
+    assert "现存最早的录像" in r.json()["detail"]
+    r = hold(t0, now - 3_600_000, station_id="pinghai-town")
+    assert r.status_code == 404 and r.json()["code"] == "hold_no_footage"
+    # Footage recorded, within the limits (the end may be a few seconds ahead of the server's clock).
+    assert hold(t0, t0 + 5000).status_code == 201
+    assert hold(t0 + 5000, now + 30_000).status_code == 201
+    with db.session() as s:
+        from vms.db.models import Hold
+
+        assert s.query(Hold).count() == 2

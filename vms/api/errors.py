@@ -6,6 +6,8 @@ reads it. Codes never change once published; add new ones instead.
 
 from __future__ import annotations
 
+from datetime import datetime, tzinfo
+
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 
@@ -22,3 +24,12 @@ async def api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status_code,
                         headers=exc.headers)
+
+
+def local_time(ms: int, tz: tzinfo) -> str:
+    """A time as an operator reads it: local date and time to the second (never fails: a time datetime
+    cannot hold, 9999-12-31 in UTC+8, is shown as milliseconds)."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms"

@@ -71,6 +71,8 @@ class RetentionSettings(StrictModel):
     floor_days: float = Field(default=3, ge=0, description="pressure never evicts newer than this unless critical")
     sweep_minutes: float = Field(default=10, gt=0)
     pressure_check_seconds: float = Field(default=60, gt=0)
+    hold_max_days: float = Field(default=31, gt=0, description="longest range of footage one hold placed "
+                                 "through the API keeps (the CLI is not limited)")
 
     @field_validator("per_town", "per_station")
     @classmethod
@@ -159,6 +161,12 @@ class ApiSettings(StrictModel):
     export_max_hours: float = Field(default=24, gt=0, description="longest range of one export")
     export_keep_hours: float = Field(default=24, gt=0, description="exports can be downloaded this long")
     export_workers: int = Field(default=1, ge=1, le=8)
+    export_max_active_per_user: int = Field(default=2, ge=1, description="exports queued or running per user")
+    export_max_active: int = Field(default=8, ge=1, description="exports queued or running in all")
+    export_max_bytes_per_user: int = Field(
+        default=50 * 10**9, ge=10**6, description="bytes of a user's exports kept (done, until they expire) plus "
+        "the estimated size of those queued or running; a new export must fit (24 h of a 2 Mbps camera: 21.6 GB)")
+    export_max_bytes: int = Field(default=200 * 10**9, ge=10**6, description="the same for all users together")
     # Login limits (docs/design/api.md, Authentication). Failed logins are remembered login_window_minutes;
     # past the free failures of a client address or an account, each further attempt from that address or
     # on that account waits 1 s after the last failure, then 2, 4 ... up to login_max_delay_seconds.

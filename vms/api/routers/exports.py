@@ -14,7 +14,7 @@ from vms.api import permissions as P
 from vms.api.access import record_access, record_download
 from vms.api.accounts import Principal
 from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, client_address, require, visible_station
-from vms.api.exports import export_path, export_runner
+from vms.api.exports import check_export_limits, estimated_bytes, export_path, export_runner
 from vms.api.footage import segments_or_error
 from vms.api.schemas import ApiModel, FootageRangeIn
 from vms.api.timeparse import iso, parse_range
@@ -57,7 +57,10 @@ def _out(ctx, job: ExportJob) -> dict:
             "download_url": f"/api/exports/{job.id}/download" if job.state == "done" else None}
 
 
-@router.post("", response_model=ExportOut, status_code=202)
+@router.post("", response_model=ExportOut, status_code=202,
+             responses={429: {"description": "too many exports in progress, or their files would pass the "
+                                             "bytes allowed (code export_busy_user, export_busy, "
+                                             "export_quota_user, export_quota)"}})
 def create_export(body: ExportIn, request: Request, ctx: Ctx, session: DbSession,
                   principal: ExportPrincipal) -> dict:
     station = visible_station(session, principal, body.station_id)
@@ -66,14 +69,19 @@ def create_export(body: ExportIn, request: Request, ctx: Ctx, session: DbSession
     s, e = parse_range(body.start, body.end, ctx.settings.tz, int(ctx.settings.api.export_max_hours * 3_600_000),
                        "export range")
     segments_or_error(ctx, session, station, s, e)
-    now = ctx.clock.now_ms()
-    job = ExportJob(id=uuid.uuid4().hex, station_id=station.id, start_ms=s, end_ms=e, reason=body.reason.strip(),
-                    username=principal.username, state="queued", progress=0.0, created_ms=now)
-    session.add(job)
-    record_access(session, principal, "export", now, client_address(request), station_id=station.id,
-                  start_ms=s, end_ms=e, reason=job.reason, export_id=job.id)
-    session.commit()  # the worker reads the row from its own session
-    export_runner(ctx).submit(job.id)
+    runner = export_runner(ctx)
+    estimate = estimated_bytes(session, station.id, s, e)
+    with runner.admission:
+        check_export_limits(ctx, session, principal.username, estimate)
+        now = ctx.clock.now_ms()
+        job = ExportJob(id=uuid.uuid4().hex, station_id=station.id, start_ms=s, end_ms=e,
+                        reason=body.reason.strip(), username=principal.username, state="queued", progress=0.0,
+                        created_ms=now)
+        session.add(job)
+        record_access(session, principal, "export", now, client_address(request), station_id=station.id,
+                      start_ms=s, end_ms=e, reason=job.reason, export_id=job.id)
+        session.commit()  # the worker reads the row from its own session
+    runner.submit(job.id)
     return _out(ctx, job)
 
 
