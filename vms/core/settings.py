@@ -185,9 +185,25 @@ class ApiSettings(StrictModel):
     login_queue: int = Field(default=64, ge=0, description="logins waiting for a password check; more get 503")
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="largest request body (413 beyond); "
                                 "nothing uploads files, the largest bodies are WebRTC offers of ~10 kB")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="pages of other origins (scheme://host[:port]) that may open the live "
+        "WebSocket with the operator's cookie; the server's own origin always may")
     trusted_proxies: list[str] = Field(
         default_factory=list, description="addresses or networks (CIDR) of reverse proxies whose "
         "X-Forwarded-For / X-Forwarded-Proto are believed; empty: none, the client is the peer of the connection")
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        out = []
+        for entry in v:
+            origin = entry.strip().rstrip("/").lower()
+            scheme, sep, netloc = origin.partition("://")
+            if scheme not in ("http", "https") or not sep or not netloc or any(c in netloc for c in "/?#@ "):
+                raise ValueError(f"{entry!r} is not an origin such as https://console.example.cn or "
+                                 "http://10.0.0.5:8080 (scheme, host and port only)")
+            out.append(origin)
+        return out
 
     @field_validator("trusted_proxies")
     @classmethod
