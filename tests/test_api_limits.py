@@ -212,3 +212,18 @@ def test_holds_cover_recorded_footage_only(api, db, clock, settings, clip):
         from vms.db.models import Hold
 
         assert s.query(Hold).count() == 2
+
+
+def test_proxy_and_origin_settings_are_checked_at_start_with_file_and_key(tmp_path):
+    from vms.core.errors import ConfigError
+    from vms.core.settings import load_settings
+
+    path = tmp_path / "vms.yaml"
+    path.write_text("api:\n  trusted_proxies: [127.0.0.1, 10.0.0.0/8, '::1']\n  allowed_origins: [https://a.cn]\n")
+    api = load_settings(path, env={}).api
+    assert api.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1"] and api.allowed_origins == ["https://a.cn"]
+    path.write_text("api:\n  port: 8080\n  trusted_proxies: [nginx.local]\n  allowed_origins: [a.cn/x]\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, env={})
+    assert "vms.yaml:3: api.trusted_proxies" in str(e.value) and "'nginx.local' is not an IP address" in str(e.value)
+    assert "vms.yaml:4: api.allowed_origins" in str(e.value)
