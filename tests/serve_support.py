@@ -30,9 +30,10 @@ def run_vms(env, *args, stdin: str | None = None) -> subprocess.CompletedProcess
 
 
 @contextmanager
-def running_serve(root: Path, cameras: int = 2, footage_seconds: float = 10) -> Iterator[dict]:
+def running_serve(root: Path, cameras: int = 2, footage_seconds: float = 10, api: dict | None = None) -> Iterator[dict]:
     """`vms serve` with `cameras` simulated cameras (the first stations without camera URLs), users of
-    every role (password PASSWORD), and `footage_seconds` of footage recorded before yielding."""
+    every role (password PASSWORD), and `footage_seconds` of footage recorded before yielding. `api`:
+    more settings of the api section."""
     port = free_port()
     config = root / "vms.yaml"
     config.write_text(json.dumps({
@@ -40,7 +41,7 @@ def running_serve(root: Path, cameras: int = 2, footage_seconds: float = 10) -> 
         "stations_file": str(REPO / "config" / "stations.yaml"),
         "storage": {"volumes": [{"name": "main", "path": str(root / "recordings")}]},
         "ingest": {"segment_seconds": 4, "status_interval_seconds": 1},
-        "api": {"port": port, "status_cache_seconds": 0.5},
+        "api": {"port": port, "status_cache_seconds": 0.5, **(api or {})},
         "simulate": {"enabled": "auto", "max_cameras": cameras, "port": free_port(), "width": 320,
                      "height": 240, "fps": 15, "bitrate_kbps": 300, "content": "pattern"},
         "log_level": "WARNING",

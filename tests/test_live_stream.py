@@ -317,7 +317,7 @@ def test_webrtc_and_mse_live_views_through_the_api(recording, db):
                 return exc.rcvd.code
             return 0
 
-        assert asyncio.run(refused()) in (403, 4403)
+        assert asyncio.run(refused()) == 4403
         r = httpx.post(
             f"{api.url}/api/stations/baihua-town/live/webrtc",
             json={"sdp": "v=0 x" * 3},
@@ -327,3 +327,44 @@ def test_webrtc_and_mse_live_views_through_the_api(recording, db):
     with db.session() as s:
         rows = s.scalars(select(AccessLog).where(AccessLog.action == "live")).all()
     assert [(r.username, r.station_id) for r in rows][:2] == [("zhang-admin", STATION)] * 2
+
+
+def test_websocket_refusals_reach_the_page_with_their_code_and_origin_is_checked(settings, db):
+    """Before, refusals closed the handshake (HTTP 403 to the client, a bare 1006 in a browser), so the
+    documented 4401/4403/4404/4503 never arrived; and any page could open a live view with the operator's
+    cookie. No camera here: a station that is not recorded answers 4503."""
+    settings.api.allowed_origins = ["https://console.example.cn"]
+    _user(db, "zhang-admin", "admin")
+    _user(db, "li-auditor", "auditor")
+    with db.session() as s:
+        create_user(s, "ph-viewer", PASSWORD, "viewer", SystemClock().now_ms(), towns=["平海镇"])
+    with ApiServer(settings, db) as api:
+        admin, auditor, town_viewer = (_login(api.url, u) for u in ("zhang-admin", "li-auditor", "ph-viewer"))
+
+        async def close_of(headers: dict, station: str = STATION, origin: str | None = None) -> tuple[int, str]:
+            uri = f"ws://127.0.0.1:{api.port}/api/stations/{station}/live/mse"
+            async with websockets.connect(uri, additional_headers=headers, origin=origin) as ws:
+                with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 10)
+            return closed.value.rcvd.code, closed.value.rcvd.reason
+
+        def bearer(token: str) -> dict:
+            return {"Authorization": f"Bearer {token}"}
+
+        cookie = {"Cookie": f"vms_session={admin}"}
+        cases = [
+            ({}, STATION, None, 4401, "not logged in"),
+            (bearer("vmss_nope"), STATION, None, 4401, "unknown token"),
+            (bearer(auditor), STATION, None, 4403, "does not allow live"),
+            (bearer(town_viewer), STATION, None, 4404, "in your towns"),
+            (bearer(admin), STATION, None, 4503, "not being recorded"),
+            # A page elsewhere (another site, or another port of this host) with the operator's cookie.
+            (cookie, STATION, "http://evil.example", 4403, "origin http://evil.example"),
+            (cookie, STATION, "http://127.0.0.1:9", 4403, "may not open a live view"),
+            # The server's own origin and a configured one get through the check (to the missing stream).
+            (cookie, STATION, f"http://127.0.0.1:{api.port}", 4503, "not being recorded"),
+            (cookie, STATION, "https://console.example.cn", 4503, "not being recorded"),
+        ]
+        for headers, station, origin, code, reason in cases:
+            got = asyncio.run(close_of(headers, station, origin))
+            assert got[0] == code and reason in got[1], (headers, origin, got)

@@ -13,7 +13,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from vms.api.bodylimit import BodySizeLimit
 from vms.api.context import ApiContext
+from vms.api.errors import ApiError, api_error_handler
 from vms.core.clock import Clock
 from vms.core.errors import VmsError
 from vms.core.settings import Settings
@@ -38,8 +40,13 @@ def serve_app(app: FastAPI, host: str, port: int, log_level: str,
     gc.freeze()
     # A stop must finish within seconds (systemd, docker stop): open live views and downloads are cut
     # after 3 s rather than waited for.
+    # X-Forwarded-For is believed only from the configured proxies: uvicorn's default trusts it from
+    # 127.0.0.1, so any local client could pick its address (reset the login limit, forge the access log).
+    api = app.state.ctx.settings.api
+    # (The live WebSocket reads nothing but its close: uvicorn's 16 MiB message limit is far more than needed.)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=3)
+                            timeout_graceful_shutdown=3, proxy_headers=bool(api.trusted_proxies),
+                            forwarded_allow_ips=list(api.trusted_proxies), ws_max_size=api.max_body_bytes)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
@@ -78,6 +85,9 @@ def create_app(settings: Settings, database: Database, clock: Clock) -> FastAPI:
     @app.exception_handler(VmsError)
     async def _vms_error(_request, exc: VmsError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
 
     for r in (health.router, auth.router):
         app.include_router(r)

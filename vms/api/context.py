@@ -3,8 +3,11 @@ small in-process state of the API (login throttle, status cache, export and play
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,18 +17,65 @@ from vms.db.engine import Database
 from vms.recording.volumes import VolumeSet
 
 
+@dataclass(frozen=True)
+class LoginAttempt:
+    """A login let through to its password check (LoginThrottle.begin); LoginThrottle.finish says how it ended."""
+
+    username: str
+    client: str
+
+
+@dataclass(frozen=True)
+class LoginDelay:
+    """A login refused before any password check: wait `seconds` (`by` is "address" or "account")."""
+
+    seconds: float
+    by: str
+
+
+@dataclass(frozen=True)
+class LoginInFlight:
+    """Logins of this address or account being checked now could use up its free failures: ask again
+    when they are done (a fraction of a second)."""
+
+    by: str
+
+
 class LoginThrottle:
-    """At most `limit` failed logins per (username, client) per minute; counts on the monotonic clock."""
+    """Failed logins per client address and per account, remembered `window_s` on the monotonic clock.
 
-    PRUNE_ABOVE = 10_000  # pairs kept before those with no failure in the window are dropped
+    Each key may fail `free` times (per_address / per_account); after that every attempt must come at
+    least a delay after the key's latest failure, 1 s doubling with each further failure up to
+    `max_delay_s`. Nothing locks an account: an attacker makes its own address wait, and it takes far
+    more failures (from several addresses) before the real user, elsewhere, waits at most `max_delay_s`.
 
-    def __init__(self, clock: Clock, limit: int, window_s: float = 60.0) -> None:
+    Attempts in flight count before their password check (~0.25 s) ends: a key lets only as many through
+    at once as it has failures left (one once it is past them), so 30 guesses at once cannot all be
+    checked before the first failures are counted; the others wait for those to finish (LoginInFlight),
+    and are let through if they were right, delayed if they were wrong."""
+
+    PRUNE_ABOVE = 10_000  # keys kept before those with no failure in the window are dropped
+    PRUNE_EVERY_S = 60.0  # at most one scan of the table this often
+
+    def __init__(self, clock: Clock, per_address: int, per_account: int, window_s: float = 900.0,
+                 max_delay_s: float = 30.0) -> None:
         self.clock = clock
-        self.limit = limit
+        self.free = {"address": per_address, "account": per_account}
         self.window_s = window_s
+        self.max_delay_s = max_delay_s
         self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._in_flight: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
         self._pruned_mono = float("-inf")
+
+    @classmethod
+    def from_settings(cls, clock: Clock, api) -> LoginThrottle:
+        return cls(clock, api.login_failures_per_address, api.login_failures_per_account,
+                   api.login_window_minutes * 60, api.login_max_delay_seconds)
+
+    @staticmethod
+    def _keys(username: str, client: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        return ("address", client), ("account", username)
 
     def _recent(self, key: tuple[str, str], create: bool = False) -> deque[float]:
         now = self.clock.monotonic()
@@ -38,34 +88,110 @@ class LoginThrottle:
             q.popleft()
         return q
 
-    def retry_after(self, username: str, client: str) -> float | None:
-        """Seconds to wait if this pair is blocked, else None."""
-        with self._lock:
-            q = self._recent((username, client))
-            if len(q) < self.limit:
-                return None
-            return max(1.0, self.window_s - (self.clock.monotonic() - q[0]))
+    def _state(self, key: tuple[str, str]) -> float | None:
+        """Seconds to wait (> 0) after this key's failures; 0 if an attempt may start now; None if the
+        attempts in flight use what the key allows."""
+        q = self._recent(key)
+        over = len(q) - self.free[key[0]]
+        if over >= 0:
+            wait = q[-1] + min(self.max_delay_s, 2.0 ** min(over, 32)) - self.clock.monotonic()
+            if wait > 0:
+                return wait
+        allowed = 1 if over >= 0 else -over
+        return 0.0 if self._in_flight.get(key, 0) < allowed else None
 
-    def failed(self, username: str, client: str) -> None:
+    def retry_after(self, username: str, client: str) -> LoginDelay | None:
+        """The delay this login must respect now, if any (checking makes no entry)."""
+        with self._lock:
+            waits = [(self._state(key) or 0.0, key[0]) for key in self._keys(username, client)]
+        seconds, by = max(waits)
+        return LoginDelay(seconds, by) if seconds > 0 else None
+
+    def begin(self, username: str, client: str) -> LoginAttempt | LoginDelay | LoginInFlight:
+        """Let a login through to its password check (it counts from now on), or say why not."""
+        with self._lock:
+            keys = self._keys(username, client)
+            states = [self._state(key) for key in keys]
+            waits = [(state, key[0]) for state, key in zip(states, keys, strict=True) if state]
+            if waits:
+                seconds, by = max(waits)
+                return LoginDelay(seconds, by)
+            if None in states:
+                return LoginInFlight(keys[states.index(None)][0])
+            for key in keys:
+                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+            return LoginAttempt(username, client)
+
+    def finish(self, attempt: LoginAttempt, outcome: str) -> None:
+        """`outcome`: "failed" (counted), "succeeded" (the account's failures go: they were someone else's
+        guesses; the address's stay) or "unchecked" (never got to the check: the server was busy)."""
         with self._lock:
             now = self.clock.monotonic()
-            self._recent((username, client), create=True).append(now)
-            # At most one scan per window: a spray of names within one window is kept (each counts).
-            if len(self._failures) > self.PRUNE_ABOVE and now - self._pruned_mono >= self.window_s:
-                self._pruned_mono = now
-                self._prune()
+            for key in self._keys(attempt.username, attempt.client):
+                left = self._in_flight.get(key, 0) - 1
+                if left > 0:
+                    self._in_flight[key] = left
+                else:
+                    self._in_flight.pop(key, None)
+                if outcome == "failed":
+                    self._recent(key, create=True).append(now)
+                elif outcome == "succeeded" and key[0] == "account":
+                    self._failures.pop(key, None)
+            if outcome == "failed":
+                self._maybe_prune(now)
+
+    def failed(self, username: str, client: str) -> None:
+        """Count a failure (as finish() does for a wrong password)."""
+        with self._lock:
+            now = self.clock.monotonic()
+            for key in self._keys(username, client):
+                self._recent(key, create=True).append(now)
+            self._maybe_prune(now)
+
+    def _maybe_prune(self, now: float) -> None:
+        # At most one scan per PRUNE_EVERY_S: a spray of names within the window is kept (each counts).
+        if len(self._failures) > self.PRUNE_ABOVE and now - self._pruned_mono >= self.PRUNE_EVERY_S:
+            self._pruned_mono = now
+            self._prune()
 
     def _prune(self) -> None:
-        """Bound memory under a spray of names. A pair's old failures were only dropped when that same pair
+        """Bound memory under a spray of names. A key's old failures were only dropped when that same key
         tried again, so every mistyped name stayed for good and, past the limit, each failed login scanned
         the whole table and freed nothing."""
         now = self.clock.monotonic()
         for key in [k for k, q in self._failures.items() if not q or now - q[-1] >= self.window_s]:
             del self._failures[key]
 
-    def succeeded(self, username: str, client: str) -> None:
-        with self._lock:
-            self._failures.pop((username, client), None)
+
+class LoginBusy(Exception):
+    """More logins wait for a password check than the queue allows."""
+
+
+class LoginGate:
+    """At most `concurrent` password checks at once, `queue` more waiting, the rest refused at once.
+
+    argon2id needs 64 MiB and ~0.25 s of two cores per check: 40 logins at once took the server from
+    269 to 1,191 MiB and a plain GET from 0.03 to 2.6 s. Waiting logins are coroutines, not threads, so
+    they hold neither memory nor a thread of the pool the other requests need. Used on the event loop only."""
+
+    def __init__(self, concurrent: int, queue: int) -> None:
+        self._semaphore = asyncio.Semaphore(concurrent)
+        self.queue = queue
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._semaphore.locked() and self.waiting >= self.queue:
+            raise LoginBusy
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._semaphore.release()
 
 
 @dataclass
@@ -82,7 +208,7 @@ class ApiContext:
     def make(cls, settings: Settings, database: Database, clock: Clock) -> ApiContext:
         return cls(settings=settings, database=database, clock=clock,
                    volumes=VolumeSet.from_settings(settings),
-                   throttle=LoginThrottle(clock, settings.api.login_failures_per_minute))
+                   throttle=LoginThrottle.from_settings(clock, settings.api))
 
     @property
     def cache_dir(self) -> Path:
@@ -102,6 +228,17 @@ class ApiContext:
             return self.database
         return self.singleton("status_db", lambda: Database(url, **({} if url.startswith("sqlite")
                                                                       else {"pool_size": 2, "max_overflow": 0})))
+
+    def login_gate(self) -> LoginGate:
+        """The gate of the running event loop (an asyncio semaphore cannot wait on another loop: tests
+        run one app in several)."""
+        loop = asyncio.get_running_loop()
+        with self.lock:
+            made = self.extras.get("login_gate")
+            if made is None or made[0] is not loop:
+                api = self.settings.api
+                made = self.extras["login_gate"] = (loop, LoginGate(api.login_concurrent_checks, api.login_queue))
+            return made[1]
 
     def singleton(self, name: str, factory):
         """One object per app, made on first use (keeps create_app free of side effects)."""

@@ -8,6 +8,7 @@ directory. Errors name the file and line, or the environment variable, and what 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -72,6 +73,8 @@ class RetentionSettings(StrictModel):
                                  "sweep runs 30 s after the start)")
     pressure_check_seconds: float = Field(default=60, gt=0, description="check each volume's free space and quota "
                                           "this often, evicting early under pressure")
+    hold_max_days: float = Field(default=31, gt=0, description="longest range of footage one hold placed "
+                                 "through the API keeps (the CLI is not limited)")
 
     @field_validator("per_town", "per_station")
     @classmethod
@@ -169,7 +172,62 @@ class ApiSettings(StrictModel):
     export_max_hours: float = Field(default=24, gt=0, description="longest range of one export")
     export_keep_hours: float = Field(default=24, gt=0, description="exports can be downloaded this long")
     export_workers: int = Field(default=1, ge=1, le=8)
-    login_failures_per_minute: int = Field(default=5, ge=1, description="per user and client address")
+    export_max_active_per_user: int = Field(default=2, ge=1, description="exports queued or running per user")
+    export_max_active: int = Field(default=8, ge=1, description="exports queued or running in all")
+    export_max_bytes_per_user: int = Field(
+        default=50 * 10**9, ge=10**6, description="bytes of a user's exports kept (done, until they expire) plus "
+        "the estimated size of those queued or running; a new export must fit (24 h of a 2 Mbps camera: 21.6 GB)")
+    export_max_bytes: int = Field(default=200 * 10**9, ge=10**6, description="the same for all users together")
+    # Login limits (docs/design/api.md, Authentication). Failed logins are remembered login_window_minutes;
+    # past the free failures of a client address or an account, each further attempt from that address or
+    # on that account waits 1 s after the last failure, then 2, 4 ... up to login_max_delay_seconds.
+    login_failures_per_address: int = Field(
+        default=10, ge=1, validation_alias=AliasChoices("login_failures_per_address", "login_failures_per_minute"),
+        description="failed logins from one client address (any account) before its attempts are delayed "
+                    "(was login_failures_per_minute, per user and address)")
+    login_failures_per_account: int = Field(
+        default=30, ge=1, description="failed logins on one account (from any address) before attempts on it "
+                                      "are delayed; above the per-address count, so one attacker's address "
+                                      "does not delay the real user elsewhere")
+    login_window_minutes: float = Field(default=15, gt=0, le=1440, description="failed logins count this long")
+    login_max_delay_seconds: float = Field(default=30, ge=1, le=3600, description="longest delay between attempts")
+    login_concurrent_checks: int = Field(
+        default=2, ge=1, le=32, description="password checks (argon2id, 64 MiB each) running at once")
+    login_queue: int = Field(default=64, ge=0, description="logins waiting for a password check; more get 503")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="largest request body (413 beyond); "
+                                "nothing uploads files, the largest bodies are WebRTC offers of ~10 kB")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="pages of other origins (scheme://host[:port]) that may open the live "
+        "WebSocket with the operator's cookie; the server's own origin always may")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="addresses or networks (CIDR) of reverse proxies whose "
+        "X-Forwarded-For / X-Forwarded-Proto are believed; empty: none, the client is the peer of the connection")
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        out = []
+        for entry in v:
+            origin = entry.strip().rstrip("/").lower()
+            scheme, sep, netloc = origin.partition("://")
+            if scheme not in ("http", "https") or not sep or not netloc or any(c in netloc for c in "/?#@ "):
+                raise ValueError(f"{entry!r} is not an origin such as https://console.example.cn or "
+                                 "http://10.0.0.5:8080 (scheme, host and port only)")
+            out.append(origin)
+        return out
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _ip_or_network(cls, v: list[str]) -> list[str]:
+        out = []
+        for entry in v:
+            try:
+                net = ipaddress.ip_network(entry.strip(), strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or network such as 10.0.0.5 or 10.0.0.0/24 "
+                                 f"({exc})") from None
+            out.append(str(net.network_address) if net.num_addresses == 1 else str(net))
+        return out
 
 
 class SimulateSettings(StrictModel):

@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -253,7 +254,13 @@ class AccessLog(Base):
     """调用登记: every live view, playback, snapshot and export. Append-only."""
 
     __tablename__ = "access_log"
-    __table_args__ = (Index("ix_access_log_at", "at_ms"),)
+    __table_args__ = (
+        Index("ix_access_log_at", "at_ms"),
+        # One download row per export and user (the API logs the first request for the file, whatever
+        # its Range); also the look-up of that row.
+        Index("ux_access_log_download", "export_id", "username", unique=True,
+              sqlite_where=text("action = 'download'"), postgresql_where=text("action = 'download'")),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     at_ms: Mapped[int] = mapped_column(BigInteger)
@@ -264,6 +271,7 @@ class AccessLog(Base):
     end_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     client: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    export_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # export and download rows
 
 
 class ExportJob(Base):

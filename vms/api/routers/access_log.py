@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import Field
 from sqlalchemy import select
 
 from vms.api import permissions as P
@@ -28,6 +29,7 @@ class AccessOut(ApiModel):
     end_ms: int | None
     reason: str | None
     client: str | None
+    export_id: str | None = Field(default=None, description="the export of an export or download entry")
 
 
 class AccessPage(ApiModel):
@@ -64,6 +66,6 @@ def access_log(
     rows = list(session.scalars(q))
     entries = [{"id": r.id, "at_ms": r.at_ms, "at": iso(r.at_ms, tz), "username": r.username, "action": r.action,
                 "station_id": r.station_id, "start_ms": r.start_ms, "end_ms": r.end_ms, "reason": r.reason,
-                "client": r.client} for r in rows]
+                "client": r.client, "export_id": r.export_id} for r in rows]
     return {"count": len(entries), "entries": entries,
             "next_before_id": rows[-1].id if len(rows) == limit else None}

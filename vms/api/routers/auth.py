@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import Field
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from vms.api.accounts import issue_session, verify_password
+from vms.api.context import ApiContext, LoginBusy, LoginDelay, LoginInFlight
 from vms.api.deps import SESSION_COOKIE, Ctx, CurrentPrincipal, DbSession, client_address, forget_principals
+from vms.api.errors import ApiError
 from vms.api.permissions import permissions_of
 from vms.api.schemas import ApiModel, Me
 from vms.api.timeparse import iso
 from vms.db.models import AuthToken, User
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+IN_FLIGHT_WAIT_S = 30.0  # longest wait for the other logins of an address or account being checked
 
 
 class LoginIn(ApiModel):
@@ -27,28 +35,48 @@ class LoginOut(ApiModel):
     user: Me
 
 
-@router.post("/login", response_model=LoginOut, responses={401: {}, 429: {}})
-def login(body: LoginIn, request: Request, response: Response, ctx: Ctx, session: DbSession) -> LoginOut:
+@router.post("/login", response_model=LoginOut, responses={401: {}, 429: {}, 503: {}})
+async def login(body: LoginIn, request: Request, response: Response, ctx: Ctx) -> LoginOut:
+    # async: a login waiting for its turn is a coroutine, not one of the pool's threads.
     client = client_address(request)
-    wait = ctx.throttle.retry_after(body.username, client)
-    if wait is not None:
-        raise HTTPException(429, f"too many failed logins for {body.username!r} from {client}; "
-                                 f"try again in {wait:.0f} s",
-                            headers={"Retry-After": str(int(wait + 0.999))})
-    user = session.scalar(select(User).where(User.username == body.username))
-    if not verify_password(user, body.password) or user is None:
-        ctx.throttle.failed(body.username, client)
-        raise HTTPException(401, "wrong username or password")
-    if user.disabled:
-        raise HTTPException(401, f"user {user.username} is disabled")
-    ctx.throttle.succeeded(body.username, client)
-    now = ctx.clock.now_ms()
-    secret, tok = issue_session(session, user, now, ctx.settings.api.session_hours)
+    give_up = time.monotonic() + IN_FLIGHT_WAIT_S
+    while isinstance(attempt := ctx.throttle.begin(body.username, client), LoginInFlight):
+        if time.monotonic() > give_up:
+            raise ApiError(503, "login_busy", "同时登录的人太多，请稍后再试", headers={"Retry-After": "1"})
+        await asyncio.sleep(0.05)
+    if isinstance(attempt, LoginDelay):
+        wait = int(attempt.seconds + 0.999)
+        who = f"来自 {client} 的" if attempt.by == "address" else f"账号 {body.username} 的"
+        raise ApiError(429, "login_throttled", f"{who}登录失败次数过多，请 {wait} 秒后再试",
+                       headers={"Retry-After": str(wait)})
+    outcome = "unchecked"
+    try:
+        async with ctx.login_gate().slot():
+            outcome = "failed"  # from here the check may run (even if the client goes away)
+            me, secret, expires_ms = await run_in_threadpool(_check_and_issue, ctx, body)
+            outcome = "succeeded"
+    except LoginBusy:
+        raise ApiError(503, "login_busy", "同时登录的人太多，请稍后再试", headers={"Retry-After": "1"}) from None
+    finally:
+        ctx.throttle.finish(attempt, outcome)
     max_age = int(ctx.settings.api.session_hours * 3600)
     response.set_cookie(SESSION_COOKIE, secret, max_age=max_age, httponly=True, samesite="strict", path="/")
-    me = Me(username=user.username, role=user.role, towns=user.towns, kind="session",
-            permissions=sorted(permissions_of(user.role, None)))
-    return LoginOut(token=secret, expires_at=iso(tok.expires_ms, ctx.settings.tz), user=me)
+    return LoginOut(token=secret, expires_at=iso(expires_ms, ctx.settings.tz), user=me)
+
+
+def _check_and_issue(ctx: ApiContext, body: LoginIn) -> tuple[Me, str, int]:
+    """Check the password (in a thread, under the login gate) and issue a session; 401 if wrong."""
+    with ctx.database.session() as session:
+        user = session.scalar(select(User).where(User.username == body.username))
+        if not verify_password(user, body.password) or user is None:
+            raise HTTPException(401, "wrong username or password")
+        if user.disabled:
+            raise HTTPException(401, f"user {user.username} is disabled")
+        now = ctx.clock.now_ms()
+        secret, tok = issue_session(session, user, now, ctx.settings.api.session_hours)
+        me = Me(username=user.username, role=user.role, towns=user.towns, kind="session",
+                permissions=sorted(permissions_of(user.role, None)))
+        return me, secret, tok.expires_ms
 
 
 @router.post("/logout", status_code=204)

@@ -11,10 +11,10 @@ from pydantic import Field
 from sqlalchemy import select
 
 from vms.api import permissions as P
-from vms.api.access import record_access
+from vms.api.access import record_access, record_download
 from vms.api.accounts import Principal
 from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, client_address, require, visible_station
-from vms.api.exports import export_path, export_runner
+from vms.api.exports import check_export_limits, estimated_bytes, export_path, export_runner
 from vms.api.footage import segments_or_error
 from vms.api.schemas import ApiModel, FootageRangeIn
 from vms.api.timeparse import iso, parse_range
@@ -57,7 +57,10 @@ def _out(ctx, job: ExportJob) -> dict:
             "download_url": f"/api/exports/{job.id}/download" if job.state == "done" else None}
 
 
-@router.post("", response_model=ExportOut, status_code=202)
+@router.post("", response_model=ExportOut, status_code=202,
+             responses={429: {"description": "too many exports in progress, or their files would pass the "
+                                             "bytes allowed (code export_busy_user, export_busy, "
+                                             "export_quota_user, export_quota)"}})
 def create_export(body: ExportIn, request: Request, ctx: Ctx, session: DbSession,
                   principal: ExportPrincipal) -> dict:
     station = visible_station(session, principal, body.station_id)
@@ -66,14 +69,19 @@ def create_export(body: ExportIn, request: Request, ctx: Ctx, session: DbSession
     s, e = parse_range(body.start, body.end, ctx.settings.tz, int(ctx.settings.api.export_max_hours * 3_600_000),
                        "export range")
     segments_or_error(ctx, session, station, s, e)
-    now = ctx.clock.now_ms()
-    job = ExportJob(id=uuid.uuid4().hex, station_id=station.id, start_ms=s, end_ms=e, reason=body.reason.strip(),
-                    username=principal.username, state="queued", progress=0.0, created_ms=now)
-    session.add(job)
-    record_access(session, principal, "export", now, client_address(request), station_id=station.id,
-                  start_ms=s, end_ms=e, reason=job.reason)
-    session.commit()  # the worker reads the row from its own session
-    export_runner(ctx).submit(job.id)
+    runner = export_runner(ctx)
+    estimate = estimated_bytes(session, station.id, s, e)
+    with runner.admission:
+        check_export_limits(ctx, session, principal.username, estimate)
+        now = ctx.clock.now_ms()
+        job = ExportJob(id=uuid.uuid4().hex, station_id=station.id, start_ms=s, end_ms=e,
+                        reason=body.reason.strip(), username=principal.username, state="queued", progress=0.0,
+                        created_ms=now)
+        session.add(job)
+        record_access(session, principal, "export", now, client_address(request), station_id=station.id,
+                      start_ms=s, end_ms=e, reason=job.reason, export_id=job.id)
+        session.commit()  # the worker reads the row from its own session
+    runner.submit(job.id)
     return _out(ctx, job)
 
 
@@ -115,10 +123,8 @@ def download_export(export_id: ExportId, request: Request, ctx: Ctx, session: Db
     path = export_path(ctx, job.id)
     if not path.exists():
         raise HTTPException(410, f"export {job.id} file is gone")
-    # One entry per download request that starts at the beginning (ranged re-reads are the same download).
-    range_header = request.headers.get("range", "")
-    if not range_header or range_header.replace(" ", "").startswith("bytes=0-"):
-        record_access(session, principal, "download", ctx.clock.now_ms(), client_address(request),
-                      station_id=job.station_id, start_ms=job.start_ms, end_ms=job.end_ms, reason=job.reason)
+    if request.method == "GET":  # (HEAD sends no footage)
+        record_download(session, principal, job, ctx.clock.now_ms(), client_address(request))
+        session.commit()
     local = iso(job.start_ms, ctx.settings.tz).replace(":", "")[:17]
     return FileResponse(path, media_type="video/mp4", filename=f"{job.station_id}-{local}.mp4")

@@ -7,14 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from vms.api import permissions as P
 from vms.api.accounts import Principal
 from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, require, visible_station
+from vms.api.errors import ApiError, local_time
 from vms.api.schemas import ApiModel
 from vms.api.timeparse import iso, parse_range, parse_time
-from vms.db.models import Hold, Station
+from vms.db.models import Hold, Segment, Station
 from vms.retention.holds import HoldError, add_hold, hold_public_dict, list_holds, release_hold
 
 router = APIRouter(tags=["holds"])
@@ -66,13 +67,45 @@ def get_holds(ctx: Ctx, session: DbSession, principal: HoldReader,
             if principal.may_see_town(towns.get(h.station_id, ""))]
 
 
-@router.post("/api/holds", response_model=HoldOut, status_code=201)
+# A hold may end this much after the server's clock (the operator's clock, a form that put "now").
+HOLD_FUTURE_SLACK_MS = 60_000
+
+
+def check_hold_range(ctx, session, station: Station, start_ms: int, end_ms: int, now_ms: int) -> None:
+    """A hold through the API covers recorded footage: it ends by now, starts no earlier than the oldest
+    footage of the station still kept, overlaps some footage, and is at most retention.hold_max_days long.
+    (Before, an operator could hold footage until 9999-12-31, or hours that were not recorded yet.)"""
+    tz = ctx.settings.tz
+    if end_ms > now_ms + HOLD_FUTURE_SLACK_MS:
+        raise ApiError(400, "hold_in_future", f"结束时间 {local_time(end_ms, tz)} 在将来（现在 "
+                                              f"{local_time(now_ms, tz)}）：只能保全已经录下的录像")
+    max_days = ctx.settings.retention.hold_max_days
+    if end_ms - start_ms > max_days * 86_400_000:
+        raise ApiError(400, "hold_too_long", f"保全时段过长：{(end_ms - start_ms) / 86_400_000:.1f} 天，"
+                                             f"每条最多 {max_days:g} 天")
+    recorded = (Segment.station_id == station.id) & Segment.state.in_(("growing", "complete"))
+    oldest = session.scalar(select(func.min(Segment.start_ms)).where(recorded))
+    if oldest is None:
+        raise ApiError(404, "hold_no_footage", f"{station.name}（{station.id}）没有录像可保全")
+    if start_ms < oldest:
+        raise ApiError(400, "hold_before_footage", f"开始时间 {local_time(start_ms, tz)} 早于 {station.name} "
+                                                   f"现存最早的录像（{local_time(oldest, tz)}）")
+    if session.scalar(select(Segment.id).where(recorded, Segment.start_ms < end_ms, Segment.end_ms > start_ms)
+                      .limit(1)) is None:
+        raise ApiError(404, "hold_no_footage", f"{station.name} 在 {local_time(start_ms, tz)} 至 "
+                                               f"{local_time(end_ms, tz)} 之间没有录像可保全（见时间轴上的中断及原因）")
+
+
+@router.post("/api/holds", response_model=HoldOut, status_code=201,
+             responses={400: {"description": "codes hold_in_future, hold_too_long, hold_before_footage"},
+                        404: {"description": "code hold_no_footage, or no such station"}})
 def create_hold(body: HoldIn, ctx: Ctx, session: DbSession, principal: HoldWriter) -> dict:
     station = visible_station(session, principal, body.station_id)
     tz = ctx.settings.tz
     s, e = parse_range(body.start, body.end, tz)
     expires = parse_time(body.expires, "expires", tz) if body.expires else None
     now = ctx.clock.now_ms()
+    check_hold_range(ctx, session, station, s, e, now)
     try:
         hold = add_hold(session, station_id=station.id, start_ms=s, end_ms=e, reason=body.reason,
                         created_by=principal.username, now_ms=now, expires_ms=expires)

@@ -119,13 +119,43 @@ async def live_stats(ctx: Ctx, principal: Annotated[Principal, Depends(require(P
     return {"relays": live_hub(ctx).stats(), "webrtc_sessions": webrtc_sessions(ctx).stats()}
 
 
+def origin_refusal(websocket: WebSocket, ctx: ApiContext) -> str | None:
+    """Why a browser page of another origin may not open this WebSocket, or None. Browsers send Origin
+    with every WebSocket and the session cookie with it; without this check a page elsewhere on the
+    same site (another port of this host: SameSite does not separate ports) could open a live view as
+    the operator. Clients that are not browsers send no Origin and are let through. The server's own
+    origin is host[:port] as the Host header says (behind a proxy: `proxy_set_header Host $http_host`)."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return None
+    origin = origin.strip().rstrip("/").lower()
+    if origin in ctx.settings.api.allowed_origins:
+        return None
+    host = (websocket.headers.get("host") or "").strip().lower()
+    if host and origin.partition("://")[2] == host:
+        return None
+    return f"origin {origin} may not open a live view here (api.allowed_origins)"
+
+
+def _close_reason(text: str) -> str:
+    """A close frame's reason: at most 123 bytes of UTF-8."""
+    return text.encode()[:123].decode(errors="ignore")
+
+
 @router.websocket("/api/stations/{station_id}/live/mse")
 async def mse_live(websocket: WebSocket, station_id: str) -> None:
     """Fallback live view: a JSON text message {mime, codec, width, height}, then binary fMP4 (init
     segment, then one fragment per frame); a new JSON message and init segment when the camera
-    reconnects; {"ended": reason} when the stream stops. Close codes 4401/4403/4404/4503 name refusals."""
+    reconnects; {"ended": reason} when the stream stops. Refusals are accepted, then closed with code
+    4401 (not logged in), 4403 (not allowed, or a page of another origin), 4404 (no such station in
+    your towns) or 4503 (no live stream) and the reason; a handshake refused before accept reaches the
+    page as a bare 1006 with no code."""
     ctx: ApiContext = websocket.app.state.ctx
+    refusal: tuple[int, str] | None = None
+    viewer = None
     try:
+        if (why := origin_refusal(websocket, ctx)) is not None:
+            raise HTTPException(403, why)
         principal = await run_in_threadpool(get_principal, websocket, ctx)  # type: ignore[arg-type]
         if P.LIVE not in principal.permissions:
             raise HTTPException(403, f"role {principal.role} does not allow live")
@@ -135,12 +165,19 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
         )
         viewer = await live_hub(ctx).watch(station_id, ctx.settings.live.wait_picture_seconds)
     except HTTPException as exc:
-        await websocket.close(code=4000 + exc.status_code, reason=str(exc.detail)[:120])
-        return
+        refusal = (4000 + exc.status_code, str(exc.detail))
     except LiveUnavailable as exc:
-        await websocket.close(code=4503, reason=str(exc)[:120])
+        refusal = (4503, str(exc))
+    try:
+        await websocket.accept()
+        if refusal is not None:
+            await websocket.close(code=refusal[0], reason=_close_reason(refusal[1]))
+            return
+    except (WebSocketDisconnect, RuntimeError, OSError):  # the page went away meanwhile
+        if viewer is not None:
+            viewer.close()
         return
-    await websocket.accept()
+    assert viewer is not None
     remux: FragmentedMp4Stream | None = None
     receiving = asyncio.create_task(_drain(websocket))
     try:
