@@ -271,10 +271,10 @@ def test_status_list_refreshes_in_the_background_and_never_keeps_a_refresh_older
     release, started = threading.Event(), threading.Event()
     real = status_module.compute_status
 
-    def slow_compute(session, ctx):
+    def slow_compute(session, ctx, now=None):
         started.set()
         release.wait(10)
-        return real(session, ctx)
+        return real(session, ctx, now)
 
     monkeypatch.setattr(status_module, "compute_status", slow_compute)
     clock.advance(cache.ttl + 1)
