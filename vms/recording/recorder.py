@@ -21,7 +21,7 @@ from sqlalchemy import delete
 
 from vms.core.clock import Clock
 from vms.db.models import Segment
-from vms.recording.h26x import parameter_sets_annexb
+from vms.recording.h26x import HEAD_BYTES, parameter_sets_annexb, sequence_parameter_set
 from vms.recording.index import IndexWriter
 from vms.recording.layout import segment_rel_path
 from vms.recording.repair import trim_and_probe
@@ -78,6 +78,7 @@ class StreamRecorder:
         self._seg: _OpenSegment | None = None
         self._video: av.video.stream.VideoStream | None = None
         self._audio: av.audio.stream.AudioStream | None = None
+        self._needs_parameter_sets = False
         self._tb_num, self._tb_den = 1, 90000
         self._half_den = 45000
         self._segment_ticks = int(segment_seconds * 90000)
@@ -140,6 +141,9 @@ class StreamRecorder:
         if codec not in SUPPORTED_VIDEO:
             raise ValueError(f"unsupported video codec {codec}")
         self._video = video
+        # fMP4 writes its header before the first packet: parameter sets the camera sends only in-band
+        # (none in the SDP) are taken from each segment's first keyframe (_start_segment).
+        self._needs_parameter_sets = sequence_parameter_set(video.codec_context.extradata or b"", codec) is None
         self._audio = audio if audio is not None and audio.codec_context.name in MP4_AUDIO else None
         if audio is not None and self._audio is None:
             log.info("%s: audio codec %s cannot go in MP4; recording video only",
@@ -280,12 +284,17 @@ class StreamRecorder:
             start_ms = now if self.last_end_ms is None else max(now, self.last_end_ms)
             if self._gap_token is not None:
                 start_ms = max(start_ms, self._gap_start)
+        parameters = self._video_parameters
+        if parameters is None and self._needs_parameter_sets:
+            in_band = parameter_sets_annexb(bytes(memoryview(pkt)[:HEAD_BYTES]), self._video.codec_context.name)
+            if in_band:
+                parameters = {"extradata": in_band}
         while True:
             rel_path = segment_rel_path(self.station_id, start_ms, self.tz, self.stream)
             try:
                 self.volumes.mark(self.volume)
                 f = SegmentFile(self.volumes.file_path(self.volume, rel_path), self._video, self._audio,
-                                self._video_parameters)
+                                parameters)
                 break
             except FileExistsError:
                 start_ms += 1  # two segments cannot share a millisecond; never overwrite footage

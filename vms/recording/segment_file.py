@@ -32,6 +32,8 @@ FRAGMENT_SECONDS = 0.5
 # fragments in its buffer and a kill -9 loses them).
 FMP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1",
                 "frag_duration": str(int(FRAGMENT_SECONDS * 1_000_000))}
+# The sample entry of H.265 in every MP4 written (segments, playback, exports, live): see add_copy_stream.
+HEVC_SAMPLE_ENTRY = "hvc1"
 
 
 def add_copy_stream(container: av.container.OutputContainer, template: av.stream.Stream) -> av.stream.Stream:
@@ -46,6 +48,12 @@ def add_copy_stream(container: av.container.OutputContainer, template: av.stream
     """
     stream = container.add_stream_from_template(template, opaque=True)
     stream.codec_context.thread_count = 1
+    if template.codec_context.name == "hevc":
+        # FFmpeg's mp4 muxer writes H.265 as `hev1` (parameter sets may also come in-band), which
+        # Apple's players and Safari refuse. `hvc1` says the hvcC box holds every parameter set (the
+        # muxer then leaves them out of the samples): the stream's extradata must have them, which
+        # the recorder sees to when the camera sends them in-band only.
+        stream.codec_context.codec_tag = HEVC_SAMPLE_ENTRY
     return stream
 
 
