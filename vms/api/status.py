@@ -81,7 +81,8 @@ def compute_status(session: Session, ctx: ApiContext) -> list[dict]:
             camera = {"state": state, "reason": reason, "online": fresh and cam.state == "streaming",
                       "detail": mask_text(cam.detail) if cam.detail else None,
                       "node": cam.node, "fps": cam.fps, "bitrate_bps": cam.bitrate_bps, "codec": cam.codec,
-                      "width": cam.width, "height": cam.height, "last_packet_ms": cam.last_packet_ms,
+                      "width": cam.width, "height": cam.height, "audio": cam.audio,
+                      "last_packet_ms": cam.last_packet_ms,
                       "reconnects": cam.reconnects, "updated_ms": cam.updated_ms}
         seg_end = growing.get(st.id)
         # A growing segment counts if its end is recent, or if the node that writes it reports streaming

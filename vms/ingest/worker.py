@@ -152,7 +152,8 @@ class IngestWorker:
         sid = entry.station_id
         recorder = StreamRecorder(
             sid, self.volumes, self.settings.tz, self.index, self.clock, self.settings.ingest.segment_seconds,
-            last_end_ms=last[0] if last else None, previous_volume=last[1] if last else None)
+            last_end_ms=last[0] if last else None, previous_volume=last[1] if last else None,
+            keep_audio=self.settings.ingest.audio == "keep")
         recorder.start_run(tuple(open_gap) if open_gap else None)
         observers = [KeyframeCacheObserver(self.settings.data_dir, sid)]
         for factory in self._factories:
@@ -201,7 +202,7 @@ class IngestWorker:
                 sid, state=h.state, reason=h.reason, detail=h.detail, fps=fps, bitrate_bps=bitrate, codec=h.codec,
                 width=h.width, height=h.height, last_packet_ms=h.last_packet_ms, reconnects=h.reconnects,
                 segments_written=session.recorder.segments_written, bytes_written=session.recorder.bytes_written,
-                updated_ms=now)
+                audio=session.recorder.audio_status, updated_ms=now)
 
 
 # glibc malloc settings of a worker process (each overridable with the environment variable VMS_<name>):
