@@ -69,25 +69,31 @@ def g711_table(codec: str) -> np.ndarray:
 
 class G711ToAac:
     """Transcodes one connection's G.711 packets to AAC packets (time base 1/rate, pts in samples on
-    the camera's audio timeline). Not thread-safe: used from the camera's thread."""
+    the camera's audio timeline). Not thread-safe: used from the camera's thread.
+
+    Cameras send G.711 in 20-40 ms packets, 25-50 a second, each handed to Python: a packet costs a
+    buffer append, and the table look-up and the encoder run once per AAC frame (1024 samples)."""
 
     def __init__(self, stream: av.audio.stream.AudioStream) -> None:
         ctx = stream.codec_context
         if ctx.name not in G711:
             raise ValueError(f"not G.711: {ctx.name}")
+        if (ctx.channels or 1) != 1:
+            raise ValueError(f"{ctx.channels} channels (G.711 from cameras is mono)")
         self.codec = ctx.name
         self.rate = ctx.sample_rate or 8000
-        self.channels = max(1, ctx.channels or 1)
         self.time_base = Fraction(1, self.rate)
+        # Packets come in their stream's time base (a Fraction PyAV makes anew at each access).
+        self._in_time_base = stream.time_base if stream.time_base != self.time_base else None
         self._table = g711_table(self.codec)
+        self._silence = int(np.argmin(np.abs(self._table)))  # the code word nearest to 0
         self._max_fill = int(MAX_FILL_S * self.rate)
         self._encoder: av.AudioCodecContext | None = None
         self.extradata = self._new_encoder().extradata  # AudioSpecificConfig, for the segments' stream
-        self._pending: list[np.ndarray] = []  # samples not yet encoded, from _pending_pos on
-        self._pending_len = 0
-        self._pending_pos = 0
-        self._next: int | None = None  # timeline position (samples) of the next sample expected
         self.frame_size = self._encoder.frame_size
+        self._pending = bytearray()  # G.711 code words (one per sample) not yet encoded
+        self._pending_pos = 0  # timeline position (samples) of the first of them
+        self._next: int | None = None  # timeline position of the next sample expected
 
     def _new_encoder(self) -> av.AudioCodecContext:
         enc = av.CodecContext.create("aac", "w")
@@ -115,63 +121,53 @@ class G711ToAac:
     def push(self, pkt: av.Packet, not_before: int | None = None) -> list[av.Packet]:
         """Take one G.711 packet; return the AAC packets that are complete. `not_before` (a timeline
         position, samples) drops the samples before it when the timeline starts with this packet."""
-        ts = pkt.pts if pkt.pts is not None else pkt.dts
-        if ts is None:
+        pos = pkt.pts if pkt.pts is not None else pkt.dts
+        if pos is None:
             return []
-        tb = pkt.time_base
-        pos = ts if tb == self.time_base else round(ts * tb * self.rate)
-        samples = self._table[np.frombuffer(memoryview(pkt), np.uint8)]
-        if self.channels > 1:
-            samples = samples[: len(samples) // self.channels * self.channels].reshape(-1, self.channels).mean(axis=1)
+        if self._in_time_base is not None:  # (RTP's G.711 time base is 1/rate: nothing to convert)
+            pos = round(pos * self._in_time_base * self.rate)
+        codes = memoryview(pkt)
         out: list[av.Packet] = []
         nxt = self._next
-        if nxt is not None:
+        if nxt is not None and pos != nxt:
             step = pos - nxt
-            if step > 0 and step <= self._max_fill:
-                # Packets lost (over UDP) or a pause: silence keeps the rest in place.
-                self._append(np.zeros(step, np.float32))
-            elif step < 0 and -step < len(samples):
-                samples = samples[-step:]  # overlaps what was taken: keep the new part only
-                pos = nxt
+            if 0 < step <= self._max_fill:
+                # Packets lost (over UDP) or a pause: silence keeps what follows in place.
+                self._pending += bytes((self._silence,)) * step
+            elif step < 0 and -step < len(codes):
+                codes = codes[-step:]  # overlaps what was taken: keep the new part only
             elif step < 0 and -step <= self._max_fill:
                 return out  # a repeat of what was already taken
-            elif step != 0:
+            else:
                 out = self.flush()  # a jump: end this encoding, start again at the new time
                 nxt = None
         if nxt is None:
             if not_before is not None and pos < not_before:
-                skip = not_before - pos
-                if skip >= len(samples):
+                if not_before - pos >= len(codes):
                     return out
-                samples = samples[skip:]
+                codes = codes[not_before - pos:]
                 pos = not_before
             self._pending_pos = pos
-        self._append(samples)
-        self._next = self._pending_pos + self._pending_len
-        if self._pending_len >= self.frame_size:
+        self._pending += codes
+        self._next = self._pending_pos + len(self._pending)
+        if len(self._pending) >= self.frame_size:
             out += self._encode_pending(final=False)
         return out
 
-    def _append(self, samples: np.ndarray) -> None:
-        self._pending.append(samples)
-        self._pending_len += len(samples)
-
     def _encode_pending(self, final: bool) -> list[av.Packet]:
-        buf = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         size = self.frame_size
-        whole = len(buf) if final else len(buf) // size * size
+        count = len(self._pending) if final else len(self._pending) // size * size
+        samples = self._table[np.frombuffer(self._pending, np.uint8, count)]
         out: list[av.Packet] = []
         enc = self._encoder
-        for start in range(0, whole, size):
-            frame = av.AudioFrame.from_ndarray(buf[None, start:start + size], format="fltp", layout="mono")
+        for start in range(0, count, size):
+            frame = av.AudioFrame.from_ndarray(samples[None, start:start + size], format="fltp", layout="mono")
             frame.sample_rate = self.rate
             frame.pts = self._pending_pos + start
             frame.time_base = self.time_base
             out += enc.encode(frame)
-        rest = buf[whole:]
-        self._pending = [rest] if len(rest) else []
-        self._pending_len = len(rest)
-        self._pending_pos += whole
+        del self._pending[:count]
+        self._pending_pos += count
         for p in out:
             p.time_base = self.time_base
         return out
@@ -179,17 +175,19 @@ class G711ToAac:
     def flush(self) -> list[av.Packet]:
         """End the encoding: the packets of every sample taken (the last one shorter); the next packet
         starts a new encoding."""
-        out = self._encode_pending(final=True) if self._pending_len else []
+        out = self._encode_pending(final=True) if self._pending else []
         if self._next is not None:
             out += self._encoder.encode(None)
             for p in out:
                 p.time_base = self.time_base
             self._new_encoder()
-        self._pending, self._pending_len, self._next = [], 0, None
+        self._pending.clear()
+        self._next = None
         return out
 
     def reset(self) -> None:
         """Forget what was taken, without encoding it (nothing is being recorded)."""
         if self._next is not None:
             self._new_encoder()
-        self._pending, self._pending_len, self._next = [], 0, None
+        self._pending.clear()
+        self._next = None
