@@ -14,6 +14,7 @@ from sqlalchemy import select
 from tests.ingest_support import RunningWorker, ingest_settings, segments, wait_until
 from vms.api.remux import find_segments, remux_range
 from vms.db.models import CameraStatus
+from vms.recording.fmp4 import playable_length, probe_segment
 from vms.recording.index import IndexWriter
 from vms.recording.recorder import StreamRecorder
 from vms.recording.volumes import VolumeSet
@@ -54,9 +55,12 @@ def g711_clip(path: Path, seconds: int, codec: str = "pcm_alaw") -> Path:
 
 
 def record_arrivals(clip: Path, db, settings, clock, audio_late_s: float, lost_audio_s: float | None = None,
-                    keep_audio: bool = True) -> StreamRecorder:
+                    keep_audio: bool = True, audio_until_s: float | None = None,
+                    each_tick=None) -> StreamRecorder:
     """Feed the clip to a StreamRecorder as a camera's packets would arrive: the audio `audio_late_s`
-    after the video of the same moment (negative: before it), the audio packet at `lost_audio_s` lost."""
+    after the video of the same moment (negative: before it), the audio packet at `lost_audio_s` lost,
+    none after `audio_until_s`. each_tick(seconds, recorder, index) runs every third of a second of
+    video, after the recorder's periodic progress() (the camera session calls it every few seconds)."""
     index = IndexWriter(db, "t").start()
     rec = StreamRecorder(SID, VolumeSet.from_settings(settings), settings.tz, index, clock, segment_seconds=3,
                          keep_audio=keep_audio)
@@ -69,14 +73,21 @@ def record_arrivals(clip: Path, db, settings, clock, audio_late_s: float, lost_a
             is_audio = pkt.stream.type == "audio"
             if is_audio and lost_audio_s is not None and abs(at - lost_audio_s) < 0.01:
                 continue
+            if is_audio and audio_until_s is not None and at >= audio_until_s:
+                continue
             arrivals.append((at + audio_late_s if is_audio else at, n, is_audio, pkt))
         arrivals.sort(key=lambda a: a[:2])
+        frames = 0
         for _at, _n, is_audio, pkt in arrivals:
             if is_audio:
                 rec.audio_packet(pkt)
             else:
                 clock.advance(1 / FPS)
                 rec.video_packet(pkt)
+                frames += 1
+                if each_tick is not None and frames % 5 == 0:
+                    rec.progress()
+                    each_tick(round(frames / FPS, 2), rec, index)
         rec.end("stream_ended")
     index.stop()
     return rec
@@ -179,6 +190,33 @@ def test_g711_becomes_aac_aligned_with_the_video_across_cuts(tmp_path, db, setti
     assert len(found) == len(expected), (found, expected)
     errors = [round(f - t, 4) for f, t in zip(found, expected, strict=True)]
     assert max(map(abs, errors)) <= 2 / RATE, errors
+
+
+def test_a_segment_waits_for_its_last_audio_two_seconds_at_most(tmp_path, db, settings, clock):
+    """A camera whose audio stops: the segment cut after it is complete (closed, fsynced, indexed) once
+    the video has gone AUDIO_LATE_S past the cut, not at the next cut."""
+    clip = g711_clip(tmp_path / "cam.nut", seconds=12)
+    states: dict[float, list[str]] = {}
+    on_disk: dict[float, float] = {}
+
+    def note(seconds: float, rec, index) -> None:
+        index.flush()
+        states[seconds] = [r.state for r in segments(db, SID)]
+        # What a kill -9 would leave of the growing segment: its complete fragments.
+        path = rec._seg.file.path
+        whole = tmp_path / "whole.mp4"
+        whole.write_bytes(path.read_bytes()[:playable_length(path)])
+        on_disk[seconds] = probe_segment(whole).duration_ms / 1000 if playable_length(path) else 0.0
+
+    record_arrivals(clip, db, settings, clock, 0.3, audio_until_s=4.0, each_tick=note)
+    # Cuts at 3, 6 and 9 s; the segment [3, 6) waits for audio that never comes, until 8 s.
+    assert states[7.67] == ["complete", "growing", "growing"], states
+    assert states[8.33] == ["complete", "complete", "growing"], states
+    assert all(r.state == "complete" for r in segments(db, SID))
+    # The video reaches the disk as it comes, though no audio comes with it (FFmpeg held it up to 10 s
+    # waiting for audio to interleave with): at most a fragment and a frame behind.
+    assert on_disk[8.33] >= 8.33 - 6 - 0.5 - 1 / FPS, on_disk
+    assert on_disk[11.67] >= 11.67 - 9 - 0.5 - 1 / FPS, on_disk
 
 
 def test_ingest_audio_drop_records_video_only(tmp_path, db, settings, clock):

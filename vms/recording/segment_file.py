@@ -38,9 +38,13 @@ FRAGMENT_SECONDS = 0.5
 # fragment start at its own first timestamp (tfdt), and that only happens if timestamps are not
 # shifted to zero (avoid_negative_ts) and no edit list is asked for. Video-only files are unchanged,
 # byte for byte.
+# max_interleave_delta: FFmpeg holds a packet until every stream has one queued, or 10 s have gathered:
+# a camera's audio comes up to ~0.3 s after its video (transcoded: the encoder's lag) or stops, and the
+# video waited in memory for it (10 s lost to a kill -9). A fragment keeps each track's samples apart
+# (one run per track), so nothing needs the tracks interleaved: no packet waits.
 FMP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof+frag_discont", "flush_packets": "1",
                 "frag_duration": str(int(FRAGMENT_SECONDS * 1_000_000)), "use_editlist": "0",
-                "avoid_negative_ts": "make_non_negative"}
+                "avoid_negative_ts": "make_non_negative", "max_interleave_delta": "1"}
 # The sample entry of H.265 in every MP4 written (segments, playback, exports, live): see add_copy_stream.
 HEVC_SAMPLE_ENTRY = "hvc1"
 
