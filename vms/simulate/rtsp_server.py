@@ -47,10 +47,10 @@ AUDIO_BODIES = {
     "aac": ("audiotestsrc wave=sine freq=440 volume=0.1 samplesperbuffer=1024 "
             "! audio/x-raw,rate=48000,channels=1 ! audioconvert ! voaacenc bitrate=64000 "
             "! valve name=avalve drop=false ! rtpmp4gpay name=pay{n} pt=97"),
-    "pcma": ("audiotestsrc wave=sine freq=440 volume=0.1 samplesperbuffer=160 "
+    "pcma": ("audiotestsrc wave=pink-noise volume=0.02 samplesperbuffer=160 "
              "! audio/x-raw,rate=8000,channels=1 ! alawenc ! valve name=avalve drop=false "
              "! rtppcmapay name=pay{n} pt=8 min-ptime=20000000 max-ptime=20000000"),
-    "pcmu": ("audiotestsrc wave=sine freq=440 volume=0.1 samplesperbuffer=160 "
+    "pcmu": ("audiotestsrc wave=pink-noise volume=0.02 samplesperbuffer=160 "
              "! audio/x-raw,rate=8000,channels=1 ! mulawenc ! valve name=avalve drop=false "
              "! rtppcmupay name=pay{n} pt=0 min-ptime=20000000 max-ptime=20000000"),
 }
