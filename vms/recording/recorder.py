@@ -93,6 +93,7 @@ class StreamRecorder:
         self.keep_audio = keep_audio
         self.audio_status: str | None = None  # for the camera status, see audio.audio_status
         self._tail: _OpenSegment | None = None  # the segment before a cut, still taking its audio
+        self._audio_ticks_per_second = 1.0
         self._needs_parameter_sets = False
         self._preroll: deque[av.Packet] = deque(maxlen=PREROLL_PACKETS)  # audio while no segment is open
         self._tb_num, self._tb_den = 1, 90000
@@ -181,6 +182,8 @@ class StreamRecorder:
         self._audio = self._transcoder = None
         if audio is None:
             return
+        tb = audio.time_base
+        self._audio_ticks_per_second = tb.denominator / tb.numerator
         if self.audio_status.startswith("dropped"):
             why = "ingest.audio is drop" if not self.keep_audio else "MP4 cannot hold it"
             log.info("%s: audio %s is not recorded (%s); recording video only", self.station_id, acodec, why)
@@ -194,6 +197,7 @@ class StreamRecorder:
                 self.audio_status = f"dropped: {acodec}"
                 return
             self._audio = self._transcoder
+            self._audio_ticks_per_second = self._transcoder.rate  # its packets' time base: 1/rate
         else:
             self._audio = audio
 
@@ -302,17 +306,17 @@ class StreamRecorder:
         dts = pkt.dts if pkt.dts is not None else pkt.pts
         if dts is None:
             return
-        atb = pkt.time_base
-        when = float(dts * atb)
+        # In the audio's own time base (integers: no Fraction per packet).
+        per_second = self._audio_ticks_per_second
         seg = self._seg
-        if seg is not None and when >= seg.audio_base:
+        if seg is not None and dts >= (base := round(seg.audio_base * per_second)):
             if self._tail is not None:
                 self._close_tail()  # the audio has passed the cut: the segment before is complete
         else:
             seg = self._tail  # the last moments of the segment before the cut
-            if seg is None or when < seg.audio_base:
+            if seg is None or dts < (base := round(seg.audio_base * per_second)):
                 return  # before the first frame of any segment open
-        ts = round((when - seg.audio_base) / atb)
+        ts = dts - base
         if ts < seg.audio_next:
             return  # not after what the segment already has (a repeat, or a restarted encoder's priming)
         pts = ts + max(0, (pkt.pts if pkt.pts is not None else dts) - dts)
