@@ -33,6 +33,7 @@ class FaultAction(StrEnum):
     start = "start"
     restart = "restart"
     stall = "stall"
+    stall_video = "stall-video"
     resume = "resume"
     drop = "drop"
 
@@ -99,7 +100,7 @@ def serve(
 
 @app.command()
 def fault(
-    action: FaultAction = typer.Argument(..., help="stop | start | restart | stall | resume | drop"),
+    action: FaultAction = typer.Argument(..., help="stop | start | restart | stall | stall-video | resume | drop"),
     camera: str = typer.Argument(..., help="camera (mount) name, e.g. cam02"),
     control_port: int = typer.Option(..., help="the simulator's control port (printed when it starts)"),
 ) -> None:

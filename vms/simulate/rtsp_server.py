@@ -5,7 +5,7 @@ It imports nothing from `vms`: the project's virtualenv has no `gi`, so the venv
 spec and launches this script with /usr/bin/python3. Protocol on stdout, one line each, flushed:
     rtsp-port N | control-port N | ready NAME URL | serving | error MESSAGE
 Control: a line-based TCP service on 127.0.0.1 (see docs/simulator.md), one command per line:
-    stop|start|restart|stall|resume|drop NAME, status, ping  ->  "ok ..." or "error MESSAGE".
+    stop|start|restart|stall|stall-video|resume|drop NAME, status, ping  ->  "ok ..." or "error MESSAGE".
 It stops on SIGINT/SIGTERM or when stdin reaches end of file (its parent went away), exit code 0.
 """
 
@@ -119,6 +119,7 @@ class Mount:
         self.path = "/" + self.name
         self.server = server
         self.stalled = False
+        self.audio_stalled = False
         self.mounted = False
         self.medias: list = []
         self.factory = GstRtspServer.RTSPMediaFactory()
@@ -133,9 +134,9 @@ class Mount:
         parse = bin_.get_by_name("parse")
         if parse is not None:
             parse.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, self._on_parsed)
-        for name in ("valve", "avalve"):
+        for name, stalled in (("valve", self.stalled), ("avalve", self.audio_stalled)):
             valve = bin_.get_by_name(name)
-            if valve is not None and self.stalled:
+            if valve is not None and stalled:
                 valve.set_property("drop", True)
 
     def _on_unprepared(self, media) -> None:
@@ -165,13 +166,16 @@ class Mount:
             found += [v for v in (bin_.get_by_name("valve"), bin_.get_by_name("avalve")) if v is not None]
         return found
 
-    def set_stalled(self, stalled: bool) -> None:
-        """Stall: clocksync keeps the pipeline on time while the valve drops every frame."""
+    def set_stalled(self, stalled: bool, video_only: bool = False) -> None:
+        """Stall: clocksync keeps the pipeline on time while the valve drops every frame, and the audio
+        valve the audio, unless video_only (a camera whose video encoder hung while its audio goes on)."""
         was, self.stalled = self.stalled, stalled
+        self.audio_stalled = stalled and not video_only
         for valve in self._valves():
-            if was and not stalled and valve.get_name() == "valve":
+            video = valve.get_name() == "valve"
+            if was and not stalled and video:
                 valve.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, self._until_keyframe)
-            valve.set_property("drop", stalled)
+            valve.set_property("drop", stalled if video else self.audio_stalled)
 
     def mount(self) -> None:
         if not self.mounted:
@@ -285,11 +289,13 @@ class CameraServer:
             return "ok pong"
         if verb == "status":
             parts = [f"{c.name}={'up' if c.mounted else 'stopped'}"
-                     f"{',stalled' if c.stalled else ''},clients:{c.client_count()}"
+                     f"{(',stalled' if c.audio_stalled else ',video-stalled') if c.stalled else ''}"
+                     f",clients:{c.client_count()}"
                      for c in self.cameras.values()]
             return "ok " + " ".join(parts)
-        if verb not in ("stop", "start", "restart", "stall", "resume", "drop"):
-            return f"error unknown command {verb!r} (known: stop start restart stall resume drop status ping)"
+        if verb not in ("stop", "start", "restart", "stall", "stall-video", "resume", "drop"):
+            return (f"error unknown command {verb!r} "
+                    "(known: stop start restart stall stall-video resume drop status ping)")
         if len(args) != 1:
             return f"error {verb} needs exactly one camera name"
         cam = self.cameras.get(args[0])
@@ -312,6 +318,9 @@ class CameraServer:
         if verb == "stall":
             cam.set_stalled(True)
             return f"ok stalled {cam.name}"
+        if verb == "stall-video":
+            cam.set_stalled(True, video_only=True)
+            return f"ok stalled the video of {cam.name}"
         if verb == "resume":
             cam.set_stalled(False)
             return f"ok resumed {cam.name}"

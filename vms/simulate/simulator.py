@@ -319,6 +319,10 @@ class Simulator:
         """Connections stay open but no media packets flow until resume()."""
         self.command(f"stall {name}")
 
+    def stall_video(self, name: str) -> None:
+        """The video stops, the audio goes on (a camera whose video encoder hung), until resume()."""
+        self.command(f"stall-video {name}")
+
     def resume(self, name: str) -> None:
         self.command(f"resume {name}")
 
@@ -327,11 +331,12 @@ class Simulator:
         self.command(f"drop {name}")
 
     def status(self) -> dict[str, dict]:
-        """name -> {"up": bool, "stalled": bool, "clients": int}."""
+        """name -> {"up": bool, "stalled": bool, "video_stalled": bool, "clients": int}."""
         out: dict[str, dict] = {}
         for item in self.command("status").split():
             name, _, state = item.partition("=")
             flags = state.split(",")
             clients = next((int(f.split(":")[1]) for f in flags if f.startswith("clients:")), 0)
-            out[name] = {"up": flags[0] == "up", "stalled": "stalled" in flags, "clients": clients}
+            out[name] = {"up": flags[0] == "up", "stalled": "stalled" in flags,
+                         "video_stalled": "video-stalled" in flags, "clients": clients}
         return out
