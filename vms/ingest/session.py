@@ -213,7 +213,9 @@ class CameraSession(threading.Thread):
             for obs in list(self.observers):
                 self._notify(obs, "on_connect", video, self.clock.now_ms())
             sps: bytes | None = None
-            streams = [video] + ([audio] if audio is not None else [])
+            # Audio that is not recorded is not read into Python either (50 G.711 packets a second
+            # cost ~0.6 ms of CPU per camera-second, measured: scripts/bench_audio.py).
+            streams = [video] + ([audio] if audio is not None and self.recorder.records_audio else [])
             # This loop runs for every packet of every camera, ~70 threads per worker sharing one
             # GIL: no clock read, no call that is not needed, names bound once (docs/benchmarks.md).
             video_index = video.index

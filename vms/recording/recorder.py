@@ -566,3 +566,8 @@ class StreamRecorder:
     @property
     def recording(self) -> bool:
         return self._seg is not None
+
+    @property
+    def records_audio(self) -> bool:
+        """The connection's audio goes into the segments (set by begin())."""
+        return self._audio is not None
