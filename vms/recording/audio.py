@@ -26,8 +26,8 @@ MP4_AUDIO = ("aac", "mp3", "opus", "alac", "flac")
 G711 = ("pcm_alaw", "pcm_mulaw")
 # AAC-LC at 8 kHz mono: 24 kbit/s keeps speech clear (G.711 itself is 64 kbit/s).
 AAC_BIT_RATE = 24_000
-# The "fast" coder costs about half of the default "twoloop" on camera-like sound, and its cost
-# varies less with the content (scripts/bench_audio.py, docs/benchmarks.md).
+# The "fast" coder costs half of the default "twoloop" or less on camera-like sound (a fifth on
+# speech), and varies less with the content (scripts/bench_audio.py, docs/design/recording.md).
 AAC_OPTIONS = {"aac_coder": "fast"}
 # A hole in the camera's audio timestamps up to this long is filled with silence, so that what follows
 # stays in place; a longer jump (or one backwards) restarts the encoding at the new time.
