@@ -37,6 +37,7 @@ def test_station_list_shows_live_status_without_credentials(api, db, clock, sett
         st.main_url = "rtsp://admin:Secr3tPass@192.168.1.20:554/Streaming/Channels/101"
         s.add(CameraStatus(station_id=SID, node="n1", state="streaming", fps=15.0, bitrate_bps=2e6, codec="h264",
                            width=1920, height=1080, updated_ms=now - 2000, last_packet_ms=now - 3000, reconnects=1,
+                           audio="dropped: pcm_mulaw",
                            detail="rtsp://admin:Secr3tPass@192.168.1.20 ok"))
         s.add(CameraStatus(station_id="pingshan-v01", node="n1", state="streaming", updated_ms=now - 60_000))
         # Fresh, says streaming, but its last frame is older than stall_seconds: not streaming.
@@ -61,6 +62,7 @@ def test_station_list_shows_live_status_without_credentials(api, db, clock, sett
     by_id = {s["id"]: s for s in body["stations"]}
     me = by_id[SID]
     assert me["camera"]["state"] == "streaming" and me["camera"]["online"] and me["recording"]
+    assert me["camera"]["audio"] == "dropped: pcm_mulaw"
     assert me["open_state"] == "open" and [f["kind"] for f in me["faults"]] == ["blurred"]
     assert by_id["pingshan-v01"]["camera"]["state"] == "offline"  # status a minute old
     stalled = by_id["pingshan-v04"]["camera"]

@@ -331,3 +331,25 @@ def test_a_station_disabled_while_recording_is_stopped_and_released(sim, tmp_pat
         assert w.worker._factories[0].released == [STATIONS[0]]
     st = _status(db, STATIONS[0])
     assert st.state == "stopped" and st.fps is None
+
+
+def test_a_camera_whose_video_stops_while_its_audio_goes_on_is_reconnected(tmp_path, db):
+    """G.711 keeps the connection busy (~8 kB/s), so the watchdog finds no idle connection to shut;
+    the camera must still be judged stalled (its file grows with audio alone) and reconnected."""
+    from tests.ingest_support import RunningWorker
+
+    sid = STATIONS[2]
+    with Simulator(cameras=1, names=[sid], width=320, height=240, fps=15, bitrate_kbps=300, gop=15,
+                   content="pattern", audio="pcma", cache_dir=tmp_path / "sim") as sim:
+        settings = ingest_settings(tmp_path, stall_seconds=3, status_interval_seconds=1, segment_seconds=2)
+        with RunningWorker(settings, db, {sid: sim.urls[sid]}) as w:
+            wait_until(lambda: len(segments(db, sid)) >= 2, 30, "recording")
+            stalled_ms = SystemClock().now_ms()
+            sim.stall_video(sid)
+            wait_until(lambda: any(g.reason == "stalled" and g.start_ms >= stalled_ms - 3000 for g in gaps(db, sid)),
+                       20, "a stalled gap")
+            assert w.health(sid).reconnects >= 1
+            sim.resume(sid)
+            resumed_ms = SystemClock().now_ms()
+            wait_until(lambda: any(seg.start_ms >= resumed_ms for seg in segments(db, sid)), 30, "recording again")
+    assert_contiguous(segments(db, sid))

@@ -82,7 +82,7 @@ def test_cameras_status_prints_health_without_credentials(db, cli_env):
     with db.session() as s:
         s.add(CameraStatus(station_id="baihua-town", node="n1", state="streaming", fps=15.0, bitrate_bps=2.0e6,
                            codec="h264", width=1920, height=1080, last_packet_ms=now, reconnects=2,
-                           updated_ms=now))
+                           audio="pcm_alaw->aac", updated_ms=now))
         s.add(CameraStatus(station_id="baihua-v01", node="n1", state="backoff", reason="auth_failed",
                            detail="rtsp://admin:hunter2@10.0.0.5/ refused", updated_ms=now))
         s.add(CameraStatus(station_id="baihua-v02", node="n1", state="streaming", updated_ms=now - 3_600_000))
@@ -96,6 +96,7 @@ def test_cameras_status_prints_health_without_credentials(db, cli_env):
     assert len(rows) == 139
     assert rows["baihua-town"]["state"] == "streaming" and rows["baihua-town"]["fps"] == 15.0
     assert rows["baihua-town"]["reconnects"] == 2 and rows["baihua-town"]["width"] == 1920
+    assert rows["baihua-town"]["audio"] == "pcm_alaw->aac" and rows["baihua-v01"]["audio"] is None
     assert rows["baihua-v01"]["reason"] == "auth_failed"
     assert rows["baihua-v02"]["state"] == "offline"  # its node stopped reporting
     assert rows["baihua-v03"]["state"] == "stopped" and rows["baihua-v03"]["fps"] is None
@@ -105,3 +106,5 @@ def test_cameras_status_prints_health_without_credentials(db, cli_env):
     assert "hunter2" not in out.stdout
     table = subprocess.run([VMS, "cameras", "status"], env=cli_env, capture_output=True, text=True, check=True)
     assert "baihua-v01" in table.stdout and "hunter2" not in table.stdout
+    assert "audio=pcm_alaw->aac" in next(line for line in table.stdout.splitlines() if "baihua-town" in line)
+

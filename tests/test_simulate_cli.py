@@ -35,7 +35,7 @@ def empty_config(tmp_path):
 def test_serve_prints_urls_takes_faults_and_exits_0_on_sigterm(env, tmp_path):
     proc = subprocess.Popen(
         [*VMS, "simulate", "--cameras", "2", "--port", "0", "--content", "pattern", "--width", "320",
-         "--height", "240", "--extra", "auth", "--cache-dir", str(tmp_path / "cache")],
+         "--height", "240", "--extra", "auth", "--audio", "pcma", "--cache-dir", str(tmp_path / "cache")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = [proc.stdout.readline().strip() for _ in range(3)]
@@ -47,7 +47,7 @@ def test_serve_prints_urls_takes_faults_and_exits_0_on_sigterm(env, tmp_path):
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "the RTSP server runs as a child process"
         with av.open(lines[0], options={"rtsp_transport": "tcp", "timeout": "5000000"}) as c:
-            assert c.streams.video[0].codec_context.name == "h264"
+            assert [(st.type, st.codec_context.name) for st in c.streams] == [("video", "h264"), ("audio", "pcm_alaw")]
 
         out = run_vms("simulate", "fault", "stop", "cam02", "--control-port", str(control_port), env=env)
         assert out.returncode == 0 and "stopped cam02" in out.stdout, out.stderr
@@ -75,6 +75,8 @@ def test_bad_options_are_named(env, tmp_path):
     assert out.returncode == 2 and "width must be an even number" in out.stderr
     out = run_vms("simulate", "--extra", "vp9", "--port", "0", "--cache-dir", str(tmp_path), env=env)
     assert out.returncode == 2 and "unknown extra mount" in out.stderr and "vp9" in out.stderr
+    out = run_vms("simulate", "--audio", "g726", "--port", "0", "--cache-dir", str(tmp_path), env=env)
+    assert out.returncode == 2 and "g726" in out.stderr and "pcma" in out.stderr
     out = run_vms("simulate", "--source", str(tmp_path / "missing.mp4"), "--port", "0", env=env)
     assert out.returncode == 2 and "missing.mp4" in out.stderr and "does not exist" in out.stderr
     out = run_vms("simulate", "fault", "stop", "cam01", "--control-port", "1", env=env)

@@ -160,6 +160,35 @@ def test_jump_moves_the_timestamps_at_a_non_key_frame_and_keeps_the_pace(sim):
     assert abs(took - 39 / FPS) < 0.6, took
 
 
+def test_stall_video_stops_the_video_while_the_g711_audio_goes_on(tmp_path):
+    with Simulator(cameras=1, names=["cam"], width=320, height=240, fps=FPS, bitrate_kbps=300, gop=15,
+                   content="pattern", audio="pcma", cache_dir=tmp_path, pattern_seconds=1) as sim:
+        with open_rtsp(sim.urls["cam"]) as c:
+            assert c.streams.audio[0].codec_context.name == "pcm_alaw"
+            arrivals: list[tuple[float, str, bool, int | None]] = []  # (when, kind, keyframe, pts)
+            t = time.monotonic()
+            stalled_at = resumed_at = None
+            for p in c.demux():
+                now = time.monotonic()
+                if p.size:
+                    arrivals.append((now, p.stream.type, bool(p.is_keyframe), p.pts))
+                if stalled_at is None and now - t > 0.6:
+                    sim.stall_video("cam")
+                    stalled_at = time.monotonic()
+                    status = sim.status()["cam"]
+                    assert status["video_stalled"] and not status["stalled"], status
+                elif stalled_at is not None and resumed_at is None and now - stalled_at > 2.3:
+                    sim.resume("cam")
+                    resumed_at = time.monotonic()
+                elif resumed_at is not None and (now - resumed_at > 5 or any(
+                        at > resumed_at and kind == "video" and key for at, kind, key, _pts in arrivals)):
+                    break
+    during = [kind for at, kind, _key, _pts in arrivals if stalled_at + 0.3 < at < resumed_at]
+    assert "video" not in during, "video packets arrived during the stall"
+    assert during.count("audio") >= 40, "the audio (20 ms packets) must go on"
+    assert any(key for at, kind, key, _pts in arrivals if at > resumed_at and kind == "video"), "no video after resume"
+
+
 def test_drop_closes_clients_and_reconnect_works(sim):
     with open_rtsp(sim.urls["cam04"]) as c:
         it = c.demux(c.streams.video[0])

@@ -59,7 +59,7 @@ def ingest(
 
 @cameras_app.command("status")
 def cameras_status(format: OutputFormat = typer.Option(OutputFormat.table, "--format")) -> None:
-    """Per camera: state, fps, bitrate, codec, resolution, last packet, reconnects (from the recording node)."""
+    """Per camera: state, fps, bitrate, codec, resolution, last packet, reconnects, audio (from the recording node)."""
     s = settings()
     now = SystemClock().now_ms()
     stale_ms = int(s.ingest.status_interval_seconds * 3000)  # as the API: three missed statuses
@@ -76,7 +76,7 @@ def cameras_status(format: OutputFormat = typer.Option(OutputFormat.table, "--fo
                 detail=cam.get("detail"), node=st.node,
                 fps=round(cam["fps"], 2) if cam.get("fps") is not None else None,
                 bitrate_bps=round(cam["bitrate_bps"]) if cam.get("bitrate_bps") is not None else None,
-                codec=st.codec, width=st.width, height=st.height,
+                codec=st.codec, width=st.width, height=st.height, audio=st.audio,
                 last_packet=from_ms(st.last_packet_ms, s.tz).isoformat() if st.last_packet_ms else None,
                 reconnects=st.reconnects, segments_written=st.segments_written,
                 status_age_s=(now - st.updated_ms) / 1000)
@@ -88,8 +88,9 @@ def cameras_status(format: OutputFormat = typer.Option(OutputFormat.table, "--fo
         res = f"{i.get('width')}x{i.get('height')}" if i.get("width") else "-"
         fps = f"{i['fps']:.1f}fps" if i.get("fps") is not None else "-"
         kbps = f"{i['bitrate_bps'] / 1000:.0f}kbps" if i.get("bitrate_bps") is not None else "-"
+        audio = f" audio={i['audio']}" if i.get("audio") else ""
         typer.echo(f"{i['id']:<16} {i['state']:<10} {i.get('reason') or '':<18} {i.get('codec') or '-':<5} {res:<10} "
-                   f"{fps:<8} {kbps:<9} reconnects={i.get('reconnects', 0)} last={i.get('last_packet') or '-'}")
+                   f"{fps:<8} {kbps:<9} reconnects={i.get('reconnects', 0)} last={i.get('last_packet') or '-'}{audio}")
 
 
 @recordings_app.command("check")

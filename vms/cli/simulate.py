@@ -12,7 +12,7 @@ import typer
 from vms.catalog.urls import mask_url
 from vms.cli.context import fail, settings
 from vms.core.signals import StopSignals
-from vms.simulate import EXTRA_MOUNTS, Simulator, SimulatorError
+from vms.simulate import AUDIO_KINDS, EXTRA_MOUNTS, Simulator, SimulatorError
 
 app = typer.Typer(
     help="Simulated RTSP cameras (looping H.264 on 127.0.0.1) with fault injection; see docs/simulator.md.",
@@ -24,11 +24,15 @@ class Content(StrEnum):
     station_day = "station-day"
 
 
+Audio = StrEnum("Audio", {kind: kind for kind in AUDIO_KINDS})
+
+
 class FaultAction(StrEnum):
     stop = "stop"
     start = "start"
     restart = "restart"
     stall = "stall"
+    stall_video = "stall-video"
     resume = "resume"
     drop = "drop"
     jump = "jump"
@@ -54,6 +58,7 @@ def serve(
     extra: list[str] = typer.Option(
         [], "--extra", help=f"extra test mount, repeatable: {', '.join(EXTRA_MOUNTS)}"),
     cache_dir: Path | None = typer.Option(None, help="default <data_dir>/cache/simulate"),
+    audio: Audio = typer.Option(Audio.none, help="audio every camera sends: pcma, pcmu (G.711), aac or none"),
 ) -> None:
     """Serve until SIGINT/SIGTERM; print each stream's URL on its own line as it becomes ready."""
     if ctx.invoked_subcommand is not None:
@@ -73,7 +78,7 @@ def serve(
             fps=fps or sim_settings.fps, bitrate_kbps=bitrate or sim_settings.bitrate_kbps, gop=gop,
             content=content.value if content else sim_settings.content, source=source, port=rtsp_port,
             names=name_list, extra_mounts=extra, cache_dir=cache_dir or s.data_dir / "cache" / "simulate",
-            day_seconds=day_seconds or sim_settings.day_seconds, control_port=control_port,
+            day_seconds=day_seconds or sim_settings.day_seconds, control_port=control_port, audio=audio.value,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
@@ -93,7 +98,8 @@ def serve(
 
 @app.command()
 def fault(
-    action: FaultAction = typer.Argument(..., help="stop | start | restart | stall | resume | drop | jump"),
+    action: FaultAction = typer.Argument(
+        ..., help="stop | start | restart | stall | stall-video | resume | drop | jump"),
     camera: str = typer.Argument(..., help="camera (mount) name, e.g. cam02"),
     control_port: int = typer.Option(..., help="the simulator's control port (printed when it starts)"),
     seconds: float | None = typer.Option(

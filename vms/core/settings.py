@@ -131,6 +131,10 @@ class IngestSettings(StrictModel):
         default=0.5, ge=0, le=2,
         description="the native copier reads a TCP camera's packets in bursts, pausing up to this long between"
                     " them (never just before a keyframe, nor while a viewer watches); 0 reads each as it comes")
+    audio: Literal["keep", "drop"] = Field(
+        default="keep",
+        description="keep: record the camera's audio (AAC, MP3, Opus as sent; G.711 transcoded to AAC, mono);"
+                    " drop: record video only")
 
     @model_validator(mode="after")
     def _status_within_stall(self) -> IngestSettings:

@@ -116,6 +116,9 @@ class CameraStatus(Base):
     codec: Mapped[str | None] = mapped_column(String(16), nullable=True)
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What becomes of the camera's audio: "aac" (copied as sent), "pcm_alaw->aac" (transcoded),
+    # "dropped: <codec>" (not recorded), or null (the stream has no audio).
+    audio: Mapped[str | None] = mapped_column(String(40), nullable=True)
     last_packet_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     reconnects: Mapped[int] = mapped_column(Integer, default=0)
     segments_written: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -84,5 +84,6 @@ def reported_camera_state(cam: CameraStatus | None, enabled: bool, now: int, sta
     online = state == "streaming"
     return {"state": state, "reason": reason, "online": online, "detail": detail, "node": cam.node,
             "fps": cam.fps if online else None, "bitrate_bps": cam.bitrate_bps if online else None,
-            "codec": cam.codec, "width": cam.width, "height": cam.height, "last_packet_ms": cam.last_packet_ms,
+            "codec": cam.codec, "width": cam.width, "height": cam.height, "audio": cam.audio,
+            "last_packet_ms": cam.last_packet_ms,
             "reconnects": cam.reconnects, "updated_ms": cam.updated_ms}

@@ -113,7 +113,8 @@ class CameraSession(threading.Thread):
         # (a loop that turns but records nothing, e.g. on a full disk, is not stuck).
         self._attention_pending = False
         self._loop_alive_mono = 0.0
-        self._seen_footage = 0  # the recorder's footage_bytes() at the last tick that saw it grow
+        self._seen_footage = 0  # the recorder's footage_bytes() at the last progress tick() saw
+        self._seen_frames = 0  # recorded video frames (health.frames) then
         self._seen_mono = 0.0
         self._next_progress = 0.0
         self._stall_marked_at: float | None = None
@@ -152,12 +153,16 @@ class CameraSession(threading.Thread):
 
     def tick(self, mono: float, now_ms: int) -> None:
         """Called every second from the worker's watchdog thread (never from the packet loop)."""
-        # Footage on disk, not packets nor frames muxed into a buffer: a camera whose packets cannot be
-        # recorded (no timestamps, never a keyframe: a reconnect most often brings one) or written (a
-        # full disk) is not streaming. The file grows every fragment (at most 0.5 s of video).
+        # Video recorded AND footage on disk, both moved since the last progress: not packets, nor frames
+        # muxed into a buffer (a full disk), nor a file that grows with audio alone (a camera whose video
+        # stopped while its audio goes on). A camera whose packets cannot be recorded (no timestamps,
+        # never a keyframe: a reconnect most often brings one) is not streaming either. Both move at
+        # least every fragment (at most 0.5 s of video).
         footage = self.recorder.footage_bytes()
-        if footage > self._seen_footage:
+        frames = self.health.frames
+        if footage > self._seen_footage and frames > self._seen_frames:
             self._seen_footage = footage
+            self._seen_frames = frames
             self._seen_mono = mono
             self.health.last_packet_ms = now_ms
         if self._attention_pending and not self._attention:
@@ -177,6 +182,7 @@ class CameraSession(threading.Thread):
 
     def mark_stalled(self) -> None:
         self._stall_marked_at = self.clock.monotonic()
+        self._raise_attention()  # a loop that still turns ends the connection itself (see the loop)
 
     def _sort_observers(self) -> None:
         # An observer that only wants keyframes (`keyframes_only = True`, e.g. the snapshot cache)
@@ -332,7 +338,9 @@ class CameraSession(threading.Thread):
             for obs in list(self.observers):
                 self._notify(obs, "on_connect", video, self.clock.now_ms())
             sps: bytes | None = None
-            streams = [video] + ([audio] if audio is not None else [])
+            # Audio that is not recorded is not read into Python either (50 G.711 packets a second
+            # cost ~0.6 ms of CPU per camera-second, measured: scripts/bench_audio.py).
+            streams = [video] + ([audio] if audio is not None and self.recorder.records_audio else [])
             # This loop runs for every packet of every camera, ~70 threads per worker sharing one
             # GIL: no clock read, no call that is not needed, names bound once (docs/benchmarks.md).
             video_index = video.index
@@ -343,6 +351,12 @@ class CameraSession(threading.Thread):
                     self._attention = False  # before the check: a stop() after it is seen next packet
                     if stop_event.is_set():
                         reason, detail = "ingest_stopped", "ingest stopped"
+                        break
+                    if self._stall_marked_at is not None and recorder.gap_reason != "disk_error":
+                        # Judged stalled while packets still come (the audio of a camera whose video
+                        # stopped: its connection is not idle, so the watchdog finds none to shut).
+                        # On a full disk reconnecting would not help.
+                        reason, detail = "stalled", f"no video recorded for {self.settings.stall_seconds:g} s"
                         break
                     recorder.progress()
                 if pkt is None:

@@ -254,7 +254,8 @@ class IngestWorker:
         sid = entry.station_id
         recorder = StreamRecorder(
             sid, self.volumes, self.settings.tz, self.index, self.clock, self.settings.ingest.segment_seconds,
-            last_end_ms=last[0] if last else None, previous_volume=last[1] if last else None)
+            last_end_ms=last[0] if last else None, previous_volume=last[1] if last else None,
+            keep_audio=self.settings.ingest.audio == "keep")
         unclean = self.spec.unclean_gap if self._first_reconcile else None
         recorder.start_run(tuple(open_gap) if open_gap else None, *(unclean or ()))
         observers = [KeyframeCacheObserver(self.settings.data_dir, sid,
@@ -328,7 +329,7 @@ class IngestWorker:
                 sid, state=state.value, reason=reason, detail=detail, fps=fps, bitrate_bps=bitrate, codec=h.codec,
                 width=h.width, height=h.height, last_packet_ms=h.last_packet_ms, reconnects=h.reconnects,
                 segments_written=session.recorder.segments_written, bytes_written=session.recorder.bytes_written,
-                updated_ms=now_ms)
+                audio=session.recorder.audio_status, updated_ms=now_ms)
 
 
 # glibc malloc settings of a worker process (each overridable with the environment variable VMS_<name>):

@@ -8,12 +8,15 @@ with its real timestamps; the page jumps to the live edge.
 
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 
 import av
 
 from vms.live.h264 import mse_codec
 from vms.live.protocol import LivePacket, StreamInfo
+from vms.recording.h26x import sequence_parameter_set
+from vms.recording.segment_file import add_copy_stream
 
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+frag_every_frame"
 
@@ -41,20 +44,28 @@ class FragmentedMp4Stream:
         self.mime = f'video/mp4; codecs="{mse_codec(info.codec, info.extradata)}"'
         self._sink = _Chunks()
         self._container = av.open(self._sink, "w", format="mp4", options={"movflags": MOVFLAGS})
-        self._stream = self._container.add_stream(info.codec)
-        if info.width and info.height:
-            self._stream.width, self._stream.height = info.width, info.height
-        self._stream.time_base = Fraction(*info.time_base)
-        if info.extradata:
-            self._stream.codec_context.extradata = info.extradata
+        self._stream: av.video.stream.VideoStream | None = None  # made at the first keyframe
         self._base: int | None = None
         self._last_dts = -1
+
+    def _open_stream(self, keyframe: bytes) -> None:
+        """The output stream, made from the camera's own parameters (a probe of the first keyframe,
+        with the SDP's parameter sets if it has none), as the recorder makes its segments' streams.
+        Not from an encoder (PyAV's add_stream): PyAV opened it (libx264/libx265 for every viewer)
+        and its own parameter sets replaced the camera's in the avcC/hvcC box; players got by with
+        the in-band ones, which an `hvc1` file no longer carries (the muxer strips them)."""
+        codec = self.info.codec
+        sets = b"" if sequence_parameter_set(keyframe, codec) else self.info.extradata
+        with av.open(io.BytesIO(sets + keyframe), "r", format=codec) as probe:
+            self._stream = add_copy_stream(self._container, probe.streams.video[0])
+        self._stream.time_base = Fraction(*self.info.time_base)
 
     def add(self, pkt: LivePacket) -> bytes:
         """Mux one packet; returns the bytes the muxer produced (the init segment comes with the first)."""
         if self._base is None:
             if not pkt.keyframe:
                 return b""
+            self._open_stream(pkt.data)
             self._base = pkt.dts
         dts = max(self._last_dts + 1, pkt.dts - self._base)
         self._last_dts = dts

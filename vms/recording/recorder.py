@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -26,8 +27,9 @@ from sqlalchemy import delete
 
 from vms.core.clock import Clock
 from vms.db.models import Segment
+from vms.recording.audio import G711, G711ToAac, audio_status
 from vms.recording.fmp4 import playable_length, probe_segment
-from vms.recording.h26x import parameter_sets_annexb
+from vms.recording.h26x import HEAD_BYTES, parameter_sets_annexb, sequence_parameter_set
 from vms.recording.index import IndexWriter
 from vms.recording.layout import segment_rel_path
 from vms.recording.repair import trim_and_probe
@@ -37,7 +39,12 @@ from vms.recording.volumes import VolumeSet
 log = logging.getLogger(__name__)
 
 SUPPORTED_VIDEO = ("h264", "hevc")
-MP4_AUDIO = ("aac", "mp3", "opus", "alac", "flac")
+# After a cut, the previous segment stays open for the audio of its last moments, which comes after
+# the keyframe that cut it (transcoded audio by the encoder's lag, ~0.26 s; a camera's own audio by
+# its packet interleaving), until audio of the new segment comes, or the video has gone this far.
+AUDIO_LATE_S = 2.0
+# Audio packets kept while no segment is open (about a second of G.711 or AAC).
+PREROLL_PACKETS = 64
 MAX_SLEW = 0.005
 RESYNC_MS = 10_000
 CATCH_UP = 2  # while footage runs ahead of the receive clock, its wall time advances at 1/CATCH_UP speed
@@ -70,6 +77,9 @@ class _OpenSegment:
 
     def wall_ms(self, rel: int) -> int:
         return (rel * self.tb_num * 1000 + self.wall_half) // self.wall_den
+    audio_next: int = 0  # audio timestamps written must reach this (strictly increasing)
+    end_ms: int = 0  # once cut, while it waits for its last audio: its wall end and media length
+    media_ms: int = 0
 
 
 class StreamRecorder:
@@ -77,7 +87,7 @@ class StreamRecorder:
 
     def __init__(self, station_id: str, volumes: VolumeSet, tz: ZoneInfo, index: IndexWriter, clock: Clock,
                  segment_seconds: float = 60.0, stream: str = "main", last_end_ms: int | None = None,
-                 previous_volume: str | None = None) -> None:
+                 previous_volume: str | None = None, keep_audio: bool = True) -> None:
         self.station_id = station_id
         self.stream = stream
         self.volumes = volumes
@@ -93,7 +103,15 @@ class StreamRecorder:
         self._gap_start = 0
         self._seg: _OpenSegment | None = None
         self._video: av.video.stream.VideoStream | None = None
-        self._audio: av.audio.stream.AudioStream | None = None
+        # The segments' audio: the camera's stream (copied), its transcoder (G.711), or None.
+        self._audio: av.audio.stream.AudioStream | G711ToAac | None = None
+        self._transcoder: G711ToAac | None = None
+        self.keep_audio = keep_audio
+        self.audio_status: str | None = None  # for the camera status, see audio.audio_status
+        self._tail: _OpenSegment | None = None  # the segment before a cut, still taking its audio
+        self._audio_ticks_per_second = 1.0
+        self._needs_parameter_sets = False
+        self._preroll: deque[av.Packet] = deque(maxlen=PREROLL_PACKETS)  # audio while no segment is open
         self._tb_num, self._tb_den = 1, 90000
         self._segment_ticks = int(segment_seconds * 90000)
         self._max_step_ticks = int(MAX_STEP_S * 90000)
@@ -176,10 +194,11 @@ class StreamRecorder:
         if codec not in SUPPORTED_VIDEO:
             raise ValueError(f"unsupported video codec {codec}")
         self._video = video
-        self._audio = audio if audio is not None and audio.codec_context.name in MP4_AUDIO else None
-        if audio is not None and self._audio is None:
-            log.info("%s: audio codec %s cannot go in MP4; recording video only",
-                     self.station_id, audio.codec_context.name)
+        # fMP4 writes its header before the first packet: parameter sets the camera sends only in-band
+        # (none in the SDP) are taken from each segment's first keyframe (_start_segment).
+        self._needs_parameter_sets = sequence_parameter_set(video.codec_context.extradata or b"", codec) is None
+        self._open_audio(audio)
+        self._preroll.clear()
         # Integer arithmetic per packet (Fractions cost more than the mux itself).
         self._tb_num, self._tb_den = video.time_base.numerator, video.time_base.denominator
         rate = video.average_rate or video.guessed_rate or 15
@@ -191,6 +210,31 @@ class StreamRecorder:
         self._video_parameters: dict | None = None
         self._pos = 0
         self._last_dts = None
+
+    def _open_audio(self, audio: av.audio.stream.AudioStream | None) -> None:
+        acodec = audio.codec_context.name if audio is not None else None
+        self.audio_status = audio_status(acodec, self.keep_audio)
+        self._audio = self._transcoder = None
+        if audio is None:
+            return
+        tb = audio.time_base
+        self._audio_ticks_per_second = tb.denominator / tb.numerator
+        if self.audio_status.startswith("dropped"):
+            why = "ingest.audio is drop" if not self.keep_audio else "MP4 cannot hold it"
+            log.info("%s: audio %s is not recorded (%s); recording video only", self.station_id, acodec, why)
+            return
+        if acodec in G711:
+            try:
+                self._transcoder = G711ToAac(audio)
+            except (ValueError, av.error.FFmpegError) as exc:
+                log.warning("%s: cannot transcode %s audio to AAC (%s); recording video only",
+                            self.station_id, acodec, exc)
+                self.audio_status = f"dropped: {acodec}"
+                return
+            self._audio = self._transcoder
+            self._audio_ticks_per_second = self._transcoder.rate  # its packets' time base: 1/rate
+        else:
+            self._audio = audio
 
     def _ticks_to_ms(self, ticks: int) -> int:
         return (ticks * self._tb_num * 1000 + self._tb_den // 2) // self._tb_den
@@ -259,22 +303,68 @@ class StreamRecorder:
         return seg.start_ms + (rel * self._tb_num * 1000 + seg.wall_half) // seg.wall_den
 
     def audio_packet(self, pkt: av.Packet) -> None:
+        """Record one packet of the camera's audio (copied, or transcoded to AAC) in the segment its
+        time falls in, aligned on the segment's first video packet (`audio_base`)."""
+        if self._audio is None:
+            return
+        seg = self._seg or self._tail
+        if seg is None:
+            # No segment yet: a camera's audio often comes before the video of the same moment, so
+            # the first segment may want what came just before its first keyframe.
+            self._preroll.append(pkt)
+            if self._transcoder is not None:
+                self._transcoder.reset()  # start again, aligned, with the next segment
+            return
+        if self._preroll:
+            early, self._preroll = list(self._preroll), deque(maxlen=PREROLL_PACKETS)
+            for p in early:
+                self._record_audio(p, seg)
+        self._record_audio(pkt, seg)
+
+    def _record_audio(self, pkt: av.Packet, seg: _OpenSegment) -> None:
+        transcoder = self._transcoder
+        if transcoder is None:
+            self._write_audio(pkt)
+            return
+        try:
+            # A new encoding starts at the segment's first frame: no audio before the video.
+            encoded = transcoder.push(pkt, not_before=round(seg.audio_base * transcoder.rate))
+        except (av.error.FFmpegError, ValueError) as exc:
+            # The audio must not cost the video: start the encoding again with the next packet.
+            log.debug("%s: audio packet dropped: %s", self.station_id, exc)
+            transcoder.reset()
+            return
+        for out in encoded:
+            self._write_audio(out)
+
+    def _write_audio(self, pkt: av.Packet) -> None:
+        dts = pkt.dts if pkt.dts is not None else pkt.pts
+        if dts is None:
+            return
+        # In the audio's own time base (integers: no Fraction per packet).
+        per_second = self._audio_ticks_per_second
         seg = self._seg
-        if seg is None or self._audio is None or pkt.dts is None or seg.audio_base is None:
-            return
-        atb = pkt.time_base
-        t = float(pkt.dts * atb) - seg.audio_base
-        if t < 0:
-            return
-        ts = round(t / atb)
-        pts = ts + max(0, (pkt.pts or pkt.dts) - pkt.dts)
+        if seg is not None and dts >= (base := round(seg.audio_base * per_second)):
+            if self._tail is not None:
+                self._close_tail()  # the audio has passed the cut: the segment before is complete
+        else:
+            seg = self._tail  # the last moments of the segment before the cut
+            if seg is None or dts < (base := round(seg.audio_base * per_second)):
+                return  # before the first frame of any segment open
+        ts = dts - base
+        if ts < seg.audio_next:
+            return  # not after what the segment already has (a repeat, or a restarted encoder's priming)
+        pts = ts + max(0, (pkt.pts if pkt.pts is not None else dts) - dts)
         try:
             seg.file.write_audio(pkt, ts, pts)
         except OSError as exc:
             self._disk_failure(exc)
+            return
         except (av.error.FFmpegError, ValueError) as exc:
             # A bad audio timestamp must not cost the video: drop the packet.
             log.debug("%s: audio packet dropped: %s", self.station_id, exc)
+            return
+        seg.audio_next = ts + 1
 
     # --- the native copier (native_copy.pyx, driven by copier.py) ---
     def arm(self, copier) -> None:
@@ -327,12 +417,17 @@ class StreamRecorder:
                 start_ms = max(start_ms, self._gap_start)
             # Footage already filed ahead of the clock (it stepped back): never before its end.
             catch_up = start_ms - now > RESYNC_MS
+        parameters = self._video_parameters
+        if parameters is None and self._needs_parameter_sets:
+            in_band = parameter_sets_annexb(bytes(memoryview(pkt)[:HEAD_BYTES]), self._video.codec_context.name)
+            if in_band:
+                parameters = {"extradata": in_band}
         while True:
             rel_path = segment_rel_path(self.station_id, start_ms, self.tz, self.stream)
             try:
                 self.volumes.mark(self.volume)
                 f = SegmentFile(self.volumes.file_path(self.volume, rel_path), self._video, self._audio,
-                                self._video_parameters)
+                                parameters)
                 break
             except FileExistsError:
                 start_ms += 1  # two segments cannot share a millisecond; never overwrite footage
@@ -376,8 +471,10 @@ class StreamRecorder:
             if seg.gap_before is not None:
                 self.index.close_gap(seg.gap_before, seg.start_ms)
 
-    def _finish(self, seg: _OpenSegment, media_ticks: int, clean: bool = True) -> int:
-        """Close, fsync, then index as complete. Returns the segment's wall end."""
+    def _finish(self, seg: _OpenSegment, media_ticks: int, clean: bool = True, audio_follows: bool = False) -> int:
+        """Close, fsync, then index as complete. Returns the segment's wall end. With audio_follows
+        (a cut, while audio is recorded) the file stays open for the audio of its last moments, which
+        comes after the keyframe that cut it, and is closed by _close_tail."""
         self._seg = None
         self._publish_start(seg)
         media_ms = self._ticks_to_ms(media_ticks)
@@ -396,28 +493,53 @@ class StreamRecorder:
             end_ms = expected_end  # far behind: _cut re-anchors the next segment with a clock_jump gap
         else:
             end_ms = max(seg.start_ms, round(expected_end + max(-MAX_SLEW * media_ms, min(MAX_SLEW * media_ms, err))))
+        if self._tail is not None:
+            self._close_tail()
+        if audio_follows and clean:
+            seg.end_ms, seg.media_ms = end_ms, media_ms
+            self._tail = seg
+            self.last_end_ms = end_ms
+            # Its row already shows where it ends (the next one starts there).
+            self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms, end_ms=end_ms,
+                                      duration_ms=media_ms, bytes=seg.file.size(), frames=seg.frames,
+                                      keyframes=seg.keyframes)
+            return end_ms
+        return self._close(seg, end_ms, media_ms, clean)
+
+    def _close_tail(self) -> None:
+        seg, self._tail = self._tail, None
+        if seg is not None:
+            self._close(seg, seg.end_ms, seg.media_ms, clean=True, latest=False)
+
+    def _close(self, seg: _OpenSegment, end_ms: int, media_ms: int, clean: bool, latest: bool = True) -> int:
+        """The second half of _finish. `latest`: no segment has started after this one (else the
+        footage after it is not this segment's to describe)."""
         try:
             if not clean:
                 raise OSError("segment abandoned after a write error")
             size = seg.file.close()
         except Exception as exc:  # noqa: BLE001 - any failure: keep what reached the disk, measured
             log.error("%s: closing %s failed: %s", self.station_id, seg.rel_path, exc)
-            return self._keep_what_reached_disk(seg, durable=seg.file.abandon())
+            return self._keep_what_reached_disk(seg, durable=seg.file.abandon(), latest=latest, cut_end=end_ms)
         self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms, end_ms=end_ms,
                                   duration_ms=media_ms, bytes=size, frames=seg.frames,
                                   keyframes=seg.keyframes, state="complete")
         self.segments_written += 1
         self.bytes_written += size
-        self.last_end_ms = end_ms
+        if latest:
+            self.last_end_ms = end_ms
         return end_ms
 
-    def _keep_what_reached_disk(self, seg: _OpenSegment, durable: bool) -> int:
+    def _keep_what_reached_disk(self, seg: _OpenSegment, durable: bool, latest: bool = True,
+                                cut_end: int | None = None) -> int:
         """After a failed write: index the playable part of the segment as complete, or remove it if
         there is none. On a volume that cannot be written now (read-only after a disk error: the torn
         tail cannot be cut off, and what was not fsynced may never reach the disk), the playable part
         is measured without writing and indexed as still `growing`, never complete; it is finished once
         the volume takes a new segment again (or by crash repair), and what did not survive becomes a
-        disk_error gap then. Returns where footage ends."""
+        disk_error gap then. `latest` False: a segment already cut (kept open for its last audio), whose
+        successor starts at `cut_end`: what it loses becomes a closed disk_error gap up to there, and
+        where footage ends is not its to move. Returns where footage ends."""
         path = seg.file.path
         parked = not durable
         try:
@@ -443,7 +565,12 @@ class StreamRecorder:
         if probe is None:
             self.index.call(lambda s, v=seg.volume, p=seg.rel_path: s.execute(
                 delete(Segment).where(Segment.volume == v, Segment.path == p)))
-            if seg.gap_before is not None:
+            if not latest:
+                # Cut before it failed: the next segment already starts at its end.
+                if cut_end is not None and cut_end > seg.start_ms:
+                    self.index.add_closed_gap(self.station_id, seg.start_ms, cut_end, "disk_error",
+                                              "closing the segment failed", self.stream)
+            elif seg.gap_before is not None:
                 # Nothing was recorded after all: the gap this segment ended goes on.
                 self.index.update_gap(seg.gap_before, end_ms=None)
                 self._gap_token, self._gap_reason = seg.gap_before, seg.gap_before_reason
@@ -457,7 +584,11 @@ class StreamRecorder:
         if not parked:
             self.segments_written += 1
             self.bytes_written += size
-        self.last_end_ms = end_ms
+            if not latest and cut_end is not None and end_ms < cut_end:
+                self.index.add_closed_gap(self.station_id, end_ms, cut_end, "disk_error",
+                                          "closing the segment failed", self.stream)
+        if latest:
+            self.last_end_ms = end_ms
         return end_ms
 
     def _finish_unfinished(self) -> None:
@@ -499,7 +630,7 @@ class StreamRecorder:
 
     def _cut(self, pkt: av.Packet) -> _OpenSegment | None:
         seg = self._seg
-        end_ms = self._finish(seg, self._pos - seg.start_pos)
+        end_ms = self._finish(seg, self._pos - seg.start_pos, audio_follows=self._audio is not None)
         now = self.clock.now_ms()
         start_ms = end_ms
         if now - end_ms > RESYNC_MS:
@@ -529,6 +660,8 @@ class StreamRecorder:
     def progress(self) -> None:
         """Publish the growing segment's extent (called every few seconds)."""
         seg = self._seg
+        if self._tail is not None and (seg is None or self._pos - seg.start_pos > AUDIO_LATE_S * self._second_ticks):
+            self._close_tail()  # the audio that the segment before was waiting for is not coming
         if seg is None:
             return
         self._publish_start(seg)
@@ -545,6 +678,14 @@ class StreamRecorder:
 
     def end(self, reason: str, detail: str | None = None) -> None:
         """The connection is over: finish the open segment and open a gap with the reason."""
+        if self._transcoder is not None:
+            # The audio taken but not yet encoded (up to two AAC frames, 0.26 s) is not lost.
+            try:
+                for pkt in self._transcoder.flush():
+                    self._write_audio(pkt)
+            except (av.error.FFmpegError, ValueError) as exc:
+                log.warning("%s: the audio encoder failed at the end: %s", self.station_id, exc)
+        self._close_tail()
         if self._seg is not None:
             self._finish(self._seg, self._pos - self._seg.start_pos + self._frame_ticks)
         self.note_failure(reason, detail)
@@ -558,6 +699,7 @@ class StreamRecorder:
         if self._seg is not None:
             seg = self._seg
             self._finish(seg, max(0, self._pos - seg.start_pos), clean=False)
+        self._close_tail()
         self._disk_retry_at = self.clock.monotonic() + 5.0
         self.note_failure("disk_error", str(exc))
 
@@ -589,3 +731,8 @@ class StreamRecorder:
     @property
     def recording(self) -> bool:
         return self._seg is not None
+
+    @property
+    def records_audio(self) -> bool:
+        """The connection's audio goes into the segments (set by begin())."""
+        return self._audio is not None

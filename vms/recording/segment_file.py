@@ -1,4 +1,5 @@
-"""Writes one segment: packets copied (never transcoded) into a fragmented MP4.
+"""Writes one segment: video packets copied (never transcoded) into a fragmented MP4, with the
+camera's audio (copied, or G.711 as the AAC its transcoder made: vms/recording/audio.py).
 
 A fragment ends at every keyframe (`frag_keyframe`) and after at most FRAGMENT_SECONDS, and
 `empty_moov` puts the header first, so the file is playable while it grows and, after a kill -9, up
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import av
 
+from vms.recording.audio import G711ToAac
 from vms.recording.fmp4 import playable_length
 from vms.recording.volumes import fsync_dir
 
@@ -30,8 +32,21 @@ except ImportError:  # pragma: no cover - depends on the build
 FRAGMENT_SECONDS = 0.5
 # flush_packets: hand each fragment to the OS as soon as the muxer finishes it (else FFmpeg holds
 # fragments in its buffer and a kill -9 loses them).
-FMP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1",
-                "frag_duration": str(int(FRAGMENT_SECONDS * 1_000_000))}
+# A segment's audio rarely starts exactly with its first frame (an AAC frame is 21-128 ms). Without
+# an edit list (none in a fragmented file) FFmpeg moves a track's first sample to 0, lengthening it:
+# the first audio frame of every segment would play early. frag_discont makes each track's first
+# fragment start at its own first timestamp (tfdt), and that only happens if timestamps are not
+# shifted to zero (avoid_negative_ts) and no edit list is asked for. Video-only files are unchanged,
+# byte for byte.
+# max_interleave_delta: FFmpeg holds a packet until every stream has one queued, or 10 s have gathered:
+# a camera's audio comes up to ~0.3 s after its video (transcoded: the encoder's lag) or stops, and the
+# video waited in memory for it (10 s lost to a kill -9). A fragment keeps each track's samples apart
+# (one run per track), so nothing needs the tracks interleaved: no packet waits.
+FMP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof+frag_discont", "flush_packets": "1",
+                "frag_duration": str(int(FRAGMENT_SECONDS * 1_000_000)), "use_editlist": "0",
+                "avoid_negative_ts": "make_non_negative", "max_interleave_delta": "1"}
+# The sample entry of H.265 in every MP4 written (segments, playback, exports, live): see add_copy_stream.
+HEVC_SAMPLE_ENTRY = "hvc1"
 
 
 def add_copy_stream(container: av.container.OutputContainer, template: av.stream.Stream) -> av.stream.Stream:
@@ -46,6 +61,12 @@ def add_copy_stream(container: av.container.OutputContainer, template: av.stream
     """
     stream = container.add_stream_from_template(template, opaque=True)
     stream.codec_context.thread_count = 1
+    if template.codec_context.name == "hevc":
+        # FFmpeg's mp4 muxer writes H.265 as `hev1` (parameter sets may also come in-band), which
+        # Apple's players and Safari refuse. `hvc1` says the hvcC box holds every parameter set (the
+        # muxer then leaves them out of the samples): the stream's extradata must have them, which
+        # the recorder sees to when the camera sends them in-band only.
+        stream.codec_context.codec_tag = HEVC_SAMPLE_ENTRY
     return stream
 
 
@@ -54,7 +75,8 @@ class SegmentFile:
     relative to the segment start (the caller keeps them monotonic)."""
 
     def __init__(self, path: Path, video: av.video.stream.VideoStream,
-                 audio: av.audio.stream.AudioStream | None = None, video_parameters: dict | None = None) -> None:
+                 audio: av.audio.stream.AudioStream | G711ToAac | None = None,
+                 video_parameters: dict | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         # O_EXCL: never overwrite footage. The descriptor is kept for fsync.
@@ -70,7 +92,9 @@ class SegmentFile:
             self.video_stream = self._video
             self.container = self._container  # for the native copier, which muxes into it directly
             self._audio = None
-            if audio is not None:
+            if isinstance(audio, G711ToAac):
+                self._audio = audio.add_output_stream(self._container)  # the transcoder's AAC
+            elif audio is not None:
                 self._audio = add_copy_stream(self._container, audio)
                 self._audio.time_base = audio.time_base
             if write_header is not None:

@@ -5,8 +5,8 @@ It imports nothing from `vms`: the project's virtualenv has no `gi`, so the venv
 spec and launches this script with /usr/bin/python3. Protocol on stdout, one line each, flushed:
     rtsp-port N | control-port N | ready NAME URL | serving | error MESSAGE
 Control: a line-based TCP service on 127.0.0.1 (see docs/simulator.md), one command per line:
-    stop|start|restart|stall|resume|drop|counts NAME, password NAME PASSWORD, jump NAME SECONDS, status, ping
-    ->  "ok ..." or "error MESSAGE".
+    stop|start|restart|stall|stall-video|resume|drop|counts NAME, password NAME PASSWORD, jump NAME SECONDS,
+    status, ping  ->  "ok ..." or "error MESSAGE".
 It stops on SIGINT/SIGTERM or when stdin reaches end of file (its parent went away), exit code 0.
 """
 
@@ -44,9 +44,31 @@ def gst_quote(path: str) -> str:
     return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# Audio a camera may send, each with its payloader (name and payload type filled in by launch_line).
+# G.711 (PCMA/PCMU) is what most Hikvision and Dahua cameras send: 8 kHz mono in 20 ms packets
+# (160 samples, RFC 3551's default packet time), with the static payload types 8 and 0.
+AUDIO_BODIES = {
+    "aac": ("audiotestsrc wave=sine freq=440 volume=0.1 samplesperbuffer=1024 "
+            "! audio/x-raw,rate=48000,channels=1 ! audioconvert ! voaacenc bitrate=64000 "
+            "! valve name=avalve drop=false ! rtpmp4gpay name=pay{n} pt=97"),
+    "pcma": ("audiotestsrc wave=pink-noise volume=0.02 samplesperbuffer=160 "
+             "! audio/x-raw,rate=8000,channels=1 ! alawenc ! valve name=avalve drop=false "
+             "! rtppcmapay name=pay{n} pt=8 min-ptime=20000000 max-ptime=20000000"),
+    "pcmu": ("audiotestsrc wave=pink-noise volume=0.02 samplesperbuffer=160 "
+             "! audio/x-raw,rate=8000,channels=1 ! mulawenc ! valve name=avalve drop=false "
+             "! rtppcmupay name=pay{n} pt=0 min-ptime=20000000 max-ptime=20000000"),
+}
+
+
 def launch_line(mount: dict) -> str:
-    """The gst-launch description of one mount's media (payloaders named pay0, pay1...)."""
+    """The gst-launch description of one mount's media (payloaders named pay0, pay1...).
+
+    `kind` is the video (h264, h265, mjpeg; or aac: audio only); `audio` (aac, pcma, pcmu) adds an
+    audio track to a video mount. The kind "h264+aac" is h264 with audio aac."""
     kind = mount["kind"]
+    audio = mount.get("audio")
+    if kind == "h264+aac":
+        kind, audio = "h264", "aac"
     fps = int(mount.get("fps", 15))
     loc = gst_quote(mount.get("path", ""))
     h264 = (f"multifilesrc location={loc} loop=true "
@@ -57,22 +79,21 @@ def launch_line(mount: dict) -> str:
             f"caps=\"video/x-h265,stream-format=byte-stream,framerate={fps}/1\" "
             f"! h265parse name=parse ! clocksync ! valve name=valve drop=false "
             f"! rtph265pay name=pay0 pt=96 config-interval=-1")
-    aac = ("audiotestsrc wave=sine freq=440 volume=0.1 samplesperbuffer=1024 "
-           "! audio/x-raw,rate=48000,channels=1 ! audioconvert ! voaacenc bitrate=64000 "
-           "! rtpmp4gpay name=pay{n} pt={pt}")
+    if audio is not None and audio not in AUDIO_BODIES:
+        raise ValueError(f"unknown audio {audio!r}")
     if kind == "h264":
         body = h264
     elif kind == "h265":
         body = h265
-    elif kind == "h264+aac":
-        body = h264 + " " + aac.format(n=1, pt=97)
     elif kind == "aac":
-        body = aac.format(n=0, pt=97)
+        return "( " + AUDIO_BODIES["aac"].format(n=0) + " )"
     elif kind == "mjpeg":
         body = ("videotestsrc pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=10/1 "
                 "! jpegenc quality=70 ! rtpjpegpay name=pay0 pt=26")
     else:
         raise ValueError(f"unknown mount kind {kind!r}")
+    if audio is not None:
+        body += " " + AUDIO_BODIES[audio].format(n=1)
     return f"( {body} )"
 
 
@@ -144,6 +165,7 @@ class Mount:
         self.path = "/" + self.name
         self.server = server
         self.stalled = False
+        self.audio_stalled = False
         self.mounted = False
         self.medias: list = []
         self.attempts = 0  # connections that asked for this camera (their first request naming it)
@@ -169,6 +191,9 @@ class Mount:
             shift = TimestampShift()
             self.shifts[media] = shift
             valve.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, shift.probe)
+        avalve = bin_.get_by_name("avalve")
+        if avalve is not None and self.audio_stalled:
+            avalve.set_property("drop", True)
 
     def _on_unprepared(self, media) -> None:
         if media in self.medias:
@@ -191,15 +216,23 @@ class Mount:
         return Gst.PadProbeReturn.REMOVE
 
     def _valves(self) -> list:
-        return [v for v in (m.get_element().get_by_name("valve") for m in self.medias) if v is not None]
+        """The valves of every media: video first, then audio (a stalled camera sends neither)."""
+        found = []
+        for media in self.medias:
+            bin_ = media.get_element()
+            found += [v for v in (bin_.get_by_name("valve"), bin_.get_by_name("avalve")) if v is not None]
+        return found
 
-    def set_stalled(self, stalled: bool) -> None:
-        """Stall: clocksync keeps the pipeline on time while the valve drops every frame."""
+    def set_stalled(self, stalled: bool, video_only: bool = False) -> None:
+        """Stall: clocksync keeps the pipeline on time while the valve drops every frame, and the audio
+        valve the audio, unless video_only (a camera whose video encoder hung while its audio goes on)."""
         was, self.stalled = self.stalled, stalled
+        self.audio_stalled = stalled and not video_only
         for valve in self._valves():
-            if was and not stalled:
+            video = valve.get_name() == "valve"
+            if was and not stalled and video:
                 valve.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, self._until_keyframe)
-            valve.set_property("drop", stalled)
+            valve.set_property("drop", stalled if video else self.audio_stalled)
 
     def jump(self, seconds: float) -> None:
         """The stream's timestamps jump by `seconds` (negative: back, at most to the stream's start)."""
@@ -341,10 +374,11 @@ class CameraServer:
             return "ok pong"
         if verb == "status":
             parts = [f"{c.name}={'up' if c.mounted else 'stopped'}"
-                     f"{',stalled' if c.stalled else ''},clients:{c.client_count()}"
+                     f"{(',stalled' if c.audio_stalled else ',video-stalled') if c.stalled else ''}"
+                     f",clients:{c.client_count()}"
                      for c in self.cameras.values()]
             return "ok " + " ".join(parts)
-        known = ("stop", "start", "restart", "stall", "resume", "drop", "counts", "password", "jump")
+        known = ("stop", "start", "restart", "stall", "stall-video", "resume", "drop", "counts", "password", "jump")
         if verb not in known:
             return f"error unknown command {verb!r} (known: {' '.join(known)} status ping)"
         if verb == "password":
@@ -393,6 +427,9 @@ class CameraServer:
         if verb == "stall":
             cam.set_stalled(True)
             return f"ok stalled {cam.name}"
+        if verb == "stall-video":
+            cam.set_stalled(True, video_only=True)
+            return f"ok stalled the video of {cam.name}"
         if verb == "resume":
             cam.set_stalled(False)
             return f"ok resumed {cam.name}"

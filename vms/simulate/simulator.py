@@ -29,6 +29,9 @@ from vms.simulate.content import (
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
 EXTRA_MOUNTS = ("auth", "h265", "audio", "audio-only", "mjpeg", "res-change")
+# Audio the cameras send besides their video: none, AAC, or G.711 (PCMA = A-law, PCMU = mu-law), the
+# default of most Hikvision and Dahua cameras.
+AUDIO_KINDS = ("none", "aac", "pcma", "pcmu")
 AUTH_USER, AUTH_PASSWORD = "admin", "secret"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -61,11 +64,14 @@ class Simulator:
                  names: Iterable[str] | None = None, extra_mounts: Iterable[str] = (),
                  cache_dir: str | os.PathLike | None = None, *, day_seconds: float = 600.0,
                  pattern_seconds: float = 4.0, control_port: int | None = None,
-                 ready_timeout: float = 60.0, python: str = SYSTEM_PYTHON) -> None:
+                 ready_timeout: float = 60.0, python: str = SYSTEM_PYTHON, audio: str = "none") -> None:
         self.format = VideoFormat(int(width), int(height), int(fps), int(bitrate_kbps), int(gop))
         self.format.check()
         if content not in CONTENT_KINDS:
             raise ValueError(f"content must be one of {', '.join(CONTENT_KINDS)}, got {content!r}")
+        if audio not in AUDIO_KINDS:
+            raise ValueError(f"audio must be one of {', '.join(AUDIO_KINDS)}, got {audio!r}")
+        self.audio = audio
         if not isinstance(cameras, int) or cameras < 0:
             raise ValueError(f"cameras must be a whole number >= 0, got {cameras!r}")
         self.names = list(names) if names is not None else default_names(cameras)
@@ -128,6 +134,9 @@ class Simulator:
             clip = pattern_clip(cache, fmt, self.pattern_seconds)
         self.clip_path = clip
         mounts = [{"name": n, "kind": "h264", "path": str(clip), "fps": fmt.fps} for n in self.names]
+        if self.audio != "none":
+            for m in mounts:
+                m["audio"] = self.audio
         pattern = None
         for extra in self.extra_mounts:
             if extra in ("auth", "audio"):
@@ -136,7 +145,7 @@ class Simulator:
                 mounts.append({"name": extra, "kind": "h264", "path": str(pattern), "fps": fmt.fps,
                                "auth": True})
             elif extra == "audio":
-                mounts.append({"name": extra, "kind": "h264+aac", "path": str(pattern), "fps": fmt.fps})
+                mounts.append({"name": extra, "kind": "h264", "audio": "aac", "path": str(pattern), "fps": fmt.fps})
             elif extra == "h265":
                 h265 = pattern_clip(cache, fmt, self.pattern_seconds, codec="libx265")
                 mounts.append({"name": extra, "kind": "h265", "path": str(h265), "fps": fmt.fps})
@@ -310,6 +319,10 @@ class Simulator:
         """Connections stay open but no media packets flow until resume()."""
         self.command(f"stall {name}")
 
+    def stall_video(self, name: str) -> None:
+        """The video stops, the audio goes on (a camera whose video encoder hung), until resume()."""
+        self.command(f"stall-video {name}")
+
     def resume(self, name: str) -> None:
         self.command(f"resume {name}")
 
@@ -334,11 +347,12 @@ class Simulator:
         self.command(f"password {name} {password}")
 
     def status(self) -> dict[str, dict]:
-        """name -> {"up": bool, "stalled": bool, "clients": int}."""
+        """name -> {"up": bool, "stalled": bool, "video_stalled": bool, "clients": int}."""
         out: dict[str, dict] = {}
         for item in self.command("status").split():
             name, _, state = item.partition("=")
             flags = state.split(",")
             clients = next((int(f.split(":")[1]) for f in flags if f.startswith("clients:")), 0)
-            out[name] = {"up": flags[0] == "up", "stalled": "stalled" in flags, "clients": clients}
+            out[name] = {"up": flags[0] == "up", "stalled": "stalled" in flags,
+                         "video_stalled": "video-stalled" in flags, "clients": clients}
         return out

@@ -44,6 +44,9 @@ class CameraOut(ApiModel):
     codec: str | None = None
     width: int | None = None
     height: int | None = None
+    audio: str | None = Field(default=None, description=(
+        "the camera's audio in the recording: aac|mp3|opus|... (kept as sent), pcm_alaw->aac | pcm_mulaw->aac"
+        " (G.711 transcoded to AAC), 'dropped: <codec>' (not recorded), null (no audio track)"))
     last_packet_ms: int | None = None
     reconnects: int | None = None
     updated_ms: int | None = None

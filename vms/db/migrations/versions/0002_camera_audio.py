@@ -1,0 +1,23 @@
+"""camera_status.audio: what becomes of each camera's audio (copied, transcoded to AAC, or dropped)
+
+Revision ID: 0002_camera_audio
+Revises: 0001
+Create Date: 2026-12-01 10:00:00
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0002_camera_audio'
+down_revision = '0001'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('camera_status', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('audio', sa.String(length=40), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('camera_status', schema=None) as batch_op:
+        batch_op.drop_column('audio')
