@@ -1,14 +1,14 @@
 """camera_status.audio: what becomes of each camera's audio (copied, transcoded to AAC, or dropped)
 
-Revision ID: 0002_camera_audio
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-01 10:00:00
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0002_camera_audio'
-down_revision = '0001'
+revision = '0003'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
