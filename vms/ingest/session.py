@@ -346,18 +346,27 @@ class CameraSession(threading.Thread):
             video_index = video.index
             recorder, stop_event = self.recorder, self.stop_event
             video_packet, audio_packet = recorder.video_packet, recorder.audio_packet
+            # Video packets handed to this loop, and their count at the last stall check (with when).
+            video_in = video_at_check = 0
+            checked_mono = self.clock.monotonic()
             for pkt in self._packets(container, streams, video_index):
                 if self._attention:
                     self._attention = False  # before the check: a stop() after it is seen next packet
                     if stop_event.is_set():
                         reason, detail = "ingest_stopped", "ingest stopped"
                         break
-                    if self._stall_marked_at is not None and recorder.gap_reason != "disk_error":
-                        # Judged stalled while packets still come (the audio of a camera whose video
-                        # stopped: its connection is not idle, so the watchdog finds none to shut).
-                        # On a full disk reconnecting would not help.
-                        reason, detail = "stalled", f"no video recorded for {self.settings.stall_seconds:g} s"
-                        break
+                    if self._stall_marked_at is not None:
+                        # Judged stalled while the loop still turns. No video for a second or more (the
+                        # audio of a camera whose video stopped keeps its connection from looking idle,
+                        # so the watchdog finds none to shut): end the connection. Video that comes but
+                        # is not recorded is the volume's fault: record that, do not reconnect.
+                        mono = self.clock.monotonic()
+                        if video_in == video_at_check and mono - checked_mono >= 1.0:
+                            reason, detail = "stalled", f"no video for {self.settings.stall_seconds:g} s"
+                            break
+                        if video_in != video_at_check:
+                            recorder.check_volume()
+                        video_at_check, checked_mono = video_in, mono
                     recorder.progress()
                 if pkt is None:
                     continue
@@ -367,6 +376,7 @@ class CameraSession(threading.Thread):
                 if pkt.stream_index != video_index:
                     audio_packet(pkt)
                     continue
+                video_in += 1
                 key = pkt.is_keyframe
                 if key:
                     # The parameter sets lead the access unit: copy its head, not the whole keyframe.

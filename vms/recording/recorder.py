@@ -16,6 +16,7 @@ interval and cuts the segment at the next keyframe.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections import deque
@@ -702,6 +703,26 @@ class StreamRecorder:
         self._close_tail()
         self._disk_retry_at = self.clock.monotonic() + 5.0
         self.note_failure("disk_error", str(exc))
+
+    def check_volume(self) -> bool:
+        """Called when nothing has been recorded for a while: if the volume cannot take footage (read-only,
+        full, or its disk gone), record it as the disk error it is (FFmpeg may not have reported a failed
+        write yet) and return True; False if the volume looks writable (the camera is at fault)."""
+        if self._gap_reason == "disk_error":
+            return True
+        root = self.volumes.root(self.volume)
+        try:
+            if not self.volumes.is_available(self.volume):
+                raise OSError(errno.ENOENT, "the volume's marker is gone (disk unmounted?)", str(root))
+            st = os.statvfs(root)
+            if st.f_flag & os.ST_RDONLY:
+                raise OSError(errno.EROFS, "the volume is read-only", str(root))
+            if st.f_bavail * st.f_frsize < 1024 * 1024:
+                raise OSError(errno.ENOSPC, "no space left on the volume", str(root))
+        except OSError as exc:
+            self._disk_failure(exc)
+            return True
+        return False
 
     def footage_bytes(self) -> int:
         """Bytes of footage this recorder got onto the disk, as the filesystem says: what its finished
