@@ -160,9 +160,10 @@ def test_timeline_merges_segments_and_lists_gaps(api, db, clock, settings, clip)
                  params={"start": "2025-12-31T08:00:00", "end": "2026-01-01T08:00:00"})
     assert r2.json()["recorded"] == tl["recorded"]
     r = api.get(f"/api/stations/{SID}/timeline", headers=aud, params={"start": "2026-01-01", "end": "2025-12-31"})
-    assert r.status_code == 400 and "must be after start" in r.json()["detail"]
+    assert r.status_code == 400 and r.json()["code"] == "time_range_reversed" and "须晚于" in r.json()["detail"]
     r = api.get(f"/api/stations/{SID}/timeline", headers=aud, params={"start": "yesterday", "end": "2025-12-31"})
-    assert r.status_code == 400 and "start='yesterday' is not a time" in r.json()["detail"]
+    assert r.status_code == 400 and r.json()["code"] == "time_invalid"
+    assert r.json()["detail"].startswith("start='yesterday' 不是时间")
 
 
 def test_playback_range_with_range_requests_and_access_log(api, db, clock, settings, clip):
@@ -204,7 +205,7 @@ def test_playback_range_with_range_requests_and_access_log(api, db, clock, setti
     assert r.status_code == 400 and "in the future" in r.json()["detail"]
     r = api.post(f"/api/stations/{SID}/playback", headers=op,
                  json={"start": "2025-12-31T10:00", "end": "2025-12-31T14:00", "reason": "too long"})
-    assert r.status_code == 400 and "too long" in r.json()["detail"]
+    assert r.status_code == 400 and r.json()["code"] == "time_range_too_long" and "回放范围过长" in r.json()["detail"]
     with db.session() as s:
         rows = list(s.scalars(select(AccessLog).where(AccessLog.action == "playback")))
     assert len(rows) == 1 and rows[0].reason == "投诉核查 2026-001" and rows[0].start_ms == t0 + 2500

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from vms.api.context import ApiContext
+from vms.api.errors import ApiError, api_error_response
 from vms.core.clock import Clock
 from vms.core.errors import VmsError
 from vms.core.settings import Settings
@@ -76,6 +77,8 @@ def create_app(settings: Settings, database: Database, clock: Clock) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+
+    app.add_exception_handler(ApiError, api_error_response)
 
     @app.exception_handler(VmsError)
     async def _vms_error(_request, exc: VmsError) -> JSONResponse:

@@ -64,7 +64,7 @@ def create_export(body: ExportIn, request: Request, ctx: Ctx, session: DbSession
     if not body.reason.strip():
         raise HTTPException(400, "reason is required for an export (调用事由)")
     s, e = parse_range(body.start, body.end, ctx.settings.tz, int(ctx.settings.api.export_max_hours * 3_600_000),
-                       "export range")
+                       "导出范围")
     segments_or_error(ctx, session, station, s, e)
     now = ctx.clock.now_ms()
     job = ExportJob(id=uuid.uuid4().hex, station_id=station.id, start_ms=s, end_ms=e, reason=body.reason.strip(),

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from vms.api import permissions as P
 from vms.api.accounts import Principal
 from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, require, visible_station
-from vms.api.schemas import ApiModel
+from vms.api.schemas import TIME_DESCRIPTION, ApiModel, TimeText
 from vms.api.timeparse import iso, parse_range, parse_time
 from vms.db.models import Hold, Station
 from vms.retention.holds import HoldError, add_hold, hold_public_dict, list_holds, release_hold
@@ -42,10 +42,10 @@ class HoldOut(ApiModel):
 
 class HoldIn(ApiModel):
     station_id: str = Field(pattern=STATION_ID_PATTERN)
-    start: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T08:00:00"])
-    end: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T12:00:00"])
+    start: TimeText = Field(description=TIME_DESCRIPTION, examples=["2026-03-01T08:00:00"])
+    end: TimeText = Field(description=TIME_DESCRIPTION, examples=["2026-03-01T12:00:00"])
     reason: str = Field(min_length=2, max_length=500, description="case or complaint number, why")
-    expires: str | None = Field(default=None, description="optional ISO 8601 time when the hold lapses")
+    expires: TimeText | None = Field(default=None, description="optional time when the hold lapses")
 
 
 def _towns_ok(session, principal: Principal, station_id: str) -> bool:

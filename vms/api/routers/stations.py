@@ -16,7 +16,7 @@ from vms.api import permissions as P
 from vms.api.access import record_access
 from vms.api.accounts import Principal
 from vms.api.deps import Ctx, DbSession, StationId, client_address, require, visible_station
-from vms.api.schemas import ApiModel
+from vms.api.schemas import ApiModel, time_query
 from vms.api.status import status_cache
 from vms.api.timeparse import iso, parse_range
 from vms.catalog.model import BusinessHours
@@ -291,10 +291,9 @@ class Timeline(ApiModel):
 
 @router.get("/{station_id}/timeline", response_model=Timeline)
 def timeline(station_id: StationId, ctx: Ctx, session: DbSession, principal: Status,
-             start: Annotated[str, Query(description="ISO 8601; without offset = Asia/Shanghai")],
-             end: Annotated[str, Query(description="ISO 8601; without offset = Asia/Shanghai")]) -> dict:
+             start: Annotated[str, time_query()], end: Annotated[str, time_query()]) -> dict:
     station = visible_station(session, principal, station_id)
-    s, e = parse_range(start, end, ctx.settings.tz, TIMELINE_MAX_DAYS * 86_400_000, "timeline range")
+    s, e = parse_range(start, end, ctx.settings.tz, TIMELINE_MAX_DAYS * 86_400_000, "时间轴范围")
     spans: list[list[int]] = []
     for a, b in session.execute(
             select(Segment.start_ms, Segment.end_ms)
