@@ -10,8 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from test_api_helpers import add_user, login
 
+from vms.analysis.calibration import parse_calibration
 from vms.api.app import create_app
 from vms.core.timetext import EARLIEST_MS, LATEST_MS, TimeTextError, parse_time_text
+from vms.db.models import Station
 
 SID = "pingshan-town"
 GOOD_START, GOOD_END = "2025-12-31T10:00", "2025-12-31T10:05"
@@ -127,3 +129,26 @@ def test_console_file_names_never_reach_the_file_system(client):
         assert r.status_code == 404 and r.json()["code"] == "not_found", r.text[:200]
     r = client.get("/console/app.js")
     assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+
+
+def test_calibration_is_validated_by_the_analysis_model(client, db):
+    """PATCH stored any JSON as the calibration (its check imported a class that does not exist and
+    swallowed the ImportError); the analysis then refused it and ran without it, privacy masks included."""
+    headers = login(client, "admin")
+    mask = {"points": [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5]], "name": "neighbour's door"}
+    for bad, named in (({"privacy_masks": [{"points": [[0, 0], [1.5, 0], [1, 1]]}]}, "outside the picture"),
+                       ({"privacy_mask": [mask]}, "privacy_mask"),  # misspelt: the masks would be lost
+                       ({"privacy_masks": [mask], "overrides": {"hysteresis_minutes": 3}}, "hysteresis_minutes"),
+                       ({"zones": "everywhere"}, "zones")):
+        r = client.patch(f"/api/stations/{SID}", headers=headers, json={"calibration": bad})
+        assert r.status_code == 422 and r.json()["code"] == "calibration_invalid", r.text
+        assert r.json()["detail"].startswith("标定无效") and named in r.json()["detail"], r.text
+    with db.session() as s:
+        assert s.get(Station, SID).calibration is None  # nothing stored by the refused requests
+    r = client.patch(f"/api/stations/{SID}", headers=headers, json={"calibration": {"privacy_masks": [mask]}})
+    assert r.status_code == 200, r.text
+    with db.session() as s:
+        stored = s.get(Station, SID).calibration
+    # What the analysis will read: the mask, as given.
+    assert parse_calibration(stored).privacy_masks[0].points == [(0.0, 0.0), (0.5, 0.0), (0.5, 0.5)]
+    assert r.json()["calibration"]["privacy_masks"][0]["name"] == "neighbour's door"
