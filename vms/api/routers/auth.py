@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from vms.api.accounts import issue_session, verify_password
 from vms.api.deps import SESSION_COOKIE, Ctx, CurrentPrincipal, DbSession, client_address, forget_principals
+from vms.api.errors import ApiError
 from vms.api.permissions import permissions_of
 from vms.api.schemas import ApiModel, Me
 from vms.api.timeparse import iso
@@ -36,11 +37,11 @@ def login(body: LoginIn, request: Request, response: Response, ctx: Ctx, session
                                  f"try again in {wait:.0f} s",
                             headers={"Retry-After": str(int(wait + 0.999))})
     user = session.scalar(select(User).where(User.username == body.username))
-    if not verify_password(user, body.password) or user is None:
+    password_ok = verify_password(user, body.password)  # the same argon2 work for every case below
+    # A disabled account answers as a wrong password does: "user X is disabled" confirmed the password.
+    if not password_ok or user is None or user.disabled:
         ctx.throttle.failed(body.username, client)
-        raise HTTPException(401, "wrong username or password")
-    if user.disabled:
-        raise HTTPException(401, f"user {user.username} is disabled")
+        raise ApiError(401, "login_failed", "用户名或密码错误")
     ctx.throttle.succeeded(body.username, client)
     now = ctx.clock.now_ms()
     secret, tok = issue_session(session, user, now, ctx.settings.api.session_hours)
