@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vms.api.context import ApiContext
 from vms.api.errors import ApiError, api_error_response
+from vms.api.security import SecurityHeaders
 from vms.core.clock import Clock
 from vms.core.errors import VmsError
 from vms.core.settings import Settings
@@ -54,7 +55,7 @@ def serve_app(app: FastAPI, host: str, port: int, log_level: str,
 
 
 def create_app(settings: Settings, database: Database, clock: Clock) -> FastAPI:
-    from vms.api.routers import auth, health
+    from vms.api.routers import auth, docs, health
 
     ctx = ApiContext.make(settings, database, clock)
 
@@ -75,8 +76,11 @@ def create_app(settings: Settings, database: Database, clock: Clock) -> FastAPI:
                     "access log (调用登记).",
         version="1",
         lifespan=lifespan,
+        # Served by routers/docs.py from local files, for whom api.docs allows.
+        docs_url=None, redoc_url=None, openapi_url=None,
     )
     app.state.ctx = ctx
+    app.add_middleware(SecurityHeaders)
 
     app.add_exception_handler(ApiError, api_error_response)
 
@@ -84,7 +88,7 @@ def create_app(settings: Settings, database: Database, clock: Clock) -> FastAPI:
     async def _vms_error(_request, exc: VmsError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    for r in (health.router, auth.router):
+    for r in (health.router, auth.router, docs.router):
         app.include_router(r)
     for r in _optional_routers():
         app.include_router(r)

@@ -159,6 +159,9 @@ class ApiSettings(StrictModel):
     export_keep_hours: float = Field(default=24, gt=0, description="exports can be downloaded this long")
     export_workers: int = Field(default=1, ge=1, le=8)
     login_failures_per_minute: int = Field(default=5, ge=1, description="per user and client address")
+    docs: Literal["login", "public", "off"] = Field(
+        default="login", description="who may read /docs, /redoc and /openapi.json: logged-in users, anyone, "
+        "or nobody (served from files installed with vms, never a CDN)")
 
 
 class SimulateSettings(StrictModel):

@@ -11,6 +11,7 @@ from vms.api.deps import SESSION_COOKIE, Ctx, CurrentPrincipal, DbSession, clien
 from vms.api.errors import ApiError
 from vms.api.permissions import permissions_of
 from vms.api.schemas import ApiModel, Me
+from vms.api.security import served_over_https
 from vms.api.timeparse import iso
 from vms.db.models import AuthToken, User
 
@@ -46,7 +47,11 @@ def login(body: LoginIn, request: Request, response: Response, ctx: Ctx, session
     now = ctx.clock.now_ms()
     secret, tok = issue_session(session, user, now, ctx.settings.api.session_hours)
     max_age = int(ctx.settings.api.session_hours * 3600)
-    response.set_cookie(SESSION_COOKIE, secret, max_age=max_age, httponly=True, samesite="strict", path="/")
+    # Secure over HTTPS (directly or behind a trusted proxy), so the browser never sends it in clear text;
+    # not over plain HTTP on the county LAN, where a Secure cookie would never come back.
+    secure = served_over_https(request, getattr(ctx.settings.api, "trusted_proxies", None))
+    response.set_cookie(SESSION_COOKIE, secret, max_age=max_age, httponly=True, samesite="strict", path="/",
+                        secure=secure)
     me = Me(username=user.username, role=user.role, towns=user.towns, kind="session",
             permissions=sorted(permissions_of(user.role, None)))
     return LoginOut(token=secret, expires_at=iso(tok.expires_ms, ctx.settings.tz), user=me)

@@ -138,6 +138,8 @@ def retention_status(ctx: Ctx, session: DbSession, principal: HoldReader) -> dic
             volumes.append({"name": name, "total_bytes": u.total_bytes, "free_bytes": u.free_bytes})
         except OSError as exc:
             volumes.append({"name": name, "total_bytes": None, "free_bytes": None, "error": type(exc).__name__})
-    holds = len(list_holds(session, now_ms=now))
+    # Only the holds of the caller's towns: a town-limited user was told the county's count.
+    towns = dict(session.execute(select(Station.id, Station.town)).all())
+    holds = sum(1 for h in list_holds(session, now_ms=now) if principal.may_see_town(towns.get(h.station_id, "")))
     return {"generated_at": iso(now, ctx.settings.tz), "default_days": ctx.settings.retention.days,
             "active_holds": holds, "volumes": volumes, "stations": stations}
