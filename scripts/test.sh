@@ -5,6 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 export VMS_TEST_POSTGRES_URL=${VMS_TEST_POSTGRES_URL:-$(scripts/postgres.sh)}
-mkdir -p artifacts
 .venv/bin/ruff check vms tests scripts
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -88,5 +88,14 @@ def clock() -> SimulatedClock:
     return SimulatedClock()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hypothesis_files_in_the_temp_dir(tmp_path_factory) -> None:
+    """Hypothesis (under schemathesis) keeps caches in .hypothesis/ of the working directory, even with its
+    example database off: tests write under the run's temporary directory, never into the repository."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
+
+
 # Fixtures of the API tests (tests/test_api_*.py) live beside their helpers.
 from test_api_helpers import api, clip  # noqa: E402, F401

@@ -14,8 +14,6 @@ import pytest
 
 from tests.serve_support import PASSWORD, running_serve
 
-REPO = Path(__file__).resolve().parents[1]
-SHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -35,6 +33,14 @@ def server(tmp_path_factory):
     """`vms serve` with 2 simulated cameras (the first two stations without camera URLs)."""
     with running_serve(tmp_path_factory.mktemp("console")) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Screenshots and the live-view figures, under the run's temporary directory (never the repository)."""
+    path = tmp_path_factory.mktemp("console-output")
+    print("console screenshots and live_metrics.json in", path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +92,12 @@ def _frame_digest(page) -> str:
         return Array.from(g.getImageData(0, 0, 64, 48).data.filter((_, i) => i % 16 === 0)).join(','); }""")
 
 
-def test_console_as_admin_live_playback_export(server, browser):
-    SHOTS.mkdir(parents=True, exist_ok=True)
+def test_console_as_admin_live_playback_export(server, browser, shots):
     ctx, page = _page(browser, server["base"])
     blocked = _csp_violations(page, server["base"])
     page.goto("/")
     page.wait_for_selector("#login-form")
-    page.screenshot(path=str(SHOTS / "login.png"))
+    page.screenshot(path=str(shots / "login.png"))
     _login(page, "wang-admin")
     # The tree lists every station of the catalogue, by town; the wall pages through all of them.
     assert page.locator("#tree .station-link").count() == 139
@@ -102,7 +107,7 @@ def test_console_as_admin_live_playback_export(server, browser):
     assert page.locator("#wall .tile").count() == 16
     assert page.inner_text("#pager") == "第1/9页"
     page.wait_for_timeout(1500)
-    page.screenshot(path=str(SHOTS / "wall.png"))
+    page.screenshot(path=str(shots / "wall.png"))
 
     # Live view: WebRTC from the ingest's camera session; frames advance and the picture changes.
     sid = server["stations"][0]
@@ -126,11 +131,16 @@ def test_console_as_admin_live_playback_export(server, browser):
     assert live["firstFrameMs"] < 2000, live["firstFrameMs"]
     headers = {"Authorization": f"Bearer {server['token']}"}
     relay = httpx.get(f"{server['base']}/api/live/stats", headers=headers).json()
-    page.screenshot(path=str(SHOTS / "station-live.png"))
+    page.screenshot(path=str(shots / "station-live.png"))
     figures = _figures(live, relay, first_frame_s)
-    (REPO / "artifacts" / "live_metrics.json").write_text(json.dumps(figures, indent=1))
+    (shots / "live_metrics.json").write_text(json.dumps(figures, indent=1))
     print("live view figures:", figures)
-    assert figures["capture_to_display_ms_p50"] is None or figures["capture_to_display_ms_p50"] < 1000
+    # Live latency: the server's part (ingest -> WebRTC sender) plus the browser's (receive -> display).
+    # Both must be measured: Chromium's captureTime needs an RTP extension aiortc does not send, so the
+    # capture -> display figure is always None here and asserting on it (as before) checked nothing.
+    server_ms, browser_ms = figures["ingest_to_sender_ms_p50"], figures["receive_to_display_ms_p50"]
+    assert server_ms is not None and browser_ms is not None, figures
+    assert server_ms + browser_ms < 1000, figures
 
     # The fallback player also plays (fMP4 over WebSocket into MSE).
     page.click("#go-mse")
@@ -145,7 +155,7 @@ def test_console_as_admin_live_playback_export(server, browser):
     page.mouse.click(max(box["x"] - 2, page.locator("#timeline").bounding_box()["x"] + 1), box["y"] + 5)
     page.wait_for_function("() => document.getElementById('mode').textContent.startsWith('回放')", timeout=20_000)
     page.wait_for_function("() => document.getElementById('video').currentTime > 1.5", timeout=15_000)
-    page.screenshot(path=str(SHOTS / "station-playback.png"))
+    page.screenshot(path=str(shots / "station-playback.png"))
 
     # Export with a required reason; the download is an MP4 PyAV can read.
     page.click("#export-open")
@@ -155,7 +165,7 @@ def test_console_as_admin_live_playback_export(server, browser):
     page.fill("#export-start", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - 12)))
     page.fill("#export-end", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - 4)))
     page.fill("#export-reason", "投诉核查 2026-001")
-    page.screenshot(path=str(SHOTS / "export-dialog.png"))
+    page.screenshot(path=str(shots / "export-dialog.png"))
     page.click("#export-submit")
     link = page.wait_for_selector("a.export-download", timeout=30_000)
     with page.expect_download() as dl:
@@ -168,7 +178,7 @@ def test_console_as_admin_live_playback_export(server, browser):
     for name in ("alarms", "audits", "admin"):
         page.goto(f"/console/#/{name}")
         page.wait_for_timeout(1200)
-        page.screenshot(path=str(SHOTS / f"{name}.png"))
+        page.screenshot(path=str(shots / f"{name}.png"))
     assert page.locator("table").count() >= 1  # the users table
     # Login, wall, WebRTC, MSE over the WebSocket, timeline, playback and export ran under the console's CSP.
     assert not blocked, blocked
@@ -209,7 +219,7 @@ def test_api_docs_render_from_local_files_under_their_csp(server, browser):
     ctx.close()
 
 
-def test_viewer_watches_live_but_cannot_export(server, browser):
+def test_viewer_watches_live_but_cannot_export(server, browser, shots):
     ctx, page = _page(browser, server["base"])
     _login(page, "chen-viewer")
     sid = server["stations"][1]
@@ -221,5 +231,5 @@ def test_viewer_watches_live_but_cannot_export(server, browser):
         headers: {{'Content-Type': 'application/json'}}, body: JSON.stringify({{station_id: '{sid}',
         start: '2026-01-01T00:00:00', end: '2026-01-01T00:01:00', reason: '越权测试'}})}})).status""")
     assert status == 403
-    page.screenshot(path=str(SHOTS / "station-viewer.png"))
+    page.screenshot(path=str(shots / "station-viewer.png"))
     ctx.close()

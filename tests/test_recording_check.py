@@ -61,7 +61,8 @@ def test_check_reports_and_repairs_every_disagreement(tmp_path, db, settings, cl
 
     fixed = _check(cli_env, "--repair")
     assert fixed.returncode == 0, fixed.stdout
-    assert all(p["repaired"] for p in json.loads(fixed.stdout)["problems"])
+    repaired = {(p["kind"], p["path"]) for p in json.loads(fixed.stdout)["problems"] if p["repaired"]}
+    assert repaired == problems, fixed.stdout  # all([]) was true: a repair that found nothing passed
     with db.session() as s:
         rows = {r.path: r for r in s.scalars(select(Segment))}
     assert gone.path not in rows
