@@ -9,7 +9,7 @@ import pytest
 from test_api_helpers import PASSWORD, login
 from typer.testing import CliRunner
 
-from vms.api.accounts import AccountError, check_password_rules, create_api_key
+from vms.api.accounts import AccountError, check_password_rules, create_api_key, create_user
 from vms.cli import app as cli_app
 from vms.cli import context as cli_context
 
@@ -82,12 +82,15 @@ def test_cli_refuses_a_weak_password(settings, db, monkeypatch):
     cli_context.database.cache_clear()
 
 
-def test_disabled_account_is_answered_as_a_wrong_password(api, clock):
-    """The right password of a disabled account was told "user view is disabled", which confirms the
+def test_disabled_account_is_answered_as_a_wrong_password(api, db, clock):
+    """The right password of a disabled account was told "user X is disabled", which confirms the
     password; now the answer, and the work spent on it, are those of a wrong password."""
+    with db.session() as s:  # the production hasher (the helpers' users have a cheap hash)
+        for name in ("li-disabled", "li-active"):
+            create_user(s, name, PASSWORD, "viewer", clock.now_ms())
     admin = login(api, "admin")
     api.cookies.clear()
-    assert api.patch("/api/users/view", json={"disabled": True}, headers=admin).status_code == 200
+    assert api.patch("/api/users/li-disabled", json={"disabled": True}, headers=admin).status_code == 200
 
     def attempt(username: str, password: str):
         clock.advance(61)  # out of the login limit's window: every attempt is judged on its password
@@ -95,11 +98,11 @@ def test_disabled_account_is_answered_as_a_wrong_password(api, clock):
         r = api.post("/api/auth/login", json={"username": username, "password": password})
         return r, time.perf_counter() - t0
 
-    disabled = [attempt("view", PASSWORD) for _ in range(3)]
-    wrong = [attempt("aud", "not the password") for _ in range(3)]
+    disabled = [attempt("li-disabled", PASSWORD) for _ in range(3)]
+    wrong = [attempt("li-active", "not the password") for _ in range(3)]
     for r, _ in disabled + wrong:
         assert r.status_code == 401 and r.json() == {"detail": "用户名或密码错误", "code": "login_failed"}
-        assert "view" not in r.text and "停用" not in r.text and "disabled" not in r.text
+        assert "li-" not in r.text and "停用" not in r.text and "disabled" not in r.text
     assert {k.lower() for k in disabled[0][0].headers} == {k.lower() for k in wrong[0][0].headers}
     # Same timing: the password is verified (argon2, ~0.25 s here) either way. Skipping it for a disabled
     # account answers in milliseconds; a loaded machine slows both alike, so compare the fastest of each.

@@ -9,6 +9,7 @@ import time
 
 import av
 import numpy as np
+import pytest
 from sqlalchemy import select
 from test_api_helpers import add_segments, login
 
@@ -95,6 +96,7 @@ def _write_keyframe(settings, clip, wall_ms: int) -> None:
     path.write_bytes(header + b"\n" + data)
 
 
+@pytest.mark.slow  # waits out the snapshot's real-time deadlines
 def test_snapshot_fresh_stale_and_offline(api, db, clock, settings, clip):
     now = clock.now_ms()
     with db.session() as s:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import hypothesis
+import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
@@ -17,6 +18,8 @@ from vms.api.app import create_app
 from vms.api.schemas import TIME_FORMAT
 from vms.db.models import CameraStatus, User
 from vms.recording.volumes import VolumeSet
+
+pytestmark = pytest.mark.slow  # hundreds of generated requests (schemathesis): not in scripts/test.sh --fast
 
 EXAMPLES_PER_OPERATION = 12
 

@@ -15,6 +15,8 @@ import pytest
 
 from tests.serve_support import PASSWORD, running_serve
 
+pytestmark = pytest.mark.slow  # a real vms serve recording the RTSP simulator: not in scripts/test.sh --fast
+
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):

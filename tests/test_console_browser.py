@@ -14,6 +14,8 @@ import pytest
 
 from tests.serve_support import PASSWORD, running_serve
 
+pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/test.sh --fast
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

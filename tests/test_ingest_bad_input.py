@@ -16,6 +16,8 @@ from tests.ingest_support import RunningWorker, assert_contiguous, gaps, ingest_
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # real ingest workers and the RTSP simulator: not in scripts/test.sh --fast
+
 
 class _SilentServer:
     """Accepts TCP connections and then never answers (a camera that hangs)."""

@@ -25,6 +25,8 @@ from vms.recording.segment_file import FRAGMENT_SECONDS
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # real ingest processes killed with kill -9: not in scripts/test.sh --fast
+
 VMS = str(Path(sys.executable).with_name("vms"))
 STATIONS = ["gaotan-town", "gaotan-v01"]
 

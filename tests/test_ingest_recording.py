@@ -26,6 +26,8 @@ from vms.recording.repair import check
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # real ingest workers recording the RTSP simulator: not in scripts/test.sh --fast
+
 STATIONS = ["baihua-town", "baihua-v01", "baihua-v02"]
 
 

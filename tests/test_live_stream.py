@@ -27,6 +27,8 @@ from vms.live.h264 import has_parameter_sets
 from vms.live.relay import LiveHub, LiveUnavailable
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # a real vms serve, the RTSP simulator and WebRTC: not in scripts/test.sh --fast
+
 STATION = "pingshan-town"
 TAP_FACTORY = "vms.live.tap:make_live_tap_factory"
 PASSWORD = "live view secret 1"

@@ -18,6 +18,8 @@ from vms.db.models import CameraStatus, Segment, Station
 from vms.recording.fmp4 import probe_segment
 from vms.recording.volumes import VolumeSet
 
+pytestmark = pytest.mark.slow  # vms commands as processes: not in scripts/test.sh --fast
+
 VMS = str(Path(sys.executable).with_name("vms"))
 
 
