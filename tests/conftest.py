@@ -105,6 +105,13 @@ def clock() -> SimulatedClock:
     return SimulatedClock()
 
 
+@pytest.fixture(scope="session")
+def simulator_cache(tmp_path_factory) -> Path:
+    """The simulator's encoded clips, shared by the run's tests (its default, data/ under the working
+    directory, is the repository)."""
+    return tmp_path_factory.mktemp("simulate-cache")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _hypothesis_files_in_the_temp_dir(tmp_path_factory) -> None:
     """Hypothesis (under schemathesis) keeps caches in .hypothesis/ of the working directory, even with its

@@ -35,8 +35,9 @@ PASSWORD = "live view secret 1"
 
 
 @pytest.fixture(scope="module")
-def camera():
-    with Simulator(cameras=1, names=[STATION], width=320, height=240, fps=15, bitrate_kbps=300, gop=30) as s:
+def camera(simulator_cache):
+    with Simulator(cameras=1, names=[STATION], width=320, height=240, fps=15, bitrate_kbps=300, gop=30,
+                   cache_dir=simulator_cache) as s:
         yield s
 
 
