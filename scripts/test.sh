@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing (system packages, venv), starts PostgreSQL, runs every test.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k retention).
+# --fast (first argument): the unit-level tier, for feedback in under a minute before the full run: lint,
+# then every test not marked slow, rtsp or postgres (no RTSP simulator, no vms serve or other vms
+# processes, no browser, no PostgreSQL). CI runs the full command, without --fast.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+fast=0
+if [ "${1:-}" = "--fast" ]; then
+  fast=1
+  shift
+fi
 scripts/bootstrap.sh
-export VMS_TEST_POSTGRES_URL=${VMS_TEST_POSTGRES_URL:-$(scripts/postgres.sh)}
-mkdir -p artifacts
 .venv/bin/ruff check vms tests scripts
+if [ "$fast" = 1 ]; then
+  exec env VMS_TEST_FAST=1 .venv/bin/python -m pytest -q -p no:cacheprovider -n auto \
+    -m "not slow and not rtsp and not postgres" "$@"
+fi
+export VMS_TEST_POSTGRES_URL=${VMS_TEST_POSTGRES_URL:-$(scripts/postgres.sh)}
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,13 +73,29 @@ def settings(tmp_path) -> Settings:
     )
 
 
-@pytest.fixture
-def db(settings) -> Iterator[Database]:
-    """A migrated SQLite database with the full station catalogue imported."""
-    upgrade(settings.db_url)
-    database = Database(settings.db_url)
+@pytest.fixture(scope="session")
+def catalogue_db_template(tmp_path_factory) -> Path:
+    """A migrated SQLite file with the shipped catalogue, made once per run: each test's `db` starts from a
+    copy (migrating and importing the 139 stations for every test took ~0.5 s each, most of the fast tier)."""
+    path = tmp_path_factory.mktemp("db-template") / "vms.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    database = Database(url)
     with database.session() as s:
         import_catalog(s, load_catalog(STATIONS_YAML))
+    with database.engine.connect() as c:
+        c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file, which is copied
+    database.dispose()
+    return path
+
+
+@pytest.fixture
+def db(settings, catalogue_db_template) -> Iterator[Database]:
+    """A migrated SQLite database with the full station catalogue imported."""
+    path = Path(settings.db_url.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(catalogue_db_template, path)
+    database = Database(settings.db_url)
     yield database
     database.dispose()
 
@@ -86,6 +103,41 @@ def db(settings) -> Iterator[Database]:
 @pytest.fixture
 def clock() -> SimulatedClock:
     return SimulatedClock()
+
+
+@pytest.fixture(scope="session")
+def simulator_cache(tmp_path_factory) -> Path:
+    """The simulator's encoded clips, shared by the run's tests (its default, data/ under the working
+    directory, is the repository)."""
+    return tmp_path_factory.mktemp("simulate-cache")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hypothesis_files_in_the_temp_dir(tmp_path_factory) -> None:
+    """Hypothesis (under schemathesis) keeps caches in .hypothesis/ of the working directory, even with its
+    example database off: tests write under the run's temporary directory, never into the repository."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
+
+
+# The fast tier (scripts/test.sh --fast sets VMS_TEST_FAST) must stay under a minute: a test in it that
+# takes longer than this is named at the end of the run, to be marked slow or made faster.
+FAST_TIER_TEST_SECONDS = 5.0
+_durations: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    if os.environ.get("VMS_TEST_FAST"):
+        _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    slow = sorted(((t, n) for n, t in _durations.items() if t > FAST_TIER_TEST_SECONDS), reverse=True)
+    if slow:
+        terminalreporter.write_sep("=", f"fast tier: tests over {FAST_TIER_TEST_SECONDS:g} s (mark them slow?)")
+        for t, nodeid in slow:
+            terminalreporter.write_line(f"{t:6.1f} s  {nodeid}")
 
 
 # Fixtures of the API tests (tests/test_api_*.py) live beside their helpers.

@@ -261,3 +261,75 @@ def test_a_station_no_longer_recorded_is_released_not_reported_lost(clip, settin
         assert (settings.data_dir / "analysis" / "looks" / f"{sids[0]}.json").exists()  # what it learned is kept
     finally:
         factory.close()
+
+
+def make_msmpeg4_avi(path: Path, seconds: int, garbage: bool = False) -> Path:
+    """MS-MPEG4 (v2) in AVI: its bitstream does not carry the picture size, only the container does.
+    With `garbage`, every packet's bytes are replaced by zeros (the container stays valid): a stream no
+    decoder can read (random bytes now and then decode as a flat grey picture)."""
+    out = av.open(str(path), "w", format="avi")
+    st = out.add_stream("msmpeg4v2", rate=FPS)
+    st.width, st.height, st.pix_fmt = 160, 120, "yuv420p"
+    st.options = {"g": str(FPS)}
+    packets = []
+    for i in range(seconds * FPS):
+        img = np.full((120, 160, 3), 40 if i < seconds * FPS // 2 else 200, np.uint8)
+        img[40:80, 60:100] = (i * 3) % 256
+        packets += st.encode(av.VideoFrame.from_ndarray(img, format="rgb24"))
+    packets += st.encode(None)
+    for p in packets:
+        if garbage:
+            p.update(bytes(p.size))
+        out.mux(p)
+    out.close()
+    return path
+
+
+def test_analyze_reads_ms_mpeg4_in_avi(tmp_path):
+    """Keyframe mode opened a bare decoder: avcodec_open2 refused every sample (no picture size), one
+    WARNING was logged and the run exited 0 with no output."""
+    code, lines, err = run_cli(make_msmpeg4_avi(tmp_path / "ms.avi", 20), "--sample-interval", "2")
+    assert code == 0, err
+    samples = [x for x in lines if x["type"] == "sample"]
+    assert len(samples) >= 8, (lines, err)
+    assert samples[0]["luma"] < 60 and samples[-1]["luma"] > 150  # the pictures were really decoded
+
+
+def test_analyze_says_when_nothing_can_be_decoded(tmp_path):
+    bad = make_msmpeg4_avi(tmp_path / "noise.avi", 10, garbage=True)
+    code, lines, err = run_cli(bad, "--sample-interval", "1")
+    assert code != 0 and "noise.avi: cannot be analysed" in err and "could be decoded" in err, (code, err)
+    assert not [x for x in lines if x["type"] == "sample"]
+    code, _, err = run_cli(bad, "--decode", "all")
+    assert code != 0 and "noise.avi" in err, (code, err)
+
+
+def test_a_camera_whose_keyframes_never_decode_raises_a_fault(clip, settings, db, tmp_path):
+    """Live: the same failure only logged a few warnings per camera; now the station gets a fault row
+    (undecodable) while no keyframe decodes, ended by decoded pictures."""
+    noise = make_msmpeg4_avi(tmp_path / "noise.avi", 45, garbage=True)
+    clock = SimulatedClock()
+    with db.session() as s:
+        station = s.scalars(select(Station).order_by(Station.id)).first()
+        station.calibration = {"overrides": {"sample_interval_seconds": 2}}
+        sid = station.id
+    factory = make_analysis_observer_factory(settings, db, clock)
+    try:
+        observer = factory(sid)
+        base = clock.now_ms()
+        last = _feed(observer, noise, base)
+        factory.tick()  # flushes the sink
+        assert observer.samples == 0 and observer.decode_failures >= 10
+        with db.session() as s:
+            faults = s.scalars(select(Fault).where(Fault.station_id == sid)).all()
+            got = [(f.kind, f.severity, f.start_ms, f.end_ms) for f in faults]
+            assert got == [("undecodable", "major", base, None)], got
+            assert "cannot be decoded" in faults[0].detail
+        # The camera sends decodable pictures again (a new connection): the fault ends.
+        _feed(observer, clip, last + 1000)
+        factory.tick()
+        with db.session() as s:
+            fault = s.scalars(select(Fault).where(Fault.station_id == sid)).one()
+            assert fault.end_ms is not None and fault.end_ms > last
+    finally:
+        factory.close()

@@ -15,6 +15,8 @@ import pytest
 
 from tests.serve_support import PASSWORD, running_serve
 
+pytestmark = pytest.mark.slow  # a real vms serve recording the RTSP simulator: not in scripts/test.sh --fast
+
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
@@ -125,3 +127,26 @@ def test_role_limits(srv):
     assert operator.post(f"/api/stations/{sid}/playback", json=body).status_code == 201
     assert operator.get("/api/access-log").status_code == 403
     assert operator.patch(f"/api/stations/{sid}", json={"enabled": False}).status_code == 403
+
+
+def test_footage_keyframes_exports_and_database_are_closed_to_other_users(srv):
+    """Files vms made were world-readable (0644, directories 0755); the database holds camera credentials."""
+    admin = _client(srv, "wang-admin")
+    sid = srv["stations"][0]
+    now_ms = int(time.time() * 1000)
+    ex = admin.post("/api/exports", json={"station_id": sid, "start": _iso(now_ms - 9000), "end": _iso(now_ms - 3000),
+                                          "reason": "权限检查"})
+    assert ex.status_code == 202, ex.text
+    deadline = time.monotonic() + 60
+    while admin.get(f"/api/exports/{ex.json()['id']}").json()["state"] != "done" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert admin.get(f"/api/stations/{sid}/snapshot.jpg").status_code == 200  # a keyframe file, fresh
+    root = srv["root"]
+    made = [p for top in (root / "data", root / "recordings") for p in [top, *top.rglob("*")]]
+    kinds = {p.suffix for p in made if p.is_file()}
+    assert {".mp4", ".kf", ".db"} <= kinds, kinds  # footage and exports, keyframes, the database
+    open_to_others = [(str(p.relative_to(root)), oct(p.stat().st_mode & 0o777)) for p in made
+                      if p.exists() and p.stat().st_mode & 0o007]
+    assert not open_to_others, open_to_others
+    assert (root / "data" / "exports" / f"{ex.json()['id']}.mp4").stat().st_mode & 0o777 == 0o640
+    assert (root / "data" / "vms.db").stat().st_mode & 0o777 == 0o600

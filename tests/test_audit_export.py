@@ -65,6 +65,7 @@ def test_csv_and_xlsx(audited, tmp_path):
     assert good_row[2] == 8.0 and good_row[-1] == 0.0
 
 
+@pytest.mark.slow  # Chromium prints the PDF
 def test_html_and_pdf_in_chinese(audited, tmp_path):
     html = export_monthly(audited, "html", tmp_path / "m.html", "Asia/Shanghai", L("2026-02-01 03:00"))
     text = html.read_text(encoding="utf-8")

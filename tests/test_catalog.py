@@ -82,6 +82,7 @@ def test_validation_reports_each_problem_with_its_line(tmp_path):
     assert "hunter2" not in text  # a bad URL is described, never echoed
 
 
+@pytest.mark.slow  # vms commands as processes
 def test_validate_command_touches_no_database(tmp_path):
     env = {**os.environ, "VMS_DATA_DIR": str(tmp_path / "data")}
     env.pop("VMS_CONFIG", None)
@@ -122,6 +123,7 @@ def test_import_is_idempotent_and_reports_changes(any_db, tmp_path):
     assert "s3cret" not in json.dumps(shown)
 
 
+@pytest.mark.slow  # vms commands as processes
 def test_list_command_json_and_filters(tmp_path):
     env = {**os.environ, "VMS_DATA_DIR": str(tmp_path / "data")}
     env.pop("VMS_CONFIG", None)

@@ -14,8 +14,8 @@ import pytest
 
 from tests.serve_support import PASSWORD, running_serve
 
-REPO = Path(__file__).resolve().parents[1]
-SHOTS = REPO / "artifacts" / "screenshots"
+pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/test.sh --fast
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -38,6 +38,14 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Screenshots and the live-view figures, under the run's temporary directory (never the repository)."""
+    path = tmp_path_factory.mktemp("console-output")
+    print("console screenshots and live_metrics.json in", path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def browser():
     with playwright_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
@@ -54,6 +62,16 @@ def _page(browser, base):
     )
     ctx.grant_permissions(["camera", "microphone"], origin=base)
     return ctx, ctx.new_page()
+
+
+def _csp_violations(page, base: str) -> list[str]:
+    """What the page's Content-Security-Policy blocked (Chromium reports each on the console), and every
+    request that left the server (the docs must not need a CDN); filled as the page runs."""
+    seen: list[str] = []
+    page.on("console", lambda m: seen.append(m.text) if "Content Security Policy" in m.text else None)
+    page.on("request", lambda r: seen.append(f"request to another host: {r.url}")
+            if not r.url.startswith((base, "blob:", "data:")) else None)
+    return seen
 
 
 def _login(page, name: str) -> None:
@@ -76,12 +94,12 @@ def _frame_digest(page) -> str:
         return Array.from(g.getImageData(0, 0, 64, 48).data.filter((_, i) => i % 16 === 0)).join(','); }""")
 
 
-def test_console_as_admin_live_playback_export(server, browser):
-    SHOTS.mkdir(parents=True, exist_ok=True)
+def test_console_as_admin_live_playback_export(server, browser, shots):
     ctx, page = _page(browser, server["base"])
+    blocked = _csp_violations(page, server["base"])
     page.goto("/")
     page.wait_for_selector("#login-form")
-    page.screenshot(path=str(SHOTS / "login.png"))
+    page.screenshot(path=str(shots / "login.png"))
     _login(page, "wang-admin")
     # The tree lists every station of the catalogue, by town; the wall pages through all of them.
     assert page.locator("#tree .station-link").count() == 139
@@ -91,7 +109,7 @@ def test_console_as_admin_live_playback_export(server, browser):
     assert page.locator("#wall .tile").count() == 16
     assert page.inner_text("#pager") == "第1/9页"
     page.wait_for_timeout(1500)
-    page.screenshot(path=str(SHOTS / "wall.png"))
+    page.screenshot(path=str(shots / "wall.png"))
 
     # Live view: WebRTC from the ingest's camera session; frames advance and the picture changes.
     sid = server["stations"][0]
@@ -100,7 +118,7 @@ def test_console_as_admin_live_playback_export(server, browser):
     page.wait_for_selector(f"#wall .tile[data-id='{sid}']")
     started = time.monotonic()
     page.click(f"#wall .tile[data-id='{sid}']")
-    page.wait_for_function("window.__live && window.__live.frames > 0", timeout=10_000)
+    page.wait_for_function("() => window.__live && window.__live.frames > 0", timeout=10_000)
     first_frame_s = time.monotonic() - started
     t1 = page.evaluate("document.getElementById('video').currentTime")
     d1 = _frame_digest(page)
@@ -115,16 +133,21 @@ def test_console_as_admin_live_playback_export(server, browser):
     assert live["firstFrameMs"] < 2000, live["firstFrameMs"]
     headers = {"Authorization": f"Bearer {server['token']}"}
     relay = httpx.get(f"{server['base']}/api/live/stats", headers=headers).json()
-    page.screenshot(path=str(SHOTS / "station-live.png"))
+    page.screenshot(path=str(shots / "station-live.png"))
     figures = _figures(live, relay, first_frame_s)
-    (REPO / "artifacts" / "live_metrics.json").write_text(json.dumps(figures, indent=1))
+    (shots / "live_metrics.json").write_text(json.dumps(figures, indent=1))
     print("live view figures:", figures)
-    assert figures["capture_to_display_ms_p50"] is None or figures["capture_to_display_ms_p50"] < 1000
+    # Live latency: the server's part (ingest -> WebRTC sender) plus the browser's (receive -> display).
+    # Both must be measured: Chromium's captureTime needs an RTP extension aiortc does not send, so the
+    # capture -> display figure is always None here and asserting on it (as before) checked nothing.
+    server_ms, browser_ms = figures["ingest_to_sender_ms_p50"], figures["receive_to_display_ms_p50"]
+    assert server_ms is not None and browser_ms is not None, figures
+    assert server_ms + browser_ms < 1000, figures
 
     # The fallback player also plays (fMP4 over WebSocket into MSE).
     page.click("#go-mse")
     page.wait_for_function(
-        "window.__live && window.__live.mode === 'mse' && window.__live.frames > 10", timeout=10_000
+        "() => window.__live && window.__live.mode === 'mse' && window.__live.frames > 10", timeout=10_000
     )
 
     # Timeline: click just before the first recorded span -> playback of the recorded footage.
@@ -132,9 +155,9 @@ def test_console_as_admin_live_playback_export(server, browser):
     rec = page.locator("#timeline .rec").first
     box = rec.bounding_box()
     page.mouse.click(max(box["x"] - 2, page.locator("#timeline").bounding_box()["x"] + 1), box["y"] + 5)
-    page.wait_for_function("document.getElementById('mode').textContent.startsWith('回放')", timeout=20_000)
-    page.wait_for_function("document.getElementById('video').currentTime > 1.5", timeout=15_000)
-    page.screenshot(path=str(SHOTS / "station-playback.png"))
+    page.wait_for_function("() => document.getElementById('mode').textContent.startsWith('回放')", timeout=20_000)
+    page.wait_for_function("() => document.getElementById('video').currentTime > 1.5", timeout=15_000)
+    page.screenshot(path=str(shots / "station-playback.png"))
 
     # Export with a required reason; the download is an MP4 PyAV can read.
     page.click("#export-open")
@@ -144,7 +167,7 @@ def test_console_as_admin_live_playback_export(server, browser):
     page.fill("#export-start", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - 12)))
     page.fill("#export-end", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - 4)))
     page.fill("#export-reason", "投诉核查 2026-001")
-    page.screenshot(path=str(SHOTS / "export-dialog.png"))
+    page.screenshot(path=str(shots / "export-dialog.png"))
     page.click("#export-submit")
     link = page.wait_for_selector("a.export-download", timeout=30_000)
     with page.expect_download() as dl:
@@ -157,8 +180,10 @@ def test_console_as_admin_live_playback_export(server, browser):
     for name in ("alarms", "audits", "admin"):
         page.goto(f"/console/#/{name}")
         page.wait_for_timeout(1200)
-        page.screenshot(path=str(SHOTS / f"{name}.png"))
+        page.screenshot(path=str(shots / f"{name}.png"))
     assert page.locator("table").count() >= 1  # the users table
+    # Login, wall, WebRTC, MSE over the WebSocket, timeline, playback and export ran under the console's CSP.
+    assert not blocked, blocked
     ctx.close()
 
 
@@ -178,17 +203,35 @@ def _figures(live: dict, relay: dict, first_frame_s: float) -> dict:
     }
 
 
-def test_viewer_watches_live_but_cannot_export(server, browser):
+def test_api_docs_render_from_local_files_under_their_csp(server, browser):
+    ctx, page = _page(browser, server["base"])
+    blocked = _csp_violations(page, server["base"])
+    page.goto("/docs")
+    assert "需要登录" in page.inner_text("body")  # api.docs: login
+    _login(page, "chen-viewer")  # the console's session cookie opens the docs
+    page.goto("/docs")
+    page.wait_for_selector(".opblock", timeout=20_000)  # Swagger UI rendered the operations
+    assert page.locator(".opblock").count() >= 25
+    page.goto("/redoc")
+    page.wait_for_selector("text=vms control-console API", timeout=20_000)
+    page.wait_for_selector("[data-section-id]", timeout=20_000)  # ReDoc rendered its sections
+    # ReDoc always asks for its attribution logo from cdn.redoc.ly: img-src blocks it before it is sent
+    # and the logo hides itself. Nothing else may be blocked or go elsewhere.
+    assert all("https://cdn.redoc.ly/redoc/logo-mini.svg" in b for b in blocked), blocked
+    ctx.close()
+
+
+def test_viewer_watches_live_but_cannot_export(server, browser, shots):
     ctx, page = _page(browser, server["base"])
     _login(page, "chen-viewer")
     sid = server["stations"][1]
     page.goto(f"/console/#/station/{sid}")
-    page.wait_for_function("window.__live && window.__live.frames > 5", timeout=10_000)
+    page.wait_for_function("() => window.__live && window.__live.frames > 5", timeout=10_000)
     assert page.locator("#export-open").count() == 0, "no export button for a viewer"
     assert page.locator("#play-reason").count() == 0, "no playback for a viewer"
     status = page.evaluate(f"""async () => (await fetch('/api/exports', {{method: 'POST',
         headers: {{'Content-Type': 'application/json'}}, body: JSON.stringify({{station_id: '{sid}',
         start: '2026-01-01T00:00:00', end: '2026-01-01T00:01:00', reason: '越权测试'}})}})).status""")
     assert status == 403
-    page.screenshot(path=str(SHOTS / "station-viewer.png"))
+    page.screenshot(path=str(shots / "station-viewer.png"))
     ctx.close()

@@ -8,6 +8,10 @@ import sys
 import textwrap
 import time
 
+import pytest
+
+pytestmark = pytest.mark.slow  # child processes and signals at every moment: not in scripts/test.sh --fast
+
 # The signal is raised while the main thread holds the lock of the Event it waits on (inside
 # Condition.wait, where Python runs pending signal handlers at the next function call): the
 # interleaving that deadlocked a handler calling Event.set(). A timer sends it anyway after 1 s when

@@ -16,6 +16,8 @@ from tests.ingest_support import RunningWorker, assert_contiguous, gaps, ingest_
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # real ingest workers and the RTSP simulator: not in scripts/test.sh --fast
+
 
 class _SilentServer:
     """Accepts TCP connections and then never answers (a camera that hangs)."""
@@ -64,9 +66,10 @@ def _closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def sim():
+def sim(simulator_cache):
     with Simulator(cameras=1, names=["good"], width=320, height=240, fps=15, bitrate_kbps=300, gop=15,
-                   extra_mounts=("auth", "h265", "audio", "audio-only", "mjpeg", "res-change")) as s:
+                   extra_mounts=("auth", "h265", "audio", "audio-only", "mjpeg", "res-change"),
+                   cache_dir=simulator_cache) as s:
         yield s
 
 

@@ -25,6 +25,8 @@ from vms.recording.segment_file import FRAGMENT_SECONDS
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # real ingest processes killed with kill -9: not in scripts/test.sh --fast
+
 VMS = str(Path(sys.executable).with_name("vms"))
 STATIONS = ["gaotan-town", "gaotan-v01"]
 
@@ -66,12 +68,13 @@ def _segments(db: Database, sid: str) -> list[Segment]:
 @pytest.mark.parametrize(("segment_seconds", "segments_before", "into_segment"), [(60, 1, 7), (6, 2, 3.5)],
                          ids=["first-segment", "copier-pausing"])
 def test_kill_9_mid_segment_loses_at_most_the_last_fragment(tmp_path, env, segment_seconds, segments_before,
-                                                           into_segment):
+                                                           into_segment, simulator_cache):
     """The first segment of a connection is recorded in Python; later ones by the native copier, which
     also leaves up to `receive_pause_seconds` in the socket between its reads."""
     settings = _write_config(tmp_path, segment_seconds=segment_seconds, workers=1, node="crash-node",
                              status_interval_seconds=1, retry_initial_seconds=0.3)
-    with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30) as sim:
+    with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30,
+                   cache_dir=simulator_cache) as sim:
         subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
         subprocess.run([VMS, "stations", "import", str(_catalogue(tmp_path, sim.urls))], env=env, check=True,
                        capture_output=True)
@@ -160,11 +163,12 @@ def test_orphaned_workers_stop_when_the_supervisor_is_killed(tmp_path, env):
     assert not alive, "workers outlived their supervisor"
 
 
-def test_sigterm_to_the_process_group_stops_cleanly(tmp_path, env):
+def test_sigterm_to_the_process_group_stops_cleanly(tmp_path, env, simulator_cache):
     """systemd and docker stop send SIGTERM to every process: workers finish their segments and the
     supervisor exits 0 promptly, with no growing segment left behind."""
     settings = _write_config(tmp_path, segment_seconds=60, workers=2, node="term-node")
-    with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30) as sim:
+    with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30,
+                   cache_dir=simulator_cache) as sim:
         subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
         subprocess.run([VMS, "stations", "import", str(_catalogue(tmp_path, sim.urls))], env=env, check=True,
                        capture_output=True)

@@ -32,8 +32,8 @@ CONNECT_ALLOWANCE_S = 1.0
 AUTH_BACKOFF_S = 8.0
 
 
-def _sim(**kw) -> Simulator:
-    return Simulator(width=320, height=240, fps=15, bitrate_kbps=300, gop=5, **kw)
+def _sim(cache_dir, **kw) -> Simulator:
+    return Simulator(width=320, height=240, fps=15, bitrate_kbps=300, gop=5, cache_dir=cache_dir, **kw)
 
 
 def _station_status(settings, db, sid: str) -> dict:
@@ -74,12 +74,12 @@ class AttemptWatch:
         self.thread.join(5)
 
 
-def test_camera_unreachable_for_25_s_is_recording_again_within_5_s_of_its_return(tmp_path, db):
+def test_camera_unreachable_for_25_s_is_recording_again_within_5_s_of_its_return(tmp_path, db, simulator_cache):
     # The network schedule as shipped (the other tests shorten it); stall and timeouts as the tests'.
     shipped = {k: IngestSettings.model_fields[k].default for k in ("retry_initial_seconds", "retry_max_seconds")}
     settings = ingest_settings(tmp_path, segment_seconds=3, **shipped)
     sid = "baihua-v03"
-    with _sim(cameras=1, names=[sid]) as sim, NetworkLink(sim.port) as link:
+    with _sim(simulator_cache, cameras=1, names=[sid]) as sim, NetworkLink(sim.port) as link:
         with RunningWorker(settings, db, {sid: link.url(sim.urls[sid])}) as w:
             wait_until(lambda: len(segments(db, sid)) >= 2 and w.health(sid).state == "streaming", 30,
                        "recording through the link")
@@ -117,11 +117,12 @@ def test_camera_unreachable_for_25_s_is_recording_again_within_5_s_of_its_return
     assert all(t > cut for t in refused)
 
 
-def test_refused_credentials_get_quick_tries_then_a_long_wait_and_a_fault_until_the_camera_accepts(tmp_path, db):
+def test_refused_credentials_get_quick_tries_then_a_long_wait_and_a_fault_until_the_camera_accepts(
+        tmp_path, db, simulator_cache):
     settings = ingest_settings(tmp_path, segment_seconds=3, auth_quick_tries=3, auth_backoff_seconds=AUTH_BACKOFF_S,
                                auth_backoff_max_seconds=2 * AUTH_BACKOFF_S)
     sid = "baihua-v04"
-    with _sim(cameras=0, extra_mounts=("auth",)) as sim, AttemptWatch(sim, "auth") as watch:
+    with _sim(simulator_cache, cameras=0, extra_mounts=("auth",)) as sim, AttemptWatch(sim, "auth") as watch:
         url = sim.urls["auth"].replace("admin:secret@", "admin:typo@")
         with RunningWorker(settings, db, {sid: url}) as w:
             wait_until(lambda: _auth_faults(db, sid), 20, "the auth_failed fault")
@@ -156,11 +157,11 @@ def test_refused_credentials_get_quick_tries_then_a_long_wait_and_a_fault_until_
 
 @pytest.mark.parametrize("credentials, status", [("", "401"), ("guest:guest@", "403")],
                          ids=["no-credentials-401", "forbidden-403"])
-def test_a_changed_url_tries_again_at_once_and_closes_the_fault(tmp_path, db, credentials, status):
+def test_a_changed_url_tries_again_at_once_and_closes_the_fault(tmp_path, db, credentials, status, simulator_cache):
     settings = ingest_settings(tmp_path, segment_seconds=3, auth_quick_tries=3, auth_backoff_seconds=600,
                                auth_backoff_max_seconds=600)
     sid = "baihua-v05"
-    with _sim(cameras=0, extra_mounts=("auth",)) as sim:
+    with _sim(simulator_cache, cameras=0, extra_mounts=("auth",)) as sim:
         good = sim.urls["auth"]
         with RunningWorker(settings, db, {sid: good.replace("admin:secret@", credentials)}) as w:
             wait_until(lambda: _auth_faults(db, sid), 20, "the auth_failed fault")
@@ -187,7 +188,7 @@ def test_a_changed_url_tries_again_at_once_and_closes_the_fault(tmp_path, db, cr
     assert len(_auth_faults(db, sid)) == 1
 
 
-def test_a_url_changed_to_a_camera_that_does_not_answer_still_closes_the_fault(tmp_path, db):
+def test_a_url_changed_to_a_camera_that_does_not_answer_still_closes_the_fault(tmp_path, db, simulator_cache):
     """The fault is about the old URL's credentials: a new URL ends it even before anything streams."""
     settings = ingest_settings(tmp_path, segment_seconds=3, auth_quick_tries=2, auth_backoff_seconds=600,
                                auth_backoff_max_seconds=600)
@@ -195,7 +196,7 @@ def test_a_url_changed_to_a_camera_that_does_not_answer_still_closes_the_fault(t
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         closed_port = unused.getsockname()[1]
-    with _sim(cameras=0, extra_mounts=("auth",)) as sim:
+    with _sim(simulator_cache, cameras=0, extra_mounts=("auth",)) as sim:
         with RunningWorker(settings, db, {sid: sim.urls["auth"].replace("admin:secret@", "admin:typo@")}) as w:
             wait_until(lambda: _auth_faults(db, sid), 20, "the auth_failed fault")
             assert sim.counts("auth")["attempts"] == 2

@@ -26,12 +26,15 @@ from vms.recording.repair import check
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # real ingest workers recording the RTSP simulator: not in scripts/test.sh --fast
+
 STATIONS = ["baihua-town", "baihua-v01", "baihua-v02"]
 
 
 @pytest.fixture(scope="module")
-def sim():
-    with Simulator(cameras=3, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=15) as s:
+def sim(simulator_cache):
+    with Simulator(cameras=3, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=15,
+                   cache_dir=simulator_cache) as s:
         yield s
 
 

@@ -27,14 +27,17 @@ from vms.live.h264 import has_parameter_sets
 from vms.live.relay import LiveHub, LiveUnavailable
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # a real vms serve, the RTSP simulator and WebRTC: not in scripts/test.sh --fast
+
 STATION = "pingshan-town"
 TAP_FACTORY = "vms.live.tap:make_live_tap_factory"
 PASSWORD = "live view secret 1"
 
 
 @pytest.fixture(scope="module")
-def camera():
-    with Simulator(cameras=1, names=[STATION], width=320, height=240, fps=15, bitrate_kbps=300, gop=30) as s:
+def camera(simulator_cache):
+    with Simulator(cameras=1, names=[STATION], width=320, height=240, fps=15, bitrate_kbps=300, gop=30,
+                   cache_dir=simulator_cache) as s:
         yield s
 
 

@@ -13,6 +13,8 @@ from tests.ingest_support import gaps as all_gaps
 from vms.core.settings import Settings
 from vms.recording.volumes import VolumeSet
 
+pytestmark = pytest.mark.slow  # mounts a tmpfs (as root): not in scripts/test.sh --fast
+
 
 @pytest.fixture
 def small_disk(tmp_path):

@@ -25,6 +25,9 @@ from vms.db.models import PurgeLog, Segment
 from vms.retention.jobs import PRESSURE_JOB_ID, SWEEP_JOB_ID, register_retention_jobs
 from vms.retention.status import capacity_plan, footage_by_station
 
+# The commands on 16 days of footage files per test, and two vms processes at once.
+pytestmark = pytest.mark.slow  # not in scripts/test.sh --fast
+
 REPO = Path(__file__).resolve().parents[1]
 VMS = [sys.executable, "-c", "from vms.cli import main; main()"]
 

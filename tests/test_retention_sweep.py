@@ -268,34 +268,47 @@ def test_crash_between_phases_is_completed_by_the_next_run(sixteen_days, any_db,
 
 
 def test_concurrent_runs_never_double_delete(sixteen_days, any_db, tmp_path):
+    """A run started while another is in progress finds the lease taken and does nothing. The second run
+    starts once the first is inside its work (held there until the second has returned): with both let
+    loose at once, the first could finish before the second looked, and the row updates alone already
+    keep two overlapping runs from deleting a segment twice, so the test passed without the lease."""
     footage = sixteen_days
     settings = make_settings(tmp_path)
     before = footage.remaining()
     expected_gone = {i for i, (_st, _s, end, _state) in before.items() if end <= NOW - 15 * DAY}
-    barrier = threading.Barrier(2)
-    results, failures = [], []
+    first_inside, second_done = threading.Event(), threading.Event()
+    results, failures = {}, []
 
-    def worker():
+    def hold_first_run(stage: str, done: int, total: int) -> None:
+        if not first_inside.is_set():  # after the first station's expiry: the run holds the lease
+            first_inside.set()
+            second_done.wait(60)
+
+    def worker(name: str, progress=None):
         db = Database(any_db.url)  # its own engine and connections, like a second process
         try:
-            barrier.wait()
-            results.append(RetentionSweeper(settings, db, SimulatedClock(NOW), disk_usage=roomy_disk,
-                                            batch_segments=10).run(NOW))
+            if name == "second":
+                assert first_inside.wait(60), "the first run never started"
+            results[name] = RetentionSweeper(settings, db, SimulatedClock(NOW), disk_usage=roomy_disk,
+                                             batch_segments=10).run(NOW, progress=progress)
         except BaseException as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
         finally:
+            if name == "second":
+                second_done.set()
             db.dispose()
 
-    threads = [threading.Thread(target=worker) for _ in range(2)]
+    threads = [threading.Thread(target=worker, args=("first", hold_first_run)),
+               threading.Thread(target=worker, args=("second",))]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
-    assert not failures
-    assert all(r.ok for r in results), [r.errors for r in results]
-    assert sum(r.segments for r in results) == len(expected_gone)
-    skipped = [r for r in results if not r.ran]
-    assert all("another retention run is in progress" in r.message for r in skipped)
+        t.join(120)
+    assert not failures, failures
+    first, second = results["first"], results["second"]
+    assert first.ran and first.ok, first.errors
+    assert not second.ran and "another retention run is in progress" in second.message, second.message
+    assert second.segments == 0 and first.segments == len(expected_gone)
     assert set(footage.remaining()) == set(before) - expected_gone
     with any_db.session() as s:
         assert s.scalar(select(func.sum(PurgeLog.segments))) == len(expected_gone)

@@ -7,6 +7,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 CHILD = textwrap.dedent("""
     import sys, threading, time
     from datetime import datetime, timezone
@@ -33,6 +35,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a child process
 def test_a_running_job_does_not_hold_up_the_exit(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "data"), str(tmp_path / "rec")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -74,6 +74,7 @@ def test_station_day_pictures_match_the_ground_truth(day):
     assert changed > 0.01 and (np.abs(later_empty - empty) > 30).mean() < 0.002, changed
 
 
+@pytest.mark.rtsp  # serves it with the RTSP simulator
 def test_served_station_day_carries_its_ground_truth(day, tmp_path):
     path, truth, _ = day
     with Simulator(cameras=1, width=SMALL.width, height=SMALL.height, fps=SMALL.fps,
@@ -95,6 +96,7 @@ def test_pattern_clip_is_whole_gops_cached_and_keyed_by_every_parameter(tmp_path
     assert not list(tmp_path.glob(".*.tmp")), "no temporary files left behind"
 
 
+@pytest.mark.rtsp  # serves it with the RTSP simulator
 def test_source_files_are_converted_to_a_loopable_raw_stream(tmp_path):
     # An MP4 holding H.264 (remuxed) and an MPEG-4 Part 2 file (re-encoded), both made here.
     mp4 = tmp_path / "clip.mp4"

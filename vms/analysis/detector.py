@@ -29,7 +29,8 @@ from vms.analysis.look import StationLook
 from vms.core.settings import AnalysisSettings
 
 OPEN, CLOSED, UNKNOWN = "open", "closed", "unknown"
-FAULT_KINDS = ("signal_lost", "frozen", "black", "overexposed", "blurred", "covered", "color_cast", "scene_changed")
+FAULT_KINDS = ("signal_lost", "frozen", "black", "overexposed", "blurred", "covered", "color_cast", "scene_changed",
+               "undecodable")
 HIDING_FAULTS = {"signal_lost", "frozen", "covered"}  # while one of these holds, the scene cannot be judged
 SEVERITY_RANK = {"minor": 0, "major": 1, "critical": 2}
 
@@ -335,6 +336,13 @@ class StationDetector:
         if self.cfg.fault_min_seconds <= 0:
             out += self.faults["signal_lost"].open_now(t_ms, "critical", f"camera disconnected: {reason}")
         return out
+
+    def undecodable(self, t_ms: int, detail: str, at_once: bool = False) -> list[Event]:
+        """A sampled keyframe gave no picture (or no decoder opens for the stream): nothing about this
+        camera can be judged. Raised like the other faults once it persists fault_min_seconds (`at_once`:
+        now, when no keyframe will ever be decoded on this connection); a decoded picture ends it."""
+        tracker = self.faults["undecodable"]
+        return tracker.open_now(t_ms, "major", detail) if at_once else tracker.update(t_ms, "major", detail)
 
     def tick(self, now_ms: int) -> list[Event]:
         """Time passes without packets: raise signal_lost once the camera has been away long enough."""

@@ -53,26 +53,32 @@ class KeyframeDecoder:
     samples 30 s apart holds its picture pool, 6 MB per 1080p camera (~1 GB for 139); a new one
     costs ~1.3 ms on top of the ~11 ms decode."""
 
-    def __init__(self, codec_name: str, extradata: bytes | None) -> None:
+    def __init__(self, codec_name: str, extradata: bytes | None, width: int = 0, height: int = 0) -> None:
         self.codec_name = codec_name
         self.extradata = extradata
+        # Codecs whose bitstream does not carry the picture size (MS-MPEG4, H.263 in AVI...) refuse to open
+        # without it (avcodec_open2: EINVAL on every sample); the container gives it.
+        self.width, self.height = width, height
         self._context()  # fail at connect, not at the first sample, if the codec is unusable
 
     def _context(self) -> av.CodecContext:
         ctx = av.CodecContext.create(self.codec_name, "r")
         if self.extradata:
             ctx.extradata = self.extradata
+        if self.width and self.height:
+            ctx.width, ctx.height = self.width, self.height
         ctx.thread_count = 1  # 139 cameras: no decoder thread pools
         ctx.skip_frame = "NONKEY"
         if self.codec_name in ("h264", "hevc"):
             # No deblocking: invisible at the 160-pixel analysis size, saves ~13% of the decode.
             ctx.options = {"skip_loop_filter": "all"}
+        ctx.open()  # here, so that a decoder that cannot open says so at once
         return ctx
 
     @classmethod
     def for_stream(cls, stream) -> KeyframeDecoder:
         cc = stream.codec_context
-        return cls(cc.name, cc.extradata)
+        return cls(cc.name, cc.extradata, cc.width or 0, cc.height or 0)
 
     def decode(self, data: bytes) -> av.VideoFrame | None:
         ctx = self._context()
@@ -125,6 +131,8 @@ class StationAnalysisObserver:
         self._lock = threading.Lock()
         self._errors = 0
         self.samples = 0
+        self.decode_failures = 0  # sampled keyframes that gave no picture (see StationDetector.undecodable)
+        self.last_decode_error: str | None = None
         self.decode_seconds = 0.0
         self._maybe_reset_reference()
 
@@ -142,9 +150,16 @@ class StationAnalysisObserver:
         try:
             with self._lock:
                 cc = stream.codec_context
-                self._decoder = KeyframeDecoder.for_stream(stream)
+                self._decoder = None
                 self.schedule.restart()
                 self._emit(self.detector.connected(wall_ms, cc.width or 0, cc.height or 0))
+                try:
+                    self._decoder = KeyframeDecoder.for_stream(stream)
+                except Exception as exc:  # no keyframe of this connection will be decoded: a fault now
+                    detail = f"no {cc.name} decoder opens for this stream: {exc}"
+                    self._decode_failed(detail)
+                    self._emit(self.detector.undecodable(wall_ms, detail, at_once=True))
+                    self._error("opening the decoder", exc)
         except Exception as exc:
             self._decoder = None
             self._error("connect", exc)
@@ -179,14 +194,28 @@ class StationAnalysisObserver:
 
     def _sample(self, data: bytes, wall_ms: int) -> None:
         t0 = time.thread_time()
-        frame = self._decoder.decode(data)
+        try:
+            frame = self._decoder.decode(data)
+        except (av.error.FFmpegError, ValueError) as exc:
+            frame, problem = None, f"{type(exc).__name__}: {exc}"
+            self._error("decoding a keyframe", exc)
+        else:
+            problem = "the decoder gave no picture"
         if frame is None:
+            # Not silent (issue 17): a camera whose keyframes never decode is a fault, not just a log line.
+            detail = f"keyframe of {self._decoder.codec_name} cannot be decoded: {problem}"
+            self._decode_failed(detail)
+            self._emit(self.detector.undecodable(wall_ms, detail))
             return
         y, u, v = frame_planes(frame)
         events = self.detector.frame(wall_ms, y, u, v)
         self.decode_seconds += time.thread_time() - t0
         self.samples += 1
         self._emit(events)
+
+    def _decode_failed(self, detail: str) -> None:
+        self.decode_failures += 1
+        self.last_decode_error = detail
 
     def on_disconnect(self, wall_ms: int, reason: str) -> None:
         try:

@@ -123,6 +123,11 @@ def analyse_file(
                 index += 1
                 yield from sink.events
                 sink.events.clear()
+            if observer.samples == 0:  # a file that cannot be analysed says so (exit 1), never nothing
+                if observer.decode_failures:
+                    raise VmsError(f"{path}: cannot be analysed: none of {observer.decode_failures} keyframes "
+                                   f"tried could be decoded ({observer.last_decode_error})")
+                raise VmsError(f"{path}: cannot be analysed: its video stream has no keyframe")
             yield from observer.detector.finish(last + 1000 // max(1, int(fps_assumed)))
             return
 
@@ -145,6 +150,8 @@ def analyse_file(
                     schedule.taken(t)
                     y, u, v = frame_planes(frame)
                     yield from detector.frame(t, y, u, v)
+        if frame_index == 0:
+            raise VmsError(f"{path}: cannot be analysed: no frame could be decoded")
         yield from detector.finish(last + round(1000 / fps_assumed))
     except av.error.FFmpegError as exc:
         raise VmsError(f"{path}: decoding failed: {exc}") from None

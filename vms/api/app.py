@@ -15,7 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from vms.api.bodylimit import BodySizeLimit
 from vms.api.context import ApiContext
-from vms.api.errors import ApiError, api_error_handler
+from vms.api.errors import ApiError, api_error_response
+from vms.api.security import SecurityHeaders
 from vms.core.clock import Clock
 from vms.core.errors import VmsError
 from vms.core.settings import Settings
@@ -58,7 +59,7 @@ def serve_app(app: FastAPI, host: str, port: int, log_level: str,
 
 
 def create_app(settings: Settings, database: Database, clock: Clock) -> FastAPI:
-    from vms.api.routers import auth, health
+    from vms.api.routers import auth, docs, health
 
     ctx = ApiContext.make(settings, database, clock)
 
@@ -79,17 +80,21 @@ def create_app(settings: Settings, database: Database, clock: Clock) -> FastAPI:
                     "access log (调用登记).",
         version="1",
         lifespan=lifespan,
+        # Served by routers/docs.py from local files, for whom api.docs allows.
+        docs_url=None, redoc_url=None, openapi_url=None,
     )
     app.state.ctx = ctx
+    # The last added is the outermost: a body refused for its size still gets the security headers.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
+
+    app.add_exception_handler(ApiError, api_error_response)
 
     @app.exception_handler(VmsError)
     async def _vms_error(_request, exc: VmsError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    app.add_exception_handler(ApiError, api_error_handler)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
-
-    for r in (health.router, auth.router):
+    for r in (health.router, auth.router, docs.router):
         app.include_router(r)
     for r in _optional_routers():
         app.include_router(r)

@@ -13,7 +13,9 @@ from sqlalchemy.orm import Session
 
 from vms.api.accounts import Principal, token_hash
 from vms.api.context import ApiContext
+from vms.api.errors import ApiError
 from vms.api.permissions import permissions_of
+from vms.api.timeparse import iso
 from vms.db.models import AuthToken, Station, User
 
 SESSION_COOKIE = "vms_session"
@@ -48,8 +50,8 @@ def _secret_from(request: Request) -> str | None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        raise HTTPException(401, "Authorization header must be 'Bearer <token>'",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "bad_authorization", "Authorization 头须为 'Bearer <token>'",
+                       headers={"WWW-Authenticate": "Bearer"})
     return request.cookies.get(SESSION_COOKIE)
 
 
@@ -86,16 +88,21 @@ def _load_principal(ctx: ApiContext, hashed: str) -> Principal:
             select(AuthToken, User).join(User, User.id == AuthToken.user_id)
             .where(AuthToken.token_hash == hashed)
         ).first()
+    bearer = {"WWW-Authenticate": "Bearer"}
     if row is None:
-        raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "token_unknown", "登录凭据无效：请重新登录", headers=bearer)
     tok, user = row
+    key = f"API 密钥 {tok.name}（{user.username}）" if tok.kind == "apikey" else None
     if tok.revoked:
-        raise HTTPException(401, "token revoked (logged out or password changed)",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "token_revoked", f"{key}已被吊销" if key else "已退出登录或密码已更改：请重新登录",
+                       headers=bearer)
     if tok.expires_ms is not None and tok.expires_ms <= now:
-        raise HTTPException(401, "session expired: log in again", headers={"WWW-Authenticate": "Bearer"})
+        if key:  # a key is not renewed by logging in: an admin issues a new one
+            raise ApiError(401, "api_key_expired",
+                           f"{key}已于 {iso(tok.expires_ms, ctx.settings.tz)} 过期：请管理员签发新密钥", headers=bearer)
+        raise ApiError(401, "session_expired", "会话已过期：请重新登录", headers=bearer)
     if user.disabled:
-        raise HTTPException(401, f"user {user.username} is disabled", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "account_disabled", f"账号 {user.username} 已停用", headers=bearer)
     scopes = tok.scopes if tok.kind == "apikey" else None
     principal = Principal(user_id=user.id, username=user.username, role=user.role,
                           towns=tuple(user.towns) if user.towns is not None else None, kind=tok.kind,
@@ -109,8 +116,8 @@ def _load_principal(ctx: ApiContext, hashed: str) -> Principal:
 def _token_hash_of(request: Request) -> str:
     secret = _secret_from(request)
     if not secret:
-        raise HTTPException(401, "not logged in: POST /api/auth/login, then send its cookie or Bearer token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "not_logged_in", "未登录：先 POST /api/auth/login，再带上它的 cookie 或 Bearer 令牌",
+                       headers={"WWW-Authenticate": "Bearer"})
     return token_hash(secret)
 
 

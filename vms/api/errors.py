@@ -33,3 +33,6 @@ def local_time(ms: int, tz: tzinfo) -> str:
         return datetime.fromtimestamp(ms / 1000, tz).strftime("%Y-%m-%d %H:%M:%S")
     except (OverflowError, OSError, ValueError):
         return f"{ms} ms"
+
+
+api_error_response = api_error_handler  # the name the routers of issue 17's items 6-14 use

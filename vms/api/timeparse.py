@@ -1,43 +1,45 @@
 """Times in requests: ISO 8601 (without an offset = the configured local zone, Asia/Shanghai) or
-epoch milliseconds; ranges are checked and errors name the parameter."""
+epoch milliseconds; ranges are checked and errors name the parameter (vms.core.timetext checks the
+text: ASCII digits only, short, between 2000 and 2100)."""
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
+from datetime import tzinfo
 
-from fastapi import HTTPException
-
+from vms.api.errors import ApiError
 from vms.core.clock import from_ms
+from vms.core.timetext import EARLIEST_TEXT, LATEST_TEXT, TimeTextError, parse_time_text
+
+SHOWN_CHARS = 40  # of a refused value in the message: a 4,300-digit value is not echoed whole
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "…")
 
 
 def parse_time(value: str, name: str, tz: tzinfo) -> int:
-    """UTC epoch milliseconds from ISO 8601 or an integer of milliseconds; 400 naming `name` if neither."""
-    text = value.strip()
-    if text.isdigit() and len(text) >= 10:
-        return int(text)
+    """UTC epoch milliseconds from ISO 8601 or an integer of milliseconds; 400 naming `name` if neither
+    or out of range."""
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise HTTPException(
-            400, f"{name}={value!r} is not a time: use ISO 8601 such as 2026-03-01T08:30:00 "
-                 f"(local time) or 2026-03-01T00:30:00Z, or epoch milliseconds") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=tz)
-    try:
-        return int(when.timestamp() * 1000)
-    except (OverflowError, OSError, ValueError):
-        raise HTTPException(400, f"{name}={value!r} is out of range") from None
+        return parse_time_text(value, tz, epoch_ms=True)
+    except TimeTextError as exc:
+        if exc.kind == "out_of_range":
+            raise ApiError(400, "time_out_of_range",
+                           f"{name}={_shown(value)} 超出范围：时间须在 {EARLIEST_TEXT} 至 {LATEST_TEXT} 之间") from None
+        raise ApiError(400, "time_invalid",
+                       f"{name}={_shown(value)} 不是时间：请用 ISO 8601，如 2026-03-01T08:30:00（本地时间）"
+                       f"或 2026-03-01T00:30:00Z，或毫秒时间戳") from None
 
 
 def parse_range(start: str, end: str, tz: tzinfo, max_ms: int | None = None,
-                what: str = "range") -> tuple[int, int]:
+                what: str = "时间范围") -> tuple[int, int]:
     s = parse_time(start, "start", tz)
     e = parse_time(end, "end", tz)
     if e <= s:
-        raise HTTPException(400, f"end ({iso(e, tz)}) must be after start ({iso(s, tz)})")
+        raise ApiError(400, "time_range_reversed", f"end（{iso(e, tz)}）须晚于 start（{iso(s, tz)}）")
     if max_ms is not None and e - s > max_ms:
-        raise HTTPException(400, f"{what} too long: {(e - s) / 60000:.0f} min, "
-                                 f"at most {max_ms / 60000:.0f} min")
+        raise ApiError(400, "time_range_too_long", f"{what}过长：{(e - s) / 60000:.0f} 分钟，"
+                                                   f"最多 {max_ms / 60000:.0f} 分钟")
     return s, e
 
 

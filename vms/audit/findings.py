@@ -13,6 +13,7 @@ FAULT_KINDS_ZH = {
     "covered": "镜头遮挡",
     "color_cast": "偏色",
     "scene_changed": "画面移位",
+    "undecodable": "画面无法解码",
 }
 
 # vms.recording.index.GAP_REASONS

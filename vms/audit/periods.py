@@ -9,9 +9,13 @@ from zoneinfo import ZoneInfo
 
 from vms.core.clock import to_ms
 from vms.core.errors import VmsError
+from vms.core.timetext import EARLIEST_TEXT, LATEST_TEXT
 
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_MONTH = re.compile(r"^\d{4}-\d{2}$")
+# [0-9], not \d: \d also matches other scripts' digits, which int() reads (month '٢٠٢٥-٠١' was 2025-01).
+_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_MONTH = re.compile(r"^[0-9]{4}-[0-9]{2}$")
+# Years whose days and months can be turned into UTC ranges (9999-12 overflowed: a 500 in the API).
+FIRST_YEAR, LAST_YEAR = int(EARLIEST_TEXT[:4]), int(LATEST_TEXT[:4]) - 1
 
 
 class AuditInputError(VmsError):
@@ -22,9 +26,16 @@ def parse_day(text: str) -> date:
     if not isinstance(text, str) or not _DAY.match(text):
         raise AuditInputError(f"day {text!r}: expected YYYY-MM-DD, e.g. 2026-01-05")
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise AuditInputError(f"day {text!r} is not a calendar date") from None
+    _check_year(day.year, f"day {text!r}")
+    return day
+
+
+def _check_year(year: int, what: str) -> None:
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise AuditInputError(f"{what}: the year must be {FIRST_YEAR}-{LAST_YEAR}")
 
 
 def parse_month(text: str) -> tuple[int, int]:
@@ -33,6 +44,7 @@ def parse_month(text: str) -> tuple[int, int]:
     year, month = int(text[:4]), int(text[5:])
     if not 1 <= month <= 12:
         raise AuditInputError(f"month {text!r}: month must be 01-12")
+    _check_year(year, f"month {text!r}")
     return year, month
 
 

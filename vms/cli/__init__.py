@@ -14,6 +14,7 @@ from vms.cli import serve as serve_cli
 from vms.cli import simulate as simulate_cli
 from vms.cli import stations as stations_cli
 from vms.cli import users as users_cli
+from vms.core.files import use_private_umask
 
 app = typer.Typer(
     help="vms: station video-monitoring ingest server (Huidong County e-commerce service stations).",
@@ -36,4 +37,6 @@ app.add_typer(users_cli.app, name="users")
 
 
 def main() -> None:
+    # Footage, keyframes, exports and the database are the service's own (vms.core.files).
+    use_private_umask()
     app()

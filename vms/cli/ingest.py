@@ -39,10 +39,12 @@ def ingest(
     """Record every enabled camera until SIGINT/SIGTERM."""
     if ctx.invoked_subcommand is not None:
         return
+    from vms.core.files import close_data_to_others
     from vms.server.recording import RecordingService
 
     s = settings()
     configure_logging(s.log_level)
+    close_data_to_others(s.data_dir, [v.path for v in s.storage.volumes])
     upgrade(s.db_url)
     notifier = SystemdNotifier()
     service = RecordingService(s, database(), simulate="always" if simulate else s.simulate.enabled,

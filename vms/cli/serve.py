@@ -27,6 +27,7 @@ def serve(
 
     from vms.api.app import create_app, serve_app
     from vms.core.clock import SystemClock
+    from vms.core.files import close_data_to_others
     from vms.core.logging_setup import configure_logging
     from vms.core.systemd import SystemdNotifier, feed_watchdog_forever
     from vms.db.migrate import upgrade
@@ -35,6 +36,7 @@ def serve(
 
     s = settings()
     configure_logging(s.log_level)
+    close_data_to_others(s.data_dir, [v.path for v in s.storage.volumes])
     upgrade(s.db_url)
     db = database()
     clock = SystemClock()

@@ -207,6 +207,9 @@ class ApiSettings(StrictModel):
         default_factory=list, description="addresses or networks (CIDR) of reverse proxies whose "
         "X-Forwarded-For / X-Forwarded-Proto are believed; empty: none, the client is the peer of the connection")
 
+    docs: Literal["login", "public", "off"] = Field(
+        default="login", description="who may read /docs, /redoc and /openapi.json: logged-in users, anyone, "
+        "or nobody (served from files installed with vms, never a CDN)")
     @field_validator("allowed_origins")
     @classmethod
     def _origins(cls, v: list[str]) -> list[str]:

@@ -3,6 +3,7 @@ workers, the API and a cron job can share one file; PostgreSQL is used as is."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,14 +11,16 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from vms.core.files import close_to_others
 from vms.core.settings import Settings
 
 
 def make_engine(url: str, **kwargs) -> Engine:
     if url.startswith("sqlite"):
-        db_path = url.split("///", 1)[-1]
+        db_path = url.split("///", 1)[-1].split("?", 1)[0]
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            _owner_only(Path(db_path))
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 
         @event.listens_for(engine, "connect")
@@ -33,6 +36,19 @@ def make_engine(url: str, **kwargs) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _owner_only(db_path: Path) -> None:
+    """The catalogue holds camera credentials: only the service's user may read the SQLite file. It is
+    created 0600 here (SQLite gives its -wal and -shm files the database file's mode), and an existing
+    file open to group or others is closed."""
+    try:
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError:
+        return  # SQLite will say what is wrong with the path
+    close_to_others(db_path, also_group=True)
+    for suffix in ("-wal", "-shm", "-journal"):
+        close_to_others(db_path.with_name(db_path.name + suffix), also_group=True)
 
 
 class Database:

@@ -80,7 +80,7 @@ class SegmentFile:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         # O_EXCL: never overwrite footage. The descriptor is kept for fsync.
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)  # footage: not for other users
         self._container = None
         try:
             self._container = av.open(str(path), "w", format="mp4", options=dict(FMP4_OPTIONS))

@@ -5,21 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from vms.core.clock import to_ms
 from vms.core.errors import VmsError
+from vms.core.timetext import EARLIEST_TEXT, LATEST_TEXT, TimeTextError, parse_time_text
 
 
 def parse_time_ms(text: str, tz: ZoneInfo, what: str = "time") -> int:
-    raw = text.strip()
     try:
-        when = datetime.fromisoformat(raw)
-    except ValueError:
+        return parse_time_text(text, tz)
+    except TimeTextError as exc:
+        if exc.kind == "out_of_range":
+            raise VmsError(f"{what} {text!r} is out of range: from {EARLIEST_TEXT} to {LATEST_TEXT}") from None
         raise VmsError(
             f"invalid {what} {text!r}: use ISO 8601, e.g. 2026-01-15T08:30 (local time) or 2026-01-15T00:30Z"
         ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=tz)
-    return to_ms(when)
 
 
 def format_local(ms: int | None, tz: ZoneInfo) -> str:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from vms.api import permissions as P
 from vms.api.accounts import Principal
 from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, require
-from vms.api.schemas import ApiModel
+from vms.api.schemas import ApiModel, time_query
 from vms.api.timeparse import iso, parse_time
 from vms.db.models import AccessLog
 
@@ -44,8 +44,8 @@ def access_log(
     username: Annotated[str | None, Query(max_length=64)] = None,
     station_id: Annotated[str | None, Query(pattern=STATION_ID_PATTERN)] = None,
     action: Literal["live", "playback", "snapshot", "export", "download"] | None = None,
-    since: Annotated[str | None, Query(description="ISO 8601; entries at or after")] = None,
-    until: Annotated[str | None, Query(description="ISO 8601; entries before")] = None,
+    since: Annotated[str | None, time_query("entries at or after; ISO 8601 or epoch milliseconds")] = None,
+    until: Annotated[str | None, time_query("entries before; ISO 8601 or epoch milliseconds")] = None,
     before_id: Annotated[int | None, Query(ge=1, le=2**62, description="page: entries older than this id")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict:

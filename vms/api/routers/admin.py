@@ -10,6 +10,8 @@ from sqlalchemy import select
 
 from vms.api import permissions as P
 from vms.api.accounts import (
+    MIN_PASSWORD,
+    MIN_PASSWORD_SCORE,
     AccountError,
     Principal,
     check_towns,
@@ -21,6 +23,7 @@ from vms.api.accounts import (
     set_password,
 )
 from vms.api.deps import Ctx, DbSession, forget_principals, require
+from vms.api.errors import ApiError
 from vms.api.schemas import ApiModel, UserOut
 from vms.api.timeparse import iso
 from vms.db.models import AuthToken, User
@@ -30,6 +33,8 @@ router = APIRouter(prefix="/api/users", tags=["users"])
 Admin = Annotated[Principal, Depends(require(P.USERS))]
 Username = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.@-]{2,64}$")]
 Role = Literal["admin", "operator", "auditor", "viewer"]
+PASSWORD_RULES = (f"at least {MIN_PASSWORD} characters, not blank; common or easily guessed passwords (zxcvbn score "
+                  f"below {MIN_PASSWORD_SCORE}, the username counted as known) are refused: code password_too_weak")
 
 
 def _user_out(ctx, u: User) -> dict:
@@ -41,13 +46,13 @@ def _account_call(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except AccountError as exc:
-        status = 404 if str(exc).startswith("no user") else 409 if "already exists" in str(exc) else 400
-        raise HTTPException(status, str(exc)) from None
+        status = {"user_not_found": 404, "user_exists": 409}.get(exc.code, 400)
+        raise ApiError(status, exc.code, str(exc)) from None
 
 
 class UserIn(ApiModel):
     username: str = Field(pattern=r"^[A-Za-z0-9_.@-]{2,64}$")
-    password: str = Field(min_length=8, max_length=1024)
+    password: str = Field(max_length=1024, description=PASSWORD_RULES)
     role: Role
     towns: list[str] | None = Field(default=None, description="null: every town")
     display_name: str | None = Field(default=None, max_length=128)
@@ -58,7 +63,7 @@ class UserPatch(ApiModel):
     towns: list[str] | None = Field(default=None, description="set to null to allow every town")
     display_name: str | None = Field(default=None, max_length=128)
     disabled: bool | None = None
-    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    password: str | None = Field(default=None, max_length=1024, description=PASSWORD_RULES)
 
 
 @router.get("", response_model=list[UserOut])

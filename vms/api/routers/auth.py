@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -16,6 +16,7 @@ from vms.api.deps import SESSION_COOKIE, Ctx, CurrentPrincipal, DbSession, clien
 from vms.api.errors import ApiError
 from vms.api.permissions import permissions_of
 from vms.api.schemas import ApiModel, Me
+from vms.api.security import served_over_https
 from vms.api.timeparse import iso
 from vms.db.models import AuthToken, User
 
@@ -60,7 +61,11 @@ async def login(body: LoginIn, request: Request, response: Response, ctx: Ctx) -
     finally:
         ctx.throttle.finish(attempt, outcome)
     max_age = int(ctx.settings.api.session_hours * 3600)
-    response.set_cookie(SESSION_COOKIE, secret, max_age=max_age, httponly=True, samesite="strict", path="/")
+    # Secure over HTTPS (directly or behind a trusted proxy), so the browser never sends it in clear text;
+    # not over plain HTTP on the county LAN, where a Secure cookie would never come back.
+    secure = served_over_https(request, ctx.settings.api.trusted_proxies)
+    response.set_cookie(SESSION_COOKIE, secret, max_age=max_age, httponly=True, samesite="strict", path="/",
+                        secure=secure)
     return LoginOut(token=secret, expires_at=iso(expires_ms, ctx.settings.tz), user=me)
 
 
@@ -68,10 +73,10 @@ def _check_and_issue(ctx: ApiContext, body: LoginIn) -> tuple[Me, str, int]:
     """Check the password (in a thread, under the login gate) and issue a session; 401 if wrong."""
     with ctx.database.session() as session:
         user = session.scalar(select(User).where(User.username == body.username))
-        if not verify_password(user, body.password) or user is None:
-            raise HTTPException(401, "wrong username or password")
-        if user.disabled:
-            raise HTTPException(401, f"user {user.username} is disabled")
+        password_ok = verify_password(user, body.password)  # the same argon2 work for every case below
+        # A disabled account answers as a wrong password does: "user X is disabled" confirmed the password.
+        if not password_ok or user is None or user.disabled:
+            raise ApiError(401, "login_failed", "用户名或密码错误")
         now = ctx.clock.now_ms()
         secret, tok = issue_session(session, user, now, ctx.settings.api.session_hours)
         me = Me(username=user.username, role=user.role, towns=user.towns, kind="session",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path as FsPath
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse, RedirectResponse
 
 import vms.console
+from vms.api.errors import ApiError
 
 router = APIRouter(include_in_schema=False)
 
@@ -30,7 +32,14 @@ def index() -> FileResponse:
 
 @router.get("/console/{name}")
 def asset(name: Annotated[str, Path(pattern=r"^[a-z0-9_-]+\.(html|js|css)$")]) -> FileResponse:
+    # Only the files shipped in STATIC: the name never reaches the file system (a 253-character name
+    # made stat() fail with ENAMETOOLONG, a 500 with a traceback per request, before login).
+    if name not in _shipped_files():
+        raise ApiError(404, "not_found", f"没有控制台文件 {name[:64]}")
     path = STATIC / name
-    if not path.is_file():
-        raise HTTPException(404, f"no console file {name}")
     return FileResponse(path, media_type=TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
+
+
+@functools.cache
+def _shipped_files() -> frozenset[str]:
+    return frozenset(p.name for p in STATIC.iterdir() if p.is_file() and p.suffix in TYPES)

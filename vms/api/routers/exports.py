@@ -67,7 +67,7 @@ def create_export(body: ExportIn, request: Request, ctx: Ctx, session: DbSession
     if not body.reason.strip():
         raise HTTPException(400, "reason is required for an export (调用事由)")
     s, e = parse_range(body.start, body.end, ctx.settings.tz, int(ctx.settings.api.export_max_hours * 3_600_000),
-                       "export range")
+                       "导出范围")
     segments_or_error(ctx, session, station, s, e)
     runner = export_runner(ctx)
     estimate = estimated_bytes(session, station.id, s, e)

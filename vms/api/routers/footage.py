@@ -54,7 +54,7 @@ def start_playback(station_id: StationId, body: PlaybackIn, request: Request, ct
     if not body.reason.strip():
         raise HTTPException(400, "reason is required for playback (调用事由)")
     s, e = parse_range(body.start, body.end, ctx.settings.tz,
-                       int(ctx.settings.api.playback_max_minutes * 60_000), "playback range")
+                       int(ctx.settings.api.playback_max_minutes * 60_000), "回放范围")
     sources = segments_or_error(ctx, session, station, s, e)
     store = playback_store(ctx)
     pid, path = store.new_path()

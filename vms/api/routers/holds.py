@@ -13,7 +13,7 @@ from vms.api import permissions as P
 from vms.api.accounts import Principal
 from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, require, visible_station
 from vms.api.errors import ApiError, local_time
-from vms.api.schemas import ApiModel
+from vms.api.schemas import TIME_DESCRIPTION, ApiModel, TimeText
 from vms.api.timeparse import iso, parse_range, parse_time
 from vms.db.models import Hold, Segment, Station
 from vms.retention.holds import HoldError, add_hold, hold_public_dict, list_holds, release_hold
@@ -43,10 +43,10 @@ class HoldOut(ApiModel):
 
 class HoldIn(ApiModel):
     station_id: str = Field(pattern=STATION_ID_PATTERN)
-    start: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T08:00:00"])
-    end: str = Field(description="ISO 8601; without offset = Asia/Shanghai", examples=["2026-03-01T12:00:00"])
+    start: TimeText = Field(description=TIME_DESCRIPTION, examples=["2026-03-01T08:00:00"])
+    end: TimeText = Field(description=TIME_DESCRIPTION, examples=["2026-03-01T12:00:00"])
     reason: str = Field(min_length=2, max_length=500, description="case or complaint number, why")
-    expires: str | None = Field(default=None, description="optional ISO 8601 time when the hold lapses")
+    expires: TimeText | None = Field(default=None, description="optional time when the hold lapses")
 
 
 def _towns_ok(session, principal: Principal, station_id: str) -> bool:
@@ -171,6 +171,8 @@ def retention_status(ctx: Ctx, session: DbSession, principal: HoldReader) -> dic
             volumes.append({"name": name, "total_bytes": u.total_bytes, "free_bytes": u.free_bytes})
         except OSError as exc:
             volumes.append({"name": name, "total_bytes": None, "free_bytes": None, "error": type(exc).__name__})
-    holds = len(list_holds(session, now_ms=now))
+    # Only the holds of the caller's towns: a town-limited user was told the county's count.
+    towns = dict(session.execute(select(Station.id, Station.town)).all())
+    holds = sum(1 for h in list_holds(session, now_ms=now) if principal.may_see_town(towns.get(h.station_id, "")))
     return {"generated_at": iso(now, ctx.settings.tz), "default_days": ctx.settings.retention.days,
             "active_holds": holds, "volumes": volumes, "stations": stations}

@@ -12,17 +12,20 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 from sqlalchemy import select
 
+from vms.analysis.calibration import parse_calibration
 from vms.api import permissions as P
 from vms.api.access import record_access
 from vms.api.accounts import Principal
 from vms.api.deps import Ctx, DbSession, StationId, client_address, require, visible_station
-from vms.api.schemas import ApiModel
+from vms.api.errors import ApiError
+from vms.api.schemas import ApiModel, time_query
 from vms.api.status import status_cache
 from vms.api.timeparse import iso, parse_range
 from vms.catalog.model import BusinessHours
 from vms.catalog.store import station_public_dict
 from vms.catalog.towns import TOWN_NAMES
 from vms.catalog.urls import mask_text
+from vms.core.errors import ConfigError
 from vms.db.models import Fault, Gap, Segment, Station, StationState
 from vms.ingest.keyframes import keyframe_path, latest_keyframe, request_keyframe
 
@@ -163,14 +166,13 @@ class StationPatch(ApiModel):
 
 
 def _validate_calibration(value: dict) -> dict:
+    """The calibration as the analysis will read it (vms.analysis.calibration), or 422 naming each problem:
+    a calibration the analysis refuses is dropped there with a log line, privacy masks included."""
     try:
-        from vms.analysis.calibration import Calibration  # type: ignore[import-not-found]
-    except ImportError:
-        return value
-    try:
-        return Calibration.model_validate(value).model_dump(mode="json")
-    except ValueError as exc:
-        raise HTTPException(400, f"calibration: {exc}") from None
+        calibration = parse_calibration(value, "calibration")
+    except ConfigError as exc:
+        raise ApiError(422, "calibration_invalid", "标定无效：" + "；".join(exc.problems)) from None
+    return calibration.model_dump(mode="json")
 
 
 @router.patch("/{station_id}", response_model=StationDetail)
@@ -294,10 +296,9 @@ class Timeline(ApiModel):
 
 @router.get("/{station_id}/timeline", response_model=Timeline)
 def timeline(station_id: StationId, ctx: Ctx, session: DbSession, principal: Status,
-             start: Annotated[str, Query(description="ISO 8601; without offset = Asia/Shanghai")],
-             end: Annotated[str, Query(description="ISO 8601; without offset = Asia/Shanghai")]) -> dict:
+             start: Annotated[str, time_query()], end: Annotated[str, time_query()]) -> dict:
     station = visible_station(session, principal, station_id)
-    s, e = parse_range(start, end, ctx.settings.tz, TIMELINE_MAX_DAYS * 86_400_000, "timeline range")
+    s, e = parse_range(start, end, ctx.settings.tz, TIMELINE_MAX_DAYS * 86_400_000, "时间轴范围")
     spans: list[list[int]] = []
     for a, b in session.execute(
             select(Segment.start_ms, Segment.end_ms)
