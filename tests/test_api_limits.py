@@ -191,7 +191,7 @@ def test_holds_cover_recorded_footage_only(api, db, clock, settings, clip):
                                                         "end": str(end_ms), "reason": "案件 2026-17"})
 
     cases = [
-        (t0, 253402300799000, 400, "hold_in_future"),  # 9999-12-31
+        (t0, 253402300799000, 400, "time_out_of_range"),  # 9999-12-31: refused as a time before any hold rule
         (now - 3_600_000, now + 3_600_000, 400, "hold_in_future"),
         (now - 40 * 86_400_000, now - 3_600_000, 400, "hold_too_long"),
         (t0 - 3_600_000, t0 + 5000, 400, "hold_before_footage"),

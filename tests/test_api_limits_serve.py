@@ -17,6 +17,8 @@ import pytest
 
 from tests.serve_support import PASSWORD, running_serve
 
+pytestmark = pytest.mark.slow  # real processes (simulator, vms serve, PostgreSQL): not for --fast
+
 # A server behind a (pretend) reverse proxy on 127.0.0.1: X-Forwarded-For names the client. Short
 # delays and a short login queue so the tests need not wait long or send hundreds of logins.
 MAX_DELAY_S = 4

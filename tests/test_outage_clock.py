@@ -30,6 +30,8 @@ from vms.recording.repair import check, start_ms_from_name
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # real processes (simulator, vms serve, PostgreSQL): not for --fast
+
 STATION = "huangbu-town"
 HOUR_MS = 3_600_000
 

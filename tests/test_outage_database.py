@@ -28,6 +28,8 @@ from vms.recording.repair import check
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # real processes (simulator, vms serve, PostgreSQL): not for --fast
+
 STATIONS = ["duozhu-town", "duozhu-v01"]
 ANALYSIS = ["vms.analysis.observer:make_analysis_observer_factory"]
 

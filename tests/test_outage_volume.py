@@ -20,6 +20,8 @@ from vms.recording.repair import check
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # real processes (simulator, vms serve, PostgreSQL): not for --fast
+
 STATION = "tieyong-town"
 
 

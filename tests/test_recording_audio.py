@@ -20,6 +20,8 @@ from vms.recording.recorder import StreamRecorder
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # real processes (simulator, vms serve, PostgreSQL): not for --fast
+
 SID = "pingshan-town"
 FPS = 15
 RATE = 8000

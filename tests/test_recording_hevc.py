@@ -19,6 +19,8 @@ from vms.recording import segment_file
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
 
+pytestmark = pytest.mark.slow  # real processes (simulator, vms serve, PostgreSQL): not for --fast
+
 SID = "andun-town"
 HEVC_PARAMETER_SETS = {32, 33, 34}  # VPS, SPS, PPS
 
