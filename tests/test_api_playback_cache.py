@@ -34,7 +34,7 @@ def test_clean_up_while_playbacks_are_added(settings, db):
     adder.start()
     try:
         for _ in range(300):
-            store.clean()
+            store.clean(keep_s=3600)
     finally:
         stop.set()
         adder.join(5)

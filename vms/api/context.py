@@ -176,22 +176,22 @@ class LoginGate:
 
     def __init__(self, concurrent: int, queue: int) -> None:
         self._semaphore = asyncio.Semaphore(concurrent)
-        self.queue = queue
-        self.waiting = 0
+        self.room = concurrent + queue
+        self.occupied = 0  # checks running plus logins waiting for one
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        if self._semaphore.locked() and self.waiting >= self.queue:
+        # One count for running and waiting, given back when the check ends. Counting the waiters apart
+        # refused logins now and then: a released semaphore's woken waiter counts as waiting until it
+        # runs, so a login arriving in between saw a full queue (503 for right passwords under load).
+        if self.occupied >= self.room:
             raise LoginBusy
-        self.waiting += 1
+        self.occupied += 1
         try:
-            await self._semaphore.acquire()
+            async with self._semaphore:
+                yield
         finally:
-            self.waiting -= 1
-        try:
-            yield
-        finally:
-            self._semaphore.release()
+            self.occupied -= 1
 
 
 @dataclass
