@@ -168,12 +168,14 @@ def test_close_to_others(tmp_path):
     close_to_others(tmp_path / "missing")  # nothing to do, no error
 
 
-def test_retention_status_counts_only_the_users_towns_holds(api):
+def test_retention_status_counts_only_the_users_towns_holds(api, db, settings, clock, clip):
     admin = login(api, "admin")
     api.cookies.clear()
     for station in (SID, "pinghai-town"):  # 平山街道, 平海镇
-        r = api.post("/api/holds", headers=admin, json={"station_id": station, "start": "2025-12-31T10:00",
-                                                        "end": "2025-12-31T11:00", "reason": "case 17"})
+        # Footage to hold: a hold covers recorded footage only (item 5).
+        add_segments(db, VolumeSet.from_settings(settings), clip, station, clock.now_ms() - 60_000, 2, settings.tz)
+        r = api.post("/api/holds", headers=admin, json={"station_id": station, "start": "2026-01-01T07:59:00",
+                                                        "end": "2026-01-01T07:59:30", "reason": "case 17"})
         assert r.status_code == 201, r.text
     assert api.get("/api/retention/status", headers=admin).json()["active_holds"] == 2
     limited = login(api, "op_ph")  # 平海镇 only

@@ -356,8 +356,8 @@ def test_websocket_refusals_reach_the_page_with_their_code_and_origin_is_checked
 
         cookie = {"Cookie": f"vms_session={admin}"}
         cases = [
-            ({}, STATION, None, 4401, "not logged in"),
-            (bearer("vmss_nope"), STATION, None, 4401, "unknown token"),
+            ({}, STATION, None, 4401, "未登录"),
+            (bearer("vmss_nope"), STATION, None, 4401, "登录凭据无效"),
             (bearer(auditor), STATION, None, 4403, "does not allow live"),
             (bearer(town_viewer), STATION, None, 4404, "in your towns"),
             (bearer(admin), STATION, None, 4503, "not being recorded"),
