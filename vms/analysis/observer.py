@@ -30,6 +30,7 @@ from vms.core.errors import VmsError
 from vms.core.settings import AnalysisSettings, Settings
 from vms.db.engine import Database
 from vms.db.models import Station
+from vms.ingest.observers import StreamObserver
 
 log = logging.getLogger(__name__)
 YUV_FORMATS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"}
@@ -105,8 +106,10 @@ def business_hours_check(hours: str | None, tz) -> Callable[[int], bool] | None:
     return inside
 
 
-class StationAnalysisObserver:
+class StationAnalysisObserver(StreamObserver):
     """The StreamObserver of one camera (see vms.ingest.observers)."""
+
+    takes_copied = True  # the activity tracker needs only the sizes and times of the other packets
 
     def __init__(
         self,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import av
 
+from vms.ingest.observers import StreamObserver
+
 log = logging.getLogger(__name__)
 
 ANNEXB_START = (b"\x00\x00\x00\x01", b"\x00\x00\x01")
@@ -74,7 +76,7 @@ def latest_keyframe(data_dir: Path, station_id: str) -> LatestKeyframe | None:
     return LatestKeyframe(station_id, meta["wall_ms"], meta["codec"], meta.get("width"), meta.get("height"), data)
 
 
-class KeyframeCacheObserver:
+class KeyframeCacheObserver(StreamObserver):
     """A StreamObserver that keeps a recent keyframe of a station on disk: at most every
     `interval_s` while someone asked for it in the last minute, else every `idle_interval_s`."""
 
