@@ -20,6 +20,7 @@ from pathlib import Path
 import av
 
 from vms.ingest.observers import StreamObserver
+from vms.recording.avtypes import video_codec
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class LatestKeyframe:
     data: bytes  # Annex B, parameter sets included
 
     def decode(self) -> av.VideoFrame:
-        ctx = av.CodecContext.create(self.codec, "r")
+        ctx = video_codec(self.codec, "r")
         frames = ctx.decode(av.Packet(self.data))
         frames += ctx.decode(None)
         if not frames:
