@@ -415,8 +415,8 @@ class StationDetector:
             ref = self.look.reference_for(lit)
             other = self.look.reference_for(not lit)
             lit_ref = self.look.reference_for(True)
-            if ref is not None or lit_ref is not None:
-                basis = ref or lit_ref
+            basis = ref if ref is not None else lit_ref
+            if basis is not None:
                 ref_match = match(f.edge_thumb, basis.thumb)
                 if other is not None:
                     # A picture that matches either known look (lights on or off) is the scene.
@@ -424,7 +424,11 @@ class StationDetector:
                 edge_basis = lit_ref or basis
                 edge_ratio = f.edge_density / max(edge_basis.edges, 1e-6)
                 lap_ratio = f.laplacian / max(basis.laplacian, 1e-6)
-                if (ref_match < cfg.covered_match_max and edge_ratio < cfg.covered_edge_ratio
+                if ref_match is None:
+                    # The reference is of pictures of another shape (the camera's resolution changed
+                    # since): nothing to compare with until look.learn_reference starts it again.
+                    pass
+                elif (ref_match < cfg.covered_match_max and edge_ratio < cfg.covered_edge_ratio
                         and f.luma >= cfg.covered_min_luma):
                     sev = "critical" if edge_ratio < cfg.covered_edge_ratio / 2 else "major"
                     hits["covered"] = (sev, f"scene match {ref_match:.2f}, edges {edge_ratio:.0%} of usual")
@@ -449,8 +453,7 @@ class StationDetector:
         if hidden:
             # A moment of hidden scene (a head over the lens) says nothing about open or closed: the
             # sample abstains; only a long one makes the state unknown, dated to its start.
-            if self._hidden_since is None:
-                self._hidden_since = t_ms
+            hidden_since = self._hidden_since = t_ms if self._hidden_since is None else self._hidden_since
         else:
             self._hidden_since = None
 
@@ -466,7 +469,7 @@ class StationDetector:
             motion = motion_fraction(pic, self._prev, cfg.motion_pixel_delta)
         out += self.activity.sample(t_ms, relit, self._prev_ms, motion)
 
-        feats = f.as_dict()
+        feats: dict[str, float | str | None] = {**f.as_dict()}
         feats.update(split=round(split, 1), split_source=split_source,
                      diff=None if math.isinf(diff) else round(diff, 3),
                      motion=None if motion is None else round(motion, 4),
@@ -475,8 +478,8 @@ class StationDetector:
         out.insert(0, Sampled(t_ms, vote, feats))
         if not hidden:
             out += self.states.vote(t_ms, vote)
-        elif t_ms - self._hidden_since >= self.cfg.hidden_unknown_seconds * 1000:
-            out += self.states.force(self._hidden_since, UNKNOWN)
+        elif t_ms - hidden_since >= self.cfg.hidden_unknown_seconds * 1000:
+            out += self.states.force(hidden_since, UNKNOWN)
         self._prev, self._prev_luma, self._prev_ms = pic, f.luma, t_ms
         return out
 

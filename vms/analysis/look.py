@@ -123,7 +123,9 @@ class StationLook:
 
     def learn_reference(self, lit: bool, f: Features, t_ms: int) -> None:
         ref = self.lit if lit else self.dark
-        if ref is None:
+        if ref is None or ref.thumb.shape != f.edge_thumb.shape:
+            # None yet, or one learned from pictures of another shape (the camera's resolution changed),
+            # which no picture now can match: learn it again.
             ref = Reference(f.edge_thumb.copy(), f.edge_density, f.laplacian)
             if lit:
                 self.lit = ref

@@ -23,7 +23,7 @@ from vms.analysis.calibration import StationCalibration, parse_calibration
 from vms.analysis.detector import Event, StationDetector
 from vms.analysis.look import load_look, look_json, look_path, write_look
 from vms.analysis.sampling import SampleSchedule
-from vms.analysis.sink import AnalysisSink, Resumed
+from vms.analysis.sink import AnalysisSink, EventSink, Resumed
 from vms.catalog.model import BusinessHours
 from vms.core.clock import Clock
 from vms.core.errors import VmsError
@@ -116,7 +116,7 @@ class StationAnalysisObserver(StreamObserver):
         self,
         station_id: str,
         cfg: AnalysisSettings,
-        sink: AnalysisSink,
+        sink: EventSink,
         clock: Clock,
         calibration: StationCalibration | None = None,
         look_file: Path | None = None,
