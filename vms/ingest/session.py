@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import av
@@ -25,6 +25,9 @@ from vms.recording.copier import make_copier, recorded_packets
 from vms.recording.h26x import HEAD_BYTES, sequence_parameter_set
 from vms.recording.index import IndexWriter
 from vms.recording.recorder import SUPPORTED_VIDEO, StreamRecorder
+
+if TYPE_CHECKING:  # (the module is built by bootstrap.sh; the session runs without it too)
+    from vms.recording.native_copy import PacketCopier
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +123,8 @@ class CameraSession(threading.Thread):
         self._seen_mono = 0.0
         self._next_progress = 0.0
         self._stall_marked_at: float | None = None
-        self._copier = None  # the native copier (vms.recording.copier) while it reads this connection
+        # The native copier (vms.recording.copier) while it reads this connection.
+        self._copier: PacketCopier | None = None
         self._keyframe_observers: list[StreamObserver] = []
         self._packet_observers: list[StreamObserver] = []
         self._gop_observers: list[StreamObserver] = []  # want the copied packets of the current GOP
@@ -298,6 +302,7 @@ class CameraSession(threading.Thread):
         self._logged = None
 
     def _connect_and_record(self) -> tuple[str, str]:
+        reason: str | None  # why the connection ended: None while it goes on (detail is set with it)
         # The open has its deadline; telling silence from garbage afterwards takes up to 2 s more.
         self._set_state(CameraState.CONNECTING, self._open_deadline_s() + 2 + 5)
         try:
@@ -318,7 +323,7 @@ class CameraSession(threading.Thread):
             return reason, detail
         self._camera_accepted()
         streaming = False
-        reason = detail = None
+        reason, detail = None, ""
         self._stall_marked_at = None
         self._seen_mono = self._loop_alive_mono = self.clock.monotonic()
         self._next_progress = self._seen_mono + self.settings.status_interval_seconds

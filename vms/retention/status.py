@@ -158,7 +158,7 @@ def capacity_plan(session: Session, settings: Settings, now_ms: int, days: float
         if sid in settings.storage.assignments:
             vol = settings.storage.assignments[sid]
         elif sid in per_volume_dur:
-            vol = max(per_volume_dur[sid], key=per_volume_dur[sid].get)
+            vol = max(per_volume_dur[sid].items(), key=lambda item: item[1])[0]
         elif len(volumes.volumes) == 1:
             vol = next(iter(volumes.volumes))
         else:
