@@ -11,6 +11,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -506,7 +507,8 @@ class StationDetector:
 
 
 def labelled_look(
-    cfg: AnalysisSettings, calibration: StationCalibration, label: str, at_ms: int, y: np.ndarray
+    cfg: AnalysisSettings, calibration: StationCalibration, label: Literal["open", "closed"], at_ms: int,
+    y: np.ndarray
 ) -> LabelledLook:
     """What the operator's "this is open/closed" on a snapshot (its Y plane) adds to the calibration."""
     f = StationDetector(cfg, calibration).describe(y)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from vms.api.context import ApiContext
 from vms.api.errors import ApiError
 from vms.api.remux import NoFootage, RemuxCancelled, find_segments, remux_range
+from vms.db.engine import rows_matched
 from vms.db.models import ExportJob, Segment, Station
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def recover_interrupted(ctx: ApiContext) -> int:
     with ctx.database.session() as s:
         res = s.execute(update(ExportJob).where(ExportJob.state.in_(("queued", "running")))
                         .values(state="failed", error="interrupted by a server restart; start it again"))
-        return res.rowcount or 0
+        return rows_matched(res)
 
 
 def expire_exports(ctx: ApiContext) -> int:

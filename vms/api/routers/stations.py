@@ -108,7 +108,9 @@ async def list_stations(
     # async: the usual answer is a cached encoded list, served without a thread hop; the status
     # queries run in a thread only when there is no list yet.
     cache = status_cache(ctx)
-    snap = cache.fresh() or await run_in_threadpool(cache.snapshot)
+    snap = cache.fresh()
+    if snap is None:
+        snap = await run_in_threadpool(cache.snapshot)
     key = (principal.towns, town, level, state, open_state, enabled)
     body = snap.encoded.get(key)
     if body is None:
