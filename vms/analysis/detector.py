@@ -28,8 +28,8 @@ from vms.analysis.features import (
 )
 from vms.analysis.look import StationLook
 from vms.core.settings import AnalysisSettings
+from vms.db.models import OpenState
 
-OPEN, CLOSED, UNKNOWN = "open", "closed", "unknown"
 FAULT_KINDS = ("signal_lost", "frozen", "black", "overexposed", "blurred", "covered", "color_cast", "scene_changed",
                "undecodable")
 HIDING_FAULTS = {"signal_lost", "frozen", "covered"}  # while one of these holds, the scene cannot be judged
@@ -40,14 +40,14 @@ SEVERITY_RANK = {"minor": 0, "major": 1, "critical": 2}
 @dataclass(frozen=True)
 class Sampled:
     t_ms: int
-    vote: str
+    vote: OpenState
     features: dict
 
 
 @dataclass(frozen=True)
 class StateChanged:
     t_ms: int
-    state: str
+    state: OpenState
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,11 @@ class StateTracker:
 
     def __init__(self, hysteresis_ms: int) -> None:
         self.hysteresis_ms = hysteresis_ms
-        self.state: str | None = None
-        self._candidate: str | None = None
+        self.state: OpenState | None = None
+        self._candidate: OpenState | None = None
         self._since = 0
 
-    def vote(self, t_ms: int, vote: str) -> list[Event]:
+    def vote(self, t_ms: int, vote: OpenState) -> list[Event]:
         if vote == self.state:
             self._candidate = None
             return []
@@ -107,7 +107,7 @@ class StateTracker:
         """A vote for another state waits for the hysteresis."""
         return self._candidate is not None
 
-    def force(self, t_ms: int, state: str) -> list[Event]:
+    def force(self, t_ms: int, state: OpenState) -> list[Event]:
         self._candidate = None
         if state == self.state:
             return []
@@ -328,7 +328,7 @@ class StationDetector:
         self.online = False
         self._offline_since = t_ms
         self._prev = None
-        out += self.states.force(t_ms, UNKNOWN)
+        out += self.states.force(t_ms, OpenState.UNKNOWN)
         # Faults judged from pictures end: nothing is seen any more; signal_lost takes over.
         for k in FAULT_KINDS:
             if k != "signal_lost":
@@ -362,7 +362,7 @@ class StationDetector:
         state unknown. Other faults rising or clearing wait for the steady samples: they are dated to
         their first hit anyway, and one that flickers (a moving scene half-matching its reference)
         would keep the camera on the fast schedule for nothing."""
-        hidden_pending = self._hidden_since is not None and self.states.state != UNKNOWN
+        hidden_pending = self._hidden_since is not None and self.states.state != OpenState.UNKNOWN
         return self.states.pending or hidden_pending
 
     def packet(self, t_ms: int, size: int, keyframe: bool) -> None:
@@ -448,8 +448,8 @@ class StationDetector:
             out += tracker.update(t_ms, hit[0] if hit else None, hit[1] if hit else "", since)
 
         hidden = any(hits[k] for k in HIDING_FAULTS) or any(self.faults[k].active for k in HIDING_FAULTS)
-        vote = UNKNOWN if hidden else (OPEN if lit else CLOSED)
-        if vote == OPEN and split_source != "operator":
+        vote = OpenState.UNKNOWN if hidden else (OpenState.OPEN if lit else OpenState.CLOSED)
+        if vote == OpenState.OPEN and split_source != "operator":
             vote = self._nearest_look(f) or vote
         if hidden:
             # A moment of hidden scene (a head over the lens) says nothing about open or closed: the
@@ -480,11 +480,11 @@ class StationDetector:
         if not hidden:
             out += self.states.vote(t_ms, vote)
         elif t_ms - hidden_since >= self.cfg.hidden_unknown_seconds * 1000:
-            out += self.states.force(hidden_since, UNKNOWN)
+            out += self.states.force(hidden_since, OpenState.UNKNOWN)
         self._prev, self._prev_luma, self._prev_ms = pic, f.luma, t_ms
         return out
 
-    def _nearest_look(self, f: Features) -> str | None:
+    def _nearest_look(self, f: Features) -> OpenState | None:
         """With operator looks that luma cannot tell apart (lit room, shutter down or up): the look
         whose edge map matches best."""
         best: dict[str, float] = {}
@@ -494,7 +494,7 @@ class StationDetector:
                 best[lk.label] = max(best.get(lk.label, -1.0), m)
         if len(best) < 2:
             return None
-        return OPEN if best["open"] >= best["closed"] else CLOSED
+        return OpenState.OPEN if best[OpenState.OPEN] >= best[OpenState.CLOSED] else OpenState.CLOSED
 
     def describe(self, y: np.ndarray, u: np.ndarray | None = None, v: np.ndarray | None = None) -> Features:
         """Features of one picture under this station's masks (for labelling a snapshot)."""

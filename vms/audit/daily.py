@@ -28,6 +28,7 @@ from vms.db.models import (
     Fault,
     Gap,
     OnlineInterval,
+    OpenState,
     PurgeLog,
     Segment,
     Station,
@@ -202,7 +203,7 @@ def audit_days(
         e_eff = now if e is None else min(e, now)
         for i, a, b in _pieces(spans, starts, s, min(e_eff, hi)):
             d = acc[(sid, i)]
-            if state == "open":
+            if state == OpenState.OPEN:
                 d.open_ms += b - a
                 d.open_in_hours_ms += _overlap_ms(a, b, business_ms(by_id[sid], i))
                 open_ranges[(sid, i)].append((a, b))
@@ -211,7 +212,7 @@ def audit_days(
                     d.still_open = True
                 elif d.last_close_ms is None or b > d.last_close_ms:
                     d.last_close_ms = b
-            elif state == "closed":
+            elif state == OpenState.CLOSED:
                 d.closed_ms += b - a
             else:
                 d.unknown_ms += b - a
