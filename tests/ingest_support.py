@@ -16,6 +16,7 @@ from vms.core.clock import Clock, SimulatedClock
 from vms.core.settings import Settings
 from vms.db.engine import Database
 from vms.db.models import Gap, Segment
+from vms.ingest.observers import StreamObserver
 from vms.ingest.session import CameraHealth
 from vms.ingest.worker import IngestWorker, WorkerSpec
 
@@ -31,7 +32,7 @@ def ingest_settings(tmp_path, **ingest) -> Settings:
     })
 
 
-class PacketLog:
+class PacketLog(StreamObserver):
     """A test observer: (is_keyframe, wall_ms) of each packet it is given; and, for the current
     connection, (monotonic s when given, wall s) of each."""
 
@@ -348,10 +349,12 @@ def record_connection(clip, db, settings, station_id: str, native: bool, segment
 HANG_DIR_ENV = "VMS_TEST_HANG_DIR"
 
 
-class HangingObserver:
+class HangingObserver(StreamObserver):
     """Fault injection for the hang tests: the first packet (or copied batch) after a file named after
     the station appears in $VMS_TEST_HANG_DIR blocks the camera thread for good, as a deadlock would
     (the file is removed, so the restarted worker records normally). Keeps the native copier on."""
+
+    takes_copied = True
 
     def __init__(self, station_id: str, hang_dir: str | None) -> None:
         self.flag = os.path.join(hang_dir, station_id) if hang_dir else None

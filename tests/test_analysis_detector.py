@@ -296,3 +296,22 @@ def test_samples_report_features():
     sample = run.events[0]
     assert isinstance(sample, Sampled) and sample.vote == "open"
     assert {"luma", "laplacian", "edges", "cast", "split"} <= set(sample.features)
+
+
+def test_a_camera_whose_picture_changes_shape_is_still_analysed():
+    """The reference learned from 16:9 pictures cannot be compared with 4:3 ones (a new camera, a new
+    resolution): the samples go on (they raised TypeError, and the station's analysis stopped), and
+    the reference is learned again from the new pictures."""
+    det = StationDetector(cfg())
+    run = Run(det)
+    warm(run, scene())
+    assert det.look.lit is not None and det.look.lit.ready
+    rng = np.random.default_rng(3)
+    four_three = np.clip(120 + rng.normal(0, 40, (240, 320)), 16, 235).astype(np.uint8)
+    chroma = np.full((120, 160), 128, np.uint8)
+    for i in range(8):
+        events = det.frame((100 + i) * 1000, four_three, chroma, chroma)
+        assert isinstance(events[0], Sampled)
+    assert det.look.lit.thumb.shape == compute_features(
+        reduce_planes(four_three, chroma, chroma, det.cfg.analysis_width, det.mask_for(320, 240)),
+        det.cfg.overexposed_luma).edge_thumb.shape

@@ -11,6 +11,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -27,8 +28,8 @@ from vms.analysis.features import (
 )
 from vms.analysis.look import StationLook
 from vms.core.settings import AnalysisSettings
+from vms.db.models import OpenState
 
-OPEN, CLOSED, UNKNOWN = "open", "closed", "unknown"
 FAULT_KINDS = ("signal_lost", "frozen", "black", "overexposed", "blurred", "covered", "color_cast", "scene_changed",
                "undecodable")
 HIDING_FAULTS = {"signal_lost", "frozen", "covered"}  # while one of these holds, the scene cannot be judged
@@ -39,14 +40,14 @@ SEVERITY_RANK = {"minor": 0, "major": 1, "critical": 2}
 @dataclass(frozen=True)
 class Sampled:
     t_ms: int
-    vote: str
+    vote: OpenState
     features: dict
 
 
 @dataclass(frozen=True)
 class StateChanged:
     t_ms: int
-    state: str
+    state: OpenState
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,11 @@ class StateTracker:
 
     def __init__(self, hysteresis_ms: int) -> None:
         self.hysteresis_ms = hysteresis_ms
-        self.state: str | None = None
-        self._candidate: str | None = None
+        self.state: OpenState | None = None
+        self._candidate: OpenState | None = None
         self._since = 0
 
-    def vote(self, t_ms: int, vote: str) -> list[Event]:
+    def vote(self, t_ms: int, vote: OpenState) -> list[Event]:
         if vote == self.state:
             self._candidate = None
             return []
@@ -106,7 +107,7 @@ class StateTracker:
         """A vote for another state waits for the hysteresis."""
         return self._candidate is not None
 
-    def force(self, t_ms: int, state: str) -> list[Event]:
+    def force(self, t_ms: int, state: OpenState) -> list[Event]:
         self._candidate = None
         if state == self.state:
             return []
@@ -327,7 +328,7 @@ class StationDetector:
         self.online = False
         self._offline_since = t_ms
         self._prev = None
-        out += self.states.force(t_ms, UNKNOWN)
+        out += self.states.force(t_ms, OpenState.UNKNOWN)
         # Faults judged from pictures end: nothing is seen any more; signal_lost takes over.
         for k in FAULT_KINDS:
             if k != "signal_lost":
@@ -361,7 +362,7 @@ class StationDetector:
         state unknown. Other faults rising or clearing wait for the steady samples: they are dated to
         their first hit anyway, and one that flickers (a moving scene half-matching its reference)
         would keep the camera on the fast schedule for nothing."""
-        hidden_pending = self._hidden_since is not None and self.states.state != UNKNOWN
+        hidden_pending = self._hidden_since is not None and self.states.state != OpenState.UNKNOWN
         return self.states.pending or hidden_pending
 
     def packet(self, t_ms: int, size: int, keyframe: bool) -> None:
@@ -415,8 +416,8 @@ class StationDetector:
             ref = self.look.reference_for(lit)
             other = self.look.reference_for(not lit)
             lit_ref = self.look.reference_for(True)
-            if ref is not None or lit_ref is not None:
-                basis = ref or lit_ref
+            basis = ref if ref is not None else lit_ref
+            if basis is not None:
                 ref_match = match(f.edge_thumb, basis.thumb)
                 if other is not None:
                     # A picture that matches either known look (lights on or off) is the scene.
@@ -424,7 +425,11 @@ class StationDetector:
                 edge_basis = lit_ref or basis
                 edge_ratio = f.edge_density / max(edge_basis.edges, 1e-6)
                 lap_ratio = f.laplacian / max(basis.laplacian, 1e-6)
-                if (ref_match < cfg.covered_match_max and edge_ratio < cfg.covered_edge_ratio
+                if ref_match is None:
+                    # The reference is of pictures of another shape (the camera's resolution changed
+                    # since): nothing to compare with until look.learn_reference starts it again.
+                    pass
+                elif (ref_match < cfg.covered_match_max and edge_ratio < cfg.covered_edge_ratio
                         and f.luma >= cfg.covered_min_luma):
                     sev = "critical" if edge_ratio < cfg.covered_edge_ratio / 2 else "major"
                     hits["covered"] = (sev, f"scene match {ref_match:.2f}, edges {edge_ratio:.0%} of usual")
@@ -443,14 +448,13 @@ class StationDetector:
             out += tracker.update(t_ms, hit[0] if hit else None, hit[1] if hit else "", since)
 
         hidden = any(hits[k] for k in HIDING_FAULTS) or any(self.faults[k].active for k in HIDING_FAULTS)
-        vote = UNKNOWN if hidden else (OPEN if lit else CLOSED)
-        if vote == OPEN and split_source != "operator":
+        vote = OpenState.UNKNOWN if hidden else (OpenState.OPEN if lit else OpenState.CLOSED)
+        if vote == OpenState.OPEN and split_source != "operator":
             vote = self._nearest_look(f) or vote
         if hidden:
             # A moment of hidden scene (a head over the lens) says nothing about open or closed: the
             # sample abstains; only a long one makes the state unknown, dated to its start.
-            if self._hidden_since is None:
-                self._hidden_since = t_ms
+            hidden_since = self._hidden_since = t_ms if self._hidden_since is None else self._hidden_since
         else:
             self._hidden_since = None
 
@@ -466,7 +470,7 @@ class StationDetector:
             motion = motion_fraction(pic, self._prev, cfg.motion_pixel_delta)
         out += self.activity.sample(t_ms, relit, self._prev_ms, motion)
 
-        feats = f.as_dict()
+        feats: dict[str, float | str | None] = {**f.as_dict()}
         feats.update(split=round(split, 1), split_source=split_source,
                      diff=None if math.isinf(diff) else round(diff, 3),
                      motion=None if motion is None else round(motion, 4),
@@ -475,12 +479,12 @@ class StationDetector:
         out.insert(0, Sampled(t_ms, vote, feats))
         if not hidden:
             out += self.states.vote(t_ms, vote)
-        elif t_ms - self._hidden_since >= self.cfg.hidden_unknown_seconds * 1000:
-            out += self.states.force(self._hidden_since, UNKNOWN)
+        elif t_ms - hidden_since >= self.cfg.hidden_unknown_seconds * 1000:
+            out += self.states.force(hidden_since, OpenState.UNKNOWN)
         self._prev, self._prev_luma, self._prev_ms = pic, f.luma, t_ms
         return out
 
-    def _nearest_look(self, f: Features) -> str | None:
+    def _nearest_look(self, f: Features) -> OpenState | None:
         """With operator looks that luma cannot tell apart (lit room, shutter down or up): the look
         whose edge map matches best."""
         best: dict[str, float] = {}
@@ -490,7 +494,7 @@ class StationDetector:
                 best[lk.label] = max(best.get(lk.label, -1.0), m)
         if len(best) < 2:
             return None
-        return OPEN if best["open"] >= best["closed"] else CLOSED
+        return OpenState.OPEN if best[OpenState.OPEN] >= best[OpenState.CLOSED] else OpenState.CLOSED
 
     def describe(self, y: np.ndarray, u: np.ndarray | None = None, v: np.ndarray | None = None) -> Features:
         """Features of one picture under this station's masks (for labelling a snapshot)."""
@@ -503,7 +507,8 @@ class StationDetector:
 
 
 def labelled_look(
-    cfg: AnalysisSettings, calibration: StationCalibration, label: str, at_ms: int, y: np.ndarray
+    cfg: AnalysisSettings, calibration: StationCalibration, label: Literal["open", "closed"], at_ms: int,
+    y: np.ndarray
 ) -> LabelledLook:
     """What the operator's "this is open/closed" on a snapshot (its Y plane) adds to the calibration."""
     f = StationDetector(cfg, calibration).describe(y)

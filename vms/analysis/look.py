@@ -20,6 +20,7 @@ import numpy as np
 from vms.analysis.calibration import StationCalibration
 from vms.analysis.features import Features, match, normalise
 from vms.core.settings import AnalysisSettings
+from vms.db.models import OpenState
 
 LOG_MIN, LOG_MAX, BINS = math.log(12.0), math.log(256.0), 48
 REFERENCE_WARMUP = 5  # samples averaged before a reference is used
@@ -105,8 +106,8 @@ class StationLook:
 
     def split(self, cfg: AnalysisSettings, cal: StationCalibration) -> tuple[float, str]:
         """The luma above which a sample looks open, and where it comes from."""
-        opens = [lk.luma for lk in cal.looks if lk.label == "open"]
-        closeds = [lk.luma for lk in cal.looks if lk.label == "closed"]
+        opens = [lk.luma for lk in cal.looks if lk.label == OpenState.OPEN]
+        closeds = [lk.luma for lk in cal.looks if lk.label == OpenState.CLOSED]
         if opens and closeds:
             o, c = float(np.mean(opens)), float(np.mean(closeds))
             if o / max(c, 1.0) >= 1.3:
@@ -123,7 +124,9 @@ class StationLook:
 
     def learn_reference(self, lit: bool, f: Features, t_ms: int) -> None:
         ref = self.lit if lit else self.dark
-        if ref is None:
+        if ref is None or ref.thumb.shape != f.edge_thumb.shape:
+            # None yet, or one learned from pictures of another shape (the camera's resolution changed),
+            # which no picture now can match: learn it again.
             ref = Reference(f.edge_thumb.copy(), f.edge_density, f.laplacian)
             if lit:
                 self.lit = ref

@@ -23,13 +23,15 @@ from vms.analysis.calibration import StationCalibration, parse_calibration
 from vms.analysis.detector import Event, StationDetector
 from vms.analysis.look import load_look, look_json, look_path, write_look
 from vms.analysis.sampling import SampleSchedule
-from vms.analysis.sink import AnalysisSink, Resumed
+from vms.analysis.sink import AnalysisSink, EventSink, Resumed
 from vms.catalog.model import BusinessHours
 from vms.core.clock import Clock
 from vms.core.errors import VmsError
 from vms.core.settings import AnalysisSettings, Settings
 from vms.db.engine import Database
 from vms.db.models import Station
+from vms.ingest.observers import StreamObserver
+from vms.recording.avtypes import video_codec
 
 log = logging.getLogger(__name__)
 YUV_FORMATS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"}
@@ -41,7 +43,7 @@ def frame_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray | None, n
         frame = frame.reformat(format="yuv420p")
     planes = []
     for i, p in enumerate(frame.planes[:3]):
-        arr = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+        arr = np.frombuffer(memoryview(p), np.uint8).reshape(p.height, p.line_size)[:, : p.width]
         planes.append(arr)
         if i == 0 and len(frame.planes) < 3:
             return arr, None, None
@@ -61,8 +63,8 @@ class KeyframeDecoder:
         self.width, self.height = width, height
         self._context()  # fail at connect, not at the first sample, if the codec is unusable
 
-    def _context(self) -> av.CodecContext:
-        ctx = av.CodecContext.create(self.codec_name, "r")
+    def _context(self) -> av.VideoCodecContext:
+        ctx = video_codec(self.codec_name, "r")
         if self.extradata:
             ctx.extradata = self.extradata
         if self.width and self.height:
@@ -105,14 +107,16 @@ def business_hours_check(hours: str | None, tz) -> Callable[[int], bool] | None:
     return inside
 
 
-class StationAnalysisObserver:
+class StationAnalysisObserver(StreamObserver):
     """The StreamObserver of one camera (see vms.ingest.observers)."""
+
+    takes_copied = True  # the activity tracker needs only the sizes and times of the other packets
 
     def __init__(
         self,
         station_id: str,
         cfg: AnalysisSettings,
-        sink: AnalysisSink,
+        sink: EventSink,
         clock: Clock,
         calibration: StationCalibration | None = None,
         look_file: Path | None = None,
@@ -176,7 +180,7 @@ class StationAnalysisObserver:
                 if self._decoder is None or not self.schedule.due(wall_ms, packet.size, self.detector.unsettled):
                     return
                 self.schedule.taken(wall_ms)
-                self._sample(bytes(packet), wall_ms)
+                self._sample(self._decoder, bytes(packet), wall_ms)
             # Outside the lock: _save_look takes it itself (a plain Lock; taking it twice hung the
             # camera thread for good, issue 16), and the file write must not hold up tick().
             if self.look_file and self.clock.monotonic() - self._last_save >= self.detector.cfg.model_save_minutes * 60:
@@ -192,10 +196,10 @@ class StationAnalysisObserver:
         except Exception as exc:
             self._error("packet", exc)
 
-    def _sample(self, data: bytes, wall_ms: int) -> None:
+    def _sample(self, decoder: KeyframeDecoder, data: bytes, wall_ms: int) -> None:
         t0 = time.thread_time()
         try:
-            frame = self._decoder.decode(data)
+            frame = decoder.decode(data)
         except (av.error.FFmpegError, ValueError) as exc:
             frame, problem = None, f"{type(exc).__name__}: {exc}"
             self._error("decoding a keyframe", exc)
@@ -203,7 +207,7 @@ class StationAnalysisObserver:
             problem = "the decoder gave no picture"
         if frame is None:
             # Not silent (issue 17): a camera whose keyframes never decode is a fault, not just a log line.
-            detail = f"keyframe of {self._decoder.codec_name} cannot be decoded: {problem}"
+            detail = f"keyframe of {decoder.codec_name} cannot be decoded: {problem}"
             self._decode_failed(detail)
             self._emit(self.detector.undecodable(wall_ms, detail))
             return

@@ -9,7 +9,7 @@ elementary streams) carry no timing: frame times are index / fps_assumed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from vms.analysis.detector import (
 )
 from vms.analysis.observer import StationAnalysisObserver, business_hours_check, frame_planes
 from vms.analysis.sampling import SampleSchedule
+from vms.analysis.sink import Resumed
 from vms.core.clock import SimulatedClock
 from vms.core.errors import ConfigError, VmsError
 from vms.core.settings import AnalysisSettings
@@ -71,7 +72,7 @@ def load_station_config(path: Path) -> StationConfig:
 class _Collect:
     events: list
 
-    def submit(self, station_id: str, events: list) -> None:
+    def submit(self, station_id: str, events: Sequence[Event | Resumed]) -> None:
         self.events.extend(events)
 
 
@@ -101,13 +102,14 @@ def analyse_file(
         if not container.streams.video:
             raise VmsError(f"{path}: has no video stream")
         stream = container.streams.video[0]
-        raw = container.format.name.split(",")[0] in RAW_FORMATS or stream.time_base is None
+        tb = stream.time_base
+        raw = container.format.name.split(",")[0] in RAW_FORMATS or tb is None
         calibration = calibration or StationCalibration()
 
         def when(index: int, pts: int | None) -> int:
-            if raw or pts is None:
+            if raw or pts is None or tb is None:
                 return start_ms + round(index * 1000 / fps_assumed)
-            return start_ms + round(float(pts * stream.time_base) * 1000)
+            return start_ms + round(float(pts * tb) * 1000)
 
         if decode == "keyframes":
             sink = _Collect([])
@@ -143,6 +145,8 @@ def analyse_file(
                 detector.packet(when(pkt_index, packet.pts), packet.size, packet.is_keyframe)
                 pkt_index += 1
             for frame in packet.decode():
+                if not isinstance(frame, av.VideoFrame):  # (a video stream's packets: never)
+                    continue
                 t = when(frame_index, frame.pts)
                 frame_index += 1
                 last = t

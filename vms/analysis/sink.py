@@ -11,7 +11,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -42,6 +44,12 @@ class Resumed:
     t_ms: int
 
 
+class EventSink(Protocol):
+    """Where a station's observer sends its events: the AnalysisSink, or a list (offline analysis)."""
+
+    def submit(self, station_id: str, events: Sequence[Event | Resumed]) -> None: ...
+
+
 class AnalysisSink:
     """Thread-safe: camera threads submit(), one flusher (a thread or the caller) writes."""
 
@@ -56,7 +64,7 @@ class AnalysisSink:
         self._failing_since: float | None = None
         self._last_log = 0.0
 
-    def submit(self, station_id: str, events: list) -> None:
+    def submit(self, station_id: str, events: Sequence[Event | Resumed]) -> None:
         keep = [e for e in events if not isinstance(e, Sampled)]
         if not keep:
             return
@@ -151,9 +159,10 @@ def _close_stale(s: Session, station_id: str, now_ms: int) -> None:
     """End open rows of a previous run where its footage ended (not now: the gap was not seen). Only the
     analysis' own fault kinds: the ingest writes others (auth_failed) and ends them itself."""
     last_footage = s.scalar(select(func.max(Segment.end_ms)).where(Segment.station_id == station_id))
-    own = {StationState: StationState.station_id == station_id,
-           Fault: (Fault.station_id == station_id) & Fault.kind.in_(FAULT_KINDS)}
-    for model, mine in own.items():
-        for row in s.scalars(select(model).where(mine, model.end_ms.is_(None))):
-            end = last_footage if last_footage is not None else row.start_ms
-            row.end_ms = min(max(end, row.start_ms), now_ms)
+    open_rows: list[StationState | Fault] = [
+        *s.scalars(select(StationState).where(StationState.station_id == station_id, StationState.end_ms.is_(None))),
+        *s.scalars(select(Fault).where(Fault.station_id == station_id, Fault.kind.in_(FAULT_KINDS),
+                                       Fault.end_ms.is_(None)))]
+    for row in open_rows:
+        end = last_footage if last_footage is not None else row.start_ms
+        row.end_ms = min(max(end, row.start_ms), now_ms)

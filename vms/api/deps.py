@@ -130,7 +130,10 @@ def get_principal(request: Request, ctx: ApiContext) -> Principal:
 async def current_principal(request: Request, ctx: Ctx) -> Principal:
     # async, so a cached caller costs no thread hop; only a cache miss queries in a thread.
     hashed = _token_hash_of(request)
-    return _cached_principal(ctx, hashed) or await run_in_threadpool(_load_principal, ctx, hashed)
+    principal = _cached_principal(ctx, hashed)
+    if principal is None:
+        principal = await run_in_threadpool(_load_principal, ctx, hashed)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

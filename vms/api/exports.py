@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session
 from vms.api.context import ApiContext
 from vms.api.errors import ApiError
 from vms.api.remux import NoFootage, RemuxCancelled, find_segments, remux_range
-from vms.db.models import ExportJob, Segment, Station
+from vms.db.engine import rows_matched
+from vms.db.models import ExportJob, ExportState, Segment, Station
 
 log = logging.getLogger(__name__)
 
 
-ACTIVE = ("queued", "running")
+ACTIVE = (ExportState.QUEUED, ExportState.RUNNING)
 
 
 class ExportRunner:
@@ -51,9 +52,9 @@ class ExportRunner:
         try:
             with ctx.database.session() as s:
                 job = s.get(ExportJob, job_id)
-                if job is None or job.state != "queued":
+                if job is None or job.state != ExportState.QUEUED:
                     return
-                job.state = "running"
+                job.state = ExportState.RUNNING
                 station = s.get(Station, job.station_id)
                 sources = find_segments(s, ctx.volumes, job.station_id, job.start_ms, job.end_ms)
                 start_ms, end_ms = job.start_ms, job.end_ms
@@ -69,17 +70,17 @@ class ExportRunner:
                                  cancelled=self._stopping.is_set)
             keep_ms = int(ctx.settings.api.export_keep_hours * 3_600_000)
             note = f"; {result.truncated}" if result.truncated else ""
-            self._set(job_id, state="done", progress=1.0, path=out.name, bytes=result.bytes,
+            self._set(job_id, state=ExportState.DONE, progress=1.0, path=out.name, bytes=result.bytes,
                       expires_ms=ctx.clock.now_ms() + keep_ms,
                       error=(f"starts at keyframe {result.first_ms}{note}" if note else None))
             log.info("export %s of %s done: %d bytes", job_id, station.id if station else "?", result.bytes)
         except NoFootage as exc:
-            self._set(job_id, state="failed", error=str(exc))
+            self._set(job_id, state=ExportState.FAILED, error=str(exc))
         except RemuxCancelled:
-            self._set(job_id, state="failed", error="cancelled: the server stopped")
+            self._set(job_id, state=ExportState.FAILED, error="cancelled: the server stopped")
         except Exception as exc:
             log.exception("export %s failed", job_id)
-            self._set(job_id, state="failed", error=f"{type(exc).__name__}: {exc}"[:500])
+            self._set(job_id, state=ExportState.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
 
 
 def estimated_bytes(session: Session, station_id: str, start_ms: int, end_ms: int) -> int:
@@ -107,7 +108,7 @@ def check_export_limits(ctx: ApiContext, session: Session, username: str, estima
     jobs = session.execute(
         select(ExportJob.username, ExportJob.state, ExportJob.station_id, ExportJob.start_ms, ExportJob.end_ms,
                ExportJob.bytes)
-        .where(or_(ExportJob.state.in_(ACTIVE), (ExportJob.state == "done") & (ExportJob.expires_ms > now)))
+        .where(or_(ExportJob.state.in_(ACTIVE), (ExportJob.state == ExportState.DONE) & (ExportJob.expires_ms > now)))
     ).all()
     active_mine = sum(1 for j in jobs if j.state in ACTIVE and j.username == username)
     active_all = sum(1 for j in jobs if j.state in ACTIVE)
@@ -119,7 +120,7 @@ def check_export_limits(ctx: ApiContext, session: Session, username: str, estima
                                            "个），请稍后再试")
     kept_mine = kept_all = 0
     for j in jobs:
-        if j.state == "done":
+        if j.state == ExportState.DONE:
             size = j.bytes or 0
         else:
             size = estimated_bytes(session, j.station_id, j.start_ms, j.end_ms)
@@ -153,9 +154,9 @@ def recover_interrupted(ctx: ApiContext) -> int:
     for part in ctx.export_dir.glob("*.mp4.part"):
         part.unlink(missing_ok=True)
     with ctx.database.session() as s:
-        res = s.execute(update(ExportJob).where(ExportJob.state.in_(("queued", "running")))
-                        .values(state="failed", error="interrupted by a server restart; start it again"))
-        return res.rowcount or 0
+        res = s.execute(update(ExportJob).where(ExportJob.state.in_(ACTIVE))
+                        .values(state=ExportState.FAILED, error="interrupted by a server restart; start it again"))
+        return rows_matched(res)
 
 
 def expire_exports(ctx: ApiContext) -> int:
@@ -163,8 +164,8 @@ def expire_exports(ctx: ApiContext) -> int:
     now = ctx.clock.now_ms()
     n = 0
     with ctx.database.session() as s:
-        for job in s.scalars(select(ExportJob).where(ExportJob.state == "done", ExportJob.expires_ms <= now)):
+        for job in s.scalars(select(ExportJob).where(ExportJob.state == ExportState.DONE, ExportJob.expires_ms <= now)):
             export_path(ctx, job.id).unlink(missing_ok=True)
-            job.state = "expired"
+            job.state = ExportState.EXPIRED
             n += 1
     return n

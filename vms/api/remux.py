@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vms.db.models import Segment
+from vms.recording.avtypes import time_base
 from vms.recording.segment_file import add_copy_stream
 from vms.recording.volumes import VolumeSet
 
@@ -212,7 +213,7 @@ class _Writer:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.container = None
+        self.container: av.container.OutputContainer | None = None
         self.has_audio = False
         self.video_packets = 0
         self.spans: list[Span] = []
@@ -224,12 +225,12 @@ class _Writer:
         self._pending_segment_start: Fraction | None = None
 
     def open(self, vin, ain) -> None:
-        self.container = av.open(str(self.path), "w", format="mp4", options={"movflags": "+faststart"})
-        self.vout = add_copy_stream(self.container, vin)
-        self.aout = None
+        container = self.container = av.open(str(self.path), "w", format="mp4", options={"movflags": "+faststart"})
+        self.vout = add_copy_stream(container, vin)
+        self.aout: av.stream.Stream | None = None
         if ain is not None:
             try:
-                self.aout = add_copy_stream(self.container, ain)
+                self.aout = add_copy_stream(container, ain)
                 self.has_audio = True
             except (ValueError, av.error.FFmpegError):
                 self.aout = None  # an audio codec MP4 cannot hold: keep the video
@@ -238,6 +239,7 @@ class _Writer:
         self._pending_segment_start = seg_start
 
     def _out_seconds(self, wall: Fraction) -> Fraction:
+        assert self._w0 is not None, "output time starts at the first video packet written"
         return wall - self._w0 - self._collapsed
 
     def write(self, b: _Buffered) -> None:
@@ -250,11 +252,11 @@ class _Writer:
             gap = b.wall - self._last_wall_end if self._last_wall_end is not None else Fraction(0)
             if gap > Fraction(MAX_JOIN_GAP_MS, 1000):
                 # Collapse the gap to one frame and open a new span.
-                self._collapsed += b.wall - self._last_wall_end
+                self._collapsed += gap
                 offset = int(self._out_seconds(b.wall) * 1000)
                 self.spans.append(Span(offset, int(b.wall * 1000), int(b.wall * 1000)))
             if b.packet.duration:
-                self._frame = b.packet.duration * b.packet.time_base
+                self._frame = b.packet.duration * time_base(b.packet)
             self._last_wall_end = b.wall + self._frame
             self.spans[-1].wall_end_ms = int(self._last_wall_end * 1000)
             b.packet.stream = self.vout
@@ -262,19 +264,21 @@ class _Writer:
             if self.aout is None or b.wall < self._w0:
                 return
             b.packet.stream = self.aout
-        tb = b.packet.time_base
-        dts = round(self._out_seconds(b.wall) / tb)
+        dts = round(self._out_seconds(b.wall) / time_base(b.packet))
         last = self._last_dts.get(b.kind)
         if last is not None and dts <= last:
             dts = last + 1
         self._last_dts[b.kind] = dts
         b.packet.dts = dts
         b.packet.pts = dts + b.dts_delta
+        assert self.container is not None, "packets come after open()"
         self.container.mux(b.packet)
         if b.kind == "video":
             self.video_packets += 1
 
     def close(self) -> tuple[int, int, int]:
+        """Only after a video packet was written (remux() checks)."""
+        assert self.container is not None and self._w0 is not None and self._last_wall_end is not None
         self.container.close()
         self.container = None
         first = int(self._w0 * 1000)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from vms.api.context import ApiContext
 from vms.catalog.urls import mask_text
 from vms.db.models import ActivityEpisode, CameraStatus, Fault, Segment, Station, StationState
-from vms.ingest.health import reported_camera_state
+from vms.ingest.health import CameraState, ReportedState, reported_camera_state
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def compute_status(session: Session, ctx: ApiContext, now: int | None = None) ->
 
 
 # States of an enabled camera that mean the recorder itself is failing it (not the camera or network).
-STUCK_STATES = ("hung", "offline")
+STUCK_STATES = (CameraState.HUNG, ReportedState.OFFLINE)
 
 
 def health_summary(stations: list[dict]) -> dict:

@@ -5,6 +5,7 @@ text: ASCII digits only, short, between 2000 and 2100)."""
 from __future__ import annotations
 
 from datetime import tzinfo
+from typing import overload
 
 from vms.api.errors import ApiError
 from vms.core.clock import from_ms
@@ -43,6 +44,10 @@ def parse_range(start: str, end: str, tz: tzinfo, max_ms: int | None = None,
     return s, e
 
 
+@overload
+def iso(ms: int, tz: tzinfo) -> str: ...
+@overload
+def iso(ms: int | None, tz: tzinfo) -> str | None: ...
 def iso(ms: int | None, tz: tzinfo) -> str | None:
     """Local ISO 8601 with offset, to the millisecond."""
     if ms is None:

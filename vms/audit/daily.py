@@ -28,6 +28,7 @@ from vms.db.models import (
     Fault,
     Gap,
     OnlineInterval,
+    OpenState,
     PurgeLog,
     Segment,
     Station,
@@ -110,7 +111,8 @@ def _union_ms(session: Session, station_id: str, lo: int, hi: int) -> int:
                 Segment.start_ms < hi, Segment.end_ms > lo, Segment.stream == "main",
                 Segment.state.in_(RECORDED_STATES))
          .order_by(Segment.start_ms))
-    total, cur_a, cur_e = 0, None, None
+    total, cur_a = 0, 0
+    cur_e: int | None = None  # the merged interval [cur_a, cur_e) being extended, if any
     for s, e in session.execute(q):
         a, b = max(s, lo), min(e, hi)
         if cur_e is None or a > cur_e:
@@ -201,7 +203,7 @@ def audit_days(
         e_eff = now if e is None else min(e, now)
         for i, a, b in _pieces(spans, starts, s, min(e_eff, hi)):
             d = acc[(sid, i)]
-            if state == "open":
+            if state == OpenState.OPEN:
                 d.open_ms += b - a
                 d.open_in_hours_ms += _overlap_ms(a, b, business_ms(by_id[sid], i))
                 open_ranges[(sid, i)].append((a, b))
@@ -210,7 +212,7 @@ def audit_days(
                     d.still_open = True
                 elif d.last_close_ms is None or b > d.last_close_ms:
                     d.last_close_ms = b
-            elif state == "closed":
+            elif state == OpenState.CLOSED:
                 d.closed_ms += b - a
             else:
                 d.unknown_ms += b - a
@@ -247,9 +249,9 @@ def audit_days(
     seg_sql = text(_segment_sums_sql(session.get_bind().dialect.name)).bindparams(bindparam("ids", expanding=True))
     for i, sp in enumerate(spans):
         if ids:
-            rows = session.execute(seg_sql, {"ids": ids, "lo": sp.start_ms, "hi": ends[i],
-                                             "lookback": sp.start_ms - SEGMENT_LOOKBACK_MS}).all()
-            for sid, n, total, first_a, last_e, node_lo, node_hi in rows:
+            seg_rows = session.execute(seg_sql, {"ids": ids, "lo": sp.start_ms, "hi": ends[i],
+                                                 "lookback": sp.start_ms - SEGMENT_LOOKBACK_MS}).all()
+            for sid, n, total, first_a, last_e, node_lo, node_hi in seg_rows:
                 d = acc[(sid, i)]
                 d.segments = int(n)
                 total = int(total or 0)

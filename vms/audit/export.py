@@ -66,6 +66,7 @@ def write_xlsx(report: dict, out: Path) -> Path:
     """Sheets: 站点考核 (one row per station), 乡镇汇总, 每日开门时长 (station x day, hours)."""
     from openpyxl import Workbook
     from openpyxl.styles import Alignment, Font, PatternFill
+    from openpyxl.worksheet.worksheet import Worksheet
 
     _require_audited(report)
     wb = Workbook()
@@ -73,6 +74,7 @@ def write_xlsx(report: dict, out: Path) -> Path:
     red = PatternFill("solid", fgColor="FFCDD2")
     amber = PatternFill("solid", fgColor="FFF8E1")
     ws = wb.active
+    assert isinstance(ws, Worksheet), "a new workbook has one worksheet, active"
     ws.title = "站点考核"
     ws.append([name for name, _ in STATION_COLUMNS])
     for s in report["stations"]:

@@ -87,8 +87,8 @@ def decide_month(session: Session, rules: AuditSettings, month: str, all_days: l
     keys = [d.isoformat() for d in all_days]
     begun_keys = {d.isoformat() for d in begun}
     daily: dict[str, dict[str, AuditDaily]] = {}
-    for r in session.scalars(select(AuditDaily).where(AuditDaily.day.in_(keys))):
-        daily.setdefault(r.station_id, {})[r.day] = r
+    for row in session.scalars(select(AuditDaily).where(AuditDaily.day.in_(keys))):
+        daily.setdefault(row.station_id, {})[row.day] = row
     out = []
     min_open_ms = int(rules.min_open_hours * 3_600_000)
     for st in session.scalars(select(Station).order_by(Station.id)):

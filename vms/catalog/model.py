@@ -24,7 +24,7 @@ class BusinessHours:
 
     @classmethod
     def parse(cls, text: str) -> BusinessHours:
-        ranges = []
+        ranges: list[tuple[time, time]] = []
         for part in str(text).split(","):
             m = _HOURS.match(part.strip())
             if not m:

@@ -48,9 +48,10 @@ def run(
     s, db, clock = settings(), database(), default_clock()
     try:
         if day is not None:
-            res = run_daily_audit(s, db, clock, parse_day(day))
-            typer.echo(f"audited {day}: {res.rows} station rows, {res.findings} findings")
+            daily = run_daily_audit(s, db, clock, parse_day(day))
+            typer.echo(f"audited {day}: {daily.rows} station rows, {daily.findings} findings")
             return
+        assert month is not None  # (_one_of)
         year, mon = parse_month(month)
         n_days = len(month_days(year, mon))
         if sys.stdout.isatty():
@@ -79,7 +80,11 @@ def show(
     _one_of(day, month)
     try:
         with database().session() as s:
-            rep = daily_report(s, day, town) if day else monthly_report(s, month, town)
+            if day:
+                rep = daily_report(s, day, town)
+            else:
+                assert month is not None  # (_one_of)
+                rep = monthly_report(s, month, town)
     except VmsError as exc:
         raise report_vms_error(exc) from None
     if format is ShowFormat.json:

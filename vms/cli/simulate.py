@@ -24,7 +24,15 @@ class Content(StrEnum):
     station_day = "station-day"
 
 
-Audio = StrEnum("Audio", {kind: kind for kind in AUDIO_KINDS})
+class Audio(StrEnum):
+    none = "none"
+    aac = "aac"
+    pcma = "pcma"
+    pcmu = "pcmu"
+
+
+# Spelled out for the type checker; the simulator's own list is the one that counts.
+assert set(Audio) == set(AUDIO_KINDS), "vms.simulate.AUDIO_KINDS changed: update Audio"
 
 
 class FaultAction(StrEnum):

@@ -7,8 +7,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from vms.core.files import close_to_others
@@ -76,3 +77,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def rows_matched(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched (Session.execute is typed to return a Result; for such a
+    statement it is a CursorResult, which counts them)."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"{type(result).__name__} of a statement that returns rows: no row count")
+    return result.rowcount

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -11,6 +13,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -20,6 +23,35 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 class Base(DeclarativeBase):
     pass
+
+
+# The values of the state columns below, as enums: a misspelt state is an error where it is written, not a
+# query that silently matches nothing. StrEnum members are their strings, so the stored values (and the
+# API's JSON) are the same as before; rows read back give plain strings, which compare equal to them.
+class OpenState(StrEnum):
+    """A station's open/closed verdict: station_states.state, and the analysis' votes."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    UNKNOWN = "unknown"
+
+
+class ExportState(StrEnum):
+    """exports.state."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+def table_of(model: type[Base]) -> Table:
+    """A model's table, for Core statements (its __table__ is typed FromClause: a class may map a join)."""
+    table = model.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to one table")
+    return table
 
 
 class Station(Base):

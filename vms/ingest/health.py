@@ -38,6 +38,15 @@ class CameraState(StrEnum):
     STOPPED = "stopped"
 
 
+class ReportedState(StrEnum):
+    """The states the API and the CLI report besides a CameraState, when the recording node's own
+    report cannot be used (see reported_camera_state)."""
+
+    OFFLINE = "offline"  # the node stopped reporting the camera without saying it stopped recording it
+    DISABLED = "disabled"  # the station is disabled
+    UNKNOWN = "unknown"  # no report yet
+
+
 @dataclass(frozen=True)
 class HealthEvidence:
     reported: CameraState  # what the camera thread last said
@@ -68,20 +77,20 @@ def reported_camera_state(cam: CameraStatus | None, enabled: bool, now: int, sta
     recording node published is checked against its evidence: `streaming` only with a frame recorded
     within stall_ms, and no rates for a camera that is not streaming."""
     if not enabled:
-        return {"state": "disabled", "reason": "station disabled", "online": False,
+        return {"state": ReportedState.DISABLED, "reason": "station disabled", "online": False,
                 "last_packet_ms": cam.last_packet_ms if cam else None}
     if cam is None:
-        return {"state": "unknown", "reason": "no status reported", "online": False}
+        return {"state": ReportedState.UNKNOWN, "reason": "no status reported", "online": False}
     fresh = now - cam.updated_ms <= stale_ms
     state, reason, detail = cam.state, cam.reason, mask_text(cam.detail) if cam.detail else None
-    if not fresh and cam.state != "stopped":
+    if not fresh and cam.state != CameraState.STOPPED:
         # The node stopped reporting without saying it stopped this camera: it is not recording it.
         silent_s = (now - cam.updated_ms) // 1000
-        state, reason, detail = "offline", "no_status", f"no status from node {cam.node} for {silent_s} s"
-    if state == "streaming" and (cam.last_packet_ms is None or now - cam.last_packet_ms > stall_ms):
+        state, reason, detail = ReportedState.OFFLINE, "no_status", f"no status from node {cam.node} for {silent_s} s"
+    if state == CameraState.STREAMING and (cam.last_packet_ms is None or now - cam.last_packet_ms > stall_ms):
         age = "never" if cam.last_packet_ms is None else f"{(now - cam.last_packet_ms) // 1000} s ago"
-        state, reason, detail = "stalled", "stalled", f"last frame recorded {age}"
-    online = state == "streaming"
+        state, reason, detail = CameraState.STALLED, "stalled", f"last frame recorded {age}"
+    online = state == CameraState.STREAMING
     return {"state": state, "reason": reason, "online": online, "detail": detail, "node": cam.node,
             "fps": cam.fps if online else None, "bitrate_bps": cam.bitrate_bps if online else None,
             "codec": cam.codec, "width": cam.width, "height": cam.height, "audio": cam.audio,

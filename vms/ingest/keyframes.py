@@ -19,6 +19,9 @@ from pathlib import Path
 
 import av
 
+from vms.ingest.observers import StreamObserver
+from vms.recording.avtypes import video_codec
+
 log = logging.getLogger(__name__)
 
 ANNEXB_START = (b"\x00\x00\x00\x01", b"\x00\x00\x01")
@@ -34,7 +37,7 @@ class LatestKeyframe:
     data: bytes  # Annex B, parameter sets included
 
     def decode(self) -> av.VideoFrame:
-        ctx = av.CodecContext.create(self.codec, "r")
+        ctx = video_codec(self.codec, "r")
         frames = ctx.decode(av.Packet(self.data))
         frames += ctx.decode(None)
         if not frames:
@@ -74,7 +77,7 @@ def latest_keyframe(data_dir: Path, station_id: str) -> LatestKeyframe | None:
     return LatestKeyframe(station_id, meta["wall_ms"], meta["codec"], meta.get("width"), meta.get("height"), data)
 
 
-class KeyframeCacheObserver:
+class KeyframeCacheObserver(StreamObserver):
     """A StreamObserver that keeps a recent keyframe of a station on disk: at most every
     `interval_s` while someone asked for it in the last minute, else every `idle_interval_s`."""
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import av
@@ -18,11 +20,14 @@ from vms.core.settings import IngestSettings
 from vms.ingest.backoff import ReconnectPolicy, Retry
 from vms.ingest.errors import classify
 from vms.ingest.health import CameraState, HealthEvidence
-from vms.ingest.observers import StreamObserver
+from vms.ingest.observers import CopierWake, StreamObserver
 from vms.recording.copier import make_copier, recorded_packets
 from vms.recording.h26x import HEAD_BYTES, sequence_parameter_set
 from vms.recording.index import IndexWriter
 from vms.recording.recorder import SUPPORTED_VIDEO, StreamRecorder
+
+if TYPE_CHECKING:  # (the module is built by bootstrap.sh; the session runs without it too)
+    from vms.recording.native_copy import PacketCopier
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +123,12 @@ class CameraSession(threading.Thread):
         self._seen_mono = 0.0
         self._next_progress = 0.0
         self._stall_marked_at: float | None = None
-        self._copier = None  # the native copier (vms.recording.copier) while it reads this connection
+        # The native copier (vms.recording.copier) while it reads this connection.
+        self._copier: PacketCopier | None = None
         self._keyframe_observers: list[StreamObserver] = []
         self._packet_observers: list[StreamObserver] = []
         self._gop_observers: list[StreamObserver] = []  # want the copied packets of the current GOP
-        self._each_packet_askers: list = []  # their wants_each_packet, asked before each pump
+        self._each_packet_askers: list[Callable[[], bool]] = []  # their wants_each_packet, asked before each pump
         self._sort_observers()
         self.native_frames = 0  # frames the native copier recorded (diagnostics, tests)
         self.native_pauses = 0  # pauses between its reads, of connections that ended (tests)
@@ -187,12 +193,11 @@ class CameraSession(threading.Thread):
     def _sort_observers(self) -> None:
         # An observer that only wants keyframes (`keyframes_only = True`, e.g. the snapshot cache)
         # is not called for the other 29 packets of each GOP.
-        self._keyframe_observers = [o for o in self.observers if getattr(o, "keyframes_only", False)]
-        self._packet_observers = [o for o in self.observers if not getattr(o, "keyframes_only", False)]
+        self._keyframe_observers = [o for o in self.observers if o.keyframes_only]
+        self._packet_observers = [o for o in self.observers if not o.keyframes_only]
         # Sorted once, not looked up before each pump of the native copier.
-        self._gop_observers = [o for o in self._packet_observers if getattr(o, "copied_packets", False)]
-        self._each_packet_askers = [o.wants_each_packet for o in self._packet_observers
-                                    if hasattr(o, "wants_each_packet")]
+        self._gop_observers = [o for o in self._packet_observers if o.copied_packets]
+        self._each_packet_askers = [o.wants_each_packet for o in self._packet_observers]
         copier = self._copier
         if copier is not None:
             copier.keep = bool(self._gop_observers)
@@ -297,6 +302,7 @@ class CameraSession(threading.Thread):
         self._logged = None
 
     def _connect_and_record(self) -> tuple[str, str]:
+        reason: str | None  # why the connection ended: None while it goes on (detail is set with it)
         # The open has its deadline; telling silence from garbage afterwards takes up to 2 s more.
         self._set_state(CameraState.CONNECTING, self._open_deadline_s() + 2 + 5)
         try:
@@ -317,7 +323,7 @@ class CameraSession(threading.Thread):
             return reason, detail
         self._camera_accepted()
         streaming = False
-        reason = detail = None
+        reason, detail = None, ""
         self._stall_marked_at = None
         self._seen_mono = self._loop_alive_mono = self.clock.monotonic()
         self._next_progress = self._seen_mono + self.settings.status_interval_seconds
@@ -336,7 +342,7 @@ class CameraSession(threading.Thread):
             h = self.health
             h.codec, h.width, h.height = codec, video.codec_context.width or None, video.codec_context.height or None
             for obs in list(self.observers):
-                self._notify(obs, "on_connect", video, self.clock.now_ms())
+                self._notify(obs, obs.on_connect, video, self.clock.now_ms())
             sps: bytes | None = None
             # Audio that is not recorded is not read into Python either (50 G.711 packets a second
             # cost ~0.6 ms of CPU per camera-second, measured: scripts/bench_audio.py).
@@ -439,7 +445,7 @@ class CameraSession(threading.Thread):
                     pass
         now = self.clock.now_ms()
         for obs in list(self.observers):
-            self._notify(obs, "on_disconnect", now, reason)
+            self._notify(obs, obs.on_disconnect, now, reason)
         self._close_online()
         return reason, detail
 
@@ -447,8 +453,7 @@ class CameraSession(threading.Thread):
         """The packets the loop must see; None asks it to look at `_attention`. With the native copier,
         the ordinary video packets of an open segment never reach Python (see vms.recording.copier)."""
         copier = None
-        if self.settings.native_copy and all(hasattr(obs, "on_copied") for obs in self._packet_observers):
-            # (An observer without on_copied needs every packet itself.)
+        if self._copier_may_run():
             copier = make_copier(container, streams, video_index, self.settings.receive_pause_seconds, self.transport)
         if copier is None:
             yield from container.demux(streams)
@@ -468,12 +473,16 @@ class CameraSession(threading.Thread):
             self.native_pauses += copier.pauses
             self._copier = None
 
-    def _tell_gop_observers(self, wake) -> None:
+    def _copier_may_run(self) -> bool:
+        # Only if every observer that gets every packet takes the copier's batches instead: any other
+        # needs every packet itself.
+        return self.settings.native_copy and all(obs.takes_copied for obs in self._packet_observers)
+
+    def _tell_gop_observers(self, wake: CopierWake | None) -> None:
         # wake(), from any thread, ends the copier's read loop: a new viewer need not wait for the
         # end of its batch (up to a second) to get the rest of the GOP.
         for obs in self._gop_observers:
-            if hasattr(obs, "on_copier"):
-                self._notify(obs, "on_copier", wake)
+            self._notify(obs, obs.on_copier, wake)
 
     def _copy_allowed(self) -> bool:
         """Asked before each pump: an observer busy with a live viewer wants each packet as it comes,
@@ -494,7 +503,7 @@ class CameraSession(threading.Thread):
             except Exception:  # noqa: BLE001 - an observer never stops the recording
                 self._drop_observer(obs, "on_copied")
 
-    def _kept(self, packets: list) -> None:
+    def _kept(self, packets: list[tuple[av.Packet, int]]) -> None:
         for obs in self._gop_observers:
             try:
                 obs.on_kept(packets)
@@ -506,11 +515,11 @@ class CameraSession(threading.Thread):
             self.index.close_online(self._online_token, self.clock.now_ms())
             self._online_token = None
 
-    def _notify(self, obs: StreamObserver, method: str, *args) -> None:
+    def _notify(self, obs: StreamObserver, method: Callable[..., None], *args: Any) -> None:
         try:
-            getattr(obs, method)(*args)
+            method(*args)
         except Exception:  # noqa: BLE001 - an observer never stops the recording
-            self._drop_observer(obs, method)
+            self._drop_observer(obs, method.__name__)
 
     def _drop_observer(self, obs: StreamObserver, method: str) -> None:
         log.exception("%s: observer %s failed in %s; dropped", self.station_id, type(obs).__name__, method)

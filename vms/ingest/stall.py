@@ -29,7 +29,7 @@ def _resolve(url: str) -> tuple[set[str], int] | None:
     parts = urlsplit(url)
     port = parts.port or (322 if parts.scheme == "rtsps" else 554)
     try:
-        addrs = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)}
+        addrs = {str(info[4][0]) for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)}
     except (OSError, UnicodeError):
         return None
     return addrs, port
@@ -47,7 +47,7 @@ def _bytes_received(sock: socket.socket) -> int | None:
 
 def sockets_to(addrs: set[str], port: int) -> list[socket.socket]:
     """Duplicates of this process's TCP sockets connected to (addr, port); the caller closes them."""
-    found = []
+    found: list[socket.socket] = []
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:

@@ -3,6 +3,7 @@ heartbeating, feeds systemd's watchdog while recording is healthy, and stops the
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import math
@@ -43,7 +44,9 @@ class _Slot:
 
     spec: WorkerSpec
     process: mp.process.BaseProcess | None = None
-    heartbeat: object = None  # multiprocessing Value('d'): time.monotonic() of its last healthy round
+    # time.monotonic() of its worker's last healthy round: a double in shared memory, made by each
+    # spawn (multiprocessing's Value('d', lock=False)); read only while a process runs.
+    heartbeat: ctypes.c_double = dataclasses.field(default_factory=ctypes.c_double)
     started_mono: float = 0.0
     short_lives: int = 0
     respawn_at: float | None = None  # a restart waiting for its delay
@@ -201,4 +204,4 @@ class IngestSupervisor:
                 p.join(5)
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p is not None and p.is_alive()]
+        return [p.pid for p in self.processes if p is not None and p.is_alive() and p.pid is not None]

@@ -21,6 +21,7 @@ from vms.db.models import Gap, Segment
 from vms.ingest.assignment import AllEnabledCameras, CameraAssignment, CameraAssignmentEntry
 from vms.ingest.health import CameraState, judge_state
 from vms.ingest.keyframes import KeyframeCacheObserver
+from vms.ingest.observers import ObserverFactory, StreamObserver
 from vms.ingest.session import CameraSession
 from vms.ingest.stall import StallWatchdog
 from vms.recording.index import IndexWriter
@@ -31,7 +32,7 @@ from vms.recording.volumes import VolumeSet
 
 log = logging.getLogger(__name__)
 
-ObserverFactoryMaker = Callable[[Settings, Database, Clock], Callable[[str], object]]
+ObserverFactoryMaker = Callable[[Settings, Database, Clock], ObserverFactory]
 
 # Exit code of a worker that stopped itself because one of its camera threads hung: the supervisor
 # restarts it at once (a Python thread cannot be killed; a process can).
@@ -88,7 +89,7 @@ class IngestWorker:
         self._published: dict[str, tuple[float, int, int, float | None, float | None]] = {}
         self._stuck: dict[str, tuple[CameraSession, float]] = {}  # did not stop in time: (session, since)
         self._first_reconcile = True
-        self._factories = []
+        self._factories: list[ObserverFactory] = []
         for path in spec.observer_factories:
             try:
                 self._factories.append(_load_factory(path)(self.settings, self.db, self.clock))
@@ -258,7 +259,7 @@ class IngestWorker:
             keep_audio=self.settings.ingest.audio == "keep")
         unclean = self.spec.unclean_gap if self._first_reconcile else None
         recorder.start_run(tuple(open_gap) if open_gap else None, *(unclean or ()))
-        observers = [KeyframeCacheObserver(self.settings.data_dir, sid,
+        observers: list[StreamObserver] = [KeyframeCacheObserver(self.settings.data_dir, sid,
                                            idle_interval_s=self.settings.ingest.snapshot_keyframe_seconds)]
         for factory in self._factories:
             try:

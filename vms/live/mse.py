@@ -15,6 +15,7 @@ import av
 
 from vms.live.h264 import mse_codec
 from vms.live.protocol import LivePacket, StreamInfo
+from vms.recording.avtypes import time_base
 from vms.recording.h26x import sequence_parameter_set
 from vms.recording.segment_file import add_copy_stream
 
@@ -44,11 +45,11 @@ class FragmentedMp4Stream:
         self.mime = f'video/mp4; codecs="{mse_codec(info.codec, info.extradata)}"'
         self._sink = _Chunks()
         self._container = av.open(self._sink, "w", format="mp4", options={"movflags": MOVFLAGS})
-        self._stream: av.video.stream.VideoStream | None = None  # made at the first keyframe
+        self._stream: av.stream.Stream | None = None  # made at the first keyframe
         self._base: int | None = None
         self._last_dts = -1
 
-    def _open_stream(self, keyframe: bytes) -> None:
+    def _open_stream(self, keyframe: bytes) -> av.stream.Stream:
         """The output stream, made from the camera's own parameters (a probe of the first keyframe,
         with the SDP's parameter sets if it has none), as the recorder makes its segments' streams.
         Not from an encoder (PyAV's add_stream): PyAV opened it (libx264/libx265 for every viewer)
@@ -57,22 +58,23 @@ class FragmentedMp4Stream:
         codec = self.info.codec
         sets = b"" if sequence_parameter_set(keyframe, codec) else self.info.extradata
         with av.open(io.BytesIO(sets + keyframe), "r", format=codec) as probe:
-            self._stream = add_copy_stream(self._container, probe.streams.video[0])
-        self._stream.time_base = Fraction(*self.info.time_base)
+            stream = add_copy_stream(self._container, probe.streams.video[0])
+        stream.time_base = Fraction(*self.info.time_base)
+        return stream
 
     def add(self, pkt: LivePacket) -> bytes:
         """Mux one packet; returns the bytes the muxer produced (the init segment comes with the first)."""
-        if self._base is None:
+        if self._base is None or self._stream is None:  # (both are set at once)
             if not pkt.keyframe:
                 return b""
-            self._open_stream(pkt.data)
+            self._stream = self._open_stream(pkt.data)
             self._base = pkt.dts
         dts = max(self._last_dts + 1, pkt.dts - self._base)
         self._last_dts = dts
         out = av.Packet(pkt.data)
         out.dts = dts
         out.pts = dts + max(0, pkt.pts - pkt.dts)
-        out.time_base = self._stream.time_base
+        out.time_base = time_base(self._stream)
         out.is_keyframe = pkt.keyframe
         out.stream = self._stream
         self._container.mux(out)

@@ -14,6 +14,7 @@ import logging
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from vms.live.protocol import (
     HEADER,
@@ -36,15 +37,32 @@ class LiveUnavailable(Exception):
     """The station has no live stream here (not recorded by this server, or camera down)."""
 
 
-@dataclass(frozen=True)
-class Item:
-    """What a viewer receives: stream info, a packet (replay = from the cached GOP), or the end."""
+# The end of the stream a viewer may wait through: the camera reconnects, and the next info follows.
+CAMERA_DISCONNECTED = "camera disconnected"
 
-    kind: str  # "info" | "packet" | "end"
-    info: StreamInfo | None = None
-    packet: LivePacket | None = None
+
+# What a viewer receives: stream info, a packet (replay = from the cached GOP), or the end; one class
+# each, so that the type checker knows which fields an item has (`kind` names it, for logs and tests).
+@dataclass(frozen=True)
+class InfoItem:
+    info: StreamInfo
+    kind: ClassVar[str] = "info"
+
+
+@dataclass(frozen=True)
+class PacketItem:
+    packet: LivePacket
     replay: bool = False
-    reason: str | None = None
+    kind: ClassVar[str] = "packet"
+
+
+@dataclass(frozen=True)
+class EndItem:
+    reason: str
+    kind: ClassVar[str] = "end"
+
+
+Item = InfoItem | PacketItem | EndItem
 
 
 class Viewer:
@@ -56,7 +74,7 @@ class Viewer:
         self.closed = False
 
     def put(self, item: Item) -> None:
-        if item.kind == "packet" and not item.replay:
+        if isinstance(item, PacketItem) and not item.replay:
             if self.queue.qsize() >= VIEWER_QUEUE:
                 self.skipping = True
             if self.skipping:
@@ -123,7 +141,7 @@ class StationRelay:
         finally:
             self.ended = reason
             for v in list(self.viewers):
-                v.put(Item("end", reason=reason))
+                v.put(EndItem(reason))
             self.hub._forget(self)
 
     def _dispatch(self, kind: int, payload: bytes) -> None:
@@ -134,21 +152,21 @@ class StationRelay:
                 self.gop = []
             if self.gop or pkt.keyframe:
                 self.gop.append(pkt)
-            item = Item("packet", packet=pkt, replay=pkt.replay)
+            item = PacketItem(pkt, replay=pkt.replay)
             for v in self.viewers:
                 v.put(item)
         elif kind == KIND_INFO:
-            self.info = StreamInfo.decode(payload)
+            info = self.info = StreamInfo.decode(payload)
             self.gop = []
             self.info_event.set()
             for v in self.viewers:
-                v.put(Item("info", info=self.info))
+                v.put(InfoItem(info))
         elif kind == KIND_END:
             self.info = None
             self.info_event.clear()
             self.gop = []
             for v in self.viewers:
-                v.put(Item("end", reason="camera disconnected"))
+                v.put(EndItem(CAMERA_DISCONNECTED))
 
     def join(self) -> Viewer:
         if self._linger is not None:
@@ -156,9 +174,9 @@ class StationRelay:
             self._linger = None
         viewer = Viewer(self)
         if self.info is not None:
-            viewer.put(Item("info", info=self.info))
+            viewer.put(InfoItem(self.info))
             for pkt in self.gop:
-                viewer.put(Item("packet", packet=pkt, replay=True))
+                viewer.put(PacketItem(pkt, replay=True))
         self.viewers.add(viewer)
         return viewer
 

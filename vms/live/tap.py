@@ -25,6 +25,7 @@ import av
 from vms.core.clock import Clock
 from vms.core.settings import Settings
 from vms.db.engine import Database
+from vms.ingest.observers import CopierWake, StreamObserver
 from vms.live.protocol import StreamInfo, end_message, packet_message, tap_address
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class _Client:
         self.server.request(lambda: self.server.drop_client(self))
 
 
-class StationTap:
+class StationTap(StreamObserver):
     """The StreamObserver of one camera: keeps the current GOP, fans packets out to connected relays."""
 
     def __init__(self, station_id: str, address: str, server: LiveTapServer) -> None:
@@ -100,7 +101,7 @@ class StationTap:
         self.clients: list[_Client] = []
         self.listener = _listen(address)
         self._last_dts: int | None = None
-        self._wake_copier = None  # ends the native copier's read loop (see on_copier)
+        self._wake_copier: CopierWake | None = None  # ends the native copier's read loop (see on_copier)
         self.packets = 0
 
     # -- StreamObserver --------------------------------------------------------------------------
@@ -144,15 +145,16 @@ class StationTap:
     # With the native copier (vms.recording.copier): it keeps the packets of the current GOP it
     # recorded, in C, and hands them over (on_kept) when a relay connects (wants_each_packet: the
     # copier then stops, every packet comes as it arrives) or before another packet of the GOP.
+    takes_copied = True
     copied_packets = True
 
-    def on_copier(self, wake) -> None:
+    def on_copier(self, wake: CopierWake | None) -> None:
         self._wake_copier = wake
 
     def on_copied(self, count: int, nbytes: int, first_ms: int, last_ms: int) -> None:
         self.packets += count  # (only this thread writes it)
 
-    def on_kept(self, packets: list) -> None:
+    def on_kept(self, packets: list[tuple[av.Packet, int]]) -> None:
         # Older than what a relay that is connected now gets next: for it they are the rest of the
         # cached GOP (replayed at once), not live packets.
         for packet, wall_ms in packets:

@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from vms.core.clock import Clock
 from vms.live.h264 import has_parameter_sets
-from vms.live.relay import LiveHub, LiveUnavailable, Viewer
+from vms.live.relay import CAMERA_DISCONNECTED, EndItem, InfoItem, LiveHub, LiveUnavailable, Viewer
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,11 @@ class CameraTrack(MediaStreamTrack):
             if self.readyState != "live":
                 raise MediaStreamError
             item = await self.viewer.get()
-            if item.kind == "info":
+            if isinstance(item, InfoItem):
                 self.parameter_sets = item.info.extradata
                 continue
-            if item.kind == "end":
-                if item.reason == "camera disconnected":
+            if isinstance(item, EndItem):
+                if item.reason == CAMERA_DISCONNECTED:
                     continue  # the camera reconnects; the next info and keyframe follow
                 self.stop()
                 raise MediaStreamError

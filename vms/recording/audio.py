@@ -16,9 +16,12 @@ the recorder like any audio before the segment's first frame).
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import overload
 
 import av
 import numpy as np
+
+from vms.recording.avtypes import audio_codec
 
 # Audio codecs an MP4 segment holds as they come (copied).
 MP4_AUDIO = ("aac", "mp3", "opus", "alac", "flac")
@@ -34,6 +37,10 @@ AAC_OPTIONS = {"aac_coder": "fast"}
 MAX_FILL_S = 1.0
 
 
+@overload
+def audio_status(codec: str, keep: bool) -> str: ...
+@overload
+def audio_status(codec: None, keep: bool) -> None: ...
 def audio_status(codec: str | None, keep: bool) -> str | None:
     """What happens to a stream's audio, for the camera status: "aac" (copied), "pcm_alaw->aac"
     (transcoded), "dropped: <codec>", or None (no audio track)."""
@@ -56,7 +63,7 @@ def g711_table(codec: str) -> np.ndarray:
     them: one table look-up per byte instead of a decoder call (and a frame) per 20 ms packet."""
     table = _G711_TABLES.get(codec)
     if table is None:
-        decoder = av.CodecContext.create(codec, "r")
+        decoder = audio_codec(codec, "r")
         decoder.sample_rate = 8000
         decoder.layout = "mono"
         frames = decoder.decode(av.Packet(bytes(range(256))))
@@ -88,8 +95,8 @@ class G711ToAac:
         self._table = g711_table(self.codec)
         self._silence = int(np.argmin(np.abs(self._table)))  # the code word nearest to 0
         self._max_fill = int(MAX_FILL_S * self.rate)
-        self._encoder: av.AudioCodecContext | None = None
-        self.extradata = self._new_encoder().extradata  # AudioSpecificConfig, for the segments' stream
+        self._encoder = self._new_encoder()
+        self.extradata = self._encoder.extradata  # AudioSpecificConfig, for the segments' stream
         self.frame_size = self._encoder.frame_size
         self._pending = bytearray()  # G.711 code words (one per sample) not yet encoded
         self._pending_pos = 0  # timeline position (samples) of the first of them

@@ -13,9 +13,16 @@ from typing import TYPE_CHECKING
 import av
 
 try:  # built by scripts/build_native.py (bootstrap.sh); without it every packet is copied in Python
-    from vms.recording import native_copy
+    from vms.recording.native_copy import (
+        STATUS_ATTENTION,
+        STATUS_END,
+        STATUS_PACKET,
+        STATUS_WRITE_FAILED,
+        PacketCopier,
+    )
+    NATIVE_BUILT = True
 except ImportError:  # pragma: no cover - depends on the build
-    native_copy = None
+    NATIVE_BUILT = False  # (and none of those names: nothing below uses them without a copier)
 
 if TYPE_CHECKING:
     from vms.recording.recorder import StreamRecorder
@@ -27,26 +34,26 @@ KeptCallback = Callable[[list], None]
 
 
 def native_copy_built() -> bool:
-    return native_copy is not None
+    return NATIVE_BUILT
 
 
 def make_copier(container: av.container.InputContainer, streams: list, video_index: int, pause_s: float = 0,
-                transport: str = "tcp"):
+                transport: str = "tcp") -> PacketCopier | None:
     """A PacketCopier reading `container`, or None if the module is not built or cannot serve it: a
     read timeout (PyAV checks it in its interrupt callback, which the copier does not arm) or more
     streams than it tracks. While armed it pauses up to `pause_s` between reads (0: never), over TCP
     only: over UDP a pause would let the socket's buffer overflow and drop packets."""
-    if native_copy is None or container.read_timeout is not None:
+    if not NATIVE_BUILT or container.read_timeout is not None:
         return None
     try:
-        copier = native_copy.PacketCopier(container, streams, video_index)
+        copier = PacketCopier(container, streams, video_index)
     except ValueError:
         return None
     copier.pause_us = round(pause_s * 1_000_000) if transport == "tcp" else 0
     return copier
 
 
-def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback,
+def recorded_packets(copier: PacketCopier, recorder: StreamRecorder, on_copied: CopiedCallback,
                      copy_allowed: Callable[[], bool] = lambda: True,
                      on_kept: KeptCallback | None = None) -> Iterator[av.Packet | None]:
     """The packets the caller must give the recorder (and its observers), in stream order; None when
@@ -58,8 +65,7 @@ def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback
     gets it whole and in order: before a video packet of the same GOP goes through Python (copy not
     allowed, e.g. a live viewer came; no segment to copy into; a packet without a timestamp). A
     keyframe starts a new GOP: the copier drops what it kept."""
-    packet, attention, end, write_failed = (native_copy.STATUS_PACKET, native_copy.STATUS_ATTENTION,
-                                            native_copy.STATUS_END, native_copy.STATUS_WRITE_FAILED)
+    packet, attention, end, write_failed = STATUS_PACKET, STATUS_ATTENTION, STATUS_END, STATUS_WRITE_FAILED
     arm, absorb, pump = recorder.arm, recorder.absorb, copier.pump
     video_index = copier.video_index
     try:
@@ -76,6 +82,7 @@ def recorded_packets(copier, recorder: StreamRecorder, on_copied: CopiedCallback
                 on_copied(copier.copied, copier.copied_bytes, first_ms, last_ms)
             if status == packet:
                 pkt, copier.packet = copier.packet, None
+                assert pkt is not None, "pump() leaves the packet it returns STATUS_PACKET for"
                 if copier.kept_count and pkt.stream_index == video_index:
                     _hand_kept(copier, recorder, on_kept)  # (never a keyframe: it dropped them)
                 yield pkt

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import av
 
+from vms.recording.avtypes import time_base
+
 
 def _boxes(data: bytes, start: int, end: int):
     """(type, payload start, box end) of the boxes in data[start:end]; stops at a malformed one."""
@@ -156,12 +158,13 @@ def probe_segment(path: Path, length: int | None = None) -> SegmentProbe:
     """Demux (no decode) a segment to measure it from its own timestamps; only its first `length` bytes
     if given (its playable prefix, when the tail cannot be trimmed)."""
     source = str(path) if length is None else _Prefix(path, length)
-    with av.open(source, format="mp4" if length is not None else None) as c:
+    with av.open(source, "r", format="mp4" if length is not None else None) as c:
         if not c.streams.video:
             raise ValueError(f"{path}: no video track")
         vs = c.streams.video[0]
-        first = last = None
-        last_dur = 0
+        first: int | None = None
+        last: int | None = None
+        last_dur: float = 0
         frames = keys = 0
         for pkt in c.demux(vs):
             if pkt.dts is None:
@@ -173,8 +176,8 @@ def probe_segment(path: Path, length: int | None = None) -> SegmentProbe:
                 last_dur = pkt.duration or 0
             frames += 1
             keys += bool(pkt.is_keyframe)
-        tb = vs.time_base
-        if frames == 0:
+        tb = time_base(vs)
+        if first is None or last is None:  # no frame
             duration_ms = 0
         else:
             if not last_dur and frames > 1:

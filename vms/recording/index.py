@@ -35,10 +35,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from vms.db.engine import Database
-from vms.db.models import CameraStatus, Fault, Gap, OnlineInterval, Segment
+from vms.db.models import CameraStatus, Fault, Gap, OnlineInterval, Segment, table_of
 
 log = logging.getLogger(__name__)
-SEGMENTS = Segment.__table__
+SEGMENTS = table_of(Segment)
 
 GAP_REASONS = (
     "unreachable", "refused", "auth_failed", "stalled", "stream_ended", "unsupported_codec",
@@ -284,7 +284,7 @@ class IndexWriter:
         self._ids.update(new_ids)
         self._retire_tokens(ops)
         for op in ops:
-            if op.kind == "barrier":
+            if op.kind == "barrier" and op.done is not None:
                 op.done.set()
         return True
 
@@ -294,7 +294,7 @@ class IndexWriter:
         closes or re-opens only its current gap and the one before its open segment, and opens a new
         gap only when no segment is open)."""
         for op in ops:
-            if op.kind == "close_online":
+            if op.kind == "close_online" and op.token is not None:
                 self._ids.pop(op.token, None)
             elif op.kind == "open_gap" and op.token is not None:
                 key = (op.args["station_id"], op.args["stream"])
@@ -347,7 +347,8 @@ class IndexWriter:
         elif op.kind == "open_online":
             rid = s.execute(insert(OnlineInterval).values(node=self.node, **a)
                             .returning(OnlineInterval.id)).scalar_one()
-            new_ids[op.token] = rid
+            if op.token is not None:  # (open_online always has one)
+                new_ids[op.token] = rid
         elif op.kind == "close_online":
             row_id = self._row_id(op.token, new_ids)
             if row_id is not None:
@@ -378,7 +379,7 @@ class IndexWriter:
             stmt = self._statements.get(("status", keys))
             if stmt is None:
                 dialect = s.get_bind().dialect.name
-                ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(CameraStatus.__table__)
+                ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(table_of(CameraStatus))
                 stmt = self._statements[("status", keys)] = ins.on_conflict_do_update(
                     index_elements=["station_id"], set_={k: ins.excluded[k] for k in keys if k != "station_id"})
             s.execute(stmt, rows)

@@ -20,15 +20,18 @@ import errno
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import av
 from sqlalchemy import delete
+from sqlalchemy.orm import Session
 
 from vms.core.clock import Clock
 from vms.db.models import Segment
 from vms.recording.audio import G711, G711ToAac, audio_status
+from vms.recording.avtypes import time_base, video_codec
 from vms.recording.fmp4 import playable_length, probe_segment
 from vms.recording.h26x import HEAD_BYTES, parameter_sets_annexb, sequence_parameter_set
 from vms.recording.index import IndexWriter
@@ -62,7 +65,7 @@ class _OpenSegment:
     rel_path: str
     start_ms: int
     start_pos: int  # stream position (ticks) of its first packet
-    audio_base: float | None  # stream seconds of the first video packet, for aligning audio
+    audio_base: float  # stream seconds of the first video packet, for aligning audio
     frames: int = 0
     keyframes: int = 0
     first_of_connection: bool = False
@@ -81,6 +84,13 @@ class _OpenSegment:
     audio_next: int = 0  # audio timestamps written must reach this (strictly increasing)
     end_ms: int = 0  # once cut, while it waits for its last audio: its wall end and media length
     media_ms: int = 0
+
+
+def _delete_segment_row(volume: str, path: str) -> Callable[[Session], None]:
+    """For the index writer's thread, later: the segment's volume and path bound now."""
+    def delete_row(session: Session) -> None:
+        session.execute(delete(Segment).where(Segment.volume == volume, Segment.path == path))
+    return delete_row
 
 
 class StreamRecorder:
@@ -201,26 +211,28 @@ class StreamRecorder:
         self._open_audio(audio)
         self._preroll.clear()
         # Integer arithmetic per packet (Fractions cost more than the mux itself).
-        self._tb_num, self._tb_den = video.time_base.numerator, video.time_base.denominator
+        tb = time_base(video)
+        self._tb_num, self._tb_den = tb.numerator, tb.denominator
         rate = video.average_rate or video.guessed_rate or 15
         self._frame_ticks = max(1, round(self._tb_den / (float(rate) * self._tb_num)))
         self._segment_ticks = int(self.segment_seconds * self._tb_den / self._tb_num)
         self._max_step_ticks = int(MAX_STEP_S * self._tb_den / self._tb_num)
         self._pullback_ticks = int(PULLBACK_S * self._tb_den / self._tb_num)
         self._second_ticks = max(1, self._tb_den // self._tb_num)
-        self._video_parameters: dict | None = None
+        self._video_parameters = None
         self._pos = 0
         self._last_dts = None
 
     def _open_audio(self, audio: av.audio.stream.AudioStream | None) -> None:
-        acodec = audio.codec_context.name if audio is not None else None
-        self.audio_status = audio_status(acodec, self.keep_audio)
         self._audio = self._transcoder = None
         if audio is None:
+            self.audio_status = audio_status(None, self.keep_audio)
             return
-        tb = audio.time_base
+        acodec = audio.codec_context.name
+        status = self.audio_status = audio_status(acodec, self.keep_audio)
+        tb = time_base(audio)
         self._audio_ticks_per_second = tb.denominator / tb.numerator
-        if self.audio_status.startswith("dropped"):
+        if status.startswith("dropped"):
             why = "ingest.audio is drop" if not self.keep_audio else "MP4 cannot hold it"
             log.info("%s: audio %s is not recorded (%s); recording video only", self.station_id, acodec, why)
             return
@@ -272,7 +284,7 @@ class StreamRecorder:
                 return None
         elif key and (self._force_cut or pos - seg.start_pos >= self._segment_ticks):
             self._force_cut = False
-            seg = self._cut(pkt)
+            seg = self._cut(seg, pkt)
             if seg is None:
                 return None
 
@@ -384,6 +396,7 @@ class StreamRecorder:
         self._pos = copier.pos
         self._last_dts = copier.last_dts
         seg = self._seg
+        assert seg is not None, "the copier copies only into an open segment (see arm)"
         seg.frames += copier.copied
         start, to_ms = seg.start_ms, seg.wall_ms
         return start + to_ms(copier.first_rel), start + to_ms(copier.last_rel)
@@ -418,16 +431,20 @@ class StreamRecorder:
                 start_ms = max(start_ms, self._gap_start)
             # Footage already filed ahead of the clock (it stepped back): never before its end.
             catch_up = start_ms - now > RESYNC_MS
+        video = self._video
+        assert video is not None, "packets come only after begin()"
+        first_ts = pkt.dts if pkt.dts is not None else pkt.pts
+        assert first_ts is not None, "video_packet records no packet without a timestamp"
         parameters = self._video_parameters
         if parameters is None and self._needs_parameter_sets:
-            in_band = parameter_sets_annexb(bytes(memoryview(pkt)[:HEAD_BYTES]), self._video.codec_context.name)
+            in_band = parameter_sets_annexb(bytes(memoryview(pkt)[:HEAD_BYTES]), video.codec_context.name)
             if in_band:
                 parameters = {"extradata": in_band}
         while True:
             rel_path = segment_rel_path(self.station_id, start_ms, self.tz, self.stream)
             try:
                 self.volumes.mark(self.volume)
-                f = SegmentFile(self.volumes.file_path(self.volume, rel_path), self._video, self._audio,
+                f = SegmentFile(self.volumes.file_path(self.volume, rel_path), video, self._audio,
                                 parameters)
                 break
             except FileExistsError:
@@ -441,12 +458,12 @@ class StreamRecorder:
         gap_token, gap_reason, gap_start = self._gap_token, self._gap_reason, self._gap_start
         self._close_gap(start_ms)
         wall_den = self._tb_den * (CATCH_UP if catch_up else 1)
-        vctx = self._video.codec_context
+        vctx = video.codec_context
         width, height = vctx.width or None, vctx.height or None
         if self._video_parameters:
             width, height = self._video_parameters["width"], self._video_parameters["height"]
         self._seg = _OpenSegment(f, self.volume, rel_path, start_ms, self._pos,
-                                 audio_base=float((pkt.dts if pkt.dts is not None else pkt.pts) * pkt.time_base),
+                                 audio_base=float(first_ts * time_base(pkt)),
                                  first_of_connection=first, gap_before=gap_token, gap_before_reason=gap_reason,
                                  gap_before_start=gap_start, published_start_ms=start_ms, catch_up=catch_up,
                                  tb_num=self._tb_num, wall_den=wall_den, wall_half=wall_den // 2)
@@ -564,8 +581,7 @@ class StreamRecorder:
                 probe = None
             self._unfinished.append((seg, seg.start_ms + probe.duration_ms if probe is not None else None))
         if probe is None:
-            self.index.call(lambda s, v=seg.volume, p=seg.rel_path: s.execute(
-                delete(Segment).where(Segment.volume == v, Segment.path == p)))
+            self.index.call(_delete_segment_row(seg.volume, seg.rel_path))
             if not latest:
                 # Cut before it failed: the next segment already starts at its end.
                 if cut_end is not None and cut_end > seg.start_ms:
@@ -612,8 +628,7 @@ class StreamRecorder:
                 continue
             kept_end = seg.start_ms + (probe.duration_ms if probe is not None else 0)
             if probe is None:
-                self.index.call(lambda s, v=seg.volume, p=seg.rel_path: s.execute(
-                    delete(Segment).where(Segment.volume == v, Segment.path == p)))
+                self.index.call(_delete_segment_row(seg.volume, seg.rel_path))
             else:
                 size = path.stat().st_size
                 self.index.update_segment(seg.volume, seg.rel_path, start_ms=seg.start_ms, end_ms=kept_end,
@@ -629,8 +644,7 @@ class StreamRecorder:
             log.warning("%s: finished %s after the volume failed: %.1f s kept of %.1f s", self.station_id,
                         seg.rel_path, (kept_end - seg.start_ms) / 1000, (indexed_end - seg.start_ms) / 1000)
 
-    def _cut(self, pkt: av.Packet) -> _OpenSegment | None:
-        seg = self._seg
+    def _cut(self, seg: _OpenSegment, pkt: av.Packet) -> _OpenSegment | None:
         end_ms = self._finish(seg, self._pos - seg.start_pos, audio_follows=self._audio is not None)
         now = self.clock.now_ms()
         start_ms = end_ms
@@ -646,9 +660,10 @@ class StreamRecorder:
     def change_parameters(self, keyframe: av.Packet) -> tuple[int, int]:
         """The camera changed resolution (new SPS) at this keyframe: later segments of this
         connection carry the new parameters. Returns the new (width, height)."""
+        assert self._video is not None, "packets come only after begin()"
         codec = self._video.codec_context.name
         data = bytes(keyframe)
-        decoder = av.CodecContext.create(codec, "r")
+        decoder = video_codec(codec, "r")
         frames = decoder.decode(av.Packet(data))
         if not frames:
             raise ValueError("the keyframe with new parameters does not decode")

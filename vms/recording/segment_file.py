@@ -11,6 +11,7 @@ second descriptor on the same file lets us fsync it before its index row commits
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -19,6 +20,7 @@ from vms.recording.audio import G711ToAac
 from vms.recording.fmp4 import playable_length
 from vms.recording.volumes import fsync_dir
 
+write_header: Callable[[av.container.OutputContainer], None] | None
 try:  # built by scripts/build_native.py; without it PyAV writes the header (and opens a decoder)
     from vms.recording.native_copy import write_header
 except ImportError:  # pragma: no cover - depends on the build
@@ -81,34 +83,35 @@ class SegmentFile:
         path.parent.mkdir(parents=True, exist_ok=True)
         # O_EXCL: never overwrite footage. The descriptor is kept for fsync.
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)  # footage: not for other users
-        self._container = None
+        container: av.container.OutputContainer | None = None
         try:
-            self._container = av.open(str(path), "w", format="mp4", options=dict(FMP4_OPTIONS))
-            self._video = add_copy_stream(self._container, video)
+            container = av.open(str(path), "w", format="mp4", options=dict(FMP4_OPTIONS))
+            self._video = add_copy_stream(container, video)
             self._video.time_base = video.time_base
             for key, value in (video_parameters or {}).items():
                 # Parameters that changed mid-connection (width, height, extradata).
                 setattr(self._video.codec_context, key, value)
             self.video_stream = self._video
-            self.container = self._container  # for the native copier, which muxes into it directly
-            self._audio = None
+            self.container = container  # for the native copier, which muxes into it directly
+            self._audio: av.stream.Stream | None = None
             if isinstance(audio, G711ToAac):
-                self._audio = audio.add_output_stream(self._container)  # the transcoder's AAC
+                self._audio = audio.add_output_stream(container)  # the transcoder's AAC
             elif audio is not None:
-                self._audio = add_copy_stream(self._container, audio)
+                self._audio = add_copy_stream(container, audio)
                 self._audio.time_base = audio.time_base
             if write_header is not None:
-                write_header(self._container)
+                write_header(container)
             fsync_dir(path.parent)
         except Exception:
             os.close(self._fd)
-            if self._container is not None:
+            if container is not None:
                 try:  # now, not at garbage collection: a header already written gets its trailer
-                    self._container.close()
+                    container.close()
                 except Exception:  # noqa: BLE001 - the file is removed anyway
                     pass
             path.unlink(missing_ok=True)
             raise
+        self._container = container
         self._closed = False
         # The recorder's per-packet path muxes video itself (stream, dts, pts, then mux) rather than
         # calling write_video: one Python call fewer per packet.

@@ -17,10 +17,10 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from vms.core.clock import Clock
-from vms.db.engine import Database
-from vms.db.models import JobLock
+from vms.db.engine import Database, rows_matched
+from vms.db.models import JobLock, table_of
 
-LOCKS = JobLock.__table__
+LOCKS = table_of(JobLock)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class JobLease:
                 .where(LOCKS.c.name == self.name, or_(LOCKS.c.expires_ms <= now, LOCKS.c.holder == self.holder))
                 .values(holder=self.holder, acquired_ms=now, expires_ms=now + self.lease_ms)
             )
-            return res.rowcount == 1
+            return rows_matched(res) == 1
 
     def renew(self) -> bool:
         """Extend our lease; False if it is no longer ours (it expired and someone else took it)."""
@@ -70,7 +70,7 @@ class JobLease:
                 .where(LOCKS.c.name == self.name, LOCKS.c.holder == self.holder)
                 .values(expires_ms=now + self.lease_ms)
             )
-            return res.rowcount == 1
+            return rows_matched(res) == 1
 
     def release(self) -> None:
         with self.database.session() as s:

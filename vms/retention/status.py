@@ -11,12 +11,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vms.core.settings import Settings
-from vms.db.models import Segment, Station
+from vms.db.models import Segment, Station, table_of
 from vms.recording.volumes import VolumeSet
 from vms.retention.policy import DAY_MS, RetentionPolicy
 from vms.retention.sweeper import held_clause, real_disk_usage
 
-SEG = Segment.__table__
+SEG = table_of(Segment)
 DEFAULT_BITRATE_BPS = 2_000_000  # a 1080p H.264 station camera's usual main stream
 BITRATE_WINDOW_MS = DAY_MS  # bitrates are measured over the last day of complete segments
 
@@ -158,7 +158,7 @@ def capacity_plan(session: Session, settings: Settings, now_ms: int, days: float
         if sid in settings.storage.assignments:
             vol = settings.storage.assignments[sid]
         elif sid in per_volume_dur:
-            vol = max(per_volume_dur[sid], key=per_volume_dur[sid].get)
+            vol = max(per_volume_dur[sid].items(), key=lambda item: item[1])[0]
         elif len(volumes.volumes) == 1:
             vol = next(iter(volumes.volumes))
         else:

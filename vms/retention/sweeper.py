@@ -28,7 +28,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from vms.core.clock import Clock
 from vms.core.settings import Settings, VolumeSettings
 from vms.db.engine import Database
-from vms.db.models import Hold, PurgeLog, Segment
+from vms.db.models import Hold, PurgeLog, Segment, table_of
 from vms.recording.volumes import VolumeSet, fsync_dir
 from vms.retention import metrics
 from vms.retention.locks import JobLease
@@ -36,9 +36,9 @@ from vms.retention.policy import DAY_MS, RetentionPolicy
 
 log = logging.getLogger("vms.retention")
 
-SEG = Segment.__table__
-HOLDS = Hold.__table__
-PURGE = PurgeLog.__table__
+SEG = table_of(Segment)
+HOLDS = table_of(Hold)
+PURGE = table_of(PurgeLog)
 LOCK_NAME = "retention"
 BATCH_SEGMENTS = 2000  # rows per mark transaction: short enough not to stall the recorders' writes
 DELETE_CHUNK = 500  # ids per DELETE statement

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -12,6 +13,9 @@ from vms.core.systemd import SystemdNotifier
 from vms.db.engine import Database
 from vms.db.models import Station
 from vms.ingest.supervisor import IngestSupervisor
+
+if TYPE_CHECKING:  # (imported when a station needs a simulated camera: it brings the clip encoders)
+    from vms.simulate import Simulator
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +30,7 @@ class RecordingService:
         self.settings = settings
         self.db = database
         self.simulate_mode = simulate
-        self.simulator = None
+        self.simulator: Simulator | None = None
         self.supervisor: IngestSupervisor | None = None
         self.workers = workers
         self.analysis = analysis
@@ -58,14 +62,14 @@ class RecordingService:
 
             sim = self.settings.simulate
             log.info("simulating %d cameras for stations without a camera URL", len(simulated))
-            self.simulator = Simulator(
+            simulator = self.simulator = Simulator(
                 cameras=len(simulated), names=simulated, width=sim.width, height=sim.height, fps=sim.fps,
                 bitrate_kbps=sim.bitrate_kbps, content=sim.content, day_seconds=sim.day_seconds,
                 port=sim.port, control_port=sim.control_port, cache_dir=self.settings.data_dir / "cache" / "simulate")
-            self.simulator.start()
+            simulator.start()
             log.info("simulated cameras' fault control on port %d (vms simulate fault stall NAME --control-port %d)",
-                     self.simulator.control_port, self.simulator.control_port)
-            overrides = dict(self.simulator.urls)
+                     simulator.control_port, simulator.control_port)
+            overrides = dict(simulator.urls)
         factories = [LIVE_TAP_FACTORY]
         if self.analysis and self.settings.analysis.enabled:
             factories.append(ANALYSIS_FACTORY)

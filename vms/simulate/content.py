@@ -24,6 +24,8 @@ import av
 import cv2
 import numpy as np
 
+from vms.recording.avtypes import video_codec
+
 # Bump when the rendering or encoding changes, so old cached clips are not reused.
 CONTENT_VERSION = 1
 CONTENT_KINDS = ("pattern", "station-day")
@@ -69,7 +71,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _cached(path: Path, build: Callable[[Path], None]) -> Path:
+def _cached(path: Path, build: Callable[[Path], object]) -> Path:
     """Return path, building it first (atomically, once across processes) when it is missing."""
     if path.exists():
         return path
@@ -91,7 +93,7 @@ def _encoder(codec: str, fmt: VideoFormat, width: int | None = None, height: int
              capped: bool = False):
     """capped=False: average bitrate (a CBR-like camera); True: constant quality with the bitrate as a
     ceiling, like a camera in VBR mode: dark, still scenes then cost far less (and less server memory)."""
-    cc = av.CodecContext.create(codec, "w")
+    cc = video_codec(codec, "w")
     cc.width = width or fmt.width
     cc.height = height or fmt.height
     cc.pix_fmt = "yuv420p"
@@ -160,7 +162,7 @@ def pattern_frames(fmt: VideoFormat, frames: int, width: int | None = None,
             127 + 100 * np.sin(2 * np.pi * x / w * 3 - phase + 2),
             127 + 100 * np.sin(2 * np.pi * x / w + phase + 4),
         ], axis=-1).astype(np.uint8)
-        img = np.ascontiguousarray(np.broadcast_to(row, (h, w, 3)))
+        img: np.ndarray = np.ascontiguousarray(np.broadcast_to(row, (h, w, 3)))
         shift = (i * 7) % 64
         img = cv2.add(img, np.ascontiguousarray(np.repeat(grain[:, shift:shift + w], 3, axis=2)))
         bx = int((w - h // 4) * (0.5 + 0.5 * math.sin(phase)))
@@ -310,7 +312,7 @@ class StationScene:
 
     def render(self, t: float, index: int) -> np.ndarray:
         w, h = self.w, self.h
-        img = self.room.copy()
+        img: np.ndarray = self.room.copy()
         x0, y0, x1, y1 = self.door
         img[y0:y1, x0:x1] = self.outside
         closed = self.shutter_closed_fraction(t)

@@ -460,13 +460,13 @@ class CameraServer:
         sock.bind(("127.0.0.1", int(self.spec.get("control_port", 0))))
         sock.listen(16)
         self.control = sock
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
         return sock.getsockname()[1]
 
-    def _accept(self) -> None:
+    def _accept(self, control: socket.socket) -> None:
         while True:
             try:
-                conn, _ = self.control.accept()
+                conn, _ = control.accept()
             except OSError:
                 return
             threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()

@@ -15,6 +15,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from socket import SocketIO
+from typing import IO
 
 from vms.core.errors import VmsError
 from vms.simulate.content import (
@@ -109,10 +111,10 @@ class Simulator:
         self.clip_path: Path | None = None
         self._proc: subprocess.Popen | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
-        self._stderr = None
+        self._stderr: IO[bytes] | None = None
         self._spec_path: Path | None = None
         self._control: socket.socket | None = None
-        self._control_file = None
+        self._control_file: SocketIO | None = None  # _control's, set and cleared with it
         self._control_lock = threading.Lock()
 
     # -- content ---------------------------------------------------------------------------------
@@ -172,28 +174,30 @@ class Simulator:
         with os.fdopen(fd, "w") as f:
             json.dump(spec, f)
         self._spec_path = Path(spec_name)
-        self._stderr = tempfile.TemporaryFile()
+        stderr = self._stderr = tempfile.TemporaryFile()
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-        self._proc = subprocess.Popen(
+        proc = self._proc = subprocess.Popen(
             [self.python, str(SERVER_SCRIPT), spec_name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._stderr, env=env, close_fds=True,
+            stderr=stderr, env=env, close_fds=True,
             # Its own session: a Ctrl-C meant for the parent does not kill the server behind its back.
             start_new_session=True,
         )
-        threading.Thread(target=self._read_stdout, args=(self._proc,), daemon=True).start()
+        assert proc.stdout is not None  # (stdout=PIPE)
+        threading.Thread(target=self._read_stdout, args=(proc.stdout,), daemon=True).start()
         try:
-            self._await_ready(mounts, on_ready)
+            self._await_ready(proc, mounts, on_ready)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _read_stdout(self, proc: subprocess.Popen) -> None:
-        for raw in proc.stdout:
+    def _read_stdout(self, stdout: IO[bytes]) -> None:
+        for raw in stdout:
             self._lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
         self._lines.put(None)
 
-    def _await_ready(self, mounts: list[dict], on_ready: Callable[[str, str], None] | None) -> None:
+    def _await_ready(self, proc: subprocess.Popen, mounts: list[dict],
+                     on_ready: Callable[[str, str], None] | None) -> None:
         deadline = time.monotonic() + self.ready_timeout
         auth = {m["name"] for m in mounts if m.get("auth")}
         while True:
@@ -203,7 +207,7 @@ class Simulator:
                 raise SimulatorError(
                     f"RTSP server not ready after {self.ready_timeout:g} s{self._stderr_tail()}") from None
             if line is None:
-                code = self._proc.wait()
+                code = proc.wait()
                 raise SimulatorError(
                     f"RTSP server exited with code {code} before it was ready{self._stderr_tail()}")
             word, _, rest = line.partition(" ")
@@ -261,6 +265,8 @@ class Simulator:
                     proc.kill()
                     proc.wait()
             for stream in (proc.stdin, proc.stdout):
+                if stream is None:
+                    continue
                 try:
                     stream.close()
                 except OSError:
@@ -286,11 +292,12 @@ class Simulator:
         with self._control_lock:
             for attempt in (1, 2):
                 try:
-                    if self._control is None:
+                    control_file = self._control_file
+                    if self._control is None or control_file is None:
                         self._control = socket.create_connection(("127.0.0.1", self.control_port), timeout=15)
-                        self._control_file = self._control.makefile("rwb", buffering=0)
-                    self._control_file.write((line.strip() + "\n").encode())
-                    reply = self._control_file.readline().decode("utf-8", "replace").strip()
+                        control_file = self._control_file = self._control.makefile("rwb", buffering=0)
+                    control_file.write((line.strip() + "\n").encode())
+                    reply = control_file.readline().decode("utf-8", "replace").strip()
                     if not reply:
                         raise OSError("control connection closed")
                     break

@@ -79,6 +79,7 @@ def _check_and_issue(ctx: ApiContext, body: LoginIn) -> tuple[Me, str, int]:
             raise ApiError(401, "login_failed", "用户名或密码错误")
         now = ctx.clock.now_ms()
         secret, tok = issue_session(session, user, now, ctx.settings.api.session_hours)
+        assert tok.expires_ms is not None  # (a session always expires; only API keys may not)
         me = Me(username=user.username, role=user.role, towns=user.towns, kind="session",
                 permissions=sorted(permissions_of(user.role, None)))
         return me, secret, tok.expires_ms

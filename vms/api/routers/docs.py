@@ -63,7 +63,7 @@ async def _allowed(request: Request) -> Response | None:
 
 
 def _with_csp(page: HTMLResponse) -> HTMLResponse:
-    page.headers["Content-Security-Policy"] = _docs_csp(_INLINE_SCRIPT.findall(page.body.decode()))
+    page.headers["Content-Security-Policy"] = _docs_csp(_INLINE_SCRIPT.findall(bytes(page.body).decode()))
     page.headers["Cache-Control"] = "no-store"
     return page
 

@@ -18,7 +18,7 @@ from vms.api.exports import check_export_limits, estimated_bytes, export_path, e
 from vms.api.footage import segments_or_error
 from vms.api.schemas import ApiModel, FootageRangeIn
 from vms.api.timeparse import iso, parse_range
-from vms.db.models import ExportJob, Station
+from vms.db.models import ExportJob, ExportState, Station
 
 router = APIRouter(prefix="/api/exports", tags=["exports"])
 
@@ -54,7 +54,7 @@ def _out(ctx, job: ExportJob) -> dict:
             "start_at": iso(job.start_ms, tz), "end_at": iso(job.end_ms, tz), "reason": job.reason,
             "username": job.username, "state": job.state, "progress": job.progress, "bytes": job.bytes,
             "error": job.error, "created_ms": job.created_ms, "expires_ms": job.expires_ms,
-            "download_url": f"/api/exports/{job.id}/download" if job.state == "done" else None}
+            "download_url": f"/api/exports/{job.id}/download" if job.state == ExportState.DONE else None}
 
 
 @router.post("", response_model=ExportOut, status_code=202,
@@ -75,7 +75,7 @@ def create_export(body: ExportIn, request: Request, ctx: Ctx, session: DbSession
         check_export_limits(ctx, session, principal.username, estimate)
         now = ctx.clock.now_ms()
         job = ExportJob(id=uuid.uuid4().hex, station_id=station.id, start_ms=s, end_ms=e,
-                        reason=body.reason.strip(), username=principal.username, state="queued", progress=0.0,
+                        reason=body.reason.strip(), username=principal.username, state=ExportState.QUEUED, progress=0.0,
                         created_ms=now)
         session.add(job)
         record_access(session, principal, "export", now, client_address(request), station_id=station.id,
@@ -116,9 +116,9 @@ def get_export(export_id: ExportId, ctx: Ctx, session: DbSession, principal: Exp
 def download_export(export_id: ExportId, request: Request, ctx: Ctx, session: DbSession,
                     principal: ExportPrincipal) -> FileResponse:
     job = _visible_job(session, principal, export_id)
-    if job.state == "expired":
+    if job.state == ExportState.EXPIRED:
         raise HTTPException(410, f"export {job.id} expired at {iso(job.expires_ms, ctx.settings.tz)}")
-    if job.state != "done":
+    if job.state != ExportState.DONE:
         raise HTTPException(409, f"export {job.id} is {job.state}" + (f": {job.error}" if job.error else ""))
     path = export_path(ctx, job.id)
     if not path.exists():

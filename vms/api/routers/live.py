@@ -23,7 +23,7 @@ from vms.api.context import ApiContext
 from vms.api.deps import Ctx, StationId, client_address, get_principal, require, visible_station
 from vms.api.schemas import ApiModel
 from vms.live.mse import FragmentedMp4Stream
-from vms.live.relay import LiveHub, LiveUnavailable
+from vms.live.relay import CAMERA_DISCONNECTED, EndItem, InfoItem, LiveHub, LiveUnavailable, PacketItem
 from vms.live.webrtc import WebRtcSessions
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
                 getter.cancel()
                 break
             item = getter.result()
-            if item.kind == "info":
+            if isinstance(item, InfoItem):
                 if remux is not None:
                     remux.close()
                 remux = FragmentedMp4Stream(item.info)
@@ -200,13 +200,13 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
                         "height": item.info.height,
                     }
                 )
-            elif item.kind == "packet" and remux is not None:
+            elif isinstance(item, PacketItem) and remux is not None:
                 data = remux.add(item.packet)
                 if data:
                     await websocket.send_bytes(data)
-            elif item.kind == "end":
+            elif isinstance(item, EndItem):
                 await websocket.send_json({"ended": item.reason})
-                if item.reason != "camera disconnected":
+                if item.reason != CAMERA_DISCONNECTED:
                     break
     except (WebSocketDisconnect, RuntimeError):
         pass

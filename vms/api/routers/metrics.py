@@ -15,12 +15,12 @@ from vms.api.accounts import Principal
 from vms.api.deps import Ctx, require
 from vms.api.status import health_summary, status_cache
 from vms.db.models import CameraStatus
+from vms.ingest.health import CameraState, ReportedState
 
 router = APIRouter(tags=["metrics"])
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-CAMERA_STATES = ("connecting", "streaming", "backoff", "stalled", "hung", "failed", "stopped", "offline", "disabled",
-                 "unknown")
+CAMERA_STATES = (*CameraState, *ReportedState)
 
 
 class _CameraCollector:

@@ -27,6 +27,7 @@ from vms.catalog.towns import TOWN_NAMES
 from vms.catalog.urls import mask_text
 from vms.core.errors import ConfigError
 from vms.db.models import Fault, Gap, Segment, Station, StationState
+from vms.ingest.health import CameraState, ReportedState
 from vms.ingest.keyframes import keyframe_path, latest_keyframe, request_keyframe
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,9 @@ async def list_stations(
     # async: the usual answer is a cached encoded list, served without a thread hop; the status
     # queries run in a thread only when there is no list yet.
     cache = status_cache(ctx)
-    snap = cache.fresh() or await run_in_threadpool(cache.snapshot)
+    snap = cache.fresh()
+    if snap is None:
+        snap = await run_in_threadpool(cache.snapshot)
     key = (principal.towns, town, level, state, open_state, enabled)
     body = snap.encoded.get(key)
     if body is None:
@@ -208,10 +211,11 @@ def snapshot(station_id: StationId, request: Request, ctx: Ctx, session: DbSessi
     now = ctx.clock.now_ms()
     cam = next((s["camera"] for s in status_cache(ctx).get() if s["id"] == station.id), None)
     max_age_ms = int(ctx.settings.api.snapshot_max_age_seconds * 1000)
-    if cam is not None and cam["state"] not in ("streaming", "unknown"):
+    if cam is not None and cam["state"] not in (CameraState.STREAMING, ReportedState.UNKNOWN):
         raise HTTPException(503, f"camera {cam['state']}" + (f": {cam['reason']}" if cam.get("reason") else ""))
     kf = latest_keyframe(ctx.settings.data_dir, station.id)
-    if (kf is None or now - kf.wall_ms > SNAPSHOT_FRESH_MS) and cam is not None and cam["state"] == "streaming":
+    streaming = cam is not None and cam["state"] == CameraState.STREAMING
+    if (kf is None or now - kf.wall_ms > SNAPSHOT_FRESH_MS) and streaming:
         # Give the pooled connection back before waiting for the session's next keyframe.
         session.close()
         kf = _wait_for_keyframe(ctx, station.id, kf, max_age_ms / 1000)

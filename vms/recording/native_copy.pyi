@@ -1,0 +1,53 @@
+# The Python face of native_copy.pyx (a compiled module: mypy cannot read it), for the type checker.
+# Keep it in step with the .pyx: a name missing here is an error at every caller.
+import av
+from av.container import Container, OutputContainer
+
+STATUS_PACKET: int
+STATUS_ATTENTION: int
+STATUS_END: int
+STATUS_WRITE_FAILED: int
+STATUS_BATCH: int
+
+def write_header(container: OutputContainer) -> None: ...
+def packet_fields(packet: av.Packet) -> tuple[int, int, int, int, int, int, int]: ...
+def nap_us(pausing: bool, attention: bool, pause_until: int, now: int) -> int: ...
+
+class PacketCopier:
+    @property
+    def video_index(self) -> int: ...
+    attention: bool
+    armed: bool
+    pos: int
+    last_dts: int
+    start_pos: int
+    max_step: int
+    frame_ticks: int
+    batch_ticks: int
+    keep: bool
+    copied: int
+    copied_bytes: int
+    first_rel: int
+    last_rel: int
+    write_error: int
+    packet: av.Packet | None
+    pause_us: int
+    pauses: int
+    def __init__(self, source: Container, streams: list[av.stream.Stream], video_index: int) -> None: ...
+    def arm(self, sink: Container, sink_stream: av.stream.Stream, start_pos: int, pos: int, last_dts: int,
+            max_step: int, frame_ticks: int, batch_ticks: int) -> None: ...
+    def disarm(self) -> None: ...
+    def wake(self) -> None: ...
+    def pump(self) -> int: ...
+    @property
+    def kept_count(self) -> int: ...
+    def kept(self) -> list[tuple[av.Packet, int]]: ...
+
+class GopTracker:
+    def __init__(self, tb_num: int = 1, tb_den: int = 90000) -> None: ...
+    def packet(self, dts: int, size: int, key: bool = False, video: bool = True) -> None: ...
+    def pause_us(self, frame_ticks: int, max_us: int) -> int: ...
+    @property
+    def gop_ticks(self) -> int: ...
+    @property
+    def gop_bytes(self) -> int: ...
