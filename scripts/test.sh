@@ -19,4 +19,10 @@ if [ "$fast" = 1 ]; then
     -m "not slow and not rtsp and not postgres" "$@"
 fi
 export VMS_TEST_POSTGRES_URL=${VMS_TEST_POSTGRES_URL:-$(scripts/postgres.sh)}
+# The full run is mostly waiting (real cameras, timers, restarts: 24 min on one worker for 8 min of CPU),
+# so it runs test files on VMS_TEST_WORKERS workers (default 4, on 2 cores too); 1 runs them one by one.
+workers=${VMS_TEST_WORKERS:-4}
+if [ "$workers" -gt 1 ]; then
+  set -- -n "$workers" --dist loadfile "$@"
+fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

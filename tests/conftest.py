@@ -121,6 +121,22 @@ def _hypothesis_files_in_the_temp_dir(tmp_path_factory) -> None:
     set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
 
 
+# The full run spreads test files over a few workers (scripts/test.sh: pytest-xdist, --dist loadfile, one
+# file per worker at a time, so a module's running `vms serve` is started once). Files are handed out in
+# collection order, so the longest ones go first: the compressed soak alone takes five minutes, and
+# started last it would be the whole run's tail.
+LONGEST_FILES_FIRST = (
+    "test_soak.py", "test_outage_database.py", "test_ingest_health.py", "test_ingest_recording.py",
+    "test_ingest_crash.py", "test_outage_clock.py", "test_api_limits_serve.py", "test_outage_volume.py",
+    "test_ingest_reconnect_rtsp.py", "test_console_browser.py", "test_recording_audio.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 # The fast tier (scripts/test.sh --fast sets VMS_TEST_FAST) must stay under a minute: a test in it that
 # takes longer than this is named at the end of the run, to be marked slow or made faster.
 FAST_TIER_TEST_SECONDS = 5.0
