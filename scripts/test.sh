@@ -23,6 +23,6 @@ export VMS_TEST_POSTGRES_URL=${VMS_TEST_POSTGRES_URL:-$(scripts/postgres.sh)}
 # so it runs test files on VMS_TEST_WORKERS workers (default 4, on 2 cores too); 1 runs them one by one.
 workers=${VMS_TEST_WORKERS:-4}
 if [ "$workers" -gt 1 ]; then
-  set -- -n "$workers" --dist loadfile "$@"
+  set -- -n "$workers" --dist loadfile --no-loadscope-reorder "$@"  # in collection order: longest files first
 fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

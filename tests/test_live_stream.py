@@ -13,6 +13,7 @@ import av
 import httpx
 import pytest
 import uvicorn
+import uvloop
 import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from sqlalchemy import select
@@ -24,6 +25,7 @@ from vms.core.clock import SystemClock
 from vms.db.models import AccessLog
 from vms.ingest.worker import IngestWorker, WorkerSpec
 from vms.live.h264 import has_parameter_sets
+from vms.live.protocol import tap_address
 from vms.live.relay import LiveHub, LiveUnavailable
 from vms.simulate import Simulator
 
@@ -117,6 +119,27 @@ def test_relay_shares_one_tap_connection_replays_gop_and_lets_go(recording):
 
     asyncio.run(scenario())
     wait_until(lambda: not tap.clients, 3, "the tap to see the relay leave")
+
+
+def test_relay_on_uvloop_reaches_a_tap_whose_path_is_too_long_for_a_socket_file(camera, tmp_path, db):
+    """A data_dir deep enough that <data_dir>/run/live/<station>.sock is past sun_path's limit: the tap
+    listens on an abstract socket, and the relay must reach it on uvloop, the loop uvicorn runs (which
+    refused the abstract name with EINVAL: a 500 for every live view; seen with pytest-xdist's deeper
+    temporary directories)."""
+    deep = tmp_path / ("d" * 40) / ("e" * 40)
+    settings = ingest_settings(deep)
+    assert tap_address(settings.data_dir, STATION).startswith("\0"), "the test needs the abstract socket"
+
+    async def scenario() -> None:
+        hub = LiveHub(settings.data_dir, linger_s=0.2)
+        viewer = await hub.watch(STATION)
+        first = await asyncio.wait_for(viewer.get(), 5)
+        assert first.kind == "info" and first.info.width == 320
+        viewer.close()
+        await hub.close()
+
+    with Recording(settings, db, camera.urls):
+        uvloop.run(scenario())
 
 
 def test_gop_replay_is_whole_while_the_native_copier_records(recording):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,13 +110,22 @@ class StationRelay:
 
     async def connect(self) -> None:
         address = tap_address(self.hub.data_dir, self.station_id)
+        # The socket is connected by hand and handed over: uvloop (what uvicorn runs) refuses an abstract
+        # socket's name ("\0...", used when data_dir's path is too long for sun_path) with EINVAL.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            reader, writer = await asyncio.open_unix_connection(address, limit=MAX_MESSAGE + 64)
+            await asyncio.get_running_loop().sock_connect(sock, address)
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_MESSAGE + 64)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
             raise LiveUnavailable(
                 f"station {self.station_id} is not being recorded by this server "
                 f"(no live tap: {type(exc).__name__})"
             ) from None
+        except BaseException:
+            sock.close()
+            raise
         self.writer = writer
         self.task = asyncio.create_task(self._read(reader), name=f"live-relay-{self.station_id}")
         log.info("%s: live relay connected to the tap", self.station_id)
