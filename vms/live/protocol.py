@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,3 +110,22 @@ def tap_address(data_dir: Path | str, station_id: str) -> str:
     if len(text.encode()) <= MAX_SOCKET_PATH:
         return text
     return "\0vms-live-" + hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def trusted_uids() -> set[int]:
+    """Who may be at the other end of a tap connection: the service's own user (and root, who may read
+    everything anyway)."""
+    return {os.geteuid(), 0}
+
+
+def peer_trusted(sock: socket.socket) -> bool:
+    """Whether the process at the other end of a connected Unix socket runs as a trusted user.
+
+    The tap's socket file is 0600, but an abstract socket (the fallback for a long data_dir) has no
+    permissions: any local user could connect and watch every camera, or bind the name first and feed
+    the relay a picture of their own. Both ends check the other's credentials (SO_PEERCRED, Linux)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True  # no abstract sockets there either: the socket file's mode protects it
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid in trusted_uids()

@@ -25,6 +25,7 @@ from vms.live.protocol import (
     MAX_MESSAGE,
     LivePacket,
     StreamInfo,
+    peer_trusted,
     tap_address,
 )
 
@@ -116,6 +117,9 @@ class StationRelay:
         sock.setblocking(False)
         try:
             await asyncio.get_running_loop().sock_connect(sock, address)
+            if not peer_trusted(sock):  # an abstract name another user bound first
+                log.warning("%s: the live tap's socket belongs to another user: refused", self.station_id)
+                raise ConnectionRefusedError
             reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_MESSAGE + 64)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()

@@ -26,7 +26,7 @@ from vms.core.clock import Clock
 from vms.core.settings import Settings
 from vms.db.engine import Database
 from vms.ingest.observers import CopierWake, StreamObserver
-from vms.live.protocol import StreamInfo, end_message, packet_message, tap_address
+from vms.live.protocol import StreamInfo, end_message, packet_message, peer_trusted, tap_address
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,10 @@ class LiveTapServer:
                 sock, _ = tap.listener.accept()
             except BlockingIOError:
                 return
+            if not peer_trusted(sock):
+                sock.close()
+                log.warning("%s: live tap refused a connection from another user", tap.station_id)
+                continue
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             client = _Client(sock, self)
