@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import time
@@ -18,10 +19,23 @@ PASSWORD = "console secret 1"
 USERS = (("wang-admin", "admin"), ("chen-viewer", "viewer"), ("li-operator", "operator"), ("zhao-auditor", "auditor"))
 
 
+_PORTS = random.SystemRandom()  # not the seedable module state: workers must not pick alike
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for a server started seconds later, taken below the kernel's ephemeral range: a port
+    from bind(0) is an ephemeral one, which the outgoing connections of the other pytest-xdist workers
+    (cameras, API clients) may be given in between."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = _PORTS.randint(max(1024, low - 12000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def run_vms(env, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
