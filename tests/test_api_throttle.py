@@ -54,7 +54,7 @@ def test_delays_grow_per_address_up_to_the_cap_and_lapse():
         clock.advance(delay.seconds)
         assert isinstance(_attempt(throttle, "view", "10.0.0.66"), LoginAttempt)  # let through once waited
     assert waits == [1, 2, 4, 8, 16, 30, 30, 30]
-    # Another address is not delayed by this one (the account has 13 failures, below its 15).
+    # Another address is not delayed by this one (the account counts 5 of its 13 failures, below its 15).
     assert throttle.retry_after("view", "10.0.0.7") is None
     clock.advance(900)
     assert throttle.retry_after("view", "10.0.0.66") is None
@@ -80,6 +80,27 @@ def test_the_account_is_delayed_only_after_failures_from_several_addresses_and_n
     assert throttle.retry_after("view", "10.0.3.1") is None
 
 
+def test_one_address_cannot_keep_the_real_user_waiting():
+    """One attacking address fails on an account for hours, trying again the moment each delay ends (a
+    429 costs it nothing): it must not push the account past its limit, or the real user, elsewhere,
+    would find the account's delay renewed every time they come back (found in review)."""
+    clock = SimulatedClock()
+    throttle = _throttle(clock, per_address=5, per_account=15, max_delay_s=30)
+    for _ in range(200):
+        attempt = _attempt(throttle, "view", "10.0.0.66")
+        if isinstance(attempt, LoginDelay):
+            assert attempt.by == "address"
+            clock.advance(attempt.seconds)
+        assert throttle.retry_after("view", "10.0.0.7") is None  # the real user gets in whenever they come
+    # The attacker's own address is delayed after each of its failures, up to the cap.
+    delay = throttle.retry_after("view", "10.0.0.66")
+    if delay is not None:
+        clock.advance(delay.seconds)
+    assert isinstance(_attempt(throttle, "view", "10.0.0.66"), LoginAttempt)
+    delay = throttle.retry_after("view", "10.0.0.66")
+    assert delay is not None and delay.by == "address" and round(delay.seconds) == 30
+
+
 def test_a_right_password_does_not_forgive_the_addresses_other_failures():
     clock = SimulatedClock()
     throttle = _throttle(clock)
@@ -98,7 +119,8 @@ def test_old_failures_of_other_keys_are_forgotten():
         throttle.failed(f"user{i}", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
     clock.advance(61)
     throttle.failed("operator", "10.1.0.8")
-    assert len(throttle._failures) <= 2  # kept 20,002 keys for good, scanning them at every failure
+    # the address, the account and the pair of them; kept 20,002 keys for good, scanning them at every failure
+    assert len(throttle._failures) <= 3
     # and the throttle still throttles
     for _ in range(4):
         throttle.failed("operator", "10.1.0.8")
@@ -111,8 +133,8 @@ def test_a_spray_within_the_window_still_counts():
     throttle = _throttle(clock, window_s=60)
     for i in range(2 * LoginThrottle.PRUNE_ABOVE):
         throttle.failed(f"spray{i}", "10.0.0.66")
-    # each failure of the window counts: one key per name, one for the address
-    assert len(throttle._failures) == 2 * LoginThrottle.PRUNE_ABOVE + 1
+    # each failure of the window counts: a key per name, one per name and address, one for the address
+    assert len(throttle._failures) == 2 * (2 * LoginThrottle.PRUNE_ABOVE) + 1
     assert throttle.retry_after("never-tried", "10.0.0.67") is None
     assert ("account", "never-tried") not in throttle._failures  # a check alone makes no entry
     assert ("address", "10.0.0.67") not in throttle._failures

@@ -48,6 +48,9 @@ class LoginThrottle:
     least a delay after the key's latest failure, 1 s doubling with each further failure up to
     `max_delay_s`. Nothing locks an account: an attacker makes its own address wait, and it takes far
     more failures (from several addresses) before the real user, elsewhere, waits at most `max_delay_s`.
+    An address's failures on an account count towards the account's limit only up to `per_address`:
+    otherwise one address could push the account past its limit and, trying again each time the account's
+    delay ends (a 429 costs it nothing), keep the real user waiting for good.
 
     Attempts in flight count before their password check (~0.25 s) ends: a key lets only as many through
     at once as it has failures left (one once it is past them), so 30 guesses at once cannot all be
@@ -133,20 +136,27 @@ class LoginThrottle:
                     self._in_flight[key] = left
                 else:
                     self._in_flight.pop(key, None)
-                if outcome == "failed":
-                    self._recent(key, create=True).append(now)
-                elif outcome == "succeeded" and key[0] == "account":
+                if outcome == "succeeded" and key[0] == "account":
                     self._failures.pop(key, None)
+                    self._failures.pop(("pair", f"{attempt.username}\n{attempt.client}"), None)
             if outcome == "failed":
+                self._count_failure(attempt.username, attempt.client, now)
                 self._maybe_prune(now)
 
     def failed(self, username: str, client: str) -> None:
         """Count a failure (as finish() does for a wrong password)."""
         with self._lock:
             now = self.clock.monotonic()
-            for key in self._keys(username, client):
-                self._recent(key, create=True).append(now)
+            self._count_failure(username, client, now)
             self._maybe_prune(now)
+
+    def _count_failure(self, username: str, client: str, now: float) -> None:
+        address, account = self._keys(username, client)
+        self._recent(address, create=True).append(now)
+        pair = self._recent(("pair", f"{username}\n{client}"), create=True)
+        pair.append(now)
+        if len(pair) <= self.free["address"]:  # see the class's comment: one address cannot hold the account
+            self._recent(account, create=True).append(now)
 
     def _maybe_prune(self, now: float) -> None:
         # At most one scan per PRUNE_EVERY_S: a spray of names within the window is kept (each counts).
