@@ -54,6 +54,28 @@ def past_first_segment(worker: RunningWorker, db, sid: str, native: bool) -> boo
         session[1].native_frames > 0 if native else session[1].native_frames == 0)
 
 
+def test_published_rates_stay_true_while_the_native_copier_credits_frames_in_batches(sim, tmp_path, db):
+    """The native copier credits a camera's frames a batch (up to a GOP, with pauses between reads) at a
+    time; rates taken between status writes 1 s apart saw 0, 1 or 2 batches and published 2 fps (seen
+    in CI) or 30 for a 15 fps camera. Every figure published while it streams must be near 15."""
+    settings = ingest_settings(tmp_path, segment_seconds=3, native_copy=True)
+    sid = STATIONS[0]
+    readings: list[float] = []
+    with RunningWorker(settings, db, {sid: sim.urls[sid]}) as w:
+        wait_until(lambda: past_first_segment(w, db, sid, True), 40, "the native copier recording")
+        deadline = time.monotonic() + 12
+        last_update = None
+        while time.monotonic() < deadline:
+            with db.session() as s:
+                st = s.get(CameraStatus, sid)
+                if st is not None and st.state == "streaming" and st.fps is not None and st.updated_ms != last_update:
+                    last_update = st.updated_ms
+                    readings.append(st.fps)
+            time.sleep(0.2)
+    assert len(readings) >= 8, readings
+    assert all(12 <= fps <= 18 for fps in readings), readings
+
+
 def test_three_cameras_record_playable_contiguous_indexed_segments(sim, tmp_path, db, native):
     settings = ingest_settings(tmp_path, segment_seconds=3, native_copy=native)
     started = time.time()

@@ -84,6 +84,10 @@ class CameraHealth:
     reconnects: int = 0
     frames: int = 0
     bytes: int = 0
+    # Monotonic time frames and bytes last grew. The native copier credits a batch (up to a GOP) at once,
+    # so rates are taken between these moments, not between status writes (a 1 s window then saw 0, 1
+    # or 2 batches: 2 fps or 30 for a 15 fps camera).
+    counted_mono: float = 0.0
 
 
 class CameraSession(threading.Thread):
@@ -400,6 +404,7 @@ class CameraSession(threading.Thread):
                     continue
                 h.frames += 1
                 h.bytes += size
+                h.counted_mono = self.clock.monotonic()
                 if not streaming:
                     streaming = True
                     now = self.clock.now_ms()
@@ -496,6 +501,7 @@ class CameraSession(threading.Thread):
         h = self.health
         h.frames += count
         h.bytes += nbytes
+        h.counted_mono = self.clock.monotonic()
         self.native_frames += count
         for obs in self._packet_observers:
             try:

@@ -316,12 +316,13 @@ class IngestWorker:
             fps = bitrate = None
             prev = self._published.get(sid)
             if state is CameraState.STREAMING:
+                # Between the moments the counts grew (see CameraHealth.counted_mono).
                 if prev is None or h.frames < prev[1]:
-                    self._published[sid] = (mono, h.frames, h.bytes, None, None)
-                elif mono - prev[0] >= ing.status_interval_seconds / 2:
-                    dt = mono - prev[0]
+                    self._published[sid] = (h.counted_mono, h.frames, h.bytes, None, None)
+                elif h.counted_mono - prev[0] >= ing.status_interval_seconds / 2:
+                    dt = h.counted_mono - prev[0]
                     fps, bitrate = (h.frames - prev[1]) / dt, (h.bytes - prev[2]) * 8 / dt
-                    self._published[sid] = (mono, h.frames, h.bytes, fps, bitrate)
+                    self._published[sid] = (h.counted_mono, h.frames, h.bytes, fps, bitrate)
                 else:  # too soon to measure again (a stop's publish): the last figures stand
                     fps, bitrate = prev[3], prev[4]
             else:
