@@ -19,6 +19,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from sqlalchemy import select
 
 from tests.ingest_support import ingest_settings, wait_until
+from tests.serve_support import free_port
 from vms.api.accounts import create_user
 from vms.api.app import create_app
 from vms.core.clock import SystemClock
@@ -216,9 +217,7 @@ def test_a_new_viewer_wakes_the_copier_for_the_rest_of_the_gop(tmp_path):
 
 class ApiServer:
     def __init__(self, settings, db) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()  # below the ephemeral range: other xdist workers' connections take those
         config = uvicorn.Config(
             create_app(settings, db, SystemClock()), host="127.0.0.1", port=self.port, log_level="warning"
         )

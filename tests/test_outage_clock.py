@@ -117,7 +117,9 @@ def test_wall_clock_step_while_recording(sim, tmp_path, db, step_ms):
                        [now] + [seg.start_ms for seg in segs] if DaySpan.of(
                            datetime.fromtimestamp(ms / 1000, settings.tz).date(), settings.tz).start_ms < now})
         audit_days(s, settings, clock, days)
-        for row in s.scalars(select(AuditDaily).where(AuditDaily.station_id == STATION)):
+        rows = list(s.scalars(select(AuditDaily).where(AuditDaily.station_id == STATION)))
+        assert len(rows) == len(days), (rows, days)
+        for row in rows:
             m = row.metrics
             assert 0 <= m["coverage_percent"] <= 100 and 0 <= m["online_percent"] <= 100, m
             assert all(v >= 0 for v in m["gaps_ms"].values()), m
