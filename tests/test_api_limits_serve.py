@@ -91,6 +91,15 @@ def test_concurrent_wrong_passwords_meet_the_limit(proxied):
     assert codes[401] <= FREE_PER_ADDRESS and codes[429] >= 30 - FREE_PER_ADDRESS, codes
 
 
+def test_logins_waiting_for_the_checks_of_their_address_are_bounded(proxied):
+    """Logins past an address's free failures wait for its checks in flight; as many as the login queue
+    (8 here) may wait so, the rest get 429 at once. Before, all 40 waited and polled, however many came."""
+    responses = _at_once(40, lambda i: _login(proxied, "wang-admin", PASSWORD, "10.0.9.10"))
+    codes = Counter(r.status_code for r in responses)
+    assert set(codes) <= {200, 429}, codes
+    assert codes[200] >= FREE_PER_ADDRESS and codes[429] > 0, codes
+
+
 def test_an_attacker_elsewhere_does_not_lock_the_user_out(proxied):
     codes = Counter(_login(proxied, "chen-viewer", f"guess {i}", "10.0.6.66").status_code for i in range(20))
     assert codes[429] > 0, codes  # the attacker's address waits

@@ -80,6 +80,11 @@ class LoginThrottle:
     def _keys(username: str, client: str) -> tuple[tuple[str, str], tuple[str, str]]:
         return ("address", client), ("account", username)
 
+    @staticmethod
+    def _pair_key(username: str, client: str) -> tuple[str, str]:
+        """An address's failures on one account (see _count_failure)."""
+        return "pair", f"{username}\n{client}"
+
     def _recent(self, key: tuple[str, str], create: bool = False) -> deque[float]:
         now = self.clock.monotonic()
         q = self._failures.get(key)
@@ -138,7 +143,7 @@ class LoginThrottle:
                     self._in_flight.pop(key, None)
                 if outcome == "succeeded" and key[0] == "account":
                     self._failures.pop(key, None)
-                    self._failures.pop(("pair", f"{attempt.username}\n{attempt.client}"), None)
+                    self._failures.pop(self._pair_key(attempt.username, attempt.client), None)
             if outcome == "failed":
                 self._count_failure(attempt.username, attempt.client, now)
                 self._maybe_prune(now)
@@ -153,7 +158,7 @@ class LoginThrottle:
     def _count_failure(self, username: str, client: str, now: float) -> None:
         address, account = self._keys(username, client)
         self._recent(address, create=True).append(now)
-        pair = self._recent(("pair", f"{username}\n{client}"), create=True)
+        pair = self._recent(self._pair_key(username, client), create=True)
         pair.append(now)
         if len(pair) <= self.free["address"]:  # see the class's comment: one address cannot hold the account
             self._recent(account, create=True).append(now)
@@ -186,8 +191,10 @@ class LoginGate:
 
     def __init__(self, concurrent: int, queue: int) -> None:
         self._semaphore = asyncio.Semaphore(concurrent)
+        self.queue = queue
         self.room = concurrent + queue
         self.occupied = 0  # checks running plus logins waiting for one
+        self.in_flight_waiters = 0  # logins waiting for other checks of their address or account (auth.py)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

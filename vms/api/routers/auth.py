@@ -41,10 +41,25 @@ async def login(body: LoginIn, request: Request, response: Response, ctx: Ctx) -
     # async: a login waiting for its turn is a coroutine, not one of the pool's threads.
     client = client_address(request)
     give_up = time.monotonic() + IN_FLIGHT_WAIT_S
-    while isinstance(attempt := ctx.throttle.begin(body.username, client), LoginInFlight):
-        if time.monotonic() > give_up:
-            raise ApiError(503, "login_busy", "同时登录的人太多，请稍后再试", headers={"Retry-After": "1"})
-        await asyncio.sleep(0.05)
+    gate = ctx.login_gate()
+    waiting = False
+    try:
+        while isinstance(attempt := ctx.throttle.begin(body.username, client), LoginInFlight):
+            if not waiting:
+                # As many may wait here for other checks of their address or account as for the gate;
+                # the rest are told to come back (else thousands sent at once would all wait, polling).
+                if gate.in_flight_waiters >= gate.queue:
+                    who = f"来自 {client} 的" if attempt.by == "address" else f"账号 {body.username} 的"
+                    raise ApiError(429, "login_throttled", f"{who}登录尝试过多，请 1 秒后再试",
+                                   headers={"Retry-After": "1"})
+                waiting = True
+                gate.in_flight_waiters += 1
+            elif time.monotonic() > give_up:
+                raise ApiError(503, "login_busy", "同时登录的人太多，请稍后再试", headers={"Retry-After": "1"})
+            await asyncio.sleep(0.05)
+    finally:
+        if waiting:
+            gate.in_flight_waiters -= 1
     if isinstance(attempt, LoginDelay):
         wait = int(attempt.seconds + 0.999)
         who = f"来自 {client} 的" if attempt.by == "address" else f"账号 {body.username} 的"

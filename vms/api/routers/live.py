@@ -159,7 +159,7 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
         principal = await run_in_threadpool(get_principal, websocket, ctx)  # type: ignore[arg-type]
         if P.LIVE not in principal.permissions:
             raise HTTPException(403, f"role {principal.role} does not allow live")
-        client = websocket.client.host if websocket.client else "unknown"
+        client = client_address(websocket)
         await run_in_threadpool(
             _check_and_log, ctx, principal, station_id, client, websocket.query_params.get("reason")
         )
