@@ -16,7 +16,16 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vms.core.errors import ConfigError
 from vms.core.yamlfile import line_of, load_with_lines
@@ -25,6 +34,8 @@ DEFAULT_CONFIG = Path("config/vms.yaml")
 # Variables the tooling reads that are not settings keys.
 NON_SETTING_ENV = {"VMS_CONFIG", "VMS_PYTHON"}
 NON_SETTING_ENV_PREFIXES = ("VMS_TEST_", "VMS_BENCH_", "VMS_MALLOC_")  # VMS_MALLOC_*: ingest workers
+# Keys whose values are secrets (robot keys are in their URLs): an error names the key, never the value.
+SECRET_KEYS = {"url", "secret", "smtp_password", "webhook_url", "webhook_secret"}
 
 
 class StrictModel(BaseModel):
@@ -340,6 +351,149 @@ class LiveSettings(StrictModel):
                                         "sends nothing this long")
 
 
+ALERT_SEVERITIES = ("info", "minor", "major", "critical")
+AlertSeverity = Literal["info", "minor", "major", "critical"]
+# Rules by name (docs/design/alerts.md): what each watches is in vms/alerts/rules.py.
+ALERT_RULES = ("camera_offline", "station_not_open", "station_closed_long", "camera_fault", "disk_low",
+               "early_eviction", "retention_failed", "volume_missing", "audit_noncompliant", "worker_restarted",
+               "database_unreachable")
+_QUIET_HOURS = r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$"
+
+
+class AlertRuleSettings(StrictModel):
+    """The thresholds of the station rules; `alerts.per_town` and `alerts.per_station` override any of them."""
+
+    offline_grace_seconds: float = Field(
+        default=300, ge=0, le=86400, description="a camera offline or not recording this long raises an alert")
+    not_open_grace_minutes: float = Field(
+        default=30, ge=0, le=720, description="a station not open this long after its business hours start")
+    closed_long_minutes: float = Field(
+        default=60, ge=1, le=720, description="closed this long in business hours, after it had opened that day")
+    fault_grace_seconds: float = Field(
+        default=120, ge=0, le=86400, description="a video fault confirmed by the analysis, lasting this long")
+    fault_kinds: list[str] = Field(
+        default_factory=lambda: ["covered", "scene_changed", "black", "frozen", "blurred", "signal_lost",
+                                 "auth_failed"],
+        description="which analysis faults alert (covered, scene_changed = camera turned, black, frozen, blurred,"
+                    " signal_lost, overexposed, color_cast, auth_failed)")
+    disabled_rules: list[str] = Field(default_factory=list, description="rules that never fire here")
+
+    @field_validator("disabled_rules")
+    @classmethod
+    def _known_rules(cls, v: list[str]) -> list[str]:
+        unknown = [r for r in v if r not in ALERT_RULES]
+        if unknown:
+            raise ValueError(f"unknown rules {unknown} (known: {', '.join(ALERT_RULES)})")
+        return v
+
+
+class AlertRuleOverrides(StrictModel):
+    """Any rule threshold for one town or one station; unset keys keep the wider value."""
+
+    offline_grace_seconds: float | None = Field(default=None, ge=0, le=86400)
+    not_open_grace_minutes: float | None = Field(default=None, ge=0, le=720)
+    closed_long_minutes: float | None = Field(default=None, ge=1, le=720)
+    fault_grace_seconds: float | None = Field(default=None, ge=0, le=86400)
+    fault_kinds: list[str] | None = None
+    disabled_rules: list[str] | None = None
+
+    @field_validator("disabled_rules")
+    @classmethod
+    def _known_rules(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [r for r in v or [] if r not in ALERT_RULES]
+        if unknown:
+            raise ValueError(f"unknown rules {unknown} (known: {', '.join(ALERT_RULES)})")
+        return v
+
+
+class AlertChannelSettings(StrictModel):
+    """One place alerts go: a WeCom or DingTalk group robot, a generic webhook, or e-mail."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    type: Literal["wecom", "dingtalk", "webhook", "email"]
+    # Robot or webhook address. Holds the robot's key: never printed or returned (see mask_secret_url).
+    url: SecretStr | None = None
+    # dingtalk: the robot's 加签 secret (SEC...); webhook: the HMAC-SHA256 key of the body signature.
+    secret: SecretStr | None = None
+    keyword: str | None = Field(default=None, max_length=32,
+                                description="dingtalk keyword mode: a word every message must contain")
+    mention_mobiles: list[str] = Field(default_factory=list, description="robots: @ these phones on major and up")
+    towns: list[str] = Field(default_factory=list, description="only these towns' stations (empty: all)")
+    min_severity: AlertSeverity = "minor"
+    quiet_hours: str | None = Field(default=None, pattern=_QUIET_HOURS,
+                                    description="HH:MM-HH:MM local; messages below quiet_min_severity wait")
+    quiet_min_severity: AlertSeverity = Field(default="critical", description="sent even in quiet hours")
+    max_per_minute: int = Field(default=20, ge=1, le=600, description="the robot's limit (20 for WeCom, DingTalk)")
+    digest_threshold: int = Field(default=4, ge=2, le=100,
+                                  description="this many messages due at once go as one digest")
+    timeout_seconds: float = Field(default=10, gt=0, le=120)
+    # email
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=465, ge=1, le=65535)
+    smtp_security: Literal["ssl", "starttls", "none"] = "ssl"
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    mail_from: str | None = None
+    mail_to: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _complete(self) -> AlertChannelSettings:
+        if self.type == "email":
+            if not self.smtp_host or not self.mail_from or not self.mail_to:
+                raise ValueError(f"channel {self.name}: email needs smtp_host, mail_from and mail_to")
+        else:
+            url = self.url.get_secret_value() if self.url else ""
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"channel {self.name}: {self.type} needs url, an http(s) address")
+        if self.type == "dingtalk" and self.secret and not self.secret.get_secret_value().startswith("SEC"):
+            raise ValueError(f"channel {self.name}: a DingTalk signing secret starts with SEC")
+        return self
+
+
+class AlertSettings(AlertRuleSettings):
+    enabled: bool = True
+    # The simplest set-up: one generic webhook channel named "webhook" (JSON body, HMAC-signed with
+    # webhook_secret when set). More channels go in `channels`.
+    webhook_url: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    channels: list[AlertChannelSettings] = Field(default_factory=list)
+    per_town: dict[str, AlertRuleOverrides] = Field(default_factory=dict, description="town name -> thresholds")
+    per_station: dict[str, AlertRuleOverrides] = Field(default_factory=dict, description="station id -> thresholds")
+    evaluate_seconds: float = Field(default=15, gt=0, le=600, description="check the rules and send this often")
+    reminder_minutes: list[float] = Field(
+        default_factory=lambda: [30.0, 60.0, 120.0, 240.0, 480.0],
+        description="reminders of an unacknowledged alert after these waits; the last one repeats")
+    disk_min_free_percent: float = Field(default=5, ge=0, le=100, description="a volume with less free: disk_low")
+    database_grace_seconds: float = Field(default=60, ge=0, description="database unreachable this long alerts")
+    retry_max_hours: float = Field(default=24, gt=0, description="a message not delivered by then is given up")
+    mute_max_hours: float = Field(default=24 * 7, gt=0, description="longest mute of one alert")
+
+    @field_validator("reminder_minutes")
+    @classmethod
+    def _growing(cls, v: list[float]) -> list[float]:
+        if any(m <= 0 for m in v):
+            raise ValueError("reminder waits must be positive minutes")
+        return v
+
+    @model_validator(mode="after")
+    def _channel_names(self) -> AlertSettings:
+        names = [c.name for c in self.channels] + (["webhook"] if self.webhook_url else [])
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"channel names must be unique: {', '.join(dup)} (webhook_url makes one named webhook)")
+        if self.webhook_url and not self.webhook_url.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http(s) address")
+        return self
+
+    def all_channels(self) -> list[AlertChannelSettings]:
+        """The configured channels, with webhook_url as the channel named "webhook"."""
+        out = list(self.channels)
+        if self.webhook_url:
+            out.insert(0, AlertChannelSettings(name="webhook", type="webhook", url=self.webhook_url,
+                                               secret=self.webhook_secret, min_severity="info"))
+        return out
+
+
 class Settings(StrictModel):
     data_dir: Path = Path("data")
     database_url: str | None = None
@@ -354,6 +508,7 @@ class Settings(StrictModel):
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     live: LiveSettings = Field(default_factory=LiveSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @field_validator("timezone")
     @classmethod
@@ -443,6 +598,8 @@ def load_settings(config_path: Path | None = None, env: dict[str, str] | None = 
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
+            elif any(str(p) in SECRET_KEYS for p in loc):
+                pass  # a secret's value (robot keys sit in their URLs) is never echoed
             elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
                 msg = f"{msg} (got {err['input']!r})"
             env_name = next((n for p, n in env_names.items()

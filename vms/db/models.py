@@ -356,3 +356,113 @@ class AuditMonthly(Base):
     metrics: Mapped[dict] = mapped_column(JSON)
     reasons: Mapped[list] = mapped_column(JSON)
     computed_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class AlertState(StrEnum):
+    """alerts.state."""
+
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class DeliveryState(StrEnum):
+    """alert_deliveries.state."""
+
+    QUEUED = "queued"  # waiting for its time (a retry, quiet hours, the robot's rate limit)
+    SENT = "sent"  # the receiver confirmed it (HTTP 2xx and, for robots, errcode 0)
+    BATCHED = "batched"  # carried inside the digest delivery named by digest_id
+    FAILED = "failed"  # given up (retry_max_hours passed, or the receiver refused it for good)
+    DROPPED = "dropped"  # no longer worth sending (e.g. a reminder of an alert resolved meanwhile)
+
+
+class Alert(Base):
+    """One alert: a rule's condition on one subject (a station, a volume, the server), from when it was
+    raised to when it ended. `key` names the condition; at most one firing alert per key."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("ix_alerts_state_fired", "state", "fired_ms"),
+        Index("ix_alerts_station_fired", "station_id", "fired_ms"),
+        Index("ux_alerts_firing_key", "key", unique=True,
+              sqlite_where=text("state = 'firing'"), postgresql_where=text("state = 'firing'")),
+        Index("ix_alerts_key", "key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(160))
+    rule: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(8))  # info | minor | major | critical
+    station_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    town: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    title: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    state: Mapped[str] = mapped_column(String(10))
+    since_ms: Mapped[int] = mapped_column(BigInteger)  # the condition began (from the evidence)
+    fired_ms: Mapped[int] = mapped_column(BigInteger)  # the alert was raised (since + grace)
+    resolved_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    one_shot: Mapped[bool] = mapped_column(Boolean, default=False)  # an event: told once, no recovery
+    notified: Mapped[bool] = mapped_column(Boolean, default=False)  # a firing message was queued
+    suppressed: Mapped[str | None] = mapped_column(String(16), nullable=True)  # maintenance | muted
+    acked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    acked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ack_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    muted_until_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    muted_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reminders: Mapped[int] = mapped_column(Integer, default=0)
+    next_reminder_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class AlertDelivery(Base):
+    """One message for one channel, and what became of it: the outbox the dispatcher works through."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (
+        Index("ix_alert_deliveries_due", "state", "next_attempt_ms"),
+        Index("ix_alert_deliveries_channel_sent", "channel", "sent_ms"),
+        Index("ix_alert_deliveries_alert", "alert_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    alert_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # null: a test or a digest
+    channel: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(10))  # firing | reminder | resolved | digest | test
+    severity: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    next_attempt_ms: Mapped[int] = mapped_column(BigInteger)
+    sent_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    digest_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # the digest that carried it
+    items: Mapped[int] = mapped_column(Integer, default=1)  # messages in it (a digest: more than one)
+
+
+class AlertMaintenance(Base):
+    """A maintenance window: no alerts for a station, a town or everything (both null) in [start, end)."""
+
+    __tablename__ = "alert_maintenance"
+    __table_args__ = (Index("ix_alert_maintenance_end", "end_ms"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    station_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    town: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class SystemEvent(Base):
+    """Something the server itself went through that people may need to hear of (an ingest worker
+    restarted, a retention run failed): written where it happens, read by the alert rules."""
+
+    __tablename__ = "system_events"
+    __table_args__ = (Index("ix_system_events_at", "at_ms"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))  # worker_restarted | retention_failed
+    subject: Mapped[str] = mapped_column(String(64))  # e.g. the node and worker, the retention run
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
