@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 JOB_REGISTRARS = (
     "vms.retention.jobs:register_retention_jobs",
     "vms.audit.jobs:register_audit_jobs",
+    "vms.alerts.jobs:register_alert_jobs",
 )
 
 

@@ -1,0 +1,142 @@
+"""The alert round of `vms serve`: every alerts.evaluate_seconds, check the rules, then send what is due.
+
+The database being unreachable is the one condition the rules cannot see (they read the database): the
+round itself notices it. Past alerts.database_grace_seconds it tells every channel that takes the
+server's own alerts directly (nothing can be queued), and once the database answers again it writes
+that alert and its deliveries, and queues the recovery.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from vms.alerts.dispatch import Dispatcher, DispatchResult, message_for
+from vms.alerts.engine import AlertEngine, RoundResult, queue_message, routes_to
+from vms.alerts.messages import AlertMessage, SendResult
+from vms.alerts.rules import local_text
+from vms.core.clock import Clock
+from vms.core.settings import Settings
+from vms.db.engine import Database
+from vms.db.models import Alert, AlertDelivery, AlertState, DeliveryState
+from vms.retention.locks import JobLease
+
+log = logging.getLogger("vms.alerts")
+JOB_ID = "alerts"
+LEASE_NAME = "alerts"
+
+
+@dataclass
+class _DatabaseOutage:
+    since_ms: int
+    told_ms: int | None = None
+    results: dict[str, SendResult] | None = None
+
+
+class AlertService:
+    def __init__(self, settings: Settings, database: Database, clock: Clock, channels: dict | None = None) -> None:
+        from vms.alerts.channels import make_channels
+
+        self.settings = settings
+        self.db = database
+        self.clock = clock
+        self.channels = channels if channels is not None else make_channels(settings.alerts, settings.tz)
+        self.engine = AlertEngine(settings, clock.now_ms())
+        self.dispatcher = Dispatcher(settings, self.channels)
+        self.outage: _DatabaseOutage | None = None
+        lease_ms = max(60_000, int(settings.alerts.evaluate_seconds * 4000))
+        self.lease = JobLease(database, LEASE_NAME, clock, lease_ms=lease_ms)
+
+    def tick(self) -> tuple[RoundResult | None, DispatchResult | None]:
+        now = self.clock.now_ms()
+        try:
+            if not self.lease.acquire():
+                return None, None  # another server sharing this database runs the alerts
+            if self.outage is not None:
+                self._outage_over(now)
+            with self.db.session() as s:
+                round_result = self.engine.evaluate(s, now)
+            sent = self.dispatcher.run(self.db, now)
+            return round_result, sent
+        except SQLAlchemyError as exc:
+            self._database_down(now, exc)
+            return None, None
+
+    # ------------------------------------------------------------ the database itself
+    def _database_down(self, now: int, exc: Exception) -> None:
+        if self.outage is None:
+            self.outage = _DatabaseOutage(since_ms=now)
+            log.error("alerts: the database is unreachable (%s)", type(exc).__name__)
+        outage = self.outage
+        grace_ms = int(self.settings.alerts.database_grace_seconds * 1000)
+        if outage.told_ms is not None or now - outage.since_ms < grace_ms:
+            return
+        if "database_unreachable" in self.settings.alerts.disabled_rules:
+            outage.told_ms = now
+            return
+        message = AlertMessage(kind="firing", rule="database_unreachable", severity="critical",
+                               title="vms 数据库无法连接",
+                               detail=f"自 {local_text(outage.since_ms, self.settings.tz)} 起无法连接数据库："
+                                      "录像继续写入磁盘，索引待数据库恢复后补写；状态、回放与告警记录暂不可用。",
+                               station_id=None, station_name=None, town=None, since_ms=outage.since_ms,
+                               at_ms=now, local_time=local_text(now, self.settings.tz))
+        outage.results = {}
+        for ch in self.settings.alerts.all_channels():
+            channel = self.channels.get(ch.name)
+            if channel is None or not routes_to(ch, "critical", None):
+                continue
+            self.dispatcher.note_send(ch.name, now)
+            try:
+                outage.results[ch.name] = channel.send([message], 0)
+            except Exception as err:  # noqa: BLE001
+                outage.results[ch.name] = SendResult(ok=False, error=type(err).__name__)
+        outage.told_ms = now
+        log.critical("alerts: database unreachable for %d s; told %d channels directly",
+                     (now - outage.since_ms) // 1000, sum(r.ok for r in outage.results.values()))
+
+    def _outage_over(self, now: int) -> None:
+        """The database answers again: record the outage's alert (if it was told) and queue the recovery."""
+        outage = self.outage
+        assert outage is not None
+        if outage.told_ms is not None and outage.results is not None:
+            with self.db.session() as s:
+                alert = Alert(key=f"database_unreachable:{outage.since_ms}", rule="database_unreachable",
+                              severity="critical", station_id=None, town=None, title="vms 数据库无法连接",
+                              detail=f"数据库自 {local_text(outage.since_ms, self.settings.tz)} 起无法连接，"
+                                     f"{local_text(now, self.settings.tz)} 恢复。",
+                              state=AlertState.RESOLVED, since_ms=outage.since_ms, fired_ms=outage.told_ms,
+                              resolved_ms=now, one_shot=False, notified=True, reminders=0, updated_ms=now)
+                s.add(alert)
+                s.flush()
+                for name, res in outage.results.items():
+                    s.add(AlertDelivery(alert_id=alert.id, channel=name, kind="firing", severity="critical",
+                                        state=DeliveryState.SENT if res.ok else DeliveryState.FAILED,
+                                        attempts=1, created_ms=outage.told_ms, next_attempt_ms=outage.told_ms,
+                                        sent_ms=outage.told_ms if res.ok else None,
+                                        last_error=None if res.ok else res.error, items=1))
+                queue_message(s, alert, "resolved", self.settings.alerts.all_channels(), now)
+            log.warning("alerts: the database is reachable again")
+        self.outage = None
+
+
+def register_alert_jobs(scheduler, settings: Settings, database: Database, clock: Clock) -> AlertService | None:
+    if not settings.alerts.enabled:
+        return None
+    service = AlertService(settings, database, clock)
+    if not service.channels:
+        log.info("alerts: no channel configured (alerts.webhook_url or alerts.channels); alerts are recorded only")
+
+    def run() -> None:
+        try:
+            service.tick()
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.exception("alert round failed")
+
+    scheduler.add_job(run, "interval", seconds=settings.alerts.evaluate_seconds, id=JOB_ID, name="alerts",
+                      max_instances=1, coalesce=True, replace_existing=True)
+    return service
+
+
+__all__ = ["AlertService", "register_alert_jobs", "message_for"]
