@@ -199,8 +199,10 @@ class Dispatcher:
         alert_ids = {m.alert_id for m in members if m.alert_id is not None}
         alerts = {a.id: a for a in s.scalars(select(Alert).where(Alert.id.in_(alert_ids)))} if alert_ids else {}
         station_ids = {a.station_id for a in alerts.values() if a.station_id}
-        names = dict(s.execute(select(Station.id, Station.name).where(Station.id.in_(station_ids))).tuples().all()) \
-            if station_ids else {}
+        names: dict[str, str] = {}
+        if station_ids:
+            names = {sid: name for sid, name in s.execute(select(Station.id, Station.name)
+                                                          .where(Station.id.in_(station_ids)))}
         messages = []
         for m in members:
             alert = alerts.get(m.alert_id) if m.alert_id is not None else None

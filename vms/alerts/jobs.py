@@ -37,12 +37,14 @@ class _DatabaseOutage:
 
 class AlertService:
     def __init__(self, settings: Settings, database: Database, clock: Clock, channels: dict | None = None) -> None:
-        from vms.alerts.channels import make_channels
-
         self.settings = settings
         self.db = database
         self.clock = clock
-        self.channels = channels if channels is not None else make_channels(settings.alerts, settings.tz)
+        if channels is None:
+            from vms.alerts.channels import make_channels
+
+            channels = make_channels(settings.alerts, settings.tz)
+        self.channels = channels
         self.engine = AlertEngine(settings, clock.now_ms())
         self.dispatcher = Dispatcher(settings, self.channels)
         self.outage: _DatabaseOutage | None = None

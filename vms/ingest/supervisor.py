@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from vms.core.settings import Settings
 from vms.core.systemd import SystemdNotifier
@@ -57,8 +58,11 @@ class IngestSupervisor:
     def __init__(self, settings: Settings, url_overrides: dict[str, str] | None = None,
                  observer_factories: list[str] | None = None, workers: int | None = None,
                  only_stations: set[str] | None = None, cameras: int | None = None,
-                 notifier: SystemdNotifier | None = None) -> None:
+                 notifier: SystemdNotifier | None = None,
+                 on_restart: Callable[[int, str], None] | None = None) -> None:
         self.settings = settings
+        # Told of every restart (worker index, why), on the watch thread: must return at once.
+        self.on_restart = on_restart
         count = workers or settings.ingest.workers or default_worker_count(cameras)
         self._ctx = mp.get_context("spawn")  # never fork a process that runs PyAV threads
         # A shared flag the workers poll, not a multiprocessing.Event: Event.set() waits for every process
@@ -105,6 +109,11 @@ class IngestSupervisor:
         slot.short_lives = slot.short_lives + 1 if lived < SHORT_LIFE_S else 0
         delay = 0.0 if slot.short_lives <= 1 else min(MAX_RESPAWN_DELAY_S, 2.0 ** (slot.short_lives - 1))
         log.error("INGEST WORKER %d RESTARTED: %s%s", i, why, f" (in {delay:.0f} s: it keeps failing)" if delay else "")
+        if self.on_restart is not None:
+            try:
+                self.on_restart(i, why)
+            except Exception:  # noqa: BLE001 - telling of a restart must never stop the restart
+                log.exception("could not report the restart of worker %d", i)
         slot.process = None
         if delay:
             slot.respawn_at = time.monotonic() + delay

@@ -28,7 +28,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from vms.core.clock import Clock
 from vms.core.settings import Settings, VolumeSettings
 from vms.db.engine import Database
-from vms.db.models import Hold, PurgeLog, Segment, table_of
+from vms.db.models import Hold, PurgeLog, Segment, SystemEvent, table_of
 from vms.recording.volumes import VolumeSet, fsync_dir
 from vms.retention import metrics
 from vms.retention.locks import JobLease
@@ -197,10 +197,23 @@ class RetentionSweeper:
                 except Exception:  # the lease expires by itself; do not hide the run's own outcome
                     log.exception("could not release the retention lease")
         result.seconds = time.monotonic() - started
+        if result.errors and not dry_run:
+            self._record_failure(result)
         metrics.RUNS.labels("ok" if result.ok else "error").inc()
         if result.ok and not dry_run:
             metrics.LAST_SUCCESS.set(self.clock.now_ms() / 1000)
         return result
+
+
+    def _record_failure(self, result: SweepResult) -> None:
+        """A system event for the alert rules (retention_failed). The database may be why the run
+        failed: then the log line and the metric stay the record."""
+        try:
+            with self.database.session() as s:
+                s.add(SystemEvent(at_ms=self.clock.now_ms(), kind="retention_failed", subject=result.run_id[:64],
+                                  detail=f"录像清理任务 {result.run_id} 出错：" + "；".join(result.errors)[:1000]))
+        except Exception:  # noqa: BLE001
+            log.exception("could not record the failure of retention run %s", result.run_id)
 
 
 class _Run:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from vms.core.settings import Settings
 from vms.core.systemd import SystemdNotifier
 from vms.db.engine import Database
-from vms.db.models import Station
+from vms.db.models import Station, SystemEvent
 from vms.ingest.supervisor import IngestSupervisor
 
 if TYPE_CHECKING:  # (imported when a station needs a simulated camera: it brings the clip encoders)
@@ -74,7 +75,24 @@ class RecordingService:
         if self.analysis and self.settings.analysis.enabled:
             factories.append(ANALYSIS_FACTORY)
         self.supervisor = IngestSupervisor(self.settings, overrides, factories, self.workers,
-                                           cameras=self.camera_count, notifier=self.notifier).start()
+                                           cameras=self.camera_count, notifier=self.notifier,
+                                           on_restart=self._record_restart).start()
+
+    def _record_restart(self, worker: int, why: str) -> None:
+        """A system event for the alert rules (vms/alerts), written on its own thread: the supervisor's
+        watch round must not wait for the database (it may be the thing that is down)."""
+        node = self.settings.ingest.node
+        at_ms = time.time_ns() // 1_000_000
+
+        def write() -> None:
+            try:
+                with self.db.session() as s:
+                    s.add(SystemEvent(at_ms=at_ms, kind="worker_restarted", subject=f"{node}/worker-{worker}"[:64],
+                                      detail=f"节点 {node} 的录像进程 {worker} 已重启：{why}"))
+            except Exception:  # noqa: BLE001 - the log line of the restart stays the record
+                log.exception("could not record the restart of worker %d", worker)
+
+        threading.Thread(target=write, name="restart-event", daemon=True).start()
 
     @property
     def worker_count(self) -> int:

@@ -1,0 +1,437 @@
+"""The alert rules and state machine with a simulated clock (issue 20): grace, one recovery, reminders,
+acknowledge, maintenance, digests under the robots' rate limit, retries, quiet hours, the database down.
+
+The channel here is a recorder of what it was asked to send (the HTTP channels and their robot-like
+receivers are tested in test_alert_channels.py, the whole chain with real processes in test_alert_serve.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from vms.alerts.engine import acknowledge, mute
+from vms.alerts.jobs import AlertService
+from vms.alerts.messages import AlertMessage, SendResult
+from vms.core.clock import SimulatedClock
+from vms.core.settings import AlertChannelSettings, Settings
+from vms.db.engine import Database
+from vms.db.models import (
+    Alert,
+    AlertDelivery,
+    AlertMaintenance,
+    CameraStatus,
+    DeliveryState,
+    Fault,
+    Station,
+    StationState,
+    SystemEvent,
+)
+from vms.recording.volumes import VolumeSet
+
+TZ = ZoneInfo("Asia/Shanghai")
+
+
+class RecordingChannel:
+    """Takes what a robot would be sent; can be told to fail like a receiver that is down."""
+
+    def __init__(self, settings: AlertChannelSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.type = settings.type
+        self.sends: list[list[AlertMessage]] = []
+        self.down = False
+        self.attempts = 0
+
+    def send(self, messages: Sequence[AlertMessage], delivery_id: int) -> SendResult:
+        self.attempts += 1
+        if self.down:
+            return SendResult(ok=False, error="ConnectError: connection refused")
+        self.sends.append(list(messages))
+        return SendResult(ok=True)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "type": self.type}
+
+    def messages(self, kind: str | None = None) -> list[AlertMessage]:
+        return [m for batch in self.sends for m in batch if kind is None or m.kind == kind]
+
+
+def local_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=TZ).timestamp() * 1000)
+
+
+@pytest.fixture
+def alert_settings(settings: Settings) -> Settings:
+    data = settings.model_dump()
+    data["alerts"] = {
+        "offline_grace_seconds": 300, "evaluate_seconds": 15, "reminder_minutes": [30, 60],
+        "disk_min_free_percent": 0,
+        "channels": [{"name": "county", "type": "webhook", "url": "http://127.0.0.1:9/hook", "digest_threshold": 4}],
+    }
+    data["storage"]["volumes"][0]["min_free_bytes"] = 0
+    data["storage"]["volumes"][0]["critical_free_bytes"] = 0
+    s = Settings.model_validate(data)
+    VolumeSet(s.storage.volumes).mark("main")
+    return s
+
+
+class Rig:
+    """An alert service over the catalogue's 139 stations, their cameras reported by `pulse`."""
+
+    def __init__(self, settings: Settings, db: Database, clock: SimulatedClock) -> None:
+        self.settings, self.db, self.clock = settings, db, clock
+        self.channel = RecordingChannel(settings.alerts.all_channels()[0])
+        self.service = AlertService(settings, db, clock, channels={self.channel.name: self.channel})
+        with db.session() as s:
+            self.station_ids = list(s.scalars(select(Station.id).order_by(Station.id)))
+        self.down: set[str] = set()
+
+    def pulse(self) -> None:
+        """Every camera not in `down` reports streaming with a frame just recorded (as the workers do)."""
+        now = self.clock.now_ms()
+        with self.db.session() as s:
+            known = set(s.scalars(select(CameraStatus.station_id)))
+            for sid in self.station_ids:
+                if sid not in known:
+                    s.add(CameraStatus(station_id=sid, node="n1", state="streaming", reconnects=0,
+                                       segments_written=0, bytes_written=0, last_packet_ms=now, updated_ms=now))
+            s.execute(update(CameraStatus).where(CameraStatus.station_id.not_in(self.down))
+                      .values(state="streaming", last_packet_ms=now, updated_ms=now))
+
+    def run(self, seconds: float, step: float = 15) -> None:
+        """Time passes; cameras report every 5 s, the alert round runs every `step` seconds."""
+        t = 0.0
+        while t < seconds:
+            for _ in range(int(step // 5)):
+                self.clock.advance(5)
+                self.pulse()
+            self.service.tick()
+            t += step
+
+    def alerts(self, **where) -> list[Alert]:
+        with self.db.session() as s:
+            q = select(Alert).order_by(Alert.id)
+            for k, v in where.items():
+                q = q.where(getattr(Alert, k) == v)
+            rows = list(s.scalars(q))
+            s.expunge_all()
+            return rows
+
+
+@pytest.fixture
+def rig(alert_settings, db, clock) -> Rig:
+    clock.set(local_ms("2026-12-07T10:00:00"))
+    r = Rig(alert_settings, db, clock)
+    r.run(60)
+    return r
+
+
+def test_a_stopped_camera_alerts_once_after_the_grace_and_recovers_once(rig: Rig):
+    sid = rig.station_ids[0]
+    rig.down = {sid}
+    rig.run(4 * 60)  # under the 300 s grace: nothing
+    assert rig.channel.sends == []
+    rig.run(90)
+    firing = rig.channel.messages("firing")
+    assert len(firing) == 1 and firing[0].station_id == sid and firing[0].rule == "camera_offline"
+    assert "离线" in firing[0].title and firing[0].local_time.startswith("2026-12-07 10:")
+    rig.run(10 * 60)  # still down, before the first reminder (30 min): nothing more
+    assert len(rig.channel.messages()) == 1
+    rig.down = set()
+    rig.run(60)
+    resolved = rig.channel.messages("resolved")
+    assert len(resolved) == 1 and resolved[0].station_id == sid
+    assert [a.state for a in rig.alerts(rule="camera_offline")] == ["resolved"]
+    rig.run(10 * 60)
+    assert len(rig.channel.messages()) == 2  # nothing after the recovery
+
+
+def test_a_blip_shorter_than_the_grace_tells_nobody(rig: Rig):
+    rig.down = {rig.station_ids[1]}
+    rig.run(120)
+    rig.down = set()
+    rig.run(600)
+    assert rig.channel.sends == [] and rig.alerts() == []
+
+
+def test_reminders_come_at_growing_waits_until_acknowledged(rig: Rig):
+    sid = rig.station_ids[2]
+    rig.down = {sid}
+    rig.run(6 * 60)
+    assert len(rig.channel.messages("firing")) == 1
+    rig.run(31 * 60)  # first reminder after 30 min
+    assert len(rig.channel.messages("reminder")) == 1
+    rig.run(40 * 60)  # the next after 60 more: none yet at +40
+    assert len(rig.channel.messages("reminder")) == 1
+    rig.run(25 * 60)
+    assert len(rig.channel.messages("reminder")) == 2
+    alert = rig.alerts(rule="camera_offline")[0]
+    with rig.db.session() as s:
+        acknowledge(s, alert.id, "op1", "已派人检查", rig.clock.now_ms())
+    rig.run(3 * 3600, step=60)  # acknowledged: no more reminders
+    assert len(rig.channel.messages("reminder")) == 2
+    rig.down = set()
+    rig.run(60)
+    assert len(rig.channel.messages("resolved")) == 1  # the recovery is still told
+
+
+def test_a_muted_alert_neither_reminds_nor_recovers_aloud(rig: Rig):
+    rig.down = {rig.station_ids[3]}
+    rig.run(6 * 60)
+    alert = rig.alerts(rule="camera_offline")[0]
+    with rig.db.session() as s:
+        mute(s, alert.id, "op1", 120, 24, rig.clock.now_ms())
+    rig.run(60 * 60, step=60)
+    rig.down = set()
+    rig.run(60)
+    assert [m.kind for m in rig.channel.messages()] == ["firing"]
+
+
+def test_sixty_cameras_dropped_at_once_are_one_digest(rig: Rig):
+    rig.down = set(rig.station_ids[:60])  # a town's power cut
+    rig.run(6 * 60)
+    assert len(rig.channel.sends) == 1, [len(b) for b in rig.channel.sends]
+    assert len(rig.channel.sends[0]) == 60
+    assert {m.station_id for m in rig.channel.sends[0]} == set(rig.station_ids[:60])
+    rig.down = set()
+    rig.run(60)
+    assert len(rig.channel.sends) == 2 and len(rig.channel.sends[1]) == 60
+    assert {m.kind for m in rig.channel.sends[1]} == {"resolved"}
+
+
+def test_a_robot_never_gets_more_than_its_limit_per_minute(rig: Rig, alert_settings, db, clock):
+    # Digests off (threshold 100): 40 alerts due at once must still keep to 20 a minute.
+    data = alert_settings.model_dump()
+    data["alerts"]["channels"][0].update({"digest_threshold": 100, "max_per_minute": 20})
+    rig2 = Rig(Settings.model_validate(data), db, clock)
+    rig2.down = set(rig2.station_ids[:10])
+    rig2.run(6 * 60)
+    # 10 singles fit the budget
+    assert len(rig2.channel.sends) == 10
+    # Now 30 more at once: 20 in the first minute would be the limit: they go as one digest.
+    rig2.down = set(rig2.station_ids[:40])
+    sends_before = len(rig2.channel.sends)
+    rig2.run(6 * 60, step=5)
+    times = rig2.channel.sends[sends_before:]
+    assert sum(len(b) for b in times) == 30
+    assert len(times) <= 20
+
+
+def test_maintenance_silences_and_leaving_it_does_not_announce_what_was_already_down(rig: Rig):
+    sid = rig.station_ids[4]
+    now = rig.clock.now_ms()
+    with rig.db.session() as s:
+        s.add(AlertMaintenance(station_id=sid, town=None, start_ms=now, end_ms=now + 20 * 60_000,
+                               reason="更换摄像机", created_by="op1", created_ms=now))
+    rig.down = {sid}
+    rig.run(30 * 60)  # down through the whole window and beyond it
+    assert rig.channel.sends == []
+    [alert] = rig.alerts(rule="camera_offline")
+    assert alert.suppressed == "maintenance" and alert.state == "firing"
+    rig.run(60 * 60, step=60)  # no reminders either
+    rig.down = set()
+    rig.run(60)
+    assert rig.channel.sends == []  # and no recovery for what was never told
+
+
+def test_a_receiver_that_is_down_gets_the_message_once_when_it_returns(rig: Rig):
+    rig.channel.down = True
+    rig.down = {rig.station_ids[5]}
+    rig.run(6 * 60)
+    rig.run(20 * 60)
+    assert rig.channel.sends == [] and rig.channel.attempts >= 3  # retried, with growing waits
+    attempts_in_20_min = rig.channel.attempts
+    assert attempts_in_20_min < 20  # not every round: backoff
+    rig.channel.down = False
+    rig.run(40 * 60)
+    firing = rig.channel.messages("firing")
+    assert len(firing) == 1  # delivered, exactly once
+    with rig.db.session() as s:
+        states = [d.state for d in s.scalars(select(AlertDelivery).where(AlertDelivery.kind == "firing"))]
+        errors = [d.last_error for d in s.scalars(select(AlertDelivery).where(AlertDelivery.kind == "firing"))]
+    assert states == ["sent"] and errors == [None]
+
+
+def test_quiet_hours_hold_minor_messages_until_morning(alert_settings, db, clock):
+    data = alert_settings.model_dump()
+    data["alerts"]["channels"][0].update({"quiet_hours": "22:00-07:00", "quiet_min_severity": "critical"})
+    clock.set(local_ms("2026-12-07T23:00:00"))
+    rig = Rig(Settings.model_validate(data), db, clock)
+    rig.run(60)
+    rig.down = {rig.station_ids[6]}
+    rig.run(10 * 60)
+    assert rig.channel.sends == [] and len(rig.alerts(rule="camera_offline")) == 1
+    clock.set(local_ms("2026-12-08T06:59:00"))
+    rig.run(30)
+    assert rig.channel.sends == []
+    rig.run(120)
+    assert len(rig.channel.messages("firing")) == 1
+
+
+def _closed_all_day(db: Database, sid: str, from_ms: int) -> None:
+    with db.session() as s:
+        s.add(StationState(station_id=sid, state="closed", start_ms=from_ms, end_ms=None))
+
+
+def test_a_station_that_does_not_open_in_its_business_hours_alerts_once(alert_settings, db, clock):
+    clock.set(local_ms("2026-12-07T06:00:00"))
+    rig = Rig(alert_settings, db, clock)
+    a, b = rig.station_ids[7], rig.station_ids[8]
+    with db.session() as s:
+        for sid in (a, b):
+            s.get(Station, sid).business_hours = "08:00-18:00"
+    midnight = local_ms("2026-12-07T00:00:00")
+    _closed_all_day(db, a, midnight)
+    _closed_all_day(db, b, midnight)
+    clock.set(local_ms("2026-12-07T08:25:00"))
+    rig.run(60)
+    assert rig.channel.sends == []  # within the 30 minutes' grace
+    rig.run(10 * 60)
+    firing = rig.channel.messages("firing")
+    assert sorted(m.station_id for m in firing) == sorted([a, b])
+    assert all(m.rule == "station_not_open" and "未按时开门" in m.title for m in firing)
+    # a opens at 09:00: one recovery; b never opens: its alert ends with the hours, no recovery.
+    clock.set(local_ms("2026-12-07T09:00:00"))
+    now = clock.now_ms()
+    with db.session() as s:
+        row = s.scalar(select(StationState).where(StationState.station_id == a, StationState.end_ms.is_(None)))
+        row.end_ms = now
+        s.add(StationState(station_id=a, state="open", start_ms=now, end_ms=None))
+    rig.run(60)
+    assert [m.station_id for m in rig.channel.messages("resolved")] == [a]
+    clock.set(local_ms("2026-12-07T18:00:30"))
+    rig.run(60)
+    assert [m.station_id for m in rig.channel.messages("resolved")] == [a]
+    assert [x.state for x in rig.alerts(rule="station_not_open")] == ["resolved", "resolved"]
+    assert len(rig.channel.messages("reminder")) > 0  # b was reminded during the day (unacknowledged)
+
+
+def test_a_station_closed_long_in_its_hours_after_opening(alert_settings, db, clock):
+    clock.set(local_ms("2026-12-07T08:00:00"))
+    rig = Rig(alert_settings, db, clock)
+    sid = rig.station_ids[9]
+    with db.session() as s:
+        s.get(Station, sid).business_hours = "08:00-12:00,14:00-18:00"
+        s.add(StationState(station_id=sid, state="open", start_ms=local_ms("2026-12-07T08:05:00"),
+                           end_ms=local_ms("2026-12-07T10:00:00")))
+        s.add(StationState(station_id=sid, state="closed", start_ms=local_ms("2026-12-07T10:00:00"), end_ms=None))
+    clock.set(local_ms("2026-12-07T10:50:00"))
+    rig.run(60)
+    assert rig.channel.sends == []
+    rig.run(15 * 60)  # 11:06: closed for over an hour
+    assert [m.rule for m in rig.channel.messages("firing")] == ["station_closed_long"]
+    clock.set(local_ms("2026-12-07T12:00:30"))  # lunch break: it ends quietly
+    rig.run(60)
+    assert rig.channel.messages("resolved") == []
+    assert [x.state for x in rig.alerts(rule="station_closed_long")] == ["resolved"]
+
+
+def test_a_confirmed_video_fault_alerts_after_its_grace(rig: Rig):
+    sid = rig.station_ids[10]
+    with rig.db.session() as s:
+        s.add(Fault(station_id=sid, kind="covered", severity="major", start_ms=rig.clock.now_ms(), end_ms=None))
+    rig.run(60)
+    assert rig.channel.sends == []  # fault_grace_seconds 120
+    rig.run(90)
+    [m] = rig.channel.messages("firing")
+    assert m.rule == "camera_fault" and "遮挡" in m.title and m.severity == "major"
+    with rig.db.session() as s:
+        f = s.scalar(select(Fault).where(Fault.station_id == sid))
+        f.end_ms = rig.clock.now_ms()
+    rig.run(30)
+    assert len(rig.channel.messages("resolved")) == 1
+
+
+def test_events_are_told_once(rig: Rig):
+    with rig.db.session() as s:
+        s.add(SystemEvent(at_ms=rig.clock.now_ms(), kind="worker_restarted", subject="n1/worker-0",
+                          detail="重启：it died"))
+        s.add(SystemEvent(at_ms=rig.clock.now_ms(), kind="retention_failed", subject="run-1", detail="出错"))
+    rig.run(10 * 60)
+    rules = sorted(m.rule for m in rig.channel.messages())
+    assert rules == ["retention_failed", "worker_restarted"]
+    assert [a.state for a in rig.alerts()] == ["resolved", "resolved"]
+
+
+def test_per_station_thresholds_override_the_town_and_the_default(alert_settings, db, clock):
+    data = alert_settings.model_dump()
+    with db.session() as s:
+        st = s.scalar(select(Station).order_by(Station.id))
+        sid, town = st.id, st.town
+    data["alerts"]["per_town"] = {town: {"offline_grace_seconds": 900}}
+    data["alerts"]["per_station"] = {sid: {"offline_grace_seconds": 60}}
+    clock.set(local_ms("2026-12-07T10:00:00"))
+    rig = Rig(Settings.model_validate(data), db, clock)
+    rig.run(30)
+    with db.session() as s:
+        other = s.scalar(select(Station.id).where(Station.town == town, Station.id != sid).order_by(Station.id))
+    rig.down = {sid, other}
+    rig.run(120)
+    assert [m.station_id for m in rig.channel.messages("firing")] == [sid]
+    rig.run(14 * 60)
+    assert sorted(m.station_id for m in rig.channel.messages("firing")) == sorted([sid, other])
+
+
+def test_a_town_channel_gets_only_its_towns_stations(alert_settings, db, clock):
+    with db.session() as s:
+        towns = [t for (t,) in s.execute(select(Station.town).distinct().order_by(Station.town))]
+        first_of = {t: s.scalar(select(Station.id).where(Station.town == t).order_by(Station.id)) for t in towns[:2]}
+    data = alert_settings.model_dump()
+    data["alerts"]["channels"][0]["towns"] = [towns[0]]
+    clock.set(local_ms("2026-12-07T10:00:00"))
+    rig = Rig(Settings.model_validate(data), db, clock)
+    rig.run(30)
+    rig.down = set(first_of.values())
+    with db.session() as s:
+        s.add(SystemEvent(at_ms=clock.now_ms(), kind="worker_restarted", subject="n1/worker-0", detail="x"))
+    rig.run(6 * 60)
+    assert [m.station_id for m in rig.channel.messages()] == [first_of[towns[0]]]
+
+
+def test_the_database_unreachable_is_told_directly_and_recorded_when_it_returns(rig: Rig, tmp_path):
+    good = rig.db
+    bad = Database(f"sqlite:///{tmp_path / 'no-such-dir' / 'vms.db'}")
+    rig.service.db = rig.service.lease.database = bad
+    rig.run(30)
+    assert rig.channel.sends == []  # within database_grace_seconds (60)
+    rig.run(60)
+    [m] = rig.channel.messages("firing")
+    assert m.rule == "database_unreachable" and m.severity == "critical"
+    rig.run(120)
+    assert len(rig.channel.messages("firing")) == 1  # told once
+    rig.service.db = rig.service.lease.database = good
+    rig.run(30)
+    assert len(rig.channel.messages("resolved")) == 1
+    [alert] = rig.alerts(rule="database_unreachable")
+    assert alert.state == "resolved" and alert.notified
+    with good.session() as s:
+        kinds = sorted(d.kind for d in s.scalars(select(AlertDelivery).where(AlertDelivery.alert_id == alert.id)))
+    assert kinds == ["firing", "resolved"]
+
+
+def test_a_volume_that_lost_its_marker_alerts(rig: Rig):
+    marker = rig.settings.storage.volumes[0].path / ".vms-volume"
+    marker.unlink()
+    rig.run(6 * 60)
+    [m] = rig.channel.messages("firing")
+    assert m.rule == "volume_missing" and m.severity == "critical"
+    marker.touch()
+    rig.run(30)
+    assert len(rig.channel.messages("resolved")) == 1
+
+
+def test_stale_rows_cleanup_does_not_leave_firing_alerts_for_disabled_stations(rig: Rig):
+    sid = rig.station_ids[11]
+    rig.down = {sid}
+    rig.run(6 * 60)
+    assert len(rig.channel.messages("firing")) == 1
+    with rig.db.session() as s:
+        s.get(Station, sid).enabled = False  # taken out of service: not a camera fault any more
+        s.execute(delete(CameraStatus).where(CameraStatus.station_id == sid))
+    rig.run(30)
+    assert [a.state for a in rig.alerts(rule="camera_offline")] == ["resolved"]
