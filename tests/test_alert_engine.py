@@ -24,9 +24,10 @@ from vms.db.models import (
     Alert,
     AlertDelivery,
     AlertMaintenance,
+    AuditMonthly,
     CameraStatus,
-    DeliveryState,
     Fault,
+    PurgeLog,
     Station,
     StationState,
     SystemEvent,
@@ -435,3 +436,26 @@ def test_stale_rows_cleanup_does_not_leave_firing_alerts_for_disabled_stations(r
         s.execute(delete(CameraStatus).where(CameraStatus.station_id == sid))
     rig.run(30)
     assert [a.state for a in rig.alerts(rule="camera_offline")] == ["resolved"]
+
+
+def test_disk_low_early_evictions_and_the_monthly_audit_are_told(alert_settings, db, clock):
+    data = alert_settings.model_dump()
+    data["alerts"]["disk_min_free_percent"] = 100  # any real disk is "low" now
+    clock.set(local_ms("2026-12-01T03:00:00"))
+    rig = Rig(Settings.model_validate(data), db, clock)
+    now = clock.now_ms()
+    with db.session() as s:
+        for sid in rig.station_ids[:3]:
+            s.add(PurgeLog(at_ms=now, station_id=sid, volume="main", start_ms=now - 86_400_000, end_ms=now - 80_000_000,
+                           segments=10, bytes=5 * 10**8, reason="pressure", run_id="20261201T030000-abcd"))
+        s.add(PurgeLog(at_ms=now, station_id=rig.station_ids[5], volume="main", start_ms=0, end_ms=1, segments=1,
+                       bytes=1, reason="expired", run_id="20261201T030000-old"))
+        for i, sid in enumerate(rig.station_ids[:5]):
+            s.add(AuditMonthly(station_id=sid, month="2026-11", passed=i >= 2, metrics={},
+                               reasons=["开门天数不足：12 天，要求 20 天"] if i < 2 else [], computed_ms=now))
+    rig.run(10 * 60)
+    by_rule = {m.rule: m for m in rig.channel.messages()}
+    assert set(by_rule) == {"disk_low", "early_eviction", "audit_noncompliant"}, by_rule.keys()
+    assert "3 个站点" in (by_rule["early_eviction"].detail or "")
+    assert by_rule["audit_noncompliant"].title.startswith("2026-11 月度考核：2 个站点不达标")
+    assert len(rig.channel.messages()) == 3  # each once (events are not reminded)
