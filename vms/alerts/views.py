@@ -53,7 +53,7 @@ def station_names(session: Session, alerts: list[Alert]) -> dict[str, str]:
     ids = {a.station_id for a in alerts if a.station_id}
     if not ids:
         return {}
-    return dict(session.execute(select(Station.id, Station.name).where(Station.id.in_(ids))).tuples().all())
+    return {sid: name for sid, name in session.execute(select(Station.id, Station.name).where(Station.id.in_(ids)))}
 
 
 # ---------------------------------------------------------------- maintenance windows
