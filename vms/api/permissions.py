@@ -19,15 +19,23 @@ STATIONS_WRITE = "stations:write"
 ACCESS_LOG = "access_log:read"
 USERS = "users:admin"
 METRICS = "metrics"
+# Alerts (issue 20): whoever sees station status sees their towns' alerts; operators handle them
+# (acknowledge, mute, maintenance windows, see where alerts go); sending a test message through a
+# channel (a message to a real group of people) is for admins.
+ALERTS_READ = "alerts:read"
+ALERTS_WRITE = "alerts:write"
+ALERTS_ADMIN = "alerts:admin"
 
 ALL_PERMISSIONS = frozenset({STATUS, LIVE, SNAPSHOT, PLAYBACK, EXPORT, HOLDS_READ, HOLDS_WRITE, AUDITS,
-                             STATIONS_WRITE, ACCESS_LOG, USERS, METRICS})
+                             STATIONS_WRITE, ACCESS_LOG, USERS, METRICS, ALERTS_READ, ALERTS_WRITE,
+                             ALERTS_ADMIN})
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": ALL_PERMISSIONS,
-    "operator": frozenset({STATUS, LIVE, SNAPSHOT, PLAYBACK, EXPORT, HOLDS_READ, HOLDS_WRITE, AUDITS}),
-    "auditor": frozenset({STATUS, AUDITS, HOLDS_READ}),
-    "viewer": frozenset({STATUS, LIVE, SNAPSHOT}),
+    "operator": frozenset({STATUS, LIVE, SNAPSHOT, PLAYBACK, EXPORT, HOLDS_READ, HOLDS_WRITE, AUDITS, ALERTS_READ,
+                           ALERTS_WRITE}),
+    "auditor": frozenset({STATUS, AUDITS, HOLDS_READ, ALERTS_READ}),
+    "viewer": frozenset({STATUS, LIVE, SNAPSHOT, ALERTS_READ}),
 }
 
 # What an API key may be limited to (for audit jobs and metric scrapers). A key never has more

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from vms.cli import alerts as alerts_cli
 from vms.cli import analyze as analyze_cli
 from vms.cli import audit as audit_cli
 from vms.cli import db as db_cli
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.add_typer(alerts_cli.app, name="alerts")
 app.command("analyze")(analyze_cli.analyze)
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(db_cli.app, name="db")
