@@ -356,6 +356,9 @@ def test_describe_shows_the_masked_target_and_the_settings_people_set(receivers)
      "https://oapi.dingtalk.com/robot/send?access_token=***&timestamp=***&sign=***"),
     ("http://user:pa55@hooks.example.cn:8443/vms/alerts?token=t0k#frag", "http://***@hooks.example.cn:8443/vms/alerts?token=***"),
     ("http://10.0.0.5:9000/alerts", "http://10.0.0.5:9000/alerts"),
+    ("https://open.feishu.cn/open-apis/bot/v2/hook/0c7e5a2b-51f1-4c3e-9a4e-7d1f0f8e2a11",
+     "https://open.feishu.cn/open-apis/bot/v2/hook/***"),  # a token in the path
+    ("http://hooks.example.cn/vms/county_alerts_webhook", "http://hooks.example.cn/vms/county_alerts_webhook"),
     ("https://example.cn", "https://example.cn"),
     ("http://[::1/x?key=k", "***"),  # unparseable: nothing of it
 ])
@@ -439,3 +442,11 @@ def test_email_refusals_and_outages():
     finally:
         held.close()
         quiet.close()
+
+
+def test_short_url_values_do_not_garble_errors(receivers):
+    # The scrubber replaces the URL's secret parts in error texts: not a "5" of "?v=5" in "HTTP 500".
+    robot = receivers("webhook")
+    robot.fail_next(1, 500)
+    result = channel("webhook", robot.url + "&v=5").send([msg()], delivery_id=1)
+    assert result.error is not None and result.error.startswith("HTTP 500"), result
