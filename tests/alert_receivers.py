@@ -325,7 +325,7 @@ class _PortZeroController(Controller):
         return create()
 
 
-class _Handler_SMTP:
+class _SmtpHandler:
     def __init__(self, receiver: SmtpReceiver) -> None:
         self.receiver = receiver
 
@@ -376,7 +376,7 @@ class SmtpReceiver:
             # aiosmtpd knows of TLS only when it came by STARTTLS: on "ssl" it would hide AUTH if TLS were required.
             kwargs.update(authenticator=self._authenticate, auth_required=True,
                           auth_require_tls=security == "starttls")
-        self.controller = _PortZeroController(_Handler_SMTP(self), hostname=HOST, port=0, **kwargs)
+        self.controller = _PortZeroController(_SmtpHandler(self), hostname=HOST, port=0, **kwargs)
         self.controller.start()
         self.port: int = self.controller.port
 

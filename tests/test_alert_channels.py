@@ -389,7 +389,7 @@ def test_email_plain_smtp_single_and_digest():
     m = single["message"]
     assert m["Subject"] == "【告警·重要】平山镇服务站：摄像机离线"
     assert m["From"] == "vms@example.cn" and single["rcpt_tos"] == ["ops@example.cn", "duty@example.cn"]
-    assert m["X-VMS-Delivery"] == "11"
+    assert m["X-VMS-Delivery"] == "11" and m["Date"].endswith("+0800")
     body = m.get_content()
     assert "站点：平山镇服务站（HD-001）" in body and "开始时间：2024-06-01 08:00:00" in body
     assert "消息时间：2024-06-01 08:05:00" in body and "**" not in body and "<font" not in body

@@ -601,7 +601,7 @@ class EmailChannel(_BaseChannel):
         msg["Subject"] = title
         msg["From"] = s.mail_from
         msg["To"] = ", ".join(s.mail_to)
-        msg["Date"] = email.utils.formatdate(localtime=False)
+        msg["Date"] = email.utils.format_datetime(datetime.now(self.tz))  # +0800: the time operators live in
         # Given the domain: without it make_msgid asks the resolver for this host's name, which can hang.
         msg["Message-ID"] = email.utils.make_msgid(f"vms-{delivery_id}", domain=s.mail_from.rpartition("@")[2] or None)
         msg["X-VMS-Delivery"] = str(delivery_id)
