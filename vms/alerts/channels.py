@@ -55,6 +55,7 @@ DINGTALK_PERMANENT = {310000, 300001, 400013, 400101, 400102}
 DEFAULT_RETRY_AFTER_S = 60.0
 MAX_RETRY_AFTER_S = 24 * 3600.0
 
+_PATH_TOKEN = re.compile(r"(?=[^/]*[0-9])[A-Za-z0-9_.=~-]{20,}")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
@@ -74,7 +75,10 @@ def mask_secret_url(url: str) -> str:
     if parts.query:
         names = [p.partition("=")[0] for p in parts.query.split("&") if p]
         query = "?" + "&".join(f"{n}=***" for n in names)
-    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+    # Some hooks carry their token in the path (Feishu's /bot/v2/hook/<uuid>, Slack's /services/T…/B…/<token>):
+    # a long segment with digits in it is taken for one.
+    path = "/".join("***" if _PATH_TOKEN.fullmatch(seg) else seg for seg in parts.path.split("/"))
+    return f"{parts.scheme}://{netloc}{path}{query}"
 
 
 def _mask_urls_in(text: str) -> str:
@@ -112,11 +116,13 @@ def _secret_fragments(s: AlertChannelSettings) -> list[str]:
         out.append(url)
         try:
             parts = urllib.parse.urlsplit(url)
-            if "@" in parts.netloc:
-                out.append(parts.netloc.rpartition("@")[0])
-            for _, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-                out.append(value)
-            out.extend(p.partition("=")[2] for p in parts.query.split("&"))
+            # Fragments of the URL: the shortest would garble every error ("?v=1" replacing each "1"), and a
+            # value of three characters is no secret anyway.
+            pieces = [parts.netloc.rpartition("@")[0]] if "@" in parts.netloc else []
+            pieces += [value for _, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+            pieces += [p.partition("=")[2] for p in parts.query.split("&")]
+            pieces += [seg for seg in parts.path.split("/") if _PATH_TOKEN.fullmatch(seg)]
+            out.extend(x for x in pieces if len(x) >= 4)
         except ValueError:
             pass
     for secret in (s.secret, s.smtp_password):
@@ -595,7 +601,7 @@ class EmailChannel(_BaseChannel):
         msg["Subject"] = title
         msg["From"] = s.mail_from
         msg["To"] = ", ".join(s.mail_to)
-        msg["Date"] = email.utils.formatdate(localtime=False)
+        msg["Date"] = email.utils.format_datetime(datetime.now(self.tz))  # +0800: the time operators live in
         # Given the domain: without it make_msgid asks the resolver for this host's name, which can hang.
         msg["Message-ID"] = email.utils.make_msgid(f"vms-{delivery_id}", domain=s.mail_from.rpartition("@")[2] or None)
         msg["X-VMS-Delivery"] = str(delivery_id)
