@@ -105,12 +105,11 @@ class Rig:
                       .values(state="streaming", last_packet_ms=now, updated_ms=now))
 
     def run(self, seconds: float, step: float = 15) -> None:
-        """Time passes; cameras report every 5 s, the alert round runs every `step` seconds."""
+        """Time passes; the alert round runs every `step` seconds."""
         t = 0.0
         while t < seconds:
-            for _ in range(int(step // 5)):
-                self.clock.advance(5)
-                self.pulse()
+            self.clock.advance(step)
+            self.pulse()  # (the workers report every few seconds: fresh at every round)
             self.service.tick()
             t += step
 
@@ -459,3 +458,53 @@ def test_disk_low_early_evictions_and_the_monthly_audit_are_told(alert_settings,
     assert "3 个站点" in (by_rule["early_eviction"].detail or "")
     assert by_rule["audit_noncompliant"].title.startswith("2026-11 月度考核：2 个站点不达标")
     assert len(rig.channel.messages()) == 3  # each once (events are not reminded)
+
+
+def test_ended_alerts_are_forgotten_after_keep_days_and_firing_ones_never(alert_settings, db, clock):
+    data = alert_settings.model_dump()
+    data["alerts"]["keep_days"] = 2
+    clock.set(local_ms("2026-12-07T10:00:00"))
+    rig = Rig(Settings.model_validate(data), db, clock)
+    rig.run(30)
+    rig.down = {rig.station_ids[0]}
+    rig.run(6 * 60)
+    rig.down = {rig.station_ids[1]}  # the first recovers, the second goes down and stays down
+    rig.run(6 * 60, step=60)
+    assert [a.state for a in rig.alerts(rule="camera_offline")] == ["resolved", "firing"]
+    rig.run(3 * 86400, step=3600)
+    [left] = rig.alerts(rule="camera_offline")
+    assert left.state == "firing" and left.station_id == rig.station_ids[1]
+    with db.session() as s:
+        alert_ids = {d.alert_id for d in s.scalars(select(AlertDelivery))}
+    assert alert_ids <= {left.id}
+
+
+def test_through_a_real_wecom_robot_down_then_back_nothing_lost_nothing_twice(alert_settings, db, clock):
+    """The same chain with the real WeCom channel (HTTP, errcode checked) and a robot-like receiver on
+    127.0.0.1 that refuses connections while down and enforces 20 messages a minute."""
+    from tests.alert_receivers import RobotReceiver
+    from vms.alerts.channels import make_channels
+
+    with RobotReceiver("wecom", per_minute=20) as robot:
+        data = alert_settings.model_dump()
+        data["alerts"]["channels"] = [{"name": "wecom", "type": "wecom", "url": robot.url, "timeout_seconds": 2,
+                                       "digest_threshold": 4}]
+        s = Settings.model_validate(data)
+        clock.set(local_ms("2026-12-07T10:00:00"))
+        rig = Rig(s, db, clock)
+        rig.service = AlertService(s, db, clock, channels=make_channels(s.alerts, s.tz))
+        rig.run(30)
+        robot.down()
+        rig.down = set(rig.station_ids[:3])  # three cameras: three single messages
+        rig.run(6 * 60)
+        rig.run(40 * 60)  # down past the first reminder's time (30 min): reminders must not pile up
+        assert robot.received == []
+        robot.up()
+        rig.run(10 * 60)
+        contents = [m["markdown"]["content"] for m in robot.received]
+        assert len(contents) == 3 and all("离线" in c and "【告警" in c for c in contents), contents
+        assert sorted(sid for sid in rig.station_ids[:3] if any(sid in c for c in contents)) == \
+            sorted(rig.station_ids[:3])
+        with db.session() as session:
+            rows = list(session.scalars(select(AlertDelivery).order_by(AlertDelivery.id)))
+        assert [r.state for r in rows] == ["sent"] * 3 and all(r.attempts >= 2 for r in rows)

@@ -39,13 +39,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("vms.alerts")
 
 RETRY_FIRST_S = 30.0
-RETRY_MAX_S = 1800.0
+RETRY_MAX_S = 300.0  # alerts are news: a receiver back from an outage gets them within 5 minutes
 RATE_WINDOW_MS = 60_000
 DIGEST_MAX_ITEMS = 500  # one digest carries at most this many messages (the rest go in the next)
 
 
 def retry_wait_s(attempts: int, asked_s: float | None) -> float:
-    """30 s, 1, 2, 4 ... minutes, at most 30 minutes; never sooner than the receiver asked."""
+    """30 s, 1, 2, 4 minutes, then every 5 minutes; never sooner than the receiver asked."""
     wait = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** max(0, attempts - 1))
     return max(wait, asked_s or 0.0)
 

@@ -43,8 +43,14 @@ def queue_message(session: Session, alert: Alert, kind: str, channels: Iterable[
                   now_ms: int) -> int:
     """Queue one message about `alert` for every channel it routes to; returns how many."""
     n = 0
+    waiting: set[str] = set()
+    if kind == "reminder":
+        # A channel that has not yet taken this alert's last message (its robot is down, quiet hours)
+        # gets no reminder on top: the reminders would pile up and arrive together.
+        waiting = set(session.scalars(select(AlertDelivery.channel).where(
+            AlertDelivery.alert_id == alert.id, AlertDelivery.state == DeliveryState.QUEUED)))
     for ch in channels:
-        if routes_to(ch, alert.severity, alert.town):
+        if ch.name not in waiting and routes_to(ch, alert.severity, alert.town):
             session.add(AlertDelivery(alert_id=alert.id, channel=ch.name, kind=kind, severity=alert.severity,
                                       state=DeliveryState.QUEUED, attempts=0, created_ms=now_ms,
                                       next_attempt_ms=now_ms, items=1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from vms.alerts.dispatch import Dispatcher, DispatchResult, message_for
@@ -19,13 +20,14 @@ from vms.alerts.messages import AlertMessage, SendResult
 from vms.alerts.rules import local_text
 from vms.core.clock import Clock
 from vms.core.settings import Settings
-from vms.db.engine import Database
-from vms.db.models import Alert, AlertDelivery, AlertState, DeliveryState
+from vms.db.engine import Database, rows_matched
+from vms.db.models import Alert, AlertDelivery, AlertState, DeliveryState, SystemEvent
 from vms.retention.locks import JobLease
 
 log = logging.getLogger("vms.alerts")
 JOB_ID = "alerts"
 LEASE_NAME = "alerts"
+PRUNE_EVERY_MS = 3_600_000
 
 
 @dataclass
@@ -48,6 +50,7 @@ class AlertService:
         self.engine = AlertEngine(settings, clock.now_ms())
         self.dispatcher = Dispatcher(settings, self.channels)
         self.outage: _DatabaseOutage | None = None
+        self.pruned_ms = 0
         lease_ms = max(60_000, int(settings.alerts.evaluate_seconds * 4000))
         self.lease = JobLease(database, LEASE_NAME, clock, lease_ms=lease_ms)
 
@@ -61,10 +64,27 @@ class AlertService:
             with self.db.session() as s:
                 round_result = self.engine.evaluate(s, now)
             sent = self.dispatcher.run(self.db, now)
+            if now - self.pruned_ms >= PRUNE_EVERY_MS:
+                self.prune(now)
             return round_result, sent
         except SQLAlchemyError as exc:
             self._database_down(now, exc)
             return None, None
+
+    def prune(self, now: int) -> int:
+        """Forget alerts ended more than alerts.keep_days ago, with their messages (and old test messages
+        and digests): the tables stay the size of a year of alerts, not of the server's life."""
+        cutoff = now - int(self.settings.alerts.keep_days * 86_400_000)
+        with self.db.session() as s:
+            old = select(Alert.id).where(Alert.state == AlertState.RESOLVED, Alert.resolved_ms < cutoff)
+            s.execute(delete(AlertDelivery).where(AlertDelivery.alert_id.in_(old)))
+            s.execute(delete(AlertDelivery).where(AlertDelivery.alert_id.is_(None), AlertDelivery.created_ms < cutoff,
+                                                  AlertDelivery.state != DeliveryState.QUEUED))
+            n = rows_matched(s.execute(delete(Alert).where(Alert.state == AlertState.RESOLVED,
+                                                           Alert.resolved_ms < cutoff)))
+            s.execute(delete(SystemEvent).where(SystemEvent.at_ms < cutoff))
+        self.pruned_ms = now
+        return n
 
     # ------------------------------------------------------------ the database itself
     def _database_down(self, now: int, exc: Exception) -> None:

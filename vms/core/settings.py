@@ -467,6 +467,7 @@ class AlertSettings(AlertRuleSettings):
     database_grace_seconds: float = Field(default=60, ge=0, description="database unreachable this long alerts")
     retry_max_hours: float = Field(default=24, gt=0, description="a message not delivered by then is given up")
     mute_max_hours: float = Field(default=24 * 7, gt=0, description="longest mute of one alert")
+    keep_days: float = Field(default=365, gt=0, description="ended alerts and their messages are kept this long")
 
     @field_validator("reminder_minutes")
     @classmethod
