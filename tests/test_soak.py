@@ -90,6 +90,10 @@ def soak_settings(root: Path) -> dict:
         "retention": {"days": RETENTION_S / 86400, "floor_days": 0, "sweep_minutes": 0.25,
                       "pressure_check_seconds": 5},
         "live": {"relay_linger_seconds": 1},
+        # Alert rounds every 2 s; a 30 s offline grace, longer than any fault the plan injects: the recorded
+        # cameras must raise no alert (false alarms are worse than silence), the stations without a
+        # simulated camera must.
+        "alerts": {"evaluate_seconds": 2, "offline_grace_seconds": 30},
         "simulate": {"enabled": "auto", "port": free_port(), "control_port": free_port(), "max_cameras": CAMERAS,
                      "width": 320, "height": 240, "fps": 15, "bitrate_kbps": 300, "content": "station-day",
                      "day_seconds": 60},
@@ -230,6 +234,7 @@ def log_counts(log: str) -> dict[str, Counter]:
         "relay_linger": r"(MainProcess) vms\.live\.relay: ([a-z0-9-]+): live relay connected to the tap",
         "relay_released": r"(ingest-worker-\d+) vms\.live\.tap: ([a-z0-9-]+): live relay disconnected",
         "stall_watchdog_acted": r"vms\.ingest\.stall: ([a-z0-9-]+): no packet for",
+        "alert_round": r"(MainProcess) vms\.alerts: alert round:",
     }
     return {name: Counter(m.group(1) for m in re.finditer(p, log)) for name, p in patterns.items()}
 
@@ -338,7 +343,7 @@ def test_compressed_soak(tmp_path):
         if not held or gaps:
             problems.append(f"held footage of {hold['station']} lost: {len(held)} files left, holes {gaps}")
     from vms.db.engine import Database
-    from vms.db.models import PurgeLog, Segment
+    from vms.db.models import Alert, PurgeLog, Segment
 
     db = Database(run.db_url)
     try:
@@ -346,8 +351,16 @@ def test_compressed_soak(tmp_path):
             expired = dict(s.execute(select(PurgeLog.station_id, func.sum(PurgeLog.segments))
                                      .where(PurgeLog.reason == "expired").group_by(PurgeLog.station_id)).all())
             growing = s.scalar(select(func.count()).select_from(Segment).where(Segment.state == "growing"))
+            offline_alerts = set(s.scalars(select(Alert.station_id).where(Alert.rule == "camera_offline")))
     finally:
         db.dispose()
+    false_alarms = sorted(offline_alerts & set(stations))
+    if false_alarms:
+        problems.append(f"camera_offline alerts for recorded cameras (no fault was longer than the grace): "
+                        f"{false_alarms}")
+    if not offline_alerts - set(stations):
+        problems.append("no camera_offline alert for the stations without a simulated camera")
+    report["alerts"] = {"camera_offline": len(offline_alerts)}
     for s in stations:
         if not expired.get(s):
             problems.append(f"retention deleted nothing of {s} (retention {RETENTION_S} s)")
@@ -429,6 +442,7 @@ def test_compressed_soak(tmp_path):
         "retention sweep": counts["retention_sweep"]["MainProcess"],
         "retention pressure check": counts["pressure_check"]["MainProcess"],
         "daily audit": counts["daily_audit"]["MainProcess"],
+        "alert round": counts["alert_round"]["MainProcess"],
         "API maintenance (exports, playback files)": counts["api_maintenance"]["MainProcess"],
         "API status cache (distinct generated_ms)": len({p.generated_ms for p in answered}),
         "login expiry (sessions expired and renewed)": poller.client.expired + activity.client.expired,

@@ -64,6 +64,9 @@ class AlertService:
             with self.db.session() as s:
                 round_result = self.engine.evaluate(s, now)
             sent = self.dispatcher.run(self.db, now)
+            log.debug("alert round: raised %d, resolved %d, reminders %d, sent %d, failed %d",
+                      len(round_result.raised), len(round_result.resolved), round_result.reminders, sent.sent,
+                      sent.failed)
             if now - self.pruned_ms >= PRUNE_EVERY_MS:
                 self.prune(now)
             return round_result, sent
