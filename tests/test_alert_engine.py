@@ -508,3 +508,27 @@ def test_through_a_real_wecom_robot_down_then_back_nothing_lost_nothing_twice(al
         with db.session() as session:
             rows = list(session.scalars(select(AlertDelivery).order_by(AlertDelivery.id)))
         assert [r.state for r in rows] == ["sent"] * 3 and all(r.attempts >= 2 for r in rows)
+
+
+def test_a_camera_going_offline_does_not_end_its_stations_other_alerts(alert_settings, db, clock):
+    """Not open and covered, then the camera drops: the station did not open and nobody took the cover off;
+    those alerts stay firing (no false recovery), and end only when the evidence says so."""
+    clock.set(local_ms("2026-12-07T06:00:00"))
+    rig = Rig(alert_settings, db, clock)
+    sid = rig.station_ids[12]
+    with db.session() as s:
+        s.get(Station, sid).business_hours = "08:00-18:00"
+    _closed_all_day(db, sid, local_ms("2026-12-07T00:00:00"))
+    clock.set(local_ms("2026-12-07T08:40:00"))
+    with db.session() as s:
+        s.add(Fault(station_id=sid, kind="covered", severity="major", start_ms=clock.now_ms(), end_ms=None))
+    rig.run(5 * 60)
+    assert sorted(m.rule for m in rig.channel.messages("firing")) == ["camera_fault", "station_not_open"]
+    rig.down = {sid}
+    rig.run(10 * 60)
+    assert rig.channel.messages("resolved") == []
+    assert sorted(a.rule for a in rig.alerts(state="firing")) == ["camera_fault", "camera_offline",
+                                                                    "station_not_open"]
+    rig.down = set()
+    rig.run(60)  # back, still closed and covered: only the camera alert ends
+    assert [m.rule for m in rig.channel.messages("resolved")] == ["camera_offline"]

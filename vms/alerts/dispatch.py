@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from vms.alerts.engine import severity_rank
@@ -152,6 +152,10 @@ class Dispatcher:
     # ------------------------------------------------------------ picking
     def _pick(self, s: Session, now_ms: int) -> list[_Unit]:
         units: list[_Unit] = []
+        # Messages for a channel taken out of the settings will never be sent: say so, don't leave them queued.
+        s.execute(update(AlertDelivery).where(
+            AlertDelivery.state == DeliveryState.QUEUED, AlertDelivery.channel.not_in(list(self.channels)),
+            AlertDelivery.kind != "test").values(state=DeliveryState.DROPPED, last_error="channel not configured"))
         for ch in self.settings.alerts.all_channels():
             if ch.name not in self.channels:
                 continue

@@ -129,22 +129,26 @@ class AlertEngine:
                 if alert is not None and not cond.one_shot:
                     firing[cond.key] = alert
                 continue
-            # Still firing: keep the text current, remind if due.
-            alert.detail = cond.detail
+            # Still firing: remind if due (with the current text). Nothing is written otherwise: a round
+            # over 139 stations must not rewrite every firing alert.
             if alert.muted_until_ms is not None and alert.muted_until_ms <= now_ms:
                 alert.muted_until_ms = None
+                alert.updated_ms = now_ms
             if (alert.notified and alert.acked_ms is None and alert.muted_until_ms is None
                     and alert.suppressed is None and alert.next_reminder_ms is not None
                     and not in_maintenance(windows, alert.station_id, alert.town, now_ms)
                     and alert.next_reminder_ms <= now_ms):
+                alert.detail = cond.detail
                 out.queued += queue_message(session, alert, "reminder", channels, now_ms)
                 alert.reminders += 1
                 waits = alerts.reminder_minutes
                 alert.next_reminder_ms = now_ms + int(waits[min(alert.reminders, len(waits) - 1)] * 60_000)
+                alert.updated_ms = now_ms
                 out.reminders += 1
-            alert.updated_ms = now_ms
         for key, alert in firing.items():
             if key in present:
+                continue
+            if key not in ev.expired and any(key.startswith(prefix) for prefix in ev.held):
                 continue
             alert.state = AlertState.RESOLVED
             alert.resolved_ms = now_ms

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from vms.catalog.model import BusinessHours
@@ -81,6 +81,10 @@ class Evaluation:
     expired: set[str] = field(default_factory=set)
     # Keys seen for the first time this round that rely on first_seen (the engine keeps them).
     observed: dict[str, int] = field(default_factory=dict)
+    # Key prefixes the rules cannot judge this round (the camera is offline, the analysis has no verdict):
+    # their firing alerts stay as they are, neither resolved nor reminded -- a camera going offline does
+    # not mean the station opened or the cover was taken off.
+    held: set[str] = field(default_factory=set)
 
 
 def rules_for(alerts: AlertSettings, station_id: str, town: str) -> AlertRuleSettings:
@@ -172,6 +176,8 @@ def _station_rules(ctx: RuleContext, stations: list[Station]) -> None:
         online = bool(camera["online"])
         if not online:
             _camera_offline(ctx, st, rules, camera)
+            ctx.out.held.update({f"station_not_open:{st.id}:", f"station_closed_long:{st.id}:",
+                                 f"camera_fault:{st.id}:"})
         else:
             for f in faults.get(st.id, []):
                 _camera_fault(ctx, st, rules, f)
@@ -230,6 +236,9 @@ def _open_rules(ctx: RuleContext, st: Station, rules: AlertRuleSettings,
     first_start, last_end = spans[0][0], spans[-1][1]
     current = intervals[-1] if intervals else None
     closed_now = current is not None and current[0] == OpenState.CLOSED and current[2] is None
+    if not closed_now and not (current is not None and current[0] == OpenState.OPEN and current[2] is None):
+        # No verdict now (unknown, or no open interval): neither raise nor end the opening alerts.
+        ctx.out.held.update({f"station_not_open:{st.id}:", f"station_closed_long:{st.id}:"})
     opened_today = any(state == OpenState.OPEN and (end is None or end > first_start) and start < ctx.now
                        for state, start, end in intervals)
     day = today.isoformat()
@@ -299,12 +308,12 @@ def _storage_rules(ctx: RuleContext) -> None:
 def _event_rules(ctx: RuleContext) -> None:
     after = ctx.now - EVENT_LOOKBACK_MS
     # Early evictions: one alert per retention run that deleted footage before its time.
-    for run_id, reason, n_st, n_seg, n_bytes, at in ctx.s.execute(
-            select(PurgeLog.run_id, func.max(PurgeLog.reason), func.count(func.distinct(PurgeLog.station_id)),
+    for run_id, critical, n_st, n_seg, n_bytes, at in ctx.s.execute(
+            select(PurgeLog.run_id, func.max(case((PurgeLog.reason == "critical", 1), else_=0)),
+                   func.count(func.distinct(PurgeLog.station_id)),
                    func.sum(PurgeLog.segments), func.sum(PurgeLog.bytes), func.min(PurgeLog.at_ms))
             .where(PurgeLog.at_ms > after, PurgeLog.reason.in_(("pressure", "critical")))
             .group_by(PurgeLog.run_id)):
-        critical = reason == "critical"
         ctx.add(Condition(key=f"early_eviction:{run_id}", rule="early_eviction",
                           severity="critical" if critical else "major",
                           title="磁盘压力：录像被提前删除" + ("（已删至保留天数下限以内）" if critical else ""),
