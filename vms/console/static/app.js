@@ -354,7 +354,7 @@ function alarmStatus(a, now) {
   return tags.length ? tags.join(" ") : `<span class="tag t-firing">告警中</span>`;
 }
 
-function alarmRow(a, now, writable) {
+function alarmRow(a, now, writable, muteChoice) {
   const firing = a.state === "firing";
   const station = a.station_id
     ? `<a href="#/station/${esc(a.station_id)}">${esc(a.station_name || a.station_id)}</a>` : `<span class="muted">服务器</span>`;
@@ -366,7 +366,7 @@ function alarmRow(a, now, writable) {
     if (!a.acked_by) actions += ` <button type="button" class="ack-open">确认</button>`;
     actions += muted ? ` <button type="button" class="unmute">取消静音</button>`
       : ` <select class="mute-minutes" aria-label="静音时长">${MUTE_CHOICES.map(([m, t]) =>
-        `<option value="${m}">${t}</option>`).join("")}</select> <button type="button" class="mute">静音</button>`;
+        `<option value="${m}" ${String(m) === muteChoice ? "selected" : ""}>${t}</option>`).join("")}</select> <button type="button" class="mute">静音</button>`;
   }
   return `<tr class="alarm" data-id="${esc(a.id)}" data-state="${esc(a.state)}">
     <td><span class="sev sev-${esc(a.severity)}">${esc(SEVERITY_TEXT[a.severity] || a.severity)}</span></td>
@@ -401,6 +401,7 @@ async function renderAlarms() {
   let alive = true;
   const openDetails = new Set();
   const ackNotes = new Map();  // alert id -> the note being typed (kept across refreshes)
+  const muteChoices = new Map();  // alert id -> the chosen mute minutes (kept across refreshes)
 
   main.innerHTML = `<h2>告警中心 <span class="muted" id="alarm-count"></span></h2>
     <div class="tabs" id="alarm-tabs">${Object.entries(ALARM_TABS).map(([k, v]) =>
@@ -430,7 +431,7 @@ async function renderAlarms() {
     const now = Date.now();
     // Keep what the user was typing into open acknowledge forms.
     body.querySelectorAll("tr.ack-row").forEach((r) => ackNotes.set(r.dataset.for, r.querySelector("input[name=note]").value));
-    body.innerHTML = alerts.length ? alerts.map((a) => alarmRow(a, now, writable)).join("")
+    body.innerHTML = alerts.length ? alerts.map((a) => alarmRow(a, now, writable, muteChoices.get(String(a.id)))).join("")
       : `<tr><td colspan="${ALARM_COLS}" class="muted">${tab === "firing" ? "当前没有进行中的告警" : "没有告警"}</td></tr>`;
     document.getElementById("alarm-count").textContent = `${ALARM_TABS[tab]} · 显示 ${alerts.length} 条，最新在前`;
     moreBtn.hidden = nextBefore == null;
@@ -536,6 +537,9 @@ async function renderAlarms() {
     const cancel = ev.target.closest(".ack-cancel");
     if (cancel) closeAck(cancel.closest("tr.ack-row").dataset.for);
   });
+  body.addEventListener("change", (ev) => {
+    if (ev.target.matches(".mute-minutes")) muteChoices.set(ev.target.closest("tr.alarm").dataset.id, ev.target.value);
+  });
   body.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const form = ev.target.closest("form.ack-form");
@@ -562,6 +566,7 @@ async function renderAlarms() {
     nextBefore = null;
     openDetails.clear();
     ackNotes.clear();
+    muteChoices.clear();
     load().catch((e) => { errorBox.textContent = `加载失败：${e.message}`; });
   });
   moreBtn.onclick = loadMore;
