@@ -44,10 +44,11 @@ def run_vms(env, *args, stdin: str | None = None) -> subprocess.CompletedProcess
 
 
 @contextmanager
-def running_serve(root: Path, cameras: int = 2, footage_seconds: float = 10, api: dict | None = None) -> Iterator[dict]:
+def running_serve(root: Path, cameras: int = 2, footage_seconds: float = 10, api: dict | None = None,
+                  settings: dict | None = None) -> Iterator[dict]:
     """`vms serve` with `cameras` simulated cameras (the first stations without camera URLs), users of
     every role (password PASSWORD), and `footage_seconds` of footage recorded before yielding. `api`:
-    more settings of the api section."""
+    more settings of the api section; `settings`: more top-level sections (e.g. {"alerts": {...}})."""
     port = free_port()
     config = root / "vms.yaml"
     config.write_text(json.dumps({
@@ -59,8 +60,11 @@ def running_serve(root: Path, cameras: int = 2, footage_seconds: float = 10, api
         "simulate": {"enabled": "auto", "max_cameras": cameras, "port": free_port(), "width": 320,
                      "height": 240, "fps": 15, "bitrate_kbps": 300, "content": "pattern"},
         "log_level": "WARNING",
+        **(settings or {}),
     }))
-    env = {**os.environ, "VMS_CONFIG": str(config)}
+    # PYTHONPATH: the server runs this checkout's code (the console's files too), not the checkout the
+    # virtualenv's editable install points at (a git worktree shares the main checkout's .venv).
+    env = {**os.environ, "VMS_CONFIG": str(config), "PYTHONPATH": str(REPO)}
     run_vms(env, "db", "upgrade")
     run_vms(env, "stations", "import", str(REPO / "config" / "stations.yaml"))
     for name, role in USERS:

@@ -23,6 +23,7 @@ export const api = {
   get: (p) => call("GET", p),
   post: (p, b) => call("POST", p, b ?? {}),
   patch: (p, b) => call("PATCH", p, b),
+  delete: (p) => call("DELETE", p),
 };
 
 // Asia/Shanghai has no daylight saving: local time = UTC + 8 h.

@@ -317,23 +317,337 @@ async function drawHolds(id) {
   };
 }
 
-// ---- alarms, audits, users -----------------------------------------------------------------------
-async function renderAlarms() {
-  const data = await api.get("/api/stations");
-  const rows = [];
-  for (const st of data.stations) {
-    if (!st.enabled) continue;
-    for (const f of st.faults) rows.push({ st, at: f.since_ms, kind: "故障", what: `${f.kind}（${f.severity}）${f.detail ? "：" + f.detail : ""}` });
-    if (!st.camera.online) rows.push({ st, at: st.camera.last_packet_ms ?? st.camera.updated_ms, kind: "离线",
-      what: `${st.camera.state}${st.camera.reason ? "：" + st.camera.reason : ""}${st.camera.detail ? "（" + st.camera.detail + "）" : ""}` });
-  }
-  rows.sort((a, b) => (b.at ?? 0) - (a.at ?? 0));
-  main.innerHTML = `<h2>告警 <span class="muted">${rows.length} 条，最新在前</span></h2>
-    <table id="alarms"><tr><th>时间</th><th>类型</th><th>站点</th><th>镇街</th><th>详情</th></tr>${rows.map((r) =>
-      `<tr><td>${localText(r.at)}</td><td><i class="dot s-${r.kind === "故障" ? "fault" : "offline"}"></i>${r.kind}</td>
-       <td><a href="#/station/${esc(r.st.id)}">${esc(r.st.name)}</a></td><td>${esc(r.st.town)}</td><td>${esc(r.what)}</td></tr>`).join("")}</table>`;
+// ---- alarm center (issue 20): alerts, acknowledge, mute, maintenance windows ---------------------
+const SEVERITY_TEXT = { info: "提示", minor: "一般", major: "重要", critical: "紧急" };
+const ALARM_TABS = { firing: "进行中", resolved: "已恢复", all: "全部" };
+const DELIVERY_KIND = { firing: "告警", reminder: "提醒", resolved: "恢复", digest: "汇总", test: "测试" };
+const DELIVERY_STATE = { queued: "待发送", sent: "已发送", batched: "已并入汇总", failed: "发送失败", dropped: "已取消" };
+const MUTE_CHOICES = [[30, "30 分钟"], [120, "2 小时"], [480, "8 小时"], [1440, "24 小时"]];
+const MAINT_STATE = { active: "进行中", future: "未开始", past: "已结束" };
+const ALARM_PAGE = 50;
+const ALARM_REFRESH_MS = 15000;
+const ALARM_COLS = 9;
+
+// "12:30" today, "03-02 12:30" another day.
+const shortTime = (ms) => {
+  const t = localText(ms);
+  return t.slice(0, 10) === todayLocal() ? t.slice(11, 16) : t.slice(5, 16);
+};
+
+function spanText(ms) {
+  const min = Math.max(0, Math.round(ms / 60000));
+  if (min < 60) return `${min}分钟`;
+  const h = Math.floor(min / 60);
+  if (h < 48) return `${h}小时${min % 60 ? `${min % 60}分` : ""}`;
+  return `${Math.floor(h / 24)}天${h % 24 ? `${h % 24}小时` : ""}`;
 }
 
+function alarmStatus(a, now) {
+  if (a.state !== "firing") return `<span class="tag t-resolved">已恢复</span>`;
+  const tags = [];
+  if (a.suppressed === "maintenance") tags.push(`<span class="tag t-maint" title="维护窗口内产生，不通知">维护中</span>`);
+  else if (a.suppressed) tags.push(`<span class="tag t-maint">不通知（${esc(a.suppressed)}）</span>`);
+  if (a.muted_until_ms && a.muted_until_ms > now) {
+    tags.push(`<span class="tag t-muted" title="${esc(a.muted_by ? `${a.muted_by} 设置` : "")}">静音至 ${esc(shortTime(a.muted_until_ms))}</span>`);
+  }
+  if (a.acked_by) tags.push(`<span class="tag t-acked" title="${esc(a.ack_note || "")}">已确认（${esc(a.acked_by)}）</span>`);
+  return tags.length ? tags.join(" ") : `<span class="tag t-firing">告警中</span>`;
+}
+
+function alarmRow(a, now, writable, muteChoice) {
+  const firing = a.state === "firing";
+  const station = a.station_id
+    ? `<a href="#/station/${esc(a.station_id)}">${esc(a.station_name || a.station_id)}</a>` : `<span class="muted">服务器</span>`;
+  const duration = firing ? `已持续 ${spanText(now - a.since_ms)}`
+    : `${esc(localText(a.resolved_ms))}<br><span class="muted">持续 ${spanText((a.resolved_ms ?? now) - a.since_ms)}</span>`;
+  const muted = a.muted_until_ms && a.muted_until_ms > now;
+  let actions = `<button type="button" class="link alarm-more">详情</button>`;
+  if (writable && firing) {
+    if (!a.acked_by) actions += ` <button type="button" class="ack-open">确认</button>`;
+    actions += muted ? ` <button type="button" class="unmute">取消静音</button>`
+      : ` <select class="mute-minutes" aria-label="静音时长">${MUTE_CHOICES.map(([m, t]) =>
+        `<option value="${m}" ${String(m) === muteChoice ? "selected" : ""}>${t}</option>`).join("")}</select> <button type="button" class="mute">静音</button>`;
+  }
+  return `<tr class="alarm" data-id="${esc(a.id)}" data-state="${esc(a.state)}">
+    <td><span class="sev sev-${esc(a.severity)}">${esc(SEVERITY_TEXT[a.severity] || a.severity)}</span></td>
+    <td>${esc(a.rule_label)}<div class="alarm-title">${esc(a.title)}</div></td>
+    <td>${station}</td><td>${esc(a.town || "全县")}</td><td>${esc(localText(a.since_ms))}</td><td>${duration}</td>
+    <td class="alarm-status">${alarmStatus(a, now)}</td><td>${esc(a.reminders)}</td><td class="actions">${actions}</td></tr>`;
+}
+
+function alarmDetailHtml(d) {
+  const facts = [
+    d.detail ? `<p>${esc(d.detail)}</p>` : "",
+    `<p class="muted">条件开始 ${esc(localText(d.since_ms))}，告警产生 ${esc(localText(d.fired_ms))}` +
+      (d.acked_by ? `；${esc(d.acked_by)} 于 ${esc(localText(d.acked_ms))} 确认${d.ack_note ? `：${esc(d.ack_note)}` : ""}` : "") +
+      (d.muted_by && d.muted_until_ms ? `；${esc(d.muted_by)} 静音至 ${esc(localText(d.muted_until_ms))}` : "") + "</p>",
+  ].join("");
+  const rows = d.deliveries.map((x) => `<tr class="delivery" data-kind="${esc(x.kind)}" data-state="${esc(x.state)}">
+    <td>${esc(x.channel)}</td><td>${esc(DELIVERY_KIND[x.kind] || x.kind)}</td><td>${esc(DELIVERY_STATE[x.state] || x.state)}</td>
+    <td>${esc(x.attempts)}</td><td>${x.last_error ? `<span class="error">${esc(x.last_error)}</span>` : "—"}</td>
+    <td>${esc(localText(x.created_ms))}</td><td>${esc(localText(x.sent_ms))}</td></tr>`).join("");
+  return facts + (d.deliveries.length
+    ? `<table class="deliveries"><tr><th>通道</th><th>类型</th><th>状态</th><th>尝试次数</th><th>最近错误</th><th>生成时间</th><th>发送时间</th></tr>${rows}</table>`
+    : `<p class="muted">没有发出的消息（未配置告警通道，或在维护窗口内）</p>`);
+}
+
+async function renderAlarms() {
+  const writable = can("alerts:write");
+  let tab = sessionStorage.getItem("alarm-tab") || "firing";
+  if (!ALARM_TABS[tab]) tab = "firing";
+  let alerts = [];
+  let nextBefore = null;
+  let gen = 0;  // a newer load or action makes older answers stale
+  let alive = true;
+  const openDetails = new Set();
+  const ackNotes = new Map();  // alert id -> the note being typed (kept across refreshes)
+  const muteChoices = new Map();  // alert id -> the chosen mute minutes (kept across refreshes)
+
+  main.innerHTML = `<h2>告警中心 <span class="muted" id="alarm-count"></span></h2>
+    <div class="tabs" id="alarm-tabs">${Object.entries(ALARM_TABS).map(([k, v]) =>
+      `<button type="button" data-state="${k}" class="${k === tab ? "active" : ""}">${v}</button>`).join("")}
+      <span class="muted">每15秒自动刷新；点击一行查看消息发送记录</span></div>
+    <p class="error" id="alarm-error"></p>
+    <table id="alarm-table"><thead><tr><th>级别</th><th>规则</th><th>站点</th><th>镇街</th><th>开始时间</th>
+      <th>持续/恢复时间</th><th>状态</th><th>提醒次数</th><th>操作</th></tr></thead><tbody id="alarm-rows"></tbody></table>
+    <div class="row"><button type="button" id="alarm-more-page" hidden>加载更多</button></div>
+    ${writable ? `<section class="panel" id="maint-panel"><h3>维护窗口 <span class="muted">窗口内产生的告警不通知</span></h3>
+      <div id="maint-list"></div>
+      <form id="maint-form" class="row" novalidate>
+        <label>站点编号 <input id="mw-station" list="mw-stations" size="18" placeholder="如 pingshan-town"></label>
+        <datalist id="mw-stations"></datalist>
+        <label>或镇街 <select id="mw-town"><option value="">（不限）</option></select></label>
+        <label>开始 <input type="datetime-local" id="mw-start"></label>
+        <label>结束 <input type="datetime-local" id="mw-end"></label>
+        <label>原因 <input id="mw-reason" size="20" maxlength="500" placeholder="如：供电检修"></label>
+        <button class="primary" type="submit" id="mw-add">添加维护窗口</button>
+        <span class="muted">站点和镇街都不填：全县</span></form>
+      <p class="error" id="maint-error"></p></section>` : ""}`;
+  const body = document.getElementById("alarm-rows");
+  const errorBox = document.getElementById("alarm-error");
+  const moreBtn = document.getElementById("alarm-more-page");
+
+  const draw = () => {
+    const now = Date.now();
+    // Keep what the user was typing into open acknowledge forms.
+    body.querySelectorAll("tr.ack-row").forEach((r) => ackNotes.set(r.dataset.for, r.querySelector("input[name=note]").value));
+    body.innerHTML = alerts.length ? alerts.map((a) => alarmRow(a, now, writable, muteChoices.get(String(a.id)))).join("")
+      : `<tr><td colspan="${ALARM_COLS}" class="muted">${tab === "firing" ? "当前没有进行中的告警" : "没有告警"}</td></tr>`;
+    document.getElementById("alarm-count").textContent = `${ALARM_TABS[tab]} · 显示 ${alerts.length} 条，最新在前`;
+    moreBtn.hidden = nextBefore == null;
+    for (const [id, note] of ackNotes) {
+      const row = rowOf(id);
+      if (row && row.dataset.state === "firing") openAck(row, note); else ackNotes.delete(id);
+    }
+    for (const id of openDetails) {
+      const row = rowOf(id);
+      if (row) showDetail(row); else openDetails.delete(id);
+    }
+  };
+  const rowOf = (id) => body.querySelector(`tr.alarm[data-id="${CSS.escape(String(id))}"]`);
+  const afterRow = (row) => {  // the last row belonging to this alert (its ack form or details)
+    let r = row;
+    while (r.nextElementSibling && r.nextElementSibling.dataset.for === row.dataset.id) r = r.nextElementSibling;
+    return r;
+  };
+
+  const load = async () => {
+    const mine = ++gen;
+    const limit = Math.min(500, Math.max(ALARM_PAGE, alerts.length));
+    const r = await api.get(`/api/alerts?state=${tab}&limit=${limit}`);
+    if (!alive || mine !== gen) return;
+    alerts = r.alerts;
+    nextBefore = r.next_before_id;
+    errorBox.textContent = "";
+    draw();
+  };
+  const loadMore = async () => {
+    if (nextBefore == null) return;
+    const mine = ++gen;
+    try {
+      const r = await api.get(`/api/alerts?state=${tab}&limit=${ALARM_PAGE}&before_id=${nextBefore}`);
+      if (!alive || mine !== gen) return;
+      const seen = new Set(alerts.map((a) => a.id));
+      alerts = alerts.concat(r.alerts.filter((a) => !seen.has(a.id)));
+      nextBefore = r.next_before_id;
+      draw();
+    } catch (e) { errorBox.textContent = `加载失败：${e.message}`; }
+  };
+  const replace = (updated) => {  // an action's answer is the alert as it is now
+    gen++;
+    alerts = alerts.map((a) => (a.id === updated.id ? updated : a));
+    draw();
+  };
+
+  function openAck(row, note = "") {
+    const id = row.dataset.id;
+    if (body.querySelector(`tr.ack-row[data-for="${CSS.escape(id)}"]`)) return;
+    row.insertAdjacentHTML("afterend", `<tr class="ack-row" data-for="${esc(id)}"><td colspan="${ALARM_COLS}">
+      <form class="ack-form row">确认告警：<input name="note" size="40" maxlength="500" placeholder="备注（可选），如：已通知站长处理" value="${esc(note)}">
+        <button type="submit" class="primary">提交确认</button><button type="button" class="ack-cancel">取消</button>
+        <span class="error ack-error"></span></form></td></tr>`);
+    ackNotes.set(id, note);
+  }
+  function closeAck(id) {
+    ackNotes.delete(id);
+    body.querySelectorAll(`tr.ack-row[data-for="${CSS.escape(id)}"]`).forEach((r) => r.remove());
+  }
+  async function showDetail(row) {
+    const id = row.dataset.id;
+    openDetails.add(id);
+    let det = body.querySelector(`tr.alarm-detail[data-for="${CSS.escape(id)}"]`);
+    if (!det) {
+      afterRow(row).insertAdjacentHTML("afterend", `<tr class="alarm-detail" data-for="${esc(id)}"><td colspan="${ALARM_COLS}">
+        <span class="muted">加载中…</span></td></tr>`);
+      det = body.querySelector(`tr.alarm-detail[data-for="${CSS.escape(id)}"]`);
+    }
+    try {
+      const d = await api.get(`/api/alerts/${encodeURIComponent(id)}`);
+      if (det.isConnected) det.firstElementChild.innerHTML = alarmDetailHtml(d);
+    } catch (e) {
+      if (det.isConnected) det.firstElementChild.innerHTML = `<span class="error">${esc(e.message)}</span>`;
+    }
+  }
+  const toggleDetail = (row) => {
+    const id = row.dataset.id;
+    if (openDetails.has(id)) {
+      openDetails.delete(id);
+      body.querySelectorAll(`tr.alarm-detail[data-for="${CSS.escape(id)}"]`).forEach((r) => r.remove());
+    } else showDetail(row);
+  };
+  const act = async (fn) => {
+    errorBox.textContent = "";
+    try { replace(await fn()); } catch (e) { errorBox.textContent = `操作失败：${e.message}`; }
+  };
+
+  body.addEventListener("click", (ev) => {
+    const row = ev.target.closest("tr.alarm");
+    if (!row) return;
+    const id = row.dataset.id;
+    const path = `/api/alerts/${encodeURIComponent(id)}`;
+    if (ev.target.closest(".alarm-more")) toggleDetail(row);
+    else if (ev.target.closest(".ack-open")) { openAck(row); body.querySelector(`tr.ack-row[data-for="${CSS.escape(id)}"] input`).focus(); }
+    else if (ev.target.closest(".mute")) {
+      const minutes = Number(row.querySelector(".mute-minutes").value);
+      act(() => api.post(`${path}/mute`, { minutes }));
+    } else if (ev.target.closest(".unmute")) act(() => api.delete(`${path}/mute`));
+    else if (!ev.target.closest("a, button, select, input")) toggleDetail(row);
+  });
+  body.addEventListener("click", (ev) => {
+    const cancel = ev.target.closest(".ack-cancel");
+    if (cancel) closeAck(cancel.closest("tr.ack-row").dataset.for);
+  });
+  body.addEventListener("change", (ev) => {
+    if (ev.target.matches(".mute-minutes")) muteChoices.set(ev.target.closest("tr.alarm").dataset.id, ev.target.value);
+  });
+  body.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const form = ev.target.closest("form.ack-form");
+    if (!form) return;
+    const id = form.closest("tr.ack-row").dataset.for;
+    const note = form.note.value.trim();
+    form.querySelectorAll("button").forEach((b) => { b.disabled = true; });
+    try {
+      const updated = await api.post(`/api/alerts/${encodeURIComponent(id)}/ack`, note ? { note } : {});
+      closeAck(id);
+      replace(updated);
+    } catch (e) {
+      form.querySelector(".ack-error").textContent = e.message;
+      form.querySelectorAll("button").forEach((b) => { b.disabled = false; });
+    }
+  });
+  document.getElementById("alarm-tabs").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-state]");
+    if (!b || b.dataset.state === tab) return;
+    tab = b.dataset.state;
+    sessionStorage.setItem("alarm-tab", tab);
+    document.querySelectorAll("#alarm-tabs button").forEach((x) => x.classList.toggle("active", x === b));
+    alerts = [];
+    nextBefore = null;
+    openDetails.clear();
+    ackNotes.clear();
+    muteChoices.clear();
+    load().catch((e) => { errorBox.textContent = `加载失败：${e.message}`; });
+  });
+  moreBtn.onclick = loadMore;
+
+  const maint = writable ? setupMaintenance(() => alive) : null;
+  const tick = async () => {
+    // Not while the user is choosing or typing in the table: a redraw would take the control away.
+    const focus = document.activeElement;
+    if (focus && body.contains(focus) && focus.matches("input, select")) return;
+    try {
+      await load();
+      if (maint) await maint.load();
+    } catch (e) {
+      if (e.status === 401) { me = null; location.hash = "#/login"; return; }
+      errorBox.textContent = `刷新失败：${e.message}`;
+    }
+  };
+  const timer = setInterval(tick, ALARM_REFRESH_MS);
+  cleanup.push(() => { alive = false; clearInterval(timer); });
+  await Promise.all([load(), maint ? maint.start() : null]);
+}
+
+function setupMaintenance(alive) {
+  const list = document.getElementById("maint-list");
+  const err = document.getElementById("maint-error");
+  const form = document.getElementById("maint-form");
+  const names = new Map();
+  const load = async () => {
+    const windows = await api.get("/api/alerts/maintenance");
+    if (!alive()) return;
+    const scope = (w) => w.station_id ? `站点 ${esc(names.get(w.station_id) || w.station_id)}` : w.town ? `镇街 ${esc(w.town)}` : "全县";
+    list.innerHTML = windows.length ? `<table id="maint-table"><tr><th>范围</th><th>开始</th><th>结束</th><th>原因</th><th>设置人</th><th>状态</th><th></th></tr>${
+      windows.map((w) => `<tr class="maint" data-id="${esc(w.id)}"><td>${scope(w)}</td><td>${esc(localText(w.start_ms))}</td>
+        <td>${esc(localText(w.end_ms))}</td><td>${esc(w.reason)}</td><td>${esc(w.created_by)}</td>
+        <td>${esc(MAINT_STATE[w.state] || w.state)}</td>
+        <td><button type="button" class="mw-end" title="${w.state === "future" ? "删除未开始的窗口" : "现在结束"}">结束</button></td></tr>`).join("")}</table>`
+      : `<p class="muted">没有进行中或将来的维护窗口</p>`;
+  };
+  list.addEventListener("click", async (ev) => {
+    const b = ev.target.closest(".mw-end");
+    if (!b) return;
+    err.textContent = "";
+    try {
+      await api.delete(`/api/alerts/maintenance/${encodeURIComponent(b.closest("tr").dataset.id)}`);
+    } catch (e) { err.textContent = e.message; }
+    await load().catch((e) => { err.textContent = e.message; });
+  });
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    err.textContent = "";
+    const value = (id) => document.getElementById(id).value.trim();
+    const start = value("mw-start"), end = value("mw-end");
+    if (!start || !end) { err.textContent = "请填写开始和结束时间"; return; }
+    const body = { start, end, reason: value("mw-reason") };
+    if (value("mw-station")) body.station_id = value("mw-station");
+    if (value("mw-town")) body.town = value("mw-town");
+    try {
+      await api.post("/api/alerts/maintenance", body);
+      document.getElementById("mw-reason").value = "";
+      await load();
+    } catch (e) { err.textContent = e.message; }
+  });
+  const start = async () => {
+    const now = Date.now();
+    document.getElementById("mw-start").value = localIso(now).slice(0, 16);
+    document.getElementById("mw-end").value = localIso(now + 2 * 3600000).slice(0, 16);
+    try {  // the station ids and towns for the form; without them the fields are plain inputs
+      const data = await api.get("/api/stations");
+      const towns = [...new Set(data.stations.map((s) => s.town))];
+      data.stations.forEach((s) => names.set(s.id, s.name));
+      document.getElementById("mw-stations").innerHTML = data.stations.map((s) =>
+        `<option value="${esc(s.id)}">${esc(s.name)}</option>`).join("");
+      document.getElementById("mw-town").insertAdjacentHTML("beforeend",
+        towns.map((t) => `<option value="${esc(t)}">${esc(t)}</option>`).join(""));
+    } catch { /* no station list: type the id */ }
+    await load();
+  };
+  return { load, start };
+}
+
+// ---- audits, users -------------------------------------------------------------------------------
 function tableOf(rows) {
   if (!rows.length) return `<p class="muted">无数据</p>`;
   const cols = Object.keys(rows[0]).filter((k) => typeof rows[0][k] !== "object" || rows[0][k] === null);
