@@ -159,6 +159,7 @@ def test_a_blip_shorter_than_the_grace_tells_nobody(rig: Rig):
     assert rig.channel.sends == [] and rig.alerts() == []
 
 
+@pytest.mark.slow  # hours of simulated rounds over 139 stations
 def test_reminders_come_at_growing_waits_until_acknowledged(rig: Rig):
     sid = rig.station_ids[2]
     rig.down = {sid}
@@ -222,6 +223,7 @@ def test_a_robot_never_gets_more_than_its_limit_per_minute(rig: Rig, alert_setti
     assert len(times) <= 20
 
 
+@pytest.mark.slow  # hours of simulated rounds over 139 stations
 def test_maintenance_silences_and_leaving_it_does_not_announce_what_was_already_down(rig: Rig):
     sid = rig.station_ids[4]
     now = rig.clock.now_ms()
@@ -239,6 +241,7 @@ def test_maintenance_silences_and_leaving_it_does_not_announce_what_was_already_
     assert rig.channel.sends == []  # and no recovery for what was never told
 
 
+@pytest.mark.slow  # hours of simulated rounds over 139 stations
 def test_a_receiver_that_is_down_gets_the_message_once_when_it_returns(rig: Rig):
     rig.channel.down = True
     rig.down = {rig.station_ids[5]}
@@ -479,6 +482,7 @@ def test_ended_alerts_are_forgotten_after_keep_days_and_firing_ones_never(alert_
     assert alert_ids <= {left.id}
 
 
+@pytest.mark.slow  # hours of simulated rounds over 139 stations
 def test_through_a_real_wecom_robot_down_then_back_nothing_lost_nothing_twice(alert_settings, db, clock):
     """The same chain with the real WeCom channel (HTTP, errcode checked) and a robot-like receiver on
     127.0.0.1 that refuses connections while down and enforces 20 messages a minute."""
