@@ -27,6 +27,7 @@ from vms.db.models import (
     AuditMonthly,
     CameraStatus,
     Fault,
+    OnlineInterval,
     PurgeLog,
     Station,
     StationState,
@@ -336,6 +337,7 @@ def test_a_station_closed_long_in_its_hours_after_opening(alert_settings, db, cl
 
 def test_a_confirmed_video_fault_alerts_after_its_grace(rig: Rig):
     sid = rig.station_ids[10]
+    rig.run(6 * 60)  # past the analysis' settling after the start (faults' ends are evidence only then)
     with rig.db.session() as s:
         s.add(Fault(station_id=sid, kind="covered", severity="major", start_ms=rig.clock.now_ms(), end_ms=None))
     rig.run(60)
@@ -438,6 +440,7 @@ def test_stale_rows_cleanup_does_not_leave_firing_alerts_for_disabled_stations(r
         s.execute(delete(CameraStatus).where(CameraStatus.station_id == sid))
     rig.run(30)
     assert [a.state for a in rig.alerts(rule="camera_offline")] == ["resolved"]
+    assert rig.channel.messages("resolved") == []  # it did not come back: no recovery is told
 
 
 def test_disk_low_early_evictions_and_the_monthly_audit_are_told(alert_settings, db, clock):
@@ -536,3 +539,138 @@ def test_a_camera_going_offline_does_not_end_its_stations_other_alerts(alert_set
     rig.down = set()
     rig.run(60)  # back, still closed and covered: only the camera alert ends
     assert [m.rule for m in rig.channel.messages("resolved")] == ["camera_offline"]
+
+
+def test_no_reminders_configured_means_none_and_the_rounds_go_on(alert_settings, db, clock):
+    data = alert_settings.model_dump()
+    data["alerts"]["reminder_minutes"] = []
+    clock.set(local_ms("2026-12-07T10:00:00"))
+    rig = Rig(Settings.model_validate(data), db, clock)
+    rig.run(30)
+    rig.down = {rig.station_ids[0]}
+    rig.run(2 * 3600, step=60)
+    rig.down = {rig.station_ids[0], rig.station_ids[1]}
+    rig.run(6 * 60)
+    assert [m.kind for m in rig.channel.messages()] == ["firing", "firing"]
+
+
+def test_a_reconnect_that_restarts_the_analysis_is_no_recovery(rig: Rig):
+    """The analysis closes its open faults when a camera reconnects and confirms them again: meanwhile the
+    missing fault is no evidence that the cover came off."""
+    sid = rig.station_ids[13]
+    rig.run(6 * 60)
+    with rig.db.session() as s:
+        s.add(Fault(station_id=sid, kind="covered", severity="major", start_ms=rig.clock.now_ms(), end_ms=None))
+    rig.run(3 * 60)
+    assert [m.rule for m in rig.channel.messages("firing")] == ["camera_fault"]
+    now = rig.clock.now_ms()
+    with rig.db.session() as s:  # what vms/analysis/sink.py does on a reconnect
+        s.scalar(select(Fault).where(Fault.station_id == sid)).end_ms = now
+        s.add(OnlineInterval(station_id=sid, node="n1", start_ms=now, end_ms=None))
+    rig.run(60)
+    with rig.db.session() as s:  # confirmed again 30 s later
+        s.add(Fault(station_id=sid, kind="covered", severity="major", start_ms=rig.clock.now_ms(), end_ms=None))
+    rig.run(10 * 60)
+    assert [m.kind for m in rig.channel.messages()] == ["firing"]  # no false recovery, no second firing
+    with rig.db.session() as s:
+        for f in s.scalars(select(Fault).where(Fault.station_id == sid, Fault.end_ms.is_(None))):
+            f.end_ms = rig.clock.now_ms()  # really uncovered, long after the reconnect
+    rig.run(60)
+    assert [m.kind for m in rig.channel.messages()] == ["firing", "resolved"]
+
+
+def test_a_not_open_alert_ends_silently_with_the_hours_even_when_the_camera_was_off(alert_settings, db, clock):
+    clock.set(local_ms("2026-12-07T06:00:00"))
+    rig = Rig(alert_settings, db, clock)
+    sid = rig.station_ids[14]
+    with db.session() as s:
+        s.get(Station, sid).business_hours = "08:00-18:00"
+    _closed_all_day(db, sid, local_ms("2026-12-07T00:00:00"))
+    clock.set(local_ms("2026-12-07T08:35:00"))
+    rig.run(10 * 60)
+    assert [m.rule for m in rig.channel.messages("firing")] == ["station_not_open"]
+    clock.set(local_ms("2026-12-07T17:00:00"))
+    rig.run(60)
+    rig.down = {sid}  # powered off at closing time
+    rig.run(3600, step=60)
+    clock.set(local_ms("2026-12-08T07:30:00"))
+    rig.down = set()  # back the next morning, still closed
+    rig.run(10 * 60)
+    assert [m.rule for m in rig.channel.messages("resolved")] == ["camera_offline"]  # not "opened"
+    [alert] = rig.alerts(rule="station_not_open")
+    assert alert.state == "resolved" and "营业时间已结束" in (alert.detail or "")
+
+
+def test_a_wall_clock_step_raises_no_alerts(rig: Rig):
+    rig.run(6 * 60)
+    for step in (3600, -3600):
+        rig.clock.step_wall(step)
+        rig.service.tick()  # right after the step, before the workers' next status: every row looks old
+        rig.run(6 * 60)
+    assert rig.channel.sends == []
+
+
+def test_sends_are_counted_when_they_go_and_test_messages_count_too(alert_settings, db, clock):
+    """A slow channel before a robot in the same round (an SMTP server taking 50 s) must not let the robot
+    get its minute's budget twice: sends are counted when they go, not when the round began."""
+    from vms.alerts.dispatch import send_test
+
+    data = alert_settings.model_dump()
+    data["alerts"]["channels"] = [
+        {"name": "slow-mail", "type": "webhook", "url": "http://127.0.0.1:9/a", "digest_threshold": 2},
+        {"name": "robot", "type": "webhook", "url": "http://127.0.0.1:9/b", "digest_threshold": 100,
+         "max_per_minute": 20}]
+    s = Settings.model_validate(data)
+    clock.set(local_ms("2026-12-07T10:00:00"))
+    slow, robot = (RecordingChannel(c) for c in s.alerts.all_channels())
+    rig = Rig(s, db, clock)
+    rig.channel = robot
+    rig.service = AlertService(s, db, clock, channels={"slow-mail": slow, "robot": robot})
+    rig.run(30)
+    robot_at: list[float] = []
+    slow_send, robot_send = slow.send, robot.send
+
+    def slow_mail(messages, delivery_id):
+        if not slow.sends:
+            clock.advance(50)  # the first time only
+        return slow_send(messages, delivery_id)
+
+    def timed_robot(messages, delivery_id):
+        robot_at.append(clock.monotonic())
+        return robot_send(messages, delivery_id)
+
+    slow.send = slow_mail  # type: ignore[method-assign]
+    robot.send = timed_robot  # type: ignore[method-assign]
+    rig.down = set(rig.station_ids[:20])
+    rig.run(15)
+    rig.down = set(rig.station_ids[:40])  # 20 more, due one round later
+    rig.run(10 * 60)
+    assert len(robot_at) >= 30  # (the robot got them, singly, over several minutes)
+    assert max(sum(1 for t in robot_at if a <= t < a + 60) for a in robot_at) <= 20
+    # Test messages share the budget: the 21st in a minute is refused without being sent.
+    robot.send = robot_send  # type: ignore[method-assign]
+    clock.advance(120)
+    before = len(robot.sends)
+    results = [send_test(db, rig.settings, robot, clock.now_ms())[1] for _ in range(25)]
+    assert sum(r.ok for r in results) == 20 and len(robot.sends) - before == 20
+    assert "稍后再试" in (results[-1].error or "")
+
+
+@pytest.mark.slow  # hours of simulated rounds over 139 stations
+def test_no_reminders_pile_up_behind_a_digest_that_waits(rig: Rig):
+    rig.channel.down = True
+    rig.down = set(rig.station_ids[:10])
+    rig.run(3 * 3600, step=60)
+    rig.channel.down = False
+    rig.run(10 * 60)
+    kinds = [sorted({m.kind for m in batch}) for batch in rig.channel.sends]
+    assert kinds == [["firing"]], kinds
+
+
+def test_a_worker_restarting_in_a_loop_is_told_once_an_hour(rig: Rig):
+    for i in range(40):
+        with rig.db.session() as s:
+            s.add(SystemEvent(at_ms=rig.clock.now_ms(), kind="worker_restarted", subject="n1/worker-0",
+                              detail=f"restart {i}"))
+        rig.run(30)
+    assert len(rig.channel.messages("firing")) <= 2  # one per clock hour it spans

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from vms.alerts import metrics
 from vms.alerts.engine import severity_rank
 from vms.alerts.messages import AlertMessage, SendResult
 from vms.alerts.rules import local_text
+from vms.core.clock import Clock
 from vms.core.settings import AlertChannelSettings, Settings
 from vms.db.engine import Database
 from vms.db.models import Alert, AlertDelivery, DeliveryState, Station
@@ -115,38 +118,55 @@ def message_for(delivery: AlertDelivery, alert: Alert | None, station_name: str 
 class Dispatcher:
     """Sends what is due. Keeps each channel's send times of the last minute (its rate budget)."""
 
-    def __init__(self, settings: Settings, channels: dict[str, Channel]) -> None:
+    def __init__(self, settings: Settings, channels: dict[str, Channel], clock: Clock) -> None:
         self.settings = settings
         self.channels = channels
-        self.sends: dict[str, deque[int]] = {}
+        self.clock = clock
+        # Each channel's sends in the last minute, on the monotonic clock (a wall-clock step must neither
+        # free nor freeze a robot's budget). The database's record of attempts (last_attempt_ms) adds
+        # what other processes sent: `vms alerts test`, the API's test, another server.
+        self.sends: dict[str, deque[float]] = {}
 
-    def budget(self, channel: AlertChannelSettings, now_ms: int) -> int:
-        window = self.sends.setdefault(channel.name, deque())
-        while window and window[0] <= now_ms - RATE_WINDOW_MS:
+    def _window(self, name: str) -> deque[float]:
+        window = self.sends.setdefault(name, deque())
+        now = self.clock.monotonic()
+        while window and window[0] <= now - RATE_WINDOW_MS / 1000:
             window.popleft()
-        return channel.max_per_minute - len(window)
+        return window
 
-    def note_send(self, name: str, now_ms: int) -> None:
-        self.sends.setdefault(name, deque()).append(now_ms)
+    def budget(self, s: Session, channel: AlertChannelSettings, now_ms: int) -> int:
+        elsewhere = recent_attempts(s, channel.name, now_ms)
+        return channel.max_per_minute - max(len(self._window(channel.name)), elsewhere)
 
-    def run(self, database: Database, now_ms: int) -> DispatchResult:
+    def note_send(self, name: str) -> None:
+        self.sends.setdefault(name, deque()).append(self.clock.monotonic())
+
+    def run(self, database: Database, now_ms: int, keep_going: Callable[[], bool] | None = None) -> DispatchResult:
+        """Send what is due. `keep_going` is asked before each send after the first (the round's lease:
+        a round that ran long must not send what another server has taken over)."""
         with database.session() as s:
             units = self._pick(s, now_ms)
         result = DispatchResult()
-        outcomes: list[tuple[_Unit, SendResult]] = []
+        outcomes: list[tuple[_Unit, SendResult, int]] = []
         for unit in units:
             channel = self.channels[unit.channel]
-            self.note_send(unit.channel, now_ms)
+            # Counted when it really goes: a slow channel before it may have taken most of the minute.
+            if len(self._window(unit.channel)) >= channel.settings.max_per_minute:
+                continue
+            if outcomes and keep_going is not None and not keep_going():
+                break
+            self.note_send(unit.channel)
+            sent_at = self.clock.now_ms()
             try:
                 res = channel.send(unit.messages, unit.delivery_id)
             except Exception as exc:  # noqa: BLE001 - a channel's bug must not stop the others
                 log.exception("alert channel %s failed unexpectedly", unit.channel)
                 res = SendResult(ok=False, error=f"{type(exc).__name__}")
-            outcomes.append((unit, res))
+            outcomes.append((unit, res, sent_at))
         if outcomes:
             with database.session() as s:
-                for unit, res in outcomes:
-                    self._record(s, unit, res, now_ms, result)
+                for unit, res, sent_at in outcomes:
+                    self._record(s, unit, res, sent_at, result)
         return result
 
     # ------------------------------------------------------------ picking
@@ -170,7 +190,7 @@ class Dispatcher:
                 for d in waiting:
                     d.next_attempt_ms = quiet_end
                 due = [d for d in due if d not in waiting]
-            budget = self.budget(ch, now_ms)
+            budget = self.budget(s, ch, now_ms)
             if not due or budget <= 0:
                 continue
             digests = [d for d in due if d.kind == "digest"]
@@ -191,13 +211,21 @@ class Dispatcher:
                     digests.append(digest)
                     singles = []
             for d in (digests + singles)[:budget]:
-                units.append(self._unit(s, d, now_ms))
+                unit = self._unit(s, d, now_ms)
+                if unit is not None:
+                    units.append(unit)
         return units
 
-    def _unit(self, s: Session, d: AlertDelivery, now_ms: int) -> _Unit:
+    def _unit(self, s: Session, d: AlertDelivery, now_ms: int) -> _Unit | None:
         if d.kind == "digest":
-            members = list(s.scalars(select(AlertDelivery).where(AlertDelivery.digest_id == d.id)
-                                     .order_by(AlertDelivery.id)))
+            # What it still carries: a reminder acknowledged meanwhile was taken out (dropped).
+            members = list(s.scalars(select(AlertDelivery).where(
+                AlertDelivery.digest_id == d.id, AlertDelivery.state == DeliveryState.BATCHED)
+                .order_by(AlertDelivery.id)))
+            if not members:
+                d.state = DeliveryState.DROPPED
+                d.last_error = "nothing left to send"
+                return None
         else:
             members = [d]
         alert_ids = {m.alert_id for m in members if m.alert_id is not None}
@@ -221,6 +249,8 @@ class Dispatcher:
         if d is None:
             return
         d.attempts += 1
+        d.last_attempt_ms = now_ms
+        metrics.MESSAGES.labels(unit.channel, "ok" if res.ok else "failed").inc()
         if res.ok:
             d.state = DeliveryState.SENT
             d.sent_ms = now_ms
@@ -247,11 +277,22 @@ class Dispatcher:
                         d.attempts, (d.next_attempt_ms - now_ms) / 1000, error)
 
 
+def recent_attempts(s: Session, channel: str, now_ms: int) -> int:
+    """Sends to a channel in the minute before now, by any process (alert_deliveries.last_attempt_ms)."""
+    return s.scalar(select(func.count()).select_from(AlertDelivery).where(
+        AlertDelivery.channel == channel, AlertDelivery.last_attempt_ms > now_ms - RATE_WINDOW_MS,
+        AlertDelivery.last_attempt_ms <= now_ms)) or 0
+
+
 def send_test(database: Database, settings: Settings, channel: Channel, now_ms: int) -> tuple[int, SendResult]:
-    """Send a test message through one channel now, recording it like any delivery."""
+    """Send a test message through one channel now, recording it like any delivery. It counts against the
+    robot's per-minute budget like every send, and is refused when the minute's budget is spent."""
     with database.session() as s:
+        if recent_attempts(s, channel.name, now_ms) >= channel.settings.max_per_minute:
+            return 0, SendResult(ok=False, error=f"通道 {channel.name} 一分钟内已发送 "
+                                                 f"{channel.settings.max_per_minute} 条，稍后再试", retry_after_s=60)
         d = AlertDelivery(alert_id=None, channel=channel.name, kind="test", severity="info",
-                          state=DeliveryState.QUEUED, attempts=0, created_ms=now_ms,
+                          state=DeliveryState.QUEUED, attempts=0, created_ms=now_ms, last_attempt_ms=now_ms,
                           next_attempt_ms=now_ms + 10 * 365 * 86_400_000, items=1)  # never picked by a round
         s.add(d)
         s.flush()

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vms.alerts.rules import Condition, Evaluation, evaluate
@@ -47,8 +47,7 @@ def queue_message(session: Session, alert: Alert, kind: str, channels: Iterable[
     if kind == "reminder":
         # A channel that has not yet taken this alert's last message (its robot is down, quiet hours)
         # gets no reminder on top: the reminders would pile up and arrive together.
-        waiting = set(session.scalars(select(AlertDelivery.channel).where(
-            AlertDelivery.alert_id == alert.id, AlertDelivery.state == DeliveryState.QUEUED)))
+        waiting = {d.channel for d in unsent(session, alert.id)}
     for ch in channels:
         if ch.name not in waiting and routes_to(ch, alert.severity, alert.town):
             session.add(AlertDelivery(alert_id=alert.id, channel=ch.name, kind=kind, severity=alert.severity,
@@ -58,11 +57,31 @@ def queue_message(session: Session, alert: Alert, kind: str, channels: Iterable[
     return n
 
 
+def unsent(session: Session, alert_id: int) -> list[AlertDelivery]:
+    """An alert's messages not yet delivered: queued, or carried by a digest that is still queued."""
+    queued_digests = select(AlertDelivery.id).where(AlertDelivery.kind == "digest",
+                                                    AlertDelivery.state == DeliveryState.QUEUED)
+    return list(session.scalars(select(AlertDelivery).where(
+        AlertDelivery.alert_id == alert_id,
+        (AlertDelivery.state == DeliveryState.QUEUED)
+        | ((AlertDelivery.state == DeliveryState.BATCHED) & AlertDelivery.digest_id.in_(queued_digests)))))
+
+
 def drop_queued(session: Session, alert_id: int, kinds: tuple[str, ...]) -> None:
-    """Queued messages of these kinds for one alert are no longer worth sending."""
-    session.execute(update(AlertDelivery).where(
-        AlertDelivery.alert_id == alert_id, AlertDelivery.state == DeliveryState.QUEUED,
-        AlertDelivery.kind.in_(kinds)).values(state=DeliveryState.DROPPED, last_error="no longer needed"))
+    """Unsent messages of these kinds for one alert are no longer worth sending (also inside a digest
+    still waiting: it is rebuilt from the messages it still carries)."""
+    for d in unsent(session, alert_id):
+        if d.kind in kinds:
+            d.state = DeliveryState.DROPPED
+            d.last_error = "no longer needed"
+
+
+def next_reminder(waits: list[float], sent: int, now_ms: int) -> int | None:
+    """When the next reminder is due after `sent` reminders: the waits in turn, the last one repeating;
+    none at all with an empty list."""
+    if not waits:
+        return None
+    return now_ms + int(waits[min(sent, len(waits) - 1)] * 60_000)
 
 
 def in_maintenance(windows: list[AlertMaintenance], station_id: str | None, town: str | None, at_ms: int) -> bool:
@@ -141,22 +160,30 @@ class AlertEngine:
                 alert.detail = cond.detail
                 out.queued += queue_message(session, alert, "reminder", channels, now_ms)
                 alert.reminders += 1
-                waits = alerts.reminder_minutes
-                alert.next_reminder_ms = now_ms + int(waits[min(alert.reminders, len(waits) - 1)] * 60_000)
+                alert.next_reminder_ms = next_reminder(alerts.reminder_minutes, alert.reminders, now_ms)
                 alert.updated_ms = now_ms
                 out.reminders += 1
         for key, alert in firing.items():
             if key in present:
                 continue
-            if key not in ev.expired and any(key.startswith(prefix) for prefix in ev.held):
-                continue
+            # Ends without a recovery message: the condition ran out (business hours over), its rule or
+            # station was switched off. Nothing was put right, so nobody is told it was.
+            silent = None
+            if alert.expires_ms is not None and now_ms >= alert.expires_ms:
+                silent = "营业时间已结束，告警关闭（不发恢复消息）"
+            elif alert.station_id is not None and alert.station_id not in ev.enabled_stations:
+                silent = "站点已停用或已移出目录，告警关闭（不发恢复消息）"
+            elif key in ev.expired:
+                silent = "规则已关闭或条件已过期，告警关闭（不发恢复消息）"
+            elif any(key.startswith(prefix) for prefix in ev.held):
+                continue  # no evidence either way this round
             alert.state = AlertState.RESOLVED
             alert.resolved_ms = now_ms
             alert.updated_ms = now_ms
             alert.next_reminder_ms = None
             drop_queued(session, alert.id, ("reminder",))
-            if key in ev.expired:
-                alert.detail = (alert.detail or "") + " （营业时间已结束，告警关闭，不发恢复消息）"
+            if silent is not None:
+                alert.detail = f"{alert.detail or ''}（{silent}）"
             elif (alert.notified and not (alert.muted_until_ms and alert.muted_until_ms > now_ms)
                   and not in_maintenance(windows, alert.station_id, alert.town, now_ms)):
                 out.queued += queue_message(session, alert, "resolved", channels, now_ms)
@@ -171,16 +198,16 @@ class AlertEngine:
                       or in_maintenance(windows, cond.station_id, cond.town, cond.since_ms))
         alert = Alert(key=cond.key, rule=cond.rule, severity=cond.severity, station_id=cond.station_id,
                       town=cond.town, title=cond.title, detail=cond.detail, state=AlertState.FIRING,
-                      since_ms=cond.since_ms, fired_ms=now_ms, one_shot=cond.one_shot, notified=False,
+                      since_ms=cond.since_ms, fired_ms=now_ms, expires_ms=cond.expires_ms,
+                      one_shot=cond.one_shot, notified=False,
                       suppressed="maintenance" if suppressed else None, reminders=0, updated_ms=now_ms)
         session.add(alert)
         session.flush()  # its id, for the deliveries
         if not suppressed:
             out.queued += queue_message(session, alert, "firing", channels, now_ms)
             alert.notified = True
-            waits = self.settings.alerts.reminder_minutes
-            if not cond.one_shot and waits:
-                alert.next_reminder_ms = now_ms + int(waits[0] * 60_000)
+            if not cond.one_shot:
+                alert.next_reminder_ms = next_reminder(self.settings.alerts.reminder_minutes, 0, now_ms)
         if cond.one_shot:
             alert.state = AlertState.RESOLVED
             alert.resolved_ms = now_ms

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
+from vms.alerts import metrics
 from vms.alerts.dispatch import Dispatcher, DispatchResult, message_for
 from vms.alerts.engine import AlertEngine, RoundResult, queue_message, routes_to
 from vms.alerts.messages import AlertMessage, SendResult
@@ -21,13 +22,14 @@ from vms.alerts.rules import local_text
 from vms.core.clock import Clock
 from vms.core.settings import Settings
 from vms.db.engine import Database, rows_matched
-from vms.db.models import Alert, AlertDelivery, AlertState, DeliveryState, SystemEvent
+from vms.db.models import Alert, AlertDelivery, AlertMaintenance, AlertState, DeliveryState, SystemEvent
 from vms.retention.locks import JobLease
 
 log = logging.getLogger("vms.alerts")
 JOB_ID = "alerts"
 LEASE_NAME = "alerts"
 PRUNE_EVERY_MS = 3_600_000
+CLOCK_STEP_S = 30  # the wall clock moved this much more (or less) than the monotonic one between rounds
 
 
 @dataclass
@@ -48,31 +50,59 @@ class AlertService:
             channels = make_channels(settings.alerts, settings.tz)
         self.channels = channels
         self.engine = AlertEngine(settings, clock.now_ms())
-        self.dispatcher = Dispatcher(settings, self.channels)
+        self.dispatcher = Dispatcher(settings, self.channels, clock)
         self.outage: _DatabaseOutage | None = None
         self.pruned_ms = 0
-        lease_ms = max(60_000, int(settings.alerts.evaluate_seconds * 4000))
+        self._last_clocks: tuple[int, float] | None = None
+        # Renewed before each send: a round slowed by timing-out receivers keeps it.
+        lease_ms = max(120_000, int(settings.alerts.evaluate_seconds * 4000))
         self.lease = JobLease(database, LEASE_NAME, clock, lease_ms=lease_ms)
 
     def tick(self) -> tuple[RoundResult | None, DispatchResult | None]:
         now = self.clock.now_ms()
+        mono = self.clock.monotonic()
+        stepped = self._clock_stepped(now, mono)
         try:
             if not self.lease.acquire():
                 return None, None  # another server sharing this database runs the alerts
             if self.outage is not None:
                 self._outage_over(now)
-            with self.db.session() as s:
-                round_result = self.engine.evaluate(s, now)
-            sent = self.dispatcher.run(self.db, now)
+            if stepped:
+                # The wall clock jumped (NTP, an operator): every status row now looks older (or newer) than
+                # it is. Count downtime afresh from now, as after a start, and judge nothing this round.
+                self.engine.started_ms = now
+                self.engine.first_seen.clear()
+                round_result = RoundResult()
+            else:
+                with self.db.session() as s:
+                    round_result = self.engine.evaluate(s, now)
+            sent = self.dispatcher.run(self.db, now, keep_going=self.lease.renew)
             log.debug("alert round: raised %d, resolved %d, reminders %d, sent %d, failed %d",
                       len(round_result.raised), len(round_result.resolved), round_result.reminders, sent.sent,
                       sent.failed)
             if now - self.pruned_ms >= PRUNE_EVERY_MS:
                 self.prune(now)
+            metrics.LAST_ROUND.set(self.clock.now_ms() / 1000)
             return round_result, sent
-        except SQLAlchemyError as exc:
+        except (OperationalError, InterfaceError) as exc:
+            # Only the database being out of reach; any other error is a bug, logged by the job.
+            metrics.ROUNDS_FAILED.inc()
             self._database_down(now, exc)
             return None, None
+        except Exception:
+            metrics.ROUNDS_FAILED.inc()
+            raise
+
+    def _clock_stepped(self, now: int, mono: float) -> bool:
+        last = self._last_clocks
+        self._last_clocks = (now, mono)
+        if last is None:
+            return False
+        drift_s = (now - last[0]) / 1000 - (mono - last[1])
+        if abs(drift_s) > CLOCK_STEP_S:
+            log.warning("alerts: the wall clock stepped by %+.0f s; downtime is counted afresh from now", drift_s)
+            return True
+        return False
 
     def prune(self, now: int) -> int:
         """Forget alerts ended more than alerts.keep_days ago, with their messages (and old test messages
@@ -86,6 +116,14 @@ class AlertService:
             n = rows_matched(s.execute(delete(Alert).where(Alert.state == AlertState.RESOLVED,
                                                            Alert.resolved_ms < cutoff)))
             s.execute(delete(SystemEvent).where(SystemEvent.at_ms < cutoff))
+            s.execute(delete(AlertMaintenance).where(AlertMaintenance.end_ms < cutoff))
+            # A test message left queued by a crash between its send and its record: not worth a year.
+            s.execute(update(AlertDelivery).where(
+                AlertDelivery.kind == "test", AlertDelivery.state == DeliveryState.QUEUED,
+                AlertDelivery.created_ms < now - 86_400_000).values(state=DeliveryState.FAILED,
+                                                                    last_error="outcome unknown"))
+            metrics.FIRING.set(s.scalar(select(func.count()).select_from(Alert).where(
+                Alert.state == AlertState.FIRING)) or 0)
         self.pruned_ms = now
         return n
 
@@ -112,7 +150,7 @@ class AlertService:
             channel = self.channels.get(ch.name)
             if channel is None or not routes_to(ch, "critical", None):
                 continue
-            self.dispatcher.note_send(ch.name, now)
+            self.dispatcher.note_send(ch.name)
             try:
                 outage.results[ch.name] = channel.send([message], 0)
             except Exception as err:  # noqa: BLE001

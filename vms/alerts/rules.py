@@ -25,6 +25,7 @@ from vms.db.models import (
     AuditMonthly,
     CameraStatus,
     Fault,
+    OnlineInterval,
     OpenState,
     PurgeLog,
     Station,
@@ -71,6 +72,7 @@ class Condition:
     station_name: str | None = None
     town: str | None = None
     one_shot: bool = False  # an event: told once, never "resolved"
+    expires_ms: int | None = None  # it cannot outlast this (business hours' end): then ends with no recovery
 
 
 @dataclass
@@ -85,6 +87,8 @@ class Evaluation:
     # their firing alerts stay as they are, neither resolved nor reminded -- a camera going offline does
     # not mean the station opened or the cover was taken off.
     held: set[str] = field(default_factory=set)
+    # Enabled stations: the alerts of a station disabled (or gone from the catalogue) end without a recovery.
+    enabled_stations: set[str] = field(default_factory=set)
 
 
 def rules_for(alerts: AlertSettings, station_id: str, town: str) -> AlertRuleSettings:
@@ -128,6 +132,7 @@ class RuleContext:
         self.first_seen = first_seen
         self.tz = settings.tz
         self.out = Evaluation()
+        self._keys: set[str] = set()
 
     def seen_since(self, key: str) -> int:
         if key not in self.first_seen:
@@ -136,8 +141,13 @@ class RuleContext:
         return self.first_seen[key]
 
     def add(self, cond: Condition, disabled: Iterable[str] = ()) -> None:
+        if cond.key in self._keys:
+            return  # (events of one hour share a key: the first stands for them)
+        self._keys.add(cond.key)
         if cond.rule not in disabled and cond.rule not in self.alerts.disabled_rules:
             self.out.conditions.append(cond)
+        else:
+            self.out.expired.add(cond.key)  # switched off: its alert ends without a recovery message
 
 
 def evaluate(session: Session, settings: Settings, now_ms: int, *, started_ms: int,
@@ -146,6 +156,7 @@ def evaluate(session: Session, settings: Settings, now_ms: int, *, started_ms: i
     server itself is not counted as cameras' downtime); `first_seen`: see the module's note."""
     ctx = RuleContext(session, settings, now_ms, started_ms, first_seen)
     stations = list(session.scalars(select(Station).where(Station.enabled.is_(True)).order_by(Station.id)))
+    ctx.out.enabled_stations = {st.id for st in stations}
     _station_rules(ctx, stations)
     _storage_rules(ctx)
     _event_rules(ctx)
@@ -170,14 +181,24 @@ def _station_rules(ctx: RuleContext, stations: list[Station]) -> None:
             .where((StationState.end_ms.is_(None)) | (StationState.end_ms > day_start))
             .order_by(StationState.station_id, StationState.start_ms)):
         states.setdefault(sid, []).append((state, start, end))
+    # The analysis starts afresh when a camera (re)connects: it closes the open faults and states of its
+    # previous run and takes its confirmation times to decide again. Until then a missing fault or
+    # state is no evidence that the cover came off or the station opened.
+    connected: dict[str, int] = {
+        sid: start for sid, start in ctx.s.execute(
+            select(OnlineInterval.station_id, func.max(OnlineInterval.start_ms))
+            .where(OnlineInterval.end_ms.is_(None)).group_by(OnlineInterval.station_id))}
+    settle_ms = analysis_settle_ms(ctx.settings)
     for st in stations:
         rules = rules_for(ctx.alerts, st.id, st.town)
         camera = reported_camera_state(cams.get(st.id), True, ctx.now, stale_ms, stall_ms)
         online = bool(camera["online"])
-        if not online:
-            _camera_offline(ctx, st, rules, camera)
+        since_connect = max(connected.get(st.id, ctx.started_ms), ctx.started_ms)
+        if not online or ctx.now - since_connect < settle_ms:
             ctx.out.held.update({f"station_not_open:{st.id}:", f"station_closed_long:{st.id}:",
                                  f"camera_fault:{st.id}:"})
+        if not online:
+            _camera_offline(ctx, st, rules, camera)
         else:
             for f in faults.get(st.id, []):
                 _camera_fault(ctx, st, rules, f)
@@ -187,6 +208,12 @@ def _station_rules(ctx: RuleContext, stations: list[Station]) -> None:
             for f in faults[st.id]:
                 if f.kind == "auth_failed":
                     _camera_fault(ctx, st, rules, f)
+
+
+def analysis_settle_ms(settings: Settings) -> int:
+    """How long the analysis takes to confirm its faults and open/closed state after a (re)connect."""
+    a = settings.analysis
+    return int((max(a.hysteresis_seconds, a.fault_min_seconds, a.frozen_seconds, a.scene_changed_seconds) + 60) * 1000)
 
 
 def _station_cond(st: Station, **kw) -> Condition:
@@ -212,6 +239,7 @@ def _camera_offline(ctx: RuleContext, st: Station, rules: AlertRuleSettings, cam
 
 def _camera_fault(ctx: RuleContext, st: Station, rules: AlertRuleSettings, f: Fault) -> None:
     if f.kind not in rules.fault_kinds:
+        ctx.out.expired.add(f"camera_fault:{st.id}:{f.kind}")  # no longer alerted: ends without a recovery
         return
     label = FAULT_LABELS.get(f.kind, f.kind)
     severity = f.severity if f.severity in ("minor", "major", "critical") else "minor"
@@ -248,22 +276,19 @@ def _open_rules(ctx: RuleContext, st: Station, rules: AlertRuleSettings,
         ctx.out.expired.add(key)
     elif ctx.now >= first_start and not opened_today and closed_now:
         grace = int(rules.not_open_grace_minutes * 60_000)
-        ctx.add(_station_cond(st, key=key, rule="station_not_open", severity="minor",
+        ctx.add(_station_cond(st, key=key, rule="station_not_open", severity="minor", expires_ms=last_end,
                               title=f"{st.name}：未按时开门",
                               detail=f"营业时间 {st.business_hours}，到 {local_text(ctx.now, ctx.tz)[11:16]} 仍未开门"
                                      "（画面分析判定为关门）。",
                               since_ms=first_start, due_ms=first_start + grace), rules.disabled_rules)
     # Closed long within one business range, after having opened today.
     inside = next(((a, b) for a, b in spans if a <= ctx.now < b), None)
-    if closed_now and opened_today and current is not None:
-        if inside is None:
-            # Between ranges or after hours: whatever fired for this closing ends without a recovery.
-            for a, _b in spans:
-                ctx.out.expired.add(f"station_closed_long:{st.id}:{max(current[1], a)}")
-            return
+    if closed_now and opened_today and current is not None and inside is not None:
+        # One alert per business range (its key): a restart of the analysis that re-opens the closed
+        # interval is the same closing, not a new one. It expires with the range.
         since = max(current[1], inside[0])
-        ctx.add(_station_cond(st, key=f"station_closed_long:{st.id}:{since}", rule="station_closed_long",
-                              severity="minor", title=f"{st.name}：营业时间内长时间关门",
+        ctx.add(_station_cond(st, key=f"station_closed_long:{st.id}:{inside[0]}", rule="station_closed_long",
+                              severity="minor", expires_ms=inside[1], title=f"{st.name}：营业时间内长时间关门",
                               detail=f"自 {local_text(current[1], ctx.tz)[11:16]} 起关门，"
                                      f"营业时间 {st.business_hours}。",
                               since_ms=since, due_ms=since + int(rules.closed_long_minutes * 60_000)),
@@ -322,9 +347,12 @@ def _event_rules(ctx: RuleContext) -> None:
                           since_ms=at, due_ms=at, one_shot=True))
     for ev in ctx.s.scalars(select(SystemEvent).where(SystemEvent.at_ms > after).order_by(SystemEvent.id)):
         if ev.kind == "worker_restarted":
-            ctx.add(Condition(key=f"worker_restarted:{ev.id}", rule="worker_restarted", severity="major",
-                              title=f"录像进程已重启（{ev.subject}）", detail=ev.detail, since_ms=ev.at_ms,
-                              due_ms=ev.at_ms, one_shot=True))
+            # At most one message per worker and hour: a worker that keeps dying (restarted every 30 s at
+            # worst) must not flood the robots; the rest are in the log and the system events.
+            ctx.add(Condition(key=f"worker_restarted:{ev.subject}:{ev.at_ms // 3_600_000}", rule="worker_restarted",
+                              severity="major", title=f"录像进程已重启（{ev.subject}）",
+                              detail=(ev.detail or "") + "（同一进程一小时内的再次重启不另行通知，见日志）",
+                              since_ms=ev.at_ms, due_ms=ev.at_ms, one_shot=True))
         elif ev.kind == "retention_failed":
             ctx.add(Condition(key=f"retention_failed:{ev.id}", rule="retention_failed", severity="major",
                               title="录像清理任务失败", detail=ev.detail, since_ms=ev.at_ms, due_ms=ev.at_ms,

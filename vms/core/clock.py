@@ -58,6 +58,11 @@ class SimulatedClock:
             self._now_ms += round(seconds * 1000)
             self._mono += seconds
 
+    def step_wall(self, seconds: float) -> None:
+        """The wall clock jumps (NTP, an operator), the monotonic one does not: a clock step."""
+        with self._lock:
+            self._now_ms += round(seconds * 1000)
+
     def set(self, when: datetime | int) -> None:
         ms = when if isinstance(when, int) else to_ms(when)
         with self._lock:

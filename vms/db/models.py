@@ -400,6 +400,8 @@ class Alert(Base):
     since_ms: Mapped[int] = mapped_column(BigInteger)  # the condition began (from the evidence)
     fired_ms: Mapped[int] = mapped_column(BigInteger)  # the alert was raised (since + grace)
     resolved_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The condition cannot outlast this (a business day's or range's end): ended then without a recovery.
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     one_shot: Mapped[bool] = mapped_column(Boolean, default=False)  # an event: told once, no recovery
     notified: Mapped[bool] = mapped_column(Boolean, default=False)  # a firing message was queued
     suppressed: Mapped[str | None] = mapped_column(String(16), nullable=True)  # maintenance | muted
@@ -419,7 +421,7 @@ class AlertDelivery(Base):
     __tablename__ = "alert_deliveries"
     __table_args__ = (
         Index("ix_alert_deliveries_due", "state", "next_attempt_ms"),
-        Index("ix_alert_deliveries_channel_sent", "channel", "sent_ms"),
+        Index("ix_alert_deliveries_channel_attempt", "channel", "last_attempt_ms"),
         Index("ix_alert_deliveries_alert", "alert_id"),
     )
 
@@ -433,6 +435,8 @@ class AlertDelivery(Base):
     created_ms: Mapped[int] = mapped_column(BigInteger)
     next_attempt_ms: Mapped[int] = mapped_column(BigInteger)
     sent_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The last send (by any process: the round, `vms alerts test`, the API): the robots' per-minute budget.
+    last_attempt_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     digest_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # the digest that carried it
     items: Mapped[int] = mapped_column(Integer, default=1)  # messages in it (a digest: more than one)

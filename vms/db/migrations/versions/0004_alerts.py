@@ -25,6 +25,7 @@ def upgrade() -> None:
     sa.Column('created_ms', sa.BigInteger(), nullable=False),
     sa.Column('next_attempt_ms', sa.BigInteger(), nullable=False),
     sa.Column('sent_ms', sa.BigInteger(), nullable=True),
+    sa.Column('last_attempt_ms', sa.BigInteger(), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('digest_id', sa.BigInteger(), nullable=True),
     sa.Column('items', sa.Integer(), nullable=False),
@@ -32,7 +33,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('alert_deliveries', schema=None) as batch_op:
         batch_op.create_index('ix_alert_deliveries_alert', ['alert_id'], unique=False)
-        batch_op.create_index('ix_alert_deliveries_channel_sent', ['channel', 'sent_ms'], unique=False)
+        batch_op.create_index('ix_alert_deliveries_channel_attempt', ['channel', 'last_attempt_ms'], unique=False)
         batch_op.create_index('ix_alert_deliveries_due', ['state', 'next_attempt_ms'], unique=False)
 
     op.create_table('alert_maintenance',
@@ -62,6 +63,7 @@ def upgrade() -> None:
     sa.Column('since_ms', sa.BigInteger(), nullable=False),
     sa.Column('fired_ms', sa.BigInteger(), nullable=False),
     sa.Column('resolved_ms', sa.BigInteger(), nullable=True),
+    sa.Column('expires_ms', sa.BigInteger(), nullable=True),
     sa.Column('one_shot', sa.Boolean(), nullable=False),
     sa.Column('notified', sa.Boolean(), nullable=False),
     sa.Column('suppressed', sa.String(length=16), nullable=True),
@@ -114,7 +116,7 @@ def downgrade() -> None:
     op.drop_table('alert_maintenance')
     with op.batch_alter_table('alert_deliveries', schema=None) as batch_op:
         batch_op.drop_index('ix_alert_deliveries_due')
-        batch_op.drop_index('ix_alert_deliveries_channel_sent')
+        batch_op.drop_index('ix_alert_deliveries_channel_attempt')
         batch_op.drop_index('ix_alert_deliveries_alert')
 
     op.drop_table('alert_deliveries')
