@@ -268,7 +268,8 @@ def delete_maintenance(window_id: WindowId, ctx: Ctx, session: DbSession, princi
 
 # ---------------------------------------------------------------- channels
 def _channels(ctx: ApiContext) -> dict[str, Any]:
-    """The configured channels (vms.alerts.channels), made once: their HTTP clients are reused."""
+    """The configured channels (vms.alerts.channels), made once per app from the settings. Nothing is
+    pooled: each send opens its own HTTP client (or SMTP connection) and closes it."""
     channels = ctx.extras.get(CHANNELS)
     if channels is None:
         from vms.alerts.channels import make_channels
