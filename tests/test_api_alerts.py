@@ -65,10 +65,13 @@ def robot() -> Iterator[RobotReceiver]:
 
 
 def alert_settings(base: dict, robot: RobotReceiver) -> dict:
-    """`base` plus two WeCom channels at the local robot: "ops" (the right key) and "wrongkey"."""
+    """`base` plus three WeCom channels at the local robot: "ops" (the right key, every town), "wrongkey"
+    (平海镇 only) and "twotowns" (平海镇 and 平山街道)."""
     return {**base, "alerts": {"channels": [
         {"name": "ops", "type": "wecom", "url": robot.url(), "min_severity": "info"},
         {"name": "wrongkey", "type": "wecom", "url": robot.url("wrong-" + ROBOT_KEY), "towns": ["平海镇"]},
+        {"name": "twotowns", "type": "wecom", "url": robot.url(), "towns": ["平海镇", "平山街道"],
+         "min_severity": "critical"},
     ]}}
 
 
@@ -298,7 +301,7 @@ def test_channels_are_described_without_keys_and_a_test_message_is_really_sent(a
     bodies.append(r.text)
     assert r.status_code == 200
     described = {c["name"]: c for c in r.json()}
-    assert set(described) == {"ops", "wrongkey"} and described["ops"]["type"] == "wecom"
+    assert set(described) == {"ops", "wrongkey", "twotowns"} and described["ops"]["type"] == "wecom"
     assert described["wrongkey"]["towns"] == ["平海镇"]
     assert "127.0.0.1" in described["ops"]["target"] and "key=***" in described["ops"]["target"]
     assert api.get("/api/alerts/channels", headers=viewer).status_code == 403
@@ -326,3 +329,18 @@ def test_channels_are_described_without_keys_and_a_test_message_is_really_sent(a
     assert r.status_code == 404 and r.json()["code"] == "channel_not_found" and "ops" in r.json()["detail"]
     for body in bodies:
         assert ROBOT_KEY not in body and "robotkeysecret" not in body
+
+
+def test_a_town_user_sees_only_the_channels_of_their_towns(api, db, clock):
+    add_user(db, "admin_ph", "admin", clock.now_ms(), towns=["平海镇"])
+    everything = api.get("/api/alerts/channels", headers=login(api, "op")).json()
+    assert [c["name"] for c in everything] == ["ops", "wrongkey", "twotowns"]
+    # 平海镇's operator: not "ops" (every town's alerts) nor "twotowns" (平山街道's too).
+    mine = api.get("/api/alerts/channels", headers=login(api, "op_ph"))
+    assert mine.status_code == 200 and [c["name"] for c in mine.json()] == ["wrongkey"]
+    # A town-limited admin tests only their towns' channels; the others are "not found".
+    admin_ph = login(api, "admin_ph")
+    for name in ("ops", "twotowns"):
+        r = api.post(f"/api/alerts/channels/{name}/test", headers=admin_ph)
+        assert r.status_code == 404 and r.json()["code"] == "channel_not_found", r.text
+        assert "已配置：wrongkey" in r.json()["detail"] and "ops" not in r.json()["detail"].split("；")[1]

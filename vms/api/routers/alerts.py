@@ -278,10 +278,24 @@ def _channels(ctx: ApiContext) -> dict[str, Any]:
     return channels
 
 
+def _channel_visible(principal: Principal, channel: Any) -> bool:
+    """A town-limited user sees only the channels of their towns: `towns` set and within theirs (a channel
+    for every town carries other towns' alerts too). Users of every town see all."""
+    if principal.towns is None:
+        return True
+    towns = list(channel.settings.towns)
+    return bool(towns) and all(principal.may_see_town(t) for t in towns)
+
+
+def _visible_channels(ctx: ApiContext, principal: Principal) -> dict[str, Any]:
+    return {name: ch for name, ch in _channels(ctx).items() if _channel_visible(principal, ch)}
+
+
 @router.get("/channels", response_model=list[dict[str, Any]])
-def get_channels(ctx: Ctx, _principal: Writer) -> list[dict]:
-    """Where alerts go: each channel's type, masked address, towns and severities. Never a key or secret."""
-    return [ch.describe() for ch in _channels(ctx).values()]
+def get_channels(ctx: Ctx, principal: Writer) -> list[dict]:
+    """Where alerts go: each channel's type, masked address, towns and severities. Never a key or secret.
+    A town-limited user sees only the channels for their towns."""
+    return [ch.describe() for ch in _visible_channels(ctx, principal).values()]
 
 
 @router.post("/channels/{name}/test", response_model=ChannelTestOut,
@@ -291,9 +305,10 @@ def test_channel(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,32}$")], c
     not the receiver took it: `ok` and `error` say."""
     from vms.alerts.dispatch import send_test
 
-    channel = _channels(ctx).get(name)
+    visible = _visible_channels(ctx, principal)
+    channel = visible.get(name)
     if channel is None:
-        known = "、".join(_channels(ctx)) or "（未配置任何通道）"
+        known = "、".join(visible) or "（未配置任何通道）"
         raise ApiError(404, "channel_not_found", f"告警通道 {name} 不存在；已配置：{known}")
     delivery_id, result = send_test(ctx.database, ctx.settings, channel, ctx.clock.now_ms())
     log.info("alert channel %s tested by %s: %s", name, principal.username, "ok" if result.ok else result.error)
