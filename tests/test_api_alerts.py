@@ -99,7 +99,7 @@ def add_alert(database, now: int, town: str | None, station_id: str | None, rule
         return a.id
 
 
-def add_delivery(database, alert_id: int, kind: str, state: str, now: int, channel: str = "ops") -> int:
+def add_delivery(database, alert_id: int | None, kind: str, state: str, now: int, channel: str = "ops") -> int:
     with database.session() as s:
         d = AlertDelivery(alert_id=alert_id, channel=channel, kind=kind, severity="major", state=state,
                           attempts=1 if state == DeliveryState.SENT else 0, created_ms=now - 10 * MIN,
@@ -344,3 +344,27 @@ def test_a_town_user_sees_only_the_channels_of_their_towns(api, db, clock):
         r = api.post(f"/api/alerts/channels/{name}/test", headers=admin_ph)
         assert r.status_code == 404 and r.json()["code"] == "channel_not_found", r.text
         assert "已配置：wrongkey" in r.json()["detail"] and "ops" not in r.json()["detail"].split("；")[1]
+
+
+def test_a_batched_delivery_shows_whether_its_digest_went(api, db, clock):
+    now = clock.now_ms()
+    alert_id = add_alert(db, now, "平海镇", "pinghai-town")
+    other = add_alert(db, now, "平海镇", "pinghai-v01")
+    sent_digest = add_delivery(db, None, "digest", DeliveryState.SENT, now)
+    waiting_digest = add_delivery(db, None, "digest", DeliveryState.QUEUED, now, channel="wrongkey")
+    carried = add_delivery(db, alert_id, "firing", DeliveryState.BATCHED, now)
+    waiting = add_delivery(db, alert_id, "reminder", DeliveryState.BATCHED, now, channel="wrongkey")
+    direct = add_delivery(db, alert_id, "resolved", DeliveryState.SENT, now)
+    add_delivery(db, other, "firing", DeliveryState.BATCHED, now)
+    with db.session() as s:
+        s.get(AlertDelivery, carried).digest_id = sent_digest
+        s.get(AlertDelivery, waiting).digest_id = waiting_digest
+    detail = api.get(f"/api/alerts/{alert_id}", headers=login(api, "op")).json()
+    rows = {d["id"]: d for d in detail["deliveries"]}
+    assert list(rows) == [carried, waiting, direct]
+    assert (rows[carried]["state"], rows[carried]["digest_id"], rows[carried]["digest_state"]) == (
+        "batched", sent_digest, "sent")
+    assert rows[carried]["digest_sent_ms"] == now - 10 * MIN and rows[carried]["digest_sent"].endswith("+08:00")
+    assert (rows[waiting]["digest_state"], rows[waiting]["digest_sent_ms"], rows[waiting]["digest_sent"]) == (
+        "queued", None, None)
+    assert (rows[direct]["digest_state"], rows[direct]["digest_sent_ms"]) == (None, None)

@@ -14,7 +14,7 @@ from vms.alerts.rules import RULE_LABELS
 from vms.catalog.towns import TOWN_NAMES
 from vms.core.clock import from_ms
 from vms.core.errors import VmsError
-from vms.db.models import Alert, AlertDelivery, AlertMaintenance, Station
+from vms.db.models import Alert, AlertDelivery, AlertMaintenance, DeliveryState, Station
 
 MAINTENANCE_MAX_DAYS = 7  # a longer window is a station taken out of service: disable it instead
 REASON_MIN = 2
@@ -40,13 +40,29 @@ def alert_dict(a: Alert, station_name: str | None, tz: ZoneInfo) -> dict:
     }
 
 
-def delivery_dict(d: AlertDelivery, tz: ZoneInfo) -> dict:
+def delivery_dict(d: AlertDelivery, tz: ZoneInfo, digest: AlertDelivery | None = None) -> dict:
+    """One delivery; `digest` is the digest that carried it (state batched), whose state and send time
+    say whether it reached the channel."""
     return {
         "id": d.id, "channel": d.channel, "kind": d.kind, "severity": d.severity, "state": d.state,
         "attempts": d.attempts, "created_ms": d.created_ms, "created": local_iso(d.created_ms, tz),
         "sent_ms": d.sent_ms, "sent": local_iso(d.sent_ms, tz), "last_error": d.last_error,
         "digest_id": d.digest_id,
+        "digest_state": digest.state if digest is not None else None,
+        "digest_sent_ms": digest.sent_ms if digest is not None else None,
+        "digest_sent": local_iso(digest.sent_ms, tz) if digest is not None else None,
     }
+
+
+def deliveries_of(session: Session, alert_id: int, tz: ZoneInfo) -> list[dict]:
+    """An alert's deliveries, oldest first, each batched one with the state of the digest that carried it."""
+    rows = list(session.scalars(select(AlertDelivery).where(AlertDelivery.alert_id == alert_id)
+                                .order_by(AlertDelivery.id)))
+    digest_ids = {d.digest_id for d in rows if d.state == DeliveryState.BATCHED and d.digest_id is not None}
+    digests = ({d.id: d for d in session.scalars(select(AlertDelivery).where(AlertDelivery.id.in_(digest_ids)))}
+               if digest_ids else {})
+    return [delivery_dict(d, tz, digests.get(d.digest_id) if d.state == DeliveryState.BATCHED
+                          and d.digest_id is not None else None) for d in rows]
 
 
 def station_names(session: Session, alerts: list[Alert]) -> dict[str, str]:

@@ -19,7 +19,7 @@ from vms.alerts.views import (
     MaintenanceError,
     add_maintenance,
     alert_dict,
-    delivery_dict,
+    deliveries_of,
     end_maintenance,
     list_maintenance,
     maintenance_dict,
@@ -33,7 +33,7 @@ from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, require
 from vms.api.errors import ApiError
 from vms.api.schemas import TIME_DESCRIPTION, ApiModel, TimeText, time_query
 from vms.api.timeparse import parse_time
-from vms.db.models import Alert, AlertDelivery, AlertMaintenance, Station
+from vms.db.models import Alert, AlertMaintenance, Station
 
 log = logging.getLogger("vms.alerts")
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
@@ -95,6 +95,10 @@ class DeliveryOut(ApiModel):
     sent: str | None
     last_error: str | None
     digest_id: int | None = Field(description="the digest that carried it (state batched)")
+    digest_state: str | None = Field(default=None, description="state batched: the carrying digest's state "
+                                                               "(sent: delivered; queued: not yet; failed)")
+    digest_sent_ms: int | None = Field(default=None, description="state batched: when the digest was delivered")
+    digest_sent: str | None = None
 
 
 class AlertDetail(AlertOut):
@@ -319,10 +323,7 @@ def test_channel(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,32}$")], c
 @router.get("/{alert_id}", response_model=AlertDetail, responses={404: {"description": "code alert_not_found"}})
 def get_alert(alert_id: AlertId, ctx: Ctx, session: DbSession, principal: Reader) -> dict:
     alert = _alert(session, principal, alert_id)
-    tz = ctx.settings.tz
-    deliveries = session.scalars(select(AlertDelivery).where(AlertDelivery.alert_id == alert.id)
-                                 .order_by(AlertDelivery.id))
-    return {**_out(ctx, session, alert), "deliveries": [delivery_dict(d, tz) for d in deliveries]}
+    return {**_out(ctx, session, alert), "deliveries": deliveries_of(session, alert.id, ctx.settings.tz)}
 
 
 def _action(fn, alert_id: int, *args) -> Alert:
