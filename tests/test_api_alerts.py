@@ -368,3 +368,32 @@ def test_a_batched_delivery_shows_whether_its_digest_went(api, db, clock):
     assert (rows[waiting]["digest_state"], rows[waiting]["digest_sent_ms"], rows[waiting]["digest_sent"]) == (
         "queued", None, None)
     assert (rows[direct]["digest_state"], rows[direct]["digest_sent_ms"]) == (None, None)
+
+
+def test_maintenance_cannot_start_in_the_past_and_open_windows_are_capped(api, db, clock):
+    now = clock.now_ms()
+    op = login(api, "op")
+
+    def post(start: int, end: int):
+        return api.post("/api/alerts/maintenance", headers=op,
+                        json={"town": "平海镇", "start": str(start), "end": str(end), "reason": "供电线路检修"})
+
+    r = post(now - 11 * MIN, now + 60 * MIN)  # would silence alerts raised and told 11 minutes ago
+    assert r.status_code == 400 and r.json()["code"] == "maintenance_in_past", r.text
+    assert "不能追溯" in r.json()["detail"]
+    r = post(now - 6 * 24 * 60 * MIN, now + 60 * MIN)
+    assert r.status_code == 400 and r.json()["code"] == "maintenance_in_past"
+    assert post(now - 9 * MIN, now + 60 * MIN).status_code == 201  # a form filled in a few minutes ago
+    assert post(now + MIN, now + MIN + 7 * 24 * 60 * MIN).status_code == 201  # 7 days: still allowed
+
+    with db.session() as s:  # 497 more open windows, and ended ones (they do not count)
+        s.add_all([AlertMaintenance(town="平海镇", start_ms=now + i, end_ms=now + 60 * MIN, reason="x",
+                                    created_by="op", created_ms=now) for i in range(497)])
+        s.add_all([AlertMaintenance(town="平海镇", start_ms=now - 90 * MIN, end_ms=now - 30 * MIN, reason="x",
+                                    created_by="op", created_ms=now) for _ in range(20)])
+    last = post(now + MIN, now + 60 * MIN)
+    assert last.status_code == 201, last.text  # the 500th
+    r = post(now + MIN, now + 60 * MIN)
+    assert r.status_code == 409 and r.json()["code"] == "maintenance_too_many" and "最多 500 个" in r.json()["detail"]
+    assert api.delete(f"/api/alerts/maintenance/{last.json()['id']}", headers=op).status_code == 200
+    assert post(now + MIN, now + 60 * MIN).status_code == 201

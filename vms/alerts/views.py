@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vms.alerts.rules import RULE_LABELS
@@ -17,6 +17,10 @@ from vms.core.errors import VmsError
 from vms.db.models import Alert, AlertDelivery, AlertMaintenance, DeliveryState, Station
 
 MAINTENANCE_MAX_DAYS = 7  # a longer window is a station taken out of service: disable it instead
+# A window may start a little before now (the form was filled in a few minutes ago), never further back:
+# it would suppress alerts already raised and told, after the fact.
+MAINTENANCE_PAST_START_MS = 10 * 60_000
+MAINTENANCE_MAX_OPEN = 500  # windows not yet ended; every alert round scans them
 REASON_MIN = 2
 REASON_MAX = 500
 
@@ -119,6 +123,10 @@ def check_maintenance(session: Session, station_id: str | None, town: str | None
     if end_ms <= now_ms:
         raise MaintenanceError(f"结束时间 {_local(end_ms, tz)} 已经过去（现在 {_local(now_ms, tz)}）："
                                "维护时段须在将来结束", "maintenance_in_past")
+    if start_ms < now_ms - MAINTENANCE_PAST_START_MS:
+        raise MaintenanceError(f"开始时间 {_local(start_ms, tz)} 早于现在（{_local(now_ms, tz)}）"
+                               f"{MAINTENANCE_PAST_START_MS // 60_000} 分钟以上：维护时段不能追溯，"
+                               "已经发生的告警不会因此取消", "maintenance_in_past")
     if not (REASON_MIN <= len(reason.strip()) <= REASON_MAX):
         raise MaintenanceError(f"请填写维护原因（{REASON_MIN} 至 {REASON_MAX} 个字）", "maintenance_reason")
     if station_id:
@@ -136,6 +144,11 @@ def check_maintenance(session: Session, station_id: str | None, town: str | None
 def add_maintenance(session: Session, station_id: str | None, town: str | None, start_ms: int, end_ms: int,
                     reason: str, created_by: str, now_ms: int, tz: ZoneInfo) -> AlertMaintenance:
     check_maintenance(session, station_id, town, start_ms, end_ms, reason, now_ms, tz)
+    open_windows = session.scalar(select(func.count()).select_from(AlertMaintenance)
+                                  .where(AlertMaintenance.end_ms > now_ms)) or 0
+    if open_windows >= MAINTENANCE_MAX_OPEN:
+        raise MaintenanceError(f"未结束的维护时段已有 {open_windows} 个，最多 {MAINTENANCE_MAX_OPEN} 个："
+                               "请先结束不再需要的维护时段", "maintenance_too_many", 409)
     w = AlertMaintenance(station_id=station_id or None, town=town or None, start_ms=start_ms, end_ms=end_ms,
                          reason=reason.strip(), created_by=created_by[:64], created_ms=now_ms)
     session.add(w)

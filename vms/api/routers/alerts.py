@@ -219,10 +219,12 @@ def get_maintenance(ctx: Ctx, session: DbSession, principal: Reader, include_pas
 
 @router.post("/maintenance", response_model=MaintenanceOut, status_code=201,
              responses={400: {"description": "codes maintenance_scope_both, maintenance_reversed, "
-                                             "maintenance_too_long, maintenance_in_past, maintenance_reason, "
+                                             "maintenance_too_long, maintenance_in_past (ends before now, or "
+                                             "starts more than 10 minutes before now), maintenance_reason, "
                                              "town_unknown"},
                         403: {"description": "code maintenance_forbidden: not your towns"},
-                        404: {"description": "code station_not_found"}})
+                        404: {"description": "code station_not_found"},
+                        409: {"description": "code maintenance_too_many: 500 windows not yet ended"}})
 def create_maintenance(body: MaintenanceIn, ctx: Ctx, session: DbSession, principal: Writer) -> dict:
     tz = ctx.settings.tz
     start = parse_time(body.start, "start", tz)
