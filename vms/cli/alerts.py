@@ -33,6 +33,16 @@ maintenance_app = typer.Typer(help="Maintenance windows: no alerts for a station
 app.add_typer(maintenance_app, name="maintenance")
 
 STATES = ("firing", "resolved", "all")
+ALERT_ID_MAX = 2**63 - 1  # alerts.id is a 64-bit integer
+WINDOW_ID_MAX = 2**31 - 1  # alert_maintenance.id is a 32-bit integer
+BY_MAX = 64  # acked_by, created_by
+NOTE_MAX = 500
+
+
+def _check_by(by: str | None) -> None:
+    """--by is stored as given (who did it): refuse what the column cannot hold rather than cut it."""
+    if by is not None and not (1 <= len(by.strip()) <= BY_MAX):
+        raise fail(f"--by: a name of 1 to {BY_MAX} characters (got {len(by.strip())})")
 
 
 def _channels() -> dict:
@@ -108,17 +118,18 @@ def test(channel: str = typer.Argument(..., help="the channel's name (see `vms a
 
 @app.command()
 def ack(
-    alert_id: int = typer.Argument(..., help="the alert's id (see `vms alerts list`)"),
+    alert_id: int = typer.Argument(..., min=1, max=ALERT_ID_MAX, help="the alert's id (see `vms alerts list`)"),
     note: str | None = typer.Option(None, "--note", help="what is being done about it"),
     by: str | None = typer.Option(None, "--by", help="who acknowledges (default: the login name)"),
 ) -> None:
     """Acknowledge a firing alert: its reminders stop (the recovery is still told)."""
-    if note is not None and len(note) > 500:
-        raise fail("--note: at most 500 characters")
+    if note is not None and len(note) > NOTE_MAX:
+        raise fail(f"--note: at most {NOTE_MAX} characters (got {len(note)})")
+    _check_by(by)
+    who_acks = by.strip() if by is not None else _default_user()[:BY_MAX]
     try:
         with database().session() as session:
-            alert = alert_engine.acknowledge(session, alert_id, by if by is not None else _default_user(), note,
-                                             SystemClock().now_ms())
+            alert = alert_engine.acknowledge(session, alert_id, who_acks, note, SystemClock().now_ms())
             who = alert.acked_by
     except (LookupError, alert_engine.AlertActionError) as exc:
         raise fail(str(exc)) from None
@@ -135,6 +146,7 @@ def maintenance_add(
     by: str | None = typer.Option(None, "--by", help="who sets it (default: the login name)"),
 ) -> None:
     """A maintenance window (at most 7 days): no alerts for the station, the town, or (neither given) everything."""
+    _check_by(by)
     s = settings()
     now = SystemClock().now_ms()
     try:
@@ -142,7 +154,7 @@ def maintenance_add(
         end_ms = parse_time_ms(end, s.tz, "--end")
         with database().session() as session:
             w = add_maintenance(session, station, town, start_ms, end_ms, reason,
-                                by if by is not None else _default_user(), now, s.tz)
+                                by.strip() if by is not None else _default_user(), now, s.tz)
             d = maintenance_dict(w, s.tz, now)
     except VmsError as exc:
         raise fail(str(exc)) from None
@@ -170,7 +182,7 @@ def maintenance_list(
 
 
 @maintenance_app.command("end")
-def maintenance_end(window_id: int = typer.Argument(..., help="the window's id")) -> None:
+def maintenance_end(window_id: int = typer.Argument(..., min=1, max=WINDOW_ID_MAX, help="the window's id")) -> None:
     """End a window now (a future one is deleted)."""
     s = settings()
     now = SystemClock().now_ms()
