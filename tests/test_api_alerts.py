@@ -327,6 +327,9 @@ def test_channels_are_described_without_keys_and_a_test_message_is_really_sent(a
     r = api.post("/api/alerts/channels/nosuch/test", headers=admin)
     bodies.append(r.text)
     assert r.status_code == 404 and r.json()["code"] == "channel_not_found" and "ops" in r.json()["detail"]
+    r = api.post("/api/alerts/channels/ops/test", headers=admin)  # again at once: refused, nothing sent
+    bodies.append(r.text)
+    assert r.status_code == 429 and r.json()["code"] == "channel_test_too_soon"
     for body in bodies:
         assert ROBOT_KEY not in body and "robotkeysecret" not in body
 
@@ -344,6 +347,26 @@ def test_a_town_user_sees_only_the_channels_of_their_towns(api, db, clock):
         r = api.post(f"/api/alerts/channels/{name}/test", headers=admin_ph)
         assert r.status_code == 404 and r.json()["code"] == "channel_not_found", r.text
         assert "已配置：wrongkey" in r.json()["detail"] and "ops" not in r.json()["detail"].split("；")[1]
+
+
+def test_a_channel_is_tested_at_most_once_in_ten_seconds(api, db, clock, robot):
+    admin = login(api, "admin")
+    assert api.post("/api/alerts/channels/ops/test", headers=admin).json()["ok"] is True
+    for waited, retry_after in ((0, "10"), (9.5, "1")):
+        clock.advance(waited)
+        r = api.post("/api/alerts/channels/ops/test", headers=admin)
+        assert r.status_code == 429 and r.json()["code"] == "channel_test_too_soon", r.text
+        assert r.headers["Retry-After"] == retry_after and "秒后再试" in r.json()["detail"]
+    # Another channel is not held back; a failed attempt counts as an attempt.
+    robot.errcode = 93000
+    assert api.post("/api/alerts/channels/twotowns/test", headers=admin).json()["ok"] is False
+    assert api.post("/api/alerts/channels/twotowns/test", headers=admin).status_code == 429
+    assert len(robot.requests) == 2
+    with db.session() as s:
+        assert s.query(AlertDelivery).filter(AlertDelivery.kind == "test").count() == 2  # refusals: no row
+    clock.advance(0.5)
+    assert api.post("/api/alerts/channels/ops/test", headers=admin).status_code == 200
+    assert len(robot.requests) == 3
 
 
 def test_a_batched_delivery_shows_whether_its_digest_went(api, db, clock):

@@ -171,3 +171,13 @@ def test_ids_and_names_out_of_range_are_refused_without_a_traceback(site):
         assert s.query(AlertMaintenance).count() == 0
     r = vms("alerts", "ack", str(alert_id), "--by", "x" * 64)
     assert r.exit_code == 0 and f"(by {'x' * 64})" in r.output
+
+
+def test_a_channel_is_tested_at_most_once_in_ten_seconds(site, robot):
+    assert vms("alerts", "test", "ops").exit_code == 0
+    again = vms("alerts", "test", "ops")
+    assert again.exit_code == 1 and "秒后再试" in again.output and "ops" in again.output
+    assert len(robot.requests) == 1
+    with site.session() as s:
+        assert s.query(AlertDelivery).filter(AlertDelivery.kind == "test").count() == 1
+    assert vms("alerts", "test", "wrongkey").exit_code == 0 and len(robot.requests) == 2  # another channel: sent

@@ -21,6 +21,7 @@ MAINTENANCE_MAX_DAYS = 7  # a longer window is a station taken out of service: d
 # it would suppress alerts already raised and told, after the fact.
 MAINTENANCE_PAST_START_MS = 10 * 60_000
 MAINTENANCE_MAX_OPEN = 500  # windows not yet ended; every alert round scans them
+CHANNEL_TEST_INTERVAL_MS = 10_000  # one test per channel this often (a robot throttles a burst for minutes)
 REASON_MIN = 2
 REASON_MAX = 500
 
@@ -67,6 +68,21 @@ def deliveries_of(session: Session, alert_id: int, tz: ZoneInfo) -> list[dict]:
                if digest_ids else {})
     return [delivery_dict(d, tz, digests.get(d.digest_id) if d.state == DeliveryState.BATCHED
                           and d.digest_id is not None else None) for d in rows]
+
+
+def channel_test_wait_ms(session: Session, channel: str, now_ms: int) -> int:
+    """How long before CHANNEL may be tested again (0: now): one test attempt per CHANNEL_TEST_INTERVAL_MS."""
+    last = session.scalar(select(func.max(AlertDelivery.created_ms))
+                          .where(AlertDelivery.channel == channel, AlertDelivery.kind == "test",
+                                 AlertDelivery.created_ms > now_ms - CHANNEL_TEST_INTERVAL_MS))
+    return 0 if last is None else max(0, last + CHANNEL_TEST_INTERVAL_MS - now_ms)
+
+
+def channel_test_too_soon(channel: str, wait_ms: int) -> tuple[int, str]:
+    """The whole seconds to wait (for Retry-After) and the refusal, for the API and the CLI alike."""
+    wait_s = max(1, -(-wait_ms // 1000))
+    return wait_s, (f"告警通道 {channel} 在 {CHANNEL_TEST_INTERVAL_MS // 1000} 秒内已测试过，请 {wait_s} 秒后再试"
+                    "（频繁发送会被机器人限流）")
 
 
 def station_names(session: Session, alerts: list[Alert]) -> dict[str, str]:

@@ -14,6 +14,8 @@ from vms.alerts.views import (
     MaintenanceError,
     add_maintenance,
     alert_dict,
+    channel_test_too_soon,
+    channel_test_wait_ms,
     end_maintenance,
     list_maintenance,
     maintenance_dict,
@@ -108,7 +110,12 @@ def test(channel: str = typer.Argument(..., help="the channel's name (see `vms a
     if ch is None:
         configured = ", ".join(available) or "none (set alerts.webhook_url or alerts.channels)"
         raise fail(f"no alert channel {channel!r}; configured: {configured}")
-    delivery_id, result = send_test(database(), settings(), ch, SystemClock().now_ms())
+    now = SystemClock().now_ms()
+    with database().session() as session:
+        wait_ms = channel_test_wait_ms(session, channel, now)
+    if wait_ms:
+        raise fail(channel_test_too_soon(channel, wait_ms)[1], code=1)
+    delivery_id, result = send_test(database(), settings(), ch, now)
     if result.ok:
         typer.echo(f"test message sent through {channel} (delivery {delivery_id})")
         return

@@ -19,6 +19,8 @@ from vms.alerts.views import (
     MaintenanceError,
     add_maintenance,
     alert_dict,
+    channel_test_too_soon,
+    channel_test_wait_ms,
     deliveries_of,
     end_maintenance,
     list_maintenance,
@@ -305,10 +307,13 @@ def get_channels(ctx: Ctx, principal: Writer) -> list[dict]:
 
 
 @router.post("/channels/{name}/test", response_model=ChannelTestOut,
-             responses={404: {"description": "code channel_not_found"}})
+             responses={404: {"description": "code channel_not_found"},
+                        429: {"description": "code channel_test_too_soon: this channel was tested in the last "
+                                             "10 seconds (Retry-After says when to try again)"}})
 def test_channel(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,32}$")], ctx: Ctx, principal: Admin) -> dict:
     """Send a test message through one channel now, recorded as a delivery (kind test). 200 whether or
-    not the receiver took it: `ok` and `error` say."""
+    not the receiver took it: `ok` and `error` say. At most one test per channel every 10 seconds (the
+    robots throttle a burst: DingTalk for 10 minutes)."""
     from vms.alerts.dispatch import send_test
 
     visible = _visible_channels(ctx, principal)
@@ -316,6 +321,11 @@ def test_channel(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,32}$")], c
     if channel is None:
         known = "、".join(visible) or "（未配置任何通道）"
         raise ApiError(404, "channel_not_found", f"告警通道 {name} 不存在；已配置：{known}")
+    with ctx.database.session() as session:
+        wait_ms = channel_test_wait_ms(session, name, ctx.clock.now_ms())
+    if wait_ms:
+        wait_s, message = channel_test_too_soon(name, wait_ms)
+        raise ApiError(429, "channel_test_too_soon", message, headers={"Retry-After": str(wait_s)})
     delivery_id, result = send_test(ctx.database, ctx.settings, channel, ctx.clock.now_ms())
     log.info("alert channel %s tested by %s: %s", name, principal.username, "ok" if result.ok else result.error)
     return {"channel": name, "delivery_id": delivery_id, "ok": result.ok, "error": result.error}
