@@ -65,10 +65,13 @@ def robot() -> Iterator[RobotReceiver]:
 
 
 def alert_settings(base: dict, robot: RobotReceiver) -> dict:
-    """`base` plus two WeCom channels at the local robot: "ops" (the right key) and "wrongkey"."""
+    """`base` plus three WeCom channels at the local robot: "ops" (the right key, every town), "wrongkey"
+    (平海镇 only) and "twotowns" (平海镇 and 平山街道)."""
     return {**base, "alerts": {"channels": [
         {"name": "ops", "type": "wecom", "url": robot.url(), "min_severity": "info"},
         {"name": "wrongkey", "type": "wecom", "url": robot.url("wrong-" + ROBOT_KEY), "towns": ["平海镇"]},
+        {"name": "twotowns", "type": "wecom", "url": robot.url(), "towns": ["平海镇", "平山街道"],
+         "min_severity": "critical"},
     ]}}
 
 
@@ -96,7 +99,7 @@ def add_alert(database, now: int, town: str | None, station_id: str | None, rule
         return a.id
 
 
-def add_delivery(database, alert_id: int, kind: str, state: str, now: int, channel: str = "ops") -> int:
+def add_delivery(database, alert_id: int | None, kind: str, state: str, now: int, channel: str = "ops") -> int:
     with database.session() as s:
         d = AlertDelivery(alert_id=alert_id, channel=channel, kind=kind, severity="major", state=state,
                           attempts=1 if state == DeliveryState.SENT else 0, created_ms=now - 10 * MIN,
@@ -298,7 +301,7 @@ def test_channels_are_described_without_keys_and_a_test_message_is_really_sent(a
     bodies.append(r.text)
     assert r.status_code == 200
     described = {c["name"]: c for c in r.json()}
-    assert set(described) == {"ops", "wrongkey"} and described["ops"]["type"] == "wecom"
+    assert set(described) == {"ops", "wrongkey", "twotowns"} and described["ops"]["type"] == "wecom"
     assert described["wrongkey"]["towns"] == ["平海镇"]
     assert "127.0.0.1" in described["ops"]["target"] and "key=***" in described["ops"]["target"]
     assert api.get("/api/alerts/channels", headers=viewer).status_code == 403
@@ -324,5 +327,96 @@ def test_channels_are_described_without_keys_and_a_test_message_is_really_sent(a
     r = api.post("/api/alerts/channels/nosuch/test", headers=admin)
     bodies.append(r.text)
     assert r.status_code == 404 and r.json()["code"] == "channel_not_found" and "ops" in r.json()["detail"]
+    r = api.post("/api/alerts/channels/ops/test", headers=admin)  # again at once: refused, nothing sent
+    bodies.append(r.text)
+    assert r.status_code == 429 and r.json()["code"] == "channel_test_too_soon"
     for body in bodies:
         assert ROBOT_KEY not in body and "robotkeysecret" not in body
+
+
+def test_a_town_user_sees_only_the_channels_of_their_towns(api, db, clock):
+    add_user(db, "admin_ph", "admin", clock.now_ms(), towns=["平海镇"])
+    everything = api.get("/api/alerts/channels", headers=login(api, "op")).json()
+    assert [c["name"] for c in everything] == ["ops", "wrongkey", "twotowns"]
+    # 平海镇's operator: not "ops" (every town's alerts) nor "twotowns" (平山街道's too).
+    mine = api.get("/api/alerts/channels", headers=login(api, "op_ph"))
+    assert mine.status_code == 200 and [c["name"] for c in mine.json()] == ["wrongkey"]
+    # A town-limited admin tests only their towns' channels; the others are "not found".
+    admin_ph = login(api, "admin_ph")
+    for name in ("ops", "twotowns"):
+        r = api.post(f"/api/alerts/channels/{name}/test", headers=admin_ph)
+        assert r.status_code == 404 and r.json()["code"] == "channel_not_found", r.text
+        assert "已配置：wrongkey" in r.json()["detail"] and "ops" not in r.json()["detail"].split("；")[1]
+
+
+def test_a_channel_is_tested_at_most_once_in_ten_seconds(api, db, clock, robot):
+    admin = login(api, "admin")
+    assert api.post("/api/alerts/channels/ops/test", headers=admin).json()["ok"] is True
+    for waited, retry_after in ((0, "10"), (9.5, "1")):
+        clock.advance(waited)
+        r = api.post("/api/alerts/channels/ops/test", headers=admin)
+        assert r.status_code == 429 and r.json()["code"] == "channel_test_too_soon", r.text
+        assert r.headers["Retry-After"] == retry_after and "秒后再试" in r.json()["detail"]
+    # Another channel is not held back; a failed attempt counts as an attempt.
+    robot.errcode = 93000
+    assert api.post("/api/alerts/channels/twotowns/test", headers=admin).json()["ok"] is False
+    assert api.post("/api/alerts/channels/twotowns/test", headers=admin).status_code == 429
+    assert len(robot.requests) == 2
+    with db.session() as s:
+        assert s.query(AlertDelivery).filter(AlertDelivery.kind == "test").count() == 2  # refusals: no row
+    clock.advance(0.5)
+    assert api.post("/api/alerts/channels/ops/test", headers=admin).status_code == 200
+    assert len(robot.requests) == 3
+
+
+def test_a_batched_delivery_shows_whether_its_digest_went(api, db, clock):
+    now = clock.now_ms()
+    alert_id = add_alert(db, now, "平海镇", "pinghai-town")
+    other = add_alert(db, now, "平海镇", "pinghai-v01")
+    sent_digest = add_delivery(db, None, "digest", DeliveryState.SENT, now)
+    waiting_digest = add_delivery(db, None, "digest", DeliveryState.QUEUED, now, channel="wrongkey")
+    carried = add_delivery(db, alert_id, "firing", DeliveryState.BATCHED, now)
+    waiting = add_delivery(db, alert_id, "reminder", DeliveryState.BATCHED, now, channel="wrongkey")
+    direct = add_delivery(db, alert_id, "resolved", DeliveryState.SENT, now)
+    add_delivery(db, other, "firing", DeliveryState.BATCHED, now)
+    with db.session() as s:
+        s.get(AlertDelivery, carried).digest_id = sent_digest
+        s.get(AlertDelivery, waiting).digest_id = waiting_digest
+    detail = api.get(f"/api/alerts/{alert_id}", headers=login(api, "op")).json()
+    rows = {d["id"]: d for d in detail["deliveries"]}
+    assert list(rows) == [carried, waiting, direct]
+    assert (rows[carried]["state"], rows[carried]["digest_id"], rows[carried]["digest_state"]) == (
+        "batched", sent_digest, "sent")
+    assert rows[carried]["digest_sent_ms"] == now - 10 * MIN and rows[carried]["digest_sent"].endswith("+08:00")
+    assert (rows[waiting]["digest_state"], rows[waiting]["digest_sent_ms"], rows[waiting]["digest_sent"]) == (
+        "queued", None, None)
+    assert (rows[direct]["digest_state"], rows[direct]["digest_sent_ms"]) == (None, None)
+
+
+def test_maintenance_cannot_start_in_the_past_and_open_windows_are_capped(api, db, clock):
+    now = clock.now_ms()
+    op = login(api, "op")
+
+    def post(start: int, end: int):
+        return api.post("/api/alerts/maintenance", headers=op,
+                        json={"town": "平海镇", "start": str(start), "end": str(end), "reason": "供电线路检修"})
+
+    r = post(now - 11 * MIN, now + 60 * MIN)  # would silence alerts raised and told 11 minutes ago
+    assert r.status_code == 400 and r.json()["code"] == "maintenance_in_past", r.text
+    assert "不能追溯" in r.json()["detail"]
+    r = post(now - 6 * 24 * 60 * MIN, now + 60 * MIN)
+    assert r.status_code == 400 and r.json()["code"] == "maintenance_in_past"
+    assert post(now - 9 * MIN, now + 60 * MIN).status_code == 201  # a form filled in a few minutes ago
+    assert post(now + MIN, now + MIN + 7 * 24 * 60 * MIN).status_code == 201  # 7 days: still allowed
+
+    with db.session() as s:  # 497 more open windows, and ended ones (they do not count)
+        s.add_all([AlertMaintenance(town="平海镇", start_ms=now + i, end_ms=now + 60 * MIN, reason="x",
+                                    created_by="op", created_ms=now) for i in range(497)])
+        s.add_all([AlertMaintenance(town="平海镇", start_ms=now - 90 * MIN, end_ms=now - 30 * MIN, reason="x",
+                                    created_by="op", created_ms=now) for _ in range(20)])
+    last = post(now + MIN, now + 60 * MIN)
+    assert last.status_code == 201, last.text  # the 500th
+    r = post(now + MIN, now + 60 * MIN)
+    assert r.status_code == 409 and r.json()["code"] == "maintenance_too_many" and "最多 500 个" in r.json()["detail"]
+    assert api.delete(f"/api/alerts/maintenance/{last.json()['id']}", headers=op).status_code == 200
+    assert post(now + MIN, now + 60 * MIN).status_code == 201

@@ -149,3 +149,35 @@ def test_ack_and_maintenance_windows(site):
     with site.session() as s:
         assert s.query(AlertMaintenance).count() == 0
     assert vms("alerts", "maintenance", "end", str(listed[0]["id"])).exit_code == 2
+
+
+def test_ids_and_names_out_of_range_are_refused_without_a_traceback(site):
+    alert_id = add_alert(site, now_ms(), "平海镇", "pinghai-town")
+    for args, text in [
+        (("alerts", "ack", str(2**63)), "Invalid value for 'alert_id'"),  # beyond 64 bits
+        (("alerts", "ack", "0"), "Invalid value for 'alert_id'"),
+        (("alerts", "ack", str(alert_id), "--by", "x" * 65), "--by: a name of 1 to 64 characters"),
+        (("alerts", "ack", str(alert_id), "--by", "  "), "--by: a name of 1 to 64 characters"),
+        (("alerts", "ack", str(alert_id), "--note", "x" * 501), "--note: at most 500 characters"),
+        (("alerts", "maintenance", "end", str(2**63)), "Invalid value for 'window_id'"),
+        (("alerts", "maintenance", "end", str(2**31)), "Invalid value for 'window_id'"),  # a 32-bit column
+        (("alerts", "maintenance", "add", "--town", "平海镇", "--start", "2099-01-01T08:00", "--end",
+          "2099-01-01T10:00", "--reason", "检修", "--by", "x" * 65), "--by: a name of 1 to 64 characters"),
+    ]:
+        r = vms(*args)
+        assert r.exit_code == 2 and text in r.output, (args, r.output, r.exception)
+        assert not isinstance(r.exception, Exception), r.exception  # a clean exit, not a traceback
+    with site.session() as s:
+        assert s.query(AlertMaintenance).count() == 0
+    r = vms("alerts", "ack", str(alert_id), "--by", "x" * 64)
+    assert r.exit_code == 0 and f"(by {'x' * 64})" in r.output
+
+
+def test_a_channel_is_tested_at_most_once_in_ten_seconds(site, robot):
+    assert vms("alerts", "test", "ops").exit_code == 0
+    again = vms("alerts", "test", "ops")
+    assert again.exit_code == 1 and "秒后再试" in again.output and "ops" in again.output
+    assert len(robot.requests) == 1
+    with site.session() as s:
+        assert s.query(AlertDelivery).filter(AlertDelivery.kind == "test").count() == 1
+    assert vms("alerts", "test", "wrongkey").exit_code == 0 and len(robot.requests) == 2  # another channel: sent

@@ -108,3 +108,40 @@ def test_interval_settings_are_validated(tmp_path):
     for key in ("ingest.reconcile_seconds", "audit.daily_every_minutes", "analysis.calibration_reload_seconds",
                 "api.maintenance_interval_seconds"):
         assert key in text, text
+
+
+ROBOT_KEY = "693a91f6-7aaa-4bc4-97a0-0ec2b1fa5aaa"
+
+
+@pytest.mark.parametrize(("text", "env", "where", "key"), [
+    # a YAML typo (the closing bracket missing) in the variable: its whole text is the bad input
+    (None, {"VMS_ALERTS__CHANNELS": '[{name: ops, type: wecom, '
+                                    f'url: "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={ROBOT_KEY}"}}'},
+     "environment VMS_ALERTS__CHANNELS", "alerts.channels"),
+    # a channel written as a bare URL
+    (f"alerts:\n  channels:\n    - https://oapi.dingtalk.com/robot/send?access_token={ROBOT_KEY}\n", {},
+     "vms.yaml:3", "alerts.channels.0"),
+    # alerts written as the URL
+    (f"alerts: https://oapi.dingtalk.com/robot/send?access_token={ROBOT_KEY}\n", {}, "vms.yaml:1", "alerts"),
+    # a town's overrides written as a URL
+    (f"alerts:\n  per_town:\n    平海镇: https://x.example/?key={ROBOT_KEY}\n", {}, "vms.yaml:3",
+     "alerts.per_town.平海镇"),
+], ids=["env-yaml-typo", "channel-bare-url", "alerts-url", "per-town-url"])
+def test_errors_under_alerts_never_echo_the_value(tmp_path, text, env, where, key):
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, text, env=env)
+    message = str(e.value)
+    assert ROBOT_KEY not in message and "got" not in message, message
+    assert f"{where}: {key}: " in message, message
+
+
+def test_errors_never_echo_a_url_with_userinfo_or_query(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, "database_url: mysql://vms:hunter2@db/vms\n")
+    assert "hunter2" not in str(e.value) and ":1: database_url: " in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, None, env={"VMS_DATABASE_URL": "mysql://db/vms?password=hunter2"})
+    assert "hunter2" not in str(e.value) and "environment VMS_DATABASE_URL: database_url: " in str(e.value)
+    with pytest.raises(ConfigError) as e:  # other values are still shown
+        _load(tmp_path, "database_url: mysql://db/vms\n")
+    assert "(got 'mysql://db/vms')" in str(e.value)

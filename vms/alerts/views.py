@@ -7,16 +7,21 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vms.alerts.rules import RULE_LABELS
 from vms.catalog.towns import TOWN_NAMES
 from vms.core.clock import from_ms
 from vms.core.errors import VmsError
-from vms.db.models import Alert, AlertDelivery, AlertMaintenance, Station
+from vms.db.models import Alert, AlertDelivery, AlertMaintenance, DeliveryState, Station
 
 MAINTENANCE_MAX_DAYS = 7  # a longer window is a station taken out of service: disable it instead
+# A window may start a little before now (the form was filled in a few minutes ago), never further back:
+# it would suppress alerts already raised and told, after the fact.
+MAINTENANCE_PAST_START_MS = 10 * 60_000
+MAINTENANCE_MAX_OPEN = 500  # windows not yet ended; every alert round scans them
+CHANNEL_TEST_INTERVAL_MS = 10_000  # one test per channel this often (a robot throttles a burst for minutes)
 REASON_MIN = 2
 REASON_MAX = 500
 
@@ -40,13 +45,44 @@ def alert_dict(a: Alert, station_name: str | None, tz: ZoneInfo) -> dict:
     }
 
 
-def delivery_dict(d: AlertDelivery, tz: ZoneInfo) -> dict:
+def delivery_dict(d: AlertDelivery, tz: ZoneInfo, digest: AlertDelivery | None = None) -> dict:
+    """One delivery; `digest` is the digest that carried it (state batched), whose state and send time
+    say whether it reached the channel."""
     return {
         "id": d.id, "channel": d.channel, "kind": d.kind, "severity": d.severity, "state": d.state,
         "attempts": d.attempts, "created_ms": d.created_ms, "created": local_iso(d.created_ms, tz),
         "sent_ms": d.sent_ms, "sent": local_iso(d.sent_ms, tz), "last_error": d.last_error,
         "digest_id": d.digest_id,
+        "digest_state": digest.state if digest is not None else None,
+        "digest_sent_ms": digest.sent_ms if digest is not None else None,
+        "digest_sent": local_iso(digest.sent_ms, tz) if digest is not None else None,
     }
+
+
+def deliveries_of(session: Session, alert_id: int, tz: ZoneInfo) -> list[dict]:
+    """An alert's deliveries, oldest first, each batched one with the state of the digest that carried it."""
+    rows = list(session.scalars(select(AlertDelivery).where(AlertDelivery.alert_id == alert_id)
+                                .order_by(AlertDelivery.id)))
+    digest_ids = {d.digest_id for d in rows if d.state == DeliveryState.BATCHED and d.digest_id is not None}
+    digests = ({d.id: d for d in session.scalars(select(AlertDelivery).where(AlertDelivery.id.in_(digest_ids)))}
+               if digest_ids else {})
+    return [delivery_dict(d, tz, digests.get(d.digest_id) if d.state == DeliveryState.BATCHED
+                          and d.digest_id is not None else None) for d in rows]
+
+
+def channel_test_wait_ms(session: Session, channel: str, now_ms: int) -> int:
+    """How long before CHANNEL may be tested again (0: now): one test attempt per CHANNEL_TEST_INTERVAL_MS."""
+    last = session.scalar(select(func.max(AlertDelivery.created_ms))
+                          .where(AlertDelivery.channel == channel, AlertDelivery.kind == "test",
+                                 AlertDelivery.created_ms > now_ms - CHANNEL_TEST_INTERVAL_MS))
+    return 0 if last is None else max(0, last + CHANNEL_TEST_INTERVAL_MS - now_ms)
+
+
+def channel_test_too_soon(channel: str, wait_ms: int) -> tuple[int, str]:
+    """The whole seconds to wait (for Retry-After) and the refusal, for the API and the CLI alike."""
+    wait_s = max(1, -(-wait_ms // 1000))
+    return wait_s, (f"告警通道 {channel} 在 {CHANNEL_TEST_INTERVAL_MS // 1000} 秒内已测试过，请 {wait_s} 秒后再试"
+                    "（频繁发送会被机器人限流）")
 
 
 def station_names(session: Session, alerts: list[Alert]) -> dict[str, str]:
@@ -103,6 +139,10 @@ def check_maintenance(session: Session, station_id: str | None, town: str | None
     if end_ms <= now_ms:
         raise MaintenanceError(f"结束时间 {_local(end_ms, tz)} 已经过去（现在 {_local(now_ms, tz)}）："
                                "维护时段须在将来结束", "maintenance_in_past")
+    if start_ms < now_ms - MAINTENANCE_PAST_START_MS:
+        raise MaintenanceError(f"开始时间 {_local(start_ms, tz)} 早于现在（{_local(now_ms, tz)}）"
+                               f"{MAINTENANCE_PAST_START_MS // 60_000} 分钟以上：维护时段不能追溯，"
+                               "已经发生的告警不会因此取消", "maintenance_in_past")
     if not (REASON_MIN <= len(reason.strip()) <= REASON_MAX):
         raise MaintenanceError(f"请填写维护原因（{REASON_MIN} 至 {REASON_MAX} 个字）", "maintenance_reason")
     if station_id:
@@ -120,6 +160,11 @@ def check_maintenance(session: Session, station_id: str | None, town: str | None
 def add_maintenance(session: Session, station_id: str | None, town: str | None, start_ms: int, end_ms: int,
                     reason: str, created_by: str, now_ms: int, tz: ZoneInfo) -> AlertMaintenance:
     check_maintenance(session, station_id, town, start_ms, end_ms, reason, now_ms, tz)
+    open_windows = session.scalar(select(func.count()).select_from(AlertMaintenance)
+                                  .where(AlertMaintenance.end_ms > now_ms)) or 0
+    if open_windows >= MAINTENANCE_MAX_OPEN:
+        raise MaintenanceError(f"未结束的维护时段已有 {open_windows} 个，最多 {MAINTENANCE_MAX_OPEN} 个："
+                               "请先结束不再需要的维护时段", "maintenance_too_many", 409)
     w = AlertMaintenance(station_id=station_id or None, town=town or None, start_ms=start_ms, end_ms=end_ms,
                          reason=reason.strip(), created_by=created_by[:64], created_ms=now_ms)
     session.add(w)

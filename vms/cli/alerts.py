@@ -14,6 +14,8 @@ from vms.alerts.views import (
     MaintenanceError,
     add_maintenance,
     alert_dict,
+    channel_test_too_soon,
+    channel_test_wait_ms,
     end_maintenance,
     list_maintenance,
     maintenance_dict,
@@ -33,6 +35,16 @@ maintenance_app = typer.Typer(help="Maintenance windows: no alerts for a station
 app.add_typer(maintenance_app, name="maintenance")
 
 STATES = ("firing", "resolved", "all")
+ALERT_ID_MAX = 2**63 - 1  # alerts.id is a 64-bit integer
+WINDOW_ID_MAX = 2**31 - 1  # alert_maintenance.id is a 32-bit integer
+BY_MAX = 64  # acked_by, created_by
+NOTE_MAX = 500
+
+
+def _check_by(by: str | None) -> None:
+    """--by is stored as given (who did it): refuse what the column cannot hold rather than cut it."""
+    if by is not None and not (1 <= len(by.strip()) <= BY_MAX):
+        raise fail(f"--by: a name of 1 to {BY_MAX} characters (got {len(by.strip())})")
 
 
 def _channels() -> dict:
@@ -98,7 +110,12 @@ def test(channel: str = typer.Argument(..., help="the channel's name (see `vms a
     if ch is None:
         configured = ", ".join(available) or "none (set alerts.webhook_url or alerts.channels)"
         raise fail(f"no alert channel {channel!r}; configured: {configured}")
-    delivery_id, result = send_test(database(), settings(), ch, SystemClock().now_ms())
+    now = SystemClock().now_ms()
+    with database().session() as session:
+        wait_ms = channel_test_wait_ms(session, channel, now)
+    if wait_ms:
+        raise fail(channel_test_too_soon(channel, wait_ms)[1], code=1)
+    delivery_id, result = send_test(database(), settings(), ch, now)
     if result.ok:
         typer.echo(f"test message sent through {channel} (delivery {delivery_id})")
         return
@@ -108,17 +125,18 @@ def test(channel: str = typer.Argument(..., help="the channel's name (see `vms a
 
 @app.command()
 def ack(
-    alert_id: int = typer.Argument(..., help="the alert's id (see `vms alerts list`)"),
+    alert_id: int = typer.Argument(..., min=1, max=ALERT_ID_MAX, help="the alert's id (see `vms alerts list`)"),
     note: str | None = typer.Option(None, "--note", help="what is being done about it"),
     by: str | None = typer.Option(None, "--by", help="who acknowledges (default: the login name)"),
 ) -> None:
     """Acknowledge a firing alert: its reminders stop (the recovery is still told)."""
-    if note is not None and len(note) > 500:
-        raise fail("--note: at most 500 characters")
+    if note is not None and len(note) > NOTE_MAX:
+        raise fail(f"--note: at most {NOTE_MAX} characters (got {len(note)})")
+    _check_by(by)
+    who_acks = by.strip() if by is not None else _default_user()[:BY_MAX]
     try:
         with database().session() as session:
-            alert = alert_engine.acknowledge(session, alert_id, by if by is not None else _default_user(), note,
-                                             SystemClock().now_ms())
+            alert = alert_engine.acknowledge(session, alert_id, who_acks, note, SystemClock().now_ms())
             who = alert.acked_by
     except (LookupError, alert_engine.AlertActionError) as exc:
         raise fail(str(exc)) from None
@@ -135,6 +153,7 @@ def maintenance_add(
     by: str | None = typer.Option(None, "--by", help="who sets it (default: the login name)"),
 ) -> None:
     """A maintenance window (at most 7 days): no alerts for the station, the town, or (neither given) everything."""
+    _check_by(by)
     s = settings()
     now = SystemClock().now_ms()
     try:
@@ -142,7 +161,7 @@ def maintenance_add(
         end_ms = parse_time_ms(end, s.tz, "--end")
         with database().session() as session:
             w = add_maintenance(session, station, town, start_ms, end_ms, reason,
-                                by if by is not None else _default_user(), now, s.tz)
+                                by.strip() if by is not None else _default_user(), now, s.tz)
             d = maintenance_dict(w, s.tz, now)
     except VmsError as exc:
         raise fail(str(exc)) from None
@@ -170,7 +189,7 @@ def maintenance_list(
 
 
 @maintenance_app.command("end")
-def maintenance_end(window_id: int = typer.Argument(..., help="the window's id")) -> None:
+def maintenance_end(window_id: int = typer.Argument(..., min=1, max=WINDOW_ID_MAX, help="the window's id")) -> None:
     """End a window now (a future one is deleted)."""
     s = settings()
     now = SystemClock().now_ms()

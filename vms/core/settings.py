@@ -573,6 +573,21 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _may_echo(loc: tuple, value: Any) -> bool:
+    """Whether an error may show the value it got. Never under `alerts` (a robot key can sit in any
+    shape of it: a channel written as a bare URL, `alerts: <url>`, a mistyped VMS_ALERTS__CHANNELS),
+    never under a secret key, never a URL with userinfo or a query (where passwords and keys go),
+    never a mapping or list (it may hold any of these)."""
+    if isinstance(value, (dict, list)):
+        return False
+    if loc and str(loc[0]) == "alerts":
+        return False
+    if any(str(p) in SECRET_KEYS for p in loc):
+        return False
+    text = str(value)
+    return not ("://" in text and ("?" in text or "@" in text))
+
+
 def load_settings(config_path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
     """Read, merge and validate settings; raise ConfigError naming every problem found."""
     env = dict(os.environ if env is None else env)
@@ -599,9 +614,7 @@ def load_settings(config_path: Path | None = None, env: dict[str, str] | None = 
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            elif any(str(p) in SECRET_KEYS for p in loc):
-                pass  # a secret's value (robot keys sit in their URLs) is never echoed
-            elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], (dict, list)):
+            elif "input" in err and err["type"] not in ("missing",) and _may_echo(loc, err["input"]):
                 msg = f"{msg} (got {err['input']!r})"
             env_name = next((n for p, n in env_names.items()
                              if loc[: len(p)] == p or p[: len(loc)] == loc), None)

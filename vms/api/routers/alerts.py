@@ -19,7 +19,9 @@ from vms.alerts.views import (
     MaintenanceError,
     add_maintenance,
     alert_dict,
-    delivery_dict,
+    channel_test_too_soon,
+    channel_test_wait_ms,
+    deliveries_of,
     end_maintenance,
     list_maintenance,
     maintenance_dict,
@@ -33,7 +35,7 @@ from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, require
 from vms.api.errors import ApiError
 from vms.api.schemas import TIME_DESCRIPTION, ApiModel, TimeText, time_query
 from vms.api.timeparse import parse_time
-from vms.db.models import Alert, AlertDelivery, AlertMaintenance, Station
+from vms.db.models import Alert, AlertMaintenance, Station
 
 log = logging.getLogger("vms.alerts")
 router = APIRouter(prefix="/api/alerts", tags=["alerts"])
@@ -95,6 +97,10 @@ class DeliveryOut(ApiModel):
     sent: str | None
     last_error: str | None
     digest_id: int | None = Field(description="the digest that carried it (state batched)")
+    digest_state: str | None = Field(default=None, description="state batched: the carrying digest's state "
+                                                               "(sent: delivered; queued: not yet; failed)")
+    digest_sent_ms: int | None = Field(default=None, description="state batched: when the digest was delivered")
+    digest_sent: str | None = None
 
 
 class AlertDetail(AlertOut):
@@ -215,10 +221,12 @@ def get_maintenance(ctx: Ctx, session: DbSession, principal: Reader, include_pas
 
 @router.post("/maintenance", response_model=MaintenanceOut, status_code=201,
              responses={400: {"description": "codes maintenance_scope_both, maintenance_reversed, "
-                                             "maintenance_too_long, maintenance_in_past, maintenance_reason, "
+                                             "maintenance_too_long, maintenance_in_past (ends before now, or "
+                                             "starts more than 10 minutes before now), maintenance_reason, "
                                              "town_unknown"},
                         403: {"description": "code maintenance_forbidden: not your towns"},
-                        404: {"description": "code station_not_found"}})
+                        404: {"description": "code station_not_found"},
+                        409: {"description": "code maintenance_too_many: 500 windows not yet ended"}})
 def create_maintenance(body: MaintenanceIn, ctx: Ctx, session: DbSession, principal: Writer) -> dict:
     tz = ctx.settings.tz
     start = parse_time(body.start, "start", tz)
@@ -268,7 +276,8 @@ def delete_maintenance(window_id: WindowId, ctx: Ctx, session: DbSession, princi
 
 # ---------------------------------------------------------------- channels
 def _channels(ctx: ApiContext) -> dict[str, Any]:
-    """The configured channels (vms.alerts.channels), made once: their HTTP clients are reused."""
+    """The configured channels (vms.alerts.channels), made once per app from the settings. Nothing is
+    pooled: each send opens its own HTTP client (or SMTP connection) and closes it."""
     channels = ctx.extras.get(CHANNELS)
     if channels is None:
         from vms.alerts.channels import make_channels
@@ -277,23 +286,46 @@ def _channels(ctx: ApiContext) -> dict[str, Any]:
     return channels
 
 
+def _channel_visible(principal: Principal, channel: Any) -> bool:
+    """A town-limited user sees only the channels of their towns: `towns` set and within theirs (a channel
+    for every town carries other towns' alerts too). Users of every town see all."""
+    if principal.towns is None:
+        return True
+    towns = list(channel.settings.towns)
+    return bool(towns) and all(principal.may_see_town(t) for t in towns)
+
+
+def _visible_channels(ctx: ApiContext, principal: Principal) -> dict[str, Any]:
+    return {name: ch for name, ch in _channels(ctx).items() if _channel_visible(principal, ch)}
+
+
 @router.get("/channels", response_model=list[dict[str, Any]])
-def get_channels(ctx: Ctx, _principal: Writer) -> list[dict]:
-    """Where alerts go: each channel's type, masked address, towns and severities. Never a key or secret."""
-    return [ch.describe() for ch in _channels(ctx).values()]
+def get_channels(ctx: Ctx, principal: Writer) -> list[dict]:
+    """Where alerts go: each channel's type, masked address, towns and severities. Never a key or secret.
+    A town-limited user sees only the channels for their towns."""
+    return [ch.describe() for ch in _visible_channels(ctx, principal).values()]
 
 
 @router.post("/channels/{name}/test", response_model=ChannelTestOut,
-             responses={404: {"description": "code channel_not_found"}})
+             responses={404: {"description": "code channel_not_found"},
+                        429: {"description": "code channel_test_too_soon: this channel was tested in the last "
+                                             "10 seconds (Retry-After says when to try again)"}})
 def test_channel(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,32}$")], ctx: Ctx, principal: Admin) -> dict:
     """Send a test message through one channel now, recorded as a delivery (kind test). 200 whether or
-    not the receiver took it: `ok` and `error` say."""
+    not the receiver took it: `ok` and `error` say. At most one test per channel every 10 seconds (the
+    robots throttle a burst: DingTalk for 10 minutes)."""
     from vms.alerts.dispatch import send_test
 
-    channel = _channels(ctx).get(name)
+    visible = _visible_channels(ctx, principal)
+    channel = visible.get(name)
     if channel is None:
-        known = "、".join(_channels(ctx)) or "（未配置任何通道）"
+        known = "、".join(visible) or "（未配置任何通道）"
         raise ApiError(404, "channel_not_found", f"告警通道 {name} 不存在；已配置：{known}")
+    with ctx.database.session() as session:
+        wait_ms = channel_test_wait_ms(session, name, ctx.clock.now_ms())
+    if wait_ms:
+        wait_s, message = channel_test_too_soon(name, wait_ms)
+        raise ApiError(429, "channel_test_too_soon", message, headers={"Retry-After": str(wait_s)})
     delivery_id, result = send_test(ctx.database, ctx.settings, channel, ctx.clock.now_ms())
     log.info("alert channel %s tested by %s: %s", name, principal.username, "ok" if result.ok else result.error)
     return {"channel": name, "delivery_id": delivery_id, "ok": result.ok, "error": result.error}
@@ -303,10 +335,7 @@ def test_channel(name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,32}$")], c
 @router.get("/{alert_id}", response_model=AlertDetail, responses={404: {"description": "code alert_not_found"}})
 def get_alert(alert_id: AlertId, ctx: Ctx, session: DbSession, principal: Reader) -> dict:
     alert = _alert(session, principal, alert_id)
-    tz = ctx.settings.tz
-    deliveries = session.scalars(select(AlertDelivery).where(AlertDelivery.alert_id == alert.id)
-                                 .order_by(AlertDelivery.id))
-    return {**_out(ctx, session, alert), "deliveries": [delivery_dict(d, tz) for d in deliveries]}
+    return {**_out(ctx, session, alert), "deliveries": deliveries_of(session, alert.id, ctx.settings.tz)}
 
 
 def _action(fn, alert_id: int, *args) -> Alert:

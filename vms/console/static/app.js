@@ -382,10 +382,13 @@ function alarmDetailHtml(d) {
       (d.acked_by ? `；${esc(d.acked_by)} 于 ${esc(localText(d.acked_ms))} 确认${d.ack_note ? `：${esc(d.ack_note)}` : ""}` : "") +
       (d.muted_by && d.muted_until_ms ? `；${esc(d.muted_by)} 静音至 ${esc(localText(d.muted_until_ms))}` : "") + "</p>",
   ].join("");
+  // A message carried inside a digest: what became of the digest says whether it reached the channel.
+  const stateText = (x) => (DELIVERY_STATE[x.state] || x.state) +
+    (x.state === "batched" && x.digest_state ? `（汇总${DELIVERY_STATE[x.digest_state] || x.digest_state}）` : "");
   const rows = d.deliveries.map((x) => `<tr class="delivery" data-kind="${esc(x.kind)}" data-state="${esc(x.state)}">
-    <td>${esc(x.channel)}</td><td>${esc(DELIVERY_KIND[x.kind] || x.kind)}</td><td>${esc(DELIVERY_STATE[x.state] || x.state)}</td>
+    <td>${esc(x.channel)}</td><td>${esc(DELIVERY_KIND[x.kind] || x.kind)}</td><td>${esc(stateText(x))}</td>
     <td>${esc(x.attempts)}</td><td>${x.last_error ? `<span class="error">${esc(x.last_error)}</span>` : "—"}</td>
-    <td>${esc(localText(x.created_ms))}</td><td>${esc(localText(x.sent_ms))}</td></tr>`).join("");
+    <td>${esc(localText(x.created_ms))}</td><td>${esc(localText(x.sent_ms ?? x.digest_sent_ms))}</td></tr>`).join("");
   return facts + (d.deliveries.length
     ? `<table class="deliveries"><tr><th>通道</th><th>类型</th><th>状态</th><th>尝试次数</th><th>最近错误</th><th>生成时间</th><th>发送时间</th></tr>${rows}</table>`
     : `<p class="muted">没有发出的消息（未配置告警通道，或在维护窗口内）</p>`);
