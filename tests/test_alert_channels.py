@@ -19,6 +19,8 @@ from vms.alerts.channels import (
     render_text,
 )
 from vms.alerts.messages import AlertMessage, SendResult
+from pydantic import ValidationError
+
 from vms.core.settings import AlertChannelSettings, AlertSettings
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -297,7 +299,7 @@ def _assert_clean(ch: Channel, result: SendResult, caplog, secrets: list[str]) -
 
 
 @pytest.mark.filterwarnings(AUTH_WITHOUT_TLS_WARNING)
-def test_secrets_are_never_in_errors_logs_repr_or_describe(receivers, caplog, tmp_path):
+def test_secrets_are_never_in_errors_logs_repr_or_describe(receivers, caplog, tmp_path, monkeypatch):
     caplog.set_level(logging.DEBUG)  # httpx's request lines (INFO) and httpcore's traces (DEBUG) too
     token = "tok" + "9" * 30
     wecom = receivers("wecom", key=token)
@@ -324,12 +326,13 @@ def test_secrets_are_never_in_errors_logs_repr_or_describe(receivers, caplog, tm
         assert any("HTTP Request" in r.getMessage() and "=***" in r.getMessage() for r in caplog.records)
         assert sum(1 for r in caplog.records if r.name == "vms.alerts.channels" and r.levelname == "WARNING") >= 12
         # E-mail: a wrong password, a server down.
-        with SmtpReceiver("none", user="vms", password="the-right-one") as smtp:
-            ch = email_channel(smtp.port, smtp_user="vms", smtp_password=SMTP_PASSWORD)
+        with SmtpReceiver("starttls", user="vms", password="the-right-one", cert_dir=tmp_path) as smtp:
+            monkeypatch.setenv("SSL_CERT_FILE", str(smtp.cert_path))
+            ch = email_channel(smtp.port, "starttls", smtp_user="vms", smtp_password=SMTP_PASSWORD)
             result = ch.send([msg()], delivery_id=6)
-            assert not result.ok and result.permanent, result
+            assert not result.ok and result.permanent and "SMTPAuthenticationError" in (result.error or ""), result
             _assert_clean(ch, result, caplog, [SMTP_PASSWORD])
-        ch = email_channel(dead_port, smtp_user="vms", smtp_password=SMTP_PASSWORD)
+        ch = email_channel(dead_port, "starttls", smtp_user="vms", smtp_password=SMTP_PASSWORD)
         result = ch.send([msg()], delivery_id=7)
         assert not result.ok and not result.permanent
         _assert_clean(ch, result, caplog, [SMTP_PASSWORD])
@@ -345,8 +348,8 @@ def test_describe_shows_the_masked_target_and_the_settings_people_set(receivers)
                              "target": f"http://127.0.0.1:{robot.port}/cgi-bin/webhook/send?key=***",
                              "towns": ["平山镇"], "min_severity": "major", "quiet_hours": "22:00-07:00",
                              "max_per_minute": 15}
-    mail = email_channel(25, smtp_user="vms", smtp_password=SMTP_PASSWORD).describe()
-    assert mail["target"] == "smtp://127.0.0.1:25 -> ops@example.cn, duty@example.cn"
+    mail = email_channel(587, "starttls", smtp_user="vms", smtp_password=SMTP_PASSWORD).describe()
+    assert mail["target"] == "smtp+starttls://127.0.0.1:587 -> ops@example.cn, duty@example.cn"
 
 
 @pytest.mark.parametrize(("url", "masked"), [
@@ -450,3 +453,34 @@ def test_short_url_values_do_not_garble_errors(receivers):
     robot.fail_next(1, 500)
     result = channel("webhook", robot.url + "&v=5").send([msg()], delivery_id=1)
     assert result.error is not None and result.error.startswith("HTTP 500"), result
+
+
+# ---------------------------------------------------------------------------------------------------- settings
+
+def test_smtp_login_without_encryption_is_refused():
+    with pytest.raises(ValidationError, match="smtp_security none with smtp_user would send the password "
+                                              "unencrypted: use ssl or starttls"):
+        AlertChannelSettings(name="mail", type="email", smtp_host="smtp.example.cn", smtp_security="none",
+                             smtp_user="vms", smtp_password=SMTP_PASSWORD, mail_from="vms@example.cn",
+                             mail_to=["a@example.cn"])
+    # none without a login (a relay on the LAN), and a login over TLS, are fine.
+    for security, user in (("none", None), ("starttls", "vms"), ("ssl", "vms")):
+        AlertChannelSettings(name="mail", type="email", smtp_host="smtp.example.cn", smtp_security=security,
+                             smtp_user=user, mail_from="vms@example.cn", mail_to=["a@example.cn"])
+
+
+@pytest.mark.parametrize("quiet", ["22:00-07:00", "00:00-06:30", "22:00-24:00", "23:59-00:00", "12:00-12:01"])
+def test_quiet_hours_accepted(quiet):
+    assert channel("webhook", "http://127.0.0.1:9/hooks/vms", quiet_hours=quiet).settings.quiet_hours == quiet
+
+
+@pytest.mark.parametrize(("quiet", "complaint"), [
+    ("22:00-24:59", "should match pattern"),  # only 24:00 is beyond 23:59
+    ("22:00-24:01", "should match pattern"),
+    ("24:00-07:00", "should match pattern"),  # 24:00 ends a range, it does not start one
+    ("07:00-07:00", "starts and ends at the same time"),  # quiet all day: messages would wait forever
+    ("00:00-24:00", "starts and ends at the same time"),
+])
+def test_quiet_hours_refused(quiet, complaint):
+    with pytest.raises(ValidationError, match=complaint):
+        AlertChannelSettings(name="w", type="webhook", url="http://127.0.0.1:9/hooks/vms", quiet_hours=quiet)
