@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from alert_receivers import AUTH_WITHOUT_TLS_WARNING, RobotReceiver, SmtpReceiver, refused_port, silent_port
+from pydantic import ValidationError
 
 from vms.alerts.channels import (
     Channel,
@@ -19,8 +20,6 @@ from vms.alerts.channels import (
     render_text,
 )
 from vms.alerts.messages import AlertMessage, SendResult
-from pydantic import ValidationError
-
 from vms.core.settings import AlertChannelSettings, AlertSettings
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -357,16 +356,37 @@ def test_describe_shows_the_masked_target_and_the_settings_people_set(receivers)
      "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=***"),
     ("https://oapi.dingtalk.com/robot/send?access_token=abc123&timestamp=1717200000000&sign=x%2By%3D",
      "https://oapi.dingtalk.com/robot/send?access_token=***&timestamp=***&sign=***"),
-    ("http://user:pa55@hooks.example.cn:8443/vms/alerts?token=t0k#frag", "http://***@hooks.example.cn:8443/vms/alerts?token=***"),
-    ("http://10.0.0.5:9000/alerts", "http://10.0.0.5:9000/alerts"),
-    ("https://open.feishu.cn/open-apis/bot/v2/hook/0c7e5a2b-51f1-4c3e-9a4e-7d1f0f8e2a11",
-     "https://open.feishu.cn/open-apis/bot/v2/hook/***"),  # a token in the path
-    ("http://hooks.example.cn/vms/county_alerts_webhook", "http://hooks.example.cn/vms/county_alerts_webhook"),
+    ("http://user:pa55@hooks.example.cn:8443/vms/alerts?token=t0k#frag", "http://***@hooks.example.cn:8443/***?token=***"),
+    # Only the robots' own paths are shown: any other path may be the secret.
+    ("http://10.0.0.5:9000/alerts", "http://10.0.0.5:9000/***"),
+    ("https://open.feishu.cn/open-apis/bot/v2/hook/0c7e5a2b-51f1-4c3e-9a4e-7d1f0f8e2a11", "https://open.feishu.cn/***"),
+    ("http://hooks.example.cn/vms/county_alerts_webhook", "http://hooks.example.cn/***"),
+    ("https://api.telegram.org/bot123456789:AAEhBP0av28xkZfXz5kTTGJtdVhJv2Z0aXQ/sendMessage?chat_id=1",
+     "https://api.telegram.org/***?chat_id=***"),
+    ("http://127.0.0.1:9/api/webhook/vms-alarm-hook-secretword?source=x", "http://127.0.0.1:9/***?source=***"),
     ("https://example.cn", "https://example.cn"),
+    ("https://example.cn/", "https://example.cn/"),
     ("http://[::1/x?key=k", "***"),  # unparseable: nothing of it
 ])
 def test_mask_secret_url(url, masked):
     assert mask_secret_url(url) == masked
+
+
+@pytest.mark.parametrize(("path", "secret"), [
+    ("/bot123456789:AAEhBP0av28xkZfXz5kTTGJtdVhJv2Z0aXQ/sendMessage?chat_id=1", "AAEhBP0av28xkZfXz5kTTGJtdVhJv2Z0aXQ"),
+    ("/api/webhook/vms-alarm-hook-secretword?chat_id=1", "secretword"),
+])
+def test_a_secret_in_the_path_is_never_shown(caplog, path, secret):
+    caplog.set_level(logging.DEBUG)
+    held, dead_port = refused_port()
+    try:
+        ch = channel("webhook", f"http://127.0.0.1:{dead_port}{path}", timeout_seconds=2)
+        result = ch.send([msg()], delivery_id=1)
+    finally:
+        held.close()
+    assert not result.ok and f"(http://127.0.0.1:{dead_port}/***?chat_id=***)" in (result.error or ""), result
+    assert ch.describe()["target"] == f"http://127.0.0.1:{dead_port}/***?chat_id=***"
+    _assert_clean(ch, result, caplog, [secret])
 
 
 def test_make_channels_by_name_from_the_settings():

@@ -55,15 +55,21 @@ DINGTALK_PERMANENT = {310000, 300001, 400013, 400101, 400102}
 DEFAULT_RETRY_AFTER_S = 60.0
 MAX_RETRY_AFTER_S = 24 * 3600.0
 
-_PATH_TOKEN = re.compile(r"(?=[^/]*[0-9])[A-Za-z0-9_.=~-]{20,}")
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# The paths a masked URL shows (the robots' own, whose key is a query value); any other path is /***.
+_SHOWN_PATHS = {"", "/", "/cgi-bin/webhook/send", "/robot/send"}
+# Path segments the scrubber removes from texts: long ones, or ones with digits in them (a token's look).
+_PATH_TOKEN = re.compile(r"(?=[^/]*[0-9])[A-Za-z0-9_.=~-]{20,}|[^/]{16,}")
+# A URL inside a text; not its closing parenthesis ("... (https://host/***)").
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()]+")
 
 
 # ---------------------------------------------------------------------------------------------------- masking
 
 def mask_secret_url(url: str) -> str:
-    """scheme://host[:port]/path with every query value and the userinfo replaced by *** (a robot's key is a
-    query value: ?key=, ?access_token=; a signed URL adds &sign=). The fragment is dropped."""
+    """scheme://host[:port], the path only when it is a known robot's (WeCom's /cgi-bin/webhook/send, DingTalk's
+    /robot/send: their key is a query value) and /*** otherwise, every query value and the userinfo replaced by
+    ***. The fragment is dropped. Any other path may be the secret itself (Telegram's /bot<token>/sendMessage,
+    Home Assistant's /api/webhook/<secret word>, Slack's, Feishu's, Discord's hooks): it is never shown."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
@@ -75,9 +81,7 @@ def mask_secret_url(url: str) -> str:
     if parts.query:
         names = [p.partition("=")[0] for p in parts.query.split("&") if p]
         query = "?" + "&".join(f"{n}=***" for n in names)
-    # Some hooks carry their token in the path (Feishu's /bot/v2/hook/<uuid>, Slack's /services/T…/B…/<token>):
-    # a long segment with digits in it is taken for one.
-    path = "/".join("***" if _PATH_TOKEN.fullmatch(seg) else seg for seg in parts.path.split("/"))
+    path = parts.path if parts.path in _SHOWN_PATHS else "/***"
     return f"{parts.scheme}://{netloc}{path}{query}"
 
 
@@ -121,7 +125,9 @@ def _secret_fragments(s: AlertChannelSettings) -> list[str]:
             pieces = [parts.netloc.rpartition("@")[0]] if "@" in parts.netloc else []
             pieces += [value for _, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
             pieces += [p.partition("=")[2] for p in parts.query.split("&")]
-            pieces += [seg for seg in parts.path.split("/") if _PATH_TOKEN.fullmatch(seg)]
+            if parts.path not in _SHOWN_PATHS:  # the path may be the secret (a token, a secret word)
+                pieces.append(parts.path)
+                pieces += [seg for seg in parts.path.split("/") if _PATH_TOKEN.fullmatch(seg)]
             out.extend(x for x in pieces if len(x) >= 4)
         except ValueError:
             pass
