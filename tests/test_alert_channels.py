@@ -5,11 +5,19 @@ webhook receiver verifying the HMAC signature, and an SMTP server (aiosmtpd) wit
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from zoneinfo import ZoneInfo
 
 import pytest
-from alert_receivers import AUTH_WITHOUT_TLS_WARNING, RobotReceiver, SmtpReceiver, refused_port, silent_port
+from alert_receivers import (
+    AUTH_WITHOUT_TLS_WARNING,
+    RawAnswerer,
+    RobotReceiver,
+    SmtpReceiver,
+    refused_port,
+    silent_port,
+)
 from pydantic import ValidationError
 
 from vms.alerts.channels import (
@@ -276,7 +284,41 @@ def test_a_slow_receiver_is_a_quick_retryable_failure(receivers, kind):
     started = time.monotonic()
     result = channel(kind, robot.url, timeout_seconds=0.3).send([msg()], delivery_id=1)
     assert time.monotonic() - started < 2
-    assert not result.ok and not result.permanent and "Timeout" in (result.error or ""), result
+    assert not result.ok and not result.permanent and "timeout after 0.3 s" in (result.error or ""), result
+
+
+def _send_within(ch: Channel, seconds: float) -> tuple[SendResult | None, float]:
+    """(the result, how long the send took), or (None, ...) when it had not returned after seconds: the test
+    waits no longer than that whatever the channel does."""
+    box: list[SendResult] = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: box.append(ch.send([msg()], delivery_id=1)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return (box[0] if box else None), time.monotonic() - started
+
+
+def test_a_trickling_answer_is_cut_at_the_total_timeout():
+    # One byte every 0.4 s: each read is well within the timeout, the whole answer never ends.
+    with RawAnswerer("trickle", interval=0.4) as server:
+        result, took = _send_within(channel("wecom", server.url, timeout_seconds=1), 6)
+        assert result is not None, "the send did not return"
+        assert took < 2, took
+        assert not result.ok and not result.permanent and "timeout after 1 s" in (result.error or ""), result
+        assert server.client_gone.wait(3)  # the connection is given up, not left reading
+
+
+@pytest.mark.parametrize("declare_length", [False, True])
+def test_a_huge_answer_is_not_read(declare_length):
+    # 100 MB of answer: the channel reads at most 64 KiB of it and calls the send failed (retryable).
+    with RawAnswerer("huge", size=100 * 1024 * 1024, declare_length=declare_length) as server:
+        result, took = _send_within(channel("wecom", server.url, timeout_seconds=5), 10)
+        assert result is not None, "the send did not return"
+        assert not result.ok and not result.permanent and "answer too large" in (result.error or ""), result
+        assert took < 3, took
+        assert server.client_gone.wait(3)
+        # What the server got into the kernel's buffers before the client closed: a few MB at most, not 100.
+        assert server.sent < 20 * 1024 * 1024, server.sent
 
 
 @pytest.mark.parametrize("kind", ["wecom", "dingtalk", "webhook"])

@@ -19,13 +19,14 @@ import logging
 import re
 import smtplib
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -54,6 +55,12 @@ DINGTALK_THROTTLE_RETRY_S = 600.0
 DINGTALK_PERMANENT = {310000, 300001, 400013, 400101, 400102}
 DEFAULT_RETRY_AFTER_S = 60.0
 MAX_RETRY_AFTER_S = 24 * 3600.0
+# A receiver's answer is a few hundred bytes of JSON: more than this is not read (a failed, retryable send).
+ANSWER_MAX_BYTES = 64 * 1024
+# An SMTP conversation is several round trips (greeting, EHLO, STARTTLS and EHLO again, AUTH, MAIL, one RCPT
+# per address, DATA, the message, QUIT), each allowed timeout_seconds by the socket: the whole conversation
+# is given this many times timeout_seconds.
+SMTP_SESSION_FACTOR = 3
 
 # The paths a masked URL shows (the robots' own, whose key is a query value); any other path is /***.
 _SHOWN_PATHS = {"", "/", "/cgi-bin/webhook/send", "/robot/send"}
@@ -137,6 +144,34 @@ def _secret_fragments(s: AlertChannelSettings) -> list[str]:
     # As they appear inside URLs and quoted texts too.
     out += [urllib.parse.quote_plus(x) for x in out] + [urllib.parse.quote(x, safe="") for x in out]
     return sorted({x for x in out if x}, key=len, reverse=True)
+
+
+_T = TypeVar("_T")
+
+
+def _bounded(work: Callable[[threading.Event], _T], seconds: float, name: str) -> _T | None:
+    """work(stop) in a daemon thread: its result, or None when it has not finished within seconds (stop is
+    then set, for work to give up at its next chance; the thread is left to finish or fail on its own). An
+    exception of work is raised here."""
+    box: list[tuple[bool, Any]] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            box.append((True, work(stop)))
+        except BaseException as exc:  # handed to the caller (or dropped when it stopped waiting)
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not box:
+        stop.set()
+        return None
+    finished, value = box[0]
+    if not finished:
+        raise value
+    return value
 
 
 # --------------------------------------------------------------------------------------------------- rendering
@@ -411,16 +446,52 @@ class _BaseChannel:
 
     # -- HTTP
     def _post(self, url: str, content: bytes, headers: dict[str, str]) -> httpx.Response | SendResult:
-        """The receiver's answer, or the SendResult of a request that got none (errors name the masked URL)."""
+        """The receiver's answer (its body read whole only for a 2xx status, and at most ANSWER_MAX_BYTES of
+        it), or the SendResult of a request that got none (errors name the masked URL). The whole exchange
+        (connect, send, answer) takes at most timeout_seconds: httpx's timeouts are per operation (a receiver
+        sending one byte a second would hold a send forever), so it runs in a thread waited on that long."""
+        total = self.settings.timeout_seconds
+        deadline = time.monotonic() + total
+        answer = _bounded(lambda stop: self._exchange(url, content, headers, deadline, stop), total,
+                          f"alert-{self.name}")
+        if answer is None:
+            return self._timed_out(url)
+        return answer
+
+    def _timed_out(self, url: str) -> SendResult:
+        return SendResult(ok=False, error=f"timeout after {self.settings.timeout_seconds:g} s ({mask_secret_url(url)})")
+
+    def _exchange(self, url: str, content: bytes, headers: dict[str, str], deadline: float,
+                  stop: threading.Event) -> httpx.Response | SendResult:
         masked = mask_secret_url(url)
+        too_large = SendResult(ok=False, error=f"answer too large (over {ANSWER_MAX_BYTES // 1024} KiB) ({masked})")
+        # Each phase (connect, write, pool, every read) within the whole; _post stops waiting at the deadline.
+        timeout = httpx.Timeout(self.settings.timeout_seconds)
+        # identity: the answer's bytes as sent, so the cap is on what is read, not on what it inflates to.
+        headers = {"User-Agent": "vms-alerts/1", "Accept-Encoding": "identity", **headers}
         try:
-            with httpx.Client(timeout=self.settings.timeout_seconds, follow_redirects=False) as client:
-                return client.post(url, content=content, headers={"User-Agent": "vms-alerts/1", **headers})
+            with httpx.Client(timeout=timeout, follow_redirects=False) as client, \
+                    client.stream("POST", url, content=content, headers=headers) as resp:
+                kept = [(k, v) for k, v in resp.headers.multi_items()
+                        if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]
+                if not 200 <= resp.status_code < 300:
+                    # The status and headers decide (Retry-After); an error page is not read.
+                    return httpx.Response(resp.status_code, headers=kept)
+                declared = resp.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > ANSWER_MAX_BYTES:
+                    return too_large
+                body = bytearray()
+                for chunk in resp.iter_raw():
+                    body += chunk
+                    if len(body) > ANSWER_MAX_BYTES:
+                        return too_large
+                    if stop.is_set() or time.monotonic() > deadline:
+                        return self._timed_out(url)
+                return httpx.Response(resp.status_code, headers=kept, content=bytes(body))
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             return SendResult(ok=False, error=f"{type(exc).__name__} ({masked})", permanent=True)
-        except httpx.TimeoutException as exc:
-            return SendResult(ok=False, error=f"{type(exc).__name__}: no answer within "
-                                              f"{self.settings.timeout_seconds:g} s ({masked})")
+        except httpx.TimeoutException:
+            return self._timed_out(url)
         except httpx.HTTPError as exc:
             # str(exc) may hold the URL: the scrubber in send() removes it again, this names only the masked one.
             return SendResult(ok=False, error=f"{type(exc).__name__}: {self.scrub(str(exc))} ({masked})")
