@@ -467,3 +467,52 @@ class RawAnswerer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class TricklingSmtp:
+    """An SMTP-like server on a raw socket: it greets at once, then answers EHLO with a multi-line reply sent
+    one byte every `interval` seconds, for ever. Every socket read of the client gets something well within
+    its timeout; the conversation never ends. `.client_gone` is set when the client closed the connection."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.client_gone = threading.Event()
+        self._closing = threading.Event()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((HOST, 0))
+        self._sock.listen(8)
+        self.port: int = self._sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True, name="trickling-smtp").start()
+
+    def _serve(self) -> None:
+        while not self._closing.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                conn.sendall(b"220 slow.example.cn ESMTP\r\n")
+                conn.recv(1024)  # EHLO
+                while not self._closing.wait(self.interval):
+                    for byte in b"250-slow.example.cn\r\n":
+                        conn.sendall(bytes([byte]))
+                        if self._closing.wait(self.interval):
+                            return
+        except OSError:
+            pass
+        finally:
+            self.client_gone.set()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._sock.close()
+
+    def __enter__(self) -> TricklingSmtp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

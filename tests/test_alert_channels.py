@@ -15,6 +15,7 @@ from alert_receivers import (
     RawAnswerer,
     RobotReceiver,
     SmtpReceiver,
+    TricklingSmtp,
     refused_port,
     silent_port,
 )
@@ -507,6 +508,17 @@ def test_email_refusals_and_outages():
     finally:
         held.close()
         quiet.close()
+
+
+def test_a_slow_smtp_conversation_is_cut_at_three_times_the_timeout():
+    # Each read gets a byte within 0.1 s (the socket's 0.5 s timeout never fires); the EHLO reply never ends.
+    with TricklingSmtp(interval=0.1) as server:
+        result, took = _send_within(email_channel(server.port, timeout_seconds=0.5), 6)
+        assert result is not None, "the send did not return"
+        assert 1.4 < took < 2.5, took  # 3 x timeout_seconds
+        assert not result.ok and not result.permanent and "SMTP 会话超时" in (result.error or ""), result
+        assert f"127.0.0.1:{server.port}" in (result.error or "")
+        assert server.client_gone.wait(3)  # the connection is shut down, its thread ends
 
 
 def test_short_url_values_do_not_garble_errors(receivers):

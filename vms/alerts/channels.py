@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -687,17 +688,46 @@ class EmailChannel(_BaseChannel):
 
     def _send(self, messages: Sequence[AlertMessage], delivery_id: int) -> SendResult:
         s = self.settings
-        assert s.smtp_host is not None  # the settings refuse an email channel without one
         msg = self.build(messages, delivery_id)
+        # Every socket operation has timeout_seconds, but a server answering slowly (a byte at a time, each
+        # command just within it) could hold the conversation for ever: it runs in a thread waited on for
+        # SMTP_SESSION_FACTOR x timeout_seconds. Past that the send is failed (retryable) and the connection
+        # shut down so the thread ends soon; the server may still have taken the message by then, so a
+        # retry can deliver it twice (at least once, as every channel).
+        limit = s.timeout_seconds * SMTP_SESSION_FACTOR
+        held: list[smtplib.SMTP] = []
+        result = _bounded(lambda stop: self._converse(msg, delivery_id, held), limit, f"alert-{self.name}")
+        if result is not None:
+            return result
+        for smtp in held:
+            if smtp.sock is not None:
+                try:
+                    smtp.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        return SendResult(ok=False, error=f"SMTP 会话超时: not done within {limit:g} s "
+                                          f"({s.smtp_host}:{s.smtp_port})")
+
+    def _converse(self, msg: EmailMessage, delivery_id: int, held: list[smtplib.SMTP]) -> SendResult:
+        """One SMTP conversation sending msg; held gets the connection (for _send to shut it down)."""
+        s = self.settings
+        assert s.smtp_host is not None  # the settings refuse an email channel without one
         where = f"{s.smtp_host}:{s.smtp_port}"
         try:
             context = ssl.create_default_context()
             smtp: smtplib.SMTP
+            # Made unconnected and held first: connect() waits for the greeting, which may be the slow part.
             if s.smtp_security == "ssl":
-                smtp = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.timeout_seconds, context=context)
+                smtp = smtplib.SMTP_SSL(timeout=s.timeout_seconds, context=context)
             else:
-                smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.timeout_seconds)
+                smtp = smtplib.SMTP(timeout=s.timeout_seconds)
+            # connect() does not set the name TLS verifies (the constructor does, with the host given to it).
+            smtp._host = s.smtp_host  # type: ignore[attr-defined]
+            held.append(smtp)
             with smtp:
+                code, greeting = smtp.connect(s.smtp_host, s.smtp_port)
+                if code != 220:  # as smtplib.SMTP(host) does
+                    raise smtplib.SMTPConnectError(code, greeting)
                 if s.smtp_security == "starttls":
                     smtp.starttls(context=context)
                 if s.smtp_user:
