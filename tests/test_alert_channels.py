@@ -4,6 +4,7 @@ webhook receiver verifying the HMAC signature, and an SMTP server (aiosmtpd) wit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -159,6 +160,38 @@ def test_dingtalk_signed_with_keyword_and_mentions_on_major(receivers):
     for request in robot.requests:
         assert request["path"].count("timestamp=") == 1 and request["path"].count("sign=") == 1
     assert ch.settings.url is not None and "sign=" not in ch.settings.url.get_secret_value()
+
+
+def _assert_mentions_whole(sent: dict, max_bytes: int = 3800) -> list[str]:
+    text = sent["markdown"]["text"]
+    mobiles = sent["at"]["atMobiles"]
+    assert mobiles and len(text.encode("utf-8")) <= max_bytes
+    # Every phone in atMobiles is written whole at the end of the text, or DingTalk does not @ it.
+    assert text.endswith(" ".join(f"@{p}" for p in mobiles)), text[-200:]
+    return mobiles
+
+
+def test_dingtalk_mentions_survive_the_cut_of_a_long_message(receivers):
+    robot = receivers("dingtalk", keyword="监控告警")
+    ch = channel("dingtalk", robot.url, keyword="监控告警", mention_mobiles=["13800000001", "13800000002"])
+    # A title and station name beyond the limit on their own: the text is cut before the @mobiles.
+    long = msg(severity="critical")
+    long = dataclasses.replace(long, title="摄像机离线" * 300, station_name="平山镇服务站" * 100)
+    assert ch.send([long], delivery_id=1).ok
+    assert _assert_mentions_whole(robot.received[0]) == ["13800000001", "13800000002"]
+
+
+def test_dingtalk_mentions_survive_the_cut_of_a_digest(receivers):
+    # More phones than fit beside a digest: those written whole in the text are the ones in atMobiles.
+    robot = receivers("dingtalk", keyword="监控告警")
+    phones = [f"139{i:08d}" for i in range(300)]
+    ch = channel("dingtalk", robot.url, keyword="监控告警", mention_mobiles=phones)
+    assert ch.send(many(200), delivery_id=2).ok
+    digest = robot.received[0]
+    shown = _assert_mentions_whole(digest)
+    assert 30 < len(shown) < 300 and shown == phones[:len(shown)]
+    text = digest["markdown"]["text"]
+    assert "另有" in text and "HD-" in text  # still a digest with some of its lines
 
 
 def test_dingtalk_refusals_of_sign_and_keyword_are_permanent(receivers):

@@ -42,6 +42,8 @@ WECOM_MAX_BYTES = 4096
 # DingTalk documents no byte limit for markdown; long texts are cut or refused in practice, so stay well under
 # the WeCom figure (the @mobiles and the keyword are counted in).
 DINGTALK_MAX_BYTES = 3800
+# The @mobiles of a DingTalk message take at most this much of it (about 70 phones): the rest is the message.
+DINGTALK_MENTION_MAX_BYTES = DINGTALK_MAX_BYTES // 4
 SEVERITY_RANK = {"info": 0, "minor": 1, "major": 2, "critical": 3}
 # On these severities the robots @ the channel's mention_mobiles.
 MENTION_SEVERITIES = {"major", "critical"}
@@ -315,6 +317,17 @@ def _render(messages: Sequence[AlertMessage], tz: ZoneInfo, style: str, *, headi
     def size(lines: list[str]) -> int:
         return _nbytes(st.sep.join(lines))
 
+    def cut_before_tail(lines: list[str], mark: str) -> str:
+        # The last resort: the text before the suffix is cut, the suffix stays whole (DingTalk @s a phone only
+        # when its @mobile is in the text).
+        assert max_bytes is not None
+        text = st.sep.join(lines)
+        room = max_bytes - (size([""] + tail) if tail else 0)
+        if _nbytes(text) > room:
+            text = _cut_utf8(text, room - _nbytes(mark)) + mark
+        text = st.sep.join([text] + tail)
+        return text if _nbytes(text) <= max_bytes else _cut_utf8(text, max_bytes)  # a suffix over the limit
+
     if single:
         fields, detail = _single_lines(messages[0], tz, st)
         lines = head + fields + ([detail] if detail else []) + tail
@@ -326,7 +339,7 @@ def _render(messages: Sequence[AlertMessage], tz: ZoneInfo, style: str, *, headi
             lines = head + fields + [_cut_utf8(detail, room) + "……"] + tail
         text = st.sep.join(lines)
         if _nbytes(text) > max_bytes:  # a title or fields beyond the limit: cut the text itself
-            text = _cut_utf8(text, max_bytes - _nbytes("……")) + "……"
+            text = cut_before_tail(lines[:len(lines) - len(tail)], "……")
         return title, text
 
     groups = _digest_groups(messages)
@@ -363,7 +376,7 @@ def _render(messages: Sequence[AlertMessage], tz: ZoneInfo, style: str, *, headi
     out.append(f"……另有 {len(messages) - shown} 条，详见控制台")
     text = st.sep.join(out + tail)
     if _nbytes(text) > max_bytes:  # only when the heading and summary alone are over the limit
-        text = _cut_utf8(text, max_bytes)
+        text = cut_before_tail(out, "")
     return title, text
 
 
@@ -589,8 +602,14 @@ class DingTalkChannel(_BaseChannel):
 
     def _send(self, messages: Sequence[AlertMessage], delivery_id: int) -> SendResult:
         s = self.settings
-        mobiles = list(s.mention_mobiles) if any(m.severity in MENTION_SEVERITIES for m in messages) else []
-        # DingTalk @s a phone only when it is both in at.atMobiles and written in the text.
+        wanted = list(s.mention_mobiles) if any(m.severity in MENTION_SEVERITIES for m in messages) else []
+        # DingTalk @s a phone only when it is both in at.atMobiles and written in the text: the text keeps its
+        # @mobiles whole however it is cut (_render reserves them), as many as fit in their share.
+        mobiles: list[str] = []
+        for phone in wanted:
+            if _nbytes(" ".join(f"@{p}" for p in [*mobiles, phone])) > DINGTALK_MENTION_MAX_BYTES:
+                break
+            mobiles.append(phone)
         suffix = " ".join(f"@{p}" for p in mobiles)
         prefix = f"{s.keyword} " if s.keyword else ""
         title, text = _render(messages, self.tz, "markdown", heading=True, heading_prefix=prefix, suffix=suffix,
