@@ -5,7 +5,8 @@ A channel sends one message, or several as one digest, in ONE request or ONE e-m
 network or receiver problem, and never lets a secret (a robot's key in its URL, a signing secret, an SMTP
 password) reach an error, a log line, a repr or describe(): httpx's own messages and log lines carry the
 full URL, so every text that leaves here goes through the channel's scrubber, and httpx's logger is given a
-filter that masks URLs.
+filter that masks URLs. A send takes at most timeout_seconds (HTTP) or 3 x timeout_seconds (an SMTP
+conversation) in all, however slowly the receiver answers, and reads at most 64 KiB of an answer.
 """
 
 from __future__ import annotations
