@@ -393,3 +393,126 @@ class SmtpReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------------------------------- raw-socket faults
+
+class RawAnswerer:
+    """A receiver on a raw socket that answers every request badly, for the channels' total deadline and
+    answer cap. mode "trickle": HTTP 200, chunked, one byte every `interval` seconds, forever; "huge": HTTP 200
+    with `size` bytes of body, sent as fast as the client takes them (chunked, or with a Content-Length when
+    declare_length). `.sent` counts the body bytes the kernel took (the client cannot have read more);
+    `.client_gone` is set when the client closed the connection."""
+
+    def __init__(self, mode: str, interval: float = 0.5, size: int = 100 * 1024 * 1024,
+                 declare_length: bool = False) -> None:
+        assert mode in ("trickle", "huge"), mode
+        self.mode, self.interval, self.size, self.declare_length = mode, interval, size, declare_length
+        self.sent = 0
+        self.client_gone = threading.Event()
+        self._closing = threading.Event()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((HOST, 0))
+        self._sock.listen(8)
+        self.port: int = self._sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True, name=f"raw-{mode}").start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}{PATHS['wecom']}?key=raw-answerer-key"
+
+    def _serve(self) -> None:
+        while not self._closing.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                conn.recv(65536)
+                if self.mode == "trickle":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n")
+                    while not self._closing.wait(self.interval):
+                        conn.sendall(b"1\r\n \r\n")
+                        self.sent += 1
+                    return
+                length = (b"Content-Length: %d\r\n" % self.size if self.declare_length
+                          else b"Transfer-Encoding: chunked\r\n")
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + length + b"\r\n")
+                block = b" " * (1 << 20)
+                frame = block if self.declare_length else b"%x\r\n" % len(block) + block + b"\r\n"
+                for _ in range(self.size // len(block)):
+                    if self._closing.is_set():
+                        return
+                    conn.sendall(frame)
+                    self.sent += len(block)
+                if not self.declare_length:
+                    conn.sendall(b"0\r\n\r\n")
+                conn.recv(1)  # wait for the client to close
+        except OSError:
+            pass
+        finally:
+            self.client_gone.set()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._sock.close()
+
+    def __enter__(self) -> RawAnswerer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TricklingSmtp:
+    """An SMTP-like server on a raw socket: it greets at once, then answers EHLO with a multi-line reply sent
+    one byte every `interval` seconds, for ever. Every socket read of the client gets something well within
+    its timeout; the conversation never ends. `.client_gone` is set when the client closed the connection."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.client_gone = threading.Event()
+        self._closing = threading.Event()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((HOST, 0))
+        self._sock.listen(8)
+        self.port: int = self._sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True, name="trickling-smtp").start()
+
+    def _serve(self) -> None:
+        while not self._closing.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                conn.sendall(b"220 slow.example.cn ESMTP\r\n")
+                conn.recv(1024)  # EHLO
+                while not self._closing.wait(self.interval):
+                    for byte in b"250-slow.example.cn\r\n":
+                        conn.sendall(bytes([byte]))
+                        if self._closing.wait(self.interval):
+                            return
+        except OSError:
+            pass
+        finally:
+            self.client_gone.set()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._sock.close()
+
+    def __enter__(self) -> TricklingSmtp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

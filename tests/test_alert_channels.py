@@ -4,12 +4,23 @@ webhook receiver verifying the HMAC signature, and an SMTP server (aiosmtpd) wit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
 from zoneinfo import ZoneInfo
 
 import pytest
-from alert_receivers import AUTH_WITHOUT_TLS_WARNING, RobotReceiver, SmtpReceiver, refused_port, silent_port
+from alert_receivers import (
+    AUTH_WITHOUT_TLS_WARNING,
+    RawAnswerer,
+    RobotReceiver,
+    SmtpReceiver,
+    TricklingSmtp,
+    refused_port,
+    silent_port,
+)
+from pydantic import ValidationError
 
 from vms.alerts.channels import (
     Channel,
@@ -151,6 +162,38 @@ def test_dingtalk_signed_with_keyword_and_mentions_on_major(receivers):
     assert ch.settings.url is not None and "sign=" not in ch.settings.url.get_secret_value()
 
 
+def _assert_mentions_whole(sent: dict, max_bytes: int = 3800) -> list[str]:
+    text = sent["markdown"]["text"]
+    mobiles = sent["at"]["atMobiles"]
+    assert mobiles and len(text.encode("utf-8")) <= max_bytes
+    # Every phone in atMobiles is written whole at the end of the text, or DingTalk does not @ it.
+    assert text.endswith(" ".join(f"@{p}" for p in mobiles)), text[-200:]
+    return mobiles
+
+
+def test_dingtalk_mentions_survive_the_cut_of_a_long_message(receivers):
+    robot = receivers("dingtalk", keyword="监控告警")
+    ch = channel("dingtalk", robot.url, keyword="监控告警", mention_mobiles=["13800000001", "13800000002"])
+    # A title and station name beyond the limit on their own: the text is cut before the @mobiles.
+    long = msg(severity="critical")
+    long = dataclasses.replace(long, title="摄像机离线" * 300, station_name="平山镇服务站" * 100)
+    assert ch.send([long], delivery_id=1).ok
+    assert _assert_mentions_whole(robot.received[0]) == ["13800000001", "13800000002"]
+
+
+def test_dingtalk_mentions_survive_the_cut_of_a_digest(receivers):
+    # More phones than fit beside a digest: those written whole in the text are the ones in atMobiles.
+    robot = receivers("dingtalk", keyword="监控告警")
+    phones = [f"139{i:08d}" for i in range(300)]
+    ch = channel("dingtalk", robot.url, keyword="监控告警", mention_mobiles=phones)
+    assert ch.send(many(200), delivery_id=2).ok
+    digest = robot.received[0]
+    shown = _assert_mentions_whole(digest)
+    assert 30 < len(shown) < 300 and shown == phones[:len(shown)]
+    text = digest["markdown"]["text"]
+    assert "另有" in text and "HD-" in text  # still a digest with some of its lines
+
+
 def test_dingtalk_refusals_of_sign_and_keyword_are_permanent(receivers):
     robot = receivers("dingtalk", secret=SECRET_DT, keyword="监控告警")
     wrong_secret = channel("dingtalk", robot.url, secret="SEC" + "0" * 64, keyword="监控告警")
@@ -275,7 +318,41 @@ def test_a_slow_receiver_is_a_quick_retryable_failure(receivers, kind):
     started = time.monotonic()
     result = channel(kind, robot.url, timeout_seconds=0.3).send([msg()], delivery_id=1)
     assert time.monotonic() - started < 2
-    assert not result.ok and not result.permanent and "Timeout" in (result.error or ""), result
+    assert not result.ok and not result.permanent and "timeout after 0.3 s" in (result.error or ""), result
+
+
+def _send_within(ch: Channel, seconds: float) -> tuple[SendResult | None, float]:
+    """(the result, how long the send took), or (None, ...) when it had not returned after seconds: the test
+    waits no longer than that whatever the channel does."""
+    box: list[SendResult] = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: box.append(ch.send([msg()], delivery_id=1)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return (box[0] if box else None), time.monotonic() - started
+
+
+def test_a_trickling_answer_is_cut_at_the_total_timeout():
+    # One byte every 0.4 s: each read is well within the timeout, the whole answer never ends.
+    with RawAnswerer("trickle", interval=0.4) as server:
+        result, took = _send_within(channel("wecom", server.url, timeout_seconds=1), 6)
+        assert result is not None, "the send did not return"
+        assert took < 2, took
+        assert not result.ok and not result.permanent and "timeout after 1 s" in (result.error or ""), result
+        assert server.client_gone.wait(3)  # the connection is given up, not left reading
+
+
+@pytest.mark.parametrize("declare_length", [False, True])
+def test_a_huge_answer_is_not_read(declare_length):
+    # 100 MB of answer: the channel reads at most 64 KiB of it and calls the send failed (retryable).
+    with RawAnswerer("huge", size=100 * 1024 * 1024, declare_length=declare_length) as server:
+        result, took = _send_within(channel("wecom", server.url, timeout_seconds=5), 10)
+        assert result is not None, "the send did not return"
+        assert not result.ok and not result.permanent and "answer too large" in (result.error or ""), result
+        assert took < 3, took
+        assert server.client_gone.wait(3)
+        # What the server got into the kernel's buffers before the client closed: a few MB at most, not 100.
+        assert server.sent < 20 * 1024 * 1024, server.sent
 
 
 @pytest.mark.parametrize("kind", ["wecom", "dingtalk", "webhook"])
@@ -297,7 +374,7 @@ def _assert_clean(ch: Channel, result: SendResult, caplog, secrets: list[str]) -
 
 
 @pytest.mark.filterwarnings(AUTH_WITHOUT_TLS_WARNING)
-def test_secrets_are_never_in_errors_logs_repr_or_describe(receivers, caplog, tmp_path):
+def test_secrets_are_never_in_errors_logs_repr_or_describe(receivers, caplog, tmp_path, monkeypatch):
     caplog.set_level(logging.DEBUG)  # httpx's request lines (INFO) and httpcore's traces (DEBUG) too
     token = "tok" + "9" * 30
     wecom = receivers("wecom", key=token)
@@ -324,12 +401,13 @@ def test_secrets_are_never_in_errors_logs_repr_or_describe(receivers, caplog, tm
         assert any("HTTP Request" in r.getMessage() and "=***" in r.getMessage() for r in caplog.records)
         assert sum(1 for r in caplog.records if r.name == "vms.alerts.channels" and r.levelname == "WARNING") >= 12
         # E-mail: a wrong password, a server down.
-        with SmtpReceiver("none", user="vms", password="the-right-one") as smtp:
-            ch = email_channel(smtp.port, smtp_user="vms", smtp_password=SMTP_PASSWORD)
+        with SmtpReceiver("starttls", user="vms", password="the-right-one", cert_dir=tmp_path) as smtp:
+            monkeypatch.setenv("SSL_CERT_FILE", str(smtp.cert_path))
+            ch = email_channel(smtp.port, "starttls", smtp_user="vms", smtp_password=SMTP_PASSWORD)
             result = ch.send([msg()], delivery_id=6)
-            assert not result.ok and result.permanent, result
+            assert not result.ok and result.permanent and "SMTPAuthenticationError" in (result.error or ""), result
             _assert_clean(ch, result, caplog, [SMTP_PASSWORD])
-        ch = email_channel(dead_port, smtp_user="vms", smtp_password=SMTP_PASSWORD)
+        ch = email_channel(dead_port, "starttls", smtp_user="vms", smtp_password=SMTP_PASSWORD)
         result = ch.send([msg()], delivery_id=7)
         assert not result.ok and not result.permanent
         _assert_clean(ch, result, caplog, [SMTP_PASSWORD])
@@ -345,8 +423,8 @@ def test_describe_shows_the_masked_target_and_the_settings_people_set(receivers)
                              "target": f"http://127.0.0.1:{robot.port}/cgi-bin/webhook/send?key=***",
                              "towns": ["平山镇"], "min_severity": "major", "quiet_hours": "22:00-07:00",
                              "max_per_minute": 15}
-    mail = email_channel(25, smtp_user="vms", smtp_password=SMTP_PASSWORD).describe()
-    assert mail["target"] == "smtp://127.0.0.1:25 -> ops@example.cn, duty@example.cn"
+    mail = email_channel(587, "starttls", smtp_user="vms", smtp_password=SMTP_PASSWORD).describe()
+    assert mail["target"] == "smtp+starttls://127.0.0.1:587 -> ops@example.cn, duty@example.cn"
 
 
 @pytest.mark.parametrize(("url", "masked"), [
@@ -354,16 +432,37 @@ def test_describe_shows_the_masked_target_and_the_settings_people_set(receivers)
      "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=***"),
     ("https://oapi.dingtalk.com/robot/send?access_token=abc123&timestamp=1717200000000&sign=x%2By%3D",
      "https://oapi.dingtalk.com/robot/send?access_token=***&timestamp=***&sign=***"),
-    ("http://user:pa55@hooks.example.cn:8443/vms/alerts?token=t0k#frag", "http://***@hooks.example.cn:8443/vms/alerts?token=***"),
-    ("http://10.0.0.5:9000/alerts", "http://10.0.0.5:9000/alerts"),
-    ("https://open.feishu.cn/open-apis/bot/v2/hook/0c7e5a2b-51f1-4c3e-9a4e-7d1f0f8e2a11",
-     "https://open.feishu.cn/open-apis/bot/v2/hook/***"),  # a token in the path
-    ("http://hooks.example.cn/vms/county_alerts_webhook", "http://hooks.example.cn/vms/county_alerts_webhook"),
+    ("http://user:pa55@hooks.example.cn:8443/vms/alerts?token=t0k#frag", "http://***@hooks.example.cn:8443/***?token=***"),
+    # Only the robots' own paths are shown: any other path may be the secret.
+    ("http://10.0.0.5:9000/alerts", "http://10.0.0.5:9000/***"),
+    ("https://open.feishu.cn/open-apis/bot/v2/hook/0c7e5a2b-51f1-4c3e-9a4e-7d1f0f8e2a11", "https://open.feishu.cn/***"),
+    ("http://hooks.example.cn/vms/county_alerts_webhook", "http://hooks.example.cn/***"),
+    ("https://api.telegram.org/bot123456789:AAEhBP0av28xkZfXz5kTTGJtdVhJv2Z0aXQ/sendMessage?chat_id=1",
+     "https://api.telegram.org/***?chat_id=***"),
+    ("http://127.0.0.1:9/api/webhook/vms-alarm-hook-secretword?source=x", "http://127.0.0.1:9/***?source=***"),
     ("https://example.cn", "https://example.cn"),
+    ("https://example.cn/", "https://example.cn/"),
     ("http://[::1/x?key=k", "***"),  # unparseable: nothing of it
 ])
 def test_mask_secret_url(url, masked):
     assert mask_secret_url(url) == masked
+
+
+@pytest.mark.parametrize(("path", "secret"), [
+    ("/bot123456789:AAEhBP0av28xkZfXz5kTTGJtdVhJv2Z0aXQ/sendMessage?chat_id=1", "AAEhBP0av28xkZfXz5kTTGJtdVhJv2Z0aXQ"),
+    ("/api/webhook/vms-alarm-hook-secretword?chat_id=1", "secretword"),
+])
+def test_a_secret_in_the_path_is_never_shown(caplog, path, secret):
+    caplog.set_level(logging.DEBUG)
+    held, dead_port = refused_port()
+    try:
+        ch = channel("webhook", f"http://127.0.0.1:{dead_port}{path}", timeout_seconds=2)
+        result = ch.send([msg()], delivery_id=1)
+    finally:
+        held.close()
+    assert not result.ok and f"(http://127.0.0.1:{dead_port}/***?chat_id=***)" in (result.error or ""), result
+    assert ch.describe()["target"] == f"http://127.0.0.1:{dead_port}/***?chat_id=***"
+    _assert_clean(ch, result, caplog, [secret])
 
 
 def test_make_channels_by_name_from_the_settings():
@@ -444,9 +543,51 @@ def test_email_refusals_and_outages():
         quiet.close()
 
 
+def test_a_slow_smtp_conversation_is_cut_at_three_times_the_timeout():
+    # Each read gets a byte within 0.1 s (the socket's 0.5 s timeout never fires); the EHLO reply never ends.
+    with TricklingSmtp(interval=0.1) as server:
+        result, took = _send_within(email_channel(server.port, timeout_seconds=0.5), 6)
+        assert result is not None, "the send did not return"
+        assert 1.4 < took < 2.5, took  # 3 x timeout_seconds
+        assert not result.ok and not result.permanent and "SMTP 会话超时" in (result.error or ""), result
+        assert f"127.0.0.1:{server.port}" in (result.error or "")
+        assert server.client_gone.wait(3)  # the connection is shut down, its thread ends
+
+
 def test_short_url_values_do_not_garble_errors(receivers):
     # The scrubber replaces the URL's secret parts in error texts: not a "5" of "?v=5" in "HTTP 500".
     robot = receivers("webhook")
     robot.fail_next(1, 500)
     result = channel("webhook", robot.url + "&v=5").send([msg()], delivery_id=1)
     assert result.error is not None and result.error.startswith("HTTP 500"), result
+
+
+# ---------------------------------------------------------------------------------------------------- settings
+
+def test_smtp_login_without_encryption_is_refused():
+    with pytest.raises(ValidationError, match="smtp_security none with smtp_user would send the password "
+                                              "unencrypted: use ssl or starttls"):
+        AlertChannelSettings(name="mail", type="email", smtp_host="smtp.example.cn", smtp_security="none",
+                             smtp_user="vms", smtp_password=SMTP_PASSWORD, mail_from="vms@example.cn",
+                             mail_to=["a@example.cn"])
+    # none without a login (a relay on the LAN), and a login over TLS, are fine.
+    for security, user in (("none", None), ("starttls", "vms"), ("ssl", "vms")):
+        AlertChannelSettings(name="mail", type="email", smtp_host="smtp.example.cn", smtp_security=security,
+                             smtp_user=user, mail_from="vms@example.cn", mail_to=["a@example.cn"])
+
+
+@pytest.mark.parametrize("quiet", ["22:00-07:00", "00:00-06:30", "22:00-24:00", "23:59-00:00", "12:00-12:01"])
+def test_quiet_hours_accepted(quiet):
+    assert channel("webhook", "http://127.0.0.1:9/hooks/vms", quiet_hours=quiet).settings.quiet_hours == quiet
+
+
+@pytest.mark.parametrize(("quiet", "complaint"), [
+    ("22:00-24:59", "should match pattern"),  # only 24:00 is beyond 23:59
+    ("22:00-24:01", "should match pattern"),
+    ("24:00-07:00", "should match pattern"),  # 24:00 ends a range, it does not start one
+    ("07:00-07:00", "starts and ends at the same time"),  # quiet all day: messages would wait forever
+    ("00:00-24:00", "starts and ends at the same time"),
+])
+def test_quiet_hours_refused(quiet, complaint):
+    with pytest.raises(ValidationError, match=complaint):
+        AlertChannelSettings(name="w", type="webhook", url="http://127.0.0.1:9/hooks/vms", quiet_hours=quiet)

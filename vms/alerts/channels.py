@@ -5,7 +5,8 @@ A channel sends one message, or several as one digest, in ONE request or ONE e-m
 network or receiver problem, and never lets a secret (a robot's key in its URL, a signing secret, an SMTP
 password) reach an error, a log line, a repr or describe(): httpx's own messages and log lines carry the
 full URL, so every text that leaves here goes through the channel's scrubber, and httpx's logger is given a
-filter that masks URLs.
+filter that masks URLs. A send takes at most timeout_seconds (HTTP) or 3 x timeout_seconds (an SMTP
+conversation) in all, however slowly the receiver answers, and reads at most 64 KiB of an answer.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import json
 import logging
 import re
 import smtplib
+import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -40,6 +43,8 @@ WECOM_MAX_BYTES = 4096
 # DingTalk documents no byte limit for markdown; long texts are cut or refused in practice, so stay well under
 # the WeCom figure (the @mobiles and the keyword are counted in).
 DINGTALK_MAX_BYTES = 3800
+# The @mobiles of a DingTalk message take at most this much of it (about 70 phones): the rest is the message.
+DINGTALK_MENTION_MAX_BYTES = DINGTALK_MAX_BYTES // 4
 SEVERITY_RANK = {"info": 0, "minor": 1, "major": 2, "critical": 3}
 # On these severities the robots @ the channel's mention_mobiles.
 MENTION_SEVERITIES = {"major", "critical"}
@@ -54,16 +59,28 @@ DINGTALK_THROTTLE_RETRY_S = 600.0
 DINGTALK_PERMANENT = {310000, 300001, 400013, 400101, 400102}
 DEFAULT_RETRY_AFTER_S = 60.0
 MAX_RETRY_AFTER_S = 24 * 3600.0
+# A receiver's answer is a few hundred bytes of JSON: more than this is not read (a failed, retryable send).
+ANSWER_MAX_BYTES = 64 * 1024
+# An SMTP conversation is several round trips (greeting, EHLO, STARTTLS and EHLO again, AUTH, MAIL, one RCPT
+# per address, DATA, the message, QUIT), each allowed timeout_seconds by the socket: the whole conversation
+# is given this many times timeout_seconds.
+SMTP_SESSION_FACTOR = 3
 
-_PATH_TOKEN = re.compile(r"(?=[^/]*[0-9])[A-Za-z0-9_.=~-]{20,}")
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# The paths a masked URL shows (the robots' own, whose key is a query value); any other path is /***.
+_SHOWN_PATHS = {"", "/", "/cgi-bin/webhook/send", "/robot/send"}
+# Path segments the scrubber removes from texts: long ones, or ones with digits in them (a token's look).
+_PATH_TOKEN = re.compile(r"(?=[^/]*[0-9])[A-Za-z0-9_.=~-]{20,}|[^/]{16,}")
+# A URL inside a text; not its closing parenthesis ("... (https://host/***)").
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()]+")
 
 
 # ---------------------------------------------------------------------------------------------------- masking
 
 def mask_secret_url(url: str) -> str:
-    """scheme://host[:port]/path with every query value and the userinfo replaced by *** (a robot's key is a
-    query value: ?key=, ?access_token=; a signed URL adds &sign=). The fragment is dropped."""
+    """scheme://host[:port], the path only when it is a known robot's (WeCom's /cgi-bin/webhook/send, DingTalk's
+    /robot/send: their key is a query value) and /*** otherwise, every query value and the userinfo replaced by
+    ***. The fragment is dropped. Any other path may be the secret itself (Telegram's /bot<token>/sendMessage,
+    Home Assistant's /api/webhook/<secret word>, Slack's, Feishu's, Discord's hooks): it is never shown."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
@@ -75,9 +92,7 @@ def mask_secret_url(url: str) -> str:
     if parts.query:
         names = [p.partition("=")[0] for p in parts.query.split("&") if p]
         query = "?" + "&".join(f"{n}=***" for n in names)
-    # Some hooks carry their token in the path (Feishu's /bot/v2/hook/<uuid>, Slack's /services/T…/B…/<token>):
-    # a long segment with digits in it is taken for one.
-    path = "/".join("***" if _PATH_TOKEN.fullmatch(seg) else seg for seg in parts.path.split("/"))
+    path = parts.path if parts.path in _SHOWN_PATHS else "/***"
     return f"{parts.scheme}://{netloc}{path}{query}"
 
 
@@ -121,7 +136,9 @@ def _secret_fragments(s: AlertChannelSettings) -> list[str]:
             pieces = [parts.netloc.rpartition("@")[0]] if "@" in parts.netloc else []
             pieces += [value for _, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
             pieces += [p.partition("=")[2] for p in parts.query.split("&")]
-            pieces += [seg for seg in parts.path.split("/") if _PATH_TOKEN.fullmatch(seg)]
+            if parts.path not in _SHOWN_PATHS:  # the path may be the secret (a token, a secret word)
+                pieces.append(parts.path)
+                pieces += [seg for seg in parts.path.split("/") if _PATH_TOKEN.fullmatch(seg)]
             out.extend(x for x in pieces if len(x) >= 4)
         except ValueError:
             pass
@@ -131,6 +148,34 @@ def _secret_fragments(s: AlertChannelSettings) -> list[str]:
     # As they appear inside URLs and quoted texts too.
     out += [urllib.parse.quote_plus(x) for x in out] + [urllib.parse.quote(x, safe="") for x in out]
     return sorted({x for x in out if x}, key=len, reverse=True)
+
+
+_T = TypeVar("_T")
+
+
+def _bounded(work: Callable[[threading.Event], _T], seconds: float, name: str) -> _T | None:
+    """work(stop) in a daemon thread: its result, or None when it has not finished within seconds (stop is
+    then set, for work to give up at its next chance; the thread is left to finish or fail on its own). An
+    exception of work is raised here."""
+    box: list[tuple[bool, Any]] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            box.append((True, work(stop)))
+        except BaseException as exc:  # handed to the caller (or dropped when it stopped waiting)
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not box:
+        stop.set()
+        return None
+    finished, value = box[0]
+    if not finished:
+        raise value
+    return value
 
 
 # --------------------------------------------------------------------------------------------------- rendering
@@ -273,6 +318,17 @@ def _render(messages: Sequence[AlertMessage], tz: ZoneInfo, style: str, *, headi
     def size(lines: list[str]) -> int:
         return _nbytes(st.sep.join(lines))
 
+    def cut_before_tail(lines: list[str], mark: str) -> str:
+        # The last resort: the text before the suffix is cut, the suffix stays whole (DingTalk @s a phone only
+        # when its @mobile is in the text).
+        assert max_bytes is not None
+        text = st.sep.join(lines)
+        room = max_bytes - (size([""] + tail) if tail else 0)
+        if _nbytes(text) > room:
+            text = _cut_utf8(text, room - _nbytes(mark)) + mark
+        text = st.sep.join([text] + tail)
+        return text if _nbytes(text) <= max_bytes else _cut_utf8(text, max_bytes)  # a suffix over the limit
+
     if single:
         fields, detail = _single_lines(messages[0], tz, st)
         lines = head + fields + ([detail] if detail else []) + tail
@@ -284,7 +340,7 @@ def _render(messages: Sequence[AlertMessage], tz: ZoneInfo, style: str, *, headi
             lines = head + fields + [_cut_utf8(detail, room) + "……"] + tail
         text = st.sep.join(lines)
         if _nbytes(text) > max_bytes:  # a title or fields beyond the limit: cut the text itself
-            text = _cut_utf8(text, max_bytes - _nbytes("……")) + "……"
+            text = cut_before_tail(lines[:len(lines) - len(tail)], "……")
         return title, text
 
     groups = _digest_groups(messages)
@@ -321,7 +377,7 @@ def _render(messages: Sequence[AlertMessage], tz: ZoneInfo, style: str, *, headi
     out.append(f"……另有 {len(messages) - shown} 条，详见控制台")
     text = st.sep.join(out + tail)
     if _nbytes(text) > max_bytes:  # only when the heading and summary alone are over the limit
-        text = _cut_utf8(text, max_bytes)
+        text = cut_before_tail(out, "")
     return title, text
 
 
@@ -405,16 +461,52 @@ class _BaseChannel:
 
     # -- HTTP
     def _post(self, url: str, content: bytes, headers: dict[str, str]) -> httpx.Response | SendResult:
-        """The receiver's answer, or the SendResult of a request that got none (errors name the masked URL)."""
+        """The receiver's answer (its body read whole only for a 2xx status, and at most ANSWER_MAX_BYTES of
+        it), or the SendResult of a request that got none (errors name the masked URL). The whole exchange
+        (connect, send, answer) takes at most timeout_seconds: httpx's timeouts are per operation (a receiver
+        sending one byte a second would hold a send forever), so it runs in a thread waited on that long."""
+        total = self.settings.timeout_seconds
+        deadline = time.monotonic() + total
+        answer = _bounded(lambda stop: self._exchange(url, content, headers, deadline, stop), total,
+                          f"alert-{self.name}")
+        if answer is None:
+            return self._timed_out(url)
+        return answer
+
+    def _timed_out(self, url: str) -> SendResult:
+        return SendResult(ok=False, error=f"timeout after {self.settings.timeout_seconds:g} s ({mask_secret_url(url)})")
+
+    def _exchange(self, url: str, content: bytes, headers: dict[str, str], deadline: float,
+                  stop: threading.Event) -> httpx.Response | SendResult:
         masked = mask_secret_url(url)
+        too_large = SendResult(ok=False, error=f"answer too large (over {ANSWER_MAX_BYTES // 1024} KiB) ({masked})")
+        # Each phase (connect, write, pool, every read) within the whole; _post stops waiting at the deadline.
+        timeout = httpx.Timeout(self.settings.timeout_seconds)
+        # identity: the answer's bytes as sent, so the cap is on what is read, not on what it inflates to.
+        headers = {"User-Agent": "vms-alerts/1", "Accept-Encoding": "identity", **headers}
         try:
-            with httpx.Client(timeout=self.settings.timeout_seconds, follow_redirects=False) as client:
-                return client.post(url, content=content, headers={"User-Agent": "vms-alerts/1", **headers})
+            with httpx.Client(timeout=timeout, follow_redirects=False) as client, \
+                    client.stream("POST", url, content=content, headers=headers) as resp:
+                kept = [(k, v) for k, v in resp.headers.multi_items()
+                        if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]
+                if not 200 <= resp.status_code < 300:
+                    # The status and headers decide (Retry-After); an error page is not read.
+                    return httpx.Response(resp.status_code, headers=kept)
+                declared = resp.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > ANSWER_MAX_BYTES:
+                    return too_large
+                body = bytearray()
+                for chunk in resp.iter_raw():
+                    body += chunk
+                    if len(body) > ANSWER_MAX_BYTES:
+                        return too_large
+                    if stop.is_set() or time.monotonic() > deadline:
+                        return self._timed_out(url)
+                return httpx.Response(resp.status_code, headers=kept, content=bytes(body))
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             return SendResult(ok=False, error=f"{type(exc).__name__} ({masked})", permanent=True)
-        except httpx.TimeoutException as exc:
-            return SendResult(ok=False, error=f"{type(exc).__name__}: no answer within "
-                                              f"{self.settings.timeout_seconds:g} s ({masked})")
+        except httpx.TimeoutException:
+            return self._timed_out(url)
         except httpx.HTTPError as exc:
             # str(exc) may hold the URL: the scrubber in send() removes it again, this names only the masked one.
             return SendResult(ok=False, error=f"{type(exc).__name__}: {self.scrub(str(exc))} ({masked})")
@@ -511,8 +603,14 @@ class DingTalkChannel(_BaseChannel):
 
     def _send(self, messages: Sequence[AlertMessage], delivery_id: int) -> SendResult:
         s = self.settings
-        mobiles = list(s.mention_mobiles) if any(m.severity in MENTION_SEVERITIES for m in messages) else []
-        # DingTalk @s a phone only when it is both in at.atMobiles and written in the text.
+        wanted = list(s.mention_mobiles) if any(m.severity in MENTION_SEVERITIES for m in messages) else []
+        # DingTalk @s a phone only when it is both in at.atMobiles and written in the text: the text keeps its
+        # @mobiles whole however it is cut (_render reserves them), as many as fit in their share.
+        mobiles: list[str] = []
+        for phone in wanted:
+            if _nbytes(" ".join(f"@{p}" for p in [*mobiles, phone])) > DINGTALK_MENTION_MAX_BYTES:
+                break
+            mobiles.append(phone)
         suffix = " ".join(f"@{p}" for p in mobiles)
         prefix = f"{s.keyword} " if s.keyword else ""
         title, text = _render(messages, self.tz, "markdown", heading=True, heading_prefix=prefix, suffix=suffix,
@@ -610,17 +708,46 @@ class EmailChannel(_BaseChannel):
 
     def _send(self, messages: Sequence[AlertMessage], delivery_id: int) -> SendResult:
         s = self.settings
-        assert s.smtp_host is not None  # the settings refuse an email channel without one
         msg = self.build(messages, delivery_id)
+        # Every socket operation has timeout_seconds, but a server answering slowly (a byte at a time, each
+        # command just within it) could hold the conversation for ever: it runs in a thread waited on for
+        # SMTP_SESSION_FACTOR x timeout_seconds. Past that the send is failed (retryable) and the connection
+        # shut down so the thread ends soon; the server may still have taken the message by then, so a
+        # retry can deliver it twice (at least once, as every channel).
+        limit = s.timeout_seconds * SMTP_SESSION_FACTOR
+        held: list[smtplib.SMTP] = []
+        result = _bounded(lambda stop: self._converse(msg, delivery_id, held), limit, f"alert-{self.name}")
+        if result is not None:
+            return result
+        for smtp in held:
+            if smtp.sock is not None:
+                try:
+                    smtp.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        return SendResult(ok=False, error=f"SMTP 会话超时: not done within {limit:g} s "
+                                          f"({s.smtp_host}:{s.smtp_port})")
+
+    def _converse(self, msg: EmailMessage, delivery_id: int, held: list[smtplib.SMTP]) -> SendResult:
+        """One SMTP conversation sending msg; held gets the connection (for _send to shut it down)."""
+        s = self.settings
+        assert s.smtp_host is not None  # the settings refuse an email channel without one
         where = f"{s.smtp_host}:{s.smtp_port}"
         try:
             context = ssl.create_default_context()
             smtp: smtplib.SMTP
+            # Made unconnected and held first: connect() waits for the greeting, which may be the slow part.
             if s.smtp_security == "ssl":
-                smtp = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.timeout_seconds, context=context)
+                smtp = smtplib.SMTP_SSL(timeout=s.timeout_seconds, context=context)
             else:
-                smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.timeout_seconds)
+                smtp = smtplib.SMTP(timeout=s.timeout_seconds)
+            # connect() does not set the name TLS verifies (the constructor does, with the host given to it).
+            smtp._host = s.smtp_host  # type: ignore[attr-defined]
+            held.append(smtp)
             with smtp:
+                code, greeting = smtp.connect(s.smtp_host, s.smtp_port)
+                if code != 220:  # as smtplib.SMTP(host) does
+                    raise smtplib.SMTPConnectError(code, greeting)
                 if s.smtp_security == "starttls":
                     smtp.starttls(context=context)
                 if s.smtp_user:

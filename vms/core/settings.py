@@ -357,7 +357,8 @@ AlertSeverity = Literal["info", "minor", "major", "critical"]
 ALERT_RULES = ("camera_offline", "station_not_open", "station_closed_long", "camera_fault", "disk_low",
                "early_eviction", "retention_failed", "volume_missing", "audit_noncompliant", "worker_restarted",
                "database_unreachable")
-_QUIET_HOURS = r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$"
+# HH:MM-HH:MM; the end may be 24:00 (midnight at the end of the day), nothing else beyond 23:59.
+_QUIET_HOURS = r"^([01]\d|2[0-3]):[0-5]\d-(([01]\d|2[0-3]):[0-5]\d|24:00)$"
 
 
 class AlertRuleSettings(StrictModel):
@@ -441,12 +442,21 @@ class AlertChannelSettings(StrictModel):
         if self.type == "email":
             if not self.smtp_host or not self.mail_from or not self.mail_to:
                 raise ValueError(f"channel {self.name}: email needs smtp_host, mail_from and mail_to")
+            if self.smtp_security == "none" and self.smtp_user:
+                raise ValueError(f"channel {self.name}: smtp_security none with smtp_user would send the password "
+                                 "unencrypted: use ssl or starttls")
         else:
             url = self.url.get_secret_value() if self.url else ""
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"channel {self.name}: {self.type} needs url, an http(s) address")
         if self.type == "dingtalk" and self.secret and not self.secret.get_secret_value().startswith("SEC"):
             raise ValueError(f"channel {self.name}: a DingTalk signing secret starts with SEC")
+        if self.quiet_hours:
+            start, end = (int(t[:2]) * 60 + int(t[3:]) for t in self.quiet_hours.split("-"))
+            if start % 1440 == end % 1440:  # 07:00-07:00, 00:00-24:00: quiet all day, every day
+                raise ValueError(f"channel {self.name}: quiet_hours {self.quiet_hours} starts and ends at the same "
+                                 "time: messages below quiet_min_severity would wait forever (leave quiet_hours "
+                                 "unset for none)")
         return self
 
 
