@@ -397,7 +397,42 @@ class SmtpReceiver:
 
 # ------------------------------------------------------------------------------------------- raw-socket faults
 
-class RawAnswerer:
+class _RawSocketServer:
+    """A server on a raw socket of 127.0.0.1 (port 0): each connection is answered by `_answer` on a thread
+    of its own. `.client_gone` is set when a client closed its connection."""
+
+    def __init__(self, name: str) -> None:
+        self.client_gone = threading.Event()
+        self._closing = threading.Event()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((HOST, 0))
+        self._sock.listen(8)
+        self.port: int = self._sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True, name=name).start()
+
+    def _serve(self) -> None:
+        while not self._closing.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closing.set()
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RawAnswerer(_RawSocketServer):
     """A receiver on a raw socket that answers every request badly, for the channels' total deadline and
     answer cap. mode "trickle": HTTP 200, chunked, one byte every `interval` seconds, forever; "huge": HTTP 200
     with `size` bytes of body, sent as fast as the client takes them (chunked, or with a Content-Length when
@@ -409,25 +444,11 @@ class RawAnswerer:
         assert mode in ("trickle", "huge"), mode
         self.mode, self.interval, self.size, self.declare_length = mode, interval, size, declare_length
         self.sent = 0
-        self.client_gone = threading.Event()
-        self._closing = threading.Event()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind((HOST, 0))
-        self._sock.listen(8)
-        self.port: int = self._sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True, name=f"raw-{mode}").start()
+        super().__init__(f"raw-{mode}")
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}{PATHS['wecom']}?key=raw-answerer-key"
-
-    def _serve(self) -> None:
-        while not self._closing.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
         try:
@@ -458,39 +479,16 @@ class RawAnswerer:
         finally:
             self.client_gone.set()
 
-    def close(self) -> None:
-        self._closing.set()
-        self._sock.close()
-
-    def __enter__(self) -> RawAnswerer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
-class TricklingSmtp:
+class TricklingSmtp(_RawSocketServer):
     """An SMTP-like server on a raw socket: it greets at once, then answers EHLO with a multi-line reply sent
     one byte every `interval` seconds, for ever. Every socket read of the client gets something well within
     its timeout; the conversation never ends. `.client_gone` is set when the client closed the connection."""
 
     def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
-        self.client_gone = threading.Event()
-        self._closing = threading.Event()
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind((HOST, 0))
-        self._sock.listen(8)
-        self.port: int = self._sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True, name="trickling-smtp").start()
-
-    def _serve(self) -> None:
-        while not self._closing.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        super().__init__("trickling-smtp")
 
     def _answer(self, conn: socket.socket) -> None:
         try:
@@ -507,12 +505,3 @@ class TricklingSmtp:
         finally:
             self.client_gone.set()
 
-    def close(self) -> None:
-        self._closing.set()
-        self._sock.close()
-
-    def __enter__(self) -> TricklingSmtp:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

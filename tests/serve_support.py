@@ -94,9 +94,14 @@ def running_serve(root: Path, cameras: int = 2, footage_seconds: float = 10, api
         time.sleep(footage_seconds)
         yield {"base": base, "stations": streaming, "token": token, "root": root, "env": env, "proc": proc}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_serve(proc)
         log.close()
+
+
+def stop_serve(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not stopped within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -23,7 +23,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.serve_support import REPO, free_port, run_vms
+from tests.serve_support import REPO, free_port, run_vms, stop_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.rtsp]
 
@@ -103,11 +103,7 @@ def serve_with_alerts(tmp_path: Path):
         yield {"proc": proc, "receiver": receiver, "env": env, "control_port": control_port,
                "log": tmp_path / "serve.log"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_serve(proc)
         log.close()
         receiver.server.shutdown()
 
