@@ -121,3 +121,14 @@ def test_expired_api_key_says_it_is_an_expired_key(api, db, clock, settings):
     # Names the key and when it lapsed; logging in again would not help a key.
     assert "audit-cron" in r.json()["detail"] and "2026-01-02T08:00:00" in r.json()["detail"], r.text
     assert "登录" not in r.json()["detail"]
+
+
+def test_an_api_key_scoped_to_alerts_reads_alerts_and_nothing_else(api, db, clock, settings):
+    """A script that opens tickets from alerts needs a key that reads them, and can do nothing more."""
+    with db.session() as s:
+        key, _tok = create_api_key(s, "aud", "alert-tickets", ["alerts:read"], clock.now_ms(), days=30)
+    headers = {"Authorization": f"Bearer {key}"}
+    r = api.get("/api/alerts?state=all", headers=headers)
+    assert r.status_code == 200 and "alerts" in r.json(), r.text
+    assert api.get("/api/audits/monthly?month=2025-12", headers=headers).status_code == 403
+    assert api.post("/api/alerts/1/ack", json={}, headers=headers).status_code == 403

@@ -40,7 +40,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 
 # What an API key may be limited to (for audit jobs and metric scrapers). A key never has more
 # than its owner's role allows.
-API_KEY_SCOPES = frozenset({STATUS, AUDITS, METRICS, HOLDS_READ})
+API_KEY_SCOPES = frozenset({STATUS, AUDITS, METRICS, HOLDS_READ, ALERTS_READ})  # (alerts: a ticketing script)
 
 
 def permissions_of(role: str, scopes: list[str] | None) -> frozenset[str]:

@@ -102,7 +102,7 @@ def change_user(username: Username, body: UserPatch, ctx: Ctx, session: DbSessio
 
 class ApiKeyIn(ApiModel):
     name: str = Field(pattern=r"^[\w.-]{1,64}$")
-    scopes: list[Literal["status:read", "audits:read", "metrics", "holds:read"]] = Field(min_length=1)
+    scopes: list[Literal["status:read", "audits:read", "metrics", "holds:read", "alerts:read"]] = Field(min_length=1)
     days: float | None = Field(default=None, gt=0, le=3650, description="lifetime; null: until revoked")
 
 
