@@ -355,6 +355,17 @@ def test_a_huge_answer_is_not_read(declare_length):
         assert server.sent < 20 * 1024 * 1024, server.sent
 
 
+def test_a_webhook_that_took_the_message_succeeds_whatever_its_answer_body():
+    # A 2xx is a webhook's whole answer: a 100 MB body after it is not read, and the message counts as
+    # delivered (failing it would send it again to a receiver that has it).
+    with RawAnswerer("huge", size=100 * 1024 * 1024) as server:
+        url = f"http://127.0.0.1:{server.port}/hook"
+        result, took = _send_within(channel("webhook", url, timeout_seconds=5), 10)
+        assert result is not None and result.ok, result
+        assert took < 3, took
+        assert server.sent < 20 * 1024 * 1024, server.sent
+
+
 @pytest.mark.parametrize("kind", ["wecom", "dingtalk", "webhook"])
 def test_a_receiver_down_is_retryable_and_up_again_works(receivers, kind):
     robot = receivers(kind)

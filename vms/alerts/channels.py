@@ -408,6 +408,9 @@ class Channel(Protocol):
 
 class _BaseChannel:
     type = ""
+    # The robots say in their answer whether they took the message (errcode); a webhook's 2xx status says
+    # it all, and its body is never read (a big one would otherwise fail a message the receiver took).
+    reads_answer = True
 
     def __init__(self, settings: AlertChannelSettings, tz: ZoneInfo) -> None:
         self.name = settings.name
@@ -491,6 +494,8 @@ class _BaseChannel:
                         if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]
                 if not 200 <= resp.status_code < 300:
                     # The status and headers decide (Retry-After); an error page is not read.
+                    return httpx.Response(resp.status_code, headers=kept)
+                if not self.reads_answer:
                     return httpx.Response(resp.status_code, headers=kept)
                 declared = resp.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > ANSWER_MAX_BYTES:
@@ -665,6 +670,7 @@ class WebhookChannel(_BaseChannel):
     the channel has a secret, X-VMS-Signature over the timestamp and the exact body bytes."""
 
     type = "webhook"
+    reads_answer = False
 
     def _send(self, messages: Sequence[AlertMessage], delivery_id: int) -> SendResult:
         body = _json_bytes(webhook_body(messages, delivery_id, self.name, self.tz))
