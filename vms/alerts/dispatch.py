@@ -82,8 +82,6 @@ class _Unit:
     delivery_id: int
     channel: str
     messages: list[AlertMessage]
-    attempts: int
-    created_ms: int
     member_ids: list[int] = field(default_factory=list)
 
 
@@ -240,8 +238,7 @@ class Dispatcher:
             alert = alerts.get(m.alert_id) if m.alert_id is not None else None
             messages.append(message_for(m, alert, names.get(alert.station_id) if alert and alert.station_id else None,
                                         self.settings, now_ms))
-        return _Unit(d.id, d.channel, messages, d.attempts, d.created_ms,
-                     [m.id for m in members] if d.kind == "digest" else [])
+        return _Unit(d.id, d.channel, messages, [m.id for m in members] if d.kind == "digest" else [])
 
     # ------------------------------------------------------------ outcomes
     def _record(self, s: Session, unit: _Unit, res: SendResult, now_ms: int, result: DispatchResult) -> None:

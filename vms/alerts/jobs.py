@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from vms.alerts import metrics
-from vms.alerts.dispatch import Dispatcher, DispatchResult, message_for
+from vms.alerts.dispatch import Dispatcher, DispatchResult
 from vms.alerts.engine import AlertEngine, RoundResult, queue_message, routes_to
 from vms.alerts.messages import AlertMessage, SendResult
 from vms.alerts.rules import local_text
@@ -201,5 +201,3 @@ def register_alert_jobs(scheduler, settings: Settings, database: Database, clock
                       max_instances=1, coalesce=True, replace_existing=True)
     return service
 
-
-__all__ = ["AlertService", "register_alert_jobs", "message_for"]

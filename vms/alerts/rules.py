@@ -20,6 +20,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from vms.catalog.model import BusinessHours
+from vms.core.clock import from_ms
 from vms.core.settings import AlertRuleSettings, AlertSettings, Settings
 from vms.db.models import (
     AuditMonthly,
@@ -32,10 +33,9 @@ from vms.db.models import (
     StationState,
     SystemEvent,
 )
-from vms.ingest.health import reported_camera_state
+from vms.ingest.health import STALE_STATUS_INTERVALS, reported_camera_state
 from vms.recording.volumes import VolumeSet
 
-STALE_STATUS_INTERVALS = 3  # as the API: a camera_status row older than this many intervals is offline
 EVENT_LOOKBACK_MS = 3_600_000  # events (restarts, failed runs, early evictions) older than this are not told
 AUDIT_LOOKBACK_MS = 2 * 86_400_000  # a monthly audit is summarised if it was computed within this
 
@@ -78,8 +78,8 @@ class Condition:
 @dataclass
 class Evaluation:
     conditions: list[Condition] = field(default_factory=list)
-    # Keys of conditions that ended without being put right (the business hours are over): their alerts
-    # end with no recovery message.
+    # Keys of conditions that ended without being put right (their rule or fault kind switched off): their
+    # alerts end with no recovery message.
     expired: set[str] = field(default_factory=set)
     # Keys seen for the first time this round that rely on first_seen (the engine keeps them).
     observed: dict[str, int] = field(default_factory=dict)
@@ -100,23 +100,14 @@ def rules_for(alerts: AlertSettings, station_id: str, town: str) -> AlertRuleSet
     return AlertRuleSettings.model_validate(values)
 
 
-def _local(ms: int, tz: ZoneInfo) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz)
-
-
 def local_text(ms: int, tz: ZoneInfo) -> str:
-    return f"{_local(ms, tz):%Y-%m-%d %H:%M:%S}"
+    return f"{from_ms(ms, tz):%Y-%m-%d %H:%M:%S}"
 
 
 def _at(day: date, seconds: int, tz: ZoneInfo) -> int:
     """Epoch ms of `seconds` after local midnight of `day` (wall-clock arithmetic, DST-safe enough)."""
     base = datetime.combine(day, time(0), tz) + timedelta(seconds=seconds)
     return int(base.timestamp() * 1000)
-
-
-def _minutes(ms: int) -> str:
-    minutes = max(0, ms) // 60_000
-    return f"{minutes // 60} 小时 {minutes % 60} 分钟" if minutes >= 60 else f"{minutes} 分钟"
 
 
 class RuleContext:
@@ -173,7 +164,7 @@ def _station_rules(ctx: RuleContext, stations: list[Station]) -> None:
     faults: dict[str, list[Fault]] = {}
     for f in ctx.s.scalars(select(Fault).where(Fault.end_ms.is_(None)).order_by(Fault.start_ms)):
         faults.setdefault(f.station_id, []).append(f)
-    today = _local(ctx.now, ctx.tz).date()
+    today = from_ms(ctx.now, ctx.tz).date()
     day_start = _at(today, 0, ctx.tz)
     states: dict[str, list[tuple[str, int, int | None]]] = {}
     for sid, state, start, end in ctx.s.execute(
@@ -272,9 +263,7 @@ def _open_rules(ctx: RuleContext, st: Station, rules: AlertRuleSettings,
     day = today.isoformat()
     # Not open by the first opening time + grace.
     key = f"station_not_open:{st.id}:{day}"
-    if ctx.now >= last_end:
-        ctx.out.expired.add(key)
-    elif ctx.now >= first_start and not opened_today and closed_now:
+    if first_start <= ctx.now < last_end and not opened_today and closed_now:  # (past last_end: expires_ms)
         grace = int(rules.not_open_grace_minutes * 60_000)
         ctx.add(_station_cond(st, key=key, rule="station_not_open", severity="minor", expires_ms=last_end,
                               title=f"{st.name}：未按时开门",

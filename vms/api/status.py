@@ -17,11 +17,10 @@ from sqlalchemy.orm import Session
 from vms.api.context import ApiContext
 from vms.catalog.urls import mask_text
 from vms.db.models import ActivityEpisode, CameraStatus, Fault, Segment, Station, StationState
-from vms.ingest.health import CameraState, ReportedState, reported_camera_state
+from vms.ingest.health import STALE_STATUS_INTERVALS, CameraState, ReportedState, reported_camera_state
 
 log = logging.getLogger(__name__)
 
-STALE_STATUS_INTERVALS = 3
 RECORDING_FRESH_INTERVALS = 3
 
 

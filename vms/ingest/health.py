@@ -72,6 +72,11 @@ def judge_state(evidence: HealthEvidence, now_mono: float, stall_s: float, hung_
     return reported
 
 
+# A camera_status row older than this many status intervals means the node stopped reporting the camera
+# (the API's status and the alert rules both judge by it).
+STALE_STATUS_INTERVALS = 3
+
+
 def reported_camera_state(cam: CameraStatus | None, enabled: bool, now: int, stale_ms: int, stall_ms: int) -> dict:
     """A camera's state as the API and the CLI report it, from its camera_status row. Even what the
     recording node published is checked against its evidence: `streaming` only with a frame recorded
