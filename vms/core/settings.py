@@ -505,6 +505,50 @@ class AlertSettings(AlertRuleSettings):
         return out
 
 
+class Gb28181Settings(StrictModel):
+    """GB/T 28181 device access (docs/design/gb28181.md): cameras behind NAT register to us over SIP."""
+
+    enabled: bool = Field(default=False, description="listen for GB/T 28181 devices (SIP over UDP and TCP)")
+    sip_host: str = Field(default="0.0.0.0", description="address the SIP server binds")
+    sip_port: int = Field(default=5060, ge=0, le=65535, description="SIP port, UDP and TCP (0: any free port)")
+    server_id: str = Field(default="44132300002000000001", pattern=r"^\d{20}$",
+                           description="our 20-digit SIP server ID (centre code, 200 = SIP server)")
+    domain: str = Field(default="4413230000", pattern=r"^\d{10}$",
+                        description="our 10-digit SIP domain (realm): by convention the first 10 digits of server_id")
+    password: str | None = Field(default=None, min_length=1, max_length=64,
+                                 description="the global device password (per-device passwords are set with "
+                                             "`vms gb28181 accept --password`); null: only per-device ones")
+    media_host: str | None = Field(
+        default=None, description="address devices send media to, written into INVITEs (the public address "
+                                  "when the platform is behind NAT); null: the local address facing the device")
+    media_bind: str = Field(default="0.0.0.0", description="address media receivers bind")
+    media_ports: tuple[int, int] = Field(default=(30000, 30999), description="inclusive UDP/TCP port range for "
+                                         "media; open it in the firewall")
+    media_transport: Literal["udp", "tcp-passive", "tcp-active"] = Field(
+        default="tcp-passive", description="how devices send media: tcp-passive (the device connects to us: "
+                                           "crosses NAT), udp, or tcp-active (we connect: devices on a reachable "
+                                           "network only); per station by its transport: udp|tcp")
+    keepalive_interval_seconds: float = Field(default=60, gt=0, le=3600,
+                                              description="the devices' keepalive period (set on the device)")
+    keepalive_missed: int = Field(default=3, ge=1, le=20, description="a device is offline after this many "
+                                  "keepalive periods without a keepalive")
+    register_expires_min_seconds: int = Field(default=60, ge=10, le=86400,
+                                              description="shorter REGISTER expiries are answered 423")
+    invite_timeout_seconds: float = Field(default=8, gt=0, le=60, description="an INVITE with no final answer "
+                                          "this long ends with reason invite_timeout")
+    no_media_seconds: float = Field(default=10, gt=0, le=120, description="an invited stream that sends no "
+                                    "media this long ends with reason no_media")
+    requests_per_second: float = Field(default=20, gt=0, description="REGISTER/MESSAGE per source address, "
+                                       "above this they are dropped")
+
+    @model_validator(mode="after")
+    def _ports_in_order(self) -> Gb28181Settings:
+        low, high = self.media_ports
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError(f"media_ports must be a range within 1024-65535, low first; got {low}-{high}")
+        return self
+
+
 class Settings(StrictModel):
     data_dir: Path = Path("data")
     database_url: str | None = None
@@ -520,6 +564,7 @@ class Settings(StrictModel):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     live: LiveSettings = Field(default_factory=LiveSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    gb28181: Gb28181Settings = Field(default_factory=Gb28181Settings)
 
     @field_validator("timezone")
     @classmethod

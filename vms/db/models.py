@@ -470,3 +470,46 @@ class SystemEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))  # worker_restarted | retention_failed
     subject: Mapped[str] = mapped_column(String(64))  # e.g. the node and worker, the retention run
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class GbDevice(Base):
+    """A GB/T 28181 device (camera or NVR) that registered, or tried to (docs/design/gb28181.md).
+    accepted: an admin let it in (or a station's camera URL names it); unknown devices are refused
+    and listed here, never recorded silently."""
+
+    __tablename__ = "gb_devices"
+
+    device_id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    accepted: Mapped[bool] = mapped_column(Boolean, default=False)
+    password: Mapped[str | None] = mapped_column(String(64), nullable=True)  # per device; never printed
+    state: Mapped[str] = mapped_column(String(12), default="unregistered")  # registered | unregistered | refused
+    transport: Mapped[str | None] = mapped_column(String(4), nullable=True)  # UDP | TCP
+    host: Mapped[str | None] = mapped_column(String(64), nullable=True)  # learned from the packets it sends
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gb_version: Mapped[str | None] = mapped_column(String(8), nullable=True)  # X-GB-Ver: 2.0 (2016), 3.0 (2022)
+    name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    manufacturer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    firmware: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    registered_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_keepalive_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_seen_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    refused_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class GbChannel(Base):
+    """A channel of a GB device, from its Catalog answer; bound to a station by the station's camera URL
+    gb28181://<device_id>/<channel_id>."""
+
+    __tablename__ = "gb_channels"
+
+    device_id: Mapped[str] = mapped_column(String(20), ForeignKey("gb_devices.device_id"), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    manufacturer: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)  # ON | OFF as the device says
+    parent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    updated_ms: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -21,6 +21,7 @@ from vms.ingest.backoff import ReconnectPolicy, Retry
 from vms.ingest.errors import classify
 from vms.ingest.health import CameraState, HealthEvidence
 from vms.ingest.observers import CopierWake, StreamObserver
+from vms.ingest.sources import OpenedSource, SourceOpener, SourceUnavailable
 from vms.recording.copier import make_copier, recorded_packets
 from vms.recording.h26x import HEAD_BYTES, sequence_parameter_set
 from vms.recording.index import IndexWriter
@@ -92,7 +93,8 @@ class CameraHealth:
 
 class CameraSession(threading.Thread):
     def __init__(self, station_id: str, url: str, transport: str, recorder: StreamRecorder,
-                 observers: list[StreamObserver], settings: IngestSettings, clock: Clock, index: IndexWriter) -> None:
+                 observers: list[StreamObserver], settings: IngestSettings, clock: Clock, index: IndexWriter,
+                 opener: SourceOpener | None = None) -> None:
         super().__init__(name=f"camera-{station_id}", daemon=True)
         self.station_id = station_id
         self.url = url
@@ -104,6 +106,10 @@ class CameraSession(threading.Thread):
         self.index = index
         self.health = CameraHealth()
         self.stop_event = threading.Event()
+        # Not RTSP (e.g. gb28181://): the source that opens the stream (vms.ingest.sources); None: FFmpeg
+        # opens the URL itself.
+        self.opener = opener
+        self._source: OpenedSource | None = None
         self._online_token: int | None = None
         self._policy = ReconnectPolicy.from_settings(settings)
         self._opened_mono: float | None = None  # when the current attempt's open succeeded
@@ -222,6 +228,18 @@ class CameraSession(threading.Thread):
             "fflags": "-genpts",
         }
 
+    def interrupt_source(self) -> bool:
+        """End a non-RTSP source's stream (the stall watchdog: its connection is not a socket it can find);
+        False for RTSP cameras."""
+        source = self._source
+        if source is None:
+            return False
+        try:
+            source.interrupt()
+        except Exception:  # noqa: BLE001
+            log.exception("%s: interrupting the camera source failed", self.station_id)
+        return True
+
     def _open_deadline_s(self) -> float:
         return self.settings.rtsp_timeout_seconds * 2 + 2
 
@@ -311,17 +329,27 @@ class CameraSession(threading.Thread):
         reason: str | None  # why the connection ended: None while it goes on (detail is set with it)
         # The open has its deadline; telling silence from garbage afterwards takes up to 2 s more.
         self._set_state(CameraState.CONNECTING, self._open_deadline_s() + 2 + 5)
+        source: OpenedSource | None = None
         try:
-            # The open gets a deadline (a camera that answers with endless garbage never times out
-            # its socket). Reads get none: PyAV checks it in an interrupt callback that takes the GIL
-            # on every network read, +50 % CPU at 139 cameras; the stall watchdog (stall.py) covers
-            # a camera that keeps RTCP flowing but sends no media.
-            container = av.open(self.url, options=self._options(), timeout=(self._open_deadline_s(), None))
+            if self.opener is not None:
+                source = self._source = self.opener(self.url, self.transport, self.stop_event)
+                container = source.container
+            else:
+                # The open gets a deadline (a camera that answers with endless garbage never times out
+                # its socket). Reads get none: PyAV checks it in an interrupt callback that takes the GIL
+                # on every network read, +50 % CPU at 139 cameras; the stall watchdog (stall.py) covers
+                # a camera that keeps RTCP flowing but sends no media.
+                container = av.open(self.url, options=self._options(), timeout=(self._open_deadline_s(), None))
+        except SourceUnavailable as exc:
+            self._source = None
+            self.recorder.note_failure(exc.reason, exc.detail)
+            return exc.reason, exc.detail
         except Exception as exc:  # noqa: BLE001 - every failure becomes a gap with a reason
+            self._source = None
             reason, detail = classify(exc, streaming=False)
             if reason == "auth_failed" and not urlsplit(self.url).username:
                 detail = f"{detail}; the camera URL has no credentials"
-            elif reason == "bad_stream":
+            elif reason == "bad_stream" and self.opener is None:
                 # FFmpeg says "invalid data" both for a camera that says nothing and for one that
                 # talks garbage: one plain RTSP request tells them apart.
                 reason, detail = diagnose_silence(self.url, min(2.0, self.settings.rtsp_timeout_seconds))
@@ -441,6 +469,12 @@ class CameraSession(threading.Thread):
             # can wait for its timeout, and a stop must not wait for it to save the footage.
             if reason is None:
                 reason, detail = "stream_ended", "the connection ended"
+            if source is not None and reason != "ingest_stopped":
+                # The device said BYE, stopped its keepalives, sent no media: the source knows why
+                # the demuxer met the end of its stream.
+                better = source.end_reason()
+                if better is not None:
+                    reason, detail = better
             self._set_state(CameraState.BACKOFF, self.settings.rtsp_timeout_seconds * 2 + 5)
             self.health.reason, self.health.detail = reason, detail
             try:
@@ -450,6 +484,12 @@ class CameraSession(threading.Thread):
                     container.close()
                 except Exception:  # noqa: BLE001
                     pass
+                if source is not None:
+                    self._source = None
+                    try:
+                        source.close()
+                    except Exception:  # noqa: BLE001
+                        log.exception("%s: closing the camera source failed", self.station_id)
         now = self.clock.now_ms()
         for obs in list(self.observers):
             self._notify(obs, obs.on_disconnect, now, reason)

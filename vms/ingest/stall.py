@@ -120,6 +120,10 @@ class StallWatchdog(threading.Thread):
 
     def _shut_down(self, stalled: list) -> None:
         try:
+            # Sources that are not an RTSP connection (gb28181) are ended by their own means.
+            stalled = [s for s in stalled if not s.interrupt_source()]
+            if not stalled:
+                return
             counts = shut_down_idle_connections(sorted({s.url for s in stalled}))
         except Exception:  # noqa: BLE001
             log.exception("shutting down stalled connections failed")

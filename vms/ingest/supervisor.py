@@ -59,7 +59,8 @@ class IngestSupervisor:
                  observer_factories: list[str] | None = None, workers: int | None = None,
                  only_stations: set[str] | None = None, cameras: int | None = None,
                  notifier: SystemdNotifier | None = None,
-                 on_restart: Callable[[int, str], None] | None = None) -> None:
+                 on_restart: Callable[[int, str], None] | None = None,
+                 source_openers: dict[str, str] | None = None) -> None:
         self.settings = settings
         # Told of every restart (worker index, why), on the watch thread: must return at once.
         self.on_restart = on_restart
@@ -70,7 +71,8 @@ class IngestSupervisor:
         # does, so stop() would hang for good after the first worker restart.
         self._stop = self._ctx.Value("b", 0, lock=False)
         self.specs = [WorkerSpec(settings, i, count, dict(url_overrides or {}), only_stations,
-                                 list(observer_factories or []), supervisor_pid=os.getpid()) for i in range(count)]
+                                 list(observer_factories or []), dict(source_openers or {}),
+                                 supervisor_pid=os.getpid()) for i in range(count)]
         self._slots = [_Slot(spec) for spec in self.specs]
         self.restarts = 0
         self.restart_log: list[tuple[float, int, str]] = []  # (monotonic, worker, why), newest last

@@ -23,6 +23,7 @@ from vms.ingest.health import CameraState, judge_state
 from vms.ingest.keyframes import KeyframeCacheObserver
 from vms.ingest.observers import ObserverFactory, StreamObserver
 from vms.ingest.session import CameraSession
+from vms.ingest.sources import OpenedSource, SourceOpener, SourceUnavailable, load_openers, url_scheme
 from vms.ingest.stall import StallWatchdog
 from vms.recording.index import IndexWriter
 from vms.recording.liveness import RecorderLock
@@ -51,11 +52,24 @@ class WorkerSpec:
     # "module:function" names of ObserverFactoryMaker functions (analysis, live relay...), so that
     # ingest needs no import of the layers above it.
     observer_factories: list[str] = field(default_factory=list)
+    # {URL scheme: "module:function"} of SourceOpenerMaker functions for cameras that are not RTSP
+    # (gb28181: vms.gb28181.source), loaded by name for the same reason.
+    source_openers: dict[str, str] = field(default_factory=dict)
     reconcile_seconds: float | None = None  # None: settings.ingest.reconcile_seconds
     supervisor_pid: int | None = None
     # (reason, detail) of the gap that explains the hole an unclean end of the previous worker left,
     # e.g. ("ingest_hung", ...) when the supervisor killed it for missing heartbeats.
     unclean_gap: tuple[str, str] | None = None
+
+
+def _no_source(scheme: str) -> SourceOpener:
+    """The opener of a scheme no source serves here (gb28181 with the GB server off): every attempt is
+    a gap that says why, instead of FFmpeg's "protocol not found"."""
+
+    def refuse(url: str, transport: str, stop: threading.Event) -> OpenedSource:
+        raise SourceUnavailable("unsupported_source", f"{scheme}:// cameras are not served by this server "
+                                                      f"(for gb28181://, set gb28181.enabled: true)")
+    return refuse
 
 
 def _load_factory(path: str) -> ObserverFactoryMaker:
@@ -95,6 +109,11 @@ class IngestWorker:
                 self._factories.append(_load_factory(path)(self.settings, self.db, self.clock))
             except Exception:  # noqa: BLE001 - analysis missing must not stop recording
                 log.exception("observer factory %s unavailable; recording without it", path)
+        self._openers: dict[str, SourceOpener] = {}
+        try:
+            self._openers = load_openers(spec.source_openers, self.settings)
+        except Exception:  # noqa: BLE001 - RTSP cameras record without them
+            log.exception("camera sources %s unavailable; their cameras are not recorded", spec.source_openers)
 
     def run(self) -> None:
         """Record until stop() is called (or a camera thread hangs: then exit_code is EXIT_HUNG)."""
@@ -269,8 +288,12 @@ class IngestWorker:
                 obs = None
             if obs is not None:
                 observers.append(obs)
+        scheme = url_scheme(entry.url)
+        opener = None if scheme in ("rtsp", "rtsps") else self._openers.get(scheme)
+        if opener is None and scheme not in ("rtsp", "rtsps"):
+            opener = _no_source(scheme)
         return CameraSession(sid, entry.url, entry.transport, recorder, observers, self.settings.ingest,
-                             self.clock, self.index)
+                             self.clock, self.index, opener=opener)
 
     def _stop_sessions(self, station_ids: list[str], deadline: float | None = None) -> None:
         """Stop these sessions, all at once, waiting for them until `deadline` (monotonic; default
