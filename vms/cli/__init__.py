@@ -8,6 +8,7 @@ from vms.cli import alerts as alerts_cli
 from vms.cli import analyze as analyze_cli
 from vms.cli import audit as audit_cli
 from vms.cli import db as db_cli
+from vms.cli import gb28181 as gb28181_cli
 from vms.cli import holds as holds_cli
 from vms.cli import ingest as ingest_cli
 from vms.cli import retention as retention_cli
@@ -27,6 +28,7 @@ app.add_typer(alerts_cli.app, name="alerts")
 app.command("analyze")(analyze_cli.analyze)
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(db_cli.app, name="db")
+app.add_typer(gb28181_cli.app, name="gb28181")
 app.add_typer(holds_cli.app, name="holds")
 app.add_typer(ingest_cli.ingest_app, name="ingest")
 app.add_typer(ingest_cli.cameras_app, name="cameras")

@@ -501,7 +501,7 @@ class GbDevice(Base):
 
 class GbChannel(Base):
     """A channel of a GB device, from its Catalog answer; bound to a station by the station's camera URL
-    gb28181://<device_id>/<channel_id>."""
+    gb28181://<device_id>/<channel_id> in the catalogue file, or by station_id (the API)."""
 
     __tablename__ = "gb_channels"
 
@@ -512,4 +512,8 @@ class GbChannel(Base):
     model: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str | None] = mapped_column(String(16), nullable=True)  # ON | OFF as the device says
     parent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Bound through the API to a station whose catalogue entry has no camera URL (a URL in the catalogue
+    # file wins: the file is the catalogue's source of truth, and an import would overwrite the row).
+    station_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("stations.id"), nullable=True,
+                                                   unique=True)
     updated_ms: Mapped[int] = mapped_column(BigInteger, default=0)

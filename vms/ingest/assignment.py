@@ -10,7 +10,7 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vms.db.models import Station
+from vms.db.models import GbChannel, Station
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,14 @@ class AllEnabledCameras:
             select(Station.id, Station.main_url, Station.transport).where(Station.enabled.is_(True))
             .order_by(Station.id)
         ).all()
+        bound = {sid: f"gb28181://{dev}/{ch}" for sid, dev, ch in session.execute(
+            select(GbChannel.station_id, GbChannel.device_id, GbChannel.channel_id)
+            .where(GbChannel.station_id.is_not(None))).all()}
         out = []
         for sid, url, transport in rows:
             if self.only is not None and sid not in self.only:
                 continue
-            url = url or self.url_overrides.get(sid)
+            url = url or bound.get(sid) or self.url_overrides.get(sid)
             if not url:
                 continue  # no camera installed yet and none simulated
             if zlib.crc32(sid.encode()) % worker_count == worker_index:

@@ -12,10 +12,11 @@ from sqlalchemy import select
 from vms.core.settings import Settings
 from vms.core.systemd import SystemdNotifier
 from vms.db.engine import Database
-from vms.db.models import Station, SystemEvent
+from vms.db.models import GbChannel, Station, SystemEvent
 from vms.ingest.supervisor import IngestSupervisor
 
 if TYPE_CHECKING:  # (imported when a station needs a simulated camera: it brings the clip encoders)
+    from vms.gb28181.server import GbServer
     from vms.simulate import Simulator
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 # Observers the workers load by name (ingest imports nothing above it).
 ANALYSIS_FACTORY = "vms.analysis.observer:make_analysis_observer_factory"
 LIVE_TAP_FACTORY = "vms.live.tap:make_live_tap_factory"
+# Cameras that are not RTSP, by URL scheme: the workers load their sources by name too.
+GB28181_SOURCE = "vms.gb28181.source:make_gb_source_opener"
 
 
 class RecordingService:
@@ -32,6 +35,7 @@ class RecordingService:
         self.db = database
         self.simulate_mode = simulate
         self.simulator: Simulator | None = None
+        self.gb_server: GbServer | None = None
         self.supervisor: IngestSupervisor | None = None
         self.workers = workers
         self.analysis = analysis
@@ -46,6 +50,8 @@ class RecordingService:
         with self.db.session() as s:
             rows = s.execute(select(Station.id, Station.main_url).where(Station.enabled.is_(True))
                              .order_by(Station.id)).all()
+            bound = set(s.scalars(select(GbChannel.station_id).where(GbChannel.station_id.is_not(None))))
+        rows = [(sid, url or (f"gb28181:{sid}" if sid in bound else None)) for sid, url in rows]
         with_url = [sid for sid, url in rows if url]
         if self.simulate_mode == "never":
             ids: list[str] = []
@@ -71,12 +77,19 @@ class RecordingService:
             log.info("simulated cameras' fault control on port %d (vms simulate fault stall NAME --control-port %d)",
                      simulator.control_port, simulator.control_port)
             overrides = dict(simulator.urls)
+        sources: dict[str, str] = {}
+        if self.settings.gb28181.enabled:
+            from vms.gb28181.server import GbServer
+
+            # Before the workers: their GB cameras ask it for their streams.
+            self.gb_server = GbServer(self.settings, self.db).start()
+            sources["gb28181"] = GB28181_SOURCE
         factories = [LIVE_TAP_FACTORY]
         if self.analysis and self.settings.analysis.enabled:
             factories.append(ANALYSIS_FACTORY)
         self.supervisor = IngestSupervisor(self.settings, overrides, factories, self.workers,
                                            cameras=self.camera_count, notifier=self.notifier,
-                                           on_restart=self._record_restart).start()
+                                           on_restart=self._record_restart, source_openers=sources).start()
 
     def _record_restart(self, worker: int, why: str) -> None:
         """A system event for the alert rules (vms/alerts), written on its own thread: the supervisor's
@@ -106,6 +119,8 @@ class RecordingService:
                 return
             if self.supervisor is not None:
                 self.supervisor.stop()
+            if self.gb_server is not None:
+                self.gb_server.stop()  # after the workers: their streams are hung up with them
             if self.simulator is not None:
                 self.simulator.close()
             self._stopped = True

@@ -43,8 +43,11 @@ def upgrade() -> None:
     sa.Column('model', sa.String(length=64), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=True),
     sa.Column('parent_id', sa.String(length=64), nullable=True),
+    sa.Column('station_id', sa.String(length=64), nullable=True),
     sa.Column('updated_ms', sa.BigInteger(), nullable=False),
     sa.ForeignKeyConstraint(['device_id'], ['gb_devices.device_id'], ),
+    sa.ForeignKeyConstraint(['station_id'], ['stations.id'], ),
+    sa.UniqueConstraint('station_id'),
     sa.PrimaryKeyConstraint('device_id', 'channel_id')
     )
 
