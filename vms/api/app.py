@@ -107,7 +107,7 @@ def _optional_routers() -> list:
 
     routers = []
     for name in ("stations", "footage", "exports", "holds", "audits", "access_log", "admin", "metrics", "live",
-                 "alerts", "console"):
+                 "alerts", "gb28181", "console"):
         try:
             module = importlib.import_module(f"vms.api.routers.{name}")
         except ModuleNotFoundError as exc:

@@ -47,8 +47,8 @@ def list_devices(session: Session, settings: Settings, now_ms: int) -> list[dict
             or_(Station.main_url.like("gb28181://%"), Station.sub_url.like("gb28181://%")))).all():
         for url in (main_url, sub_url):
             if url and url.startswith("gb28181://"):
-                dev, _, ch = url[len("gb28181://"):].partition("/")
-                url_bound[(dev, ch)] = sid
+                dev, _, channel_id = url[len("gb28181://"):].partition("/")
+                url_bound[(dev, channel_id)] = sid
     out = []
     for row in devices:
         if row.state == "refused":

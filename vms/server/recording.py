@@ -51,12 +51,12 @@ class RecordingService:
             rows = s.execute(select(Station.id, Station.main_url).where(Station.enabled.is_(True))
                              .order_by(Station.id)).all()
             bound = set(s.scalars(select(GbChannel.station_id).where(GbChannel.station_id.is_not(None))))
-        rows = [(sid, url or (f"gb28181:{sid}" if sid in bound else None)) for sid, url in rows]
-        with_url = [sid for sid, url in rows if url]
+        cameras = [(sid, url or (f"gb28181:{sid}" if sid in bound else None)) for sid, url in rows]
+        with_url = [sid for sid, url in cameras if url]
         if self.simulate_mode == "never":
             ids: list[str] = []
         else:
-            ids = [sid for sid, url in rows if self.simulate_mode == "always" or not url]
+            ids = [sid for sid, url in cameras if self.simulate_mode == "always" or not url]
             ids = ids[: self.settings.simulate.max_cameras]
         self.camera_count = len(set(with_url) | set(ids))
         return ids
