@@ -41,7 +41,7 @@ def parse_body(raw: bytes) -> Element:
     text = _DECLARATION.sub("", decode_body(raw).lstrip("\ufeff"), count=1)
     text = _BARE_AMPERSAND.sub("&amp;", text)
     try:
-        root = SafeET.fromstring(text)
+        root = SafeET.fromstring(text, forbid_dtd=True)  # GB bodies never carry one
     except Exception as exc:  # ParseError, and defusedxml's DTDForbidden / EntitiesForbidden
         raise ManscdpError(f"not well-formed MANSCDP XML: {type(exc).__name__}: {exc}") from exc
     return root
