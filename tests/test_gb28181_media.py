@@ -177,6 +177,7 @@ def test_interleaved_dollar_framing_mixed_with_rfc4571() -> None:
             stream += frame_rfc4571(packet)
     deframer = Rfc4571Deframer()
     assert [f for i in range(0, len(stream), 333) for f in deframer.feed(stream[i:i + 333])] == packets
+    assert deframer.skipped_bytes == 0  # read as frames, not found again by resynchronising
 
 
 def test_rfc4571_length_that_starts_with_a_dollar_byte() -> None:
@@ -209,8 +210,26 @@ def test_crc32_mpeg2_check_value() -> None:
     assert crc32_mpeg2(b"123456789") == 0x0376E6E7
 
 
+def ps_units(ps: bytes) -> list[tuple[int, bytes]]:
+    """Walk a PS by its own lengths: (start code byte, header or PES bytes after the length field)."""
+    units: list[tuple[int, bytes]] = []
+    at = 0
+    while at < len(ps):
+        assert ps[at:at + 3] == b"\x00\x00\x01", f"no start code at {at}"
+        code = ps[at + 3]
+        if code == 0xBA:
+            end = at + 14 + (ps[at + 13] & 0x07)
+        else:
+            (length,) = struct.unpack_from("!H", ps, at + 4)
+            end = at + 6 + length
+        units.append((code, ps[at + 6:end] if code != 0xBA else ps[at:end]))
+        at = end
+    assert at == len(ps)
+    return units
+
+
 def pes_count(ps: bytes, stream_id: int) -> int:
-    return ps.count(b"\x00\x00\x01" + bytes((stream_id,)))
+    return sum(code == stream_id for code, _ in ps_units(ps))
 
 
 @pytest.mark.parametrize("encoder", ["libx264", "libx265"])
@@ -219,7 +238,11 @@ def test_ps_video_is_demuxed_and_decoded_by_pyav(encoder: str) -> None:
     assert len(units[0][0]) > 65400  # the first keyframe needs two PES packets
     ps, pts = mux(encoder, units)
     assert pes_count(ps, 0xE0) > len(units)
-    assert pes_count(ps, 0xBC) == sum(key for _, key in units) == 3  # a PSM before each keyframe
+    assert pes_count(ps, 0xBC) == pes_count(ps, 0xBB) == sum(key for _, key in units) == 3  # on each keyframe
+    # Every frame opens with a pack header; only a frame's first PES carries PTS and DTS (flags 11).
+    video_flags = [body[1] >> 6 for code, body in ps_units(ps) if code == 0xE0]
+    assert video_flags.count(0b11) == len(units) == pes_count(ps, 0xBA)
+    assert set(video_flags) == {0b11, 0b00}
     found = demux(io.BytesIO(ps))
     assert found["codecs"] == ["h264" if encoder == "libx264" else "hevc"]
     assert found["frames"] == len(units)
