@@ -439,6 +439,7 @@ def test_port_is_the_first_free_one_of_the_range(transport: str) -> None:
     finally:
         rx.stop()
         taken.close()
+        os.set_blocking(read_fd, False)  # an open write end would raise BlockingIOError, not hang
         assert os.read(read_fd, 10) == b""  # stop() closed the sink even though it never started
         os.close(read_fd)
     active = MediaReceiver("tcp-active", HOST, (first, first), make_media_pipe()[1])
@@ -482,7 +483,9 @@ def test_udp_reordering_loss_duplicates_and_late_packets(session) -> None:
     for i in range(3, len(packets) - 1, 9):  # neighbours swapped, as a multipath network does
         packets[i], packets[i + 1] = packets[i + 1], packets[i]
         swapped += 1
-    packets.insert(20, packets[10])  # one packet twice
+    packets.insert(20, packets[10])  # one packet twice, long after it was delivered
+    after_hole = sum(map(len, groups[:15])) + 1
+    packets.insert(after_hole + 1, packets[after_hole])  # and one twice while it waits behind the hole
     sender = udp_sender()
     send_udp(sender, rx.port, packets)
     time.sleep(0.4)  # > REORDER_SECONDS: the hole is given up
@@ -491,7 +494,7 @@ def test_udp_reordering_loss_duplicates_and_late_packets(session) -> None:
     found = reader.result()
     assert found["video_pts"] == CLIP_PTS[:15] + CLIP_PTS[16:]
     assert rx.stats["reordered"] == swapped
-    assert rx.stats["duplicates"] == 1
+    assert rx.stats["duplicates"] == 2
     assert rx.stats["lost"] == rx.stats["late"] == len(held_back)
     assert rx.stats["packets"] == len(packets) + len(held_back)
     sender.close()
@@ -499,7 +502,7 @@ def test_udp_reordering_loss_duplicates_and_late_packets(session) -> None:
 
 def test_udp_window_gives_up_a_hole_after_64_packets(session, monkeypatch) -> None:
     monkeypatch.setattr(media, "REORDER_SECONDS", 60.0)  # only the count rule can act here
-    rx, reader = session("udp", no_media_seconds=5.0)
+    rx, reader = session("udp", no_media_seconds=30.0)  # its end would give up the hole too
     packets = flat(rtp_of(ps_frames()))
     sender = udp_sender()
     send_udp(sender, rx.port, packets[:5] + packets[6:70])  # packet 5 never comes; 64 wait behind it
@@ -507,7 +510,7 @@ def test_udp_window_gives_up_a_hole_after_64_packets(session, monkeypatch) -> No
     time.sleep(0.1)
     assert rx.stats["lost"] == 0
     send_udp(sender, rx.port, packets[70:71])
-    wait_until(lambda: rx.stats["lost"] == 1)
+    wait_until(lambda: rx.stats["lost"] == 1, timeout=2.0)
     rx.stop()
     assert reader.result()["frames"] > 0  # what waited was delivered
     sender.close()
@@ -595,7 +598,11 @@ def framed(packets: list[bytes]) -> bytes:
 
 def test_tcp_passive_stream_reaches_pyav(session) -> None:
     rx, reader = session("tcp-passive")
-    stream = framed(flat(rtp_of(ps_frames())))
+    groups = rtp_of(ps_frames())
+    skipped = groups.pop(10)  # the device's own encoder queue overflowed: a frame never sent
+    intruder = [build_rtp(b"\x00\x00\x01\xba" + b"other" * 200, 96, i, 0, 7, False) for i in range(5)]
+    packets = flat(groups)
+    stream = framed(packets[:30] + intruder + packets[30:])
     with socket.create_connection((HOST, rx.port)) as device:
         for i in range(0, len(stream), 3000):  # chunks that cut frames anywhere
             device.sendall(stream[i:i + 3000])
@@ -603,8 +610,11 @@ def test_tcp_passive_stream_reaches_pyav(session) -> None:
     wait_until(lambda: rx.ended is not None)
     assert rx.ended == ("media_closed", "the device closed the TCP connection")
     found = reader.result()
-    assert found["frames"] == 30 and found["video_pts"] == CLIP_PTS
+    assert found["video_pts"] == CLIP_PTS[:10] + CLIP_PTS[11:]
+    assert found["frames"] >= 20  # the P-frames after the gap lack a reference up to the next keyframe
     assert rx.source == device_address and rx.ssrc == DEVICE_SSRC
+    assert rx.stats["lost"] == len(skipped) and rx.stats["dropped_ssrc"] == len(intruder)
+    assert rx.stats["packets"] == len(packets)
 
 
 def test_tcp_active_dials_the_device(session) -> None:
