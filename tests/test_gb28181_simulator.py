@@ -8,7 +8,12 @@ PyAV demuxing what arrived as MPEG-PS.
 from __future__ import annotations
 
 import io
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -834,3 +839,50 @@ def test_sip_over_tcp_register_query_invite_and_rebind(clips):
     # only for its "imkh_cctv" flavour and otherwise guesses mp2: a platform must map 0x91 itself.
     psm = ps.index(b"\x00\x00\x01\xbc")
     assert b"\x91\xc0" in ps[psm:psm + 40]
+# -- the command line ---------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+VMS = [sys.executable, "-m", "vms.cli"] if not (Path(sys.executable).parent / "vms").exists() else [
+    str(Path(sys.executable).parent / "vms")]
+
+
+@pytest.mark.slow
+def test_cli_prints_the_urls_takes_faults_and_exits_0_on_sigterm(tmp_path, simulator_cache):
+    platform = Platform("udp")
+    (tmp_path / "none.yaml").write_text("{}\n")
+    # PYTHONPATH: this checkout's code, not the one the virtualenv's editable install points at
+    env = {**os.environ, "VMS_DATA_DIR": str(tmp_path / "data"), "VMS_CONFIG": str(tmp_path / "none.yaml"),
+           "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [*VMS, "simulate", "--gb28181", "2", "--server", f"127.0.0.1:{platform.port}", "--server-id", SERVER_ID,
+         "--domain", DOMAIN, "--password", PASSWORD, "--content", "pattern", "--width", "320", "--height", "240",
+         "--fps", str(FPS), "--audio", "pcma", "--cache-dir", str(simulator_cache)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = [proc.stdout.readline().strip() for _ in range(2)]
+        d1, c1 = ids(1)
+        d2, c2 = ids(2)
+        assert lines == [f"gb28181://{d1}/{c1}", f"gb28181://{d2}/{c2}"]
+        serving = proc.stderr.readline()
+        control_port = int(re.search(r"fault control on 127\.0\.0\.1:(\d+)", serving).group(1))
+        platform.wait(lambda: {d1, d2} <= {r.device for r in platform.seen("REGISTER")
+                                           if r.msg.header("Authorization")}, 10)
+        out = subprocess.run([*VMS, "simulate", "gb-fault", "stop-keepalive", d2, "--control-port",
+                              str(control_port)], capture_output=True, text=True, env=env, timeout=30)
+        assert out.returncode == 0 and "keepalives of" in out.stdout, out.stderr
+        out = subprocess.run([*VMS, "simulate", "status", "--control-port", str(control_port)],
+                             capture_output=True, text=True, env=env, timeout=30)
+        assert f"{d2}=registered,sessions:0" in out.stdout and "keepalive-stopped" in out.stdout
+        out = subprocess.run([*VMS, "simulate", "gb-fault", "rebind", "00000000000000000000", "--control-port",
+                              str(control_port)], capture_output=True, text=True, env=env, timeout=30)
+        assert out.returncode == 2 and "unknown device" in out.stderr
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0 and time.monotonic() - t0 < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        platform.close()
