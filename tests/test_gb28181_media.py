@@ -4,8 +4,15 @@ real pipe that PyAV reads."""
 
 from __future__ import annotations
 
+import fcntl
 import io
+import logging
+import os
+import socket
 import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from functools import cache
 
@@ -13,6 +20,8 @@ import av
 import numpy as np
 import pytest
 
+from vms.gb28181 import media
+from vms.gb28181.media import PIPE_SIZE, MediaReceiver, make_media_pipe
 from vms.gb28181.ps import PsMuxer, crc32_mpeg2, split_for_rtp
 from vms.gb28181.rtp import (
     Rfc4571Deframer,
@@ -177,6 +186,7 @@ def test_interleaved_dollar_framing_mixed_with_rfc4571() -> None:
             stream += frame_rfc4571(packet)
     deframer = Rfc4571Deframer()
     assert [f for i in range(0, len(stream), 333) for f in deframer.feed(stream[i:i + 333])] == packets
+    assert deframer.skipped_bytes == 0  # read as frames, not found again by resynchronising
 
 
 def test_rfc4571_length_that_starts_with_a_dollar_byte() -> None:
@@ -209,8 +219,26 @@ def test_crc32_mpeg2_check_value() -> None:
     assert crc32_mpeg2(b"123456789") == 0x0376E6E7
 
 
+def ps_units(ps: bytes) -> list[tuple[int, bytes]]:
+    """Walk a PS by its own lengths: (start code byte, header or PES bytes after the length field)."""
+    units: list[tuple[int, bytes]] = []
+    at = 0
+    while at < len(ps):
+        assert ps[at:at + 3] == b"\x00\x00\x01", f"no start code at {at}"
+        code = ps[at + 3]
+        if code == 0xBA:
+            end = at + 14 + (ps[at + 13] & 0x07)
+        else:
+            (length,) = struct.unpack_from("!H", ps, at + 4)
+            end = at + 6 + length
+        units.append((code, ps[at + 6:end] if code != 0xBA else ps[at:end]))
+        at = end
+    assert at == len(ps)
+    return units
+
+
 def pes_count(ps: bytes, stream_id: int) -> int:
-    return ps.count(b"\x00\x00\x01" + bytes((stream_id,)))
+    return sum(code == stream_id for code, _ in ps_units(ps))
 
 
 @pytest.mark.parametrize("encoder", ["libx264", "libx265"])
@@ -219,7 +247,11 @@ def test_ps_video_is_demuxed_and_decoded_by_pyav(encoder: str) -> None:
     assert len(units[0][0]) > 65400  # the first keyframe needs two PES packets
     ps, pts = mux(encoder, units)
     assert pes_count(ps, 0xE0) > len(units)
-    assert pes_count(ps, 0xBC) == sum(key for _, key in units) == 3  # a PSM before each keyframe
+    assert pes_count(ps, 0xBC) == pes_count(ps, 0xBB) == sum(key for _, key in units) == 3  # on each keyframe
+    # Every frame opens with a pack header; only a frame's first PES carries PTS and DTS (flags 11).
+    video_flags = [body[1] >> 6 for code, body in ps_units(ps) if code == 0xE0]
+    assert video_flags.count(0b11) == len(units) == pes_count(ps, 0xBA)
+    assert set(video_flags) == {0b11, 0b00}
     found = demux(io.BytesIO(ps))
     assert found["codecs"] == ["h264" if encoder == "libx264" else "hevc"]
     assert found["frames"] == len(units)
@@ -276,3 +308,409 @@ def test_split_for_rtp() -> None:
     parts = split_for_rtp(ps, 1400)
     assert [len(p) for p in parts] == [1400, 1400, 1400, 920]
     assert b"".join(parts) == ps
+
+
+# -- MediaReceiver ----------------------------------------------------------------------------------
+
+HOST = "127.0.0.1"
+PORTS = (20000, 20999)  # below Linux's ephemeral range; the receiver takes the first free one
+DEVICE_SSRC = 105004272
+FIRST_SEQ = 65500  # every stream below wraps its sequence numbers
+
+
+def ps_frames(encoder: str = "libx264") -> list[bytes]:
+    muxer = PsMuxer("h264" if encoder == "libx264" else "hevc")
+    return [muxer.video(unit, i * FRAME_90K, key) for i, (unit, key) in enumerate(encoded_video(encoder))]
+
+
+CLIP_PTS = [i * FRAME_90K for i in range(30)]
+
+
+def rtp_of(frames: list[bytes], ssrc: int = DEVICE_SSRC, first_seq: int = FIRST_SEQ) -> list[list[bytes]]:
+    """RTP packets per frame, as a device sends them: one timestamp per frame, marker on its last."""
+    out: list[list[bytes]] = []
+    seq = first_seq
+    for i, frame in enumerate(frames):
+        parts = split_for_rtp(frame)
+        out.append([build_rtp(part, 96, seq + j, i * FRAME_90K, ssrc, j == len(parts) - 1)
+                    for j, part in enumerate(parts)])
+        seq += len(parts)
+    return out
+
+
+def flat(groups: list[list[bytes]]) -> list[bytes]:
+    return [packet for group in groups for packet in group]
+
+
+class PipeReader:
+    """PyAV reading the receiver's pipe from another thread, as the recorder will."""
+
+    def __init__(self, read_fd: int) -> None:
+        self.found: dict[str, object] | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(read_fd,), daemon=True)
+        self._thread.start()
+
+    def _run(self, read_fd: int) -> None:
+        try:  # container_options, never options=: PyAV 16.1.0 segfaults on options= for PS input
+            self.found = demux(f"pipe:{read_fd}", container_options={"probesize": "500000"})
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            os.close(read_fd)  # FFmpeg's pipe: protocol leaves the fd open
+
+    def result(self, timeout: float = 10.0) -> dict[str, object]:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the reader did not see the end of the pipe"
+        if self.error is not None:
+            raise self.error
+        assert self.found is not None
+        return self.found
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def session() -> Iterator[Callable[..., tuple[MediaReceiver, PipeReader]]]:
+    """Makes started receivers, each with a media pipe and PyAV reading it; stops them all after."""
+    made: list[MediaReceiver] = []
+
+    def make(transport: str = "udp", no_media_seconds: float = 0.5, **kwargs: object) -> tuple[
+            MediaReceiver, PipeReader]:
+        read_fd, write_fd = make_media_pipe()
+        rx = MediaReceiver(transport, HOST, PORTS, write_fd, no_media_seconds=no_media_seconds,  # type: ignore[arg-type]
+                           name=f"test-{len(made)}", **kwargs)  # type: ignore[arg-type]
+        made.append(rx)
+        rx.start()
+        return rx, PipeReader(read_fd)
+
+    yield make
+    for rx in made:
+        rx.stop()
+
+
+def udp_sender() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+    return sock
+
+
+def send_udp(sock: socket.socket, port: int, packets: list[bytes]) -> None:
+    for i, packet in enumerate(packets):
+        sock.sendto(packet, (HOST, port))
+        if i % 50 == 49:
+            time.sleep(0.002)  # a camera paces its packets; a burst of thousands could overrun loopback
+
+
+def ended_without_media(rx: MediaReceiver) -> None:
+    """The natural end of a UDP test stream: silence, then no_media (which first delivers the window)."""
+    wait_until(lambda: rx.ended is not None)
+    assert rx.ended is not None and rx.ended[0] == "no_media"
+
+
+def test_media_pipe_is_enlarged() -> None:
+    read_fd, write_fd = make_media_pipe()
+    try:
+        assert fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ) == PIPE_SIZE  # allowed on this machine
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp-passive"])
+def test_port_is_the_first_free_one_of_the_range(transport: str) -> None:
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    taken = socket.socket(socket.AF_INET, kind)
+    taken.bind((HOST, 0))
+    if kind == socket.SOCK_STREAM:
+        taken.listen()
+    first = taken.getsockname()[1]
+    read_fd, write_fd = make_media_pipe()
+    rx = MediaReceiver(transport, HOST, (first, first + 20), write_fd)  # type: ignore[arg-type]
+    try:
+        assert first < rx.port <= first + 20
+        with pytest.raises(OSError, match="no free"):
+            MediaReceiver(transport, HOST, (first, first), write_fd)  # type: ignore[arg-type]
+    finally:
+        rx.stop()
+        taken.close()
+        assert os.read(read_fd, 10) == b""  # stop() closed the sink even though it never started
+        os.close(read_fd)
+    active = MediaReceiver("tcp-active", HOST, (first, first), make_media_pipe()[1])
+    assert active.port == 0
+    active.stop()
+
+
+def test_udp_stream_reaches_pyav_through_the_pipe(session) -> None:
+    rx, reader = session("udp", expected_ssrc=DEVICE_SSRC)
+    sender = udp_sender()
+    packets = flat(rtp_of(ps_frames()))
+    send_udp(sender, rx.port, packets)
+    assert rx.wait_first_packet(2.0)
+    ended_without_media(rx)
+    found = reader.result()
+    assert found["frames"] == 30 and found["video_pts"] == CLIP_PTS and found["codecs"] == ["h264"]
+    assert rx.stats["packets"] == len(packets)
+    assert rx.stats["bytes"] == sum(len(p) - 12 for p in packets)
+    assert (rx.ssrc, rx.source) == (DEVICE_SSRC, sender.getsockname())
+    assert rx.last_packet_mono is not None
+    assert all(v == 0 for k, v in rx.stats.items() if k not in ("packets", "bytes"))
+    sender.close()
+
+
+def test_hevc_over_udp(session) -> None:
+    rx, reader = session("udp")
+    sender = udp_sender()
+    send_udp(sender, rx.port, flat(rtp_of(ps_frames("libx265"))))
+    ended_without_media(rx)
+    found = reader.result()
+    assert found["codecs"] == ["hevc"] and found["frames"] == 30 and found["video_pts"] == CLIP_PTS
+    sender.close()
+
+
+def test_udp_reordering_loss_duplicates_and_late_packets(session) -> None:
+    rx, reader = session("udp")
+    groups = rtp_of(ps_frames())
+    held_back = groups[15]  # a whole P-frame: arrives after its hole was given up
+    packets = flat(groups[:15]) + flat(groups[16:])
+    swapped = 0
+    for i in range(3, len(packets) - 1, 9):  # neighbours swapped, as a multipath network does
+        packets[i], packets[i + 1] = packets[i + 1], packets[i]
+        swapped += 1
+    packets.insert(20, packets[10])  # one packet twice
+    sender = udp_sender()
+    send_udp(sender, rx.port, packets)
+    time.sleep(0.4)  # > REORDER_SECONDS: the hole is given up
+    send_udp(sender, rx.port, held_back)
+    ended_without_media(rx)
+    found = reader.result()
+    assert found["video_pts"] == CLIP_PTS[:15] + CLIP_PTS[16:]
+    assert rx.stats["reordered"] == swapped
+    assert rx.stats["duplicates"] == 1
+    assert rx.stats["lost"] == rx.stats["late"] == len(held_back)
+    assert rx.stats["packets"] == len(packets) + len(held_back)
+    sender.close()
+
+
+def test_udp_window_gives_up_a_hole_after_64_packets(session, monkeypatch) -> None:
+    monkeypatch.setattr(media, "REORDER_SECONDS", 60.0)  # only the count rule can act here
+    rx, reader = session("udp", no_media_seconds=5.0)
+    packets = flat(rtp_of(ps_frames()))
+    sender = udp_sender()
+    send_udp(sender, rx.port, packets[:5] + packets[6:70])  # packet 5 never comes; 64 wait behind it
+    wait_until(lambda: rx.stats["packets"] == 69)
+    time.sleep(0.1)
+    assert rx.stats["lost"] == 0
+    send_udp(sender, rx.port, packets[70:71])
+    wait_until(lambda: rx.stats["lost"] == 1)
+    rx.stop()
+    assert reader.result()["frames"] > 0  # what waited was delivered
+    sender.close()
+
+
+@pytest.mark.parametrize("restart_at", [40000, 10000])  # far behind, far ahead of 65500 + 77 (wrapped)
+def test_sequence_restart_is_followed(session, restart_at: int) -> None:
+    rx, reader = session("udp")
+    groups = rtp_of(ps_frames())
+    restarted = rtp_of(ps_frames(), first_seq=restart_at)
+    sender = udp_sender()
+    send_udp(sender, rx.port, flat(groups[:20]) + flat(restarted[20:]))
+    ended_without_media(rx)
+    assert reader.result()["video_pts"] == CLIP_PTS
+    assert rx.stats["lost"] == 0
+    sender.close()
+
+
+def test_other_ssrc_is_dropped_and_an_unexpected_first_ssrc_accepted(session, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="vms.gb28181.media")
+    rx, reader = session("udp", expected_ssrc=1234)  # the device ignores y= and sends DEVICE_SSRC
+    packets = flat(rtp_of(ps_frames()))
+    intruder = [build_rtp(b"\x00\x00\x01\xe0 not this station's video" * 40, 96, FIRST_SEQ + 5 + i, 0, 1234, False)
+                for i in range(30)]
+    mixed = packets[:5] + [p for pair in zip(intruder, packets[5:35], strict=True) for p in pair] + packets[35:]
+    sender = udp_sender()
+    send_udp(sender, rx.port, mixed)
+    ended_without_media(rx)
+    assert reader.result()["video_pts"] == CLIP_PTS
+    assert rx.ssrc == DEVICE_SSRC
+    assert rx.stats["unexpected_ssrc"] == 1
+    assert rx.stats["dropped_ssrc"] == len(intruder)
+    assert sum("not the offered 1234" in r.getMessage() for r in caplog.records) == 1
+    assert sum("dropping packets of SSRC 1234" in r.getMessage() for r in caplog.records) == 1
+    sender.close()
+
+
+def test_other_source_is_dropped_until_the_first_falls_silent(session) -> None:
+    rx, reader = session("udp", no_media_seconds=5.0)
+    groups = rtp_of(ps_frames())
+    first, second = flat(groups[:15]), flat(groups[15:])
+    device, rebound = udp_sender(), udp_sender()  # the same device after a NAT rebinding: a new port
+    send_udp(device, rx.port, first)
+    wait_until(lambda: rx.stats["packets"] == len(first))
+    # Right away another address sends the learned SSRC with the next numbers: a second sender, dropped.
+    impostor = [build_rtp(b"garbage" * 100, 96, FIRST_SEQ + len(first) + i, 0, DEVICE_SSRC, False) for i in range(5)]
+    send_udp(rebound, rx.port, impostor)
+    wait_until(lambda: rx.stats["dropped_source"] == len(impostor))
+    time.sleep(2.1)  # SOURCE_SILENCE_SECONDS
+    send_udp(rebound, rx.port, second)
+    wait_until(lambda: rx.stats["packets"] == len(first) + len(second))
+    assert rx.source == rebound.getsockname() and rx.stats["source_changes"] == 1
+    send_udp(device, rx.port, [build_rtp(b"late", 96, 1, 0, DEVICE_SSRC, False)])  # the old address: dropped
+    wait_until(lambda: rx.stats["dropped_source"] == len(impostor) + 1)
+    rx.stop()
+    assert reader.result()["video_pts"] == CLIP_PTS
+    device.close()
+    rebound.close()
+
+
+def test_garbage_datagrams_are_counted_and_logged_once(session, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="vms.gb28181.media")
+    rx, reader = session("udp")
+    rng = np.random.default_rng(5)
+    garbage = [b"", b"\x80", bytes(11), b"\x40" + bytes(20), b"\x8f\x60" + bytes(30)]  # short, v1, CSRC cut
+    for size in rng.integers(1, 1500, 100):
+        data = bytearray(rng.integers(0, 256, int(size), dtype=np.uint8).tobytes())
+        data[0] &= 0x7F  # version 0 or 1: random bytes never lock the session onto a random SSRC
+        garbage.append(bytes(data))
+    rtcp_sender_report = struct.pack("!BBHI", 0x80, 200, 6, DEVICE_SSRC) + bytes(20)
+    packets = flat(rtp_of(ps_frames()))
+    sender = udp_sender()
+    send_udp(sender, rx.port, garbage[:50] + [rtcp_sender_report] + packets[:40] + garbage[50:] + packets[40:])
+    ended_without_media(rx)
+    assert reader.result()["video_pts"] == CLIP_PTS
+    assert rx.stats["malformed"] == len(garbage)
+    assert rx.stats["rtcp"] == 1
+    assert sum("not RTP" in r.getMessage() for r in caplog.records) == 1
+    sender.close()
+
+
+def framed(packets: list[bytes]) -> bytes:
+    return b"".join(frame_rfc4571(p) for p in packets)
+
+
+def test_tcp_passive_stream_reaches_pyav(session) -> None:
+    rx, reader = session("tcp-passive")
+    stream = framed(flat(rtp_of(ps_frames())))
+    with socket.create_connection((HOST, rx.port)) as device:
+        for i in range(0, len(stream), 3000):  # chunks that cut frames anywhere
+            device.sendall(stream[i:i + 3000])
+        device_address = device.getsockname()
+    wait_until(lambda: rx.ended is not None)
+    assert rx.ended == ("media_closed", "the device closed the TCP connection")
+    found = reader.result()
+    assert found["frames"] == 30 and found["video_pts"] == CLIP_PTS
+    assert rx.source == device_address and rx.ssrc == DEVICE_SSRC
+
+
+def test_tcp_active_dials_the_device(session) -> None:
+    rx, reader = session("tcp-active", no_media_seconds=5.0)
+    assert rx.port == 0
+    with socket.socket() as listener:  # the device's answered media address (a=setup:passive on its side)
+        listener.bind((HOST, 0))
+        listener.listen()
+        rx.connect(*listener.getsockname())
+        device, _ = listener.accept()
+    with device:
+        packets = flat(rtp_of(ps_frames()))
+        # RTSP-interleaved "$" frames on this one: some vendors send them on GB28181 TCP too.
+        device.sendall(b"".join(b"$\x00" + struct.pack("!H", len(p)) + p for p in packets))
+    wait_until(lambda: rx.ended is not None)
+    assert rx.ended is not None and rx.ended[0] == "media_closed"
+    assert reader.result()["video_pts"] == CLIP_PTS
+    assert rx.stats["packets"] == len(packets) and rx.stats["malformed"] == 0
+    with pytest.raises(RuntimeError):
+        rx.connect(HOST, 9)
+
+
+def test_second_tcp_connection_is_refused(session, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="vms.gb28181.media")
+    rx, reader = session("tcp-passive", no_media_seconds=5.0)
+    stream = framed(flat(rtp_of(ps_frames())))
+    half = len(stream) // 2
+    with socket.create_connection((HOST, rx.port)) as device:
+        device.sendall(stream[:half])
+        assert rx.wait_first_packet(2.0)
+        for _ in range(2):
+            with socket.create_connection((HOST, rx.port)) as second:
+                second.sendall(framed(flat(rtp_of(ps_frames()[:3], ssrc=DEVICE_SSRC))))
+                second.settimeout(2.0)
+                try:
+                    assert second.recv(100) == b""  # closed by the receiver
+                except ConnectionResetError:
+                    pass  # or reset, as it closed with unread data
+        device.sendall(stream[half:])
+    wait_until(lambda: rx.ended is not None)
+    assert rx.stats["refused_connections"] == 2
+    assert sum("refused a second TCP connection" in r.getMessage() for r in caplog.records) == 1
+    assert reader.result()["video_pts"] == CLIP_PTS
+
+
+def test_garbage_tcp_stream_ends_cleanly(session, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="vms.gb28181.media")
+    rx, reader = session("tcp-passive")
+    rng = np.random.default_rng(9)
+    with socket.create_connection((HOST, rx.port)) as device:
+        device.sendall(framed([rng.integers(0, 256, 500, dtype=np.uint8).tobytes() for _ in range(100)]))
+        device.sendall(rng.integers(0, 256, 300_000, dtype=np.uint8).tobytes())
+    wait_until(lambda: rx.ended is not None)
+    assert rx.ended is not None and rx.ended[0] in ("media_closed", "no_media")  # no RTP: either may come first
+    assert rx.stats["malformed"] > 0
+    with pytest.raises((av.error.EOFError, av.error.InvalidDataError)):
+        reader.result()  # nothing or garbage in the pipe, and then its end
+    for kind in ("not RTP", "framing"):
+        assert sum(kind in r.getMessage() for r in caplog.records) <= 1
+
+
+def test_no_media_ends_the_session_and_the_pipe(session) -> None:
+    rx, reader = session("udp", no_media_seconds=0.5)
+    began = time.monotonic()
+    assert not rx.wait_first_packet(3.0)  # returns when the receiver ends, not at the timeout
+    assert 0.45 < time.monotonic() - began < 1.5
+    assert rx.ended == ("no_media", "no RTP for 0.5 s")
+    with pytest.raises(av.error.EOFError):
+        reader.result()  # end of the pipe without any data
+    rx.stop()  # after the end: harmless
+    rx.stop()
+
+
+def test_media_that_stops_ends_the_session(session) -> None:
+    rx, reader = session("tcp-passive", no_media_seconds=0.6)
+    with socket.create_connection((HOST, rx.port)) as device:
+        device.sendall(framed(flat(rtp_of(ps_frames()))))
+        wait_until(lambda: rx.ended is not None, timeout=3.0)  # the device keeps the connection open
+        assert rx.ended == ("no_media", "no RTP for 0.6 s")
+        assert reader.result()["video_pts"] == CLIP_PTS
+
+
+def test_reader_gone_ends_with_sink_closed() -> None:
+    read_fd, write_fd = make_media_pipe()
+    os.close(read_fd)
+    rx = MediaReceiver("udp", HOST, PORTS, write_fd)
+    rx.start()
+    sender = udp_sender()
+    send_udp(sender, rx.port, flat(rtp_of(ps_frames()))[:10])
+    wait_until(lambda: rx.ended is not None)
+    assert rx.ended == ("sink_closed", "the reader of the media pipe is gone")
+    rx.stop()
+    sender.close()
+
+
+def test_stop_unblocks_a_receiver_waiting_on_a_full_pipe() -> None:
+    read_fd, write_fd = os.pipe()  # 64 KiB, never read
+    rx = MediaReceiver("tcp-passive", HOST, PORTS, write_fd)
+    rx.start()
+    with socket.create_connection((HOST, rx.port)) as device:
+        device.sendall(framed(flat(rtp_of(ps_frames("libx264")))) * 8)
+        wait_until(lambda: rx.stats["bytes"] > 100_000)
+        began = time.monotonic()
+        rx.stop()
+        assert time.monotonic() - began < 1.0
+    assert rx.ended is None  # stopped, not ended by itself
+    while os.read(read_fd, 1 << 16):
+        pass  # and then the end of the pipe
+    os.close(read_fd)
