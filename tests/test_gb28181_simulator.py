@@ -26,6 +26,7 @@ import pytest
 
 from vms.gb28181 import manscdp, sip
 from vms.gb28181.digest import DigestServer, parse_digest
+from vms.gb28181.media import MediaReceiver, make_media_pipe
 from vms.gb28181.rtp import Rfc4571Deframer, RtpError, RtpPacket, parse_rtp
 from vms.gb28181.sdp import offer as sdp_offer
 from vms.gb28181.sdp import parse as parse_sdp
@@ -612,6 +613,75 @@ def test_live_hevc_over_tcp_both_directions(udp_env, mode):
     assert 0.7 * FPS <= frame_rate(sink) <= 1.3 * FPS
 
 
+class PipeDemux(threading.Thread):
+    """PyAV reading the PS a MediaReceiver writes into a pipe, as the recorder does."""
+
+    def __init__(self, read_fd: int) -> None:
+        super().__init__(daemon=True)
+        self.fd = read_fd
+        self.codecs: dict[str, str] = {}
+        self.frames = 0
+        self.audio = 0
+        self.frame_times: list[float] = []
+        self.error: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            # container_options, never options=: PyAV 16.1.0 segfaults on options= for PS input
+            with av.open(f"pipe:{self.fd}", format="mpeg",
+                         container_options={"probesize": "100000", "analyzeduration": "1000000"}) as container:
+                for packet in container.demux():
+                    if not packet.size:
+                        continue
+                    self.codecs[packet.stream.type] = packet.stream.codec_context.name
+                    if packet.stream.type == "video":
+                        decoded = len(packet.decode())
+                        self.frames += decoded
+                        self.frame_times += [time.monotonic()] * decoded
+                    else:
+                        self.audio += 1
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            self.error = exc
+        finally:
+            os.close(self.fd)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp-passive"])
+def test_media_receiver_takes_the_stream_through_a_pipe_and_follows_a_rebind(udp_env, transport):
+    """The platform's own receiving end (vms.gb28181.media) and PyAV on a pipe, as the recorder reads it.
+    A NAT rebinding moves the device's media to a new source port: over UDP the receiver re-locks onto it
+    and the frames go on; over TCP the connection is lost and the receiver ends the session."""
+    p, sim = udp_env.platform, udp_env.sim
+    read_fd, write_fd = make_media_pipe()
+    rx = MediaReceiver(transport, HOST, (31000, 31200), write_fd, expected_ssrc=200000051, name="sim")
+    rx.start()
+    reader = PipeDemux(read_fd)
+    try:
+        call = p.invite(D1, channel(1, 1), rx.port, transport, ssrc="0200000051")
+        assert call.answer.status == 200 and rx.wait_first_packet(3)
+        p.wait(lambda: reader.frames >= FPS, 5)
+        source = rx.source
+        sim.fault(D1, "rebind")
+        rebound = time.monotonic()
+        if transport == "udp":  # the receiver re-locks onto the new source port once the old one is silent
+            p.wait(lambda: rx.source != source and reader.frame_times and reader.frame_times[-1] > rebound + 0.5,
+                   6)
+            assert p.bye(call).status == 200
+        else:  # the device's connection is gone: this receiver ends the session (the platform plays again)
+            p.wait(lambda: rx.ended is not None, 3)
+            assert rx.ended[0] == "media_closed"
+            assert p.bye(call).status in (200, 481)  # 481: the device gave up reconnecting and hung up first
+    finally:
+        rx.stop()
+        reader.join(5)
+    assert reader.error is None and reader.codecs == {"video": "h264", "audio": "pcm_alaw"}
+    assert reader.frames >= FPS and reader.audio > 0
+    assert rx.stats["malformed"] == 0 and rx.stats["dropped_ssrc"] == 0 and rx.stats["unexpected_ssrc"] == 0
+    if transport == "udp":
+        assert rx.stats["source_changes"] == 1
+
+
 # -- faults ------------------------------------------------------------------------------------------------
 
 def test_rebind_moves_sip_and_media_to_new_ports(udp_env):
@@ -742,9 +812,12 @@ def test_offline_online_unregister_garbage_and_malformed_input(udp_env):
 # -- playback -------------------------------------------------------------------------------------------------
 
 def test_download_sends_the_range_fast_then_media_status_121(udp_env):
+    """...while a live session of the same channel goes on (several sessions per channel)."""
     p, sim = udp_env.platform, udp_env.sim
-    sink = RtpSink("udp")
+    sink, live_sink = RtpSink("udp"), RtpSink("udp")
     try:
+        live = p.invite(D1, channel(1, 2), live_sink.port, "udp", ssrc="0200000040")
+        live_sink.wait_packets(1, 3)
         start_s, end_s = NOW - 500, NOW - 492
         t0 = time.monotonic()
         call = p.invite(D1, channel(1, 2), sink.port, "udp", ssrc="1200000041", purpose="Download",
@@ -756,10 +829,13 @@ def test_download_sends_the_range_fast_then_media_status_121(udp_env):
         assert manscdp.command(status.root)[2] == channel(1, 2)
         assert manscdp.child_text(status.root, "NotifyType") == "121"
         assert took < 4, f"8 s at x4 took {took:.1f} s"
-        assert sim.status()[D1]["sessions"][0]["state"] == "finished", "waits for the platform's BYE"
-        assert p.bye(call).status == 200
+        sessions = {x["call_id"]: x for x in sim.status()[D1]["sessions"]}
+        assert sessions[call.invite.call_id]["state"] == "finished", "waits for the platform's BYE"
+        assert sessions[live.invite.call_id]["state"] == "sending" and live_sink.count() > 20
+        assert p.bye(call).status == 200 and p.bye(live).status == 200
     finally:
         sink.close()
+        live_sink.close()
     _, frames, pts, audio = demux(sink.ps())
     assert pts[0] == 0 and abs((pts[-1] - pts[0]) / 90000 - 8) < 0.2 and audio > 0
     assert frames >= 7 * FPS
