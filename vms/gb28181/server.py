@@ -837,14 +837,15 @@ class GbServer:
         if dialog.owner is not None:
             dialog.owner.calls.discard(dialog.call_id)
 
-    def _end_dialog(self, dialog: Dialog, reason: str, detail: str, send_bye: bool) -> None:
+    def _end_dialog(self, dialog: Dialog, reason: str, detail: str, send_bye: bool,
+                    link: DeviceLink | None = None) -> None:
         if dialog.ended:
             return
         self._forget(dialog)
         if dialog.owner is not None and reason != "ingest_stopped":
             dialog.owner.send({"event": "ended", "id": dialog.session, "call": dialog.call_id, "reason": reason,
                                "detail": detail})
-        link = self.links.get(dialog.device_id)
+        link = link or self.links.get(dialog.device_id)
         if send_bye and dialog.confirmed and link is not None:
             dialog.cseq += 1
             bye = self._request(link, "BYE", dialog.channel_id, call_id=dialog.call_id, from_tag=dialog.from_tag,
@@ -852,11 +853,13 @@ class GbServer:
                                 cseq=dialog.cseq, uri=dialog.remote_target or dialog.uri)
             self._spawn(self._transaction(link, bye, timeout=4.0))
 
-    def _device_gone(self, device_id: str, reason: str, detail: str) -> None:
+    def _device_gone(self, device_id: str, reason: str, detail: str, link: DeviceLink | None = None) -> None:
+        """End the device's streams. With its last link (keepalives lost), each is hung up too, best
+        effort: a device that only lost its keepalives' way may still be streaming to a port that a new
+        stream will use (its packets would be dropped there by SSRC, but they cost the device's uplink)."""
         for dialog in list(self.dialogs.values()):
             if dialog.device_id == device_id:
-                # No BYE: the device is unreachable, or said it is leaving.
-                self._end_dialog(dialog, reason, detail, send_bye=False)
+                self._end_dialog(dialog, reason, detail, send_bye=link is not None, link=link)
 
     # -- periodic ----------------------------------------------------------------------------------
 
@@ -886,7 +889,7 @@ class GbServer:
                 continue
             del self.links[device_id]
             log.warning("gb28181: device %s offline: %s", device_id, why)
-            self._device_gone(device_id, reason, f"device {device_id} offline: {why}")
+            self._device_gone(device_id, reason, f"device {device_id} offline: {why}", link=link)
             await self._db(registry.note_offline, device_id, why, now_ms)
         for key, collector in list(self._catalogs.items()):
             if mono - collector.started_mono > CATALOG_WAIT_S:
