@@ -118,6 +118,12 @@ class Gap(Base):
     end_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     reason: Mapped[str] = mapped_column(String(24))
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Filled afterwards from the camera's own recording (GB/T 28181 backfill, docs/design/gb28181.md):
+    # backfill is null (not tried), running, filled, partial, none (the card has nothing), failed.
+    backfill: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    filled_by: Mapped[str | None] = mapped_column(String(16), nullable=True)  # camera_card
+    filled_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # footage written inside the gap
+    backfill_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class OnlineInterval(Base):

@@ -1,4 +1,4 @@
-"""gb28181: devices and their channels
+"""gb28181: devices and their channels; gaps filled from a camera's own recording
 
 Revision ID: 0005
 Revises: 0004
@@ -52,6 +52,18 @@ def upgrade() -> None:
     )
 
 
+    with op.batch_alter_table('gaps', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('backfill', sa.String(length=10), nullable=True))
+        batch_op.add_column(sa.Column('filled_by', sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column('filled_ms', sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column('backfill_detail', sa.Text(), nullable=True))
+
+
 def downgrade() -> None:
+    with op.batch_alter_table('gaps', schema=None) as batch_op:
+        batch_op.drop_column('backfill_detail')
+        batch_op.drop_column('filled_ms')
+        batch_op.drop_column('filled_by')
+        batch_op.drop_column('backfill')
     op.drop_table('gb_channels')
     op.drop_table('gb_devices')
