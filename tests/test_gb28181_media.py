@@ -724,3 +724,37 @@ def test_stop_unblocks_a_receiver_waiting_on_a_full_pipe() -> None:
     while os.read(read_fd, 1 << 16):
         pass  # and then the end of the pipe
     os.close(read_fd)
+
+
+def test_a_paused_reader_is_not_device_silence() -> None:
+    """The reader stops reading for longer than no_media_seconds while the device keeps sending: the
+    receiver waits for room in the pipe and then delivers everything."""
+    read_fd, write_fd = os.pipe()  # 64 KiB: fills at once
+    rx = MediaReceiver("tcp-passive", HOST, PORTS, write_fd, no_media_seconds=0.5)
+    rx.start()
+    noise = PsMuxer("h264")
+    packets = flat(rtp_of([noise.video(unit, i * FRAME_90K, key)
+                           for i, (unit, key) in enumerate(encoded_video("libx264", noise=True))]))
+    stream = framed(packets)  # ~1.5 MB
+    done = threading.Event()
+
+    def device() -> None:
+        with socket.create_connection((HOST, rx.port)) as conn:
+            conn.sendall(stream)
+            done.wait(10)
+
+    sender = threading.Thread(target=device, daemon=True)
+    sender.start()
+    try:
+        time.sleep(1.2)
+        assert rx.ended is None and rx.stats["packets"] > 0
+        reader = PipeReader(read_fd)
+        wait_until(lambda: rx.stats["packets"] == len(packets))
+        done.set()
+        found = reader.result()
+        assert found["video_pts"] == CLIP_PTS and found["frames"] == 30
+        assert rx.ended is not None and rx.ended[0] == "media_closed"
+    finally:
+        done.set()
+        rx.stop()
+        sender.join(5)

@@ -181,6 +181,7 @@ class MediaReceiver:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._started_mono = 0.0
+        self._sink_waited_mono = 0.0  # when the last wait for room in the pipe ended
         self._logged: set[str] = set()
         self._buffer = bytearray(TCP_CHUNK if transport != "udp" else DATAGRAM_BUFFER)
         self._out = bytearray()  # payload in order, not yet written to the sink
@@ -202,13 +203,17 @@ class MediaReceiver:
         if self._sock is not None:
             raise RuntimeError("this session is already connected")
         conn = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-        conn.setblocking(False)
+        try:
+            conn.setblocking(False)
+            peer = conn.getpeername()
+        except OSError:
+            conn.close()
+            raise
         with self._lock:
             if self._stopping or self.ended is not None:
                 conn.close()
                 raise RuntimeError("the receiver has stopped")
             self._sock = conn
-            peer = conn.getpeername()
             self.source = (peer[0], peer[1])
         self._wake()
 
@@ -232,11 +237,8 @@ class MediaReceiver:
             if thread.is_alive():
                 log.error("GB28181 media %s: the receiving thread did not stop within %g s", self.name,
                           JOIN_SECONDS)
-                return  # it still uses its fds: closing them under it could hit reused numbers
+                return  # it closes its fds when it ends: closing them under it could hit reused numbers
         self._close_all()
-        with self._lock:
-            os.close(self._wake_fd)
-            self._wake_fd = -1
 
     def wait_first_packet(self, timeout: float) -> bool:
         """True once a packet was accepted; False on timeout, or as soon as the receiver ends."""
@@ -273,8 +275,10 @@ class MediaReceiver:
             self._changed.notify_all()
         counts = ", ".join(f"{key} {value}" for key, value in self.stats.items() if value)
         if self.ended is not None:
-            log.warning("GB28181 media %s ended: %s (%s); %s", self.name, self.ended[0], self.ended[1],
-                        counts or "nothing received")
+            # A device closing its connection is how a playback or download ends; the rest are faults.
+            log.log(logging.INFO if self.ended[0] == "media_closed" else logging.WARNING,
+                    "GB28181 media %s ended: %s (%s); %s", self.name, self.ended[0], self.ended[1],
+                    counts or "nothing received")
         else:
             log.info("GB28181 media %s stopped; %s", self.name, counts or "nothing received")
 
@@ -285,7 +289,9 @@ class MediaReceiver:
             log.log(level, "GB28181 media %s: " + message, self.name, *args)
 
     def _silence_deadline(self) -> float:
-        return (self.last_packet_mono or self._started_mono) + self.no_media_seconds
+        # Time spent waiting for the reader is not the device's silence: its packets wait in the socket.
+        since = max(self.last_packet_mono or self._started_mono, self._sink_waited_mono)
+        return since + self.no_media_seconds
 
     def _poll(self, poller: select.poll, deadline: float | None) -> list[tuple[int, int]]:
         """Wait for events until the deadline (monotonic; None: no limit); leave at stop()."""
@@ -604,6 +610,7 @@ class MediaReceiver:
         for fd, _ in self._poll(poller, None):
             if fd == self._wake_fd:
                 self._clear_wake()  # connect() in tcp-active: the connection is picked up afterwards
+        self._sink_waited_mono = time.monotonic()
 
     def _close_sockets(self) -> None:
         for sock in (self._sock, self._listener):
@@ -611,11 +618,13 @@ class MediaReceiver:
                 sock.close()
 
     def _close_all(self) -> None:
+        """Close everything; idempotent. The thread does it when it ends, stop() when it never ran."""
         with self._lock:
             self._close_sockets()
-            if self._sink_fd >= 0:
-                try:
-                    os.close(self._sink_fd)
-                except OSError:
-                    pass
-                self._sink_fd = -1
+            for fd in (self._sink_fd, self._wake_fd):
+                if fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            self._sink_fd = self._wake_fd = -1
