@@ -53,6 +53,10 @@ MAX_DROPOUT = 3000
 # Sequence numbers of given-up holes remembered, to count their late arrivals as "late".
 GIVEN_UP_MEMORY = 1024
 DRAIN_PACKETS = 256  # datagrams read per wake-up before the payload is written out
+# After handling what arrived, let the next packets gather in the socket for this long: one wake-up
+# per few packets instead of one per packet halves the CPU per packet at camera rates (measured on 2
+# shared cores, 70 sessions of 180 packets/s: 24-33 -> 14-16 us/packet). Less than a frame at 25 fps.
+BATCH_SECONDS = 0.02
 DRAIN_CHUNKS = 8  # TCP reads per wake-up, likewise
 CONNECT_TIMEOUT = 5.0
 JOIN_SECONDS = 2.0
@@ -329,27 +333,32 @@ class MediaReceiver:
                 deadline = min(deadline, self._hole_since + REORDER_SECONDS)
             if time.monotonic() >= self._silence_deadline():
                 self._end_without_media()
+            received = 0
             for fd, _ in self._poll(poller, deadline):
                 if fd == self._wake_fd:
                     self._clear_wake()
                 else:
-                    self._drain_udp(sock, view)
+                    received = self._drain_udp(sock, view)
             if self._pending and time.monotonic() - self._hole_since >= REORDER_SECONDS:
                 self._give_up_holes()
             self._write_out()
+            if 0 < received < DRAIN_PACKETS:  # (a full drain means more is waiting: no pause)
+                time.sleep(BATCH_SECONDS)
 
-    def _drain_udp(self, sock: socket.socket, view: memoryview) -> None:
+    def _drain_udp(self, sock: socket.socket, view: memoryview) -> int:
+        """Handle the datagrams waiting in the socket (at most DRAIN_PACKETS); return how many."""
         now = time.monotonic()
-        for _ in range(DRAIN_PACKETS):
+        for count in range(DRAIN_PACKETS):
             try:
                 size, addr = sock.recvfrom_into(self._buffer)
             except BlockingIOError:
-                return
+                return count
             except OSError as exc:  # not expected on an unconnected socket; never fatal
                 self.stats["malformed"] += 1
                 self._once("recv_error", "receiving failed: %s", exc)
-                return
+                return count
             self._on_datagram(view, size, addr, now)
+        return DRAIN_PACKETS
 
     def _on_datagram(self, view: memoryview, size: int, addr: Any, now: float) -> None:
         try:
