@@ -30,9 +30,10 @@ Transport = Literal["udp", "tcp-passive", "tcp-active"]
 TRANSPORTS: tuple[str, ...] = ("udp", "tcp-passive", "tcp-active")
 
 # The pipe absorbs the reader's pauses (its C loop may stop for up to 0.5 s): at 4 Mbit/s that is
-# 250 KB. Linux caps unprivileged pipes at /proc/sys/fs/pipe-max-size (1 MiB by default) and, once a
-# user's pipes hold /proc/sys/fs/pipe-user-pages-soft (64 MiB by default) in all, refuses to grow more.
-PIPE_SIZE = 1 << 20
+# 250 KB; a longer wait is held by the socket's buffer (UDP_RCVBUF) or the device's TCP window. Not
+# more: once a user's pipes hold /proc/sys/fs/pipe-user-pages-soft (64 MiB by default, 16384 pages) in
+# all, Linux makes every new pipe one page, so 70 cameras of a worker (and two workers) must stay under.
+PIPE_SIZE = 256 * 1024
 # While the thread waits on the pipe, datagrams queue in the socket: 2 MiB is ~4 s at 4 Mbit/s (the
 # kernel caps it at net.core.rmem_max, and reports twice the value it grants).
 UDP_RCVBUF = 2 << 20
