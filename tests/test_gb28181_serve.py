@@ -60,7 +60,8 @@ def _wait(pred, timeout: float, what: str, log: Path | None = None):
 
 
 @pytest.fixture
-def rig(tmp_path: Path):
+def rig(tmp_path: Path, request):
+    gb_extra = getattr(request, "param", {"backfill": False})
     clip = pattern_clip(tmp_path / "cache", VideoFormat(320, 240, 15, 300, 15), 4.0)
     specs = _devices(clip)
     (dev1, ch1), (dev2, ch2) = (specs[0].device_id, specs[0].channels[0][0]), (specs[1].device_id,
@@ -87,7 +88,7 @@ def rig(tmp_path: Path):
         "gb28181": {"enabled": True, "sip_host": "127.0.0.1", "sip_port": sip_port, "server_id": SERVER_ID,
                     "domain": DOMAIN, "password": PASSWORD, "media_ports": [media, media + 30],
                     "keepalive_interval_seconds": 2, "keepalive_missed": 3, "no_media_seconds": 6,
-                    "invite_timeout_seconds": 4},
+                    "invite_timeout_seconds": 4, **gb_extra},
         "log_level": "INFO",
     }))
     env = {**os.environ, "VMS_CONFIG": str(config), "PYTHONPATH": str(REPO)}
@@ -213,3 +214,52 @@ def test_gb28181_cameras_are_recorded_like_rtsp_ones_through_faults_and_a_worker
     check = subprocess.run([str(REPO / ".venv/bin/vms"), "recordings", "check"], env=env, capture_output=True,
                            text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("rig", [{"backfill": True, "backfill_scan_seconds": 2, "backfill_delay_seconds": 1}],
+                         indirect=True)
+def test_a_link_outage_is_filled_from_the_cameras_card(rig):
+    """The camera's media stops for ~15 s (the link, not the camera: it records on its card); once it is
+    back the gap is filled from the card (RecordInfo, then a Download faster than real time) with
+    segments inside the gap, and the gap row says so."""
+    db, sim, log = rig["db"], rig["sim"], rig["log"]
+    station = STATIONS[0]
+    dev1 = rig["specs"][0].device_id
+    _wait(lambda: _complete_after(db, station, 0) >= 2, 90, "recording", log)
+    dropped_ms = int(time.time() * 1000)
+    sim.fault(dev1, "drop-media")
+    time.sleep(15)
+    sim.fault(dev1, "resume-media")
+    resumed_ms = int(time.time() * 1000)
+    _wait(lambda: _complete_after(db, station, resumed_ms) >= 1, 60, "recording again", log)
+    # The outage is one gap or several (the reason changes as the session retries: stalled, no_media...).
+    gaps = [g for g in _gap_rows(db, station) if g["end_ms"] and g["end_ms"] > dropped_ms]
+    assert gaps and {g["reason"] for g in gaps} <= {"no_media", "stalled", "stream_ended"}, gaps
+    outage = (gaps[0]["start_ms"], gaps[-1]["end_ms"])
+    assert outage[1] - outage[0] >= 12_000, gaps
+    ids = {g["id"] for g in gaps if g["end_ms"] - g["start_ms"] >= 2000}
+    done = _wait(lambda: (rows := [g for g in _gap_rows(db, station) if g["id"] in ids]) and all(
+        g["backfill"] not in (None, "running") for g in rows) and rows, 90, "every gap of the outage backfilled", log)
+    for g in done:
+        assert g["backfill"] == "filled" and g["filled_by"] == "camera_card", done
+    inside = [s for s in _segments(db, station) if outage[0] <= s[0] and s[1] <= outage[1]]
+    covered = sum(b - a for a, b, _, _ in inside)
+    # All of it but up to a GOP (1 s here) at the start of each gap's piece: a piece starts on a keyframe.
+    assert covered >= outage[1] - outage[0] - 1100 * len(done), (covered, outage, inside)
+    assert abs(covered - sum(g["filled_ms"] for g in done)) <= 10 * len(done)
+    # Segments of one camera never overlap, the filled ones included.
+    segs = _segments(db, station)
+    for (_a1, b1, _, p1), (a2, _b2, _, p2) in zip(segs, segs[1:], strict=False):
+        assert b1 <= a2, (p1, p2)
+    frames = 0
+    for _a, _b, _, rel in inside:
+        with av.open(str(rig["root"] / "recordings" / rel)) as container:
+            frames += sum(1 for p in container.demux(container.streams.video[0]) if p.size)
+    assert frames >= 0.9 * covered / 1000 * 15, (frames, covered)  # the footage is there, at 15 fps
+
+
+def _gap_rows(db: Database, station: str) -> list[dict]:
+    with db.session() as s:
+        return [{"id": g.id, "reason": g.reason, "start_ms": g.start_ms, "end_ms": g.end_ms, "backfill": g.backfill,
+                 "filled_by": g.filled_by, "filled_ms": g.filled_ms}
+                for g in s.execute(select(Gap).where(Gap.station_id == station).order_by(Gap.start_ms)).scalars()]

@@ -540,6 +540,12 @@ class Gb28181Settings(StrictModel):
                                     "media this long ends with reason no_media")
     requests_per_second: float = Field(default=20, gt=0, description="REGISTER/MESSAGE per source address, "
                                        "above this they are dropped")
+    backfill: bool = Field(default=True, description="fill a GB camera's link-outage gaps from its own recording "
+                                                     "(SD card) once it is back")
+    backfill_scan_seconds: float = Field(default=30, gt=0, le=3600, description="look for gaps to fill this often")
+    backfill_delay_seconds: float = Field(default=10, ge=0, le=3600,
+                                          description="wait this long after a gap ends (the card file closes)")
+    backfill_max_age_hours: float = Field(default=72, gt=0, le=24 * 30, description="older gaps are left alone")
 
     @model_validator(mode="after")
     def _ports_in_order(self) -> Gb28181Settings:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import socket
 import struct
 import threading
@@ -21,8 +22,9 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vms.core.clock import Clock, SystemClock
 from vms.core.settings import Settings
@@ -51,6 +53,21 @@ CATALOG_WAIT_S = 30.0  # a catalog answer whose pages stop coming is stored as i
 FLUSH_SEEN_S = 5.0
 MAX_RATE_ENTRIES = 10_000
 USER_AGENT = "vms-gb28181"
+
+
+def time_text(epoch_s: int, tz) -> str:
+    """GB's times in queries: local time, no zone."""
+    return datetime.fromtimestamp(epoch_s, tz).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def parse_time_text(text: str, tz) -> int | None:
+    try:
+        when = datetime.fromisoformat(text.strip().replace(" ", "T"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=tz)
+    return int(when.timestamp())
 
 
 def _gb_date() -> str:
@@ -86,7 +103,7 @@ class Dialog:
     device_id: str
     channel_id: str
     from_tag: str
-    owner: _ControlConn | None
+    owner: StreamOwner | None
     session: str  # the worker's id of the request
     purpose: str
     ssrc: str
@@ -111,6 +128,32 @@ class _CatalogCollector:
     sum_num: int
     items: dict[str, CatalogItem] = field(default_factory=dict)
     started_mono: float = 0.0
+
+
+class StreamOwner(Protocol):
+    """Who asked for a stream: a worker's control connection, or an in-process user (the backfill)."""
+
+    calls: set[str]
+
+    def send(self, message: dict[str, Any]) -> None: ...
+
+
+class LocalOwner:
+    """An in-process owner of streams: the server's answers and events arrive in `messages`."""
+
+    def __init__(self) -> None:
+        self.calls: set[str] = set()
+        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.messages.put(message)
+
+
+@dataclass
+class _RecordQuery:
+    future: asyncio.Future
+    sum_num: int | None = None
+    items: list[tuple[int, int]] = field(default_factory=list)
 
 
 class _ControlConn:
@@ -163,6 +206,7 @@ class GbServer:
         self._logged: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task] = set()
         self._abandoned: OrderedDict[str, str] = OrderedDict()  # call id -> device of INVITEs that timed out
+        self._record_queries: dict[int, _RecordQuery] = {}  # by SN
 
     # -- lifecycle (any thread) ------------------------------------------------------------------------
 
@@ -543,6 +587,8 @@ class GbServer:
             self.stats["keepalives"] += 1
         elif cmd == "Catalog" and kind == "Response":
             await self._catalog_page(link, root)
+        elif cmd == "RecordInfo" and kind == "Response":
+            self._record_page(root)
         elif cmd == "DeviceInfo" and kind == "Response":
             info = {c.tag: (c.text or "").strip() for c in root}
             await self._db(registry.note_device_info, device_id, info, self.clock.now_ms())
@@ -746,7 +792,61 @@ class GbServer:
                     self._end_dialog(dialog, "ingest_stopped", "the worker went away", send_bye=True)
             writer.close()
 
-    async def _play(self, conn: _ControlConn, req: dict[str, Any]) -> None:
+    async def request_stream(self, owner: StreamOwner, req: dict[str, Any]) -> None:
+        """An in-process request for a stream (the backfill): the answer and the stream's end go to owner."""
+        await self._play(owner, req)
+
+    async def hangup(self, call_id: str) -> None:
+        dialog = self.dialogs.get(call_id)
+        if dialog is not None:
+            self._end_dialog(dialog, "ingest_stopped", "the stream was ended here", send_bye=True)
+
+    async def record_info(self, device_id: str, channel_id: str, start_s: int, end_s: int,
+                          timeout: float = 15.0) -> list[tuple[int, int]] | None:
+        """What the camera's own recording (its card) holds of [start_s, end_s): (start_s, end_s) pieces.
+        None: the device is not registered or did not answer."""
+        link = self.links.get(device_id)
+        if link is None:
+            return None
+        sn = self._next_sn()
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._record_queries[sn] = _RecordQuery(future)
+        tz = self.settings.tz
+        fields = [("StartTime", time_text(start_s, tz)), ("EndTime", time_text(end_s, tz)), ("Secrecy", "0"),
+                  ("Type", "all")]
+        body = manscdp.build("Query", "RecordInfo", sn, channel_id, fields)
+        msg = self._request(link, "MESSAGE", device_id, body=body, content_type="Application/MANSCDP+xml")
+        try:
+            answer = await self._transaction(link, msg, timeout=8.0)
+            if answer is None or (answer.status or 0) >= 300:
+                return None
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            query = self._record_queries.get(sn)
+            if query is not None and query.items:
+                return sorted(query.items)  # pages stopped coming: what came
+            return None
+        finally:
+            self._record_queries.pop(sn, None)
+
+    def _record_page(self, root) -> None:
+        _, _, _, sn = manscdp.command(root)
+        query = self._record_queries.get(sn or -1)
+        if query is None or query.future.done():
+            return
+        sum_text = manscdp.child_text(root, "SumNum") or "0"
+        query.sum_num = int(sum_text) if sum_text.isdigit() else 0
+        records = manscdp.child(root, "RecordList")
+        tz = self.settings.tz
+        for item in list(records)[:manscdp.MAX_ITEMS_PER_MESSAGE] if records is not None else []:
+            start = parse_time_text(manscdp.child_text(item, "StartTime") or "", tz)
+            end = parse_time_text(manscdp.child_text(item, "EndTime") or "", tz)
+            if start is not None and end is not None and end > start:
+                query.items.append((start, end))
+        if len(query.items) >= query.sum_num:
+            query.future.set_result(sorted(query.items))
+
+    async def _play(self, conn: StreamOwner, req: dict[str, Any]) -> None:
         session = str(req.get("id", ""))
 
         def fail(reason: str, detail: str) -> None:

@@ -16,6 +16,7 @@ from vms.db.models import GbChannel, Station, SystemEvent
 from vms.ingest.supervisor import IngestSupervisor
 
 if TYPE_CHECKING:  # (imported when a station needs a simulated camera: it brings the clip encoders)
+    from vms.gb28181.backfill import BackfillService
     from vms.gb28181.server import GbServer
     from vms.simulate import Simulator
 
@@ -36,6 +37,7 @@ class RecordingService:
         self.simulate_mode = simulate
         self.simulator: Simulator | None = None
         self.gb_server: GbServer | None = None
+        self.backfill: BackfillService | None = None
         self.supervisor: IngestSupervisor | None = None
         self.workers = workers
         self.analysis = analysis
@@ -84,6 +86,10 @@ class RecordingService:
             # Before the workers: their GB cameras ask it for their streams.
             self.gb_server = GbServer(self.settings, self.db).start()
             sources["gb28181"] = GB28181_SOURCE
+            if self.settings.gb28181.backfill:
+                from vms.gb28181.backfill import BackfillService
+
+                self.backfill = BackfillService(self.settings, self.db, self.gb_server).start()
         factories = [LIVE_TAP_FACTORY]
         if self.analysis and self.settings.analysis.enabled:
             factories.append(ANALYSIS_FACTORY)
@@ -119,6 +125,8 @@ class RecordingService:
                 return
             if self.supervisor is not None:
                 self.supervisor.stop()
+            if self.backfill is not None:
+                self.backfill.stop()
             if self.gb_server is not None:
                 self.gb_server.stop()  # after the workers: their streams are hung up with them
             if self.simulator is not None:
