@@ -65,8 +65,25 @@ class BindIn(ApiModel):
     station_id: str | None = Field(default=None, pattern=STATION_ID_PATTERN, description="null: unbind")
 
 
+class ServerOut(ApiModel):
+    enabled: bool = Field(description="gb28181.enabled: whether the SIP server runs with vms serve / vms ingest")
+    server_id: str = Field(description="the SIP server ID devices are set to (their platform page)")
+    domain: str = Field(description="the SIP domain (realm)")
+    sip_host: str = Field(description="the address the SIP server binds (0.0.0.0: every address)")
+    sip_port: int
+    password_set: bool = Field(description="whether a global device password (gb28181.password) is set")
+
+
 def _view_error(exc: GbViewError) -> ApiError:
     return ApiError(exc.status, exc.code, str(exc))
+
+
+@router.get("/server", response_model=ServerOut)
+def get_server(ctx: Ctx, _admin: Admin) -> dict:
+    """What a device's platform-access page needs (never the password itself)."""
+    cfg = ctx.settings.gb28181
+    return {"enabled": cfg.enabled, "server_id": cfg.server_id, "domain": cfg.domain, "sip_host": cfg.sip_host,
+            "sip_port": cfg.sip_port, "password_set": cfg.password is not None}
 
 
 @router.get("/devices", response_model=list[DeviceOut])

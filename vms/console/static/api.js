@@ -1,6 +1,6 @@
 // Calls to the vms API (same origin; the login cookie authenticates every request).
 export class ApiError extends Error {
-  constructor(status, detail) { super(detail); this.status = status; }
+  constructor(status, detail, code = null) { super(detail); this.status = status; this.code = code; }
 }
 
 async function call(method, path, body) {
@@ -14,7 +14,7 @@ async function call(method, path, body) {
   if (!r.ok) {
     let detail = data && data.detail !== undefined ? data.detail : text;
     if (Array.isArray(detail)) detail = detail.map(d => `${(d.loc || []).join(".")}: ${d.msg}`).join("; ");
-    throw new ApiError(r.status, String(detail || r.statusText));
+    throw new ApiError(r.status, String(detail || r.statusText), data && typeof data.code === "string" ? data.code : null);
   }
   return data;
 }
@@ -23,6 +23,7 @@ export const api = {
   get: (p) => call("GET", p),
   post: (p, b) => call("POST", p, b ?? {}),
   patch: (p, b) => call("PATCH", p, b),
+  put: (p, b) => call("PUT", p, b),
   delete: (p) => call("DELETE", p),
 };
 

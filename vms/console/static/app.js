@@ -1,6 +1,7 @@
 // The web console: hash routes, one render function per page, plain DOM.
 import { api, ApiError, esc, localIso, localText, todayLocal, dayStartMs } from "./api.js";
 import { startWebRTC, startMSE } from "./live.js";
+import { renderGbPage } from "./gb28181.js";
 
 const main = document.getElementById("main");
 const STATE_TEXT = { recording: "录像中", offline: "离线", closed: "已关门", fault: "故障", disabled: "停用",
@@ -36,12 +37,15 @@ async function route() {
   document.getElementById("logout").hidden = !me;
   document.getElementById("who").textContent = me ? `${me.username}（${roleText(me.role)}）` : "";
   document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === page));
+  // Menu entries for a permission the role lacks are hidden (the API refuses those calls anyway).
+  document.querySelectorAll("#nav a[data-perm]").forEach((a) => { a.hidden = !can(a.dataset.perm); });
   try {
     if (page === "login") return renderLogin();
     if (page === "station" && arg) return await renderStation(decodeURIComponent(arg));
     if (page === "alarms") return await renderAlarms();
     if (page === "audits") return await renderAudits();
     if (page === "admin") return await renderAdmin();
+    if (page === "gb28181") return await renderGb();
     return await renderWall(arg ? decodeURIComponent(arg) : null);
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) { me = null; location.hash = "#/login"; return; }
@@ -648,6 +652,15 @@ function setupMaintenance(alive) {
     await load();
   };
   return { load, start };
+}
+
+// ---- 设备接入（国标）: GB/T 28181 devices, admins only (gb28181.js) ----------------------------------
+async function renderGb() {
+  if (!can("stations:write")) {
+    main.innerHTML = `<h2>设备接入（国标）</h2><p class="muted">仅管理员可管理国标设备接入</p>`;
+    return;
+  }
+  await renderGbPage(main, { onLeave: (f) => cleanup.push(f), loggedOut: () => { me = null; location.hash = "#/login"; } });
 }
 
 // ---- audits, users -------------------------------------------------------------------------------
