@@ -276,6 +276,9 @@ class Interval(ApiModel):
 class GapOut(Interval):
     reason: str
     detail: str | None = None
+    backfill: str | None = Field(default=None, description="GB28181 cameras: filled | partial | none | failed | "
+                                 "running, or null (not tried): the hole filled from the camera's own recording")
+    filled_ms: int | None = Field(default=None, description="footage filed inside the gap afterwards")
 
 
 class StateOut(Interval):
@@ -318,7 +321,8 @@ def timeline(station_id: StationId, ctx: Ctx, session: DbSession, principal: Sta
         return (select(model).where(model.station_id == station.id, model.start_ms < e,
                                     (model.end_ms.is_(None)) | (model.end_ms > s)).order_by(model.start_ms))
 
-    gaps = [{"start_ms": g.start_ms, "end_ms": g.end_ms, "reason": g.reason, "detail": g.detail}
+    gaps = [{"start_ms": g.start_ms, "end_ms": g.end_ms, "reason": g.reason, "detail": g.detail,
+             "backfill": g.backfill, "filled_ms": g.filled_ms}
             for g in session.scalars(overlapping(Gap).where(Gap.stream == "main"))]
     states = [{"start_ms": x.start_ms, "end_ms": x.end_ms, "state": x.state}
               for x in session.scalars(overlapping(StationState))]
