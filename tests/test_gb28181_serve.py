@@ -10,6 +10,8 @@ and its GB cameras record again.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import re
@@ -22,6 +24,7 @@ import av
 import httpx
 import psutil
 import pytest
+import websockets
 import yaml
 from sqlalchemy import select
 
@@ -113,6 +116,16 @@ def rig(tmp_path: Path, request):
         db.dispose()
 
 
+async def _watch_mse(base: str, token: str, station: str) -> tuple[dict, bytes]:
+    uri = base.replace("http://", "ws://") + f"/api/stations/{station}/live/mse"
+    async with websockets.connect(uri, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        header = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        data = b""
+        while len(data) < 60_000:
+            data += await asyncio.wait_for(ws.recv(), 10)
+    return header, data
+
+
 def _segments(db: Database, station: str) -> list[tuple[int, int, str, str]]:
     with db.session() as s:
         return [tuple(r) for r in s.execute(
@@ -169,6 +182,11 @@ def test_gb28181_cameras_are_recorded_like_rtsp_ones_through_faults_and_a_worker
     assert snap.status_code == 200 and snap.content[:2] == b"\xff\xd8"
     stations = httpx.get(f"{rig['base']}/api/stations", headers=headers).json()["stations"]
     assert {s["id"]: s["camera"]["state"] for s in stations}[tcp_station] == "streaming"
+    # Live view: the same tap as an RTSP camera's, here over the MSE fallback (fMP4 over a WebSocket).
+    header, data = asyncio.run(_watch_mse(rig["base"], token, tcp_station))
+    assert header["mime"].startswith('video/mp4; codecs="avc1.') and header["width"] == 320
+    with av.open(io.BytesIO(data)) as live:
+        assert sum(1 for _ in live.decode(video=0)) >= 15
 
     # The device hangs up: a gap says so, and the camera records again.
     before = int(time.time() * 1000)
