@@ -914,6 +914,40 @@ def test_playback_over_a_card_gap_skips_it(udp_env):
     assert len(jumps) == 1 and abs(jumps[0] / 90000 - 1800) < 2, "the timestamps jump over the gap"
 
 
+def test_playback_pause_play_scale_and_seek_by_info(udp_env):
+    p = udp_env.platform
+    sink = RtpSink("udp")
+
+    def info(call: Call, text: str) -> SipMessage | None:
+        call.cseq += 1
+        return p.send(call.dev, p.new_request(
+            "INFO", call.dev, uri_user=call.channel, from_=call.invite.header("From"), to=call.answer.header("To"),
+            call_id=call.invite.call_id, cseq=call.cseq, content_type="Application/MANSRTSP", body=text.encode()))
+
+    try:
+        call = p.invite(D1, channel(1, 1), sink.port, "udp", ssrc="1200000044", purpose="Playback",
+                        start_s=NOW - 900, end_s=NOW - 800)
+        sink.wait_packets(10, 3)
+        assert info(call, "PAUSE RTSP/1.0\r\nCSeq: 1\r\nPauseTime: now\r\n").status == 200
+        time.sleep(0.2)
+        paused = sink.count()
+        time.sleep(0.8)
+        assert sink.count() == paused, "paused"
+        assert info(call, "PLAY RTSP/1.0\r\nCSeq: 2\r\nRange: npt=60-\r\nScale: 2.0\r\n").status == 200
+        sink.wait_packets(paused + 10, 3)
+        resumed = time.monotonic()
+        time.sleep(1.5)
+        with sink.cond:
+            after = [pk for t, pk, _ in sink.packets if t >= resumed]
+        assert p.bye(call).status == 200
+    finally:
+        sink.close()
+    _, _, pts, _ = demux(sink.ps())
+    assert any(abs(b - 60 * 90000) < 90000 for b in pts), "the seek to npt=60 moved the timestamps"
+    seconds = (after[-1].timestamp - after[0].timestamp) / 90000
+    assert 2.2 <= seconds <= 3.6, f"Scale 2: 1.5 s of wall time carried {seconds:.1f} s of media"
+
+
 def test_wrong_password_gets_403_and_retries_no_faster_than_every_10_s(udp_env):
     p, sim = udp_env.platform, udp_env.sim
     assert sim.status()[D4]["registered"] is False
