@@ -81,9 +81,10 @@ class Platform:
     """Answers REGISTER (401 digest challenge, 200 or 403), MESSAGE and BYE with 200; learns each
     device's address from its latest request (as WVP does behind NAT); sends queries and INVITEs."""
 
-    def __init__(self, transport: str = "udp", password: str = PASSWORD) -> None:
+    def __init__(self, transport: str = "udp", password: str = PASSWORD, hang_up_on_refusal: bool = False) -> None:
         self.transport = transport
         self.password = password
+        self.hang_up_on_refusal = hang_up_on_refusal  # TCP: close the connection after a 403
         self.digest = DigestServer(DOMAIN)
         self.cond = threading.Condition()
         self.requests: list[Received] = []
@@ -131,20 +132,21 @@ class Platform:
 
     def _tcp_loop(self, conn: socket.socket, addr: tuple[str, int]) -> None:
         splitter = sip.StreamSplitter()
-        while not self.closed:
-            try:
-                data = conn.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            try:
-                messages = splitter.feed(data)
-            except SipError:
-                splitter = sip.StreamSplitter()
-                continue
-            for raw in messages:
-                self._on(raw, addr, conn, datagram=False)
+        with conn:
+            while not self.closed:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                try:
+                    messages = splitter.feed(data)
+                except SipError:
+                    splitter = sip.StreamSplitter()
+                    continue
+                for raw in messages:
+                    self._on(raw, addr, conn, datagram=False)
 
     def _on(self, data: bytes, addr: tuple[str, int], conn: socket.socket | None, datagram: bool) -> None:
         try:
@@ -197,6 +199,11 @@ class Platform:
             else:
                 resp = sip.response_to(msg, 403, to_tag=sip.new_tag())
         self._reply(resp, addr, conn)
+        if resp.status == 403 and conn is not None and self.hang_up_on_refusal:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:  # the device was quicker
+                pass
 
     def _reply(self, resp: SipMessage, addr, conn) -> None:
         self.send_raw(resp.encode(), addr, conn)
@@ -341,15 +348,16 @@ class RtpSink:
 
     def _tcp(self, conn: socket.socket, addr) -> None:
         deframer = Rfc4571Deframer()
-        while not self.closed:
-            try:
-                data = conn.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            for frame in deframer.feed(data):
-                self._add(frame, addr)
+        with conn:
+            while not self.closed:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                for frame in deframer.feed(data):
+                    self._add(frame, addr)
 
     def wait_packets(self, n: int, timeout: float = 5.0) -> None:
         with self.cond:
@@ -1001,6 +1009,24 @@ def test_sip_over_tcp_register_query_invite_and_rebind(clips):
     # only for its "imkh_cctv" flavour and otherwise guesses mp2: a platform must map 0x91 itself.
     psm = ps.index(b"\x00\x00\x01\xbc")
     assert b"\x91\xc0" in ps[psm:psm + 40]
+def test_sip_over_tcp_refused_and_hung_up_on_still_retries_no_faster_than_every_10_s(clips):
+    """A platform that closes the connection after its 403: the device reconnects, but registers again only
+    10 s after the refusal."""
+    platform = Platform("tcp", hang_up_on_refusal=True)
+    dev, _ = ids(8)
+    spec = GbDeviceSpec(dev, [(channel(8, 1), "x")], "wrong", clips["h264"], "h264", FPS)
+    with GbSimulator([spec], ("127.0.0.1", platform.port), SERVER_ID, DOMAIN, sip_transport="tcp") as sim:
+        try:
+            assert sim.status()[dev]["last_register_status"] == 403
+            platform.wait(lambda: len([r for r in platform.seen("REGISTER", dev)
+                                       if r.msg.header("Authorization")]) >= 2, 13)
+            tries = [r.t for r in platform.seen("REGISTER", dev) if r.msg.header("Authorization")]
+            assert tries[1] - tries[0] >= 9.9
+            assert len({r.addr for r in platform.seen("REGISTER", dev)}) >= 2, "a new connection each time"
+        finally:
+            platform.close()
+
+
 # -- the command line ---------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1032,12 +1058,19 @@ def test_cli_prints_the_urls_takes_faults_and_exits_0_on_sigterm(tmp_path, simul
         out = subprocess.run([*VMS, "simulate", "gb-fault", "stop-keepalive", d2, "--control-port",
                               str(control_port)], capture_output=True, text=True, env=env, timeout=30)
         assert out.returncode == 0 and "keepalives of" in out.stdout, out.stderr
-        out = subprocess.run([*VMS, "simulate", "status", "--control-port", str(control_port)],
-                             capture_output=True, text=True, env=env, timeout=30)
-        assert f"{d2}=registered,sessions:0" in out.stdout and "keepalive-stopped" in out.stdout
-        out = subprocess.run([*VMS, "simulate", "gb-fault", "rebind", "00000000000000000000", "--control-port",
-                              str(control_port)], capture_output=True, text=True, env=env, timeout=30)
-        assert out.returncode == 2 and "unknown device" in out.stderr
+        # the line protocol itself (each vms command costs seconds of imports on a loaded machine)
+        with socket.create_connection(("127.0.0.1", control_port), timeout=10) as conn, \
+                conn.makefile("rwb", buffering=0) as f:
+            f.write(b"status\n")
+            status = f.readline().decode().split()
+            f.write(b"rebind 00000000000000000000\n")
+            unknown = f.readline().decode()
+            f.write(b"rebind " + d1.encode() + b"\n")
+            rebound = f.readline().decode()
+        assert status[0] == "ok" and f"{d2}=registered,sessions:0,port:" in status[2]
+        assert status[2].endswith(",keepalive-stopped") and status[1].startswith(f"{d1}=registered,")
+        assert unknown.startswith("error unknown device")
+        assert rebound.startswith(f"ok {d1} rebound: SIP port ")
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0 and time.monotonic() - t0 < 10
