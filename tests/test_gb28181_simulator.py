@@ -26,7 +26,7 @@ import av
 import pytest
 
 from vms.gb28181 import manscdp, sip
-from vms.gb28181.digest import DigestServer, parse_digest
+from vms.gb28181.digest import DigestServer, authorization, digest_response, parse_digest
 from vms.gb28181.media import MediaReceiver, make_media_pipe
 from vms.gb28181.rtp import Rfc4571Deframer, RtpError, RtpPacket, parse_rtp
 from vms.gb28181.sdp import offer as sdp_offer
@@ -552,6 +552,20 @@ def test_record_info_covers_the_range_except_the_card_gaps(udp_env):
         else:
             merged.append([a, b])
     assert merged == [[start, GAP[0]], [GAP[1], end]]
+
+
+def test_the_device_side_digest_returns_the_opaque_and_answers_rfc_2069_challenges():
+    """digest.authorization (the device side): a challenge's opaque goes back unchanged (RFC 2617 3.2.2;
+    it was dropped, and a platform that sends one refuses the answer), and a challenge without qop is
+    answered without nc/cnonce."""
+    uri = f"sip:{SERVER_ID}@{DOMAIN}"
+    answer = parse_digest(authorization(f'Digest realm="{DOMAIN}", nonce="abc", qop="auth", opaque="x1,y"',
+                                        "REGISTER", uri, D1, PASSWORD, nc=3, cnonce="c"))
+    assert answer["opaque"] == "x1,y" and answer["nc"] == "00000003"
+    assert answer["response"] == digest_response(D1, DOMAIN, PASSWORD, "REGISTER", uri, "abc", "auth", "00000003", "c")
+    old_style = parse_digest(authorization(f'Digest realm="{DOMAIN}", nonce="abc"', "REGISTER", uri, D1, PASSWORD))
+    assert "qop" not in old_style and "nc" not in old_style and "opaque" not in old_style
+    assert old_style["response"] == digest_response(D1, DOMAIN, PASSWORD, "REGISTER", uri, "abc")
 
 
 # -- live media ---------------------------------------------------------------------------------------------
