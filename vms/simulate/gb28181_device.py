@@ -213,7 +213,12 @@ class _Device:
         self.offline = False
         self.unregistered = False
         # SIP
-        self.sip_port = 0
+        self.sip_port = 0  # the source port the platform sees
+        # The port the device writes in Via and Contact. Over UDP it stays the first one: a NAT rebinding
+        # changes the source port the platform sees, not what the device believes its address is, so the
+        # platform must answer to where requests come from (rport), as WVP does. Over TCP each
+        # connection has its own port.
+        self.own_port = 0
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_writer: asyncio.StreamWriter | None = None
         self._reg_call_id = sip.new_call_id(sim.host)
@@ -280,6 +285,7 @@ class _Device:
         transport, _ = await loop.create_datagram_endpoint(lambda: _UdpSip(self), local_addr=(self.sim.host, 0))
         old, self._udp = self._udp, transport
         self.sip_port = transport.get_extra_info("sockname")[1]
+        self.own_port = self.own_port or self.sip_port
         if old is not None:
             old.close()
 
@@ -293,7 +299,7 @@ class _Device:
             log.info("%s: cannot connect to the platform %s:%s over TCP: %s", self.id, host, port, exc)
             return False
         self._tcp_writer = writer
-        self.sip_port = writer.get_extra_info("sockname")[1]
+        self.sip_port = self.own_port = writer.get_extra_info("sockname")[1]
         self._spawn(self._tcp_read(reader, writer), "SIP over TCP")
         return True
 
@@ -379,10 +385,10 @@ class _Device:
             self._cseq += 1
             cseq = self._cseq
         return sip.request(
-            method, uri, via_host=self.sim.host, via_port=self.sip_port, transport=self.sim.sip_transport,
+            method, uri, via_host=self.sim.host, via_port=self.own_port, transport=self.sim.sip_transport,
             from_=from_ or f"<{self.aor}>;tag={from_tag or sip.new_tag()}", to=to,
             call_id=call_id or sip.new_call_id(self.sim.host), cseq=cseq,
-            contact=f"<sip:{self.id}@{self.sim.host}:{self.sip_port}>", body=body, content_type=content_type,
+            contact=f"<sip:{self.id}@{self.sim.host}:{self.own_port}>", body=body, content_type=content_type,
             extra=extra, user_agent=USER_AGENT)
 
     async def send_manscdp(self, body: bytes) -> SipMessage | None:
@@ -535,7 +541,7 @@ class _Device:
                 extra: list[tuple[str, str]] | None = None, contact: bool = False) -> bytes:
         resp = sip.response_to(request, status, reason, to_tag=to_tag)
         if contact:
-            resp.add_header("Contact", f"<sip:{self.id}@{self.sim.host}:{self.sip_port}>")
+            resp.add_header("Contact", f"<sip:{self.id}@{self.sim.host}:{self.own_port}>")
         for name, value in extra or []:
             resp.add_header(name, value)
         resp.add_header("User-Agent", USER_AGENT)
@@ -927,7 +933,7 @@ class _Device:
             b"NOT-SIP at all\r\n\r\n",
             b"MESSAGE sip:" + self.sim.server_id.encode() + b" SIP/2.0\r\nVia: nonsense\r\nContent-Length: 0\r\n\r\n",
             (f"MESSAGE {self.registrar_uri} SIP/2.0\r\nVia: SIP/2.0/{self.sim.sip_transport.upper()} "
-             f"{self.sim.host}:{self.sip_port};branch={sip.new_branch()}\r\nFrom: <{self.aor}>;tag={sip.new_tag()}"
+             f"{self.sim.host}:{self.own_port};branch={sip.new_branch()}\r\nFrom: <{self.aor}>;tag={sip.new_tag()}"
              f"\r\nTo: <{self.registrar_uri}>\r\nCall-ID: {sip.new_call_id(self.sim.host)}\r\nCSeq: x MESSAGE\r\n"
              f"Content-Type: {MANSCDP_TYPE}\r\nContent-Length: 9\r\n\r\n<Notify>&").encode(),
         ]
