@@ -54,6 +54,11 @@ MAX_DROPOUT = 3000
 GIVEN_UP_MEMORY = 1024
 DRAIN_PACKETS = 256  # datagrams read per wake-up before the payload is written out
 DRAIN_CHUNKS = 8  # TCP reads per wake-up, likewise
+# After handling what arrived, let the next packets gather in the socket for this long: one wake-up
+# per few packets instead of one per packet halves the CPU per packet at camera rates (measured on 2
+# shared cores, 70 sessions of 180 packets/s: UDP 24-33 -> 14-16 us/packet, TCP 56 -> 20). Less than a
+# frame interval at 25 fps.
+BATCH_SECONDS = 0.02
 CONNECT_TIMEOUT = 5.0
 JOIN_SECONDS = 2.0
 
@@ -181,6 +186,7 @@ class MediaReceiver:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._started_mono = 0.0
+        self._sink_waited_mono = 0.0  # when the last wait for room in the pipe ended
         self._logged: set[str] = set()
         self._buffer = bytearray(TCP_CHUNK if transport != "udp" else DATAGRAM_BUFFER)
         self._out = bytearray()  # payload in order, not yet written to the sink
@@ -202,13 +208,17 @@ class MediaReceiver:
         if self._sock is not None:
             raise RuntimeError("this session is already connected")
         conn = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-        conn.setblocking(False)
+        try:
+            conn.setblocking(False)
+            peer = conn.getpeername()
+        except OSError:
+            conn.close()
+            raise
         with self._lock:
             if self._stopping or self.ended is not None:
                 conn.close()
                 raise RuntimeError("the receiver has stopped")
             self._sock = conn
-            peer = conn.getpeername()
             self.source = (peer[0], peer[1])
         self._wake()
 
@@ -232,11 +242,8 @@ class MediaReceiver:
             if thread.is_alive():
                 log.error("GB28181 media %s: the receiving thread did not stop within %g s", self.name,
                           JOIN_SECONDS)
-                return  # it still uses its fds: closing them under it could hit reused numbers
+                return  # it closes its fds when it ends: closing them under it could hit reused numbers
         self._close_all()
-        with self._lock:
-            os.close(self._wake_fd)
-            self._wake_fd = -1
 
     def wait_first_packet(self, timeout: float) -> bool:
         """True once a packet was accepted; False on timeout, or as soon as the receiver ends."""
@@ -273,8 +280,10 @@ class MediaReceiver:
             self._changed.notify_all()
         counts = ", ".join(f"{key} {value}" for key, value in self.stats.items() if value)
         if self.ended is not None:
-            log.warning("GB28181 media %s ended: %s (%s); %s", self.name, self.ended[0], self.ended[1],
-                        counts or "nothing received")
+            # A device closing its connection is how a playback or download ends; the rest are faults.
+            log.log(logging.INFO if self.ended[0] == "media_closed" else logging.WARNING,
+                    "GB28181 media %s ended: %s (%s); %s", self.name, self.ended[0], self.ended[1],
+                    counts or "nothing received")
         else:
             log.info("GB28181 media %s stopped; %s", self.name, counts or "nothing received")
 
@@ -285,7 +294,9 @@ class MediaReceiver:
             log.log(level, "GB28181 media %s: " + message, self.name, *args)
 
     def _silence_deadline(self) -> float:
-        return (self.last_packet_mono or self._started_mono) + self.no_media_seconds
+        # Time spent waiting for the reader is not the device's silence: its packets wait in the socket.
+        since = max(self.last_packet_mono or self._started_mono, self._sink_waited_mono)
+        return since + self.no_media_seconds
 
     def _poll(self, poller: select.poll, deadline: float | None) -> list[tuple[int, int]]:
         """Wait for events until the deadline (monotonic; None: no limit); leave at stop()."""
@@ -323,27 +334,32 @@ class MediaReceiver:
                 deadline = min(deadline, self._hole_since + REORDER_SECONDS)
             if time.monotonic() >= self._silence_deadline():
                 self._end_without_media()
+            received = 0
             for fd, _ in self._poll(poller, deadline):
                 if fd == self._wake_fd:
                     self._clear_wake()
                 else:
-                    self._drain_udp(sock, view)
+                    received = self._drain_udp(sock, view)
             if self._pending and time.monotonic() - self._hole_since >= REORDER_SECONDS:
                 self._give_up_holes()
             self._write_out()
+            if 0 < received < DRAIN_PACKETS:  # (a full drain means more is waiting: no pause)
+                time.sleep(BATCH_SECONDS)
 
-    def _drain_udp(self, sock: socket.socket, view: memoryview) -> None:
+    def _drain_udp(self, sock: socket.socket, view: memoryview) -> int:
+        """Handle the datagrams waiting in the socket (at most DRAIN_PACKETS); return how many."""
         now = time.monotonic()
-        for _ in range(DRAIN_PACKETS):
+        for count in range(DRAIN_PACKETS):
             try:
                 size, addr = sock.recvfrom_into(self._buffer)
             except BlockingIOError:
-                return
+                return count
             except OSError as exc:  # not expected on an unconnected socket; never fatal
                 self.stats["malformed"] += 1
                 self._once("recv_error", "receiving failed: %s", exc)
-                return
+                return count
             self._on_datagram(view, size, addr, now)
+        return DRAIN_PACKETS
 
     def _on_datagram(self, view: memoryview, size: int, addr: Any, now: float) -> None:
         try:
@@ -475,16 +491,19 @@ class MediaReceiver:
             if time.monotonic() >= self._silence_deadline():
                 self._end_without_media()
             closed: str | None = None
+            received = 0
             for fd, _ in self._poll(poller, self._silence_deadline()):
                 if fd == self._wake_fd:
                     self._clear_wake()
                 elif self._listener is not None and fd == self._listener.fileno():
                     self._accept()
                 elif conn is not None and fd == conn.fileno():
-                    closed = self._drain_tcp(conn, view, deframer)
+                    received, closed = self._drain_tcp(conn, view, deframer)
             self._write_out()
             if closed is not None:
                 raise _Ended("media_closed", closed)
+            if 0 < received < DRAIN_CHUNKS * len(self._buffer):  # as for UDP
+                time.sleep(BATCH_SECONDS)
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -506,18 +525,21 @@ class MediaReceiver:
         self.source = (str(addr[0]), int(addr[1]))
         log.info("GB28181 media %s: device connected from %s:%s", self.name, *addr[:2])
 
-    def _drain_tcp(self, conn: socket.socket, view: memoryview, deframer: Rfc4571Deframer) -> str | None:
-        """Read what has arrived; return why the connection is over, if it is."""
+    def _drain_tcp(self, conn: socket.socket, view: memoryview, deframer: Rfc4571Deframer) -> tuple[int, str | None]:
+        """Read what has arrived (at most DRAIN_CHUNKS buffers); return the bytes read and why the
+        connection is over, if it is."""
         now = time.monotonic()
+        received = 0
         for _ in range(DRAIN_CHUNKS):
             try:
                 size = conn.recv_into(self._buffer)
             except BlockingIOError:
-                return None
+                return received, None
             except OSError as exc:
-                return f"the TCP connection failed: {exc.strerror or exc}"
+                return received, f"the TCP connection failed: {exc.strerror or exc}"
             if size == 0:
-                return "the device closed the TCP connection"
+                return received, "the device closed the TCP connection"
+            received += size
             skipped = deframer.skipped_bytes
             frames = deframer.feed(view[:size])
             if deframer.skipped_bytes != skipped:
@@ -525,7 +547,7 @@ class MediaReceiver:
                 self._once("tcp_framing", "the TCP stream lost its RTP framing; skipping bytes to the next frame")
             for frame in frames:
                 self._on_frame(frame, now)
-        return None
+        return received, None
 
     def _on_frame(self, frame: bytes, now: float) -> None:
         try:
@@ -604,6 +626,7 @@ class MediaReceiver:
         for fd, _ in self._poll(poller, None):
             if fd == self._wake_fd:
                 self._clear_wake()  # connect() in tcp-active: the connection is picked up afterwards
+        self._sink_waited_mono = time.monotonic()
 
     def _close_sockets(self) -> None:
         for sock in (self._sock, self._listener):
@@ -611,11 +634,13 @@ class MediaReceiver:
                 sock.close()
 
     def _close_all(self) -> None:
+        """Close everything; idempotent. The thread does it when it ends, stop() when it never ran."""
         with self._lock:
             self._close_sockets()
-            if self._sink_fd >= 0:
-                try:
-                    os.close(self._sink_fd)
-                except OSError:
-                    pass
-                self._sink_fd = -1
+            for fd in (self._sink_fd, self._wake_fd):
+                if fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            self._sink_fd = self._wake_fd = -1
