@@ -130,4 +130,6 @@ def authorization(challenge: str, method: str, uri: str, username: str, password
             f'response="{response}", algorithm=MD5')
     if qop:
         text += f', qop=auth, nc={nc_text}, cnonce="{cnonce}"'
+    if "opaque" in fields:  # RFC 2617 3.2.2: returned unchanged (platforms other than WVP send one)
+        text += f', opaque="{fields["opaque"]}"'
     return text

@@ -213,7 +213,12 @@ class _Device:
         self.offline = False
         self.unregistered = False
         # SIP
-        self.sip_port = 0
+        self.sip_port = 0  # the source port the platform sees
+        # The port the device writes in Via and Contact. Over UDP it stays the first one: a NAT rebinding
+        # changes the source port the platform sees, not what the device believes its address is, so the
+        # platform must answer to where requests come from (rport), as WVP does. Over TCP each
+        # connection has its own port.
+        self.own_port = 0
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_writer: asyncio.StreamWriter | None = None
         self._reg_call_id = sip.new_call_id(sim.host)
@@ -228,6 +233,7 @@ class _Device:
         self._answered: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
         self._reg_task: asyncio.Task | None = None
+        self._next_try = 0.0  # monotonic time before which no new registration is tried
         self._closed = False
 
     @property
@@ -246,9 +252,15 @@ class _Device:
         for session in list(self.sessions.values()):
             self._end_session(session)
         tasks = [t for t in self._tasks if not t.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(3):  # a task may absorb a cancellation (library code): ask again
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=1.0) if tasks else (set(), set())
+            tasks = list(pending)
+            if not tasks:
+                break
+        else:
+            log.warning("%s: %d task(s) would not stop", self.id, len(tasks))
         if self._udp is not None:
             self._udp.close()
         self._close_tcp()
@@ -273,6 +285,7 @@ class _Device:
         transport, _ = await loop.create_datagram_endpoint(lambda: _UdpSip(self), local_addr=(self.sim.host, 0))
         old, self._udp = self._udp, transport
         self.sip_port = transport.get_extra_info("sockname")[1]
+        self.own_port = self.own_port or self.sip_port
         if old is not None:
             old.close()
 
@@ -280,13 +293,13 @@ class _Device:
         self._close_tcp()
         host, port = self.sim.server
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, local_addr=(self.sim.host, 0)), 5.0)
+            async with asyncio.timeout(5.0):  # not wait_for: in 3.11 it can swallow a cancellation
+                reader, writer = await asyncio.open_connection(host, port, local_addr=(self.sim.host, 0))
         except (TimeoutError, OSError) as exc:
             log.info("%s: cannot connect to the platform %s:%s over TCP: %s", self.id, host, port, exc)
             return False
         self._tcp_writer = writer
-        self.sip_port = writer.get_extra_info("sockname")[1]
+        self.sip_port = self.own_port = writer.get_extra_info("sockname")[1]
         self._spawn(self._tcp_read(reader, writer), "SIP over TCP")
         return True
 
@@ -315,6 +328,8 @@ class _Device:
                     self.on_data(raw, addr, datagram=False)
         except OSError as exc:
             log.info("%s: SIP connection: %s", self.id, exc)
+        finally:
+            writer.close()
         if self._tcp_writer is writer and not self._closed:  # lost, not closed by us
             self._tcp_writer = None
             self.registered = False
@@ -350,7 +365,10 @@ class _Device:
                 if wait <= 0:
                     return None
                 try:
-                    return await asyncio.wait_for(asyncio.shield(future), wait)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result and drops
+                    # a cancellation that comes as the answer does (close() then hung for 10 s)
+                    async with asyncio.timeout(wait):
+                        return await asyncio.shield(future)
                 except TimeoutError:
                     if self.udp:
                         self.send_raw(data, addr)  # from the current socket: after a rebind, the new one
@@ -367,10 +385,10 @@ class _Device:
             self._cseq += 1
             cseq = self._cseq
         return sip.request(
-            method, uri, via_host=self.sim.host, via_port=self.sip_port, transport=self.sim.sip_transport,
+            method, uri, via_host=self.sim.host, via_port=self.own_port, transport=self.sim.sip_transport,
             from_=from_ or f"<{self.aor}>;tag={from_tag or sip.new_tag()}", to=to,
             call_id=call_id or sip.new_call_id(self.sim.host), cseq=cseq,
-            contact=f"<sip:{self.id}@{self.sim.host}:{self.sip_port}>", body=body, content_type=content_type,
+            contact=f"<sip:{self.id}@{self.sim.host}:{self.own_port}>", body=body, content_type=content_type,
             extra=extra, user_agent=USER_AGENT)
 
     async def send_manscdp(self, body: bytes) -> SipMessage | None:
@@ -394,6 +412,9 @@ class _Device:
             self._reg_task = None
 
     async def _register_loop(self) -> None:
+        # However the loop was restarted (a lost connection, unanswered keepalives), a refused or
+        # unanswered registration is not tried again within REGISTER_RETRY_S.
+        await asyncio.sleep(max(0.0, self._next_try - time.monotonic()))
         while True:
             status, granted = await self._register(self.sim.register_expires)
             self.first_try.set()
@@ -401,6 +422,7 @@ class _Device:
                 # refresh before expiry: halfway for short registrations, a minute early for long ones
                 await asyncio.sleep(max(1.0, granted - min(60.0, granted / 2)))
             else:
+                self._next_try = time.monotonic() + REGISTER_RETRY_S
                 await asyncio.sleep(REGISTER_RETRY_S)
 
     async def _register(self, expires: int) -> tuple[int | str, int]:
@@ -519,7 +541,7 @@ class _Device:
                 extra: list[tuple[str, str]] | None = None, contact: bool = False) -> bytes:
         resp = sip.response_to(request, status, reason, to_tag=to_tag)
         if contact:
-            resp.add_header("Contact", f"<sip:{self.id}@{self.sim.host}:{self.sip_port}>")
+            resp.add_header("Contact", f"<sip:{self.id}@{self.sim.host}:{self.own_port}>")
         for name, value in extra or []:
             resp.add_header(name, value)
         resp.add_header("User-Agent", USER_AGENT)
@@ -721,8 +743,6 @@ class _Device:
         elif session.transport == "tcp-active":
             lines += ["a=setup:passive", "a=connection:new"]
         lines.append(f"y={y}")
-        codec = "5" if self.clip.codec == "hevc" else "2"
-        lines.append(f"f=v/{codec}/////a/{'1' if self.spec.audio else ''}//")
         session.answer = ("\r\n".join(lines) + "\r\n").encode("ascii")
         if session.call_id not in self.sessions:  # a BYE or CANCEL came meanwhile
             session.sender.close()
@@ -849,7 +869,7 @@ class _Device:
         if action == "password":
             if not value or any(c.isspace() or c in '"\\' for c in value):
                 raise GbSimulatorError("password needs a value without spaces, quotes or backslashes")
-            self.password, self._challenge = value, None
+            self.password, self._challenge, self._next_try = value, None, 0.0
             return f"password of {self.id} changed"
         if action == "garbage":
             return self._garbage()
@@ -867,7 +887,7 @@ class _Device:
             self.registered = False
             return f"{self.id} unregistered ({self.last_register_status})"
         if action == "register":
-            self.unregistered = False
+            self.unregistered, self._next_try = False, 0.0
             self._restart_registration()
             return f"{self.id} registering"
         if action == "offline":
@@ -882,6 +902,7 @@ class _Device:
             if not self.offline and not self.unregistered:
                 return f"{self.id} is online"
             self.offline = self.unregistered = False
+            self._next_try = 0.0
             # a rebooted device: new registration dialog, new challenge, a new connection
             self._reg_call_id, self._reg_tag, self._challenge = sip.new_call_id(self.sim.host), sip.new_tag(), None
             if self.udp:
@@ -912,7 +933,7 @@ class _Device:
             b"NOT-SIP at all\r\n\r\n",
             b"MESSAGE sip:" + self.sim.server_id.encode() + b" SIP/2.0\r\nVia: nonsense\r\nContent-Length: 0\r\n\r\n",
             (f"MESSAGE {self.registrar_uri} SIP/2.0\r\nVia: SIP/2.0/{self.sim.sip_transport.upper()} "
-             f"{self.sim.host}:{self.sip_port};branch={sip.new_branch()}\r\nFrom: <{self.aor}>;tag={sip.new_tag()}"
+             f"{self.sim.host}:{self.own_port};branch={sip.new_branch()}\r\nFrom: <{self.aor}>;tag={sip.new_tag()}"
              f"\r\nTo: <{self.registrar_uri}>\r\nCall-ID: {sip.new_call_id(self.sim.host)}\r\nCSeq: x MESSAGE\r\n"
              f"Content-Type: {MANSCDP_TYPE}\r\nContent-Length: 9\r\n\r\n<Notify>&").encode(),
         ]

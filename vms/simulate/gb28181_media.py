@@ -251,7 +251,8 @@ class MediaSender:
             self._bound = None
             sock.setblocking(False)
             try:
-                await asyncio.wait_for(loop.sock_connect(sock, self.target.remote), TCP_CONNECT_TIMEOUT_S)
+                async with asyncio.timeout(TCP_CONNECT_TIMEOUT_S):  # not wait_for (3.11 drops cancellations)
+                    await loop.sock_connect(sock, self.target.remote)
             except BaseException:
                 sock.close()
                 raise
@@ -260,7 +261,8 @@ class MediaSender:
             self.stats.remote = self.target.remote
         elif self.target.transport == "tcp-active":
             assert self._accepted is not None
-            _, writer = await asyncio.wait_for(asyncio.shield(self._accepted), TCP_ACCEPT_TIMEOUT_S)
+            async with asyncio.timeout(TCP_ACCEPT_TIMEOUT_S):
+                _, writer = await asyncio.shield(self._accepted)
             self._writer = writer
             peer = writer.get_extra_info("peername")
             self.stats.remote = (peer[0], peer[1]) if peer else None
@@ -319,7 +321,16 @@ class MediaSender:
     async def run(self) -> None:
         """Send until the range ends (playback) or the task is cancelled (live, BYE)."""
         loop = asyncio.get_running_loop()
-        await self._connect()
+        for attempt in range(TCP_RECONNECTS + 1):
+            try:
+                await self._connect()
+                break
+            except (OSError, TimeoutError) as exc:
+                if self.target.transport != "tcp-passive" or attempt == TCP_RECONNECTS:
+                    raise
+                log.info("RTP connection to %s failed (%s); trying again", self.target.remote, exc)
+                self.stats.reconnects += 1
+                await asyncio.sleep(TCP_RECONNECT_GAP_S)
         events = self._events(None)
         origin: float | None = None  # the first event's t (live: pts 0)
         anchor_wall = loop.time()
