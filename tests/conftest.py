@@ -126,7 +126,8 @@ def _hypothesis_files_in_the_temp_dir(tmp_path_factory) -> None:
 # collection order, so the longest ones go first: the compressed soak alone takes five minutes, and
 # started last it would be the whole run's tail.
 LONGEST_FILES_FIRST = (
-    "test_soak.py", "test_outage_database.py", "test_ingest_health.py", "test_ingest_recording.py",
+    "test_soak.py", "test_gb28181_serve.py", "test_outage_database.py", "test_ingest_health.py",
+    "test_ingest_recording.py",
     "test_ingest_crash.py", "test_outage_clock.py", "test_api_limits_serve.py", "test_outage_volume.py",
     "test_ingest_reconnect_rtsp.py", "test_console_browser.py", "test_recording_audio.py",
 )
