@@ -110,7 +110,9 @@ def put_binding(device_id: DeviceId, channel_id: ChannelId, body: BindIn, ctx: C
     session.commit()
 
 
-@router.post("/devices/{device_id}/catalog", status_code=202)
+@router.post("/devices/{device_id}/catalog", status_code=202, responses={
+    409: {"description": "the device is not registered (code gb_device_offline)"},
+    503: {"description": "no GB28181 SIP server runs on this machine (code gb_server_unavailable)"}})
 async def post_catalog(device_id: DeviceId, ctx: Ctx, _admin: Admin) -> dict:
     try:
         ok = await run_in_threadpool(ask_catalog, ctx.settings, device_id, 10.0)
