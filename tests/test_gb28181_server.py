@@ -343,6 +343,35 @@ def _garbage_is_counted(gb: GbServer, devices: list[Device], raw: bytes, name: s
     assert gb.online(DEV1) and d.port
 
 
+# What the parser used to let through as another exception than SipError: uncaught in the datagram callback
+# (a traceback logged per datagram, nothing counted) and, over TCP, the end of the device's connection.
+PARSER_TRAPS = {
+    "binary in a header": _good_register_text(1).encode().replace(b"tag=1", b"tag=\xff\xfe\x00\x01"),
+    "superscript digit in CSeq": _good_register_text(1, CSeq="\u00b2 REGISTER").encode(),
+    "superscript digit in Content-Length": _good_register_text(1, **{"Content-Length": "\u00b2"}).encode(),
+    "superscript digit in the Via port": _good_register_text(1, Via="SIP/2.0/UDP 127.0.0.1:\u00b9;branch=z9hG4bKx")
+    .encode(),
+    "empty Via": _good_register_text(1, Via="").encode(),
+    "Via of commas": _good_register_text(1, Via=", ,").encode(),
+    "response with an empty Via": b"SIP/2.0 200 OK\r\nFrom: <sip:a@b>\r\nTo: <sip:a@b>\r\nCall-ID: 1\r\n"
+                                  b"CSeq: 1 INVITE\r\nVia: , \r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(PARSER_TRAPS))
+def test_sip_the_parser_choked_on_is_counted_as_malformed(gb, devices, name):
+    _garbage_is_counted(gb, devices, PARSER_TRAPS[name], name)
+    if name == "superscript digit in Content-Length":
+        return  # over TCP a stream without a length cannot be framed: that connection ends
+    # over TCP the connection goes on: the next message on it is answered
+    tcp = socket.create_connection(("127.0.0.1", gb.port), timeout=5)
+    try:
+        tcp.sendall(PARSER_TRAPS[name] + _good_register_text(1).replace("UDP", "TCP").encode())
+        assert tcp.recv(65536).startswith(b"SIP/2.0 401")
+    finally:
+        tcp.close()
+
+
 HOSTILE_BODIES = {
     "billion laughs": b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;'
                       b'&lol;&lol;&lol;&lol;&lol;&lol;&lol;"><!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>'
