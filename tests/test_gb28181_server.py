@@ -531,6 +531,22 @@ def test_an_answered_invite_and_the_worker_going_away_hangs_up(gb, devices, cont
     wait_for(lambda: gb.dialogs == {}, what="dialog gone")
 
 
+def test_an_answer_with_an_unusable_sdp_is_hung_up(gb, devices, control):
+    """A media port written with a non-ASCII digit ("15²060") passed str.isdigit() and broke int() in the
+    SDP parser: the worker never got an answer and the device's stream was never hung up."""
+    d = _registered(gb, devices)
+    _play(control)
+    invite = d.wait_request("INVITE")
+    d.answer(invite, 200, body=ANSWER_SDP.replace(b"15060", "15²060".encode()), content_type="APPLICATION/SDP")
+    while "ok" not in (answer := control.recv()):  # an "ended" event may come first
+        assert answer["reason"] == "bad_stream"
+    assert (answer["ok"], answer["reason"]) == (False, "bad_stream")
+    assert d.wait_request("ACK") is not None
+    bye = d.wait_request("BYE")
+    assert bye is not None and bye.call_id == invite.call_id
+    d.answer(bye, 200)
+
+
 def test_the_device_hanging_up_ends_the_stream_for_the_worker(gb, devices, control):
     d = _registered(gb, devices)
     _play(control)
