@@ -372,6 +372,36 @@ def test_sip_the_parser_choked_on_is_counted_as_malformed(gb, devices, name):
         tcp.close()
 
 
+def test_a_digest_with_non_ascii_is_forbidden_not_a_server_error(gb, devices):
+    """hmac.compare_digest raises TypeError on non-ASCII text: that was a 500 and a logged traceback."""
+    accept(gb, DEV1)
+    d = _device(gb, devices, DEV1)
+    first = d.challenge()
+    nonce = parse_digest(first.header("WWW-Authenticate") or "")["nonce"]
+    for auth in (f'Digest username="{DEV1}", realm="{DOMAIN}", nonce="{nonce}", uri="{REGISTRAR}", '
+                 f'response="é{"0" * 31}", algorithm=MD5, qop=auth, nc=00000001, cnonce="x"',
+                 f'Digest username="{DEV1}", realm="{DOMAIN}", nonce="{nonce}é", uri="{REGISTRAR}", '
+                 f'response="{"0" * 32}", algorithm=MD5'):
+        resp = d.transact(d.build("REGISTER", auth=auth))
+        assert resp.status in (401, 403), resp.describe()
+    assert not gb.online(DEV1)
+
+
+def test_a_digest_over_a_nonce_we_never_gave_is_challenged_and_not_recorded(gb, devices):
+    """A wrong answer over a nonce that is not ours (the sender never got our challenge: a forged source
+    address) is challenged again; it used to be judged a wrong password and add a refused device row, so
+    one spoofed datagram per ID could fill the device list."""
+    d = _device(gb, devices, DEV2)
+    forged = authorization(f'Digest realm="{DOMAIN}", nonce="{"0" * 40}", qop="auth"', "REGISTER", REGISTRAR, DEV2,
+                           "guess")
+    resp = d.transact(d.build("REGISTER", auth=forged))
+    assert resp.status == 401
+    time.sleep(0.3)
+    assert device_row(gb, DEV2) is None
+    assert d.register(password="guess").status == 403  # over our nonce, a wrong password is one
+    assert "wrong password" in wait_for(lambda: device_row(gb, DEV2), what="refused row").refused_reason
+
+
 HOSTILE_BODIES = {
     "billion laughs": b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;'
                       b'&lol;&lol;&lol;&lol;&lol;&lol;&lol;"><!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>'
