@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from tests.gb28181_support import (
     DOMAIN,
@@ -35,6 +36,7 @@ from tests.gb28181_support import (
 )
 from vms.db.engine import Database
 from vms.db.migrate import upgrade
+from vms.db.models import GbDevice
 from vms.gb28181.digest import authorization, parse_digest
 from vms.gb28181.server import GbServer
 from vms.gb28181.sip import SipMessage, new_tag
@@ -195,6 +197,15 @@ def test_a_station_url_makes_the_device_known(gb, devices):
         s.add(Station(id="gb-test", name="GB test", level="village", town="test", main_url=f"gb28181://{DEV2}/{channel_id(2)}"))
     d = _device(gb, devices, DEV2)
     assert d.register().status == 200 and gb.online(DEV2)
+
+
+def test_a_device_id_that_is_not_20_ascii_digits_is_refused(gb, devices):
+    """Unicode digits pass str.isdigit(): a fullwidth ID must not become a device row."""
+    fullwidth = "".join(chr(0xFF10 + int(c)) for c in DEV1)
+    d = _device(gb, devices, fullwidth)
+    assert d.transact(d.build("REGISTER")).status == 400
+    with gb.db.session() as s:
+        assert s.execute(select(GbDevice)).first() is None
 
 
 # -- NAT, keepalive, MESSAGE --------------------------------------------------------------------------------

@@ -428,7 +428,7 @@ class GbServer:
 
     async def _on_register(self, msg: SipMessage, addr, transport, writer) -> None:
         device_id = msg.from_.uri.user or ""
-        if not (device_id.isdigit() and len(device_id) == 20):
+        if not (device_id.isascii() and device_id.isdigit() and len(device_id) == 20):
             self._reply(msg, 400, addr, transport, writer, reason="Device ID must be 20 digits")
             return
         expires_text = msg.header("Expires")
