@@ -179,6 +179,20 @@ def test_expires_zero_unregisters(gb, devices):
     assert row.refused_reason == "unregistered"
 
 
+def test_a_huge_expires_is_shortened_not_a_server_error(gb, devices):
+    """RFC 3261 10.3: the registrar may shorten an expiry. A device asking for 10^20 s used to get a 200 and
+    then a 500 (SQLite cannot store the expiry in ms), with its row never marked online."""
+    accept(gb, DEV1)
+    d = _device(gb, devices, DEV1)
+    resp = d.register(expires=10 ** 20)
+    assert resp.status == 200
+    granted = int(resp.header("Expires") or "0")
+    assert 60 <= granted <= 7 * 86400
+    assert d.next(lambda m: not m.is_request and m.status >= 300, timeout=0.5) is None  # no second answer
+    row = wait_for(lambda: (r := device_row(gb, DEV1)).state == "online" and r, what="online")
+    assert row.expires_ms - row.registered_ms == granted * 1000
+
+
 def test_unknown_device_with_the_right_password_is_refused_and_listed(gb, devices):
     d = _device(gb, devices, DEV3)  # not accepted, no station names it
     assert d.register().status == 403

@@ -50,6 +50,7 @@ TRANSACTION_TIMEOUT = 32.0  # how long a server transaction's answer is kept for
 CATALOG_WAIT_S = 30.0  # a catalog answer whose pages stop coming is stored as it is after this long
 FLUSH_SEEN_S = 5.0
 MAX_RATE_ENTRIES = 10_000
+MAX_REGISTER_EXPIRES_S = 7 * 86400  # longer expiries are granted this long (GB's default is a day)
 USER_AGENT = "vms-gb28181"
 
 
@@ -438,10 +439,10 @@ class GbServer:
                 key, _, value = part.partition("=")
                 if key.strip().lower() == "expires":
                     expires_text = value.strip()
-        if expires_text is None or not expires_text.strip().isdigit():
+        if expires_text is None or not (expires_text.strip().isascii() and expires_text.strip().isdigit()):
             self._reply(msg, 400, addr, transport, writer, reason="Missing Expires")
             return
-        expires = int(expires_text.strip())
+        expires = min(int(expires_text.strip()), MAX_REGISTER_EXPIRES_S)  # a registrar may shorten it (RFC 3261 10.3)
         now_ms = self.clock.now_ms()
         admission = await self._db(registry.admission, device_id, self.cfg.password)
         if admission.password is None:
