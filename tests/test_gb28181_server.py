@@ -193,6 +193,18 @@ def test_a_huge_expires_is_shortened_not_a_server_error(gb, devices):
     assert row.expires_ms - row.registered_ms == granted * 1000
 
 
+def test_a_long_gb_version_fits_the_database(tmp_path, template, any_db_url, devices):
+    """X-GB-Ver goes into an 8-character column: a vendor's longer string made PostgreSQL refuse the row's
+    update after the 200 had gone out (then a 500 as well), the device online in memory only."""
+    with running_gb_server(tmp_path, None, database_url=any_db_url) as gb:
+        accept(gb, DEV1)
+        d = _device(gb, devices, DEV1)
+        assert d.register(extra=[("X-GB-Ver", "3.0-build-20240101")]).status == 200
+        assert d.next(lambda m: not m.is_request and m.status >= 300, timeout=0.5) is None
+        row = wait_for(lambda: (r := device_row(gb, DEV1)).state == "online" and r, what="online")
+        assert row.gb_version == "3.0-buil"
+
+
 def test_unknown_device_with_the_right_password_is_refused_and_listed(gb, devices):
     d = _device(gb, devices, DEV3)  # not accepted, no station names it
     assert d.register().status == 403

@@ -475,7 +475,7 @@ class GbServer:
                            "admin to accept", device_id, addr[0], addr[1])
             self._reply(msg, 403, addr, transport, writer, reason="Forbidden")
             return
-        version = msg.header("X-GB-Ver")
+        version = (msg.header("X-GB-Ver") or "")[:8] or None  # the column holds 8 (3.0 = 2022)
         extra = [("Date", _gb_date())]
         if version:
             extra.append(("X-GB-Ver", version))
