@@ -316,6 +316,26 @@ def test_keepalive_loss_marks_the_device_offline(tmp_path, template, devices):
 
 # -- transactions and flooding -------------------------------------------------------------------------------
 
+def test_a_retransmitted_register_gets_the_same_answer_once(gb, devices):
+    accept(gb, DEV1)
+    d = _device(gb, devices, DEV1)
+    first = d.challenge()
+    auth = authorization(first.header("WWW-Authenticate") or "", "REGISTER", REGISTRAR, DEV1, PASSWORD)
+    req = d.build("REGISTER", auth=auth)
+    d.send(req)
+    d.send(req)  # retransmitted before the answer came (the answer waits on the database): absorbed
+    answers = []
+    while (a := d.response_to(req, timeout=1.0)) is not None:
+        answers.append(a)
+    d.send(req)  # and after it: the answer again
+    answers.append(d.response_to(req))
+    assert 2 <= len(answers) <= 3 and all(a and a.status == 200 for a in answers), answers
+    assert len({a.to.tag for a in answers}) == 1, "the same answer each time"
+    assert gb.stats["registered"] == 1
+    d.next(lambda m: False, timeout=1.0)  # read what came
+    catalogs = [m for m in d.requests if b"<CmdType>Catalog</CmdType>" in m.body]
+    assert len({m.call_id for m in catalogs}) == 1, "one catalog query, not one per copy"
+
 
 def test_the_rate_limit_drops_a_flood_and_others_still_get_answers(tmp_path, template, devices):
     with running_gb_server(tmp_path, template, requests_per_second=5) as gb:

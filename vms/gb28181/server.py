@@ -157,6 +157,7 @@ class GbServer:
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gb28181-db")
         self._transactions: dict[str, _Transaction] = {}
         self._answers: OrderedDict[tuple[str, str, str], tuple[float, bytes]] = OrderedDict()
+        self._handling: set[tuple[str, str, str]] = set()  # requests not answered yet (their copies are absorbed)
         self._catalogs: dict[tuple[str, int], _CatalogCollector] = {}
         self._rates: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._sn = int(time.time()) % 100000
@@ -399,14 +400,18 @@ class GbServer:
             if cached is not None and cached[0] > time.monotonic():
                 self._send_to(cached[1], addr, transport, writer)  # a retransmitted request
                 return
+            if key in self._handling:
+                return  # retransmitted before its answer (which waits on the database) went out: that one will do
         handler = {"REGISTER": self._on_register, "MESSAGE": self._on_message, "BYE": self._on_bye,
                    "ACK": None, "OPTIONS": self._on_options, "INFO": self._on_options,
                    "CANCEL": self._on_cancel, "NOTIFY": self._on_options}.get(method, self._on_unknown)
         if handler is None:
             return
-        self._spawn(self._guarded(handler, msg, addr, transport, writer))
+        if key is not None:
+            self._handling.add(key)
+        self._spawn(self._guarded(handler, msg, addr, transport, writer, key))
 
-    async def _guarded(self, handler, msg, addr, transport, writer) -> None:
+    async def _guarded(self, handler, msg, addr, transport, writer, key=None) -> None:
         try:
             await handler(msg, addr, transport, writer)
         except (SipError, ManscdpError) as exc:
@@ -416,6 +421,8 @@ class GbServer:
         except Exception:  # noqa: BLE001 - one device's message must not stop the server
             log.exception("gb28181: handling %s from %s:%d failed", msg.method, addr[0], addr[1])
             self._reply(msg, 500, addr, transport, writer)
+        finally:
+            self._handling.discard(key)
 
     async def _on_unknown(self, msg, addr, transport, writer) -> None:
         self._reply(msg, 405, addr, transport, writer,
