@@ -337,6 +337,19 @@ def test_a_retransmitted_register_gets_the_same_answer_once(gb, devices):
     assert len({m.call_id for m in catalogs}) == 1, "one catalog query, not one per copy"
 
 
+def test_two_devices_that_reuse_a_branch_get_their_own_answers(gb, devices):
+    """RFC 2543 devices send no branch, some stacks a constant one: the answer kept for retransmissions
+    is the answer to that request (its Call-ID and sender), not to whoever used the branch."""
+    accept(gb, DEV1)
+    accept(gb, DEV2)
+    a, b = _device(gb, devices, DEV1), _device(gb, devices, DEV2)
+    for d in (a, b):
+        req = d.build("REGISTER")
+        req.set_header("Via", f"SIP/2.0/UDP 127.0.0.1:{d.port};rport;branch=z9hG4bK-constant")
+        resp = d.transact(req)
+        assert resp.status == 401 and resp.from_.uri.user == d.id
+
+
 def test_the_rate_limit_drops_a_flood_and_others_still_get_answers(tmp_path, template, devices):
     with running_gb_server(tmp_path, template, requests_per_second=5) as gb:
         accept(gb, DEV1)

@@ -156,8 +156,8 @@ class GbServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gb28181-db")
         self._transactions: dict[str, _Transaction] = {}
-        self._answers: OrderedDict[tuple[str, str, str], tuple[float, bytes]] = OrderedDict()
-        self._handling: set[tuple[str, str, str]] = set()  # requests not answered yet (their copies are absorbed)
+        self._answers: OrderedDict[tuple[str, str, str, str], tuple[float, bytes]] = OrderedDict()
+        self._handling: set[tuple[str, str, str, str]] = set()  # requests not answered yet (their copies are absorbed)
         self._catalogs: dict[tuple[str, int], _CatalogCollector] = {}
         self._rates: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._sn = int(time.time()) % 100000
@@ -357,7 +357,7 @@ class GbServer:
         resp.body = body
         data = resp.encode()
         try:
-            key = (req.via.branch or "", req.method or "", req.header("CSeq") or "")
+            key = (req.via.branch or "", req.call_id, req.method or "", req.header("CSeq") or "")
             self._answers[key] = (time.monotonic() + TRANSACTION_TIMEOUT, data)
             while len(self._answers) > 20_000:
                 self._answers.popitem(last=False)
@@ -392,7 +392,7 @@ class GbServer:
                            "above %g a second", addr[0], self.cfg.requests_per_second)
             return
         try:
-            key = (msg.via.branch or "", method, msg.header("CSeq") or "")
+            key = (msg.via.branch or "", msg.call_id, method, msg.header("CSeq") or "")
         except SipError:
             key = None
         if key is not None and method != "ACK":
