@@ -276,6 +276,25 @@ def test_message_from_an_unregistered_device_is_forbidden(gb, devices):
     assert gb.stats["keepalives"] == 0
 
 
+def test_a_keepalive_naming_a_registered_device_from_another_host_does_not_move_it(gb, devices):
+    """MESSAGEs carry no credentials: anyone who knows a device's ID can send one. A keepalive may move a
+    device to a new port (NAT rebinding), but a new host needs an authenticated REGISTER: else one forged
+    datagram would send the device's next INVITE (and so the station's footage) to the forger."""
+    d = _registered(gb, devices)
+    forger = _device(gb, devices, DEV1, host="127.0.0.2")
+    resp = forger.transact(forger.keepalive_message())
+    assert resp.status == 403
+    assert (gb.links[DEV1].host, gb.links[DEV1].port) == ("127.0.0.1", d.port)
+    tcp_forger = _device(gb, devices, DEV1, host="127.0.0.2", tcp=True)
+    assert tcp_forger.transact(tcp_forger.keepalive_message()).status == 403
+    link = gb.links[DEV1]
+    assert (link.host, link.port, link.transport) == ("127.0.0.1", d.port, "UDP")
+    # the device itself re-registering from the new host is believed
+    moved = _device(gb, devices, DEV1, host="127.0.0.2")
+    assert moved.register().status == 200
+    assert (gb.links[DEV1].host, gb.links[DEV1].port) == ("127.0.0.2", moved.port)
+
+
 def _catalog_page(device: str, sn: int, total: int, items: list[tuple[str, str]]) -> bytes:
     inner = "".join(f"<Item>\r\n<DeviceID>{cid}</DeviceID>\r\n<Name>{name}</Name>\r\n<Manufacturer>test</Manufacturer>"
                     f"\r\n<Status>ON</Status>\r\n<ParentID>{device}</ParentID>\r\n</Item>\r\n" for cid, name in items)

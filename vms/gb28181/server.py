@@ -541,6 +541,11 @@ class GbServer:
             # Not registered (or offline): the device must register first; many re-register on a 403.
             self._reply(msg, 403, addr, transport, writer, reason="Not Registered")
             return
+        if (addr[0], transport) != (link.host, link.transport):
+            # A MESSAGE carries no credentials: it may move a device to another port (a NAT rebinding), but
+            # another host or transport takes an authenticated REGISTER (devices register again on a 403).
+            self._reply(msg, 403, addr, transport, writer, reason="Not Registered From Here")
+            return
         root = manscdp.parse_body(msg.body)
         kind, cmd, _, sn = manscdp.command(root)
         self._touch(link, addr, transport, writer)
