@@ -650,6 +650,18 @@ def test_an_answered_invite_and_the_worker_going_away_hangs_up(gb, devices, cont
     wait_for(lambda: gb.dialogs == {}, what="dialog gone")
 
 
+def test_the_worker_going_away_during_the_invite_hangs_up_a_late_answer(gb, devices, control):
+    d = _registered(gb, devices)
+    _play(control)
+    invite = d.wait_request("INVITE")
+    control.close()  # gone before the device answered
+    time.sleep(2.0)  # past the INVITE timeout
+    ok = d.answer(invite, 200, body=ANSWER_SDP, content_type="APPLICATION/SDP")
+    assert d.wait_request("ACK") is not None, "the device's answer was left unacknowledged"
+    bye = d.wait_request("BYE")
+    assert bye is not None and bye.to.tag == ok.to.tag
+
+
 def test_an_answer_with_an_unusable_sdp_is_hung_up(gb, devices, control):
     """A media port written with a non-ASCII digit ("15²060") passed str.isdigit() and broke int() in the
     SDP parser: the worker never got an answer and the device's stream was never hung up."""

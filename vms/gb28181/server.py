@@ -796,16 +796,16 @@ class GbServer:
         self.stats["invites"] += 1
         answer = await self._transaction(link, msg, timeout=self.cfg.invite_timeout_seconds)
         if dialog.ended:  # the worker went away meanwhile (its BYE goes out below if the device answered)
-            if answer is not None and answer.status and 200 <= answer.status < 300:
+            if answer is None:
+                self._abandon(dialog.call_id, device_id)  # an answer after the timeout still gets ACK and BYE
+            elif answer.status and 200 <= answer.status < 300:
                 late_ack, late_bye = self._ack_and_bye_for(link, answer)
                 self._send_link(link, late_ack)
                 self._send_link(link, late_bye)
             return
         if answer is None:
             self._forget(dialog)
-            self._abandoned[dialog.call_id] = device_id
-            while len(self._abandoned) > 1000:
-                self._abandoned.popitem(last=False)
+            self._abandon(dialog.call_id, device_id)
             fail("invite_timeout", f"device {device_id} did not answer the INVITE for channel {channel_id} within "
                                    f"{self.cfg.invite_timeout_seconds:g} s")
             return
@@ -843,6 +843,11 @@ class GbServer:
         conn.send({"id": session, "ok": True, "call": dialog.call_id, "ssrc": int(ssrc),
                    "answered_ssrc": answered_ssrc, "host": desc.host or link.host, "port": desc.port,
                    "tcp": desc.tcp, "setup": desc.setup})
+
+    def _abandon(self, call_id: str, device_id: str) -> None:
+        self._abandoned[call_id] = device_id
+        while len(self._abandoned) > 1000:
+            self._abandoned.popitem(last=False)
 
     def _forget(self, dialog: Dialog) -> None:
         dialog.ended = True
