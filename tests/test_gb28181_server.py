@@ -572,6 +572,24 @@ def test_garbage_over_tcp_is_counted_and_the_connection_closed(gb, devices):
     assert gb.links[DEV1].transport == "TCP" and d.port
 
 
+def test_a_tcp_connection_that_never_finishes_a_message_is_closed(tmp_path, template):
+    """A connection holding a half-sent header (or nothing) forever holds a file descriptor forever: a few
+    thousand of them and the server cannot accept devices or open its database. One with no whole message
+    for keepalive_interval x keepalive_missed (a TCP device sends a keepalive each interval) is closed."""
+    with running_gb_server(tmp_path, template, keepalive_interval_seconds=0.5, keepalive_missed=2) as gb:
+        idle, slow = _tcp(gb), _tcp(gb)
+        slow.sendall(b"REGISTER sip:x SIP/2.0\r\n")
+        started = time.monotonic()
+        for _ in range(10):  # trickled, a byte at a time
+            time.sleep(0.2)
+            try:
+                slow.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        assert _closed_by_server(idle, timeout=5) and _closed_by_server(slow, timeout=5)
+        assert time.monotonic() - started < 6
+
+
 # -- INVITE through the control socket ----------------------------------------------------------------------
 
 ANSWER_SDP = (b"v=0\r\no=" + CH1.encode() + b" 0 0 IN IP4 127.0.0.1\r\ns=Play\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"

@@ -299,9 +299,18 @@ class GbServer:
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         splitter = StreamSplitter()
+        # No whole message for this long (a device sends a keepalive each interval): closed, or a connection
+        # holding a half-sent header, or nothing, would hold its file descriptor for ever.
+        idle_s = self.cfg.keepalive_interval_seconds * self.cfg.keepalive_missed
+        last_message = time.monotonic()
         try:
             while True:
-                data = await reader.read(65536)
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), last_message + idle_s - time.monotonic())
+                except TimeoutError:
+                    self._log_once("tcp-idle", peer[0], "gb28181: TCP connection from %s:%d closed: no whole SIP "
+                                   "message for %g s", peer[0], peer[1], idle_s)
+                    break
                 if not data:
                     break
                 try:
@@ -311,6 +320,8 @@ class GbServer:
                     self._log_once("malformed", peer[0], "gb28181: TCP connection from %s:%d closed: %s",
                                    peer[0], peer[1], exc)
                     break
+                if messages:
+                    last_message = time.monotonic()
                 for raw in messages:
                     try:
                         msg = parse_message(raw, datagram=False)
