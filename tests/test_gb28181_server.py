@@ -9,6 +9,8 @@ INVITE's timeout, refusal, late answer and hang-up.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import re
 import socket
 import time
@@ -293,6 +295,26 @@ def test_a_keepalive_naming_a_registered_device_from_another_host_does_not_move_
     moved = _device(gb, devices, DEV1, host="127.0.0.2")
     assert moved.register().status == 200
     assert (gb.links[DEV1].host, gb.links[DEV1].port) == ("127.0.0.2", moved.port)
+
+
+def test_port_zero_takes_one_free_over_udp_and_tcp(tmp_path, template, devices, monkeypatch):
+    """With sip_port 0 the UDP port the system gives may be taken over TCP (a client socket's port: about
+    one start in a hundred here), and the server failed to start; it now tries another port."""
+    real = asyncio.start_server
+    ports: list[int] = []
+
+    async def first_taken(client, host, port, **kwargs):
+        ports.append(port)
+        if len(ports) == 1:
+            raise OSError(errno.EADDRINUSE, "address already in use")
+        return await real(client, host, port, **kwargs)
+
+    monkeypatch.setattr(asyncio, "start_server", first_taken)
+    with running_gb_server(tmp_path, template) as gb:
+        assert len(ports) == 2 and gb.port == ports[1]
+        for tcp in (False, True):
+            d = _device(gb, devices, DEV1, tcp=tcp)
+            assert d.transact(d.build("REGISTER")).status == 401
 
 
 def _catalog_page(device: str, sn: int, total: int, items: list[tuple[str, str]]) -> bytes:

@@ -209,15 +209,23 @@ class GbServer:
         self._stop = asyncio.Event()
         cfg = self.cfg
         family = socket.AF_INET6 if ":" in cfg.sip_host else socket.AF_INET
-        udp_sock = socket.socket(family, socket.SOCK_DGRAM)
-        udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        udp_sock.bind((cfg.sip_host, cfg.sip_port))
-        self.port = udp_sock.getsockname()[1]
+        tries = 1 if cfg.sip_port else 20  # port 0: the free UDP port may be taken over TCP; try another
+        for attempt in range(tries):
+            udp_sock = socket.socket(family, socket.SOCK_DGRAM)
+            udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            udp_sock.bind((cfg.sip_host, cfg.sip_port))
+            self.port = udp_sock.getsockname()[1]
+            try:
+                tcp = await asyncio.start_server(self._tcp_client, cfg.sip_host, self.port, reuse_address=True,
+                                                 limit=MAX_LINE)
+                break
+            except OSError:
+                udp_sock.close()
+                if attempt == tries - 1:
+                    raise
         udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         transport, _ = await self._loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp_sock)
         self._udp = transport
-        tcp = await asyncio.start_server(self._tcp_client, cfg.sip_host, self.port, reuse_address=True,
-                                         limit=MAX_LINE)
         path = self.control_path
         if not path.startswith("\0"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
