@@ -342,10 +342,10 @@ def test_catalog_in_pages_in_gb18030_is_stored_complete(gb, devices):
 
 
 def test_keepalive_loss_marks_the_device_offline(tmp_path, template, devices):
-    with running_gb_server(tmp_path, template, keepalive_interval_seconds=0.4, keepalive_missed=2) as gb:
+    with running_gb_server(tmp_path, template, keepalive_interval_seconds=0.5, keepalive_missed=3) as gb:
         d = _registered(gb, devices)
         for _ in range(4):  # kept alive while it sends
-            time.sleep(0.4)
+            time.sleep(0.3)
             assert d.transact(d.keepalive_message()).status == 200
         assert gb.online(DEV1)
         wait_for(lambda: gb.stats["keepalives"] == 4, what="4 keepalives")
@@ -398,10 +398,10 @@ def test_the_rate_limit_drops_a_flood_and_others_still_get_answers(tmp_path, tem
         for _ in range(60):
             flood.send(flood.build("REGISTER"))
         answered = 0
-        while flood.next(lambda m: not m.is_request, timeout=0.3) is not None:
+        while flood.next(lambda m: not m.is_request, timeout=0.5) is not None:
             answered += 1
-        assert answered <= 15, answered  # the burst (10) and a little refill
-        assert gb.stats["rate_limited"] >= 40
+        # the burst (10) and what 5/s refilled while they were read (a loaded machine spreads them out)
+        assert answered + gb.stats["rate_limited"] == 60 and answered <= 30, (answered, gb.stats)
         other = _device(gb, devices, DEV2, host="127.0.0.2")  # another address is not punished
         assert other.transact(other.build("REGISTER")).status == 401
         time.sleep(1.0)  # refilled: the flooder is answered again
