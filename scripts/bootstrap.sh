@@ -15,6 +15,7 @@ SYSTEM_PACKAGES=(
   e2fsprogs  # tests: an ext4 footage volume on a loop device that goes read-only (mkfs.ext4, e2fsck)
   python3-venv
   wrk  # scripts/bench_api.py --wrk: a C load generator
+  sip-tester  # tests: SIPp acts as a GB/T 28181 device against the SIP server (tests/sipp/)
   # FFmpeg's C headers, for the native copier (scripts/build_native.py); it links to PyAV's own FFmpeg
   gcc python3-dev libavformat-dev libavcodec-dev libavutil-dev libavdevice-dev libavfilter-dev libswscale-dev libswresample-dev
 )

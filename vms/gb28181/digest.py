@@ -87,13 +87,10 @@ class DigestServer:
         qop = fields.get("qop")
         if qop and qop.lower() != "auth":
             return DigestVerdict(False, problem=f"qop {qop} is not supported")
-        expected = digest_response(device_id, fields.get("realm", self.realm), password, method, fields["uri"],
-                                   nonce, qop, fields.get("nc"), fields.get("cnonce"))
-        if not hmac.compare_digest(expected, response.lower()):
-            return DigestVerdict(False, problem="wrong password")
-        if fields.get("realm", self.realm) != self.realm:
-            return DigestVerdict(False, stale=True, problem=f"realm {fields.get('realm')!r} is not ours")
-        # The password is right; is the nonce ours, fresh and not replayed?
+        if not (nonce.isascii() and response.isascii()):
+            return DigestVerdict(False, problem="malformed Authorization")
+        # Is the nonce ours and fresh? Judged before the password: an answer over a nonce we never gave out
+        # (sent from a forged address, which our challenge never reached) is challenged, never a refusal.
         stamp, mac = nonce[:-24], nonce[-24:]
         try:
             issued_s = int(stamp, 16) / 1000
@@ -103,6 +100,12 @@ class DigestServer:
             return DigestVerdict(False, stale=True, problem="nonce not issued here")
         if not 0 <= self._clock() - issued_s <= NONCE_LIFETIME_S:
             return DigestVerdict(False, stale=True, problem="nonce expired")
+        expected = digest_response(device_id, fields.get("realm", self.realm), password, method, fields["uri"],
+                                   nonce, qop, fields.get("nc"), fields.get("cnonce"))
+        if not hmac.compare_digest(expected, response.lower()):
+            return DigestVerdict(False, problem="wrong password")
+        if fields.get("realm", self.realm) != self.realm:
+            return DigestVerdict(False, stale=True, problem=f"realm {fields.get('realm')!r} is not ours")
         try:
             count = int(fields.get("nc", "0"), 16) if qop else 0
         except ValueError:

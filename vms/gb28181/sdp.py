@@ -63,6 +63,11 @@ class SdpError(ValueError):
     pass
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse(body: bytes) -> SessionDescription:
     try:
         text = body.decode("utf-8")
@@ -88,7 +93,7 @@ def parse(body: bytes) -> SessionDescription:
                 sd.host = parts[2].split("/")[0]
         elif kind == "t":
             parts = value.split()
-            if len(parts) == 2 and all(p.isdigit() for p in parts):
+            if len(parts) == 2 and all(_is_number(p) for p in parts):
                 sd.start_s, sd.end_s = int(parts[0]), int(parts[1])
         elif kind == "u":
             sd.channel = value.split(":")[0]
@@ -96,16 +101,16 @@ def parse(body: bytes) -> SessionDescription:
             parts = value.split()
             in_video = bool(parts) and parts[0] == "video"
             if in_video and len(parts) >= 3:
-                if not parts[1].split("/")[0].isdigit():
+                if not _is_number(parts[1].split("/")[0]):
                     raise SdpError(f"bad media port in m={value[:60]}")
                 sd.port = int(parts[1].split("/")[0])
                 sd.proto = parts[2]
-                sd.payload_types = tuple(int(p) for p in parts[3:] if p.isdigit())
+                sd.payload_types = tuple(int(p) for p in parts[3:] if _is_number(p))
         elif kind == "a" and in_video:
             name, _, attr = value.partition(":")
             if name == "rtpmap" and sd.rtpmap is not None:
                 pt, _, codec = attr.partition(" ")
-                if pt.isdigit():
+                if _is_number(pt):
                     sd.rtpmap[int(pt)] = codec.strip()
             elif name == "setup":
                 sd.setup = attr.strip().lower()

@@ -52,6 +52,7 @@ TRANSACTION_TIMEOUT = 32.0  # how long a server transaction's answer is kept for
 CATALOG_WAIT_S = 30.0  # a catalog answer whose pages stop coming is stored as it is after this long
 FLUSH_SEEN_S = 5.0
 MAX_RATE_ENTRIES = 10_000
+MAX_REGISTER_EXPIRES_S = 7 * 86400  # longer expiries are granted this long (GB's default is a day)
 USER_AGENT = "vms-gb28181"
 
 
@@ -198,7 +199,8 @@ class GbServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gb28181-db")
         self._transactions: dict[str, _Transaction] = {}
-        self._answers: OrderedDict[tuple[str, str, str], tuple[float, bytes]] = OrderedDict()
+        self._answers: OrderedDict[tuple[str, str, str, str], tuple[float, bytes]] = OrderedDict()
+        self._handling: set[tuple[str, str, str, str]] = set()  # requests not answered yet (their copies are absorbed)
         self._catalogs: dict[tuple[str, int], _CatalogCollector] = {}
         self._rates: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._sn = int(time.time()) % 100000
@@ -251,15 +253,23 @@ class GbServer:
         self._stop = asyncio.Event()
         cfg = self.cfg
         family = socket.AF_INET6 if ":" in cfg.sip_host else socket.AF_INET
-        udp_sock = socket.socket(family, socket.SOCK_DGRAM)
-        udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        udp_sock.bind((cfg.sip_host, cfg.sip_port))
-        self.port = udp_sock.getsockname()[1]
+        tries = 1 if cfg.sip_port else 20  # port 0: the free UDP port may be taken over TCP; try another
+        for attempt in range(tries):
+            udp_sock = socket.socket(family, socket.SOCK_DGRAM)
+            udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            udp_sock.bind((cfg.sip_host, cfg.sip_port))
+            self.port = udp_sock.getsockname()[1]
+            try:
+                tcp = await asyncio.start_server(self._tcp_client, cfg.sip_host, self.port, reuse_address=True,
+                                                 limit=MAX_LINE)
+                break
+            except OSError:
+                udp_sock.close()
+                if attempt == tries - 1:
+                    raise
         udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         transport, _ = await self._loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp_sock)
         self._udp = transport
-        tcp = await asyncio.start_server(self._tcp_client, cfg.sip_host, self.port, reuse_address=True,
-                                         limit=MAX_LINE)
         path = self.control_path
         if not path.startswith("\0"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -341,9 +351,18 @@ class GbServer:
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         splitter = StreamSplitter()
+        # No whole message for this long (a device sends a keepalive each interval): closed, or a connection
+        # holding a half-sent header, or nothing, would hold its file descriptor for ever.
+        idle_s = self.cfg.keepalive_interval_seconds * self.cfg.keepalive_missed
+        last_message = time.monotonic()
         try:
             while True:
-                data = await reader.read(65536)
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), last_message + idle_s - time.monotonic())
+                except TimeoutError:
+                    self._log_once("tcp-idle", peer[0], "gb28181: TCP connection from %s:%d closed: no whole SIP "
+                                   "message for %g s", peer[0], peer[1], idle_s)
+                    break
                 if not data:
                     break
                 try:
@@ -353,6 +372,8 @@ class GbServer:
                     self._log_once("malformed", peer[0], "gb28181: TCP connection from %s:%d closed: %s",
                                    peer[0], peer[1], exc)
                     break
+                if messages:
+                    last_message = time.monotonic()
                 for raw in messages:
                     try:
                         msg = parse_message(raw, datagram=False)
@@ -399,7 +420,7 @@ class GbServer:
         resp.body = body
         data = resp.encode()
         try:
-            key = (req.via.branch or "", req.method or "", req.header("CSeq") or "")
+            key = (req.via.branch or "", req.call_id, req.method or "", req.header("CSeq") or "")
             self._answers[key] = (time.monotonic() + TRANSACTION_TIMEOUT, data)
             while len(self._answers) > 20_000:
                 self._answers.popitem(last=False)
@@ -434,7 +455,7 @@ class GbServer:
                            "above %g a second", addr[0], self.cfg.requests_per_second)
             return
         try:
-            key = (msg.via.branch or "", method, msg.header("CSeq") or "")
+            key = (msg.via.branch or "", msg.call_id, method, msg.header("CSeq") or "")
         except SipError:
             key = None
         if key is not None and method != "ACK":
@@ -442,14 +463,18 @@ class GbServer:
             if cached is not None and cached[0] > time.monotonic():
                 self._send_to(cached[1], addr, transport, writer)  # a retransmitted request
                 return
+            if key in self._handling:
+                return  # retransmitted before its answer (which waits on the database) went out: that one will do
         handler = {"REGISTER": self._on_register, "MESSAGE": self._on_message, "BYE": self._on_bye,
                    "ACK": None, "OPTIONS": self._on_options, "INFO": self._on_options,
                    "CANCEL": self._on_cancel, "NOTIFY": self._on_options}.get(method, self._on_unknown)
         if handler is None:
             return
-        self._spawn(self._guarded(handler, msg, addr, transport, writer))
+        if key is not None:
+            self._handling.add(key)
+        self._spawn(self._guarded(handler, msg, addr, transport, writer, key))
 
-    async def _guarded(self, handler, msg, addr, transport, writer) -> None:
+    async def _guarded(self, handler, msg, addr, transport, writer, key=None) -> None:
         try:
             await handler(msg, addr, transport, writer)
         except (SipError, ManscdpError) as exc:
@@ -459,6 +484,8 @@ class GbServer:
         except Exception:  # noqa: BLE001 - one device's message must not stop the server
             log.exception("gb28181: handling %s from %s:%d failed", msg.method, addr[0], addr[1])
             self._reply(msg, 500, addr, transport, writer)
+        finally:
+            self._handling.discard(key)
 
     async def _on_unknown(self, msg, addr, transport, writer) -> None:
         self._reply(msg, 405, addr, transport, writer,
@@ -472,7 +499,7 @@ class GbServer:
 
     async def _on_register(self, msg: SipMessage, addr, transport, writer) -> None:
         device_id = msg.from_.uri.user or ""
-        if not (device_id.isdigit() and len(device_id) == 20):
+        if not (device_id.isascii() and device_id.isdigit() and len(device_id) == 20):
             self._reply(msg, 400, addr, transport, writer, reason="Device ID must be 20 digits")
             return
         expires_text = msg.header("Expires")
@@ -482,10 +509,10 @@ class GbServer:
                 key, _, value = part.partition("=")
                 if key.strip().lower() == "expires":
                     expires_text = value.strip()
-        if expires_text is None or not expires_text.strip().isdigit():
+        if expires_text is None or not (expires_text.strip().isascii() and expires_text.strip().isdigit()):
             self._reply(msg, 400, addr, transport, writer, reason="Missing Expires")
             return
-        expires = int(expires_text.strip())
+        expires = min(int(expires_text.strip()), MAX_REGISTER_EXPIRES_S)  # a registrar may shorten it (RFC 3261 10.3)
         now_ms = self.clock.now_ms()
         admission = await self._db(registry.admission, device_id, self.cfg.password)
         if admission.password is None:
@@ -518,7 +545,7 @@ class GbServer:
                            "admin to accept", device_id, addr[0], addr[1])
             self._reply(msg, 403, addr, transport, writer, reason="Forbidden")
             return
-        version = msg.header("X-GB-Ver")
+        version = (msg.header("X-GB-Ver") or "")[:8] or None  # the column holds 8 (3.0 = 2022)
         extra = [("Date", _gb_date())]
         if version:
             extra.append(("X-GB-Ver", version))
@@ -576,6 +603,11 @@ class GbServer:
         if link is None:
             # Not registered (or offline): the device must register first; many re-register on a 403.
             self._reply(msg, 403, addr, transport, writer, reason="Not Registered")
+            return
+        if (addr[0], transport) != (link.host, link.transport):
+            # A MESSAGE carries no credentials: it may move a device to another port (a NAT rebinding), but
+            # another host or transport takes an authenticated REGISTER (devices register again on a 403).
+            self._reply(msg, 403, addr, transport, writer, reason="Not Registered From Here")
             return
         root = manscdp.parse_body(msg.body)
         kind, cmd, _, sn = manscdp.command(root)
@@ -883,16 +915,16 @@ class GbServer:
         self.stats["invites"] += 1
         answer = await self._transaction(link, msg, timeout=self.cfg.invite_timeout_seconds)
         if dialog.ended:  # the worker went away meanwhile (its BYE goes out below if the device answered)
-            if answer is not None and answer.status and 200 <= answer.status < 300:
+            if answer is None:
+                self._abandon(dialog.call_id, device_id)  # an answer after the timeout still gets ACK and BYE
+            elif answer.status and 200 <= answer.status < 300:
                 late_ack, late_bye = self._ack_and_bye_for(link, answer)
                 self._send_link(link, late_ack)
                 self._send_link(link, late_bye)
             return
         if answer is None:
             self._forget(dialog)
-            self._abandoned[dialog.call_id] = device_id
-            while len(self._abandoned) > 1000:
-                self._abandoned.popitem(last=False)
+            self._abandon(dialog.call_id, device_id)
             fail("invite_timeout", f"device {device_id} did not answer the INVITE for channel {channel_id} within "
                                    f"{self.cfg.invite_timeout_seconds:g} s")
             return
@@ -930,6 +962,11 @@ class GbServer:
         conn.send({"id": session, "ok": True, "call": dialog.call_id, "ssrc": int(ssrc),
                    "answered_ssrc": answered_ssrc, "host": desc.host or link.host, "port": desc.port,
                    "tcp": desc.tcp, "setup": desc.setup})
+
+    def _abandon(self, call_id: str, device_id: str) -> None:
+        self._abandoned[call_id] = device_id
+        while len(self._abandoned) > 1000:
+            self._abandoned.popitem(last=False)
 
     def _forget(self, dialog: Dialog) -> None:
         dialog.ended = True

@@ -39,6 +39,12 @@ REASONS = {
 _START_REQUEST = re.compile(r"^([A-Z]+) (\S+) SIP/2\.0$")
 _START_RESPONSE = re.compile(r"^SIP/2\.0 (\d{3})(?: (.*))?$")
 _TOKEN = re.compile(r"^[A-Za-z0-9.!%*_+`'~-]+$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # never in a header (RFC 3261 25.1): binary, not text
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²" and "５", which int() then refuses or reads."""
+    return text.isascii() and text.isdigit()
 
 
 class SipError(ValueError):
@@ -95,7 +101,7 @@ def _host_port(text: str) -> tuple[str, int | None]:
         host, _, port_text = text.partition(":")
     port: int | None = None
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not _is_number(port_text) or not 0 < int(port_text) < 65536:
             raise SipError(f"bad port {port_text!r}")
         port = int(port_text)
     return host, port
@@ -162,7 +168,10 @@ class Via:
 
 def parse_via(text: str) -> Via:
     """The first Via value: `SIP/2.0/UDP host:port;branch=...;rport`."""
-    first = split_header_values(text)[0]
+    values = split_header_values(text)
+    if not values:
+        raise SipError("empty Via")
+    first = values[0]
     proto, _, rest = first.strip().partition(" ")
     pieces = proto.split("/")
     if len(pieces) != 3 or pieces[0].upper() != "SIP":
@@ -254,7 +263,7 @@ class SipMessage:
         if not value:
             raise SipError("no CSeq")
         number, _, method = value.strip().partition(" ")
-        if not number.isdigit() or not method.strip():
+        if not _is_number(number) or not method.strip():
             raise SipError(f"bad CSeq {value[:40]!r}")
         return int(number), method.strip().upper()
 
@@ -337,10 +346,12 @@ def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
         name, sep, value = line.partition(":")
         if not sep or not _TOKEN.match(name.strip()):
             raise SipError(f"bad header line {line[:60]!r}")
+        if _CONTROL.search(value.strip()):
+            raise SipError(f"control characters in header {name.strip()[:30]!r}")
         msg.headers.append((canonical_name(name), value.strip()))
     length_text = msg.header("Content-Length")
     if length_text is not None:
-        if not length_text.strip().isdigit():
+        if not _is_number(length_text.strip()):
             raise SipError(f"bad Content-Length {length_text[:20]!r}")
         length = int(length_text)
         if length > len(body):
@@ -355,6 +366,7 @@ def parse_message(data: bytes, datagram: bool = True) -> SipMessage:
     number, method = msg.cseq
     if msg.is_request and method != msg.method:
         raise SipError(f"CSeq method {method} does not match {msg.method}")
+    msg.via  # noqa: B018 - checked here, so that no later use of it fails otherwise
     return msg
 
 
