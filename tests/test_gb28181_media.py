@@ -397,7 +397,7 @@ def session() -> Iterator[Callable[..., tuple[MediaReceiver, PipeReader]]]:
     """Makes started receivers, each with a media pipe and PyAV reading it; stops them all after."""
     made: list[MediaReceiver] = []
 
-    def make(transport: Transport = "udp", no_media_seconds: float = 0.5,
+    def make(transport: Transport = "udp", no_media_seconds: float = 1.5,
              expected_ssrc: int | None = None) -> tuple[MediaReceiver, PipeReader]:
         read_fd, write_fd = make_media_pipe()
         rx = MediaReceiver(transport, HOST, PORTS, write_fd, expected_ssrc=expected_ssrc,

@@ -119,8 +119,11 @@ class BackfillService:
                 # Only once the link is back: live footage after the whole outage (a long outage is a
                 # row per reason, closed one after another while the link is still down).
                 gap_end = s.scalar(select(Gap.end_ms).where(Gap.id == gap_id)) or 0
+                # A complete segment: the first one of a connection may still pull its start (and the
+                # gap's end) back while it is growing (recorder.py, PULLBACK_S).
                 back = s.scalar(select(Segment.id).where(Segment.station_id == sid, Segment.stream == "main",
-                                                         Segment.start_ms >= gap_end).limit(1))
+                                                         Segment.state == "complete", Segment.start_ms >= gap_end)
+                                .limit(1))
                 still_open = s.scalar(select(Gap.id).where(Gap.station_id == sid, Gap.end_ms.is_(None),
                                                            Gap.start_ms >= gap_end).limit(1))
                 if back is not None and still_open is None:

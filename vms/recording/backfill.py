@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import av
 import av.container
+from sqlalchemy import select
 
 from vms.db.engine import Database
 from vms.db.models import Segment
@@ -123,6 +124,19 @@ class BackfillWriter:
         size = seg.file.close()  # closed and fsynced before the row says complete
         ctx = seg.codec_context
         with self.db.session() as s:
+            # The invariant, checked where it is kept: segments of one camera never overlap. The live
+            # recording may have moved the gap's end (or crash repair filed something) since the gap
+            # was read; what another segment already covers is not filed twice.
+            other = s.execute(select(Segment.start_ms, Segment.end_ms).where(
+                Segment.station_id == self.station_id, Segment.stream == "main", Segment.start_ms < end_ms,
+                Segment.end_ms > seg.start_ms).order_by(Segment.start_ms).limit(1)).first()
+            if other is not None:
+                if other[0] <= seg.start_ms:
+                    log.warning("%s: backfilled %s overlaps footage already filed: dropped", self.station_id,
+                                seg.rel_path)
+                    seg.file.path.unlink(missing_ok=True)
+                    return
+                end_ms = other[0]  # the media runs past it: the row says where this footage hands over
             s.add(Segment(station_id=self.station_id, stream="main", node=self.node, volume=self.volume,
                           path=seg.rel_path, start_ms=seg.start_ms, end_ms=end_ms,
                           duration_ms=end_ms - seg.start_ms, bytes=size, codec=ctx.name, width=ctx.width or None,
