@@ -341,6 +341,45 @@ def test_catalog_in_pages_in_gb18030_is_stored_complete(gb, devices):
     assert wait_for(lambda: channel_rows(gb, DEV1) == names, what=f"channels {names}")
 
 
+def test_a_catalog_without_a_count_never_removes_channels(gb, devices):
+    """SumNum 0 (or missing) with items: each page is not taken for the whole list (which would drop the
+    channels of the other pages); they are all kept."""
+    d = _registered(gb, devices)
+    query = d.wait_request("MESSAGE", cmd="Catalog")
+    assert query is not None
+    sn = int(re.search(rb"<SN>(\d+)</SN>", query.body).group(1))
+    first, second = {channel_id(1, 1): "一号"}, {channel_id(1, 2): "二号"}
+    for page in (first, second):
+        body = _catalog_page(DEV1, sn, 0, list(page.items()))
+        assert d.transact(d.build("MESSAGE", body=body, content_type=MANSCDP)).status == 200
+    time.sleep(0.3)
+    assert channel_rows(gb, DEV1) == {}  # not counted as complete
+    server_catalogs = gb._catalogs
+    for collector in server_catalogs.values():
+        collector.started_mono -= 60  # the pages stopped long ago: what came is stored
+    assert wait_for(lambda: channel_rows(gb, DEV1) == {**first, **second}, what="both pages kept")
+
+
+def test_refused_devices_listed_are_bounded(tmp_path, monkeypatch):
+    from vms.db.engine import Database
+    from vms.db.migrate import upgrade
+    from vms.gb28181 import registry
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    db = Database(url)
+    monkeypatch.setattr(registry, "MAX_REFUSED", 3)
+    for n in range(1, 6):
+        registry.note_refused(db, device_id(n), "203.0.113.9", 5060, "UDP", "unknown device", n * 1000)
+    with db.session() as s:
+        from sqlalchemy import select
+
+        from vms.db.models import GbDevice
+        kept = sorted(s.scalars(select(GbDevice.device_id)))
+    assert kept == [device_id(3), device_id(4), device_id(5)]  # the most recently seen
+    db.dispose()
+
+
 def test_keepalive_loss_marks_the_device_offline(tmp_path, template, devices):
     with running_gb_server(tmp_path, template, keepalive_interval_seconds=0.5, keepalive_missed=3) as gb:
         d = _registered(gb, devices)

@@ -27,12 +27,18 @@ class ManscdpError(ValueError):
 
 
 def decode_body(raw: bytes) -> str:
-    """Strict UTF-8 first, whatever the declaration says (devices switched to UTF-8 keep declaring GB2312,
-    and GBK text of any length is almost never valid UTF-8), else GB18030."""
+    """UTF-8 when the bytes are UTF-8 *of Chinese or ASCII text*, whatever the declaration says (devices
+    switched to UTF-8 keep declaring GB2312), else GB18030. The test is not just "decodes as UTF-8": a
+    short GBK name often does (牛, C5 A3, is valid UTF-8 for "ţ"), but then it yields characters of the
+    two-byte UTF-8 range (U+0080-U+07FF: Latin, Greek, Cyrillic...), which Chinese names never hold,
+    while GBK text that happens to form three-byte UTF-8 sequences is rare."""
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("gb18030", errors="replace")
+    if any(0x80 <= ord(ch) < 0x800 for ch in text):
+        return raw.decode("gb18030", errors="replace")
+    return text
 
 
 def parse_body(raw: bytes) -> Element:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import delete, func, or_, select
 
 from vms.db.engine import Database
 from vms.db.models import GbChannel, GbDevice, Station
 from vms.gb28181.manscdp import CatalogItem
+
+MAX_REFUSED = 1000  # refused (not accepted) devices listed at most
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,15 @@ def note_refused(db: Database, device_id: str, host: str, port: int, transport: 
     with db.session() as s:
         row = s.get(GbDevice, device_id)
         if row is None:
+            # A sender that can pass a challenge can still invent device IDs: the list an admin reads keeps
+            # the MAX_REFUSED most recently seen, not every ID ever tried.
+            refused = s.scalar(select(func.count()).select_from(GbDevice).where(GbDevice.accepted.is_(False)))
+            if (refused or 0) >= MAX_REFUSED:
+                oldest = s.scalars(select(GbDevice.device_id).where(GbDevice.accepted.is_(False))
+                                   .order_by(GbDevice.last_seen_ms).limit((refused or 0) - MAX_REFUSED + 1)).all()
+                for old_id in oldest:
+                    s.execute(delete(GbChannel).where(GbChannel.device_id == old_id))
+                    s.execute(delete(GbDevice).where(GbDevice.device_id == old_id))
             row = GbDevice(device_id=device_id, accepted=False, state="refused")
             s.add(row)
         if not row.accepted:

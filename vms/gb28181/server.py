@@ -639,7 +639,9 @@ class GbServer:
             collector = self._catalogs[key] = _CatalogCollector(page.sum_num, started_mono=time.monotonic())
         for item in page.items:
             collector.items[item.channel_id] = item
-        if len(collector.items) >= collector.sum_num:
+        # SumNum missing or 0 with items listed: a device that does not count; what came is kept when the
+        # pages stop (CATALOG_WAIT_S), only adding, never as a complete list that would remove channels.
+        if collector.sum_num > 0 and len(collector.items) >= collector.sum_num:
             del self._catalogs[key]
             await self._db(registry.store_catalog, link.device_id, list(collector.items.values()),
                            self.clock.now_ms(), True)
@@ -889,8 +891,11 @@ class GbServer:
         purpose = str(req.get("purpose", "Play"))
         try:
             port = int(req.get("port", 0))
+            start_s, end_s = int(req.get("start_s", 0) or 0), int(req.get("end_s", 0) or 0)
+            stream_number = int(req.get("stream_number", 0) or 0)
         except (TypeError, ValueError):
-            port = 0
+            port = start_s = end_s = stream_number = 0
+            purpose = "bad"  # refused below with bad_request
         if transport not in ("udp", "tcp-passive", "tcp-active") or purpose not in ("Play", "Playback", "Download") \
                 or (transport != "tcp-active" and not 0 < port < 65536):
             fail("bad_request", f"bad play request {req!r}")
@@ -904,8 +909,7 @@ class GbServer:
         media_host = self.cfg.media_host or self._local_host_for(link.host)
         body = sdp.offer(device_id=self.cfg.server_id, media_host=media_host, media_port=port or 9,
                          transport=transport, ssrc=ssrc, purpose=purpose,  # type: ignore[arg-type]
-                         channel_id=channel_id, start_s=int(req.get("start_s", 0) or 0),
-                         end_s=int(req.get("end_s", 0) or 0), stream_number=int(req.get("stream_number", 0) or 0))
+                         channel_id=channel_id, start_s=start_s, end_s=end_s, stream_number=stream_number)
         from_tag = new_tag()
         msg = self._request(link, "INVITE", channel_id, from_tag=from_tag, body=body, content_type="APPLICATION/SDP",
                             extra=[("Subject", f"{channel_id}:{ssrc},{self.cfg.server_id}:0")])
