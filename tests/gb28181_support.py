@@ -19,10 +19,10 @@ from vms.core.settings import Settings
 from vms.db.engine import Database
 from vms.db.migrate import upgrade
 from vms.db.models import GbChannel, GbDevice
-from vms.gb28181 import registry
 from vms.gb28181.digest import authorization
 from vms.gb28181.server import GbServer
 from vms.gb28181.sip import SipError, SipMessage, StreamSplitter, new_call_id, new_tag, parse_message, request
+from vms.gb28181.views import accept_device
 
 SERVER_ID, DOMAIN, PASSWORD = "44132300002000000001", "4413230000", "gb-server-pw1"
 REGISTRAR = f"sip:{SERVER_ID}@{DOMAIN}"
@@ -82,7 +82,8 @@ def running_gb_server(tmp_path: Path, template: Path | None, database_url: str |
 
 
 def accept(server: GbServer, device: str, password: str | None = None) -> None:
-    registry.accept(server.db, device, password, int(time.time() * 1000))
+    with server.db.session() as session:
+        accept_device(session, device, password, int(time.time() * 1000))
 
 
 def device_row(server: GbServer, device: str) -> GbDevice | None:

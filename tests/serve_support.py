@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "console secret 1"
@@ -105,3 +106,39 @@ def stop_serve(proc: subprocess.Popen) -> None:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def gb28181_serve_config(root: Path, cameras: dict[str, dict], gb: dict, users: tuple = ()) -> dict:
+    """The files for a `vms serve` with GB/T 28181 on loopback: a stations file holding only `cameras`
+    (station id -> its camera section), a vms.yaml with short segments, no simulated RTSP camera and the
+    gb28181 section `gb` (merged over enabled, 127.0.0.1, a free SIP port and 31 media ports), migrated,
+    imported, and `users` ((name, role, password)...) created. Returns {"env", "sip_port", "base",
+    "stations" (id -> name)}."""
+    catalogue = yaml.safe_load((REPO / "config" / "stations.yaml").read_text())
+    stations = [s for s in catalogue["stations"] if s["id"] in cameras]
+    for station in stations:
+        station["camera"] = cameras[station["id"]]
+    catalogue["stations"] = stations
+    stations_file = root / "stations.yaml"
+    stations_file.write_text(yaml.safe_dump(catalogue, allow_unicode=True))
+    sip_port, api_port, media = free_port(), free_port(), free_port()
+    config = root / "vms.yaml"
+    config.write_text(json.dumps({
+        "data_dir": str(root / "data"),
+        "stations_file": str(stations_file),
+        "storage": {"volumes": [{"name": "main", "path": str(root / "recordings"), "min_free_bytes": 0,
+                                 "critical_free_bytes": 0}]},
+        "ingest": {"segment_seconds": 4, "status_interval_seconds": 1, "stall_seconds": 4},
+        "api": {"port": api_port, "status_cache_seconds": 0.5},
+        "simulate": {"enabled": "never"},
+        "gb28181": {"enabled": True, "sip_host": "127.0.0.1", "sip_port": sip_port,
+                    "media_ports": [media, media + 30], **gb},
+        "log_level": "INFO",
+    }))
+    env = {**os.environ, "VMS_CONFIG": str(config), "PYTHONPATH": str(REPO)}
+    run_vms(env, "db", "upgrade")
+    run_vms(env, "stations", "import", str(stations_file))
+    for name, role, password in users:
+        run_vms(env, "users", "create", name, "--role", role, "--password-stdin", stdin=password + "\n")
+    return {"env": env, "sip_port": sip_port, "base": f"http://127.0.0.1:{api_port}",
+            "stations": {s["id"]: s["name"] for s in stations}}

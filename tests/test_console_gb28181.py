@@ -10,8 +10,6 @@ Another station has an RTSP camera URL, which the page refuses to bind over; one
 from __future__ import annotations
 
 import calendar
-import json
-import os
 import re
 import subprocess
 import time
@@ -19,9 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from tests.serve_support import REPO, free_port, run_vms, stop_serve
+from tests.serve_support import REPO, gb28181_serve_config, run_vms, stop_serve
 from vms.simulate.content import VideoFormat, pattern_clip
 from vms.simulate.gb28181_device import GbDeviceSpec, GbSimulator, gb_ids
 
@@ -68,34 +65,13 @@ def rig(tmp_path: Path):
         specs.append(GbDeviceSpec(device_id, [(channel_id, CHANNEL_NAMES[n - 1])],
                                   GB_PASSWORD if n != 3 else DEVICE3_PASSWORD, clip, fps=15,
                                   name=LONG_NAME if n == 2 else ""))
-    catalogue = yaml.safe_load((REPO / "config" / "stations.yaml").read_text())
-    stations = [s for s in catalogue["stations"] if s["id"] in (BOUND, FREE, RTSP)]
-    for s in stations:
-        s["camera"] = {"main_url": {BOUND: f"gb28181://{specs[0].device_id}/{specs[0].channels[0][0]}",
-                                    FREE: None, RTSP: "rtsp://127.0.0.1:9/none"}[s["id"]]}
-    catalogue["stations"] = stations
-    stations_file = tmp_path / "stations.yaml"
-    stations_file.write_text(yaml.safe_dump(catalogue, allow_unicode=True))
-    sip_port, api_port, media = free_port(), free_port(), free_port()
-    config = tmp_path / "vms.yaml"
-    config.write_text(json.dumps({
-        "data_dir": str(tmp_path / "data"),
-        "stations_file": str(stations_file),
-        "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings"), "min_free_bytes": 0,
-                                 "critical_free_bytes": 0}]},
-        "ingest": {"segment_seconds": 4, "status_interval_seconds": 1},
-        "api": {"port": api_port, "status_cache_seconds": 0.5},
-        "simulate": {"enabled": "never"},
-        "gb28181": {"enabled": True, "sip_host": "127.0.0.1", "sip_port": sip_port, "server_id": SERVER_ID,
-                    "domain": DOMAIN, "password": GB_PASSWORD, "media_ports": [media, media + 30],
-                    "keepalive_interval_seconds": 2, "keepalive_missed": 3},
-        "log_level": "INFO",
-    }))
-    env = {**os.environ, "VMS_CONFIG": str(config), "PYTHONPATH": str(REPO)}
-    run_vms(env, "db", "upgrade")
-    run_vms(env, "stations", "import", str(stations_file))
-    for name, role in (("gb-admin", "admin"), ("gb-operator", "operator")):
-        run_vms(env, "users", "create", name, "--role", role, "--password-stdin", stdin=USER_PASSWORD + "\n")
+    cameras = {BOUND: {"main_url": f"gb28181://{specs[0].device_id}/{specs[0].channels[0][0]}"},
+               FREE: {"main_url": None}, RTSP: {"main_url": "rtsp://127.0.0.1:9/none"}}
+    made = gb28181_serve_config(tmp_path, cameras, {
+        "server_id": SERVER_ID, "domain": DOMAIN, "password": GB_PASSWORD, "keepalive_interval_seconds": 2,
+        "keepalive_missed": 3},
+        users=(("gb-admin", "admin", USER_PASSWORD), ("gb-operator", "operator", USER_PASSWORD)))
+    env, sip_port, base = made["env"], made["sip_port"], made["base"]
     log_path = tmp_path / "serve.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([str(REPO / ".venv/bin/vms"), "serve", "--workers", "1"], env=env, stdout=log,
@@ -103,9 +79,9 @@ def rig(tmp_path: Path):
     sim = GbSimulator(specs, ("127.0.0.1", sip_port), SERVER_ID, DOMAIN, keepalive_seconds=2)
     try:
         _wait_until(lambda: "gb28181: SIP on" in log_path.read_text(), 60, "the SIP server started", log_path)
-        _wait_until(lambda: _api_up(f"http://127.0.0.1:{api_port}"), 60, "the API answering", log_path)
+        _wait_until(lambda: _api_up(base), 60, "the API answering", log_path)
         yield {"proc": proc, "env": env, "sim": sim, "log": log_path, "specs": specs, "sip_port": sip_port,
-               "base": f"http://127.0.0.1:{api_port}", "stations": {s["id"]: s["name"] for s in stations}}
+               "base": base, "stations": made["stations"]}
     finally:
         sim.close()
         stop_serve(proc)

@@ -25,10 +25,9 @@ import httpx
 import psutil
 import pytest
 import websockets
-import yaml
 from sqlalchemy import select
 
-from tests.serve_support import REPO, free_port, run_vms, stop_serve
+from tests.serve_support import REPO, gb28181_serve_config, run_vms, stop_serve
 from vms.db.engine import Database
 from vms.db.models import Gap, Segment, StationState
 from vms.simulate.content import VideoFormat, pattern_clip
@@ -69,35 +68,14 @@ def rig(tmp_path: Path, request):
     specs = _devices(clip)
     (dev1, ch1), (dev2, ch2) = (specs[0].device_id, specs[0].channels[0][0]), (specs[1].device_id,
                                                                               specs[1].channels[0][0])
-    catalogue = yaml.safe_load((REPO / "config" / "stations.yaml").read_text())
-    stations = [s for s in catalogue["stations"] if s["id"] in STATIONS]
-    stations[0]["camera"] = {"main_url": f"gb28181://{dev1}/{ch1}"}  # TCP passive: the device dials out
-    stations[1]["camera"] = {"main_url": f"gb28181://{dev2}/{ch2}", "transport": "udp"}
-    for s in stations[2:]:
-        s["camera"] = {"main_url": None}
-    catalogue["stations"] = stations
-    stations_file = tmp_path / "stations.yaml"
-    stations_file.write_text(yaml.safe_dump(catalogue, allow_unicode=True))
-    sip_port, api_port, media = free_port(), free_port(), free_port()
-    config = tmp_path / "vms.yaml"
-    config.write_text(json.dumps({
-        "data_dir": str(tmp_path / "data"),
-        "stations_file": str(stations_file),
-        "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings"), "min_free_bytes": 0,
-                                 "critical_free_bytes": 0}]},
-        "ingest": {"segment_seconds": 4, "status_interval_seconds": 1, "stall_seconds": 4},
-        "api": {"port": api_port, "status_cache_seconds": 0.5},
-        "simulate": {"enabled": "never"},
-        "gb28181": {"enabled": True, "sip_host": "127.0.0.1", "sip_port": sip_port, "server_id": SERVER_ID,
-                    "domain": DOMAIN, "password": PASSWORD, "media_ports": [media, media + 30],
-                    "keepalive_interval_seconds": 2, "keepalive_missed": 3, "no_media_seconds": 6,
-                    "invite_timeout_seconds": 4, **gb_extra},
-        "log_level": "INFO",
-    }))
-    env = {**os.environ, "VMS_CONFIG": str(config), "PYTHONPATH": str(REPO)}
-    run_vms(env, "db", "upgrade")
-    run_vms(env, "stations", "import", str(stations_file))
-    run_vms(env, "users", "create", ADMIN, "--role", "admin", "--password-stdin", stdin=ADMIN_PASSWORD + "\n")
+    cameras = {STATIONS[0]: {"main_url": f"gb28181://{dev1}/{ch1}"},  # TCP passive: the device dials out
+               STATIONS[1]: {"main_url": f"gb28181://{dev2}/{ch2}", "transport": "udp"},
+               STATIONS[2]: {"main_url": None}}
+    made = gb28181_serve_config(tmp_path, cameras, {
+        "server_id": SERVER_ID, "domain": DOMAIN, "password": PASSWORD, "keepalive_interval_seconds": 2,
+        "keepalive_missed": 3, "no_media_seconds": 6, "invite_timeout_seconds": 4, **gb_extra},
+        users=((ADMIN, "admin", ADMIN_PASSWORD),))
+    env, sip_port = made["env"], made["sip_port"]
     log_path = tmp_path / "serve.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([str(REPO / ".venv/bin/vms"), "serve", "--workers", "1"], env=env, stdout=log,
@@ -108,7 +86,7 @@ def rig(tmp_path: Path, request):
         _wait(lambda: "gb28181: SIP on" in log_path.read_text(), 60, "the SIP server started", log_path)
         sim.start()
         yield {"proc": proc, "env": env, "sim": sim, "db": db, "log": log_path, "specs": specs,
-               "base": f"http://127.0.0.1:{api_port}", "root": tmp_path}
+               "base": made["base"], "root": tmp_path}
     finally:
         sim.close()
         stop_serve(proc)

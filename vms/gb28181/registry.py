@@ -148,18 +148,3 @@ def registered_devices(db: Database, now_ms: int) -> list[GbDevice]:
                                                 GbDevice.expires_ms > now_ms)).scalars().all()
         s.expunge_all()
         return list(rows)
-
-
-def accept(db: Database, device_id: str, password: str | None, now_ms: int) -> None:
-    with db.session() as s:
-        row = s.get(GbDevice, device_id)
-        if row is None:
-            row = GbDevice(device_id=device_id, state="unregistered")
-            s.add(row)
-        row.accepted = True
-        if password is not None:
-            row.password = password
-        if row.state == "refused":
-            row.state = "unregistered"
-        row.refused_reason = None
-        row.updated_ms = now_ms
