@@ -10,6 +10,7 @@ receiver and becomes the gap's reason.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import struct
@@ -57,13 +58,15 @@ class _ControlLink:
         self.sock.sendall(encode(message))
 
     def read(self, deadline: float, stop: threading.Event | None = None) -> dict[str, Any] | None:
-        """The next message, or None at end of connection or when `deadline` (monotonic) passes."""
+        """The next message, or None at end of connection or when `deadline` (monotonic; math.inf: none)
+        passes."""
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (stop is not None and stop.is_set()):
                 return None
-            self.sock.settimeout(min(remaining, 0.5))
             try:
+                # (inside: close() from another thread makes settimeout fail too)
+                self.sock.settimeout(min(remaining, 0.5))
                 data = self.sock.recv(65536)
             except TimeoutError:
                 continue
@@ -104,9 +107,10 @@ class GbSource:
 
     def _watch(self) -> None:
         """The SIP server's word on this stream: when the device hangs up or goes offline, end the stream
-        (the receiver closes the pipe; the recorder sees its end)."""
+        (the receiver closes the pipe; the recorder sees its end). The server says nothing while a stream
+        goes well, for hours: the wait has no deadline (one would be taken for the server gone)."""
         while not self._closed:
-            message = self.link.read(time.monotonic() + 3600)
+            message = self.link.read(math.inf)
             if message is None:
                 if not self._closed:
                     self._ended = self._ended or ("gb28181_unavailable", "the connection to the SIP server ended")
