@@ -785,3 +785,29 @@ def test_sip_messages_after_all_this_still_parse_as_sip(gb, devices):
     d = _registered(gb, devices)
     resp = d.transact(d.build("OPTIONS", f"sip:{SERVER_ID}@127.0.0.1:{gb.port}"))
     assert isinstance(resp, SipMessage) and resp.status == 200
+
+
+def test_a_bye_from_elsewhere_or_outside_the_dialog_does_not_end_the_stream(gb, devices, control):
+    """A BYE was matched by its Call-ID alone: anyone who could reach the SIP port with it (another device,
+    a host on the path) ended the stream, and the recording had a gap. It must come from the device's
+    address and name our dialog's tag."""
+    d = _registered(gb, devices)
+    _play(control)
+    invite = d.wait_request("INVITE")
+    ok = d.answer(invite, 200, body=ANSWER_SDP, content_type="APPLICATION/SDP")
+    assert control.recv()["ok"]
+    other = _device(gb, devices, DEV2, host="127.0.0.2")
+    forged = other.build("BYE", f"sip:{SERVER_ID}@127.0.0.1:{gb.port}", call_id=invite.call_id, cseq=1)
+    forged.set_header("From", ok.header("To") or "")
+    forged.set_header("To", invite.header("From") or "")
+    assert other.transact(forged).status == 481
+    wrong_tag = d.build("BYE", f"sip:{SERVER_ID}@127.0.0.1:{gb.port}", call_id=invite.call_id, cseq=1)
+    wrong_tag.set_header("From", ok.header("To") or "")
+    wrong_tag.set_header("To", f"<sip:{SERVER_ID}@{DOMAIN}>;tag=not-ours")
+    assert d.transact(wrong_tag).status == 481
+    assert invite.call_id in gb.dialogs
+    bye = d.build("BYE", f"sip:{SERVER_ID}@127.0.0.1:{gb.port}", call_id=invite.call_id, cseq=2)
+    bye.set_header("From", ok.header("To") or "")
+    bye.set_header("To", invite.header("From") or "")
+    assert d.transact(bye).status == 200
+    assert control.recv()["reason"] == "device_bye"

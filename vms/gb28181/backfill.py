@@ -28,7 +28,7 @@ from vms.db.models import Gap, GbChannel, Segment, Station
 from vms.gb28181.media import MediaReceiver, Transport, make_media_pipe
 from vms.gb28181.server import GbServer, LocalOwner
 from vms.gb28181.source import PROBE_OPTIONS
-from vms.recording.backfill import BackfillWriter
+from vms.recording.backfill import BackfillWriter, remove_unfinished
 from vms.recording.volumes import VolumeSet
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ class BackfillService:
         segments filed it stays as it is (partial): a second pass would file the same time twice."""
         with self.db.session() as s:
             for gap in s.execute(select(Gap).where(Gap.backfill == "running")).scalars():
+                # The segment it was writing is in a `.part` file no one will finish.
+                remove_unfinished(self.volumes, self.settings.tz, gap.station_id, gap.start_ms,
+                                  gap.end_ms or gap.start_ms)
                 filed = s.execute(select(Segment.start_ms, Segment.end_ms).where(
                     Segment.station_id == gap.station_id, Segment.start_ms >= gap.start_ms,
                     Segment.end_ms <= (gap.end_ms or gap.start_ms))).all()

@@ -649,7 +649,10 @@ class GbServer:
 
     async def _on_bye(self, msg: SipMessage, addr, transport, writer) -> None:
         dialog = self.dialogs.get(msg.call_id)
-        if dialog is None:
+        link = self.links.get(dialog.device_id) if dialog is not None else None
+        # Our dialog, from its device: the Call-ID alone would let anyone who learnt it (or a host on the
+        # path) end a recording. A BYE carries our tag in its To; it comes from the registered host.
+        if dialog is None or link is None or addr[0] != link.host or msg.to.tag != dialog.from_tag:
             self._reply(msg, 481, addr, transport, writer)
             return
         self._reply(msg, 200, addr, transport, writer)

@@ -10,6 +10,7 @@ receiver and becomes the gap's reason.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import struct
@@ -24,7 +25,7 @@ import av.container
 from vms.catalog.urls import parse_gb28181_url
 from vms.core.settings import Settings
 from vms.gb28181.control import MAX_LINE, control_address, decode, encode
-from vms.gb28181.media import MediaReceiver, make_media_pipe
+from vms.gb28181.media import CONNECT_TIMEOUT, MediaReceiver, make_media_pipe
 from vms.ingest.sources import OpenedSource, SourceOpener, SourceUnavailable
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 # PS has no header to speak of: the streams are found by reading packets. Enough for a keyframe with its
 # PSM (a 2 Mbps camera's keyframe is ~150 KB), bounded in time by the receiver's no-media deadline.
 PROBE_OPTIONS = {"probesize": "1000000", "analyzeduration": "2000000", "fflags": "-genpts"}
+# The probe is given this long after no_media_seconds: a device that keeps sending a packet now and then
+# without ever making a stream (the receiver's no-media end never comes) must not hold the open for ever.
+PROBE_SLACK_S = 5.0
+# How long the answer to a play may take after the INVITE's own timeout (the SIP server answers then).
+ANSWER_SLACK_S = 5.0
 
 
 class _ControlLink:
@@ -57,13 +63,15 @@ class _ControlLink:
         self.sock.sendall(encode(message))
 
     def read(self, deadline: float, stop: threading.Event | None = None) -> dict[str, Any] | None:
-        """The next message, or None at end of connection or when `deadline` (monotonic) passes."""
+        """The next message, or None at end of connection or when `deadline` (monotonic; math.inf: none)
+        passes."""
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (stop is not None and stop.is_set()):
                 return None
-            self.sock.settimeout(min(remaining, 0.5))
             try:
+                # (inside: close() from another thread makes settimeout fail too)
+                self.sock.settimeout(min(remaining, 0.5))
                 data = self.sock.recv(65536)
             except TimeoutError:
                 continue
@@ -104,9 +112,10 @@ class GbSource:
 
     def _watch(self) -> None:
         """The SIP server's word on this stream: when the device hangs up or goes offline, end the stream
-        (the receiver closes the pipe; the recorder sees its end)."""
+        (the receiver closes the pipe; the recorder sees its end). The server says nothing while a stream
+        goes well, for hours: the wait has no deadline (one would be taken for the server gone)."""
         while not self._closed:
-            message = self.link.read(time.monotonic() + 3600)
+            message = self.link.read(math.inf)
             if message is None:
                 if not self._closed:
                     self._ended = self._ended or ("gb28181_unavailable", "the connection to the SIP server ended")
@@ -170,7 +179,7 @@ def open_gb_source(settings: Settings, url: str, transport: str, stop: threading
     try:
         link.send({"op": "play", "id": request_id, "device": device_id, "channel": channel_id,
                    "transport": media_transport, "port": receiver.port, "purpose": "Play"})
-        answer = link.read(time.monotonic() + cfg.invite_timeout_seconds + 5, stop)
+        answer = link.read(time.monotonic() + cfg.invite_timeout_seconds + ANSWER_SLACK_S, stop)
     except OSError as exc:
         answer = None
         log.debug("gb28181 control: %s", exc)
@@ -187,18 +196,29 @@ def open_gb_source(settings: Settings, url: str, transport: str, stop: threading
         if media_transport == "tcp-active":
             receiver.connect(str(answer.get("host")), int(answer.get("port") or 0))
         receiver.start()
-    except OSError as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         receiver.stop()
-        link.send({"op": "bye", "call": answer.get("call")})
+        try:
+            link.send({"op": "bye", "call": answer.get("call")})
+        except OSError:  # the SIP server is gone: it hung up the stream itself
+            pass
         link.close()
         os.close(read_fd)
         raise SourceUnavailable("no_media", f"cannot reach the device's media port: {exc}") from None
     source_name = f"{device_id}/{channel_id}"
+    # Returns once the probe has read the streams; a device that sends nothing makes the receiver end
+    # (no_media_seconds) and close the pipe, which ends the probe. The guard ends it too (by stopping the
+    # receiver: the pipe closes) at a stop of the session, or when the probe outlives its deadline.
+    probing, fired = threading.Event(), threading.Event()
+    guard = threading.Thread(target=_guard_probe, name=f"gb-probe-{name}", daemon=True,
+                             args=(receiver, stop, probing, fired,
+                                   time.monotonic() + cfg.no_media_seconds + PROBE_SLACK_S))
+    guard.start()
     try:
-        # Returns once the probe has read the streams; a device that sends nothing makes the receiver end
-        # (no_media_seconds) and close the pipe, which ends the probe.
         container = av.open(f"pipe:{read_fd}", format="mpeg", container_options=PROBE_OPTIONS)
     except Exception as exc:  # noqa: BLE001 - the reason comes from the receiver when it knows it
+        probing.set()
+        guard.join()
         ended = receiver.ended
         receiver.stop()
         try:
@@ -207,11 +227,36 @@ def open_gb_source(settings: Settings, url: str, transport: str, stop: threading
             pass
         link.close()
         os.close(read_fd)
+        if stop.is_set():
+            raise SourceUnavailable("ingest_stopped", "ingest stopped") from None
         if ended is not None:
             raise SourceUnavailable(*ended) from None
+        if fired.is_set():
+            raise SourceUnavailable("bad_stream", f"the media of {source_name} made no stream PyAV can read within "
+                                                  f"{cfg.no_media_seconds + PROBE_SLACK_S:g} s") from None
         raise SourceUnavailable("bad_stream", f"the media of {source_name} is not a PS stream PyAV can read: "
                                               f"{exc}") from None
-    return GbSource(container, receiver, link, read_fd, str(answer.get("call")), name)
+    probing.set()
+    guard.join()
+    source = GbSource(container, receiver, link, read_fd, str(answer.get("call")), name)
+    if stop.is_set():  # opened on what came before the stop: not recorded, the session is ending
+        container.close()
+        source.close()
+        raise SourceUnavailable("ingest_stopped", "ingest stopped")
+    # (Opened just as the probe's deadline stopped the receiver: what it read is recorded, then the
+    # stream ends.)
+    return source
+
+
+def _guard_probe(receiver: MediaReceiver, stop: threading.Event, probing: threading.Event,
+                 fired: threading.Event, deadline: float) -> None:
+    """Until the probe is over (`probing` set): at a stop, or at `deadline` (monotonic), stop the receiver,
+    which closes the pipe the probe reads (and set `fired`)."""
+    while not probing.wait(0.1):
+        if stop.is_set() or time.monotonic() >= deadline:
+            fired.set()
+            receiver.stop()
+            return
 
 
 def make_gb_source_opener(settings: Settings) -> SourceOpener:
@@ -220,4 +265,9 @@ def make_gb_source_opener(settings: Settings) -> SourceOpener:
     def open_source(url: str, transport: str, stop: threading.Event) -> OpenedSource:
         return open_gb_source(settings, url, transport, stop)
 
+    cfg = settings.gb28181
+    # The longest an open takes (the session's connect deadline, past which its worker is judged hung):
+    # the INVITE's answer, a tcp-active connect, the probe.
+    open_source.open_seconds = (cfg.invite_timeout_seconds + ANSWER_SLACK_S + CONNECT_TIMEOUT  # type: ignore[attr-defined]
+                                + cfg.no_media_seconds + PROBE_SLACK_S)
     return open_source

@@ -327,8 +327,13 @@ class CameraSession(threading.Thread):
 
     def _connect_and_record(self) -> tuple[str, str]:
         reason: str | None  # why the connection ended: None while it goes on (detail is set with it)
-        # The open has its deadline; telling silence from garbage afterwards takes up to 2 s more.
-        self._set_state(CameraState.CONNECTING, self._open_deadline_s() + 2 + 5)
+        # The open has its deadline; telling silence from garbage afterwards takes up to 2 s more. A source
+        # (gb28181) says how long its open may take: an INVITE's answer, then the media.
+        connect_s = self._open_deadline_s() + 2 + 5
+        source_s = getattr(self.opener, "open_seconds", None)
+        if source_s is not None:
+            connect_s = max(connect_s, float(source_s) + 5)
+        self._set_state(CameraState.CONNECTING, connect_s)
         source: OpenedSource | None = None
         try:
             if self.opener is not None:

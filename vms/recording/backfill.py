@@ -6,7 +6,8 @@ at the time it covers, so a packet's wall time is where the request started plus
 the first packet. Nothing outside the gap is written (the footage around it is the live recording's,
 and segments of one camera never overlap), a segment is closed, fsynced and only then indexed
 complete (a crash leaves at most a file without a row, which crash repair indexes), and each segment
-file is created exclusively, so nothing is ever overwritten.
+file is created exclusively, so nothing is ever overwritten. While written, a segment has a `.part` name:
+crash repair (run by any ingest worker that starts) takes only `*.mp4` files for orphaned segments.
 
 Video only: the audio of a card recording is left out (the live path keeps audio; a backfilled hour is
 for seeing what happened).
@@ -15,6 +16,7 @@ for seeing what happened).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -28,10 +30,12 @@ from vms.recording.avtypes import time_base
 from vms.recording.layout import segment_rel_path
 from vms.recording.recorder import SUPPORTED_VIDEO
 from vms.recording.segment_file import SegmentFile
-from vms.recording.volumes import VolumeSet
+from vms.recording.volumes import VolumeSet, fsync_dir
 
 log = logging.getLogger(__name__)
 
+# A segment being written: not a name crash repair or `vms check` takes for a segment (*.mp4).
+PART_SUFFIX = ".part"
 MAX_STEP_S = 5.0  # as the live recorder: a larger dts step is a clock jump, counted as one frame
 
 
@@ -112,16 +116,26 @@ class BackfillWriter:
         start = wall
         while True:
             rel_path = segment_rel_path(self.station_id, start, self.tz, "main")
+            final = self.volumes.file_path(self.volume, rel_path)
             try:
                 self.volumes.mark(self.volume)
-                f = SegmentFile(self.volumes.file_path(self.volume, rel_path), video)
+                if final.exists():
+                    raise FileExistsError(final)
+                # Written under a name crash repair does not take for a segment (a worker starting meanwhile
+                # repairs this station's recent files: it would index, even trim, the file being written).
+                f = SegmentFile(final.with_name(final.name + PART_SUFFIX), video)
                 return _Backfilled(f, rel_path, start, pos, video.codec_context)
             except FileExistsError:
                 start += 1  # two segments cannot share a millisecond; never overwrite footage
 
     def _finish(self, seg: _Backfilled, end_ms: int, result: BackfillResult) -> None:
         end_ms = max(seg.start_ms + 1, min(end_ms, self.gap_end_ms))
-        size = seg.file.close()  # closed and fsynced before the row says complete
+        part = seg.file.path
+        try:
+            size = seg.file.close()  # closed and fsynced before it takes its name and the row says complete
+        except OSError:
+            part.unlink(missing_ok=True)
+            raise
         ctx = seg.codec_context
         with self.db.session() as s:
             # The invariant, checked where it is kept: segments of one camera never overlap. The live
@@ -134,9 +148,19 @@ class BackfillWriter:
                 if other[0] <= seg.start_ms:
                     log.warning("%s: backfilled %s overlaps footage already filed: dropped", self.station_id,
                                 seg.rel_path)
-                    seg.file.path.unlink(missing_ok=True)
+                    part.unlink(missing_ok=True)
                     return
                 end_ms = other[0]  # the media runs past it: the row says where this footage hands over
+            final = self.volumes.file_path(self.volume, seg.rel_path)
+            try:
+                os.link(part, final)  # its name, never over another file; the row commits next
+            except FileExistsError:
+                log.warning("%s: %s was filed meanwhile: the backfilled segment is dropped", self.station_id,
+                            seg.rel_path)
+                part.unlink(missing_ok=True)
+                return
+            part.unlink()
+            fsync_dir(final.parent)
             s.add(Segment(station_id=self.station_id, stream="main", node=self.node, volume=self.volume,
                           path=seg.rel_path, start_ms=seg.start_ms, end_ms=end_ms,
                           duration_ms=end_ms - seg.start_ms, bytes=size, codec=ctx.name, width=ctx.width or None,
@@ -158,3 +182,21 @@ class _Backfilled:
         self.frames = 0
         self.keyframes = 0
         self.last_wall = start_ms
+
+
+def remove_unfinished(volumes: VolumeSet, tz: ZoneInfo, station_id: str, start_ms: int, end_ms: int) -> int:
+    """Remove the `.part` files a backfill of [start_ms, end_ms) left when it was killed; how many."""
+    removed = 0
+    hour = start_ms - start_ms % 3600_000
+    dirs = set()
+    while hour <= end_ms:
+        dirs.add(segment_rel_path(station_id, hour, tz, "main").rsplit("/", 1)[0])
+        hour += 3600_000
+    for volume in volumes.volumes:
+        if not volumes.is_available(volume):
+            continue
+        for rel_dir in dirs:
+            for path in (volumes.root(volume) / rel_dir).glob("*.mp4" + PART_SUFFIX):
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
