@@ -100,3 +100,24 @@ def test_a_killed_backfill_leaves_no_unfinished_file_behind(env) -> None:
     assert not recover_orphans(db, volumes, settings.tz, "node1", [STATION], now_ms)
     assert backfill_module.remove_unfinished(volumes, settings.tz, STATION, now_ms - 60_000, now_ms - 40_000) == 1
     assert not seg.file.path.exists()
+
+
+def test_a_download_that_never_ends_is_ended_at_its_deadline():
+    """A device that trickles packets and never says 121 must not hold the backfill thread for good."""
+    import time as _time
+
+    from vms.gb28181.backfill import _stop_on_end
+    from vms.gb28181.server import LocalOwner
+
+    class Receiver:
+        ended = None
+        last_packet_mono = None
+        stopped_at: float | None = None
+
+        def stop(self) -> None:
+            self.stopped_at = _time.monotonic()
+
+    receiver = Receiver()
+    started = _time.monotonic()
+    _stop_on_end(LocalOwner(), receiver, started + 0.3)  # type: ignore[arg-type]
+    assert receiver.stopped_at is not None and 0.25 <= receiver.stopped_at - started < 2

@@ -154,7 +154,11 @@ class BackfillService:
             return "none"
         device_id, _, channel_id = url[len("gb28181://"):].partition("/")
         start_s, end_s = start_ms // 1000, -(-end_ms // 1000)
-        pieces = self.server.call(self.server.record_info(device_id, channel_id, start_s, end_s), timeout=30)
+        try:
+            pieces = self.server.call(self.server.record_info(device_id, channel_id, start_s, end_s), timeout=30)
+        except Exception as exc:  # noqa: BLE001 - the SIP server stopping, a timeout: not this gap's fault
+            log.warning("gb28181 backfill %s: asking the card failed (%s); trying again later", station_id, exc)
+            pieces = None
         if pieces is None:
             self._mark(gap_id, backfill=None)  # offline or no answer: the next scan tries again
             return "later"
@@ -199,7 +203,11 @@ class BackfillService:
                 raise RuntimeError(f"{answer.get('reason')}: {answer.get('detail')}")
             call_id = str(answer.get("call"))
             receiver.start()
-            watcher = threading.Thread(target=_stop_on_end, args=(owner, receiver), daemon=True,
+            # A device that trickles packets but never ends would hold the one backfill thread (and every
+            # other camera's backfill) for good: the download gets the piece's real-time length plus a
+            # minute at most, although it is asked for at the download speed.
+            deadline = time.monotonic() + (end_s - start_s) + 60
+            watcher = threading.Thread(target=_stop_on_end, args=(owner, receiver, deadline), daemon=True,
                                        name=f"gb-backfill-end-{channel_id[-6:]}")
             watcher.start()
             container = av.open(f"pipe:{read_fd}", format="mpeg", container_options=PROBE_OPTIONS)
@@ -226,21 +234,24 @@ class BackfillService:
                 pass
 
 
-def _stop_on_end(owner: LocalOwner, receiver: MediaReceiver) -> None:
+def _stop_on_end(owner: LocalOwner, receiver: MediaReceiver, deadline: float) -> None:
     """The device's MediaStatus 121 or BYE ends the download: once what it sent before has arrived (no
     packet for DRAIN_QUIET_S: it says 121 right after writing its last packets, which may still be in
-    the socket), the receiver closes the pipe and the writer meets its end."""
+    the socket), the receiver closes the pipe and the writer meets its end. At `deadline` (monotonic)
+    the download ends whatever the device does."""
     while True:
         try:
-            message = owner.messages.get(timeout=3600)
+            message = owner.messages.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
+            log.warning("gb28181 backfill: the download did not end in time; ending it")
+            receiver.stop()
             return
         if message.get("event") == "done":
             receiver.stop()
             return
         if message.get("event") == "ended":
-            deadline = time.monotonic() + DRAIN_MAX_S
-            while receiver.ended is None and time.monotonic() < deadline:
+            drain_until = min(deadline, time.monotonic() + DRAIN_MAX_S)
+            while receiver.ended is None and time.monotonic() < drain_until:
                 last = receiver.last_packet_mono
                 if last is not None and time.monotonic() - last >= DRAIN_QUIET_S:
                     break

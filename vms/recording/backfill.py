@@ -79,34 +79,39 @@ class BackfillWriter:
         last_dts: int | None = None
         seg: _Backfilled | None = None
         try:
-            for pkt in container.demux(video):
-                if not pkt.size:
-                    continue
-                dts = pkt.dts if pkt.dts is not None else pkt.pts
-                if dts is None:
-                    continue
-                if last_dts is not None:
-                    step = dts - last_dts
-                    pos += step if 0 < step <= max_step else frame
-                last_dts = dts
-                wall = self.stream_start_ms + (pos * num * 1000) // den
-                if wall >= self.gap_end_ms:
-                    break  # the live recording goes on from here
-                key = pkt.is_keyframe
-                if seg is not None and key and wall - seg.start_ms >= self.segment_ms:
-                    self._finish(seg, wall, result)
-                    seg = None
-                if seg is None:
-                    if not key or wall < self.gap_start_ms:
-                        continue  # a segment starts on a keyframe inside the gap
-                    seg = self._start(video, wall, pos, pkt)
-                rel = pos - seg.start_pos
-                pts = pkt.pts
-                seg.file.write_video(pkt, rel, rel + pts - pkt.dts if pts is not None and pkt.dts is not None
-                                     and pts > pkt.dts else rel)
-                seg.frames += 1
-                seg.keyframes += int(key)
-                seg.last_wall = wall + (frame * num * 1000) // den
+            try:
+                for pkt in container.demux(video):
+                    if not pkt.size:
+                        continue
+                    dts = pkt.dts if pkt.dts is not None else pkt.pts
+                    if dts is None:
+                        continue
+                    if last_dts is not None:
+                        step = dts - last_dts
+                        pos += step if 0 < step <= max_step else frame
+                    last_dts = dts
+                    wall = self.stream_start_ms + (pos * num * 1000) // den
+                    if wall >= self.gap_end_ms:
+                        break  # the live recording goes on from here
+                    key = pkt.is_keyframe
+                    if seg is not None and key and wall - seg.start_ms >= self.segment_ms:
+                        self._finish(seg, wall, result)
+                        seg = None
+                    if seg is None:
+                        if not key or wall < self.gap_start_ms:
+                            continue  # a segment starts on a keyframe inside the gap
+                        seg = self._start(video, wall, pos, pkt)
+                    rel = pos - seg.start_pos
+                    pts = pkt.pts
+                    seg.file.write_video(pkt, rel, rel + pts - pkt.dts if pts is not None and pkt.dts is not None
+                                         and pts > pkt.dts else rel)
+                    seg.frames += 1
+                    seg.keyframes += int(key)
+                    seg.last_wall = wall + (frame * num * 1000) // den
+            except (av.error.FFmpegError, OSError) as exc:
+                # A stream that breaks off (the device, the link): what was read so far is still filed
+                # and counted below.
+                log.warning("%s: the camera's recording broke off: %s", self.station_id, exc)
         finally:
             if seg is not None:
                 self._finish(seg, min(seg.last_wall, self.gap_end_ms), result)
