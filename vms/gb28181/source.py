@@ -57,12 +57,14 @@ class _ControlLink:
         self.sock.sendall(encode(message))
 
     def read(self, deadline: float, stop: threading.Event | None = None) -> dict[str, Any] | None:
-        """The next message, or None at end of connection or when `deadline` (monotonic) passes."""
+        """The next message, or None at end of connection or when `deadline` (monotonic) passes (or
+        `stop` is set: looked at twice a second). close() from another thread ends a read."""
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (stop is not None and stop.is_set()):
                 return None
-            self.sock.settimeout(min(remaining, 0.5))
+            # Without a stop to watch, no periodic wake-up: a stream's watcher waits here for hours.
+            self.sock.settimeout(min(remaining, 0.5) if stop is not None else remaining)
             try:
                 data = self.sock.recv(65536)
             except TimeoutError:
@@ -81,6 +83,10 @@ class _ControlLink:
             return {}
 
     def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a read blocked in another thread (close does not)
+        except OSError:
+            pass
         try:
             self.sock.close()
         except OSError:
