@@ -43,5 +43,6 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
-# The recorder's native copier: rebuilt when its source or the installed PyAV changes.
+# The recorder's native copier and the GB28181 receiver's fast path: rebuilt when their sources or the
+# installed PyAV change.
 .venv/bin/python scripts/build_native.py

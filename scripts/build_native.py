@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Build vms/recording/native_copy.pyx against the PyAV installed in this venv, then check it.
+"""Build vms/recording/native_copy.pyx against the PyAV installed in this venv, and
+vms/gb28181/rtp_native.pyx (plain C: the GB28181 media receiver's steady state), then check them.
 
 Cython needs PyAV's declarations of FFmpeg (`include/*.pxd`, shipped in PyAV's sdist, not its wheel):
 they are fetched once from the package index for the installed PyAV version. The C compiler needs
@@ -23,12 +24,14 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "vms" / "recording" / "native_copy.pyx"
+RTP_SOURCE = REPO / "vms" / "gb28181" / "rtp_native.pyx"
 BUILD = REPO / "build" / "native"
 LIBS = ("avformat", "avcodec", "avutil")
 
@@ -105,6 +108,56 @@ def build() -> Path:
     return out
 
 
+def build_rtp() -> Path:
+    """vms/gb28181/rtp_native.pyx: no FFmpeg, only the C library."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    c_file = BUILD / "rtp_native.c"
+    subprocess.run([sys.executable, "-m", "cython", "-3", str(RTP_SOURCE), "-o", str(c_file)], check=True)
+    out = RTP_SOURCE.with_name("rtp_native" + sysconfig.get_config_var("EXT_SUFFIX"))
+    tmp = out.with_suffix(".tmp")
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-w", f"-I{sysconfig.get_paths()['include']}", str(c_file),
+                    "-o", str(tmp)], check=True)
+    tmp.replace(out)
+    return out
+
+
+def check_rtp() -> None:
+    """Three RTP packets over loopback UDP: the in-order two reach the pipe, the third is left to Python."""
+    import socket
+
+    from vms.gb28181 import rtp_native
+    from vms.gb28181.rtp import build_rtp
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    read_fd, write_fd = os.pipe()
+    wake = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        tx.bind(("127.0.0.1", 0))
+        os.set_blocking(write_fd, False)
+        fast = rtp_native.FastPath(False, rx.fileno(), write_fd, wake, batch_s=0)
+        if not fast.sync(7, 1234, tx.getsockname()):
+            sys.exit("build_native: rtp_native refused a loopback address")
+        for seq, payload in ((7, b"one"), (8, b"two")):
+            tx.sendto(build_rtp(payload, 96, seq, 0, 1234, False), rx.getsockname())
+        first = fast.run(time.monotonic() + 0.3)  # both written into the pipe, then the deadline
+        tx.sendto(build_rtp(b"four", 96, 10, 0, 1234, False), rx.getsockname())
+        second = fast.run(time.monotonic() + 5)  # a hole: left to Python
+        data, addr = fast.take_packet() if second == rtp_native.STATUS_SLOW else (b"", None)
+        os.set_blocking(read_fd, False)
+        written = os.read(read_fd, 100)
+        got = (first, second, written, fast.next_seq, fast.packets, addr, data[12:])
+        if got != (rtp_native.STATUS_TIMEOUT, rtp_native.STATUS_SLOW, b"onetwo", 9, 2, tx.getsockname(), b"four"):
+            sys.exit(f"build_native: rtp_native check failed: {got}")
+    finally:
+        for fd in (read_fd, write_fd, wake):
+            os.close(fd)
+        rx.close()
+        tx.close()
+
+
 def check() -> None:
     """Demux a real H.264 stream and compare each packet's fields as PyAV sees them and as the module does."""
     import av
@@ -169,26 +222,28 @@ def fingerprint() -> str:
     import av
 
     h = hashlib.sha256()
-    for path in (SOURCE, Path(__file__).resolve()):
+    for path in (SOURCE, RTP_SOURCE, Path(__file__).resolve()):
         h.update(path.read_bytes())
     h.update(f"{av.__version__} {sys.version} {sys.executable}".encode())
     return h.hexdigest()
 
 
 def main() -> None:
-    out = SOURCE.with_name("native_copy" + sysconfig.get_config_var("EXT_SUFFIX"))
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    outs = [SOURCE.with_name("native_copy" + suffix), RTP_SOURCE.with_name("rtp_native" + suffix)]
     stamp = BUILD / "stamp"
     wanted = fingerprint()
-    if out.exists() and stamp.exists() and stamp.read_text() == wanted and "--force" not in sys.argv:
+    if all(o.exists() for o in outs) and stamp.exists() and stamp.read_text() == wanted and "--force" not in sys.argv:
         return  # up to date
-    out = build()
-    try:
-        check()
-    except SystemExit:
-        out.unlink(missing_ok=True)
-        raise
+    for make, verify in ((build, check), (build_rtp, check_rtp)):
+        out = make()
+        try:
+            verify()
+        except SystemExit:
+            out.unlink(missing_ok=True)
+            raise
+        print(f"build_native: built and checked {out.relative_to(REPO)}")
     stamp.write_text(wanted)
-    print(f"build_native: built and checked {out.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

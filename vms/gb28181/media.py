@@ -5,8 +5,10 @@ packet loop then reads a plain fd, as for any other camera.
 
 One thread per session, in an ingest worker process with up to ~70 sessions of ~180 packets/s each:
 the per-packet path is one header parse and one copy into an output buffer, written to the pipe once
-per burst of packets. Nothing a device sends can raise out of the thread, and nothing it sends can
-write more than one log line per kind of problem per session.
+per burst of packets. Once the session knows its SSRC (and UDP source), the packets that are simply
+the next in sequence take that path in C without the GIL (vms.gb28181.rtp_native, when built), and
+this code sees only those that need a decision. Nothing a device sends can raise out of the thread,
+and nothing it sends can write more than one log line per kind of problem per session.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ import time
 from typing import Any, Literal
 
 from vms.gb28181.rtp import Rfc4571Deframer, RtpError, rtp_header
+
+try:  # built by scripts/build_native.py; without it every packet goes through the Python path below
+    from vms.gb28181 import rtp_native
+except ImportError:  # pragma: no cover - depends on the build
+    rtp_native = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,8 @@ DRAIN_CHUNKS = 8  # TCP reads per wake-up, likewise
 BATCH_SECONDS = 0.02
 CONNECT_TIMEOUT = 5.0
 JOIN_SECONDS = 2.0
+# The C fast path (rtp_native) comes back to Python at least this often, for the counters and deadlines.
+FAST_RETURN_SECONDS = 1.0
 
 STATS_KEYS = (
     "packets",  # accepted RTP packets
@@ -147,7 +156,8 @@ class MediaReceiver:
     """
 
     def __init__(self, transport: Transport, bind_host: str, port_range: tuple[int, int], sink_fd: int,
-                 expected_ssrc: int | None = None, no_media_seconds: float = 10.0, name: str = "") -> None:
+                 expected_ssrc: int | None = None, no_media_seconds: float = 10.0, name: str = "",
+                 native: bool | None = None) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
         low, high = port_range
@@ -157,6 +167,8 @@ class MediaReceiver:
             raise ValueError(f"no_media_seconds must be positive, got {no_media_seconds}")
         self.transport: Transport = transport
         self.name = name
+        # The in-order packets in C (rtp_native) when it is built; native=False: all in Python (tests).
+        self.native = rtp_native is not None and native is not False
         self.expected_ssrc = expected_ssrc
         self.no_media_seconds = no_media_seconds
         self.port = 0
@@ -165,6 +177,7 @@ class MediaReceiver:
         self.ssrc: int | None = None
         self.source: tuple[str, int] | None = None
         self.stats: dict[str, int] = dict.fromkeys(STATS_KEYS, 0)
+        self.native_packets = 0  # of stats["packets"], those the C fast path took
 
         # The UDP socket, or the TCP media connection once there is one; the tcp-passive listener.
         self._sock: socket.socket | None = None
@@ -329,12 +342,26 @@ class MediaReceiver:
         poller.register(sock.fileno(), select.POLLIN)
         poller.register(self._wake_fd, select.POLLIN)
         view = memoryview(self._buffer)
+        fast = self._fast_path(False, sock.fileno())
         while True:
             deadline = self._silence_deadline()
             if self._pending:
                 deadline = min(deadline, self._hole_since + REORDER_SECONDS)
             if time.monotonic() >= self._silence_deadline():
                 self._end_without_media()
+            # In order, from the learned source: C takes the packets until one needs a decision.
+            if (fast is not None and self.ssrc is not None and self._next_seq is not None and not self._pending
+                    and self._restart_candidate is None
+                    and fast.sync(self._next_seq, self.ssrc, self._source_addr)):
+                status = self._run_fast(fast, poller, deadline)
+                if status == rtp_native.STATUS_SLOW:
+                    data, addr = fast.take_packet()
+                    self._on_datagram(memoryview(data), len(data), addr, time.monotonic())
+                elif status == rtp_native.STATUS_RECV_ERROR:
+                    self.stats["malformed"] += 1
+                    self._once("recv_error", "receiving failed: %s", fast.strerror)
+                self._write_out()
+                continue
             received = 0
             for fd, _ in self._poll(poller, deadline):
                 if fd == self._wake_fd:
@@ -485,12 +512,33 @@ class MediaReceiver:
         deframer = Rfc4571Deframer()
         view = memoryview(self._buffer)
         conn: socket.socket | None = None
+        fast: rtp_native.FastPath | None = None
         while True:
             if conn is None and self._sock is not None:  # accepted below, or dialled by connect()
                 conn = self._sock
                 poller.register(conn.fileno(), select.POLLIN)
+                fast = self._fast_path(True, conn.fileno())
             if time.monotonic() >= self._silence_deadline():
                 self._end_without_media()
+            # RFC 4571 frames of the learned SSRC in order: C takes them until one needs a decision.
+            # It goes on from what the deframer holds, and Python from what C holds (take_carry).
+            if (fast is not None and self.ssrc is not None and self._next_seq is not None and not deframer.interleaved
+                    and deframer.buffered <= rtp_native.MAX_CARRY_BYTES and fast.sync(self._next_seq, self.ssrc)):
+                if deframer.buffered:
+                    fast.set_carry(deframer.take_buffer())
+                status = self._run_fast(fast, poller, self._silence_deadline())
+                if status == rtp_native.STATUS_SLOW:
+                    self._deframe(fast.take_rest(), deframer, time.monotonic())
+                elif status == rtp_native.STATUS_CLOSED:
+                    self._write_out()
+                    raise _Ended("media_closed", "the device closed the TCP connection")
+                elif status == rtp_native.STATUS_RECV_ERROR:
+                    self._write_out()
+                    raise _Ended("media_closed", f"the TCP connection failed: {fast.strerror}")
+                self._write_out()
+                continue
+            if fast is not None:
+                self._deframe(fast.take_carry(), deframer, time.monotonic())
             closed: str | None = None
             received = 0
             for fd, _ in self._poll(poller, self._silence_deadline()):
@@ -541,14 +589,17 @@ class MediaReceiver:
             if size == 0:
                 return received, "the device closed the TCP connection"
             received += size
-            skipped = deframer.skipped_bytes
-            frames = deframer.feed(view[:size])
-            if deframer.skipped_bytes != skipped:
-                self.stats["malformed"] += 1
-                self._once("tcp_framing", "the TCP stream lost its RTP framing; skipping bytes to the next frame")
-            for frame in frames:
-                self._on_frame(frame, now)
+            self._deframe(view[:size], deframer, now)
         return received, None
+
+    def _deframe(self, data: bytes | memoryview, deframer: Rfc4571Deframer, now: float) -> None:
+        skipped = deframer.skipped_bytes
+        frames = deframer.feed(data)
+        if deframer.skipped_bytes != skipped:
+            self.stats["malformed"] += 1
+            self._once("tcp_framing", "the TCP stream lost its RTP framing; skipping bytes to the next frame")
+        for frame in frames:
+            self._on_frame(frame, now)
 
     def _on_frame(self, frame: bytes, now: float) -> None:
         try:
@@ -573,6 +624,42 @@ class MediaReceiver:
             self._once("lost", "the device skipped %d sequence numbers before %d", gap, seq, level=logging.INFO)
         self._next_seq = (seq + 1) & 0xFFFF
         self._out += memoryview(frame)[start:end]
+
+    # -- the C fast path ---------------------------------------------------------------------------
+
+    def _fast_path(self, tcp: bool, sock_fd: int) -> rtp_native.FastPath | None:
+        if not self.native:
+            return None
+        return rtp_native.FastPath(tcp, sock_fd, self._sink_fd, self._wake_fd,
+                                   self._listener.fileno() if self._listener is not None else -1,
+                                   batch_s=BATCH_SECONDS, drain_packets=DRAIN_PACKETS, drain_chunks=DRAIN_CHUNKS,
+                                   chunk=len(self._buffer))
+
+    def _run_fast(self, fast: rtp_native.FastPath, poller: select.poll, deadline: float) -> int:
+        """One run of the C fast path (no GIL) until it needs us; its counters and sequence folded into
+        ours, what it had not written yet put before our output. The wake fd and the listener are
+        handled here, as the Python loop does; a pipe whose reader is gone ends the session."""
+        status = fast.run(min(deadline, time.monotonic() + FAST_RETURN_SECONDS))
+        if fast.packets:
+            self.native_packets += fast.packets
+            self.stats["packets"] += fast.packets
+            self.stats["bytes"] += fast.payload_bytes
+            fast.packets = fast.payload_bytes = 0
+            self.last_packet_mono = fast.last_packet
+            self._next_seq = self._highest_seq = fast.next_seq
+        self._sink_waited_mono = max(self._sink_waited_mono, fast.sink_waited)
+        self._out += fast.take_out()
+        if status == rtp_native.STATUS_EVENT:
+            for fd, _ in self._poll(poller, time.monotonic()):  # (no wait: what woke it is there)
+                if fd == self._wake_fd:
+                    self._clear_wake()
+                elif self._listener is not None and fd == self._listener.fileno():
+                    self._accept()
+        elif status == rtp_native.STATUS_SINK_CLOSED:
+            raise _Ended("sink_closed", "the reader of the media pipe is gone")
+        elif status == rtp_native.STATUS_SINK_ERROR:
+            raise _Ended("sink_closed", f"writing the media pipe failed: {fast.strerror}")
+        return status
 
     # -- shared ------------------------------------------------------------------------------------
 

@@ -112,6 +112,18 @@ class Rfc4571Deframer:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def interleaved(self) -> bool:
+        """Whether the last frame was RTSP-interleaved ("$")."""
+        return self._interleaved
+
+    def take_buffer(self) -> bytes:
+        """The bytes held (a partial frame, from its start), leaving none: for the receiver's C fast
+        path, which goes on from them (vms.gb28181.rtp_native)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         buf = self._buffer
         buf += data

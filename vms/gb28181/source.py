@@ -64,14 +64,18 @@ class _ControlLink:
 
     def read(self, deadline: float, stop: threading.Event | None = None) -> dict[str, Any] | None:
         """The next message, or None at end of connection or when `deadline` (monotonic; math.inf: none)
-        passes."""
+        passes (or `stop` is set: looked at twice a second). close() from another thread ends a read."""
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (stop is not None and stop.is_set()):
                 return None
             try:
-                # (inside: close() from another thread makes settimeout fail too)
-                self.sock.settimeout(min(remaining, 0.5))
+                # (inside: close() from another thread makes settimeout fail too.) Without a stop to watch,
+                # no periodic wake-up: a stream's watcher waits here for hours.
+                if stop is not None:
+                    self.sock.settimeout(min(remaining, 0.5))
+                else:
+                    self.sock.settimeout(None if math.isinf(remaining) else remaining)
                 data = self.sock.recv(65536)
             except TimeoutError:
                 continue
@@ -89,6 +93,10 @@ class _ControlLink:
             return {}
 
     def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a read blocked in another thread (close does not)
+        except OSError:
+            pass
         try:
             self.sock.close()
         except OSError:

@@ -506,7 +506,9 @@ class CameraSession(threading.Thread):
         the ordinary video packets of an open segment never reach Python (see vms.recording.copier)."""
         copier = None
         if self._copier_may_run():
-            copier = make_copier(container, streams, video_index, self.settings.receive_pause_seconds, self.transport)
+            # A source of our own (GB28181) is read from a pipe, not from the camera's socket.
+            transport = "pipe" if self._source is not None else self.transport
+            copier = make_copier(container, streams, video_index, self.settings.receive_pause_seconds, transport)
         if copier is None:
             yield from container.demux(streams)
             return

@@ -42,14 +42,16 @@ def make_copier(container: av.container.InputContainer, streams: list, video_ind
     """A PacketCopier reading `container`, or None if the module is not built or cannot serve it: a
     read timeout (PyAV checks it in its interrupt callback, which the copier does not arm) or more
     streams than it tracks. While armed it pauses up to `pause_s` between reads (0: never), over TCP
-    only: over UDP a pause would let the socket's buffer overflow and drop packets."""
+    or from a pipe only: over UDP a pause would let the socket's buffer overflow and drop packets. A
+    pipe ("pipe": a GB28181 camera, whatever its station's transport) is filled by a receiving thread
+    that keeps draining the camera's socket, so a pause only lets the PS gather in the pipe."""
     if not NATIVE_BUILT or container.read_timeout is not None:
         return None
     try:
         copier = PacketCopier(container, streams, video_index)
     except ValueError:
         return None
-    copier.pause_us = round(pause_s * 1_000_000) if transport == "tcp" else 0
+    copier.pause_us = round(pause_s * 1_000_000) if transport in ("tcp", "pipe") else 0
     return copier
 
 
