@@ -98,16 +98,20 @@ def test_disabled_account_is_answered_as_a_wrong_password(api, db, clock):
         r = api.post("/api/auth/login", json={"username": username, "password": password})
         return r, time.perf_counter() - t0
 
-    disabled = [attempt("li-disabled", PASSWORD) for _ in range(3)]
-    wrong = [attempt("li-active", "not the password") for _ in range(3)]
+    disabled, wrong = [], []
+    for _ in range(3):  # alternating, so that a burst of load elsewhere slows both alike
+        disabled.append(attempt("li-disabled", PASSWORD))
+        wrong.append(attempt("li-active", "not the password"))
     for r, _ in disabled + wrong:
         assert r.status_code == 401 and r.json() == {"detail": "用户名或密码错误", "code": "login_failed"}
         assert "li-" not in r.text and "停用" not in r.text and "disabled" not in r.text
     assert {k.lower() for k in disabled[0][0].headers} == {k.lower() for k in wrong[0][0].headers}
     # Same timing: the password is verified (argon2, ~0.25 s here) either way. Skipping it for a disabled
-    # account answers in milliseconds; a loaded machine slows both alike, so compare the fastest of each.
+    # account answers in milliseconds (a ratio of ~0.02); a loaded machine slows one attempt more than
+    # another (0.35 vs 0.74 s seen in CI with a benchmark running), so the fastest of each are compared with
+    # a margin that still tells "verified" from "skipped".
     fastest_disabled, fastest_wrong = min(t for _, t in disabled), min(t for _, t in wrong)
-    assert fastest_disabled > 0.5 * fastest_wrong, (fastest_disabled, fastest_wrong)
+    assert fastest_disabled > 0.25 * fastest_wrong, (fastest_disabled, fastest_wrong)
 
 
 def test_expired_api_key_says_it_is_an_expired_key(api, db, clock, settings):
