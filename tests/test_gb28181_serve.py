@@ -278,3 +278,64 @@ def _gap_rows(db: Database, station: str) -> list[dict]:
         return [{"id": g.id, "reason": g.reason, "start_ms": g.start_ms, "end_ms": g.end_ms, "backfill": g.backfill,
                  "filled_by": g.filled_by, "filled_ms": g.filled_ms}
                 for g in s.execute(select(Gap).where(Gap.station_id == station).order_by(Gap.start_ms)).scalars()]
+
+
+def test_kill_9_of_vms_ingest_loses_at_most_the_last_fragment_and_gb_cameras_come_back(tmp_path):
+    """The RTSP crash test's bound (test_ingest_crash.py) for GB cameras, over TCP passive and UDP: a
+    SIGKILL of the whole `vms ingest` (the SIP server with it) mid-segment loses at most the last
+    fragment, plus what the media pipe and the receiver held; started again, it restores the UDP
+    device's registration from the database, the TCP device registers again, and both record."""
+    clip = pattern_clip(tmp_path / "cache", VideoFormat(320, 240, 15, 300, 15), 4.0)
+    specs = _devices(clip)[:2]
+    cameras = {STATIONS[0]: {"main_url": f"gb28181://{specs[0].device_id}/{specs[0].channels[0][0]}"},
+               STATIONS[1]: {"main_url": f"gb28181://{specs[1].device_id}/{specs[1].channels[0][0]}",
+                             "transport": "udp"}}
+    made = gb28181_serve_config(tmp_path, cameras, {
+        "server_id": SERVER_ID, "domain": DOMAIN, "password": PASSWORD, "keepalive_interval_seconds": 2,
+        "keepalive_missed": 3, "no_media_seconds": 6, "invite_timeout_seconds": 4, "backfill": False})
+    env = made["env"]
+    db = Database(f"sqlite:///{tmp_path / 'data' / 'vms.db'}")
+    vms = str(REPO / ".venv/bin/vms")
+    sim = GbSimulator(specs, ("127.0.0.1", made["sip_port"]), SERVER_ID, DOMAIN, keepalive_seconds=2)
+    stations = STATIONS[:2]
+    try:
+        log1 = open(tmp_path / "ingest1.log", "w")
+        proc = subprocess.Popen([vms, "ingest", "--no-analysis"], env=env, stdout=log1, stderr=log1,
+                                start_new_session=True)
+        try:
+            _wait(lambda: "gb28181: SIP on" in (tmp_path / "ingest1.log").read_text(), 60, "the SIP server")
+            sim.start()
+            _wait(lambda: all(_complete_after(db, sid, 0) >= 1 for sid in stations), 60, "recording",
+                  tmp_path / "ingest1.log")
+            time.sleep(2.5)  # mid-segment (4 s segments): several fragments written
+        finally:
+            killed_ms = int(time.time() * 1000)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            log1.close()
+        last_before = {sid: _segments(db, sid)[-1] for sid in stations}
+        log2 = open(tmp_path / "ingest2.log", "w")
+        proc = subprocess.Popen([vms, "ingest", "--no-analysis"], env=env, stdout=log2, stderr=log2,
+                                start_new_session=True)
+        try:
+            _wait(lambda: all(_complete_after(db, sid, killed_ms) >= 1 for sid in stations), 60,
+                  "both GB cameras recording after the restart", tmp_path / "ingest2.log")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, (tmp_path / "ingest2.log").read_text()[-3000:]
+            log2.close()
+    finally:
+        sim.close()
+    for sid in stations:
+        segs = _segments(db, sid)
+        crashed = next(s for s in segs if s[3] == last_before[sid][3])
+        assert crashed[2] == "complete"  # repaired at the restart: what reached the disk is kept
+        # One fragment (0.5 s), the copier's pause (0.5 s), a frame, what the pipe and the receiver's 20 ms
+        # batches held, and the kill's timing slack.
+        lost_ms = killed_ms - crashed[1]
+        assert lost_ms <= 500 + 500 + 1000 / 15 + 100 + 600, f"{sid}: lost {lost_ms} ms at the kill"
+        for (_a1, b1, _, p1), (a2, _b2, _, p2) in zip(segs, segs[1:], strict=False):
+            assert b1 <= a2, (p1, p2)
+    check = subprocess.run([vms, "recordings", "check"], env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    db.dispose()
