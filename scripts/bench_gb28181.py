@@ -56,7 +56,7 @@ from vms.catalog.store import import_catalog  # noqa: E402
 from vms.core.settings import Settings  # noqa: E402
 from vms.db.engine import Database  # noqa: E402
 from vms.db.migrate import upgrade  # noqa: E402
-from vms.db.models import CameraStatus, Station  # noqa: E402
+from vms.db.models import CameraStatus, Gap, Segment, Station  # noqa: E402
 from vms.simulate import Simulator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,6 +205,33 @@ def thread_group(name: str) -> str:
 
 # -- one contender ----------------------------------------------------------------------------------------
 
+def index_check(settings: Settings, seg_len: float) -> dict:
+    """What the index says of each camera's footage: segments that are not full although another
+    follows them (each camera's last is cut by the stop), holes of over a second between consecutive
+    segments, and the gaps that opened after a camera's first segment (their reasons)."""
+    db = Database(settings.db_url)
+    try:
+        with db.session() as s:
+            rows = s.execute(select(Segment.station_id, Segment.start_ms, Segment.end_ms, Segment.duration_ms)
+                             .order_by(Segment.station_id, Segment.start_ms)).all()
+            gaps = s.execute(select(Gap.station_id, Gap.start_ms, Gap.reason)).all()
+    finally:
+        db.dispose()
+    by: dict[str, list] = defaultdict(list)
+    for sid, start, end, duration in rows:
+        by[sid].append((start, end, duration))
+    short = holes = 0
+    for segs in by.values():
+        short += sum(1 for _start, _end, duration in segs[:-1] if duration < 0.9 * seg_len * 1000)
+        holes += sum(1 for a, b in zip(segs, segs[1:], strict=False) if b[0] - a[1] > 1000)
+    first = {sid: segs[0][0] for sid, segs in by.items()}
+    reasons: dict[str, int] = defaultdict(int)
+    for sid, start, reason in gaps:
+        if sid in first and start > first[sid] and reason != "ingest_stopped":
+            reasons[reason] += 1
+    return {"cameras_recorded": len(by), "short_segments": short, "holes": holes, "gaps": dict(reasons)}
+
+
 def wait_streaming(settings: Settings, cameras: int, main: subprocess.Popen, since: float,
                    timeout: float = 180) -> float:
     """Seconds from `since` until the workers report every camera streaming (or the timeout)."""
@@ -239,8 +266,10 @@ def run_vms(contender: str, sim: Simulator, stations: list[str], work: Path, arg
         "storage": {"volumes": [{"name": "main", "path": str(work / "vms")}]},
         "ingest": {"segment_seconds": args.segment_seconds, "workers": args.workers},
         "simulate": {"enabled": "never"},
+        # Every simulated device sends from 127.0.0.1: the per-address rate limit (20 REGISTER and MESSAGE a
+        # second, meant for one device or one NAT) would stretch 139 registrations over a minute.
         "gb28181": {"enabled": gb, "sip_host": "127.0.0.1", "sip_port": sip_port or 5060, "server_id": SERVER_ID,
-                    "domain": DOMAIN, "password": PASSWORD, "media_bind": "127.0.0.1"},
+                    "domain": DOMAIN, "password": PASSWORD, "media_bind": "127.0.0.1", "requests_per_second": 1000},
         "analysis": {"enabled": args.setup == "product"},
         "log_level": "INFO",
     }
@@ -323,6 +352,7 @@ def run_vms(contender: str, sim: Simulator, stations: list[str], work: Path, arg
     for key, (name, ticks) in threads_after.items():
         threads[thread_group(name)] += (ticks - threads_before.get(key, (name, 0))[1]) / tick / elapsed
     full, total, seconds = count_segments(work / "vms", args.segment_seconds)
+    index = index_check(settings, args.segment_seconds)
     text = log_path.read_text(errors="replace")
     received = defaultdict(int)
     for m in re.finditer(r"GB28181 media \S+ (?:stopped|ended: [^;]*); (.*)", text):
@@ -332,7 +362,7 @@ def run_vms(contender: str, sim: Simulator, stations: list[str], work: Path, arg
             "streaming_after_s": streaming_after, "full_segments": full, "files": total, "footage_s": seconds,
             "processes": len(vms_procs),
             "sim_cores": sim_cpu, "machine_cores": busy / elapsed, "load": [load_before, load_after],
-            "threads": dict(threads), "received": dict(received), "sent": sent,
+            "threads": dict(threads), "received": dict(received), "sent": sent, "index": index,
             "errors": len(re.findall(r" (?:ERROR|CRITICAL) ", text))}
 
 
@@ -411,7 +441,10 @@ def main() -> None:
                       f"{r['full_segments']} full segments, simulator {r['sim_cores']:.2f} cores, machine "
                       f"{r['machine_cores']:.2f} cores busy, load {r['load'][1][0]:.1f}"
                       + (f", {r['received'].get('packets', 0)} packets received, {lost} lost" if "gb" in kind else "")
-                      + (f", {r['errors']} errors logged" if r["errors"] else ""), file=sys.stderr, flush=True)
+                      + (f", {r['errors']} errors logged" if r["errors"] else "")
+                      + f"; index: {r['index']['cameras_recorded']} cameras, {r['index']['short_segments']} short "
+                        f"segments, {r['index']['holes']} holes, gaps {r['index']['gaps'] or 'none'}",
+                      file=sys.stderr, flush=True)
                 if args.thread_cpu:
                     for group, cores in sorted(r["threads"].items(), key=lambda kv: -kv[1]):
                         if cores * 1000 / n >= 0.005:
@@ -432,7 +465,10 @@ def main() -> None:
                 "rounds": [1000 * r["cpu_cores"] / n for r in rs], "threads": dict(threads),
                 "lost": max(r["received"].get("lost", 0) for r in rs),
                 "packets": min(r["received"].get("packets", 0) for r in rs),
-                "errors": max(r["errors"] for r in rs)}
+                "errors": max(r["errors"] for r in rs),
+                "missing": max(r["index"]["short_segments"] + r["index"]["holes"]
+                               + n - r["index"]["cameras_recorded"] for r in rs),
+                "gaps": {k: v for r in rs for k, v in r["index"]["gaps"].items()}}
 
     expected = n * math.floor((args.warmup + args.seconds) / args.segment_seconds)
     rows = []
@@ -447,7 +483,8 @@ def main() -> None:
                      "pss_mb_per_stream": r["pss"] / n / 2**20,
                      "expected_full_segments": expected, "full_segments": r["full_segments"], "files": r["files"],
                      "footage_s_per_camera": r["footage_s"] / n, "packets_lost": r["lost"],
-                     "packets_received": r["packets"], "errors_logged": r["errors"],
+                     "packets_received": r["packets"], "errors_logged": r["errors"], "missing": r["missing"],
+                     "gaps": r["gaps"],
                      "simulator_cores": r["sim_cores"], "machine_busy_cores": r["machine_cores"],
                      "threads_ms_per_stream_s": {g: 1000 * c / n for g, c in r["threads"].items()}})
     by = {row["contender"]: row for row in rows}
@@ -462,11 +499,14 @@ def main() -> None:
     print(f"# bench_gb28181 {started:%Y-%m-%d %H:%M} UTC, {machine}")
     print(f"# {n} cameras {args.width}x{args.height} {args.fps} fps {args.bitrate_kbps} kbps GOP {args.gop}; "
           f"{args.warmup:.0f} s warm-up + {args.seconds:.0f} s measured; segments of {args.segment_seconds:.0f} s; "
-          f"mean of {args.rounds} round(s), full segments: the worst round; vms ingest, set-up {args.setup}; "
+          f"mean of {args.rounds} round(s), full segments: the worst round (the warm-up starts once every camera "
+          f"streams: early ones may record one more); missing: short segments before a camera's last, holes over "
+          f"1 s between segments and cameras without footage, in the index, the worst round; "
+          f"vms ingest, set-up {args.setup}; "
           f"GB devices in {args.sim_processes} process(es), keepalive {args.keepalive:g} s")
     print(f"# load average at the start {load_at_start[0]:.2f} / {load_at_start[1]:.2f} / {load_at_start[2]:.2f}")
     print("| contender | processes | CPU ms per stream-second (rounds) | of which main process | PSS MB per stream |"
-          " full segments (expected) | files | packets lost | simulator cores | machine busy cores |")
+          " full segments (expected at least) | missing | packets lost | simulator cores | machine busy cores |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         rounds = ", ".join(f"{x:.2f}" for x in row["cpu_ms_per_stream_s_rounds"])
@@ -475,7 +515,7 @@ def main() -> None:
         label = LABELS[kind] + (" (--compare-repo)" if other else "")
         print(f"| {label} | {row['processes']} | {row['cpu_ms_per_stream_s']:.2f} ({rounds}) |"
               f" {row['main_ms_per_stream_s']:.2f} | {row['pss_mb_per_stream']:.1f} |"
-              f" {row['full_segments']} ({expected}) | {row['files']} | {lost} | {row['simulator_cores']:.2f} |"
+              f" {row['full_segments']} ({expected}) | {row['missing']} | {lost} | {row['simulator_cores']:.2f} |"
               f" {row['machine_busy_cores']:.2f} |")
     if args.compare_repo:
         print(f"# :other = vms of {args.compare_repo}")
