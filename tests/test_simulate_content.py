@@ -9,6 +9,8 @@ import av
 import numpy as np
 import pytest
 
+from vms.analysis.features import mean_abs_diff, reduce_planes
+from vms.core.settings import AnalysisSettings
 from vms.simulate import Simulator
 from vms.simulate.content import VideoFormat, pattern_clip, source_clip, station_day_clip
 
@@ -145,3 +147,31 @@ def test_bad_arguments_are_named(kwargs, message):
 def test_missing_source_is_named(tmp_path):
     with pytest.raises(ValueError, match="nope.h264 does not exist"):
         Simulator(source=tmp_path / "nope.h264", cache_dir=tmp_path).start()
+
+
+def test_station_day_keyframes_of_a_still_scene_are_never_identical(day):
+    """A real sensor's noise never repeats, so no two keyframes of a real camera decode to the same
+    picture even when nothing in the room moves; the analysis calls identical samples `frozen`. The
+    station day's noise once cycled through 4 fixed patterns: keyframes a multiple of 4 frames apart
+    (every sample 20 or 60 s apart, at 15 fps) decoded bit for bit the same, and `vms serve` flagged
+    7 of its 8 healthy simulated cameras frozen (issue 19)."""
+    path, truth, _ = day
+    fps = truth["fps"]
+    moving = [(e["t"], e["t"] + e.get("duration", 0)) for e in truth["events"]]
+    moving += [(ep["enter"], ep["leave"]) for ep in truth["person_episodes"]]
+    lit = truth["lit_intervals"][0]
+
+    def still(t: float) -> bool:
+        return lit[0] + 0.5 < t < lit[1] - 0.5 and all(not a - 0.5 < t < b + 0.5 for a, b in moving)
+
+    pictures = []
+    with av.open(str(path), format="h264") as c:
+        for i, frame in enumerate(c.decode(video=0)):
+            if frame.key_frame and still(i / fps):
+                y = frame.to_ndarray(format="yuv420p")[:frame.height]
+                pictures.append((i / fps, reduce_planes(y, None, None, AnalysisSettings().analysis_width, None)))
+    assert len(pictures) >= 8, "the clip has too few still keyframes to judge"
+    limit = AnalysisSettings().frozen_max_mean_diff
+    identical = [(a, b) for n, (a, pa) in enumerate(pictures) for b, pb in pictures[n + 1:]
+                 if mean_abs_diff(pa, pb) <= limit]
+    assert not identical, f"keyframes at these seconds decode identically: {identical[:5]}"

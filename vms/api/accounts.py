@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vms.api.permissions import API_KEY_SCOPES, ROLES
-from vms.catalog.towns import TOWN_NAMES
+from vms.catalog.towns import TOWN_NAMES, town_rank
 from vms.core.errors import VmsError
 from vms.db.models import AuthToken, User
 
@@ -101,7 +101,7 @@ def check_towns(towns: list[str] | None) -> list[str] | None:
         raise AccountError(f"unknown town(s) {', '.join(unknown)}; known: {', '.join(TOWN_NAMES)}")
     if not towns:
         raise AccountError("an empty town list would show nothing; omit it to allow all towns")
-    return sorted(set(towns))
+    return sorted(set(towns), key=town_rank)  # the county's order, as every list of towns
 
 
 def create_user(session: Session, username: str, password: str, role: str, now_ms: int,

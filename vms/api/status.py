@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vms.api.context import ApiContext
+from vms.catalog.store import catalogue_order
 from vms.catalog.urls import mask_text
 from vms.db.models import ActivityEpisode, CameraStatus, Fault, Segment, Station, StationState
 from vms.ingest.health import STALE_STATUS_INTERVALS, CameraState, ReportedState, reported_camera_state
@@ -51,7 +52,7 @@ def compute_status(session: Session, ctx: ApiContext, now: int | None = None) ->
     now = ctx.clock.now_ms() if now is None else now
     interval_ms = int(ctx.settings.ingest.status_interval_seconds * 1000)
     stale_ms = STALE_STATUS_INTERVALS * interval_ms
-    stations = list(session.scalars(select(Station).order_by(Station.town, Station.level, Station.id)))
+    stations = list(session.scalars(select(Station).order_by(*catalogue_order())))
     cams = {c.station_id: c for c in session.scalars(select(CameraStatus))}
     # The newest growing end per station, taken in Python: with GROUP BY, SQLite's planner prefers
     # scanning the whole (station_id, start_ms) index to skip a sort (27 ms at 200k rows, growing with

@@ -41,7 +41,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vms.audit.periods import AuditInputError, month_days, parse_day, parse_month
-from vms.catalog.towns import TOWN_NAMES
+from vms.catalog.towns import TOWN_NAMES, town_rank
 from vms.db.models import AuditDaily, AuditMonthly, Station
 
 MAX_HISTORY_DAYS = 366
@@ -50,10 +50,6 @@ MAX_HISTORY_DAYS = 366
 def _check_town(town: str | None) -> None:
     if town is not None and town not in TOWN_NAMES:
         raise AuditInputError(f"unknown town {town!r}; known: {', '.join(TOWN_NAMES)}")
-
-
-def _town_order(town: str) -> int:
-    return TOWN_NAMES.index(town) if town in TOWN_NAMES else len(TOWN_NAMES)
 
 
 def _station_fields(st: Station) -> dict:
@@ -116,7 +112,7 @@ def daily_report(session: Session, day: str, town: str | None = None) -> dict:
     if town:
         q = q.where(Station.town == town)
     items = [daily_station_dict(st, r) for r, st in session.execute(q)]
-    items.sort(key=lambda i: (_town_order(i["town"]), i["level"] != "town", i["station_id"]))
+    items.sort(key=lambda i: (town_rank(i["town"]), i["level"] != "town", i["station_id"]))
     towns = []
     for t in TOWN_NAMES:
         sub = [i for i in items if i["town"] == t]
@@ -170,7 +166,7 @@ def monthly_report(session: Session, month: str, town: str | None = None) -> dic
     if town:
         q = q.where(Station.town == town)
     items = [monthly_station_dict(st, r) for r, st in session.execute(q)]
-    items.sort(key=lambda i: (_town_order(i["town"]), i["level"] != "town", i["station_id"]))
+    items.sort(key=lambda i: (town_rank(i["town"]), i["level"] != "town", i["station_id"]))
     towns = []
     for t in TOWN_NAMES:
         sub = [i for i in items if i["town"] == t]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
 from vms.catalog.model import StationSpec
+from vms.catalog.towns import TOWN_NAMES, town_rank
 from vms.catalog.urls import mask_url
 from vms.core.clock import Clock, default_clock
 from vms.db.models import Station
@@ -59,9 +60,21 @@ def import_catalog(session: Session, specs: list[StationSpec], clock: Clock | No
     return report
 
 
+def catalogue_order() -> tuple:
+    """ORDER BY for stations as the catalogue lists them: towns in the county's order (vms.catalog.towns,
+    not the Unicode order of their names), each town's own station before its villages, then by id."""
+    rank = case({name: i for i, name in enumerate(TOWN_NAMES)}, value=Station.town, else_=len(TOWN_NAMES))
+    return rank, Station.level, Station.id
+
+
+def station_sort_key(town: str, level: str, station_id: str) -> tuple:
+    """The same order in Python (for lists already read)."""
+    return town_rank(town), level, station_id
+
+
 def list_stations(session: Session, town: str | None = None, level: str | None = None,
                   enabled: bool | None = None) -> list[Station]:
-    q = select(Station).order_by(Station.town, Station.level, Station.id)
+    q = select(Station).order_by(*catalogue_order())
     if town:
         q = q.where(Station.town == town)
     if level:

@@ -24,3 +24,12 @@ TOWNS: list[tuple[str, str]] = [
 ]
 TOWN_NAMES = [name for name, _ in TOWNS]
 TOWN_CODES = {name: code for name, code in TOWNS}
+
+
+def town_rank(town: str) -> int:
+    """A town's place in the county's order above (the catalogue's order, the one the county's own lists
+    use); a name not among them after all of them."""
+    return _RANK.get(town, len(TOWNS))
+
+
+_RANK = {name: i for i, name in enumerate(TOWN_NAMES)}

@@ -7,6 +7,7 @@ import json
 import typer
 from sqlalchemy import select
 
+from vms.catalog.store import catalogue_order
 from vms.cli.context import OutputFormat, database, settings
 from vms.core.clock import SystemClock, from_ms
 from vms.core.logging_setup import configure_logging
@@ -68,7 +69,7 @@ def cameras_status(format: OutputFormat = typer.Option(OutputFormat.table, "--fo
     with database().session() as db:
         rows = db.execute(select(Station.id, Station.name, Station.enabled, CameraStatus)
                           .join(CameraStatus, CameraStatus.station_id == Station.id, isouter=True)
-                          .order_by(Station.town, Station.id)).all()
+                          .order_by(*catalogue_order())).all()
     out = []
     for sid, name, enabled, st in rows:
         cam = reported_camera_state(st, enabled, now, stale_ms, int(s.ingest.stall_seconds * 1000))

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from vms.catalog.store import catalogue_order
 from vms.core.settings import Settings
 from vms.db.models import Segment, Station, table_of
 from vms.recording.volumes import VolumeSet
@@ -59,7 +60,7 @@ def footage_by_station(session: Session, settings: Settings, now_ms: int) -> lis
     grace_ms = round(settings.retention.sweep_minutes * 60_000)
     out = []
     for st in session.execute(select(Station.id, Station.name, Station.town, Station.enabled)
-                              .order_by(Station.town, Station.level, Station.id)):
+                              .order_by(*catalogue_order())):
         r = agg.get(st.id)
         days = policy.days_for(st.id)
         oldest = r.oldest if r else None

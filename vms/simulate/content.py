@@ -27,7 +27,7 @@ import numpy as np
 from vms.recording.avtypes import video_codec
 
 # Bump when the rendering or encoding changes, so old cached clips are not reused.
-CONTENT_VERSION = 1
+CONTENT_VERSION = 2  # 2: the station day's sensor noise is drawn anew for every frame
 CONTENT_KINDS = ("pattern", "station-day")
 
 
@@ -285,8 +285,6 @@ class StationScene:
         shutter[:] = (150, 150, 155)
         shutter[:: max(3, h // 60)] = (95, 95, 100)   # slats
         self.shutter = shutter
-        rng = np.random.default_rng(11)
-        self.noise = [rng.integers(0, 7, size=(h, w, 3), dtype=np.uint8) for _ in range(4)]
         # People: a fixed look per episode so detectors can follow one figure.
         self.people = [(e, [(40, 40, 160), (140, 60, 30), (30, 120, 30), (90, 30, 120)][i % 4])
                        for i, e in enumerate(timeline["person_episodes"])]
@@ -334,8 +332,16 @@ class StationScene:
         if not self.lights_on <= t < self.lights_off:
             # Lights off: a dark room, the closed shutter faintly lit by a street lamp.
             img = cv2.convertScaleAbs(img, alpha=0.07)
-        img = cv2.add(img, self.noise[index % len(self.noise)])
+        img = cv2.add(img, self.sensor_noise(index))
         return cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420)
+
+    def sensor_noise(self, index: int) -> np.ndarray:
+        """Frame `index`'s sensor noise: drawn anew for every frame, as a real sensor's never repeats.
+        It once cycled through 4 fixed patterns; keyframes a multiple of 4 frames apart (every 20 or 60 s
+        sample at 15 fps) then decoded identically while nobody moved, and the analysis rightly called
+        such a camera frozen (issue 19). Seeded by the index: a clip is the same every time it is built."""
+        rng = np.random.default_rng((11, index))
+        return rng.integers(0, 7, size=(self.h, self.w, 3), dtype=np.uint8)
 
 
 def station_day_clip(cache_dir: Path, fmt: VideoFormat, day_seconds: float = 600.0) -> tuple[Path, dict]:
@@ -363,6 +369,23 @@ def station_day_clip(cache_dir: Path, fmt: VideoFormat, day_seconds: float = 600
     if not truth_path.exists():
         truth_path.write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
     return path, json.loads(truth_path.read_text(encoding="utf-8"))
+
+
+def frozen_clip(cache_dir: Path, fmt: VideoFormat) -> Path:
+    """A camera whose picture froze (a hung image processor that keeps sending its last frame): the lit,
+    empty shop of the station day as one still frame, one GOP long, so every keyframe it sends is the same
+    picture bit for bit, as the analysis sees such a camera (`frozen`)."""
+    frames = fmt.gop
+    key = cache_key(kind="frozen", frames=frames, **asdict(fmt))
+    path = cache_dir / f"frozen-{fmt.width}x{fmt.height}-{fmt.fps}fps-{fmt.bitrate_kbps}k-g{fmt.gop}-{key}.h264"
+
+    def build(out: Path) -> None:
+        timeline = station_day_timeline(600)
+        scene = StationScene(fmt.width, fmt.height, timeline)
+        still = scene.render(0.5 * 600, 0)  # lights on, shutter up, nobody in the shop
+        encode_frames((still for _ in range(frames)), out, fmt, capped=True)
+
+    return _cached(path, build)
 
 
 # -- a given file -----------------------------------------------------------------------------------

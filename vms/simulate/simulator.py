@@ -22,6 +22,7 @@ from vms.core.errors import VmsError
 from vms.simulate.content import (
     CONTENT_KINDS,
     VideoFormat,
+    frozen_clip,
     pattern_clip,
     resolution_change_clip,
     source_clip,
@@ -30,7 +31,7 @@ from vms.simulate.content import (
 
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
-EXTRA_MOUNTS = ("auth", "h265", "audio", "audio-only", "mjpeg", "res-change")
+EXTRA_MOUNTS = ("auth", "h265", "audio", "audio-only", "mjpeg", "res-change", "frozen")
 # Audio the cameras send besides their video: none, AAC, or G.711 (PCMA = A-law, PCMU = mu-law), the
 # default of most Hikvision and Dahua cameras.
 AUDIO_KINDS = ("none", "aac", "pcma", "pcmu")
@@ -155,6 +156,8 @@ class Simulator:
                 mounts.append({"name": extra, "kind": "aac"})
             elif extra == "mjpeg":
                 mounts.append({"name": extra, "kind": "mjpeg"})
+            elif extra == "frozen":
+                mounts.append({"name": extra, "kind": "h264", "path": str(frozen_clip(cache, fmt)), "fps": fmt.fps})
             elif extra == "res-change":
                 mounts.append({"name": extra, "kind": "h264", "path": str(resolution_change_clip(cache, fmt)),
                                "fps": fmt.fps})
