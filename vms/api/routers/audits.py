@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 
 from vms.api import permissions as P
 from vms.api.accounts import Principal
 from vms.api.deps import DbSession, StationId, require, visible_station
+from vms.api.errors import ApiError
 from vms.audit.periods import AuditInputError
 from vms.audit.reports import daily_report, monthly_report, station_history
 
@@ -24,9 +25,9 @@ def _town_for(principal: Principal, town: str | None) -> str | None:
     if town is None:
         if len(principal.towns) == 1:
             return principal.towns[0]
-        raise HTTPException(400, f"give town=, one of {', '.join(principal.towns)}")
+        raise ApiError(400, "town_required", f"请用 town= 指定镇街，可选：{'、'.join(principal.towns)}")
     if town not in principal.towns:
-        raise HTTPException(403, f"town {town} is not among yours ({', '.join(principal.towns)})")
+        raise ApiError(403, "town_forbidden", f"镇街 {town[:40]} 不在你的管辖范围内（{'、'.join(principal.towns)}）")
     return town
 
 
@@ -37,7 +38,7 @@ def audits_daily(session: DbSession, principal: Auditor,
     try:
         return daily_report(session, day, _town_for(principal, town))
     except AuditInputError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise ApiError(400, "audit_input_invalid", str(exc)) from None
 
 
 @router.get("/api/audits/monthly")
@@ -47,7 +48,7 @@ def audits_monthly(session: DbSession, principal: Auditor,
     try:
         return monthly_report(session, month, _town_for(principal, town))
     except AuditInputError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise ApiError(400, "audit_input_invalid", str(exc)) from None
 
 
 @router.get("/api/stations/{station_id}/audits")
@@ -58,5 +59,5 @@ def station_audits(station_id: StationId, session: DbSession, principal: Auditor
     try:
         days = station_history(session, station.id, start, end)
     except AuditInputError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise ApiError(400, "audit_input_invalid", str(exc)) from None
     return {"station_id": station.id, "start": start, "end": end, "days": days}
