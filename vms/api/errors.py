@@ -71,7 +71,7 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404 and detail == text:
         detail = f"{text}：{request.url.path[:200]}"
     elif exc.status_code == 405 and detail == text:
-        detail = f"{text}：{request.method} {request.url.path[:200]}"
+        detail = f"{text}：{getattr(request, 'method', '')} {request.url.path[:200]}"  # (a WebSocket has none)
     return JSONResponse({"detail": detail, "code": code}, status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
 

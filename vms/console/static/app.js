@@ -84,9 +84,12 @@ const PAGE_PERMISSION = { wall: "status:read", alarms: "alerts:read", audits: "a
                           gb28181: "stations:write" };
 const PAGE_TITLE = { wall: "视频墙", alarms: "告警", audits: "审计", admin: "用户管理", gb28181: "设备接入（国标）" };
 
+const PAGE_WHO = { admin: "仅管理员可管理用户", gb28181: "仅管理员可管理国标设备接入",
+                   audits: "审计员、值班员和管理员可查看审计" };
+
 function renderNoAccess(page) {
   main.innerHTML = `<h2>${esc(PAGE_TITLE[page] || "页面")}</h2>
-    <p class="muted no-access">当前角色（${esc(roleText(me.role))}）无权使用此页面</p>`;
+    <p class="muted no-access">当前角色（${esc(roleText(me.role))}）无权使用此页面${PAGE_WHO[page] ? `：${PAGE_WHO[page]}` : ""}</p>`;
 }
 
 const roleText = (r) => ({ admin: "管理员", operator: "值班员", auditor: "审计员", viewer: "观看员" }[r] || r);
