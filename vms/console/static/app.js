@@ -21,8 +21,10 @@ const FAULT_TEXT = { signal_lost: "无视频信号", frozen: "画面冻结", bla
                      blurred: "画面模糊", covered: "画面被遮挡", color_cast: "画面偏色", scene_changed: "摄像机被移动（画面变化）",
                      auth_failed: "摄像机登录认证失败", undecodable: "画面无法解码" };
 const SEVERITY_TEXT = { info: "提示", minor: "一般", major: "重要", critical: "紧急" };
-const cameraText = (cam) => CAMERA_TEXT[cam.state] || "状态未知";
-const faultText = (f) => `${FAULT_TEXT[f.kind] || "画面异常"}（${SEVERITY_TEXT[f.severity] || "未分级"}，${localText(f.since_ms)} 起）`;
+// A label of `key`, or `otherwise` (never a raw key, nor an inherited property such as "constructor").
+const label = (map, key, otherwise) => (Object.hasOwn(map, String(key)) ? map[key] : otherwise);
+const cameraText = (cam) => label(CAMERA_TEXT, cam.state, "状态未知");
+const faultText = (f) => `${label(FAULT_TEXT, f.kind, "画面异常")}（${label(SEVERITY_TEXT, f.severity, "未分级")}，${localText(f.since_ms)} 起）`;
 let me = null;
 let cleanup = [];  // what the current page must stop when left (timers, live views)
 
@@ -216,8 +218,8 @@ async function renderStation(id) {
       <tr><td>状态</td><td><i class="dot s-${state}"></i>${STATE_TEXT[state]}</td></tr>
       <tr><td>镇街</td><td>${esc(st.town)}（${st.level === "town" ? "镇级" : "村级"}）</td></tr>
       <tr><td>营业时间</td><td>${esc(st.business_hours)}</td></tr>
-      <tr><td>摄像机</td><td>${esc(cameraText(st.camera))}${CAMERA_REASON_TEXT[st.camera.reason] && st.camera.state !== "streaming" ? "：" + esc(CAMERA_REASON_TEXT[st.camera.reason]) : ""}
-        ${st.camera.width ? `<br>${st.camera.codec} ${st.camera.width}×${st.camera.height} ${st.camera.fps ? st.camera.fps.toFixed(1) + "fps" : ""}` : ""}</td></tr>
+      <tr><td>摄像机</td><td>${esc(cameraText(st.camera))}${label(CAMERA_REASON_TEXT, st.camera.reason, null) && st.camera.state !== "streaming" ? "：" + esc(label(CAMERA_REASON_TEXT, st.camera.reason)) : ""}
+        ${st.camera.width ? `<br>${esc(st.camera.codec)} ${esc(st.camera.width)}×${esc(st.camera.height)} ${st.camera.fps ? st.camera.fps.toFixed(1) + "fps" : ""}` : ""}</td></tr>
       <tr><td>录像至</td><td>${localText(st.recorded_until_ms)}</td></tr>
       <tr><td>故障</td><td id="faults">${st.faults.length ? st.faults.map((f) => esc(faultText(f))).join("<br>") : "无"}</td></tr>
     </table></div>
