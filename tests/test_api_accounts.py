@@ -123,7 +123,7 @@ def test_expired_api_key_says_it_is_an_expired_key(api, db, clock, settings):
     r = api.get("/api/audits/monthly?month=2025-12", headers=headers)
     assert r.status_code == 401 and r.json()["code"] == "api_key_expired", r.text
     # Names the key and when it lapsed; logging in again would not help a key.
-    assert "audit-cron" in r.json()["detail"] and "2026-01-02T08:00:00" in r.json()["detail"], r.text
+    assert "audit-cron" in r.json()["detail"] and "2026-01-02 08:00:00" in r.json()["detail"], r.text
     assert "登录" not in r.json()["detail"]
 
 

@@ -76,13 +76,13 @@ def test_station_list_shows_live_status_without_credentials(api, db, clock, sett
     assert api.get("/api/stations?state=backoff", headers=admin).json()["count"] == 1
     assert api.get("/api/stations?level=town", headers=admin).json()["count"] == 16
     r = api.get("/api/stations?town=火星", headers=admin)
-    assert r.status_code == 400 and "unknown town" in r.json()["detail"]
+    assert r.status_code == 400 and "没有镇街" in r.json()["detail"]
     detail = api.get(f"/api/stations/{SID}", headers=admin)
     assert detail.status_code == 200 and "Secr3tPass" not in detail.text and "***@" in detail.text
     assert api.get("/api/stations/Bad_Id!", headers=admin).status_code == 422
     assert api.get("/api/stations/no-such-station", headers=admin).status_code == 404
     r = api.patch(f"/api/stations/{SID}", headers=admin, json={"business_hours": "18:00-08:00"})
-    assert r.status_code == 400 and "ends before it starts" in r.json()["detail"]
+    assert r.status_code == 400 and "结束早于开始" in r.json()["detail"]
 
 
 def _write_keyframe(settings, clip, wall_ms: int) -> None:
@@ -105,7 +105,7 @@ def test_snapshot_fresh_stale_and_offline(api, db, clock, settings, clip):
         s.add(CameraStatus(station_id=SID, node="n1", state="streaming", updated_ms=now, last_packet_ms=now))
     view = login(api, "view")
     r = api.get(f"/api/stations/{SID}/snapshot.jpg", headers=view)
-    assert r.status_code == 503 and "no picture yet" in r.json()["detail"]
+    assert r.status_code == 503 and "暂无画面" in r.json()["detail"]
     _write_keyframe(settings, clip, now - 1500)
     r = api.get(f"/api/stations/{SID}/snapshot.jpg", headers=view)
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
@@ -135,7 +135,7 @@ def test_snapshot_fresh_stale_and_offline(api, db, clock, settings, clip):
     _write_keyframe(settings, clip, clock.now_ms())
     api.app.state.ctx.extras["status_cache"].invalidate()
     r = api.get(f"/api/stations/{SID}/snapshot.jpg", headers=view)
-    assert r.status_code == 503 and r.json()["detail"] == "camera backoff: timeout"
+    assert r.status_code == 503 and r.json()["detail"] == "摄像机连接失败，等待重试：暂无画面"
     with db.session() as s:
         logged = list(s.scalars(select(AccessLog).where(AccessLog.action == "snapshot")))
     assert len(logged) == 2 and {e.username for e in logged} == {"view"} and logged[0].station_id == SID
@@ -203,10 +203,10 @@ def test_playback_range_with_range_requests_and_access_log(api, db, clock, setti
     # Ranges with no footage, in the future, too long, or reversed: 4xx saying what is wrong.
     r = api.post(f"/api/stations/{SID}/playback", headers=op,
                  json={"start": "2025-11-01T10:00", "end": "2025-11-01T10:10", "reason": "old case"})
-    assert r.status_code == 404 and "kept 15 days" in r.json()["detail"]
+    assert r.status_code == 404 and "录像保留 15 天" in r.json()["detail"]
     r = api.post(f"/api/stations/{SID}/playback", headers=op,
                  json={"start": "2026-02-01T10:00", "end": "2026-02-01T10:10", "reason": "future"})
-    assert r.status_code == 400 and "in the future" in r.json()["detail"]
+    assert r.status_code == 400 and "在将来" in r.json()["detail"]
     r = api.post(f"/api/stations/{SID}/playback", headers=op,
                  json={"start": "2025-12-31T10:00", "end": "2025-12-31T14:00", "reason": "too long"})
     assert r.status_code == 400 and r.json()["code"] == "time_range_too_long" and "回放范围过长" in r.json()["detail"]
@@ -254,7 +254,7 @@ def test_export_job_to_completion_download_and_expiry(api, db, clock, settings, 
 
     assert expire_exports(api.app.state.ctx) == 1
     r = api.get(job["download_url"], headers=login(api, "op"))
-    assert r.status_code == 410 and "expired" in r.json()["detail"]
+    assert r.status_code == 410 and "过期" in r.json()["detail"]
 
 
 def test_live_view_registration_is_logged(api, db):

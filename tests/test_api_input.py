@@ -75,7 +75,7 @@ def test_odd_times_are_4xx_naming_the_parameter_for_every_role(client):
                     continue  # other roles may be refused first (403, or 404 for another town)
                 body = r.json()
                 if code is None:
-                    assert r.status_code == 422 and "at most 64 characters" in r.text, r.text[:300]
+                    assert r.status_code == 422 and "最多 64 个字符" in r.json()["detail"], r.text[:300]
                     continue
                 assert r.status_code == 400 and body["code"] == code, (path, value, r.text)
                 # The message names the parameter and shows the value, cut short.
@@ -93,7 +93,7 @@ def test_odd_audit_days_and_months_are_400(client):
                  f"/api/stations/{SID}/audits?start=9999-12-30&end=9999-12-31"):
         r = client.get(path, headers=headers)
         assert r.status_code == 400, (path, r.status_code, r.text[:300])
-        assert "year must be 2000-2099" in r.json()["detail"] or "expected YYYY-MM" in r.json()["detail"]
+        assert "年份须在 2000 至 2099 之间" in r.json()["detail"] or "须为 YYYY-MM" in r.json()["detail"]
 
 
 def test_times_at_the_edges_of_the_range(client):

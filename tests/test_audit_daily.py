@@ -201,15 +201,15 @@ def test_bad_input_is_named(db, settings, clock):
     with db.session() as s:
         with pytest.raises(AuditInputError, match="YYYY-MM-DD"):
             daily_report(s, "2026-1-5")
-        with pytest.raises(AuditInputError, match="not a calendar date"):
+        with pytest.raises(AuditInputError, match="不存在"):
             daily_report(s, "2026-02-30")
-        with pytest.raises(AuditInputError, match="unknown town '北京'"):
+        with pytest.raises(AuditInputError, match="没有镇街 '北京'"):
             daily_report(s, "2026-01-05", town="北京")
-        with pytest.raises(AuditInputError, match="unknown station 'nope'"):
+        with pytest.raises(AuditInputError, match="没有站点 'nope'"):
             station_history(s, "nope", "2026-01-01", "2026-01-02")
-        with pytest.raises(AuditInputError, match="before start day"):
+        with pytest.raises(AuditInputError, match="早于开始日期"):
             station_history(s, A, "2026-01-05", "2026-01-01")
-        with pytest.raises(AuditInputError, match="has not begun"):
+        with pytest.raises(AuditInputError, match="还没有开始"):
             audit_days(s, settings, clock, [date(2026, 3, 1)])
 
 

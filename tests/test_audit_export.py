@@ -128,9 +128,9 @@ def test_cli_run_show_export(cli_env, tmp_path):
     r = runner.invoke(app, ["audit", "run", "--day", "2025-12-31", "--month", "2025-12"])
     assert r.exit_code == 2 and "exactly one of" in r.output
     r = runner.invoke(app, ["audit", "run", "--month", "2025-13"])
-    assert r.exit_code == 2 and "month must be 01-12" in r.output
+    assert r.exit_code == 2 and "月须为 01 至 12" in r.output
     r = runner.invoke(app, ["audit", "show", "--day", "2025-12-31", "--town", "北京"])
-    assert r.exit_code == 2 and "unknown town" in r.output
+    assert r.exit_code == 2 and "没有镇街" in r.output
     r = runner.invoke(app, ["audit", "run", "--month", "2025-12"])  # not a terminal: no progress bar
     assert r.exit_code == 0 and "audited 2025-12: 31 days, 139 stations" in r.output
     r = runner.invoke(app, ["audit", "show", "--month", "2025-12", "--town", "平山街道"])

@@ -75,7 +75,7 @@ def test_validation_reports_each_problem_with_its_line(tmp_path):
     text = "\n".join(problems)
     assert f"{path}:6: duplicate station id 'baihua-town' (first on line 2)" in problems
     assert f"{path}:13: station x-v01: town: unknown town '火星镇'" in text
-    assert f"{path}:18: station baihua-v01: business_hours:" in text and "ends before it starts" in text
+    assert f"{path}:18: station baihua-v01: business_hours:" in text and "结束早于开始" in text
     assert f"{path}:20: station baihua-v01: camera.main_url: scheme must be rtsp://, rtsps:// or gb28181://" in text
     assert f"{path}:21: station Bad_ID: id:" in text
     assert f"{path}:25: station Bad_ID: colour: unknown key" in text

@@ -380,12 +380,12 @@ def test_websocket_refusals_reach_the_page_with_their_code_and_origin_is_checked
         cases = [
             ({}, STATION, None, 4401, "未登录"),
             (bearer("vmss_nope"), STATION, None, 4401, "登录凭据无效"),
-            (bearer(auditor), STATION, None, 4403, "does not allow live"),
-            (bearer(town_viewer), STATION, None, 4404, "in your towns"),
+            (bearer(auditor), STATION, None, 4403, "不能观看实时视频"),
+            (bearer(town_viewer), STATION, None, 4404, "在你管辖的镇街中"),
             (bearer(admin), STATION, None, 4503, "not being recorded"),
             # A page elsewhere (another site, or another port of this host) with the operator's cookie.
-            (cookie, STATION, "http://evil.example", 4403, "origin http://evil.example"),
-            (cookie, STATION, "http://127.0.0.1:9", 4403, "may not open a live view"),
+            (cookie, STATION, "http://evil.example", 4403, "页面不能打开实时视频（api.allowed_origins）：http://evil.example"),
+            (cookie, STATION, "http://127.0.0.1:9", 4403, "其他网站的页面不能打开实时视频"),
             # The server's own origin and a configured one get through the check (to the missing stream).
             (cookie, STATION, f"http://127.0.0.1:{api.port}", 4503, "not being recorded"),
             (cookie, STATION, "https://console.example.cn", 4503, "not being recorded"),

@@ -118,14 +118,14 @@ def test_two_processes_at_once_never_double_delete(site, tmp_path):
 def test_holds_cli_validates_and_round_trips(site):
     bad = [
         (["--station", "nowhere", "--start", "2026-01-01T08:00", "--end", "2026-01-01T09:00", "--reason", "x"],
-         "unknown station 'nowhere'"),
+         "没有站点 'nowhere'"),
         (["--station", A, "--start", "2026-01-01T09:00", "--end", "2026-01-01T09:00", "--reason", "x"],
-         "the end must be after the start"),
+         "结束时间须晚于开始时间"),
         (["--station", A, "--start", "2026-01-01T08:00", "--end", "2026-01-01T09:00", "--reason", "  "],
-         "a reason is required"),
+         "须填写保全事由"),
         (["--station", A, "--start", "1 Jan", "--end", "2026-01-01T09:00", "--reason", "x"], "invalid --start"),
         (["--station", A, "--start", "2026-01-01T08:00", "--end", "2026-01-01T09:00", "--reason", "x",
-          "--expires", "2020-01-01"], "the expiry is already past"),
+          "--expires", "2020-01-01"], "到期时间已经过去"),
     ]
     for args, message in bad:
         res = vms("holds", "add", *args)
@@ -151,9 +151,9 @@ def test_holds_cli_validates_and_round_trips(site):
     everything = json.loads(vms("holds", "list", "--all", "--format", "json").output)
     assert everything[0]["state"] == "released" and everything[0]["released_by"] == "李四"
     again = vms("holds", "release", str(hold["id"]))
-    assert again.exit_code == 2 and "already released" in again.output
+    assert again.exit_code == 2 and "已由" in again.output and "解除" in again.output
     missing = vms("holds", "release", "9999")
-    assert missing.exit_code == 2 and "no hold with id 9999" in missing.output
+    assert missing.exit_code == 2 and "保全 9999 不存在" in missing.output
 
 
 def test_status_shows_footage_and_the_45_tb_rule(site):

@@ -98,9 +98,9 @@ def check_towns(towns: list[str] | None) -> list[str] | None:
         return None
     unknown = [t for t in towns if t not in TOWN_NAMES]
     if unknown:
-        raise AccountError(f"unknown town(s) {', '.join(unknown)}; known: {', '.join(TOWN_NAMES)}")
+        raise AccountError(f"没有镇街 {'、'.join(unknown)[:200]}；可选：{'、'.join(TOWN_NAMES)}", "town_unknown")
     if not towns:
-        raise AccountError("an empty town list would show nothing; omit it to allow all towns")
+        raise AccountError("镇街范围为空将什么也看不到：不限镇街请不填此项", "towns_empty")
     return sorted(set(towns), key=town_rank)  # the county's order, as every list of towns
 
 
@@ -109,12 +109,12 @@ def create_user(session: Session, username: str, password: str, role: str, now_m
                 password_hash: str | None = None) -> User:
     """A new user. `password_hash`, if given, is an argon2 hash of `password` made earlier."""
     if not USERNAME.match(username):
-        raise AccountError(f"username {username!r}: 2-64 characters of letters, digits, _ . @ -")
+        raise AccountError(f"用户名 {username[:80]!r} 不合规：须为 2 至 64 个字母、数字或 _ . @ -", "username_invalid")
     if role not in ROLES:
-        raise AccountError(f"role {role!r} unknown; roles: {', '.join(ROLES)}")
+        raise AccountError(f"没有角色 {role[:40]!r}；可选：{', '.join(ROLES)}", "role_unknown")
     check_password_rules(password, username, display_name)
     if session.scalar(select(User).where(User.username == username)) is not None:
-        raise AccountError(f"user {username!r} already exists", "user_exists")
+        raise AccountError(f"用户 {username!r} 已存在", "user_exists")
     user = User(username=username, display_name=display_name, password_hash=password_hash or hash_password(password),
                 role=role, towns=check_towns(towns), disabled=False, created_ms=now_ms)
     session.add(user)
@@ -125,7 +125,7 @@ def create_user(session: Session, username: str, password: str, role: str, now_m
 def find_user(session: Session, username: str) -> User:
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
-        raise AccountError(f"no user {username!r}", "user_not_found")
+        raise AccountError(f"用户 {username[:80]!r} 不存在", "user_not_found")
     return user
 
 
@@ -166,9 +166,9 @@ def create_api_key(session: Session, username: str, name: str, scopes: list[str]
     bad = [s for s in scopes if s not in API_KEY_SCOPES]
     if bad or not scopes:
         allowed = ", ".join(sorted(API_KEY_SCOPES))
-        raise AccountError(f"scopes {bad or scopes} not allowed; choose from {allowed}")
+        raise AccountError(f"权限范围 {str(bad or scopes)[:200]} 不允许；可选：{allowed}", "scopes_invalid")
     if not re.match(r"^[\w.-]{1,64}$", name):
-        raise AccountError("key name: 1-64 letters, digits, _ . -")
+        raise AccountError("密钥名称须为 1 至 64 个字母、数字或 _ . -", "key_name_invalid")
     secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
     tok = AuthToken(token_hash=token_hash(secret), kind="apikey", user_id=user.id, name=name,
                     scopes=sorted(set(scopes)), created_ms=now_ms,

@@ -10,12 +10,14 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vms.api.bodylimit import BodySizeLimit
 from vms.api.context import ApiContext
-from vms.api.errors import ApiError, api_error_response
+from vms.api.errors import error_body_schema, http_error_handler, validation_error_handler
 from vms.api.security import SecurityHeaders
 from vms.core.clock import Clock
 from vms.core.errors import VmsError
@@ -88,17 +90,40 @@ def create_app(settings: Settings, database: Database, clock: Clock) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(SecurityHeaders)
 
-    app.add_exception_handler(ApiError, api_error_response)
+    # Every refusal answers {"detail": Chinese, "code": stable}: ApiError, plain HTTPExceptions and
+    # Starlette's own 404/405 (one handler), request validation (422).
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
 
     @app.exception_handler(VmsError)
     async def _vms_error(_request, exc: VmsError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"detail": str(exc), "code": getattr(exc, "code", None) or "invalid_input"},
+                            status_code=400)
+
+    _document_error_body(app)
 
     for r in (health.router, auth.router, docs.router):
         app.include_router(r)
     for r in _optional_routers():
         app.include_router(r)
     return app
+
+
+def _document_error_body(app: FastAPI) -> None:
+    """The OpenAPI document describes 422s (and so every refusal) as the body the handlers give, not
+    FastAPI's list of pydantic errors."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schemas = schema.get("components", {}).get("schemas", {})
+            if "HTTPValidationError" in schemas:
+                schemas["HTTPValidationError"] = error_body_schema()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _optional_routers() -> list:

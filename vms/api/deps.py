@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -14,9 +14,8 @@ from starlette.requests import HTTPConnection
 
 from vms.api.accounts import Principal, token_hash
 from vms.api.context import ApiContext
-from vms.api.errors import ApiError
-from vms.api.permissions import permissions_of
-from vms.api.timeparse import iso
+from vms.api.errors import ApiError, local_time
+from vms.api.permissions import PERMISSION_TEXT, ROLE_TEXT, permissions_of
 from vms.db.models import AuthToken, Station, User
 
 SESSION_COOKIE = "vms_session"
@@ -100,7 +99,8 @@ def _load_principal(ctx: ApiContext, hashed: str) -> Principal:
     if tok.expires_ms is not None and tok.expires_ms <= now:
         if key:  # a key is not renewed by logging in: an admin issues a new one
             raise ApiError(401, "api_key_expired",
-                           f"{key}已于 {iso(tok.expires_ms, ctx.settings.tz)} 过期：请管理员签发新密钥", headers=bearer)
+                           f"{key}已于 {local_time(tok.expires_ms, ctx.settings.tz)} 过期：请管理员签发新密钥"
+                           , headers=bearer)
         raise ApiError(401, "session_expired", "会话已过期：请重新登录", headers=bearer)
     if user.disabled:
         raise ApiError(401, "account_disabled", f"账号 {user.username} 已停用", headers=bearer)
@@ -145,8 +145,9 @@ def require(permission: str):
 
     async def check(principal: CurrentPrincipal) -> Principal:
         if permission not in principal.permissions:
-            what = "API key scopes" if principal.kind == "apikey" else f"role {principal.role}"
-            raise HTTPException(403, f"{what} does not allow {permission}")
+            role = ROLE_TEXT.get(principal.role, principal.role)
+            what = "此 API 密钥的权限范围" if principal.kind == "apikey" else f"{role}角色"
+            raise ApiError(403, "forbidden", f"{what}不能{PERMISSION_TEXT.get(permission, permission)}")
         return principal
 
     check.__name__ = f"require_{permission.replace(':', '_')}"
@@ -161,6 +162,6 @@ def visible_station(session: Session, principal: Principal, station_id: str) -> 
     does not learn which ids exist elsewhere)."""
     st = session.get(Station, station_id)
     if st is None or not principal.may_see_town(st.town):
-        where = "" if principal.towns is None else " in your towns"
-        raise HTTPException(404, f"no station {station_id!r}{where}")
+        where = "" if principal.towns is None else "（在你管辖的镇街中）"
+        raise ApiError(404, "station_not_found", f"没有站点 {station_id[:64]!r}{where}")
     return st

@@ -16,7 +16,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from vms.api.context import ApiContext
-from vms.api.errors import ApiError
+from vms.api.errors import ApiError, local_time
 from vms.api.remux import NoFootage, RemuxCancelled, find_segments, remux_range
 from vms.db.engine import rows_matched
 from vms.db.models import ExportJob, ExportState, Segment, Station
@@ -67,20 +67,21 @@ class ExportRunner:
                     self._set(job_id, progress=round(fraction, 3))
 
             result = remux_range(sources, start_ms, end_ms, out, progress=progress,
-                                 cancelled=self._stopping.is_set)
+                                 cancelled=self._stopping.is_set, tz=ctx.settings.tz)
             keep_ms = int(ctx.settings.api.export_keep_hours * 3_600_000)
-            note = f"; {result.truncated}" if result.truncated else ""
+            note = f"；{result.truncated}" if result.truncated else ""
             self._set(job_id, state=ExportState.DONE, progress=1.0, path=out.name, bytes=result.bytes,
                       expires_ms=ctx.clock.now_ms() + keep_ms,
-                      error=(f"starts at keyframe {result.first_ms}{note}" if note else None))
+                      error=(f"从关键帧 {local_time(result.first_ms, ctx.settings.tz)} 开始{note}" if note else None))
             log.info("export %s of %s done: %d bytes", job_id, station.id if station else "?", result.bytes)
         except NoFootage as exc:
             self._set(job_id, state=ExportState.FAILED, error=str(exc))
         except RemuxCancelled:
-            self._set(job_id, state=ExportState.FAILED, error="cancelled: the server stopped")
+            self._set(job_id, state=ExportState.FAILED, error="已取消：服务器已停止")
         except Exception as exc:
             log.exception("export %s failed", job_id)
-            self._set(job_id, state=ExportState.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
+            self._set(job_id, state=ExportState.FAILED, error=
+                      f"导出失败（服务器内部错误 {type(exc).__name__}，详见日志）")
 
 
 def estimated_bytes(session: Session, station_id: str, start_ms: int, end_ms: int) -> int:
@@ -155,7 +156,7 @@ def recover_interrupted(ctx: ApiContext) -> int:
         part.unlink(missing_ok=True)
     with ctx.database.session() as s:
         res = s.execute(update(ExportJob).where(ExportJob.state.in_(ACTIVE))
-                        .values(state=ExportState.FAILED, error="interrupted by a server restart; start it again"))
+                        .values(state=ExportState.FAILED, error="服务器重启中断了导出：请重新导出"))
         return rows_matched(res)
 
 

@@ -3,12 +3,11 @@ range holds no footage."""
 
 from __future__ import annotations
 
-from fastapi import HTTPException
 from sqlalchemy.orm import Session
 
 from vms.api.context import ApiContext
+from vms.api.errors import ApiError, local_time
 from vms.api.remux import SourceSegment, find_segments
-from vms.api.timeparse import iso
 from vms.db.models import Station
 
 
@@ -22,14 +21,17 @@ def segments_or_error(ctx: ApiContext, session: Session, station: Station, start
     now = ctx.clock.now_ms()
     tz = ctx.settings.tz
     if start_ms > now:
-        raise HTTPException(400, f"start {iso(start_ms, tz)} is in the future (now {iso(now, tz)})")
+        raise ApiError(400, "start_in_future",
+                       f"开始时间 {local_time(start_ms, tz)} 在将来（现在 {local_time(now, tz)}）")
     sources = find_segments(session, ctx.volumes, station.id, start_ms, end_ms)
     if sources:
         return sources
     days = retention_days(ctx, station)
     kept_from = now - int(days * 86_400_000)
     if end_ms <= kept_from:
-        raise HTTPException(404, f"no footage of {station.id} between {iso(start_ms, tz)} and {iso(end_ms, tz)}: "
-                                 f"footage is kept {days:g} days (from {iso(kept_from, tz)}) unless held")
-    raise HTTPException(404, f"no footage of {station.id} between {iso(start_ms, tz)} and {iso(end_ms, tz)} "
-                             "(see the timeline for gaps and their reasons)")
+        raise ApiError(404, "no_footage_expired",
+                       f"{station.name}（{station.id}）在 {local_time(start_ms, tz)} 至 {local_time(end_ms, tz)} "
+                       f"没有录像：录像保留 {days:g} 天（自 {local_time(kept_from, tz)} 起），保全的除外")
+    raise ApiError(404, "no_footage",
+                   f"{station.name}（{station.id}）在 {local_time(start_ms, tz)} 至 {local_time(end_ms, tz)} "
+                   "没有录像（时间轴上可看到断档及其原因）")

@@ -38,6 +38,15 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({STATUS, LIVE, SNAPSHOT, ALERTS_READ}),
 }
 
+# Who and what, as operators read them (refusals name the role and the permission).
+ROLE_TEXT = {"admin": "管理员", "operator": "值班员", "auditor": "审计员", "viewer": "观看员"}
+PERMISSION_TEXT = {
+    STATUS: "查看站点状态", LIVE: "观看实时视频", SNAPSHOT: "查看快照", PLAYBACK: "回放录像", EXPORT: "导出录像",
+    HOLDS_READ: "查看保全", HOLDS_WRITE: "保全录像", AUDITS: "查看审计", STATIONS_WRITE: "修改站点设置",
+    ACCESS_LOG: "查看调用登记", USERS: "管理用户", METRICS: "查看运行指标", ALERTS_READ: "查看告警",
+    ALERTS_WRITE: "处理告警", ALERTS_ADMIN: "测试告警通道",
+}
+
 # What an API key may be limited to (for audit jobs and metric scrapers). A key never has more
 # than its owner's role allows.
 API_KEY_SCOPES = frozenset({STATUS, AUDITS, METRICS, HOLDS_READ, ALERTS_READ})  # (alerts: a ticketing script)

@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import av
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from vms.api.errors import local_time
 from vms.db.models import Segment
 from vms.recording.avtypes import time_base
 from vms.recording.segment_file import add_copy_stream
@@ -102,8 +104,9 @@ class _Buffered:
 
 def remux_range(sources: list[SourceSegment], start_ms: int, end_ms: int, out_path: Path,
                 progress: Callable[[float], None] | None = None,
-                cancelled: Callable[[], bool] | None = None) -> RemuxResult:
-    """Write footage of [start_ms, end_ms) to out_path (MP4, moov first). Raises NoFootage."""
+                cancelled: Callable[[], bool] | None = None, tz: tzinfo = UTC) -> RemuxResult:
+    """Write footage of [start_ms, end_ms) to out_path (MP4, moov first). Raises NoFootage. `tz`: the zone
+    of the times in `truncated` (operators read it)."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".part")
     writer = _Writer(tmp)
@@ -138,8 +141,8 @@ def remux_range(sources: list[SourceSegment], start_ms: int, end_ms: int, out_pa
                     writer.open(vin, ain)
                 elif kind != first_kind:
                     was = f"{first_kind[0]} {first_kind[1]}x{first_kind[2]}"
-                    truncated = (f"the camera stream changed from {was} to {kind[0]} {kind[1]}x{kind[2]} "
-                                 f"at {src.start_ms} ms; ask for the rest separately")
+                    truncated = (f"摄像机码流于 {local_time(src.start_ms, tz)} 由 {was} 变为 "
+                                 f"{kind[0]} {kind[1]}x{kind[2]}，之后的录像请另行调取")
                     break
                 used += 1
                 writer.begin_segment(Fraction(src.start_ms, 1000))
@@ -194,7 +197,7 @@ def remux_range(sources: list[SourceSegment], start_ms: int, end_ms: int, out_pa
             for b in gop:  # the range ends inside the first GOP found: it is still the footage asked for
                 writer.write(b)
         if writer.video_packets == 0:
-            raise NoFootage("no playable footage in the range")
+            raise NoFootage("此时段没有可播放的录像")
         result = writer.close()
         os.replace(tmp, out_path)
     except BaseException:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import tzinfo
 from typing import overload
 
-from vms.api.errors import ApiError
+from vms.api.errors import ApiError, local_time
 from vms.core.clock import from_ms
 from vms.core.timetext import EARLIEST_TEXT, LATEST_TEXT, TimeTextError, parse_time_text
 
@@ -37,7 +37,8 @@ def parse_range(start: str, end: str, tz: tzinfo, max_ms: int | None = None,
     s = parse_time(start, "start", tz)
     e = parse_time(end, "end", tz)
     if e <= s:
-        raise ApiError(400, "time_range_reversed", f"end（{iso(e, tz)}）须晚于 start（{iso(s, tz)}）")
+        raise ApiError(400, "time_range_reversed",
+                       f"结束时间 end（{local_time(e, tz)}）须晚于开始时间 start（{local_time(s, tz)}）")
     if max_ms is not None and e - s > max_ms:
         raise ApiError(400, "time_range_too_long", f"{what}过长：{(e - s) / 60000:.0f} 分钟，"
                                                    f"最多 {max_ms / 60000:.0f} 分钟")

@@ -147,14 +147,14 @@ def audit_days(
 
     `progress(n)` is called after each day's segments are reduced (for a progress bar)."""
     if not days:
-        raise AuditInputError("no days to audit")
+        raise AuditInputError("没有要审计的日期")
     tz = settings.tz
     now = clock.now_ms()
     days = sorted(set(days))
     spans = [DaySpan.of(d, tz) for d in days]
     for sp in spans:
         if sp.start_ms >= now:
-            raise AuditInputError(f"day {sp.key} has not begun yet (local time {settings.timezone})")
+            raise AuditInputError(f"{sp.key} 这一天还没有开始（本地时间 {settings.timezone}）")
     # Only whole contiguous runs are read as one range; for scattered days the range covers the gaps.
     lo, hi = spans[0].start_ms, min(spans[-1].end_ms, now)
     starts = [sp.start_ms for sp in spans]

@@ -60,7 +60,7 @@ def audit_month(
     all_days = month_days(year, mon)
     begun = [d for d in all_days if DaySpan.of(d, tz).start_ms < now]
     if not begun:
-        raise AuditInputError(f"month {month} has not begun yet")
+        raise AuditInputError(f"{month} 月还没有开始")
     if recompute:
         to_run = begun
     else:

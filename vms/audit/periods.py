@@ -24,27 +24,27 @@ class AuditInputError(VmsError):
 
 def parse_day(text: str) -> date:
     if not isinstance(text, str) or not _DAY.match(text):
-        raise AuditInputError(f"day {text!r}: expected YYYY-MM-DD, e.g. 2026-01-05")
+        raise AuditInputError(f"日期 {text[:40]!r} 格式不对：须为 YYYY-MM-DD，如 2026-01-05")
     try:
         day = date.fromisoformat(text)
     except ValueError:
-        raise AuditInputError(f"day {text!r} is not a calendar date") from None
-    _check_year(day.year, f"day {text!r}")
+        raise AuditInputError(f"日期 {text!r} 不存在") from None
+    _check_year(day.year, f"日期 {text!r}")
     return day
 
 
 def _check_year(year: int, what: str) -> None:
     if not FIRST_YEAR <= year <= LAST_YEAR:
-        raise AuditInputError(f"{what}: the year must be {FIRST_YEAR}-{LAST_YEAR}")
+        raise AuditInputError(f"{what}：年份须在 {FIRST_YEAR} 至 {LAST_YEAR} 之间")
 
 
 def parse_month(text: str) -> tuple[int, int]:
     if not isinstance(text, str) or not _MONTH.match(text):
-        raise AuditInputError(f"month {text!r}: expected YYYY-MM, e.g. 2026-01")
+        raise AuditInputError(f"月份 {text[:40]!r} 格式不对：须为 YYYY-MM，如 2026-01")
     year, month = int(text[:4]), int(text[5:])
     if not 1 <= month <= 12:
-        raise AuditInputError(f"month {text!r}: month must be 01-12")
-    _check_year(year, f"month {text!r}")
+        raise AuditInputError(f"月份 {text!r} 不存在：月须为 01 至 12")
+    _check_year(year, f"月份 {text!r}")
     return year, month
 
 

@@ -49,7 +49,7 @@ MAX_HISTORY_DAYS = 366
 
 def _check_town(town: str | None) -> None:
     if town is not None and town not in TOWN_NAMES:
-        raise AuditInputError(f"unknown town {town!r}; known: {', '.join(TOWN_NAMES)}")
+        raise AuditInputError(f"没有镇街 {town!r}；可选：{'、'.join(TOWN_NAMES)}")
 
 
 def _station_fields(st: Station) -> dict:
@@ -192,12 +192,12 @@ def monthly_report(session: Session, month: str, town: str | None = None) -> dic
 def station_history(session: Session, station_id: str, start_day: str, end_day: str) -> list[dict]:
     first, last = parse_day(start_day), parse_day(end_day)
     if last < first:
-        raise AuditInputError(f"end day {end_day} is before start day {start_day}")
+        raise AuditInputError(f"结束日期 {end_day} 早于开始日期 {start_day}")
     if (last - first).days + 1 > MAX_HISTORY_DAYS:
-        raise AuditInputError(f"at most {MAX_HISTORY_DAYS} days at once ({start_day}..{end_day} is longer)")
+        raise AuditInputError(f"一次最多查询 {MAX_HISTORY_DAYS} 天（{start_day} 至 {end_day} 超出）")
     st = session.get(Station, station_id)
     if st is None:
-        raise AuditInputError(f"unknown station {station_id!r}")
+        raise AuditInputError(f"没有站点 {station_id!r}")
     rows = {r.day: r for r in session.scalars(select(AuditDaily).where(
         AuditDaily.station_id == station_id, AuditDaily.day >= start_day, AuditDaily.day <= end_day))}
     out = []

@@ -28,16 +28,16 @@ class BusinessHours:
         for part in str(text).split(","):
             m = _HOURS.match(part.strip())
             if not m:
-                raise ValueError(f"business hours {text!r}: expected HH:MM-HH:MM[,HH:MM-HH:MM]")
+                raise ValueError(f"营业时间 {str(text)[:80]!r} 格式不对：须为 HH:MM-HH:MM，多段用逗号分隔")
             h1, m1, h2, m2 = map(int, m.groups())
             if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2 != 0):
-                raise ValueError(f"business hours {text!r}: {part.strip()} is not a time of day")
+                raise ValueError(f"营业时间 {text!r}：{part.strip()} 不是一天中的时刻")
             start = time(h1, m1)
             end = time(23, 59, 59, 999999) if h2 == 24 else time(h2, m2)
             if end <= start:
-                raise ValueError(f"business hours {text!r}: {part.strip()} ends before it starts")
+                raise ValueError(f"营业时间 {text!r}：{part.strip()} 结束早于开始")
             if ranges and start < ranges[-1][1]:
-                raise ValueError(f"business hours {text!r}: ranges overlap or are out of order")
+                raise ValueError(f"营业时间 {text!r}：各时段重叠或未按先后排列")
             ranges.append((start, end))
         return cls(tuple(ranges))
 

@@ -33,17 +33,17 @@ def add_hold(session: Session, *, station_id: str, start_ms: int, end_ms: int, r
              created_by: str, now_ms: int, expires_ms: int | None = None) -> Hold:
     problems = []
     if session.get(Station, station_id) is None:
-        problems.append(f"unknown station {station_id!r}")
+        problems.append(f"没有站点 {station_id!r}")
     if end_ms <= start_ms:
-        problems.append("the end must be after the start")
+        problems.append("结束时间须晚于开始时间")
     if not reason or not reason.strip():
-        problems.append("a reason is required (e.g. the case or complaint number)")
+        problems.append("须填写保全事由（如案件或投诉编号）")
     if not created_by or not created_by.strip():
-        problems.append("the name of who places the hold is required")
+        problems.append("须填写保全人")
     if expires_ms is not None and expires_ms <= now_ms:
-        problems.append("the expiry is already past")
+        problems.append("到期时间已经过去")
     if problems:
-        raise HoldError("; ".join(problems))
+        raise HoldError("；".join(problems))
     hold = Hold(station_id=station_id, start_ms=start_ms, end_ms=end_ms, reason=reason.strip(),
                 created_by=created_by.strip()[:64], created_ms=now_ms, expires_ms=expires_ms)
     session.add(hold)
@@ -65,11 +65,11 @@ def list_holds(session: Session, *, now_ms: int, station_id: str | None = None,
 def release_hold(session: Session, hold_id: int, *, by: str, now_ms: int) -> Hold:
     hold = session.get(Hold, hold_id)
     if hold is None:
-        raise HoldError(f"no hold with id {hold_id}")
+        raise HoldError(f"保全 {hold_id} 不存在")
     if hold.released_ms is not None:
-        raise HoldError(f"hold {hold_id} was already released by {hold.released_by}")
+        raise HoldError(f"保全 {hold_id} 已由 {hold.released_by} 解除")
     if not by or not by.strip():
-        raise HoldError("the name of who releases the hold is required")
+        raise HoldError("须填写解除人")
     hold.released_ms = now_ms
     hold.released_by = by.strip()[:64]
     session.flush()

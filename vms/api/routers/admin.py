@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, Path
 from pydantic import Field
 from sqlalchemy import select
 
@@ -82,7 +82,7 @@ def add_user(body: UserIn, ctx: Ctx, session: DbSession, _admin: Admin) -> dict:
 def change_user(username: Username, body: UserPatch, ctx: Ctx, session: DbSession, admin: Admin) -> dict:
     user = _account_call(find_user, session, username)
     if user.id == admin.user_id and (body.disabled or (body.role and body.role != "admin")):
-        raise HTTPException(400, "you cannot disable yourself or take away your own admin role")
+        raise ApiError(400, "cannot_demote_self", "不能停用自己的账号，也不能取消自己的管理员角色")
     if "towns" in body.model_fields_set:
         user.towns = _account_call(check_towns, body.towns)
         revoke_tokens(session, user.id, kind="session")  # new limits apply from the next login
@@ -135,7 +135,7 @@ def revoke_api_key(username: Username, key_id: Annotated[int, Path(ge=1, le=2**3
     user = _account_call(find_user, session, username)
     tok = session.get(AuthToken, key_id)
     if tok is None or tok.user_id != user.id or tok.kind != "apikey":
-        raise HTTPException(404, f"no API key {key_id} of {username}")
+        raise ApiError(404, "api_key_not_found", f"用户 {username} 没有 API 密钥 {key_id}")
     tok.revoked = True
     session.commit()
     forget_principals(ctx)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from vms.api import permissions as P
@@ -31,9 +31,9 @@ def _town_for(principal: Principal, town: str | None) -> str | None:
     if town is None:
         if len(principal.towns) == 1:
             return principal.towns[0]
-        raise HTTPException(400, f"give town=, one of {', '.join(principal.towns)}")
+        raise ApiError(400, "town_required", f"请用 town= 指定镇街，可选：{'、'.join(principal.towns)}")
     if town not in principal.towns:
-        raise HTTPException(403, f"town {town} is not among yours ({', '.join(principal.towns)})")
+        raise ApiError(403, "town_forbidden", f"镇街 {town[:40]} 不在你的管辖范围内（{'、'.join(principal.towns)}）")
     return town
 
 
@@ -44,7 +44,7 @@ def audits_daily(session: DbSession, principal: Auditor,
     try:
         return daily_report(session, day, _town_for(principal, town))
     except AuditInputError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise ApiError(400, "audit_input_invalid", str(exc)) from None
 
 
 @router.get("/api/audits/monthly")
@@ -54,7 +54,7 @@ def audits_monthly(session: DbSession, principal: Auditor,
     try:
         return monthly_report(session, month, _town_for(principal, town))
     except AuditInputError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise ApiError(400, "audit_input_invalid", str(exc)) from None
 
 
 @router.get("/api/stations/{station_id}/audits")
@@ -65,7 +65,7 @@ def station_audits(station_id: StationId, session: DbSession, principal: Auditor
     try:
         days = station_history(session, station.id, start, end)
     except AuditInputError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise ApiError(400, "audit_input_invalid", str(exc)) from None
     return {"station_id": station.id, "start": start, "end": end, "days": days}
 
 
@@ -90,7 +90,7 @@ def audits_monthly_download(ctx: Ctx, session: DbSession, principal: Auditor,
     try:
         report = monthly_report(session, month, _town_for(principal, town))
     except AuditInputError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise ApiError(400, "audit_input_invalid", str(exc)) from None
     if not report.get("audited"):
         raise ApiError(404, "audit_not_run", f"{month} 还没有考核结果（月度考核在次月初自动运行，"
                                             f"或由管理员运行 vms audit run --month {month}）")

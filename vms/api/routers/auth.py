@@ -12,7 +12,15 @@ from starlette.concurrency import run_in_threadpool
 
 from vms.api.accounts import issue_session, verify_password
 from vms.api.context import ApiContext, LoginBusy, LoginDelay, LoginInFlight
-from vms.api.deps import SESSION_COOKIE, Ctx, CurrentPrincipal, DbSession, client_address, forget_principals
+from vms.api.deps import (
+    SESSION_COOKIE,
+    Ctx,
+    CurrentPrincipal,
+    DbSession,
+    client_address,
+    current_principal,
+    forget_principals,
+)
 from vms.api.errors import ApiError
 from vms.api.permissions import permissions_of
 from vms.api.schemas import ApiModel, Me
@@ -113,8 +121,37 @@ def logout(principal: CurrentPrincipal, session: DbSession, response: Response, 
     return response
 
 
-@router.get("/me", response_model=Me)
-def me(principal: CurrentPrincipal) -> Me:
+def _me(principal) -> Me:
     return Me(username=principal.username, role=principal.role,
               towns=list(principal.towns) if principal.towns is not None else None, kind=principal.kind,
               permissions=sorted(principal.permissions))
+
+
+@router.get("/me", response_model=Me)
+def me(principal: CurrentPrincipal) -> Me:
+    """The caller; 401 with a code when not logged in (API clients)."""
+    return _me(principal)
+
+
+class SessionOut(ApiModel):
+    user: Me | None = Field(description="the caller, or null when nobody is logged in")
+    reason: str | None = Field(None, description="why a login that was sent is no longer good (the 401's "
+                                                 "code: session_expired, token_revoked, ...); null otherwise")
+
+
+@router.get("/session", response_model=SessionOut)
+async def session_of(request: Request, ctx: Ctx) -> Response | SessionOut:
+    """Who is logged in, for the console's first load: 200 with user null rather than a 401, which the
+    browser reports as an error on every visit before login. A cookie that no longer logs in is
+    removed."""
+    try:
+        principal = await current_principal(request, ctx)
+    except ApiError as exc:
+        if exc.status_code != 401:
+            raise
+        reason = None if exc.code == "not_logged_in" else exc.code
+        out = Response(SessionOut(user=None, reason=reason).model_dump_json(), media_type="application/json")
+        if request.cookies.get(SESSION_COOKIE) is not None:
+            out.delete_cookie(SESSION_COOKIE, path="/")
+        return out
+    return SessionOut(user=_me(principal), reason=None)

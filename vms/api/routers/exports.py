@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import FileResponse
 from pydantic import Field
 from sqlalchemy import select
@@ -14,7 +14,7 @@ from vms.api import permissions as P
 from vms.api.access import record_access, record_download
 from vms.api.accounts import Principal
 from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, client_address, require, visible_station
-from vms.api.errors import local_time
+from vms.api.errors import ApiError, local_time
 from vms.api.exports import check_export_limits, estimated_bytes, export_path, export_runner
 from vms.api.footage import segments_or_error
 from vms.api.schemas import ApiModel, FootageRangeIn
@@ -23,6 +23,9 @@ from vms.audit.findings import gap_zh
 from vms.db.models import ExportJob, ExportState, Gap, Station
 
 router = APIRouter(prefix="/api/exports", tags=["exports"])
+
+EXPORT_STATE_TEXT = {ExportState.QUEUED: "排队中", ExportState.RUNNING: "正在导出", ExportState.FAILED: "导出失败",
+                     ExportState.DONE: "已完成", ExportState.EXPIRED: "已过期"}
 
 ExportPrincipal = Annotated[Principal, Depends(require(P.EXPORT))]
 ExportId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
@@ -106,7 +109,7 @@ def create_export(body: ExportIn, request: Request, ctx: Ctx, session: DbSession
                   principal: ExportPrincipal) -> dict:
     station = visible_station(session, principal, body.station_id)
     if not body.reason.strip():
-        raise HTTPException(400, "reason is required for an export (调用事由)")
+        raise ApiError(400, "reason_required", "导出须填写调用事由")
     s, e = parse_range(body.start, body.end, ctx.settings.tz, int(ctx.settings.api.export_max_hours * 3_600_000),
                        "导出范围")
     segments_or_error(ctx, session, station, s, e)
@@ -133,7 +136,7 @@ def _visible_job(session, principal: Principal, job_id: str) -> ExportJob:
         if job.username != principal.username or station is None or not principal.may_see_town(station.town):
             job = None
     if job is None:
-        raise HTTPException(404, f"no export {job_id}")
+        raise ApiError(404, "export_not_found", f"导出任务 {job_id[:64]} 不存在")
     return job
 
 
@@ -158,12 +161,14 @@ def download_export(export_id: ExportId, request: Request, ctx: Ctx, session: Db
                     principal: ExportPrincipal) -> FileResponse:
     job = _visible_job(session, principal, export_id)
     if job.state == ExportState.EXPIRED:
-        raise HTTPException(410, f"export {job.id} expired at {iso(job.expires_ms, ctx.settings.tz)}")
+        expired = local_time(job.expires_ms or 0, ctx.settings.tz)
+        raise ApiError(410, "export_expired", f"导出任务 {job.id} 已于 {expired} 过期")
     if job.state != ExportState.DONE:
-        raise HTTPException(409, f"export {job.id} is {job.state}" + (f": {job.error}" if job.error else ""))
+        state = EXPORT_STATE_TEXT.get(ExportState(job.state), job.state)
+        raise ApiError(409, "export_not_ready", f"导出任务 {job.id} {state}" + (f"：{job.error}" if job.error else ""))
     path = export_path(ctx, job.id)
     if not path.exists():
-        raise HTTPException(410, f"export {job.id} file is gone")
+        raise ApiError(410, "export_file_gone", f"导出任务 {job.id} 的文件已不存在")
     if request.method == "GET":  # (HEAD sends no footage)
         record_download(session, principal, job, ctx.clock.now_ms(), client_address(request))
         session.commit()

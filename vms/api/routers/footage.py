@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import FileResponse
 from pydantic import Field
 
@@ -14,6 +14,7 @@ from vms.api import permissions as P
 from vms.api.access import record_access
 from vms.api.accounts import Principal
 from vms.api.deps import Ctx, DbSession, StationId, client_address, require, visible_station
+from vms.api.errors import ApiError
 from vms.api.footage import segments_or_error
 from vms.api.playback import PlaybackItem, playback_store
 from vms.api.remux import NoFootage, remux_range
@@ -52,16 +53,17 @@ def start_playback(station_id: StationId, body: PlaybackIn, request: Request, ct
                    principal: Annotated[Principal, Depends(require(P.PLAYBACK))]) -> dict:
     station = visible_station(session, principal, station_id)
     if not body.reason.strip():
-        raise HTTPException(400, "reason is required for playback (调用事由)")
+        raise ApiError(400, "reason_required", "回放须填写调用事由")
     s, e = parse_range(body.start, body.end, ctx.settings.tz,
                        int(ctx.settings.api.playback_max_minutes * 60_000), "回放范围")
     sources = segments_or_error(ctx, session, station, s, e)
     store = playback_store(ctx)
     pid, path = store.new_path()
     try:
-        result = remux_range(sources, s, e, path)
-    except NoFootage as exc:
-        raise HTTPException(404, f"{exc} for {station.id} (files unreadable or cut)") from None
+        result = remux_range(sources, s, e, path, tz=ctx.settings.tz)
+    except NoFootage:
+        raise ApiError(404, "footage_unreadable",
+                       f"{station.name}（{station.id}）此时段的录像文件无法读取或已被截断") from None
     record_access(session, principal, "playback", ctx.clock.now_ms(), client_address(request),
                   station_id=station.id, start_ms=s, end_ms=e, reason=body.reason.strip())
     store.add(PlaybackItem(pid, principal.user_id, station.id, path, result, time.monotonic()))
@@ -78,7 +80,7 @@ def playback_file(playback_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,40
     item = playback_store(ctx).get(playback_id)
     if item is None or not item.path.exists() or (item.user_id != principal.user_id and principal.role != "admin"):
         keep = ctx.settings.api.playback_keep_minutes
-        raise HTTPException(404, f"no such playback (they last {keep:g} minutes): POST a new one")
+        raise ApiError(404, "playback_not_found", f"没有这个回放（回放文件保留 {keep:g} 分钟）：请重新发起回放")
     return FileResponse(item.path, media_type="video/mp4", filename=f"{item.station_id}-{playback_id}.mp4",
                         content_disposition_type="inline")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import Field
 from sqlalchemy import func, select
 
@@ -110,7 +110,7 @@ def create_hold(body: HoldIn, ctx: Ctx, session: DbSession, principal: HoldWrite
         hold = add_hold(session, station_id=station.id, start_ms=s, end_ms=e, reason=body.reason,
                         created_by=principal.username, now_ms=now, expires_ms=expires)
     except HoldError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise ApiError(400, "hold_invalid", str(exc)) from None
     return hold_public_dict(hold, tz, now)
 
 
@@ -119,12 +119,12 @@ def release(hold_id: Annotated[int, Path(ge=1, le=2**31 - 1)], ctx: Ctx, session
             principal: HoldWriter) -> dict:
     hold = session.get(Hold, hold_id)
     if hold is None or not _towns_ok(session, principal, hold.station_id):
-        raise HTTPException(404, f"no hold {hold_id}")
+        raise ApiError(404, "hold_not_found", f"保全 {hold_id} 不存在")
     now = ctx.clock.now_ms()
     try:
         hold = release_hold(session, hold_id, by=principal.username, now_ms=now)
     except HoldError as exc:
-        raise HTTPException(409, str(exc)) from None
+        raise ApiError(409, "hold_already_released", str(exc)) from None
     return hold_public_dict(hold, ctx.settings.tz, now)
 
 

@@ -21,6 +21,8 @@ from vms.api.access import record_access
 from vms.api.accounts import Principal
 from vms.api.context import ApiContext
 from vms.api.deps import Ctx, StationId, client_address, get_principal, require, visible_station
+from vms.api.errors import ApiError
+from vms.api.permissions import ROLE_TEXT
 from vms.api.schemas import ApiModel
 from vms.live.mse import FragmentedMp4Stream
 from vms.live.relay import CAMERA_DISCONNECTED, EndItem, InfoItem, LiveHub, LiveUnavailable, PacketItem
@@ -87,9 +89,9 @@ async def webrtc_offer(
             station_id, principal.username, body.sdp, body.type, ctx.settings.live.wait_picture_seconds
         )
     except LiveUnavailable as exc:
-        raise HTTPException(503, str(exc)) from None
-    except ValueError as exc:  # an offer aiortc cannot parse or use
-        raise HTTPException(400, f"bad WebRTC offer: {exc}") from None
+        raise ApiError(503, "live_unavailable", f"无实时画面：{exc}") from None
+    except ValueError:  # an offer aiortc cannot parse or use
+        raise ApiError(400, "webrtc_offer_invalid", "浏览器的 WebRTC 请求无法使用：请改用兼容模式") from None
     info = session.track.viewer.relay.info
     return {
         "session_id": session.id,
@@ -108,7 +110,7 @@ async def close_session(
     sessions = webrtc_sessions(ctx)
     session = sessions.sessions.get(session_id)
     if session is None or (session.username != principal.username and principal.role != "admin"):
-        raise HTTPException(404, f"no live session {session_id}")
+        raise ApiError(404, "live_session_not_found", f"实时会话 {session_id} 不存在")
     await sessions.close(session_id, "closed by the viewer")
     return Response(status_code=204)
 
@@ -134,7 +136,7 @@ def origin_refusal(websocket: WebSocket, ctx: ApiContext) -> str | None:
     host = (websocket.headers.get("host") or "").strip().lower()
     if host and origin.partition("://")[2] == host:
         return None
-    return f"origin {origin} may not open a live view here (api.allowed_origins)"
+    return f"其他网站的页面不能打开实时视频（api.allowed_origins）：{origin}"
 
 
 def _close_reason(text: str) -> str:
@@ -158,7 +160,7 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
             raise HTTPException(403, why)
         principal = await run_in_threadpool(get_principal, websocket, ctx)  # type: ignore[arg-type]
         if P.LIVE not in principal.permissions:
-            raise HTTPException(403, f"role {principal.role} does not allow live")
+            raise HTTPException(403, f"{ROLE_TEXT.get(principal.role, principal.role)}角色不能观看实时视频")
         client = client_address(websocket)
         await run_in_threadpool(
             _check_and_log, ctx, principal, station_id, client, websocket.query_params.get("reason")

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import cv2
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 from sqlalchemy import select
@@ -106,7 +106,7 @@ async def list_stations(
     enabled: bool | None = None,
 ) -> Response:
     if town is not None and town not in TOWN_NAMES:
-        raise HTTPException(400, f"unknown town {town!r}; known: {', '.join(TOWN_NAMES)}")
+        raise ApiError(400, "town_unknown", f"没有镇街 {town[:40]!r}；可选：{'、'.join(TOWN_NAMES)}")
     # async: the usual answer is a cached encoded list, served without a thread hop; the status
     # queries run in a thread only when there is no list yet.
     cache = status_cache(ctx)
@@ -187,7 +187,7 @@ def patch_station(station_id: StationId, body: StationPatch, ctx: Ctx, session: 
         try:
             BusinessHours.parse(body.business_hours)
         except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise ApiError(400, "business_hours_invalid", str(exc)) from None
         station.business_hours = body.business_hours
     if body.enabled is not None:
         station.enabled = body.enabled
@@ -200,6 +200,10 @@ def patch_station(station_id: StationId, body: StationPatch, ctx: Ctx, session: 
     return _detail(ctx, session, principal, station)
 
 
+# Camera states (vms.ingest.health) as operators read them; the console has the same labels.
+CAMERA_STATE_TEXT = {"connecting": "正在连接", "streaming": "录像中", "backoff": "连接失败，等待重试",
+                     "stalled": "视频流停滞", "hung": "录像线程卡死", "failed": "故障", "stopped": "已停止",
+                     "offline": "离线（录像节点无上报）", "disabled": "已停用", "unknown": "尚未上报状态"}
 SNAPSHOT_FRESH_MS = 3000  # an older keyframe file makes the snapshot ask the session for a fresh one
 
 
@@ -213,7 +217,8 @@ def snapshot(station_id: StationId, request: Request, ctx: Ctx, session: DbSessi
     cam = next((s["camera"] for s in status_cache(ctx).get() if s["id"] == station.id), None)
     max_age_ms = int(ctx.settings.api.snapshot_max_age_seconds * 1000)
     if cam is not None and cam["state"] not in (CameraState.STREAMING, ReportedState.UNKNOWN):
-        raise HTTPException(503, f"camera {cam['state']}" + (f": {cam['reason']}" if cam.get("reason") else ""))
+        state = CAMERA_STATE_TEXT.get(cam["state"], "不在录像")
+        raise ApiError(503, "camera_not_streaming", f"摄像机{state}：暂无画面")
     kf = latest_keyframe(ctx.settings.data_dir, station.id)
     streaming = cam is not None and cam["state"] == CameraState.STREAMING
     if (kf is None or now - kf.wall_ms > SNAPSHOT_FRESH_MS) and streaming:
@@ -222,17 +227,17 @@ def snapshot(station_id: StationId, request: Request, ctx: Ctx, session: DbSessi
         kf = _wait_for_keyframe(ctx, station.id, kf, max_age_ms / 1000)
         now = ctx.clock.now_ms()
     if kf is None:
-        raise HTTPException(503, "no picture yet: the camera is not being recorded on this server")
+        raise ApiError(503, "no_picture", "暂无画面：本服务器没有在录这台摄像机")
     if now - kf.wall_ms > max_age_ms:
-        state = f"camera {cam['state']}" if cam else "no camera status"
-        raise HTTPException(503, f"latest picture is {(now - kf.wall_ms) / 1000:.0f} s old ({state})")
+        state = f"摄像机{CAMERA_STATE_TEXT.get(cam['state'], cam['state'])}" if cam else "没有摄像机状态"
+        raise ApiError(503, "picture_stale", f"最新画面是 {(now - kf.wall_ms) / 1000:.0f} 秒前的（{state}）")
     try:
         frame = kf.decode()
     except Exception as exc:  # a damaged keyframe file must not become a 500
-        raise HTTPException(503, f"latest picture could not be decoded: {type(exc).__name__}") from None
+        raise ApiError(503, "picture_undecodable", f"最新画面无法解码（{type(exc).__name__}）") from None
     ok, jpg = cv2.imencode(".jpg", frame.to_ndarray(format="bgr24"), [cv2.IMWRITE_JPEG_QUALITY, 85])
     if not ok:
-        raise HTTPException(503, "JPEG encoding failed")
+        raise ApiError(503, "jpeg_failed", "画面转为 JPEG 失败")
     record_access(session, principal, "snapshot", now, client_address(request), station_id=station.id,
                   start_ms=kf.wall_ms, end_ms=kf.wall_ms)
     return Response(jpg.tobytes(), media_type="image/jpeg",

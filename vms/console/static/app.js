@@ -8,7 +8,23 @@ const STATE_TEXT = { recording: "录像中", offline: "离线", closed: "已关�
                      stuck: "录像卡死" };
 const GAP_TEXT = { stalled: "断流", unreachable: "无法连接", stream_ended: "流结束", bad_stream: "流异常",
                    ingest_stopped: "录像服务停止", ingest_hung: "录像进程卡死", auth_failed: "认证失败",
-                   no_video: "无视频" };
+                   no_video: "无视频", refused: "连接被拒绝", unsupported_codec: "编码格式不支持",
+                   resolution_changed: "分辨率变更", clock_jump: "摄像机时钟跳变", disk_error: "磁盘错误" };
+// The camera's own state (vms.ingest.health: CameraState and ReportedState) and why, as operators read them.
+const CAMERA_TEXT = { connecting: "正在连接", streaming: "录像中", backoff: "连接失败，等待重试", stalled: "视频流停滞",
+                      hung: "录像线程卡死", failed: "故障", stopped: "已停止", offline: "离线（录像节点无上报）",
+                      disabled: "停用", unknown: "尚未上报状态" };
+const CAMERA_REASON_TEXT = { ...GAP_TEXT, no_status: "录像节点无状态上报", internal_error: "录像程序内部错误",
+                             timeout: "连接超时", "station disabled": "站点已停用", "no status reported": "从未上报状态" };
+// Picture faults (vms.analysis.detector.FAULT_KINDS, and the ingest's auth_failed) and their severities.
+const FAULT_TEXT = { signal_lost: "无视频信号", frozen: "画面冻结", black: "黑屏", overexposed: "画面过曝",
+                     blurred: "画面模糊", covered: "画面被遮挡", color_cast: "画面偏色", scene_changed: "摄像机被移动（画面变化）",
+                     auth_failed: "摄像机登录认证失败", undecodable: "画面无法解码" };
+const SEVERITY_TEXT = { info: "提示", minor: "一般", major: "重要", critical: "紧急" };
+// A label of `key`, or `otherwise` (never a raw key, nor an inherited property such as "constructor").
+const label = (map, key, otherwise) => (Object.hasOwn(map, String(key)) ? map[key] : otherwise);
+const cameraText = (cam) => label(CAMERA_TEXT, cam.state, "状态未知");
+const faultText = (f) => `${label(FAULT_TEXT, f.kind, "画面异常")}（${label(SEVERITY_TEXT, f.severity, "未分级")}，${localText(f.since_ms)} 起）`;
 let me = null;
 let cleanup = [];  // what the current page must stop when left (timers, live views)
 
@@ -25,12 +41,22 @@ export function stationState(st) {
 
 function leavePage() { for (const f of cleanup.splice(0)) { try { f(); } catch { /* already gone */ } } }
 
+let routedHash = null;  // the address the page shows now (paging rewrites it without a new render)
+
+// Back and Forward between entries whose addresses were rewritten (replaceState) fire popstate, and
+// hashchange too when the fragments differ: route once per new address.
+function navigated() { if (location.hash !== routedHash) route(); }
+
 async function route() {
+  routedHash = location.hash;
   leavePage();
-  const hash = location.hash || "#/wall";
-  const [, page, arg] = hash.split("/");
+  const [path, query] = (location.hash || "#/wall").split("?");
+  const [, page, arg] = path.split("/");
+  const params = new URLSearchParams(query || "");
   if (!me) {
-    try { me = await api.get("/api/auth/me"); } catch { me = null; }
+    // The session check answers 200 with user null before login (a 401 here was a console error on
+    // every first visit).
+    try { me = (await api.get("/api/auth/session")).user; } catch { me = null; }
   }
   if (!me && page !== "login") { location.hash = "#/login"; return; }
   document.getElementById("nav").hidden = !me;
@@ -41,16 +67,31 @@ async function route() {
   document.querySelectorAll("#nav a[data-perm]").forEach((a) => { a.hidden = !can(a.dataset.perm); });
   try {
     if (page === "login") return renderLogin();
+    const needs = PAGE_PERMISSION[page === "station" ? "wall" : page] || PAGE_PERMISSION.wall;
+    if (!can(needs)) return renderNoAccess(page);
     if (page === "station" && arg) return await renderStation(decodeURIComponent(arg));
     if (page === "alarms") return await renderAlarms();
-    if (page === "audits") return await renderAudits();
+    if (page === "audits") return await renderAudits(params.get("month"));
     if (page === "admin") return await renderAdmin();
     if (page === "gb28181") return await renderGb();
-    return await renderWall(arg ? decodeURIComponent(arg) : null);
+    return await renderWall(arg ? decodeURIComponent(arg) : null, params);
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) { me = null; location.hash = "#/login"; return; }
     main.innerHTML = `<p class="error">出错了：${esc(e.message)}</p>`;
   }
+}
+
+// What each page needs (vms/api/permissions.py); the menu shows a page only to roles that have it.
+const PAGE_PERMISSION = { wall: "status:read", alarms: "alerts:read", audits: "audits:read", admin: "users:admin",
+                          gb28181: "stations:write" };
+const PAGE_TITLE = { wall: "视频墙", alarms: "告警", audits: "审计", admin: "用户管理", gb28181: "设备接入（国标）" };
+
+const PAGE_WHO = { admin: "仅管理员可管理用户", gb28181: "仅管理员可管理国标设备接入",
+                   audits: "审计员、值班员和管理员可查看审计" };
+
+function renderNoAccess(page) {
+  main.innerHTML = `<h2>${esc(PAGE_TITLE[page] || "页面")}</h2>
+    <p class="muted no-access">当前角色（${esc(roleText(me.role))}）无权使用此页面${PAGE_WHO[page] ? `：${PAGE_WHO[page]}` : ""}</p>`;
 }
 
 const roleText = (r) => ({ admin: "管理员", operator: "值班员", auditor: "审计员", viewer: "观看员" }[r] || r);
@@ -98,16 +139,27 @@ function treeHtml(stations, currentTown) {
   return html + "</div>";
 }
 
-async function renderWall(town) {
+const WALL_SIZES = [4, 9, 16];
+
+async function renderWall(town, params) {
   const data = await api.get("/api/stations");
   const all = data.stations;
   const shown = town ? all.filter((s) => s.town === town) : all;
-  let size = Number(sessionStorage.getItem("wall-size") || 9);
-  let page = 0;
+  // Layout and page live in the address (#/wall[/town]?size=9&page=2): Back from a station, a reload or
+  // a shared link shows the same page. The last layout chosen is the default for a bare #/wall.
+  let size = Number(params.get("size") || sessionStorage.getItem("wall-size") || 9);
+  if (!WALL_SIZES.includes(size)) size = 9;
+  let page = Math.max(0, (parseInt(params.get("page") || "1", 10) || 1) - 1);
+  const remember = () => {
+    const base = town ? `#/wall/${encodeURIComponent(town)}` : "#/wall";
+    // replaceState: paging does not fire hashchange (no re-render) nor add a Back step per page.
+    history.replaceState(history.state, "", `${base}?size=${size}&page=${page + 1}`);
+    routedHash = location.hash;
+  };
   main.innerHTML = `<div class="layout">${treeHtml(all, town)}<section>
     <div class="toolbar"><b>${town ? esc(town) : "全部站点"}</b>
       <span class="muted" id="wall-count">共${shown.length}个站点</span>
-      <label>画面数 <select id="wall-size">${[4, 9, 16].map((n) => `<option ${n === size ? "selected" : ""}>${n}</option>`).join("")}</select></label>
+      <label>画面数 <select id="wall-size">${WALL_SIZES.map((n) => `<option ${n === size ? "selected" : ""}>${n}</option>`).join("")}</select></label>
       <button id="prev">上一页</button><span id="pager"></span><button id="next">下一页</button>
       <span class="muted">快照每5秒刷新，点击画面看实时视频</span></div>
     <div class="wall" id="wall"></div></section></div>`;
@@ -116,6 +168,7 @@ async function renderWall(town) {
     const pages = Math.max(1, Math.ceil(shown.length / size));
     page = Math.min(page, pages - 1);
     document.getElementById("pager").textContent = `第${page + 1}/${pages}页`;
+    remember();
     wall.className = `wall g${size}`;
     const items = shown.slice(page * size, page * size + size);
     wall.innerHTML = items.map((st) => {
@@ -152,8 +205,8 @@ async function renderStation(id) {
     <div class="panel"><h3>${esc(st.name)} <span class="muted">${esc(st.id)}</span>
       <span id="mode" class="muted"></span></h3>
       <video id="video" muted autoplay playsinline controls></video>
-      <div class="row"><button id="go-live" class="primary">实时</button>
-        <button id="go-mse">兼容模式（MSE）</button><span id="live-msg" class="muted"></span></div></div>
+      <div class="row">${can("live") ? `<button id="go-live" class="primary">实时</button>
+        <button id="go-mse">兼容模式（MSE）</button>` : ""}<span id="live-msg" class="muted"></span></div></div>
     <div class="panel"><h3>录像时间轴</h3>
       <div class="row"><label>日期 <input type="date" id="day" value="${day}"></label>
         ${can("playback") ? `<label>调用事由 <input id="play-reason" size="24" placeholder="回放必须填写"></label>` : ""}
@@ -165,10 +218,10 @@ async function renderStation(id) {
       <tr><td>状态</td><td><i class="dot s-${state}"></i>${STATE_TEXT[state]}</td></tr>
       <tr><td>镇街</td><td>${esc(st.town)}（${st.level === "town" ? "镇级" : "村级"}）</td></tr>
       <tr><td>营业时间</td><td>${esc(st.business_hours)}</td></tr>
-      <tr><td>摄像机</td><td>${esc(st.camera.state)}${st.camera.reason ? "：" + esc(st.camera.reason) : ""}
-        ${st.camera.width ? `<br>${st.camera.codec} ${st.camera.width}×${st.camera.height} ${st.camera.fps ? st.camera.fps.toFixed(1) + "fps" : ""}` : ""}</td></tr>
+      <tr><td>摄像机</td><td>${esc(cameraText(st.camera))}${label(CAMERA_REASON_TEXT, st.camera.reason, null) && st.camera.state !== "streaming" ? "：" + esc(label(CAMERA_REASON_TEXT, st.camera.reason)) : ""}
+        ${st.camera.width ? `<br>${esc(st.camera.codec)} ${esc(st.camera.width)}×${esc(st.camera.height)} ${st.camera.fps ? st.camera.fps.toFixed(1) + "fps" : ""}` : ""}</td></tr>
       <tr><td>录像至</td><td>${localText(st.recorded_until_ms)}</td></tr>
-      <tr><td>故障</td><td>${st.faults.length ? st.faults.map((f) => `${esc(f.kind)}（${localText(f.since_ms)}起）`).join("<br>") : "无"}</td></tr>
+      <tr><td>故障</td><td id="faults">${st.faults.length ? st.faults.map((f) => esc(faultText(f))).join("<br>") : "无"}</td></tr>
     </table></div>
     ${can("export") ? `<div class="panel"><h3>导出录像</h3><button id="export-open" class="primary">导出…</button><div id="exports"></div></div>` : ""}
     ${can("holds:read") ? `<div class="panel"><h3>保全（锁定录像）</h3><div id="holds"></div></div>` : ""}
@@ -212,9 +265,12 @@ async function renderStation(id) {
       goMse(e.message);
     }
   };
-  document.getElementById("go-live").onclick = goLive;
-  document.getElementById("go-mse").onclick = () => goMse(null);
-  if (state === "disabled") msg.textContent = "站点已停用";
+  if (can("live")) {
+    document.getElementById("go-live").onclick = goLive;
+    document.getElementById("go-mse").onclick = () => goMse(null);
+  }
+  if (!can("live")) msg.textContent = "当前角色无实时观看权限";
+  else if (state === "disabled") msg.textContent = "站点已停用";
   else if (state !== "offline") goLive(); else msg.textContent = "摄像机离线";
 
   const dayInput = document.getElementById("day");
@@ -322,7 +378,6 @@ async function drawHolds(id) {
 }
 
 // ---- alarm center (issue 20): alerts, acknowledge, mute, maintenance windows ---------------------
-const SEVERITY_TEXT = { info: "提示", minor: "一般", major: "重要", critical: "紧急" };
 const ALARM_TABS = { firing: "进行中", resolved: "已恢复", all: "全部" };
 const DELIVERY_KIND = { firing: "告警", reminder: "提醒", resolved: "恢复", digest: "汇总", test: "测试" };
 const DELIVERY_STATE = { queued: "待发送", sent: "已发送", batched: "已并入汇总", failed: "发送失败", dropped: "已取消" };
@@ -350,7 +405,7 @@ function alarmStatus(a, now) {
   if (a.state !== "firing") return `<span class="tag t-resolved">已恢复</span>`;
   const tags = [];
   if (a.suppressed === "maintenance") tags.push(`<span class="tag t-maint" title="维护窗口内产生，不通知">维护中</span>`);
-  else if (a.suppressed) tags.push(`<span class="tag t-maint">不通知（${esc(a.suppressed)}）</span>`);
+  else if (a.suppressed) tags.push(`<span class="tag t-maint">不通知</span>`);
   if (a.muted_until_ms && a.muted_until_ms > now) {
     tags.push(`<span class="tag t-muted" title="${esc(a.muted_by ? `${a.muted_by} 设置` : "")}">静音至 ${esc(shortTime(a.muted_until_ms))}</span>`);
   }
@@ -664,27 +719,47 @@ async function renderGb() {
 }
 
 // ---- audits, users -------------------------------------------------------------------------------
-function tableOf(rows) {
-  if (!rows.length) return `<p class="muted">无数据</p>`;
-  const cols = Object.keys(rows[0]).filter((k) => typeof rows[0][k] !== "object" || rows[0][k] === null);
-  return `<table><tr>${cols.map((c) => `<th>${esc(c)}</th>`).join("")}</tr>${rows.map((r) =>
-    `<tr>${cols.map((c) => `<td>${esc(typeof r[c] === "number" && !Number.isInteger(r[c]) ? r[c].toFixed(1) : r[c])}</td>`).join("")}</tr>`).join("")}</table>`;
+// The monthly report (vms.audit.reports.monthly_report) under Chinese headings.
+const AUDIT_STATUS = { pass: "达标", fail: "不达标", exempt: "免考" };
+const pctText = (v) => (v == null ? "—" : `${Number(v).toFixed(1)}%`);
+const ROLLUP_COLUMNS = [["stations", "站点数"], ["assessed", "参加考核"], ["passed", "达标"], ["failed", "不达标"],
+                        ["exempt", "免考"], ["pass_percent", "达标率", pctText], ["online_percent", "平均在线率", pctText],
+                        ["coverage_percent", "平均录像覆盖率", pctText]];
+
+function rollupCells(r) {
+  return ROLLUP_COLUMNS.map(([k, , fmt]) => `<td>${esc(fmt ? fmt(r[k]) : (r[k] ?? "—"))}</td>`).join("");
 }
 
-async function renderAudits() {
-  const month = sessionStorage.getItem("audit-month") || todayLocal().slice(0, 7);
-  main.innerHTML = `<h2>审计 · 月度合规</h2><div class="row"><label>月份 <input type="month" id="month" value="${month}"></label></div><div id="audit"></div>`;
+function auditHtml(rep) {
+  if (!rep.audited) return `<p class="muted">${esc(rep.month)} 尚无审计结果（审计任务在月末后计算）</p>`;
+  const head = ROLLUP_COLUMNS.map(([, t]) => `<th>${t}</th>`).join("");
+  const reasons = (st) => (st.reasons || []).map((r) => esc(r.message || "")).filter(Boolean).join("；") || "—";
+  return `<p>月份：${esc(rep.month)}；计算于 ${esc(localText(rep.computed_ms))}</p>
+    <table id="audit-summary"><tr><th>范围</th>${head}</tr>
+      <tr><td>全县</td>${rollupCells(rep.county)}</tr>
+      ${rep.poverty && rep.poverty.stations ? `<tr><td>贫困村站点</td>${rollupCells(rep.poverty)}</tr>` : ""}
+      ${rep.towns.map((t) => `<tr><td>${esc(t.town)}</td>${rollupCells(t)}</tr>`).join("")}</table>
+    <h3>不达标站点（${rep.failing.length}）</h3>
+    ${rep.failing.length ? `<table id="audit-failing"><tr><th>站点</th><th>镇街</th><th>结果</th><th>在线率</th><th>录像覆盖率</th><th>原因</th></tr>${
+      rep.failing.slice(0, 200).map((st) => `<tr><td>${esc(st.name || st.station_id)}</td><td>${esc(st.town)}</td>
+        <td>${esc(AUDIT_STATUS[st.status] || "—")}</td><td>${esc(pctText(st.online_percent))}</td>
+        <td>${esc(pctText(st.coverage_percent))}</td><td>${reasons(st)}</td></tr>`).join("")}</table>`
+      : `<p class="muted">全部达标</p>`}`;
+}
+
+async function renderAudits(monthParam) {
+  const month = /^\d{4}-\d{2}$/.test(monthParam || "") ? monthParam : sessionStorage.getItem("audit-month") || todayLocal().slice(0, 7);
+  main.innerHTML = `<h2>审计 · 月度合规</h2><div class="row"><label>月份 <input type="month" id="month" value="${esc(month)}"></label></div><div id="audit"></div>`;
   const load = async () => {
     const box = document.getElementById("audit");
-    sessionStorage.setItem("audit-month", document.getElementById("month").value);
-    if (!can("audits:read")) { box.innerHTML = `<p class="muted">当前角色无审计权限</p>`; return; }
+    const chosen = document.getElementById("month").value;
+    sessionStorage.setItem("audit-month", chosen);
+    history.replaceState(history.state, "", `#/audits?month=${encodeURIComponent(chosen)}`);
+    routedHash = location.hash;
     try {
-      const rep = await api.get(`/api/audits/monthly?month=${document.getElementById("month").value}`);
-      const list = Object.values(rep).find((v) => Array.isArray(v) && v.length && typeof v[0] === "object") || [];
-      const summary = Object.entries(rep).filter(([, v]) => typeof v !== "object" || v === null);
-      box.innerHTML = `<p>${summary.map(([k, v]) => `${esc(k)}：${esc(v)}`).join("；")}</p>${tableOf(list)}`;
+      box.innerHTML = auditHtml(await api.get(`/api/audits/monthly?month=${encodeURIComponent(chosen)}`));
     } catch (e) {
-      box.innerHTML = `<p class="muted">${e.status === 404 ? "审计接口尚未提供" : esc(e.message)}</p>`;
+      box.innerHTML = `<p class="error">${esc(e.message)}</p>`;
     }
   };
   document.getElementById("month").onchange = load;
@@ -694,7 +769,6 @@ async function renderAudits() {
 async function renderAdmin() {
   main.innerHTML = `<h2>用户与角色</h2><div id="users"></div>`;
   const box = document.getElementById("users");
-  if (!can("users:admin")) { box.innerHTML = `<p class="muted">仅管理员可查看用户（只读页面）</p>`; return; }
   try {
     const users = await api.get("/api/users");
     box.innerHTML = `<table><tr><th>用户名</th><th>角色</th><th>镇街范围</th><th>状态</th></tr>${users.map((u) =>
@@ -712,5 +786,6 @@ document.getElementById("logout").onclick = async () => {
   me = null;
   location.hash = "#/login";
 };
-window.addEventListener("hashchange", route);
+window.addEventListener("hashchange", navigated);
+window.addEventListener("popstate", navigated);
 route();
