@@ -120,7 +120,7 @@ def test_snapshot_fresh_stale_and_offline(api, db, clock, settings, clip):
         cam.updated_ms = cam.last_packet_ms = clock.now_ms()
     api.app.state.ctx.extras["status_cache"].invalidate()
     r = api.get(f"/api/stations/{SID}/snapshot.jpg", headers=view)
-    assert r.status_code == 503 and "s old" in r.json()["detail"]
+    assert r.status_code == 503 and "秒前" in r.json()["detail"]
     # The stale file made the API ask the session for fresh keyframes; one that arrives while the
     # request waits is served.
     assert (keyframe_path(settings.data_dir, SID).with_suffix(".want")).exists()
