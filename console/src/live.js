@@ -4,7 +4,7 @@
 import { api, ApiError } from "./api.js";
 
 const NO_PICTURE_FALLBACK_MS = 5000;
-const RETRY_MS = 10_000;
+const RETRY_MS = 30_000;  // each attempt is one access-log entry on the server
 
 function waitIceGathering(pc, timeoutMs) {
   // The server (aiortc) has no trickle ICE: the offer carries every candidate.
@@ -141,7 +141,7 @@ function startMSE(video, stationId, onEnded) {
   };
 }
 
-// One tile's live view, kept going: WebRTC, then MSE, and a retry every 10 s while nothing plays (a
+// One tile's live view, kept going: WebRTC, then MSE, and a retry every 30 s while nothing plays (a
 // camera that is offline now may be back later). onStatus({mode, text}) tells the tile what to show.
 export function keepLive(video, stationId, onStatus) {
   let current = null;
@@ -180,7 +180,7 @@ export function keepLive(video, stationId, onStatus) {
       mine = await startWebRTC(video, stationId);
     } catch (e) {
       if (stopped) return;
-      if (e instanceof ApiError && e.status === 503) { retryLater(`无实时画面：${e.message}`); return; }
+      if (e instanceof ApiError && e.status === 503) { retryLater("暂无实时画面，稍后自动重试"); return; }
       if (e instanceof ApiError && [401, 403, 404].includes(e.status)) { stopCurrent(); onStatus({ mode: "refused", text: e.message }); return; }
       goMse(e.message);
       return;

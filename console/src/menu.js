@@ -6,7 +6,7 @@ export const MENU = [
   { key: "playback", title: "录像回放", icon: "VideoCamera", href: "/console/#/wall", perm: "playback" },
   { key: "alarms", title: "告警中心", icon: "Bell", href: "/console/#/alarms", perm: "alerts:read" },
   { key: "audits", title: "审计报表", icon: "Document", href: "/console/#/audits", perm: "audits:read" },
-  { key: "gb28181", title: "设备接入（国标）", icon: "Connection", href: "/console/#/gb28181", perm: "stations:write" },
+  { key: "gb28181", title: "国标接入", icon: "Connection", href: "/console/#/gb28181", perm: "stations:write" },
   { key: "users", title: "用户管理", icon: "User", href: "/console/#/admin", perm: "users:admin" },
 ];
 

@@ -58,3 +58,11 @@ export const isOnline = (st) => st.enabled && st.camera.online;
 
 // What a station dragged from the tree onto a wall window carries.
 export const STATION_DRAG_TYPE = "application/x-vms-station";
+
+// The tree shows names without the county (and, under its town, without the town) so that the part that
+// tells stations apart is visible in a narrow column; the full name is in the tooltip and the search.
+export function shortName(st, county) {
+  let name = st.name.startsWith(county) ? st.name.slice(county.length) : st.name;
+  if (st.level !== "town" && name.startsWith(st.town) && name.length > st.town.length) name = name.slice(st.town.length);
+  return name;
+}
