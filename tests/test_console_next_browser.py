@@ -274,7 +274,6 @@ def test_nothing_overflows_horizontally(server, browser, shots, width, height):
     page.click("#wall-layout [data-layout='16']")
     page.wait_for_function("() => document.querySelectorAll('#wall .tile').length === 16")
     page.dblclick("#device-tree .tree-station[data-id='baipenzhu-v07']")
-    page.screenshot(path=str(shots / f"debug-{width}.png"))
     page.wait_for_selector(f"{_tile(0)}[data-station='baipenzhu-v07'] .osd-name")
     page.screenshot(path=str(shots / f"wall-{width}x{height}.png"))
     assert page.evaluate(overflow), f"wall at {width}x{height}"
