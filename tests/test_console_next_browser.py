@@ -7,6 +7,7 @@ The console must have been built (scripts/bootstrap.sh does it; so does CI, thro
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -213,9 +214,12 @@ def test_four_window_wall_plays_and_is_remembered(server, browser, shots):
     page.fill("#tree-search", names[first])
     page.drag_and_drop(f"#device-tree .tree-station[data-id='{first}']", _tile(2))
     page.fill("#tree-search", names[second])
+    clicked = time.monotonic()
     page.dblclick(f"#device-tree .tree-station[data-id='{second}']")
     assert page.get_attribute(_tile(2), "data-station") == first
     assert page.get_attribute(_tile(0), "data-station") == second
+    page.wait_for_function(f"() => document.querySelector(\"{_tile(0)} video\").videoWidth > 0", timeout=20_000)
+    print(f"wall tile: double-click to first frame {1000 * (time.monotonic() - clicked):.0f} ms")
     _wait_playing(page, 2)
     _wait_playing(page, 0)
     # On-screen display: the station's name and the local (Asia/Shanghai) date-time, ticking.
@@ -252,6 +256,12 @@ def test_four_window_wall_plays_and_is_remembered(server, browser, shots):
     page.reload()
     page.wait_for_selector(f"{_tile(2)}[data-station='{first}']")
     assert page.get_attribute(_tile(0), "data-station") == ""
+
+    # A window dragged onto another moves its station there.
+    page.drag_and_drop(_tile(2), _tile(3))
+    assert page.get_attribute(_tile(3), "data-station") == first
+    assert page.get_attribute(_tile(2), "data-station") == ""
+    _wait_playing(page, 3)
 
     page.click("#wall-layout [data-layout='16']")
     page.wait_for_function("() => document.querySelectorAll('#wall .tile').length === 16")

@@ -66,3 +66,5 @@ export function shortName(st, county) {
   if (st.level !== "town" && name.startsWith(st.town) && name.length > st.town.length) name = name.slice(st.town.length);
   return name;
 }
+// What a wall window dragged onto another carries besides the station: its own index.
+export const WINDOW_DRAG_TYPE = "application/x-vms-window";
