@@ -5,7 +5,7 @@ import LayoutView from "./views/LayoutView.vue";
 import HomeView from "./views/HomeView.vue";
 import WallView from "./views/WallView.vue";
 
-const LAST_PAGE_KEY = "vms-next:last-page";
+const lastPageKey = () => `vms-next:last-page:${session.me ? session.me.username : ""}`;
 
 export const router = createRouter({
   history: createWebHistory("/console/next/"),
@@ -35,7 +35,7 @@ router.beforeEach(async (to) => {
   if (to.meta.perm && !can(to.meta.perm)) return { name: "home" };
   if (to.name === "home" && !to.query.stay) {
     // The page the operator was on last (reload of the bare address, or after login), else the wall.
-    const last = localStorage.getItem(LAST_PAGE_KEY);
+    const last = localStorage.getItem(lastPageKey());
     const target = last && last !== "/" ? router.resolve(last) : null;
     if (target && target.name && target.name !== "home" && (!target.meta.perm || can(target.meta.perm))) return last;
     if (can("live")) return { name: "wall" };
@@ -45,7 +45,7 @@ router.beforeEach(async (to) => {
 
 router.afterEach((to) => {
   document.title = `${to.meta.title ? to.meta.title + " · " : ""}惠东县电商服务站视频监控联网系统`;
-  if (!to.meta.public && session.me) localStorage.setItem(LAST_PAGE_KEY, to.name === "wall" ? "/wall" : to.path);
+  if (!to.meta.public && session.me) localStorage.setItem(lastPageKey(), to.name === "wall" ? "/wall" : to.path);
 });
 
 function landing() {

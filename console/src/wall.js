@@ -3,7 +3,8 @@
 // after a reload or a new login).
 export const LAYOUTS = [1, 4, 9, 16];
 export const MAX_WINDOWS = 16;
-const STORAGE_KEY = "vms-next:wall";
+// Per user: an operator taking over the PC does not get the previous one's wall.
+const storageKey = (username) => `vms-next:wall:${username}`;
 const STATION_ID = /^[A-Za-z0-9_-]{1,64}$/;  // the API's station-id pattern; anything else is dropped
 
 export function emptyWall() {
@@ -34,15 +35,15 @@ export function toQuery(wall) {
   return query;
 }
 
-export function loadStored() {
+export function loadStored(username) {
   try {
-    const v = JSON.parse(localStorage.getItem(STORAGE_KEY) || "null");
+    const v = JSON.parse(localStorage.getItem(storageKey(username)) || "null");
     return v ? normalize(v.layout, v.windows) : null;
   } catch {
     return null;
   }
 }
 
-export function store(wall) {
-  localStorage.setItem(STORAGE_KEY, JSON.stringify({ layout: wall.layout, windows: wall.windows }));
+export function store(username, wall) {
+  localStorage.setItem(storageKey(username), JSON.stringify({ layout: wall.layout, windows: wall.windows }));
 }
