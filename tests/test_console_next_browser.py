@@ -281,6 +281,9 @@ def test_nothing_overflows_horizontally(server, browser, shots, width, height):
     _login(page, "wang-admin")
     page.wait_for_selector("#device-tree .tree-town")
     page.click("#device-tree .tree-town[data-town='白盆珠镇']")  # the longest names
+    baipenzhu = sorted(s["id"] for s in _stations(server) if s["town"] == "白盆珠镇")
+    page.wait_for_timeout(600)  # the expand animation
+    assert sorted(i for i in _visible_station_ids(page) if i.startswith("baipenzhu-")) == baipenzhu
     page.click("#wall-layout [data-layout='16']")
     page.wait_for_function("() => document.querySelectorAll('#wall .tile').length === 16")
     page.dblclick("#device-tree .tree-station[data-id='baipenzhu-v07']")
