@@ -1,5 +1,17 @@
 # vms serve in a container: Debian 12 with Python 3.11, ffmpeg and GStreamer's RTSP server (for the
 # simulated cameras of stations without a camera URL). Footage, SQLite and caches live in /var/lib/vms.
+# The second-generation console (console/, docs/design/console.md) is built with Debian's own Node.js in a
+# stage of its own: the image that runs vms has no Node.
+FROM debian:12-slim AS console
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY console/package.json console/package-lock.json ./console/
+RUN cd console && npm ci --no-audit --no-fund
+COPY console ./console
+RUN mkdir -p vms/console && cd console && npm run build
+
 FROM debian:12-slim
 
 RUN apt-get update \
@@ -14,6 +26,7 @@ RUN apt-get update \
 WORKDIR /opt/vms
 COPY pyproject.toml README.md ./
 COPY vms ./vms
+COPY --from=console /src/vms/console/next ./vms/console/next
 COPY config ./config
 COPY scripts/build_native.py ./scripts/
 # Editable, as bootstrap.sh installs it: the native copier is built into the source tree.

@@ -46,3 +46,30 @@ fi
 # The recorder's native copier and the GB28181 receiver's fast path: rebuilt when their sources or the
 # installed PyAV change.
 .venv/bin/python scripts/build_native.py
+
+# The second-generation console (console/: Vue 3 + Element Plus, docs/design/console.md) is built with
+# Node.js into vms/console/next/, which `vms serve` serves as plain files (no Node at run time). Debian's own
+# nodejs and npm (18.x and 9.2 on Debian 12) are installed only when there is no node on the PATH, so a
+# machine with another Node (nodesource's) keeps it. npm ci runs when the lock file changed, the build when
+# any console source did (stamps, like the venv's): nothing is done when nothing changed.
+if ! command -v node >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "bootstrap: installing Debian's nodejs and npm (to build the console)" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+command -v npm >/dev/null || { echo "bootstrap: node is on the PATH but npm is not: install npm for it" >&2; exit 1; }
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 18 ] || { echo "bootstrap: the console needs Node.js 18 or later, found $(node --version)" >&2; exit 1; }
+lock_stamp=console/node_modules/.vms-installed-$(sha1sum console/package-lock.json | cut -c1-12)
+if [ ! -f "$lock_stamp" ]; then
+  (cd console && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$lock_stamp"
+fi
+console_hash=$(cd console && find . -path ./node_modules -prune -o -type f -print | LC_ALL=C sort \
+  | xargs -d '\n' sha1sum | sha1sum | cut -c1-12)
+build_stamp=vms/console/next/.stamp-$console_hash
+if [ ! -f "$build_stamp" ]; then
+  (cd console && npm run --silent build -- --logLevel warn)
+  touch "$build_stamp"  # the build emptied the folder first, so older stamps are gone
+fi

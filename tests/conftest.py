@@ -129,7 +129,8 @@ LONGEST_FILES_FIRST = (
     "test_soak.py", "test_gb28181_serve.py", "test_outage_database.py", "test_ingest_health.py",
     "test_ingest_recording.py",
     "test_ingest_crash.py", "test_outage_clock.py", "test_api_limits_serve.py", "test_outage_volume.py",
-    "test_ingest_reconnect_rtsp.py", "test_console_browser.py", "test_recording_audio.py",
+    "test_ingest_reconnect_rtsp.py", "test_console_browser.py", "test_console_next_browser.py",
+    "test_recording_audio.py",
 )
 
 

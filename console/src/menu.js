@@ -1,0 +1,13 @@
+// The left menu: each entry with the permission it needs (vms/api/permissions.py). Pages not yet ported
+// to this console link to the first console's page (/console/#...), which shares the login cookie.
+export const MENU = [
+  { key: "wall", title: "视频墙", icon: "Monitor", route: "/wall", perm: "live" },
+  { key: "status", title: "站点状态", icon: "Grid", href: "/console/#/wall", perm: "status:read" },
+  { key: "playback", title: "录像回放", icon: "VideoCamera", href: "/console/#/wall", perm: "playback" },
+  { key: "alarms", title: "告警中心", icon: "Bell", href: "/console/#/alarms", perm: "alerts:read" },
+  { key: "audits", title: "审计报表", icon: "Document", href: "/console/#/audits", perm: "audits:read" },
+  { key: "gb28181", title: "国标接入", icon: "Connection", href: "/console/#/gb28181", perm: "stations:write" },
+  { key: "users", title: "用户管理", icon: "User", href: "/console/#/admin", perm: "users:admin" },
+];
+
+export const menuFor = (permissions) => MENU.filter((m) => permissions.includes(m.perm));

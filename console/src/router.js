@@ -1,0 +1,58 @@
+import { createRouter, createWebHistory } from "vue-router";
+import { can, loadMe, session, whenSessionExpired } from "./session.js";
+import LoginView from "./views/LoginView.vue";
+import LayoutView from "./views/LayoutView.vue";
+import HomeView from "./views/HomeView.vue";
+import WallView from "./views/WallView.vue";
+
+const lastPageKey = () => `vms-next:last-page:${session.me ? session.me.username : ""}`;
+
+export const router = createRouter({
+  history: createWebHistory("/console/next/"),
+  routes: [
+    { path: "/login", name: "login", component: LoginView, meta: { public: true, title: "登录" } },
+    {
+      path: "/",
+      component: LayoutView,
+      children: [
+        { path: "", name: "home", component: HomeView, meta: { title: "首页" } },
+        { path: "wall", name: "wall", component: WallView, meta: { perm: "live", title: "视频墙" } },
+      ],
+    },
+    { path: "/:rest(.*)*", redirect: "/" },
+  ],
+});
+
+router.beforeEach(async (to) => {
+  let me = null;
+  try {
+    me = await loadMe();
+  } catch {
+    me = null;  // the server is not answering: the login page says so when the operator tries
+  }
+  if (to.meta.public) return me && to.name === "login" ? landing() : true;
+  if (!me) return { name: "login", query: to.fullPath !== "/" ? { redirect: to.fullPath } : {} };
+  if (to.meta.perm && !can(to.meta.perm)) return { name: "home" };
+  if (to.name === "home" && !to.query.stay) {
+    // The page the operator was on last (reload of the bare address, or after login), else the wall.
+    const last = localStorage.getItem(lastPageKey());
+    const target = last && last !== "/" ? router.resolve(last) : null;
+    if (target && target.name && target.name !== "home" && (!target.meta.perm || can(target.meta.perm))) return last;
+    if (can("live")) return { name: "wall" };
+  }
+  return true;
+});
+
+router.afterEach((to) => {
+  document.title = `${to.meta.title ? to.meta.title + " · " : ""}惠东县电商服务站视频监控联网系统`;
+  if (!to.meta.public && session.me) localStorage.setItem(lastPageKey(), to.name === "wall" ? "/wall" : to.path);
+});
+
+function landing() {
+  return can("live") ? { name: "wall" } : { name: "home", query: { stay: "1" } };
+}
+
+whenSessionExpired(() => {
+  const here = router.currentRoute.value;
+  if (!here.meta.public) router.replace({ name: "login", query: { redirect: here.fullPath, expired: "1" } });
+});
