@@ -1,0 +1,58 @@
+"""The fMP4 the MSE live view sends: its packet times are the camera's (unit level: frames encoded here,
+no simulator, no server)."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from vms.live.h264 import nal_units
+from vms.live.mse import FragmentedMp4Stream
+from vms.live.protocol import LivePacket, StreamInfo
+
+FPS = 15
+
+
+def _camera_packets(count: int, fps: int = FPS) -> tuple[bytes, list[av.Packet]]:
+    """H.264 as a camera sends it (no B-frames, a keyframe every 2 s): Annex B packets and the SPS/PPS."""
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = 320, 240, "yuv420p"
+    codec.time_base = Fraction(1, fps)
+    codec.framerate = Fraction(fps)
+    codec.options = {"x264-params": f"keyint={2 * fps}:min-keyint={2 * fps}:scenecut=0:bframes=0:repeat-headers=1"}
+    packets: list[av.Packet] = []
+    for i in range(count):
+        picture = np.full((240, 320, 3), (i * 7) % 256, dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        packets.extend(codec.encode(frame))
+    packets.extend(codec.encode(None))
+    sets = b"".join(b"\x00\x00\x00\x01" + u for u in nal_units(bytes(packets[0])) if u[0] & 0x1F in (7, 8))
+    return sets, packets
+
+
+@pytest.mark.parametrize("start_ms", [0, 1_765_000_000_000], ids=["from-zero", "wall-clock-ms"])
+def test_fragments_carry_the_cameras_frame_times(start_ms):
+    """The tap's timestamps are capture times in ms (time base 1/1000). The muxer changes the output
+    stream's time base when it writes the header (to 1/16000 here): taking that one as the packets' time
+    base made every frame 1/16 of its real duration, and Chromium dropped 160 of 163 frames."""
+    sets, packets = _camera_packets(3 * FPS)
+    remux = FragmentedMp4Stream(StreamInfo("x", "h264", sets, 320, 240))
+    step_ms = 1000 / FPS
+    data = b"".join(
+        remux.add(LivePacket(start_ms + round(i * step_ms), start_ms + round(i * step_ms), 0, p.is_keyframe,
+                             bytes(p)))
+        for i, p in enumerate(packets)
+    )
+    remux.close()
+    with av.open(io.BytesIO(data)) as c:
+        stream = c.streams.video[0]
+        times = [float(p.pts * stream.time_base) for p in c.demux(stream) if p.pts is not None]
+    assert len(times) >= len(packets) - 1  # the last fragment waits for the next frame
+    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(abs(s - 1 / FPS) < 0.002 for s in steps), steps[:10]
+    assert times[-1] - times[0] == pytest.approx((len(times) - 1) / FPS, abs=0.01)
