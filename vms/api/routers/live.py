@@ -105,9 +105,12 @@ async def webrtc_offer(
 async def close_session(
     session_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,40}$")], ctx: Ctx, principal: LivePrincipal
 ) -> Response:
+    """End a WebRTC live view (the page sends it when the viewer leaves). Idempotent: a session that has
+    already ended (the browser's own close reached the server first, or a second close) answers 204
+    too; 404 only for an id this server never gave to this user (admins: to anyone)."""
     sessions = webrtc_sessions(ctx)
-    session = sessions.sessions.get(session_id)
-    if session is None or (session.username != principal.username and principal.role != "admin"):
+    owner = sessions.owner(session_id)
+    if owner is None or (owner != principal.username and principal.role != "admin"):
         raise HTTPException(404, f"no live session {session_id}")
     await sessions.close(session_id, "closed by the viewer")
     return Response(status_code=204)
