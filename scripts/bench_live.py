@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""Benchmark the console's live view as an operator meets it: a real `vms serve` recording simulated
+cameras (GStreamer RTSP on loopback), Debian's headless Chromium (Playwright), no camera permission in
+the browser (so its WebRTC offer carries mDNS candidates, as an operator's console does).
+
+    .venv/bin/python scripts/bench_live.py [--tries 12] [--cameras 1] [--camera-permission] [--json FILE]
+
+Figures, median and p90 of --tries each:
+- console first load: a fresh browser context (empty cache) opening /console/ until the login form is
+  shown, and login -> the wall's station tree drawn;
+- click -> first frame over WebRTC: a click on the camera's tile on the wall until the first video frame
+  is painted (requestVideoFrameCallback), measured inside the page (the click's and the frame's
+  performance.now());
+- click -> first frame over the fallback (fMP4 over WebSocket into MSE): the same click in a page without
+  RTCPeerConnection, so the console goes straight to the fallback.
+Each try waits out the relay's linger (live.relay_linger_seconds, 3 s) first, so every try starts cold:
+the relay connects to the ingest's tap as it does when an operator opens a camera nobody watches.
+The simulated cameras are 320x240, 15 fps, a keyframe every 2 s (tests/serve_support.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.serve_support import PASSWORD, running_serve  # noqa: E402
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--allow-loopback-in-peer-connection",  # the server is on loopback here; a LAN needs nothing
+]
+RELAY_LINGER_S = 3.0
+# The click's time, kept by the page itself (capture phase: before the console's own handlers).
+CLICK_CLOCK = "document.addEventListener('click', () => { window.__clickAt = performance.now(); }, true);"
+FIRST_FRAME = """(mode) => window.__live && window.__live.mode === mode && window.__live.firstFrameMs != null"""
+
+
+def percentile(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p * (len(xs) - 1)))]
+
+
+def summary(xs: list[float]) -> dict:
+    return {"median_ms": round(statistics.median(xs)), "p90_ms": round(percentile(xs, 0.9)),
+            "min_ms": round(min(xs)), "max_ms": round(max(xs)), "tries": len(xs)}
+
+
+def machine() -> str:
+    model = platform.processor()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    cores = len([ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("processor")])
+    chromium = subprocess.run(["/usr/bin/chromium", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{model}, {cores} cores; {chromium}"
+
+
+def new_page(browser, base: str, permission: bool, init_scripts: list[str]):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, base_url=base,
+                              permissions=["camera", "microphone"] if permission else [])
+    for script in init_scripts:
+        ctx.add_init_script(script)
+    return ctx, ctx.new_page()
+
+
+def login(page) -> None:
+    page.fill("#username", "wang-admin")
+    page.fill("#password", PASSWORD)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("#tree")
+
+
+def console_first_load(browser, base: str, tries: int) -> tuple[list[float], list[float]]:
+    loads, logins = [], []
+    for _ in range(tries):
+        ctx, page = new_page(browser, base, False, [])
+        t0 = time.monotonic()
+        page.goto("/console/")
+        page.wait_for_selector("#login-form")
+        loads.append((time.monotonic() - t0) * 1000)
+        t0 = time.monotonic()
+        login(page)
+        logins.append((time.monotonic() - t0) * 1000)
+        ctx.close()
+    return loads, logins
+
+
+def click_to_first_frame(browser, base: str, station: str, mode: str, tries: int, permission: bool) -> list[float]:
+    """Milliseconds from the click on the station's wall tile to its first painted frame in `mode`."""
+    scripts = [CLICK_CLOCK] + (["delete window.RTCPeerConnection;"] if mode == "mse" else [])
+    ctx, page = new_page(browser, base, permission, scripts)
+    page.goto("/console/")
+    login(page)
+    town = page.locator(f"#tree a[href='#/station/{station}']").get_attribute("data-town")
+    out = []
+    for _ in range(tries):
+        page.goto(f"/console/#/wall/{town}")  # leaving the station page closes its live view
+        page.wait_for_selector(f"#wall .tile[data-id='{station}']")
+        time.sleep(RELAY_LINGER_S + 1.0)  # the relay lets go: a cold start, as for a camera nobody watches
+        page.click(f"#wall .tile[data-id='{station}']")
+        page.wait_for_function(FIRST_FRAME, arg=mode, timeout=20_000)
+        out.append(page.evaluate("window.__live.t0 + window.__live.firstFrameMs - window.__clickAt"))
+    ctx.close()
+    return out
+
+
+def commit() -> str:
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "vms", "scripts"],
+                           capture_output=True, text=True).stdout.strip()
+    return sha + ("+changes" if dirty else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tries", type=int, default=12, help="tries per figure (>= 10 for a p90)")
+    ap.add_argument("--cameras", type=int, default=1, help="simulated cameras recorded by the server")
+    ap.add_argument("--camera-permission", action="store_true",
+                    help="grant camera permission (Chromium then offers plain host candidates, as the tests do)")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    import playwright.sync_api as pw
+
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
+    with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp, \
+            running_serve(Path(tmp), cameras=args.cameras, footage_seconds=2) as srv, \
+            pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        station = srv["stations"][0]
+        loads, logins = console_first_load(browser, srv["base"], args.tries)
+        webrtc = click_to_first_frame(browser, srv["base"], station, "webrtc", args.tries, args.camera_permission)
+        mse = click_to_first_frame(browser, srv["base"], station, "mse", args.tries, args.camera_permission)
+        browser.close()
+    figures = {
+        "console_first_load": summary(loads),
+        "login_to_wall": summary(logins),
+        "click_to_first_frame_webrtc": summary(webrtc),
+        "click_to_first_frame_mse": summary(mse),
+    }
+    report = {"date": started, "commit": commit(), "machine": machine(),
+              "command": "scripts/bench_live.py " + " ".join(sys.argv[1:]), "figures": figures,
+              "raw_ms": {"console_first_load": loads, "login_to_wall": logins, "webrtc": webrtc, "mse": mse}}
+    for name, f in figures.items():
+        print(f"{name:32s} median {f['median_ms']:5d} ms  p90 {f['p90_ms']:5d} ms  "
+              f"(min {f['min_ms']}, max {f['max_ms']}, {f['tries']} tries)")
+    print(f"{report['machine']}; commit {report['commit']}; {started}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
