@@ -56,3 +56,26 @@ def test_fragments_carry_the_cameras_frame_times(start_ms):
     steps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(abs(s - 1 / FPS) < 0.002 for s in steps), steps[:10]
     assert times[-1] - times[0] == pytest.approx((len(times) - 1) / FPS, abs=0.01)
+
+
+OFFER_WITH_MDNS = "\r\n".join([
+    "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "m=video 9 UDP/TLS/RTP/SAVPF 96", "c=IN IP4 0.0.0.0",
+    "a=candidate:1 1 udp 2122260223 4a1e2b5c-0d3f-4e5a-9b8c-7d6e5f4a3b2c.local 51234 typ host generation 0",
+    "a=candidate:2 1 udp 2122194687 127.0.0.1 51235 typ host generation 0",
+    "a=candidate:3 1 tcp 1518280447 0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0.LOCAL 9 typ host tcptype active",
+    "a=mid:0", "",
+])
+
+
+def test_the_offers_mdns_candidates_are_set_aside():
+    """Chromium without camera permission offers `<uuid>.local` candidates; aiortc resolved each in the
+    offer request (1 s timeout each). They are set aside, to be resolved after the answer."""
+    from vms.live.webrtc import split_mdns_candidates
+
+    kept, mdns = split_mdns_candidates(OFFER_WITH_MDNS)
+    assert ".local" not in kept.lower()
+    assert "a=candidate:2 1 udp 2122194687 127.0.0.1 51235 typ host" in kept and "a=mid:0" in kept
+    assert [line.split()[4] for line in mdns] == ["4a1e2b5c-0d3f-4e5a-9b8c-7d6e5f4a3b2c.local",
+                                                  "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0.LOCAL"]
+    assert all(line.startswith("candidate:") for line in mdns)
+    assert split_mdns_candidates("v=0\r\n") == ("v=0\r\n", [])
