@@ -46,15 +46,17 @@ def run_vms(env, *args, stdin: str | None = None) -> subprocess.CompletedProcess
 
 @contextmanager
 def running_serve(root: Path, cameras: int = 2, footage_seconds: float = 10, api: dict | None = None,
-                  settings: dict | None = None) -> Iterator[dict]:
+                  settings: dict | None = None, stations_file: Path | None = None) -> Iterator[dict]:
     """`vms serve` with `cameras` simulated cameras (the first stations without camera URLs), users of
     every role (password PASSWORD), and `footage_seconds` of footage recorded before yielding. `api`:
-    more settings of the api section; `settings`: more top-level sections (e.g. {"alerts": {...}})."""
+    more settings of the api section; `settings`: more top-level sections (e.g. {"alerts": {...}});
+    `stations_file`: another catalogue (its cameras with URLs are recorded too; `cameras` counts all)."""
+    stations_file = stations_file or REPO / "config" / "stations.yaml"
     port = free_port()
     config = root / "vms.yaml"
     config.write_text(json.dumps({
         "data_dir": str(root / "data"),
-        "stations_file": str(REPO / "config" / "stations.yaml"),
+        "stations_file": str(stations_file),
         "storage": {"volumes": [{"name": "main", "path": str(root / "recordings")}]},
         "ingest": {"segment_seconds": 4, "status_interval_seconds": 1},
         "api": {"port": port, "status_cache_seconds": 0.5, **(api or {})},
@@ -67,7 +69,7 @@ def running_serve(root: Path, cameras: int = 2, footage_seconds: float = 10, api
     # virtualenv's editable install points at (a git worktree shares the main checkout's .venv).
     env = {**os.environ, "VMS_CONFIG": str(config), "PYTHONPATH": str(REPO)}
     run_vms(env, "db", "upgrade")
-    run_vms(env, "stations", "import", str(REPO / "config" / "stations.yaml"))
+    run_vms(env, "stations", "import", str(stations_file))
     for name, role in USERS:
         run_vms(env, "users", "create", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
     log = open(root / "serve.log", "w")

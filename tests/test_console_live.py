@@ -9,8 +9,10 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+import yaml
 
-from tests.serve_support import PASSWORD, running_serve
+from tests.serve_support import PASSWORD, REPO, running_serve
+from vms.simulate import Simulator
 
 pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/test.sh --fast
 
@@ -183,3 +185,58 @@ def test_choosing_the_fallback_while_webrtc_connects_keeps_the_fallback(server, 
         while time.monotonic() < deadline and [s for s in _stats(server)["webrtc_sessions"] if s["id"] not in before]:
             time.sleep(0.3)
         assert not [s for s in _stats(server)["webrtc_sessions"] if s["id"] not in before], "WebRTC left running"
+
+
+HEVC_STATION = "andun-town"
+
+
+@pytest.fixture(scope="module")
+def hevc_server(tmp_path_factory, simulator_cache):
+    """`vms serve` recording one H.265 camera (the simulator's h265 mount), one transcode slot."""
+    root = tmp_path_factory.mktemp("console-live-hevc")
+    catalogue = yaml.safe_load((REPO / "config" / "stations.yaml").read_text())
+    station = next(s for s in catalogue["stations"] if s["id"] == HEVC_STATION)
+    with Simulator(cameras=0, width=320, height=240, fps=CAMERA_FPS, bitrate_kbps=300, gop=30,
+                   extra_mounts=("h265",), cache_dir=simulator_cache) as sim:
+        station["camera"] = {"main_url": sim.urls["h265"], "transport": "tcp"}
+        catalogue["stations"] = [station]
+        stations_file = root / "stations.yaml"
+        stations_file.write_text(yaml.safe_dump(catalogue, allow_unicode=True))
+        with running_serve(root, cameras=1, footage_seconds=2, stations_file=stations_file,
+                           settings={"simulate": {"enabled": "never"}, "live": {"max_transcodes": 1}}) as srv:
+            yield srv
+
+
+def test_an_h265_camera_plays_in_chromium_transcoded_with_a_bounded_number_at_once(hevc_server, browser):
+    """Chromium on Linux decodes no H.265: WebRTC refuses the camera with a stable code, the console goes
+    to the fallback and asks for H.264, and the server transcodes, one viewer at a time here
+    (live.max_transcodes = 1): a second is refused in Chinese with close code 4429 until the first leaves."""
+    srv = hevc_server
+    headers = {"Authorization": f"Bearer {srv['token']}"}
+    r = httpx.post(f"{srv['base']}/api/stations/{HEVC_STATION}/live/webrtc", headers=headers,
+                   json={"sdp": "v=0\r\n" * 3, "type": "offer"})
+    assert r.status_code == 503 and r.json()["code"] == "live_webrtc_h264_only", r.text
+    with _page(browser, srv["base"]) as first:
+        first.goto(f"/console/#/station/{HEVC_STATION}")
+        first.wait_for_function("() => window.__live && window.__live.mode === 'mse' && window.__live.frames > 5",
+                                timeout=20_000)
+        first.wait_for_timeout(1000)
+        got = first.evaluate(PLAYBACK_OVER, 4)
+        assert first.evaluate("window.__live.transcoded && window.__live.codec") == "h264"
+        assert got["width"] == 320 and got["height"] == 240, got
+        assert 0.8 <= got["media_s"] / got["wall_s"] <= 1.2, got
+        assert "H.265" in first.inner_text("#live-msg")
+
+        with _page(browser, srv["base"], user="li-operator") as second:
+            second.goto(f"/console/#/station/{HEVC_STATION}")
+            second.wait_for_function(
+                "() => { const m = document.getElementById('live-msg');"
+                " return m && m.textContent.includes('转码已满'); }",
+                timeout=20_000)
+            assert "同时最多 1 路" in second.inner_text("#live-msg")
+            first.goto("/console/#/wall")  # the first viewer leaves: its slot is free again
+            first.wait_for_timeout(1000)
+            second.click("#go-mse")
+            second.wait_for_function(
+                "() => window.__live && window.__live.mode === 'mse' && window.__live.frames > 5", timeout=20_000)
+            assert second.evaluate("document.getElementById('video').videoWidth") == 320

@@ -1,5 +1,5 @@
-"""The fMP4 the MSE live view sends: its packet times are the camera's (unit level: frames encoded here,
-no simulator, no server)."""
+"""The MSE live view's pieces at unit level (frames encoded here, no simulator, no server): the fMP4's
+packet times are the camera's, H.265 transcoded to H.264 keeps them, the offer's mDNS candidates."""
 
 from __future__ import annotations
 
@@ -17,16 +17,29 @@ from vms.live.protocol import LivePacket, StreamInfo
 FPS = 15
 
 
-def _camera_packets(count: int, fps: int = FPS) -> tuple[bytes, list[av.Packet]]:
-    """H.264 as a camera sends it (no B-frames, a keyframe every 2 s): Annex B packets and the SPS/PPS."""
-    codec = av.CodecContext.create("libx264", "w")
-    codec.width, codec.height, codec.pix_fmt = 320, 240, "yuv420p"
+def _times(data: bytes) -> tuple[str, int, list[float], list[bool]]:
+    """Codec, height, packet times (s) and keyframe flags of an fMP4, read back with PyAV."""
+    with av.open(io.BytesIO(data)) as c:
+        stream = c.streams.video[0]
+        packets = [p for p in c.demux(stream) if p.pts is not None]
+        return (stream.codec_context.name, stream.codec_context.height,
+                [float(p.pts * stream.time_base) for p in packets], [p.is_keyframe for p in packets])
+
+
+def _camera_packets(count: int, fps: int = FPS, codec_name: str = "libx264",
+                    height: int = 240) -> tuple[bytes, list[av.Packet]]:
+    """H.264 (or H.265) as a camera sends it (no B-frames, a keyframe every 2 s): Annex B packets, and the
+    SPS/PPS of H.264."""
+    codec = av.CodecContext.create(codec_name, "w")
+    codec.width, codec.height, codec.pix_fmt = height * 4 // 3, height, "yuv420p"
     codec.time_base = Fraction(1, fps)
     codec.framerate = Fraction(fps)
-    codec.options = {"x264-params": f"keyint={2 * fps}:min-keyint={2 * fps}:scenecut=0:bframes=0:repeat-headers=1"}
+    params = f"keyint={2 * fps}:min-keyint={2 * fps}:scenecut=0:bframes=0:repeat-headers=1"
+    key = "x264-params" if codec_name == "libx264" else "x265-params"
+    codec.options = {key: params + ("" if codec_name == "libx264" else ":log-level=error")}
     packets: list[av.Packet] = []
     for i in range(count):
-        picture = np.full((240, 320, 3), (i * 7) % 256, dtype=np.uint8)
+        picture = np.full((height, height * 4 // 3, 3), (i * 7) % 256, dtype=np.uint8)
         frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
         frame.pts = i
         packets.extend(codec.encode(frame))
@@ -79,3 +92,38 @@ def test_the_offers_mdns_candidates_are_set_aside():
                                                   "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0.LOCAL"]
     assert all(line.startswith("candidate:") for line in mdns)
     assert split_mdns_candidates("v=0\r\n") == ("v=0\r\n", [])
+
+
+def test_h265_is_transcoded_to_h264_with_the_cameras_times_and_keyframes():
+    """For browsers without an H.265 decoder: H.264 out, scaled to live.transcode_max_height, a keyframe
+    where the camera has one, the camera's frame times."""
+    from vms.live.transcode import H264Transcoder
+
+    _sets, packets = _camera_packets(3 * FPS, codec_name="libx265", height=360)
+    transcoder = H264Transcoder(StreamInfo("x", "hevc", b"", 480, 360), max_height=240)
+    step_ms = 1000 / FPS
+    out = [o for i, p in enumerate(packets)
+           for o in transcoder.add(LivePacket(round(i * step_ms), round(i * step_ms), 0, p.is_keyframe, bytes(p)))]
+    assert len(out) == len(packets)
+    assert [o.keyframe for o in out] == [p.is_keyframe for p in packets]
+    assert transcoder.info is not None and transcoder.info.codec == "h264" and transcoder.info.height == 240
+    remux = FragmentedMp4Stream(transcoder.info)
+    assert remux.mime.startswith('video/mp4; codecs="avc1.')
+    data = b"".join(remux.add(o) for o in out)
+    remux.close()
+    transcoder.close()
+    codec, height, times, keys = _times(data)
+    assert (codec, height) == ("h264", 240)
+    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(abs(s - 1 / FPS) < 0.002 for s in steps), steps[:10]
+    assert [i for i, k in enumerate(keys) if k] == [0, 2 * FPS]
+
+
+def test_transcode_slots_are_bounded():
+    from vms.live.transcode import TranscodeSlots
+
+    slots = TranscodeSlots(2)
+    assert slots.try_take() and slots.try_take() and not slots.try_take()
+    slots.give_back()
+    assert slots.try_take() and not slots.try_take()
+    assert not TranscodeSlots(0).try_take()

@@ -66,6 +66,10 @@ def split_mdns_candidates(sdp: str) -> tuple[str, list[str]]:
     return "\r\n".join(kept) + "\r\n", mdns
 
 
+class LiveCodecUnsupported(LiveUnavailable):
+    """The camera sends a codec WebRTC here does not carry (H.265): the fallback (MSE) can show it."""
+
+
 class CameraTrack(MediaStreamTrack):
     kind = "video"
 
@@ -156,7 +160,7 @@ class WebRtcSessions:
         info = viewer.relay.info
         if info is None or info.codec != "h264":
             viewer.close()
-            raise LiveUnavailable(
+            raise LiveCodecUnsupported(
                 f"camera of {station_id} sends {info.codec if info else 'nothing'}; WebRTC "
                 "here carries H.264 only: use the MSE live view"
             )

@@ -213,6 +213,7 @@ async function renderStation(id) {
       setTimeout(() => { if (current === live && live.stats.frames === 0) goMse("5秒内无画面"); }, 5000);
     } catch (e) {
       if (mine !== liveGen) return;
+      if (e.code === "live_webrtc_h264_only") { goMse(null); msg.textContent = "摄像机为 H.265 编码，已使用兼容模式"; return; }
       if (e.status === 503) { msg.textContent = `无实时画面：${e.message}`; return; }
       console.warn("WebRTC live view not started:", e);
       goMse(webrtcFailureText(e));

@@ -91,7 +91,10 @@ export function startMSE(video, stationId, onEnded) {
   const stats = { mode: "mse", t0: performance.now(), frames: 0, firstFrameMs: null,
                   captureToDisplayMs: [], receiveToDisplayMs: [], closed: false };
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${proto}//${location.host}/api/stations/${stationId}/live/mse`);
+  // A browser that cannot play H.265 (Chromium on Linux) asks for H.264: an H.265 camera is then
+  // transcoded for this view (a limited number at once: the server closes with 4429 and says so).
+  const hevc = window.MediaSource && MediaSource.isTypeSupported('video/mp4; codecs="hvc1.1.6.L120.90"');
+  const ws = new WebSocket(`${proto}//${location.host}/api/stations/${stationId}/live/mse${hevc ? "" : "?h264=1"}`);
   ws.binaryType = "arraybuffer";
   let sb = null, queue = [], url = null;
   const pump = () => {
@@ -123,7 +126,7 @@ export function startMSE(video, stationId, onEnded) {
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") {
       const m = JSON.parse(ev.data);
-      if (m.mime) setup(m.mime);
+      if (m.mime) { stats.transcoded = !!m.transcoded; stats.codec = m.codec; setup(m.mime); }
       else if (m.ended && onEnded) onEnded(m.ended);
       return;
     }
