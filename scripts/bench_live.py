@@ -13,6 +13,9 @@ Figures, median and p90 of --tries each:
   performance.now());
 - click -> first frame over the fallback (fMP4 over WebSocket into MSE): the same click in a page without
   RTCPeerConnection, so the console goes straight to the fallback.
+- with --hevc WxH: CPU of the API process (`vms serve`'s main process; the recorder is in its worker
+  processes) per H.265 -> H.264 transcoding viewer: one simulated H.265 camera of that size, 0, 1 and 2
+  Chromium pages watching it over the fallback (Chromium on Linux asks for H.264), --cpu-seconds each.
 Each try waits out the relay's linger (live.relay_linger_seconds, 3 s) first, so every try starts cold:
 the relay connects to the ingest's tap as it does when an operator opens a camera nobody watches.
 The simulated cameras are 320x240, 15 fps, a keyframe every 2 s (tests/serve_support.py).
@@ -22,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +125,60 @@ def click_to_first_frame(browser, base: str, station: str, mode: str, tries: int
     return out
 
 
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def hevc_serve(root: Path, width: int, height: int, viewers: int):
+    """`vms serve` recording one simulated H.265 camera of width x height, 15 fps, `viewers` transcode slots."""
+    import yaml
+
+    from vms.simulate import Simulator
+
+    catalogue = yaml.safe_load((REPO / "config" / "stations.yaml").read_text())
+    station = next(s for s in catalogue["stations"] if s["id"] == "andun-town")
+    stack = ExitStack()
+    sim = stack.enter_context(Simulator(cameras=0, width=width, height=height, fps=15,
+                                        bitrate_kbps=max(300, width * height // 1000), gop=30,
+                                        extra_mounts=("h265",), cache_dir=root / "clips"))
+    station["camera"] = {"main_url": sim.urls["h265"], "transport": "tcp"}
+    catalogue["stations"] = [station]
+    (root / "stations.yaml").write_text(yaml.safe_dump(catalogue, allow_unicode=True))
+    srv = stack.enter_context(running_serve(root / "serve", cameras=1, footage_seconds=2,
+                                            stations_file=root / "stations.yaml",
+                                            settings={"simulate": {"enabled": "never"},
+                                                      "live": {"max_transcodes": viewers}}))
+    return stack, srv
+
+
+def transcode_cpu(browser, root: Path, size: str, seconds: float, max_viewers: int = 2) -> dict:
+    """CPU of the API process (% of one core) with 0..max_viewers pages watching an H.265 camera transcoded."""
+    width, height = (int(x) for x in size.lower().split("x"))
+    (root / "serve").mkdir(parents=True)
+    stack, srv = hevc_serve(root, width, height, max_viewers)
+    with stack:
+        pid = srv["proc"].pid
+        pages, out = [], {}
+        for viewers in range(max_viewers + 1):
+            if viewers:
+                ctx, page = new_page(browser, srv["base"], False, [])
+                page.goto("/console/")
+                login(page)
+                page.goto("/console/#/station/andun-town")
+                page.wait_for_function("() => window.__live && window.__live.transcoded && window.__live.frames > 5",
+                                       timeout=30_000)
+                pages.append(ctx)
+            time.sleep(3)  # settle
+            c0, t0 = process_cpu_s(pid), time.monotonic()
+            time.sleep(seconds)
+            out[viewers] = round(100 * (process_cpu_s(pid) - c0) / (time.monotonic() - t0), 1)
+        for ctx in pages:
+            ctx.close()
+    per_viewer = [round(out[k] - out[k - 1], 1) for k in range(1, max_viewers + 1)]
+    return {"size": size, "api_process_cpu_percent_by_viewers": out, "added_per_viewer_percent": per_viewer}
+
+
 def commit() -> str:
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip()
@@ -135,30 +194,41 @@ def main() -> None:
     ap.add_argument("--camera-permission", action="store_true",
                     help="grant camera permission (Chromium then offers plain host candidates, as the tests do)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--hevc", metavar="WxH", help="also: API CPU per transcoded H.265 viewer at this size")
+    ap.add_argument("--cpu-seconds", type=float, default=20, help="each CPU window of --hevc")
+    ap.add_argument("--skip-first-frame", action="store_true", help="only the --hevc figure")
     args = ap.parse_args()
 
     import playwright.sync_api as pw
 
     started = time.strftime("%Y-%m-%d %H:%M %Z")
-    with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp, \
-            running_serve(Path(tmp), cameras=args.cameras, footage_seconds=2) as srv, \
-            pw.sync_playwright() as p:
+    figures: dict = {}
+    raw: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp, pw.sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        station = srv["stations"][0]
-        loads, logins = console_first_load(browser, srv["base"], args.tries)
-        webrtc = click_to_first_frame(browser, srv["base"], station, "webrtc", args.tries, args.camera_permission)
-        mse = click_to_first_frame(browser, srv["base"], station, "mse", args.tries, args.camera_permission)
+        if not args.skip_first_frame:
+            with running_serve(Path(tmp) / "h264", cameras=args.cameras, footage_seconds=2) as srv:
+                station = srv["stations"][0]
+                raw["console_first_load"], raw["login_to_wall"] = console_first_load(browser, srv["base"], args.tries)
+                raw["webrtc"] = click_to_first_frame(browser, srv["base"], station, "webrtc", args.tries,
+                                                     args.camera_permission)
+                raw["mse"] = click_to_first_frame(browser, srv["base"], station, "mse", args.tries,
+                                                  args.camera_permission)
+            figures = {
+                "console_first_load": summary(raw["console_first_load"]),
+                "login_to_wall": summary(raw["login_to_wall"]),
+                "click_to_first_frame_webrtc": summary(raw["webrtc"]),
+                "click_to_first_frame_mse": summary(raw["mse"]),
+            }
+        if args.hevc:
+            figures["transcode_cpu"] = transcode_cpu(browser, Path(tmp) / "hevc", args.hevc, args.cpu_seconds)
         browser.close()
-    figures = {
-        "console_first_load": summary(loads),
-        "login_to_wall": summary(logins),
-        "click_to_first_frame_webrtc": summary(webrtc),
-        "click_to_first_frame_mse": summary(mse),
-    }
     report = {"date": started, "commit": commit(), "machine": machine(),
-              "command": "scripts/bench_live.py " + " ".join(sys.argv[1:]), "figures": figures,
-              "raw_ms": {"console_first_load": loads, "login_to_wall": logins, "webrtc": webrtc, "mse": mse}}
+              "command": "scripts/bench_live.py " + " ".join(sys.argv[1:]), "figures": figures, "raw_ms": raw}
     for name, f in figures.items():
+        if "median_ms" not in f:
+            print(f"{name:32s} {f}")
+            continue
         print(f"{name:32s} median {f['median_ms']:5d} ms  p90 {f['p90_ms']:5d} ms  "
               f"(min {f['min_ms']}, max {f['max_ms']}, {f['tries']} tries)")
     print(f"{report['machine']}; commit {report['commit']}; {started}")
