@@ -101,6 +101,9 @@ def test_h265_is_transcoded_to_h264_with_the_cameras_times_and_keyframes():
 
     _sets, packets = _camera_packets(3 * FPS, codec_name="libx265", height=360)
     transcoder = H264Transcoder(StreamInfo("x", "hevc", b"", 480, 360), max_height=240)
+    # Damaged packets before the first keyframe give nothing and break nothing.
+    assert transcoder.add(LivePacket(0, 0, 0, True, b"\x00\x00\x01\x40" + bytes(range(256)) * 4)) == []
+    assert transcoder.add(LivePacket(0, 0, 0, False, b"\xff" * 100)) == []
     step_ms = 1000 / FPS
     out = [o for i, p in enumerate(packets)
            for o in transcoder.add(LivePacket(round(i * step_ms), round(i * step_ms), 0, p.is_keyframe, bytes(p)))]

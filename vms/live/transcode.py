@@ -87,8 +87,8 @@ class H264Transcoder:
         packet.pts, packet.dts, packet.time_base = pkt.pts, pkt.dts, MS
         try:
             frames = self.decoder.decode(packet)
-        except av.error.InvalidDataError:
-            return []  # a damaged packet: the next keyframe recovers
+        except av.error.FFmpegError:
+            return []  # a damaged packet (or one the decoder cannot use yet): the next keyframe recovers
         out: list[LivePacket] = []
         for frame in frames:
             self.frames_in += 1
