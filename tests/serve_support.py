@@ -46,15 +46,14 @@ def run_vms(env, *args, stdin: str | None = None) -> subprocess.CompletedProcess
 
 @contextmanager
 def running_serve(root: Path, cameras: int = 2, footage_seconds: float = 10, api: dict | None = None,
-                  settings: dict | None = None, catalogue: Path | None = None) -> Iterator[dict]:
+                  settings: dict | None = None, stations_file: Path | None = None) -> Iterator[dict]:
     """`vms serve` with `cameras` simulated cameras (the first stations without camera URLs), users of
     every role (password PASSWORD), and `footage_seconds` of footage recorded before yielding. `api`:
     more settings of the api section; `settings`: more top-level sections (e.g. {"alerts": {...}});
-    `catalogue`: the stations file (default config/stations.yaml); `cameras` then counts its stations with a
-    camera URL too (every camera must be streaming before the server is handed over)."""
+    `stations_file`: another catalogue (its cameras with URLs are recorded too; `cameras` counts all)."""
+    stations_file = stations_file or REPO / "config" / "stations.yaml"
     port = free_port()
     config = root / "vms.yaml"
-    stations_file = catalogue or REPO / "config" / "stations.yaml"
     config.write_text(json.dumps({
         "data_dir": str(root / "data"),
         "stations_file": str(stations_file),

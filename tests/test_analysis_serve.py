@@ -51,7 +51,7 @@ def test_healthy_simulated_cameras_are_not_frozen_and_a_frozen_one_is(tmp_path, 
                    cache_dir=simulator_cache) as frozen_camera:
         catalogue, healthy = _catalogue(tmp_path, frozen_camera.urls["frozen"])
         with running_serve(tmp_path, cameras=HEALTHY + 1, footage_seconds=0, settings=settings,
-                           catalogue=catalogue) as srv:
+                           stations_file=catalogue) as srv:
             start_ms = int(time.time() * 1000) - 60_000
             time.sleep(WATCH_S)
             client = httpx.Client(base_url=srv["base"], headers={"Authorization": f"Bearer {srv['token']}"},

@@ -29,7 +29,7 @@ def server(tmp_path_factory):
     next(st for st in doc["stations"] if st["id"] == DISABLED)["enabled"] = False
     catalogue = root / "stations.yaml"
     catalogue.write_text(yaml.safe_dump(doc, allow_unicode=True), "utf-8")
-    with running_serve(root, cameras=1, footage_seconds=0, catalogue=catalogue) as srv:
+    with running_serve(root, cameras=1, footage_seconds=0, stations_file=catalogue) as srv:
         yield srv
 
 

@@ -114,7 +114,7 @@ def test_relay_shares_one_tap_connection_replays_gop_and_lets_go(recording):
         b.close()
         await asyncio.sleep(1.0)
         assert STATION not in hub.relays
-        with pytest.raises(LiveUnavailable, match="not being recorded"):
+        with pytest.raises(LiveUnavailable, match="未在本服务器录像"):
             await hub.watch("baihua-town")
         await hub.close()
 
@@ -348,7 +348,7 @@ def test_webrtc_and_mse_live_views_through_the_api(recording, db):
             json={"sdp": "v=0 x" * 3},
             headers={"Authorization": f"Bearer {token}"},
         )
-        assert r.status_code == 503 and "not being recorded" in r.json()["detail"]
+        assert r.status_code == 503 and "未在本服务器录像" in r.json()["detail"]
     with db.session() as s:
         rows = s.scalars(select(AccessLog).where(AccessLog.action == "live")).all()
     assert [(r.username, r.station_id) for r in rows][:2] == [("zhang-admin", STATION)] * 2
@@ -382,13 +382,13 @@ def test_websocket_refusals_reach_the_page_with_their_code_and_origin_is_checked
             (bearer("vmss_nope"), STATION, None, 4401, "登录凭据无效"),
             (bearer(auditor), STATION, None, 4403, "不能观看实时视频"),
             (bearer(town_viewer), STATION, None, 4404, "在你管辖的镇街中"),
-            (bearer(admin), STATION, None, 4503, "not being recorded"),
+            (bearer(admin), STATION, None, 4503, "未在本服务器录像"),
             # A page elsewhere (another site, or another port of this host) with the operator's cookie.
             (cookie, STATION, "http://evil.example", 4403, "页面不能打开实时视频（api.allowed_origins）：http://evil.example"),
             (cookie, STATION, "http://127.0.0.1:9", 4403, "其他网站的页面不能打开实时视频"),
             # The server's own origin and a configured one get through the check (to the missing stream).
-            (cookie, STATION, f"http://127.0.0.1:{api.port}", 4503, "not being recorded"),
-            (cookie, STATION, "https://console.example.cn", 4503, "not being recorded"),
+            (cookie, STATION, f"http://127.0.0.1:{api.port}", 4503, "未在本服务器录像"),
+            (cookie, STATION, "https://console.example.cn", 4503, "未在本服务器录像"),
         ]
         for headers, station, origin, code, reason in cases:
             got = asyncio.run(close_of(headers, station, origin))

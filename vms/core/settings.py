@@ -349,6 +349,11 @@ class LiveSettings(StrictModel):
                                         "the last viewer leaves")
     wait_picture_seconds: float = Field(default=5.0, gt=0, le=60, description="give up on a camera that "
                                         "sends nothing this long")
+    max_transcodes: int = Field(default=2, ge=0, le=32, description="H.265 live views transcoded to H.264 at "
+                                "once, for browsers without an H.265 decoder (Chromium on Linux); each takes "
+                                "a large share of a core (docs/benchmarks.md); 0 = never transcode")
+    transcode_max_height: int = Field(default=720, ge=144, le=2160, description="transcoded live views are "
+                                      "scaled down to this height")
 
 
 ALERT_SEVERITIES = ("info", "minor", "major", "critical")

@@ -15,7 +15,6 @@ import av
 
 from vms.live.h264 import mse_codec
 from vms.live.protocol import LivePacket, StreamInfo
-from vms.recording.avtypes import time_base
 from vms.recording.h26x import sequence_parameter_set
 from vms.recording.segment_file import add_copy_stream
 
@@ -46,6 +45,10 @@ class FragmentedMp4Stream:
         self._sink = _Chunks()
         self._container = av.open(self._sink, "w", format="mp4", options={"movflags": MOVFLAGS})
         self._stream: av.stream.Stream | None = None  # made at the first keyframe
+        # The packets' own time base (the tap's: capture ms), never the stream's: the muxer replaces the
+        # stream's when it writes the header (1/16000 for a 15 fps camera), and packets labelled with
+        # that one played at 1/16 speed (Chromium dropped 160 of 163 frames).
+        self._packet_time_base = Fraction(*info.time_base)
         self._base: int | None = None
         self._last_dts = -1
 
@@ -59,7 +62,7 @@ class FragmentedMp4Stream:
         sets = b"" if sequence_parameter_set(keyframe, codec) else self.info.extradata
         with av.open(io.BytesIO(sets + keyframe), "r", format=codec) as probe:
             stream = add_copy_stream(self._container, probe.streams.video[0])
-        stream.time_base = Fraction(*self.info.time_base)
+        stream.time_base = self._packet_time_base  # a hint: the muxer picks its own track time scale
         return stream
 
     def add(self, pkt: LivePacket) -> bytes:
@@ -74,7 +77,7 @@ class FragmentedMp4Stream:
         out = av.Packet(pkt.data)
         out.dts = dts
         out.pts = dts + max(0, pkt.pts - pkt.dts)
-        out.time_base = time_base(self._stream)
+        out.time_base = self._packet_time_base  # PyAV rescales to the stream's at mux
         out.is_keyframe = pkt.keyframe
         out.stream = self._stream
         self._container.mux(out)

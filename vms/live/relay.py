@@ -123,10 +123,9 @@ class StationRelay:
             reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_MESSAGE + 64)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
-            raise LiveUnavailable(
-                f"station {self.station_id} is not being recorded by this server "
-                f"(no live tap: {type(exc).__name__})"
-            ) from None
+            # Chinese: it reaches the operator (the 503's detail, the WebSocket's close reason).
+            log.info("%s: no live tap (%s)", self.station_id, type(exc).__name__)
+            raise LiveUnavailable(f"站点 {self.station_id} 未在本服务器录像") from None
         except BaseException:
             sock.close()
             raise
@@ -238,9 +237,7 @@ class LiveHub:
                 await asyncio.wait_for(relay.info_event.wait(), wait_info_s)
             except TimeoutError:
                 viewer.close()
-                raise LiveUnavailable(
-                    f"camera of {station_id} is not streaming right now (no picture within {wait_info_s:g} s)"
-                ) from None
+                raise LiveUnavailable(f"站点 {station_id} 的摄像机当前无画面（{wait_info_s:g} 秒内未收到）") from None
         return viewer
 
     def _forget(self, relay: StationRelay) -> None:

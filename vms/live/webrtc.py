@@ -12,14 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from fractions import Fraction
 
 import av
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
 
 from vms.core.clock import Clock
 from vms.live.h264 import has_parameter_sets
@@ -31,6 +40,34 @@ VIDEO_TIME_BASE = Fraction(1, 90000)
 TICKS_PER_MS = 90
 CONNECT_TIMEOUT_S = 30.0
 DISCONNECTED_GRACE_S = 5.0
+ENDED_REMEMBERED = 2000  # ended sessions whose close still answers 204 (id -> owner)
+MAX_MDNS_CANDIDATES = 8  # resolved in the background; an offer may list more, they are dropped
+
+# An ICE candidate line whose address is an mDNS name (`<uuid>.local`): what Chromium offers in place
+# of its host addresses unless the page has camera/microphone permission (an operator's console never has).
+_MDNS_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ [^\s]+\.local \d+ ", re.IGNORECASE)
+
+
+def split_mdns_candidates(sdp: str) -> tuple[str, list[str]]:
+    """The offer without its mDNS candidate lines, and those lines (without `a=`).
+
+    aiortc resolves every mDNS candidate inside setRemoteDescription, each with a 1 s timeout (aioice),
+    so where multicast DNS gets no answer (the browser's responder unreachable, as on this loopback) the
+    offer POST took 1.0 s every time and the first frame 1.2-1.6 s. Nothing needs them before the answer:
+    the browser (ICE controlling) sends its checks to our host candidates and aioice learns its address
+    from them (a peer-reflexive candidate); they are resolved afterwards, off the answer's path."""
+    kept: list[str] = []
+    mdns: list[str] = []
+    for line in sdp.splitlines():
+        if _MDNS_CANDIDATE.match(line):
+            mdns.append(line[2:])
+        else:
+            kept.append(line)
+    return "\r\n".join(kept) + "\r\n", mdns
+
+
+class LiveCodecUnsupported(LiveUnavailable):
+    """The camera sends a codec WebRTC here does not carry (H.265): the fallback (MSE) can show it."""
 
 
 class CameraTrack(MediaStreamTrack):
@@ -95,6 +132,7 @@ class LiveSession:
         self.pc = pc
         self.track = track
         self.started = time.monotonic()
+        self.background: set[asyncio.Task] = set()  # mDNS candidates being resolved
 
 
 class WebRtcSessions:
@@ -106,6 +144,9 @@ class WebRtcSessions:
         # An explicit (possibly empty) list: aiortc's default is a public STUN server on the Internet.
         self.configuration = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in ice_servers or []])
         self.sessions: dict[str, LiveSession] = {}
+        # Sessions that ended by themselves (the browser's pc.close() reaches aiortc as a DTLS close and
+        # ends the session before the page's close request arrives: that request got 404 every time).
+        self.ended: OrderedDict[str, str] = OrderedDict()
 
     async def answer(
         self,
@@ -119,7 +160,7 @@ class WebRtcSessions:
         info = viewer.relay.info
         if info is None or info.codec != "h264":
             viewer.close()
-            raise LiveUnavailable(
+            raise LiveCodecUnsupported(
                 f"camera of {station_id} sends {info.codec if info else 'nothing'}; WebRTC "
                 "here carries H.264 only: use the MSE live view"
             )
@@ -133,6 +174,7 @@ class WebRtcSessions:
             transceiver.setCodecPreferences(
                 [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
             )
+            offer_sdp, mdns_candidates = split_mdns_candidates(offer_sdp)
             await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, offer_type))
             if transceiver.mid is None:
                 raise ValueError("the offer has no video (add a recvonly video transceiver)")
@@ -146,8 +188,22 @@ class WebRtcSessions:
             raise
         self.sessions[session.id] = session
         self._watch(session)
+        for line in mdns_candidates[:MAX_MDNS_CANDIDATES]:
+            task = asyncio.create_task(self._add_mdns_candidate(session, transceiver, line))
+            session.background.add(task)
+            task.add_done_callback(session.background.discard)
         log.info("%s: WebRTC live view %s for %s", station_id, session.id, username)
         return session, pc.localDescription
+
+    @staticmethod
+    async def _add_mdns_candidate(session: LiveSession, transceiver: RTCRtpTransceiver, line: str) -> None:
+        """Resolve one of the offer's mDNS candidates (up to 1 s) and add it, after the answer went out:
+        where multicast DNS works the pair is checked from both ends, as before."""
+        try:
+            candidate = candidate_from_sdp(line.split(":", 1)[1])
+            await transceiver.sender.transport.transport.addRemoteCandidate(candidate)
+        except Exception as exc:  # noqa: BLE001 - a malformed line, or the session closed meanwhile
+            log.debug("%s: mDNS candidate not added: %s", session.id, exc)
 
     def _watch(self, session: LiveSession) -> None:
         pc = session.pc
@@ -175,7 +231,12 @@ class WebRtcSessions:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return False
+        self.ended[session_id] = session.username
+        while len(self.ended) > ENDED_REMEMBERED:
+            self.ended.popitem(last=False)
         session.track.stop()
+        for task in list(session.background):
+            task.cancel()
         with contextlib.suppress(Exception):
             await session.pc.close()
         log.info(
@@ -186,6 +247,11 @@ class WebRtcSessions:
             time.monotonic() - session.started,
         )
         return True
+
+    def owner(self, session_id: str) -> str | None:
+        """Who opened a session, live or ended (among the last ENDED_REMEMBERED), or None."""
+        session = self.sessions.get(session_id)
+        return session.username if session is not None else self.ended.get(session_id)
 
     async def close_all(self) -> None:
         for sid in list(self.sessions):

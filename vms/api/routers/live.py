@@ -25,8 +25,10 @@ from vms.api.errors import ApiError
 from vms.api.permissions import ROLE_TEXT
 from vms.api.schemas import ApiModel
 from vms.live.mse import FragmentedMp4Stream
+from vms.live.protocol import StreamInfo
 from vms.live.relay import CAMERA_DISCONNECTED, EndItem, InfoItem, LiveHub, LiveUnavailable, PacketItem
-from vms.live.webrtc import WebRtcSessions
+from vms.live.transcode import H264Transcoder, TranscodeSlots
+from vms.live.webrtc import LiveCodecUnsupported, WebRtcSessions
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,20 @@ def live_hub(ctx: ApiContext) -> LiveHub:
 def webrtc_sessions(ctx: ApiContext) -> WebRtcSessions:
     hub = live_hub(ctx)  # first: singleton() holds a lock that is not re-entrant
     return ctx.singleton("live_webrtc", lambda: WebRtcSessions(hub, ctx.clock, ctx.settings.live.ice_servers))
+
+
+def transcode_slots(ctx: ApiContext) -> TranscodeSlots:
+    return ctx.singleton("live_transcode_slots", lambda: TranscodeSlots(ctx.settings.live.max_transcodes))
+
+
+# Stable codes (docs/design/live.md); the console maps them to its own behaviour.
+WEBRTC_CODEC_CODE = "live_webrtc_h264_only"  # 503 of the offer: an H.265 camera, use the MSE view
+TRANSCODE_FULL_CLOSE = 4429  # the MSE WebSocket's close code: every transcode slot is taken
+TRANSCODE_FULL_CODE = "live_transcode_full"
+
+
+def _transcode_full_text(limit: int) -> str:
+    return f"H.265 实时转码已满（同时最多 {limit} 路），请稍后再试"
 
 
 def _check_and_log(
@@ -78,7 +94,8 @@ class WebRtcAnswer(ApiModel):
     "/api/stations/{station_id}/live/webrtc",
     response_model=WebRtcAnswer,
     status_code=201,
-    responses={503: {"description": "no live stream (camera down or not recorded here)"}},
+    responses={503: {"description": "no live stream (camera down or not recorded here); code "
+                     f"{WEBRTC_CODEC_CODE}: an H.265 camera, watch it with the MSE view"}},
 )
 async def webrtc_offer(
     station_id: StationId, body: WebRtcOffer, request: Request, ctx: Ctx, principal: LivePrincipal
@@ -88,6 +105,10 @@ async def webrtc_offer(
         session, answer = await webrtc_sessions(ctx).answer(
             station_id, principal.username, body.sdp, body.type, ctx.settings.live.wait_picture_seconds
         )
+    except LiveCodecUnsupported:
+        raise ApiError(
+            503, WEBRTC_CODEC_CODE, "该摄像机为 H.265 编码，WebRTC 仅支持 H.264：请使用兼容模式（MSE）"
+        ) from None
     except LiveUnavailable as exc:
         raise ApiError(503, "live_unavailable", f"无实时画面：{exc}") from None
     except ValueError:  # an offer aiortc cannot parse or use
@@ -107,9 +128,12 @@ async def webrtc_offer(
 async def close_session(
     session_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,40}$")], ctx: Ctx, principal: LivePrincipal
 ) -> Response:
+    """End a WebRTC live view (the page sends it when the viewer leaves). Idempotent: a session that has
+    already ended (the browser's own close reached the server first, or a second close) answers 204
+    too; 404 only for an id this server never gave to this user (admins: to anyone)."""
     sessions = webrtc_sessions(ctx)
-    session = sessions.sessions.get(session_id)
-    if session is None or (session.username != principal.username and principal.role != "admin"):
+    owner = sessions.owner(session_id)
+    if owner is None or (owner != principal.username and principal.role != "admin"):
         raise ApiError(404, "live_session_not_found", f"实时会话 {session_id} 不存在")
     await sessions.close(session_id, "closed by the viewer")
     return Response(status_code=204)
@@ -150,11 +174,17 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
     segment, then one fragment per frame); a new JSON message and init segment when the camera
     reconnects; {"ended": reason} when the stream stops. Refusals are accepted, then closed with code
     4401 (not logged in), 4403 (not allowed, or a page of another origin), 4404 (no such station in
-    your towns) or 4503 (no live stream) and the reason; a handshake refused before accept reaches the
-    page as a bare 1006 with no code."""
+    your towns), 4503 (no live stream) or 4429 (an H.265 camera to transcode and every transcode slot
+    taken) and the reason; a handshake refused before accept reaches the page as a bare 1006 with no code.
+
+    `?h264=1`: the browser cannot decode H.265 (Chromium on Linux); an H.265 camera is then transcoded
+    to H.264 for this viewer, at most live.max_transcodes at once in this process."""
     ctx: ApiContext = websocket.app.state.ctx
     refusal: tuple[int, str] | None = None
     viewer = None
+    want_h264 = websocket.query_params.get("h264") == "1"
+    slots = transcode_slots(ctx)
+    holding_slot = False
     try:
         if (why := origin_refusal(websocket, ctx)) is not None:
             raise HTTPException(403, why)
@@ -166,6 +196,14 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
             _check_and_log, ctx, principal, station_id, client, websocket.query_params.get("reason")
         )
         viewer = await live_hub(ctx).watch(station_id, ctx.settings.live.wait_picture_seconds)
+        info = viewer.relay.info
+        if want_h264 and info is not None and info.codec == "hevc":
+            if not slots.try_take():
+                viewer.close()
+                viewer = None
+                refusal = (TRANSCODE_FULL_CLOSE, _transcode_full_text(slots.limit))
+            else:
+                holding_slot = True
     except HTTPException as exc:
         refusal = (4000 + exc.status_code, str(exc.detail))
     except LiveUnavailable as exc:
@@ -178,10 +216,22 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
     except (WebSocketDisconnect, RuntimeError, OSError):  # the page went away meanwhile
         if viewer is not None:
             viewer.close()
+        if holding_slot:
+            slots.give_back()
         return
     assert viewer is not None
     remux: FragmentedMp4Stream | None = None
+    transcoder: H264Transcoder | None = None
     receiving = asyncio.create_task(_drain(websocket))
+
+    async def start_remux(info: StreamInfo, transcoded: bool) -> FragmentedMp4Stream:
+        stream = FragmentedMp4Stream(info)
+        await websocket.send_json(
+            {"mime": stream.mime, "codec": info.codec, "width": info.width, "height": info.height,
+             "transcoded": transcoded}
+        )
+        return stream
+
     try:
         while not receiving.done():
             getter = asyncio.ensure_future(viewer.get())
@@ -193,15 +243,25 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
             if isinstance(item, InfoItem):
                 if remux is not None:
                     remux.close()
-                remux = FragmentedMp4Stream(item.info)
-                await websocket.send_json(
-                    {
-                        "mime": remux.mime,
-                        "codec": item.info.codec,
-                        "width": item.info.width,
-                        "height": item.info.height,
-                    }
-                )
+                    remux = None
+                transcoder = None
+                if want_h264 and item.info.codec == "hevc":
+                    if not holding_slot and not (holding_slot := slots.try_take()):
+                        # The camera came back as H.265 and the slots are taken meanwhile.
+                        await websocket.send_json(
+                            {"ended": _transcode_full_text(slots.limit), "code": TRANSCODE_FULL_CODE}
+                        )
+                        break
+                    transcoder = H264Transcoder(item.info, ctx.settings.live.transcode_max_height)
+                else:
+                    remux = await start_remux(item.info, transcoded=False)
+            elif isinstance(item, PacketItem) and transcoder is not None:
+                # Decoding and encoding take milliseconds a picture: off the event loop (PyAV lets go of the GIL).
+                for packet in await asyncio.to_thread(transcoder.add, item.packet):
+                    if remux is None and transcoder.info is not None:
+                        remux = await start_remux(transcoder.info, transcoded=True)
+                    if remux is not None and (data := remux.add(packet)):
+                        await websocket.send_bytes(data)
             elif isinstance(item, PacketItem) and remux is not None:
                 data = remux.add(item.packet)
                 if data:
@@ -217,6 +277,8 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
         receiving.cancel()
         if remux is not None:
             remux.close()
+        if holding_slot:
+            slots.give_back()
         with contextlib.suppress(Exception):
             await websocket.close()
 

@@ -1,6 +1,6 @@
 // The web console: hash routes, one render function per page, plain DOM.
 import { api, ApiError, esc, localIso, localText, todayLocal, dayStartMs } from "./api.js";
-import { startWebRTC, startMSE } from "./live.js";
+import { startWebRTC, startMSE, webrtcFailureText } from "./live.js";
 import { renderGbPage } from "./gb28181.js";
 
 const main = document.getElementById("main");
@@ -237,7 +237,8 @@ async function renderStation(id) {
   const video = document.getElementById("video");
   const msg = document.getElementById("live-msg");
   let live = null;
-  const stopLive = () => { if (live) { live.close(); live = null; window.__live = null; } };
+  let liveGen = 0;  // bumped by every stop: a WebRTC start still negotiating when the viewer moved on is dropped
+  const stopLive = () => { liveGen += 1; if (live) { live.close(); live = null; window.__live = null; } };
   cleanup.push(stopLive);
   const goMse = (why) => {
     stopLive();
@@ -251,8 +252,11 @@ async function renderStation(id) {
     if (!can("live")) { msg.textContent = "当前角色无实时观看权限"; return; }
     msg.textContent = "正在连接…";
     document.getElementById("mode").textContent = "实时";
+    const mine = liveGen;
     try {
-      live = await startWebRTC(video, id);
+      const started = await startWebRTC(video, id, () => mine === liveGen);
+      if (mine !== liveGen) { started.close(); return; }  // the page switched to the fallback (or left) meanwhile
+      live = started;
       window.__live = live.stats;
       msg.textContent = "";
       const current = live;
@@ -261,8 +265,11 @@ async function renderStation(id) {
       });
       setTimeout(() => { if (current === live && live.stats.frames === 0) goMse("5秒内无画面"); }, 5000);
     } catch (e) {
+      if (mine !== liveGen) return;
+      if (e.code === "live_webrtc_h264_only") { goMse(null); msg.textContent = "摄像机为 H.265 编码，已使用兼容模式"; return; }
       if (e.status === 503) { msg.textContent = `无实时画面：${e.message}`; return; }
-      goMse(e.message);
+      console.warn("WebRTC live view not started:", e);
+      goMse(webrtcFailureText(e));
     }
   };
   if (can("live")) {

@@ -27,7 +27,24 @@ function watchFrames(video, stats) {
   video.requestVideoFrameCallback(onFrame);
 }
 
-export async function startWebRTC(video, stationId) {
+// A browser without WebRTC (disabled by policy, an old or stripped build): the console uses the
+// fallback without showing the browser's own English error ("RTCPeerConnection is not a constructor").
+export class WebRtcUnsupported extends Error {}
+
+export const webrtcSupported = () => typeof window.RTCPeerConnection === "function";
+
+// Why WebRTC did not start, as the operator reads it (Chinese); the details go to the browser's console.
+export function webrtcFailureText(e) {
+  if (e instanceof WebRtcUnsupported) return "浏览器不支持";
+  if (e && e.status === 400) return "浏览器的连接参数无法使用";
+  if (e && e.status) return `服务器拒绝（${e.status}）`;
+  return "连接建立失败";
+}
+
+// isCurrent: false once the page has moved on (fallback chosen, page left) while this start negotiated;
+// the video element then belongs to another player and is left alone.
+export async function startWebRTC(video, stationId, isCurrent = () => true) {
+  if (!webrtcSupported()) throw new WebRtcUnsupported("no RTCPeerConnection in this browser");
   const stats = { mode: "webrtc", t0: performance.now(), frames: 0, firstFrameMs: null,
                   captureToDisplayMs: [], receiveToDisplayMs: [], closed: false };
   const pc = new RTCPeerConnection({ iceServers: [] });
@@ -38,8 +55,11 @@ export async function startWebRTC(video, stationId) {
     const h264 = caps.codecs.filter((c) => c.mimeType === "video/H264");
     if (h264.length) tr.setCodecPreferences(h264);
   }
+  let attached = null;
   pc.ontrack = (ev) => {
-    video.srcObject = ev.streams && ev.streams[0] ? ev.streams[0] : new MediaStream([ev.track]);
+    if (stats.closed || !isCurrent()) return;
+    attached = ev.streams && ev.streams[0] ? ev.streams[0] : new MediaStream([ev.track]);
+    video.srcObject = attached;
     video.play().catch(() => {});
   };
   await pc.setLocalDescription(await pc.createOffer());
@@ -59,9 +79,10 @@ export async function startWebRTC(video, stationId) {
       if (stats.closed) return;
       stats.closed = true;
       window.removeEventListener("pagehide", onUnload);
-      pc.close();
-      video.srcObject = null;
-      api.post(closeUrl).catch(() => {});
+      if (attached && video.srcObject === attached) video.srcObject = null;
+      // Tell the server first, then close the connection: the server ends the session at the viewer's
+      // word (the browser's close also reaches it, as a DTLS close; it answers 204 either way).
+      api.post(closeUrl).catch(() => {}).finally(() => pc.close());
     },
   };
 }
@@ -70,7 +91,10 @@ export function startMSE(video, stationId, onEnded) {
   const stats = { mode: "mse", t0: performance.now(), frames: 0, firstFrameMs: null,
                   captureToDisplayMs: [], receiveToDisplayMs: [], closed: false };
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${proto}//${location.host}/api/stations/${stationId}/live/mse`);
+  // A browser that cannot play H.265 (Chromium on Linux) asks for H.264: an H.265 camera is then
+  // transcoded for this view (a limited number at once: the server closes with 4429 and says so).
+  const hevc = window.MediaSource && MediaSource.isTypeSupported('video/mp4; codecs="hvc1.1.6.L120.90"');
+  const ws = new WebSocket(`${proto}//${location.host}/api/stations/${stationId}/live/mse${hevc ? "" : "?h264=1"}`);
   ws.binaryType = "arraybuffer";
   let sb = null, queue = [], url = null;
   const pump = () => {
@@ -102,7 +126,7 @@ export function startMSE(video, stationId, onEnded) {
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") {
       const m = JSON.parse(ev.data);
-      if (m.mime) setup(m.mime);
+      if (m.mime) { stats.transcoded = !!m.transcoded; stats.codec = m.codec; setup(m.mime); }
       else if (m.ended && onEnded) onEnded(m.ended);
       return;
     }
