@@ -327,7 +327,7 @@ def test_webrtc_and_mse_live_views_through_the_api(recording, db):
             json={"sdp": "v=0 x" * 3},
             headers={"Authorization": f"Bearer {auditor}"},
         )
-        assert r.status_code == 403 and "live" in r.json()["detail"]
+        assert r.status_code == 403 and r.json()["code"] == "forbidden" and "实时" in r.json()["detail"]
 
         async def refused() -> int:
             uri = f"ws://127.0.0.1:{api.port}/api/stations/{STATION}/live/mse"
