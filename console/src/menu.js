@@ -3,7 +3,8 @@
 export const MENU = [
   { key: "wall", title: "视频墙", icon: "Monitor", route: "/wall", perm: "live" },
   { key: "status", title: "站点状态", icon: "Grid", href: "/console/#/wall", perm: "status:read" },
-  { key: "playback", title: "录像回放", icon: "VideoCamera", href: "/console/#/wall", perm: "playback" },
+  { key: "playback", title: "录像回放", icon: "VideoCamera", route: "/playback", perm: "playback" },
+  { key: "downloads", title: "下载中心", icon: "Document", route: "/downloads", perm: "export" },
   { key: "alarms", title: "告警中心", icon: "Bell", href: "/console/#/alarms", perm: "alerts:read" },
   { key: "audits", title: "审计报表", icon: "Document", href: "/console/#/audits", perm: "audits:read" },
   { key: "gb28181", title: "国标接入", icon: "Connection", href: "/console/#/gb28181", perm: "stations:write" },

@@ -4,6 +4,8 @@ import LoginView from "./views/LoginView.vue";
 import LayoutView from "./views/LayoutView.vue";
 import HomeView from "./views/HomeView.vue";
 import WallView from "./views/WallView.vue";
+import PlaybackView from "./views/PlaybackView.vue";
+import DownloadsView from "./views/DownloadsView.vue";
 
 const lastPageKey = () => `vms-next:last-page:${session.me ? session.me.username : ""}`;
 
@@ -17,6 +19,8 @@ export const router = createRouter({
       children: [
         { path: "", name: "home", component: HomeView, meta: { title: "首页" } },
         { path: "wall", name: "wall", component: WallView, meta: { perm: "live", title: "视频墙" } },
+        { path: "playback", name: "playback", component: PlaybackView, meta: { perm: "playback", title: "录像回放" } },
+        { path: "downloads", name: "downloads", component: DownloadsView, meta: { perm: "export", title: "下载中心" } },
       ],
     },
     { path: "/:rest(.*)*", redirect: "/" },
