@@ -31,6 +31,15 @@ GAP_REASONS_ZH = {
     "disk_error": "磁盘错误",
     "ingest_stopped": "录像服务停止",
     "ingest_hung": "录像进程卡死（已自动重启）",
+    # GB/T 28181 devices (vms.gb28181.source)
+    "unregistered": "设备未注册",
+    "keepalive_lost": "设备心跳丢失",
+    "invite_timeout": "设备未应答点播",
+    "invite_refused": "设备拒绝点播",
+    "no_media": "设备无媒体流",
+    "no_media_port": "媒体端口已用尽",
+    "device_bye": "设备结束推流",
+    "gb28181_unavailable": "国标信令服务不可用",
 }
 
 

@@ -14,11 +14,13 @@ from vms.api import permissions as P
 from vms.api.access import record_access, record_download
 from vms.api.accounts import Principal
 from vms.api.deps import STATION_ID_PATTERN, Ctx, DbSession, client_address, require, visible_station
+from vms.api.errors import local_time
 from vms.api.exports import check_export_limits, estimated_bytes, export_path, export_runner
 from vms.api.footage import segments_or_error
 from vms.api.schemas import ApiModel, FootageRangeIn
 from vms.api.timeparse import iso, parse_range
-from vms.db.models import ExportJob, ExportState, Station
+from vms.audit.findings import gap_zh
+from vms.db.models import ExportJob, ExportState, Gap, Station
 
 router = APIRouter(prefix="/api/exports", tags=["exports"])
 
@@ -28,6 +30,15 @@ ExportId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 class ExportIn(FootageRangeIn):
     station_id: str = Field(pattern=STATION_ID_PATTERN)
+
+
+class ExportGap(ApiModel):
+    start_ms: int
+    end_ms: int | None = Field(description="null while the gap lasts")
+    start_at: str
+    end_at: str | None
+    reason: str
+    reason_text: str = Field(description="the reason in Chinese")
 
 
 class ExportOut(ApiModel):
@@ -46,12 +57,42 @@ class ExportOut(ApiModel):
     created_ms: int
     expires_ms: int | None
     download_url: str | None
+    ran_past_now: bool = Field(description="the range ends after the moment the export was asked for: the file "
+                                           "stops at the footage recorded by then")
+    gaps: list[ExportGap] = Field(description="stretches of the range without footage (main stream), with why")
+    notes: list[str] = Field(description="what the file lacks, in Chinese, for the download center")
 
 
-def _out(ctx, job: ExportJob) -> dict:
+MAX_EXPORT_GAPS = 50  # listed per export; the notes give the count beyond
+
+
+def _coverage(ctx, session, job: ExportJob) -> dict:
+    """Whether the file can be what was asked: the range ran past the moment of asking, gaps inside it."""
     tz = ctx.settings.tz
-    return {"id": job.id, "station_id": job.station_id, "start_ms": job.start_ms, "end_ms": job.end_ms,
-            "start_at": iso(job.start_ms, tz), "end_at": iso(job.end_ms, tz), "reason": job.reason,
+    ran_past_now = job.end_ms > job.created_ms
+    q = (select(Gap).where(Gap.station_id == job.station_id, Gap.stream == "main", Gap.start_ms < job.end_ms,
+                           (Gap.end_ms.is_(None)) | (Gap.end_ms > job.start_ms))
+         .order_by(Gap.start_ms).limit(MAX_EXPORT_GAPS + 1))
+    rows = list(session.scalars(q))
+    gaps = [{"start_ms": g.start_ms, "end_ms": g.end_ms, "start_at": iso(g.start_ms, tz), "end_at": iso(g.end_ms, tz),
+             "reason": g.reason, "reason_text": gap_zh(g.reason)} for g in rows[:MAX_EXPORT_GAPS]]
+    notes = []
+    if ran_past_now:
+        notes.append(f"导出范围的结束时间（{local_time(job.end_ms, tz)}）晚于提交时间"
+                     f"（{local_time(job.created_ms, tz)}），文件只含提交时已录下的画面")
+    if rows:
+        more = "以上" if len(rows) > MAX_EXPORT_GAPS else ""
+        first = rows[0]
+        notes.append(f"范围内有 {len(gaps)} 段{more}录像缺失，第一段自 {local_time(first.start_ms, tz)} 起"
+                     f"（{gap_zh(first.reason)}）")
+    return {"ran_past_now": ran_past_now, "gaps": gaps, "notes": notes}
+
+
+def _out(ctx, session, job: ExportJob) -> dict:
+    tz = ctx.settings.tz
+    return {**_coverage(ctx, session, job), "id": job.id, "station_id": job.station_id,
+            "start_ms": job.start_ms, "end_ms": job.end_ms, "start_at": iso(job.start_ms, tz),
+            "end_at": iso(job.end_ms, tz), "reason": job.reason,
             "username": job.username, "state": job.state, "progress": job.progress, "bytes": job.bytes,
             "error": job.error, "created_ms": job.created_ms, "expires_ms": job.expires_ms,
             "download_url": f"/api/exports/{job.id}/download" if job.state == ExportState.DONE else None}
@@ -82,7 +123,7 @@ def create_export(body: ExportIn, request: Request, ctx: Ctx, session: DbSession
                       start_ms=s, end_ms=e, reason=job.reason, export_id=job.id)
         session.commit()  # the worker reads the row from its own session
     runner.submit(job.id)
-    return _out(ctx, job)
+    return _out(ctx, session, job)
 
 
 def _visible_job(session, principal: Principal, job_id: str) -> ExportJob:
@@ -102,12 +143,12 @@ def list_exports(ctx: Ctx, session: DbSession, principal: ExportPrincipal) -> li
     q = select(ExportJob).order_by(ExportJob.created_ms.desc()).limit(200)
     if principal.role != "admin":
         q = q.where(ExportJob.username == principal.username)
-    return [_out(ctx, j) for j in session.scalars(q)]
+    return [_out(ctx, session, j) for j in session.scalars(q)]
 
 
 @router.get("/{export_id}", response_model=ExportOut)
 def get_export(export_id: ExportId, ctx: Ctx, session: DbSession, principal: ExportPrincipal) -> dict:
-    return _out(ctx, _visible_job(session, principal, export_id))
+    return _out(ctx, session, _visible_job(session, principal, export_id))
 
 
 @router.get("/{export_id}/download", response_class=FileResponse,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import cv2
@@ -333,3 +334,51 @@ def timeline(station_id: StationId, ctx: Ctx, session: DbSession, principal: Sta
             g["detail"] = mask_text(g["detail"])
     return {"station_id": station.id, "start_ms": s, "end_ms": e, "recorded": spans,
             "recorded_ms": sum(b - a for a, b in spans), "gaps": gaps, "states": states, "faults": faults}
+
+
+class FootageDay(ApiModel):
+    day: str = Field(description="local day YYYY-MM-DD")
+    recorded_ms: int = Field(description="footage of the main stream that day")
+    gaps: int = Field(description="gaps (main stream) that started that day")
+
+
+class FootageDays(ApiModel):
+    station_id: str
+    month: str
+    days: list[FootageDay] = Field(description="the days with footage or gaps, in order; a day not listed has neither")
+
+
+MONTH_PATTERN = r"^(20[0-9]{2})-(0[1-9]|1[0-2])$"
+
+
+@router.get("/{station_id}/footage-days", response_model=FootageDays)
+def footage_days(station_id: StationId, ctx: Ctx, session: DbSession, principal: Status,
+                 month: Annotated[str, Query(pattern=MONTH_PATTERN, description="local month YYYY-MM")]) -> dict:
+    """For the playback calendar: how much footage each local day of a month holds."""
+    station = visible_station(session, principal, station_id)
+    tz = ctx.settings.tz
+    year, mon = int(month[:4]), int(month[5:7])
+    first = datetime(year, mon, 1, tzinfo=tz)
+    after = datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=tz)
+    s, e = int(first.timestamp() * 1000), int(after.timestamp() * 1000)
+    recorded: dict[str, int] = {}
+    for a, b in session.execute(
+            select(Segment.start_ms, Segment.end_ms)
+            .where(Segment.station_id == station.id, Segment.stream == "main", Segment.state != "deleting",
+                   Segment.start_ms < e, Segment.end_ms > s)):
+        a, b = max(a, s), min(b, e)
+        while a < b:  # a segment may span local midnight
+            day_start = datetime.fromtimestamp(a / 1000, tz).replace(hour=0, minute=0, second=0, microsecond=0)
+            next_day = int((day_start + timedelta(days=1)).timestamp() * 1000)
+            cut = min(b, next_day)
+            key = day_start.strftime("%Y-%m-%d")
+            recorded[key] = recorded.get(key, 0) + cut - a
+            a = cut
+    gaps: dict[str, int] = {}
+    for (g,) in session.execute(select(Gap.start_ms).where(Gap.station_id == station.id, Gap.stream == "main",
+                                                           Gap.start_ms >= s, Gap.start_ms < e)):
+        key = datetime.fromtimestamp(g / 1000, tz).strftime("%Y-%m-%d")
+        gaps[key] = gaps.get(key, 0) + 1
+    days = [{"day": d, "recorded_ms": recorded.get(d, 0), "gaps": gaps.get(d, 0)}
+            for d in sorted(recorded.keys() | gaps.keys())]
+    return {"station_id": station.id, "month": month, "days": days}
