@@ -319,6 +319,7 @@ def test_audits_month_tables_charts_verdicts_and_downloads(server, browser, audi
     for chart in ("#chart-towns", "#chart-online"):
         size = page.eval_on_selector(f"{chart} canvas", "c => [c.width, c.height]")
         assert size[0] > 200 and size[1] > 100, (chart, size)
+    assert page.inner_text(".audit-town") == "全县"
     towns = _table_rows(page, "#audit-towns")
     assert towns[0].startswith("平山街道")
 
@@ -492,14 +493,26 @@ def test_alarm_center_ack_with_note_mute_maintenance_and_roles(server, browser, 
 
 
 # ---------------------------------------------------------------------------------------------- screen sizes
+@pytest.fixture(scope="module")
+def rows_to_show(server, db):
+    """An access-log entry and a firing alarm with a long title, so that every table has rows to lay out
+    when this test runs alone."""
+    with api_client(server, VIEWER) as c:
+        r = c.post(f"/api/stations/{server['stations'][0]}/live-views", json={"reason": "屏幕尺寸检查"})
+        assert r.status_code == 201, r.text
+    with api_client(server, OPERATOR) as c:
+        station = c.get("/api/stations/pingshan-v02").json()
+    _add_alert(db, station, "测试告警：一条很长的告警标题，用来检查表格在小屏幕上是否会撑出横向滚动条" * 2)
+
+
 @pytest.mark.parametrize("size", [(1366, 768), (1920, 1080)], ids=["1366x768", "1920x1080"])
-def test_pages_fit_the_screen(server, browser, db, audited_january, size):
+def test_pages_fit_the_screen(server, browser, db, audited_january, rows_to_show, size):
     ctx, page = login(browser, server, ADMIN, *size)
     for path, ready in (("/console/next/access-log", "#access-table .el-table__body tbody tr"),
                         ("/console/next/audits?month=2026-01", "#audit-stations .el-table__body tbody tr"),
                         ("/console/next/audits?tab=daily&day=2026-01-05",
                          "#audit-daily-stations .el-table__body tbody tr"),
-                        ("/console/next/alarms", "#maint-panel")):
+                        ("/console/next/alarms", "#alarm-table tr.alarm")):
         page.goto(path)
         wait(page, ready)
         page.wait_for_timeout(300)  # the tables lay out their columns after the rows arrive
