@@ -48,6 +48,7 @@ OLD_ENTRIES = 60  # access log rows of one user: more than a page of 50
 RAW_WORDS = re.compile(r"\b(?:[a-z]+_[a-z_]+|firing|resolved|exempt|pass|fail|critical|major|minor|live|playback|"
                        r"snapshot|download|maintenance|undefined|null|NaN|true|false|Invalid Date)\b")
 EPOCH = re.compile(r"(?<!\d)\d{13}(?!\d)")
+ENGLISH_PHRASE = re.compile(r"\b[A-Za-z]{2,} [A-Za-z]{2,}\b")  # a sentence from the server, e.g. "no longer needed"
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,7 @@ def assert_plain_chinese(page, where: str) -> None:
     raw = RAW_WORDS.findall(text)
     assert not raw, f"{where}: raw words {raw} in {text[:800]!r}"
     assert not EPOCH.search(text), f"{where}: an epoch number in {text[:800]!r}"
+    assert not ENGLISH_PHRASE.search(text), f"{where}: English {ENGLISH_PHRASE.findall(text)} in {text[:800]!r}"
 
 
 def assert_no_horizontal_overflow(page, where: str) -> None:
@@ -432,7 +434,9 @@ def test_alarm_center_ack_with_note_mute_maintenance_and_roles(server, browser, 
     assert page.locator(f"{row_a} .ack-open").count() == 0
     wait(page, f".alarm-detail-{a_id} tr.kind-reminder.dstate-dropped")
     assert "li-operator 于" in page.inner_text(f".alarm-detail-{a_id}")
+    assert "告警已确认或已恢复，无需再发" in page.inner_text(f".alarm-detail-{a_id}")  # not the dispatcher's English
     assert "确认：已电话通知站长处理" in page.inner_text(f".alarm-detail-{a_id}")
+    assert_plain_chinese(page, "alarm acknowledged, details open")
     with api_client(server, OPERATOR) as c:
         got = c.get(f"/api/alerts/{a_id}").json()
     assert got["acked_by"] == OPERATOR and got["ack_note"] == "已电话通知站长处理"
