@@ -23,7 +23,7 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy import update
 
-from tests.serve_support import PASSWORD, REPO, running_serve
+from tests.serve_support import PASSWORD, REPO, run_vms, running_serve
 from tests.test_audit_daily import L
 from tests.test_audit_monthly import fill
 from vms.audit import audit_month
@@ -375,6 +375,27 @@ def test_audits_month_tables_charts_verdicts_and_downloads(server, browser, audi
     assert "2026年1月5日" in page.inner_text("#audit-summary")
     assert page.eval_on_selector("#chart-daily canvas", "c => c.width") > 200
     assert_plain_chinese(page, "audits daily")
+    ctx.close()
+
+
+def test_a_town_limited_user_gets_the_reports_of_their_towns_only(server, browser, audited_january):
+    run_vms(server["env"], "users", "create", "zhou-pingshan", "--role", "operator", "--towns", "平山街道,大岭街道",
+            "--password-stdin", stdin=PASSWORD + "\n")
+    ctx, page = login(browser, server, "zhou-pingshan")
+    page.goto("/console/next/audits?month=2026-01")
+    wait(page, "#audit-stations .el-table__body tbody tr")
+    assert "平山街道" in page.inner_text("#audit-summary")
+    towns = {r.split("\n")[1].split(" · ")[0] for r in _table_rows(page, "#audit-stations")}
+    assert towns == {"平山街道"}
+    page.click("#audit-town", force=True)
+    page.locator(".el-select-dropdown__item:visible").first.wait_for()
+    choices = page.eval_on_selector_all(".el-select-dropdown__item:visible", "els => els.map(e => e.innerText)")
+    assert choices == ["平山街道", "大岭街道"]  # their towns, no 全县
+    page.keyboard.press("Escape")
+    # The server refuses the county and other towns to them.
+    with api_client(server, "zhou-pingshan") as c:
+        assert c.get("/api/audits/monthly", params={"month": "2026-01", "town": "白花镇"}).status_code == 403
+        assert c.get("/api/audits/monthly", params={"month": "2026-01"}).status_code == 400
     ctx.close()
 
 
