@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -353,6 +354,31 @@ def test_audits_month_tables_charts_verdicts_and_downloads(server, browser, audi
         page.click("#dl-pdf")
     assert info.value.suggested_filename == "audit-2026-01.pdf"
     assert Path(info.value.path()).read_bytes().startswith(b"%PDF")
+
+    # While another PDF is printing (one at a time for the whole server), the page says to try again.
+    # Another client keeps the printer busy; the page's request almost always finds it so, and is retried.
+    stop = threading.Event()
+
+    def keep_printing() -> None:
+        with api_client(server, AUDITOR) as c:
+            while not stop.is_set():
+                c.get("/api/audits/monthly/download", params={"month": "2026-01", "format": "pdf"})
+
+    printer = threading.Thread(target=keep_printing, daemon=True)
+    printer.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(5):
+            page.click("#dl-pdf")
+            page.wait_for_function("() => !document.querySelector('#dl-pdf').classList.contains('is-loading')",
+                                   timeout=90_000)
+            if page.locator("#audit-download-error").count():
+                break
+    finally:
+        stop.set()
+        printer.join(120)
+    assert "另一份 PDF 报告正在生成，请稍等片刻后再点一次下载" in page.inner_text("#audit-download-error")
+    page.click("#audit-download-error .el-alert__close-btn")
 
     # A town: its stations only, the chart by station.
     page.click("#audit-towns .el-table__body tbody tr:first-child")
