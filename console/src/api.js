@@ -57,4 +57,5 @@ export function whenLoggedOut(fn) { onUnauthorized = fn; }
 export const api = {
   get: (p) => call("GET", p),
   post: (p, b) => call("POST", p, b ?? {}),
+  delete: (p) => call("DELETE", p),
 };

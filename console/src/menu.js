@@ -5,8 +5,9 @@ export const MENU = [
   { key: "status", title: "站点状态", icon: "Grid", href: "/console/#/wall", perm: "status:read" },
   { key: "playback", title: "录像回放", icon: "VideoCamera", route: "/playback", perm: "playback" },
   { key: "downloads", title: "下载中心", icon: "Document", route: "/downloads", perm: "export" },
-  { key: "alarms", title: "告警中心", icon: "Bell", href: "/console/#/alarms", perm: "alerts:read" },
-  { key: "audits", title: "审计报表", icon: "Document", href: "/console/#/audits", perm: "audits:read" },
+  { key: "alarms", title: "告警中心", icon: "Bell", route: "/alarms", perm: "alerts:read" },
+  { key: "audits", title: "审计报表", icon: "Document", route: "/audits", perm: "audits:read" },
+  { key: "access-log", title: "调用登记", icon: "Document", route: "/access-log", perm: "access_log:read" },
   { key: "gb28181", title: "国标接入", icon: "Connection", href: "/console/#/gb28181", perm: "stations:write" },
   { key: "users", title: "用户管理", icon: "User", href: "/console/#/admin", perm: "users:admin" },
 ];

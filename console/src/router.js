@@ -21,6 +21,10 @@ export const router = createRouter({
         { path: "wall", name: "wall", component: WallView, meta: { perm: "live", title: "视频墙" } },
         { path: "playback", name: "playback", component: PlaybackView, meta: { perm: "playback", title: "录像回放" } },
         { path: "downloads", name: "downloads", component: DownloadsView, meta: { perm: "export", title: "下载中心" } },
+        // Loaded when first opened: the audit charts (ECharts) stay out of the wall's download.
+        { path: "alarms", name: "alarms", component: () => import("./views/AlarmsView.vue"), meta: { perm: "alerts:read", title: "告警中心" } },
+        { path: "audits", name: "audits", component: () => import("./views/AuditsView.vue"), meta: { perm: "audits:read", title: "审计报表" } },
+        { path: "access-log", name: "access-log", component: () => import("./views/AccessLogView.vue"), meta: { perm: "access_log:read", title: "调用登记" } },
       ],
     },
     { path: "/:rest(.*)*", redirect: "/" },
