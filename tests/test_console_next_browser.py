@@ -70,8 +70,11 @@ def _stations(server) -> list[dict]:
 def test_login_errors_in_chinese_session_survives_reload_and_logout(server, browser, shots):
     ctx = _context(browser, server["base"])
     page = ctx.new_page()
+    refused: list[str] = []  # a first visit asks who is logged in without a 4xx (a console error each time)
+    page.on("response", lambda r: refused.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.goto(NEXT + "wall")
     page.wait_for_url(re.compile(r"/console/next/login\?redirect="))  # not logged in: to the login, and back after
+    assert refused == []
     page.screenshot(path=str(shots / "login.png"))
     _login(page, "wang-admin", "wrong password")
     page.wait_for_function("() => document.getElementById('login-error').textContent.trim() !== ''")

@@ -1,4 +1,5 @@
-// Who is logged in: loaded from /api/auth/me (the session cookie survives a reload), set by the login.
+// Who is logged in: loaded from /api/auth/session (the session cookie survives a reload), set by the login.
+// Not /api/auth/me: its 401 before login is an error in the browser's console on every first visit.
 import { reactive } from "vue";
 import { api, whenLoggedOut } from "./api.js";
 
@@ -10,12 +11,7 @@ export const can = (perm) => !!session.me && session.me.permissions.includes(per
 
 export async function loadMe() {
   if (session.loaded) return session.me;
-  try {
-    session.me = await api.get("/api/auth/me");
-  } catch (e) {
-    if (e.status !== 401) throw e;
-    session.me = null;
-  }
+  session.me = (await api.get("/api/auth/session")).user;
   session.loaded = true;
   return session.me;
 }
