@@ -30,15 +30,22 @@ PASSWORD = "correct horse battery"
 
 
 def make_clip(path: Path, seconds: int = CLIP_SECONDS, fps: int = CLIP_FPS, width: int = 160,
-              height: int = 120, with_audio: bool = True) -> Path:
-    """A fragmented MP4 like the recorder writes: H.264 (no B-frames, fixed GOP) and AAC audio."""
+              height: int = 120, with_audio: bool = True, codec: str = "h264") -> Path:
+    """A fragmented MP4 like the recorder writes: H.264 (or H.265, `codec="hevc"`, with the `hvc1` sample
+    entry; no B-frames, fixed GOP) and AAC audio."""
     out = av.open(str(path), "w", format="mp4",
                   options={"movflags": "frag_keyframe+empty_moov+default_base_moof"})
-    v = out.add_stream("libx264", rate=fps)
+    if codec == "hevc":
+        v = out.add_stream("libx265", rate=fps)
+        v.codec_context.codec_tag = "hvc1"
+        v.options = {"x265-params": f"keyint={CLIP_GOP}:min-keyint={CLIP_GOP}:scenecut=0:bframes=0:log-level=error",
+                     "preset": "ultrafast"}
+    else:
+        v = out.add_stream("libx264", rate=fps)
+        v.options = {"x264-params": f"keyint={CLIP_GOP}:min-keyint={CLIP_GOP}:scenecut=0:sliced-threads=0",
+                     "bf": "0", "preset": "ultrafast"}
     v.width, v.height, v.pix_fmt = width, height, "yuv420p"
     v.thread_type = "FRAME"
-    v.options = {"x264-params": f"keyint={CLIP_GOP}:min-keyint={CLIP_GOP}:scenecut=0:sliced-threads=0",
-                 "bf": "0", "preset": "ultrafast"}
     v.codec_context.time_base = Fraction(1, fps)
     a = None
     if with_audio:
@@ -74,7 +81,7 @@ def make_clip(path: Path, seconds: int = CLIP_SECONDS, fps: int = CLIP_FPS, widt
 
 def add_segments(database: Database, volumes: VolumeSet, clip: Path, station_id: str, start_ms: int,
                  count: int, tz, gap_after: dict[int, int] | None = None, state_last: str = "complete",
-                 seconds: int = CLIP_SECONDS) -> list[int]:
+                 seconds: int = CLIP_SECONDS, codec: str = "h264") -> list[int]:
     """`count` consecutive segments (copies of clip) from start_ms; gap_after[i] ms of nothing after i."""
     ids = []
     t = start_ms
@@ -86,7 +93,7 @@ def add_segments(database: Database, volumes: VolumeSet, clip: Path, station_id:
             shutil.copyfile(clip, dest)
             seg = Segment(station_id=station_id, stream="main", node="test", volume="main", path=rel, start_ms=t,
                           end_ms=t + seconds * 1000, duration_ms=seconds * 1000, bytes=dest.stat().st_size,
-                          codec="h264", width=160, height=120, has_audio=True, frames=seconds * CLIP_FPS,
+                          codec=codec, width=160, height=120, has_audio=True, frames=seconds * CLIP_FPS,
                           keyframes=seconds, state=state_last if i == count - 1 else "complete")
             s.add(seg)
             s.flush()

@@ -240,3 +240,47 @@ def test_an_h265_camera_plays_in_chromium_transcoded_with_a_bounded_number_at_on
             second.wait_for_function(
                 "() => window.__live && window.__live.mode === 'mse' && window.__live.frames > 5", timeout=20_000)
             assert second.evaluate("document.getElementById('video').videoWidth") == 320
+
+
+def test_an_h265_cameras_footage_plays_back_in_chromium_as_h264(hevc_server, browser):
+    """The new console's 录像回放 page: Chromium says it cannot play `hvc1`, so the page asks for H.264 and
+    the server transcodes the footage; the video plays (its clock advances, its picture has a size)."""
+    srv = hevc_server
+    headers = {"Authorization": f"Bearer {srv['token']}"}
+    now_ms = int(time.time() * 1000)
+    tl = httpx.get(f"{srv['base']}/api/stations/{HEVC_STATION}/timeline?start={now_ms - 3_600_000}&end={now_ms}",
+                   headers=headers).json()
+    assert tl["recorded"], tl
+    start_ms = tl["recorded"][0][0] + 500
+    ctx = browser.new_context(viewport={"width": 1366, "height": 768}, base_url=srv["base"])
+    try:
+        page = ctx.new_page()
+        answers: list[dict] = []
+        page.on("response", lambda r: answers.append(r.json()) if r.request.method == "POST"
+                and r.url.endswith("/playback") and r.status == 201 else None)
+        page.goto("/console/next/login")
+        page.fill("#username", "li-operator")
+        page.fill("#password", PASSWORD)
+        page.click("#login-submit")
+        page.wait_for_selector("#menu")
+        page.click("[data-menu=playback]")
+        page.wait_for_url("**/console/next/playback")
+        name = page.evaluate(f"""async () => (await (await fetch('/api/stations')).json()).stations
+                                  .find((s) => s.id === '{HEVC_STATION}').name""")
+        page.fill("#tree-search", name)
+        page.dblclick(f".tree-station[data-id='{HEVC_STATION}']")
+        assert not page.evaluate("""MediaSource.isTypeSupported('video/mp4; codecs="hvc1.1.6.L93.B0"')""")
+        page.fill("#pb-reason", "投诉核查 2026-018")
+        page.fill("#jump-time", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start_ms / 1000 + 8 * 3600)))
+        page.click("#jump-go")
+        video = "window.__playback.players[0].video"
+        page.wait_for_function(f"() => window.__playback && window.__playback.players[0]"
+                               f" && window.__playback.players[0].state === 'ready' && {video}.readyState >= 2",
+                               timeout=30_000)
+        assert answers and answers[-1]["codec"] == "h264" and answers[-1]["transcoded"], answers
+        t1 = page.evaluate(f"{video}.currentTime")
+        page.wait_for_timeout(1500)
+        assert page.evaluate(f"{video}.currentTime") > t1 + 0.8, "playback advances"
+        assert page.evaluate(f"{video}.videoWidth") == 320
+    finally:
+        ctx.close()
