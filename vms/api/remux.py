@@ -42,6 +42,7 @@ class SourceSegment:
     start_ms: int
     end_ms: int
     state: str
+    codec: str | None = None  # as the recorder indexed it (null in rows older than the column)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class RemuxResult:
     spans: list[Span] = field(default_factory=list)
     truncated: str | None = None
     skipped: list[str] = field(default_factory=list)
+    codec: str = ""  # of the video: FFmpeg's name (h264, hevc)
 
 
 class NoFootage(Exception):
@@ -77,20 +79,21 @@ def find_segments(session: Session, volumes: VolumeSet, station_id: str, start_m
                   end_ms: int) -> list[SourceSegment]:
     """Main-stream segments overlapping [start, end), oldest first; their files resolved safely."""
     rows = session.execute(
-        select(Segment.id, Segment.volume, Segment.path, Segment.start_ms, Segment.end_ms, Segment.state)
+        select(Segment.id, Segment.volume, Segment.path, Segment.start_ms, Segment.end_ms, Segment.state,
+               Segment.codec)
         .where(Segment.station_id == station_id, Segment.stream == "main",
                Segment.state.in_(("growing", "complete")),
                Segment.start_ms < end_ms, Segment.end_ms > start_ms)
         .order_by(Segment.start_ms)
     ).all()
     out = []
-    for seg_id, volume, rel, s, e, state in rows:
+    for seg_id, volume, rel, s, e, state, codec in rows:
         try:
             path = volumes.file_path(volume, rel)
         except (KeyError, ValueError) as exc:
             log.warning("segment %s skipped: %s", seg_id, exc)
             continue
-        out.append(SourceSegment(seg_id, path, s, e, state))
+        out.append(SourceSegment(seg_id, path, s, e, state, codec))
     return out
 
 
@@ -208,7 +211,8 @@ def remux_range(sources: list[SourceSegment], start_ms: int, end_ms: int, out_pa
         progress(1.0)
     return RemuxResult(path=out_path, bytes=out_path.stat().st_size, first_ms=result[0], last_ms=result[1],
                        duration_ms=result[2], segments=used, video_packets=writer.video_packets,
-                       spans=writer.spans, truncated=truncated, skipped=skipped)
+                       spans=writer.spans, truncated=truncated, skipped=skipped,
+                       codec=first_kind[0] if first_kind else "")
 
 
 class _Writer:

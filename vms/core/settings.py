@@ -184,6 +184,14 @@ class ApiSettings(StrictModel):
     playback_keep_minutes: float = Field(default=60, gt=0, description="a playback file can be fetched this long")
     snapshot_max_age_seconds: float = Field(default=10, gt=0, description="older keyframes give 503")
     playback_max_minutes: float = Field(default=60, gt=0, description="longest range of one playback")
+    playback_max_transcodes: int = Field(
+        default=2, ge=0, le=16, description="playbacks of H.265 footage transcoded to H.264 at once (`\"h264\": "
+        "true`, for browsers without an H.265 decoder: Chromium on Linux); each takes one core while it runs "
+        "(docs/benchmarks.md); more get 429; 0 = never transcode. Pictures are scaled to live.transcode_max_height")
+    playback_transcode_max_seconds: float = Field(
+        default=60, ge=5, le=600, description="footage transcoded per H.264 playback request: a longer range is "
+        "cut here (the console asks for the next piece when it gets there), so one request costs a bounded "
+        "CPU time and its answer comes within seconds")
     export_max_hours: float = Field(default=24, gt=0, description="longest range of one export")
     export_keep_hours: float = Field(default=24, gt=0, description="exports can be downloaded this long")
     export_workers: int = Field(default=1, ge=1, le=8)

@@ -10,6 +10,7 @@ so the relay's cached-GOP start and the MSE page's live-edge seeking work unchan
 
 from __future__ import annotations
 
+import threading
 from fractions import Fraction
 
 import av
@@ -24,24 +25,57 @@ H264_PARAMETER_SET_TYPES = (7, 8)  # SPS, PPS
 
 
 class TranscodeSlots:
-    """How many transcodes may run at once (one API process, its event loop: no lock needed)."""
+    """How many transcodes may run at once in one API process. Live views take them on the event loop,
+    playback transcodes in request threads: the lock makes the check and the count one step."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
+        self._lock = threading.Lock()
 
     def try_take(self) -> bool:
-        if self.active >= self.limit:
-            return False
-        self.active += 1
-        return True
+        with self._lock:
+            if self.active >= self.limit:
+                return False
+            self.active += 1
+            return True
 
     def give_back(self) -> None:
-        self.active = max(0, self.active - 1)
+        with self._lock:
+            self.active = max(0, self.active - 1)
 
 
 def _even(n: float) -> int:
     return max(2, int(n) // 2 * 2)
+
+
+def configure_h264_encoder(encoder: av.VideoCodecContext, width: int, height: int, max_height: int,
+                           time_base: Fraction = MS) -> None:
+    """Set up an unopened x264 context for pictures of width x height, scaled down (aspect kept, even
+    sizes) to at most max_height. Shared by live views and playback (vms/api/playback_transcode.py).
+
+    ultrafast, zerolatency (no lookahead: one packet out per picture in, at once) and no B-frames, so each
+    packet's pts is its picture's and dts = pts; keyframes only where the caller forces them (the
+    camera's), so seeking and GOP-aligned starts work as on the camera's stream. In-band SPS/PPS on each
+    keyframe; one slice per picture (sliced threads give keyframes two slices of equal DTS); one thread:
+    one core at most per transcode, several transcodes spread over the cores."""
+    scale = min(1.0, max_height / height)
+    encoder.width, encoder.height = _even(width * scale), _even(height * scale)
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = time_base
+    encoder.options = {
+        "preset": "ultrafast",
+        "tune": "zerolatency",
+        "x264-params": "keyint=infinite:min-keyint=1:scenecut=0:bframes=0:repeat-headers=1:sliced-threads=0",
+    }
+    encoder.thread_count = 1
+
+
+def open_h264_encoder(width: int, height: int, max_height: int) -> av.VideoCodecContext:
+    encoder = video_codec("libx264", "w")
+    configure_h264_encoder(encoder, width, height, max_height)
+    encoder.open()
+    return encoder
 
 
 class H264Transcoder:
@@ -61,23 +95,6 @@ class H264Transcoder:
         self.frames_in = 0
         self.packets_out = 0
 
-    def _open_encoder(self, width: int, height: int) -> av.VideoCodecContext:
-        scale = min(1.0, self.max_height / height)
-        encoder = video_codec("libx264", "w")
-        encoder.width, encoder.height = _even(width * scale), _even(height * scale)
-        encoder.pix_fmt = "yuv420p"
-        encoder.time_base = MS
-        encoder.options = {
-            "preset": "ultrafast",
-            "tune": "zerolatency",
-            # Keyframes only where the camera has them (forced below); in-band SPS/PPS on each; one slice
-            # per picture (sliced threads give keyframes two slices of equal DTS).
-            "x264-params": "keyint=infinite:min-keyint=1:scenecut=0:bframes=0:repeat-headers=1:sliced-threads=0",
-        }
-        encoder.thread_count = 1  # one core at most per viewer; several viewers spread over the cores
-        encoder.open()
-        return encoder
-
     def add(self, pkt: LivePacket) -> list[LivePacket]:
         """The H.264 packets for one H.265 packet (none until the first keyframe has been decoded)."""
         data = pkt.data
@@ -95,7 +112,7 @@ class H264Transcoder:
             if self.encoder is None:
                 if not frame.key_frame:
                     continue
-                self.encoder = self._open_encoder(frame.width, frame.height)
+                self.encoder = open_h264_encoder(frame.width, frame.height, self.max_height)
             picture = frame.reformat(width=self.encoder.width, height=self.encoder.height, format="yuv420p")
             picture.pts = frame.pts if frame.pts is not None else pkt.pts
             picture.time_base = MS
