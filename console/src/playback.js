@@ -7,6 +7,11 @@
 // so the video's own clock is not the wall clock); GET its url plays it with Range requests.
 import { api, ApiError } from "./api.js";
 
+// A browser without an H.265 decoder (Chromium on Linux) asks for H.264: an H.265 camera's footage is then
+// transcoded on the server, at most api.playback_transcode_max_seconds per request (the answer's last_ms
+// ends the window sooner; the pane asks for the next one when it gets there). H.264 footage is unaffected.
+export const canPlayHevc = () => !!(window.MediaSource && MediaSource.isTypeSupported('video/mp4; codecs="hvc1.1.6.L93.B0"'))
+  || document.createElement("video").canPlayType('video/mp4; codecs="hvc1.1.6.L93.B0"') === "probably";
 export const WINDOW_MS = 10 * 60_000;  // one MP4: short enough to be remuxed in about a second
 export const FOLLOW_TOLERANCE_S = 0.35;  // followers are re-seeked past this (the brief: within 0.5 s)
 const PAUSED_TOLERANCE_S = 0.12;  // paused, a seek costs nothing: keep the frames closer
@@ -138,7 +143,7 @@ export class PlaybackPane {
     try {
       // Epoch milliseconds: the API takes them as they are (a local date-time string would drop the ms).
       const info = await api.post(`/api/stations/${encodeURIComponent(this.stationId)}/playback`,
-        { start: String(Math.floor(asked[0])), end: String(Math.floor(asked[1])), reason });
+        { start: String(Math.floor(asked[0])), end: String(Math.floor(asked[1])), reason, h264: !canPlayHevc() });
       if (seq !== this.seq || this.closed) return;
       this.info = info;
       this.asked = [asked[0], Math.min(asked[1], info.last_ms)];

@@ -305,13 +305,17 @@ async function renderStation(id) {
       msg.textContent = `正在准备 ${localText(at)} 的回放…`;
       try {
         const pb = await api.post(`/api/stations/${encodeURIComponent(id)}/playback`,
-          { start: localIso(at), end: localIso(at + 15 * 60000), reason });
+          // A browser without an H.265 decoder (Chromium on Linux) gets H.265 footage transcoded to H.264,
+          // a limited piece of it per request (the server's last_ms says where it ends).
+          { start: localIso(at), end: localIso(at + 15 * 60000), reason,
+            h264: !(window.MediaSource && MediaSource.isTypeSupported('video/mp4; codecs="hvc1.1.6.L93.B0"')) });
         stopLive();
         document.getElementById("mode").textContent = `回放 ${localText(pb.first_ms)} 起`;
         video.srcObject = null;
         video.src = pb.url;
         video.play().catch(() => {});
-        msg.textContent = pb.truncated ? `回放：${pb.truncated}` : "";
+        msg.textContent = pb.truncated ? `回放：${pb.truncated}`
+          : pb.range_limited ? `H.265 录像已转码为 H.264 播放，本段至 ${localText(pb.last_ms)}，之后请再点击时间轴` : "";
       } catch (e) { msg.textContent = `无法回放：${e.message}`; }
     };
   };
