@@ -189,7 +189,7 @@ class ApiSettings(StrictModel):
         "true`, for browsers without an H.265 decoder: Chromium on Linux); each takes one core while it runs "
         "(docs/benchmarks.md); more get 429; 0 = never transcode. Pictures are scaled to live.transcode_max_height")
     playback_transcode_max_seconds: float = Field(
-        default=60, ge=5, le=600, description="footage transcoded per H.264 playback request: a longer range is "
+        default=30, ge=5, le=600, description="footage transcoded per H.264 playback request: a longer range is "
         "cut here (the console asks for the next piece when it gets there), so one request costs a bounded "
         "CPU time and its answer comes within seconds")
     export_max_hours: float = Field(default=24, gt=0, description="longest range of one export")
