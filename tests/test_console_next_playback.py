@@ -186,7 +186,10 @@ def test_playback_seek_speed_calendar_gaps_sync_and_export(server, browser, shot
     _settled(page, 1)
     page.wait_for_timeout(1500)
     offsets = []
+    both_showing = "() => window.__playback.players.slice(0, 2).every((p) => p.frameWall() !== null)"
     for _ in range(5):
+        # A pane loading its next piece has no frame for a moment (seen in CI under load): sample when both show one.
+        page.wait_for_function(both_showing, timeout=15_000)
         walls = page.evaluate("() => window.__playback.players.slice(0, 2).map((p) => p.frameWall())")
         offsets.append(abs(walls[0] - walls[1]))
         page.wait_for_timeout(400)
