@@ -274,7 +274,8 @@ def test_users_page_create_disable_reset_and_api_keys(server, browser):
     page.fill("#user-display", "孙值班")
     page.fill("#user-password", "123456")  # too weak: the server's Chinese reason
     select_option(page, "#user-role", "值班员")
-    select_option(page, "#user-towns", "平山街道")
+    page.click(".user-towns-select .el-select__wrapper")  # a multiple select: its input is a sliver
+    page.locator(".el-select-dropdown__item:visible", has_text="平山街道").first.click()
     page.click("#user-name")  # closes the town list
     page.click("#user-submit")
     wait(page, "#user-error")
@@ -306,7 +307,7 @@ def test_users_page_create_disable_reset_and_api_keys(server, browser):
     page.click(f"#users-table .user-{NEW_USER} .u-password")
     page.fill("#new-password", RESET_PASSWORD)
     page.click("#password-submit")
-    wait(page, "#users-notice")
+    page.wait_for_function("() => document.getElementById('users-notice').textContent.includes('已重置')")
     assert _login_api(base, NEW_USER, RESET_PASSWORD) == 200
     assert _login_api(base, NEW_USER, NEW_PASSWORD) == 401
 
