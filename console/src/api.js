@@ -57,5 +57,7 @@ export function whenLoggedOut(fn) { onUnauthorized = fn; }
 export const api = {
   get: (p) => call("GET", p),
   post: (p, b) => call("POST", p, b ?? {}),
+  put: (p, b) => call("PUT", p, b ?? {}),
+  patch: (p, b) => call("PATCH", p, b ?? {}),
   delete: (p) => call("DELETE", p),
 };
