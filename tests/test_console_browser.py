@@ -75,7 +75,7 @@ def _csp_violations(page, base: str) -> list[str]:
 
 
 def _login(page, name: str) -> None:
-    page.goto("/")
+    page.goto("/console/")
     page.fill("#username", name)
     page.fill("#password", PASSWORD)
     page.click("#login-form button[type=submit]")
@@ -97,7 +97,7 @@ def _frame_digest(page) -> str:
 def test_console_as_admin_live_playback_export(server, browser, shots):
     ctx, page = _page(browser, server["base"])
     blocked = _csp_violations(page, server["base"])
-    page.goto("/")
+    page.goto("/console/")
     page.wait_for_selector("#login-form")
     page.screenshot(path=str(shots / "login.png"))
     _login(page, "wang-admin")

@@ -108,7 +108,7 @@ def _login(browser, base: str, name: str):
     ctx = browser.new_context(viewport={"width": 1366, "height": 768}, base_url=base)
     page = ctx.new_page()
     page.set_default_timeout(10_000)
-    page.goto("/")
+    page.goto("/console/")
     page.fill("#username", name)
     page.fill("#password", USER_PASSWORD)
     page.click("#login-form button[type=submit]")

@@ -53,7 +53,7 @@ def _page(browser, base: str, user: str = "wang-admin", init_script: str | None 
         if init_script:
             ctx.add_init_script(init_script)
         page = ctx.new_page()
-        page.goto("/")
+        page.goto("/console/")
         page.fill("#username", user)
         page.fill("#password", PASSWORD)
         page.click("#login-form button[type=submit]")

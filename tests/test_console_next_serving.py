@@ -47,6 +47,8 @@ def test_the_build_is_served_with_caching_by_kind_and_the_app_page_for_its_route
     _lay_out_build(next_dir)
     r = api.get("/console/next", follow_redirects=False)
     assert r.status_code in (302, 307) and r.headers["location"] == "/console/next/"
+    r = api.get("/", follow_redirects=False)  # the server's address opens the second-generation console
+    assert r.status_code in (302, 307) and r.headers["location"] == "/console/next/"
 
     for path in ("/console/next/", "/console/next/wall", "/console/next/wall?layout=4&w=a,b", "/console/next/a/b/c",
                  "/console/next/index.html"):
