@@ -1,4 +1,5 @@
-"""Shared fixtures: fresh databases (SQLite and a real PostgreSQL), settings in a temp dir, clocks."""
+"""Shared fixtures: fresh databases (SQLite and a real PostgreSQL), settings in a temp dir, clocks, and
+Chromium for the browser tests (tests/browser_support.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.browser_support import browser  # noqa: F401 - the fixture, for every test module
 from vms.catalog.loader import load_catalog
 from vms.catalog.store import import_catalog
 from vms.core.clock import SimulatedClock

@@ -20,8 +20,6 @@ pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/t
 
 import playwright.sync_api as playwright_api  # noqa: E402
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 MIN = 60_000
 OLD_RESOLVED = 60  # more than a page (50): 加载更多 has something to load
 
@@ -31,14 +29,6 @@ def server(tmp_path_factory):
     with running_serve(tmp_path_factory.mktemp("alarms"), cameras=2, footage_seconds=0,
                        settings={"alerts": {"enabled": False}}) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _db(server) -> Database:

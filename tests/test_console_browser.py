@@ -16,15 +16,6 @@ from tests.serve_support import PASSWORD, running_serve
 
 pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/test.sh --fast
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--allow-loopback-in-peer-connection",
-]
 
 # A declared test dependency: missing, the browser tests must fail, not quietly skip.
 import playwright.sync_api as playwright_api  # noqa: E402
@@ -43,14 +34,6 @@ def shots(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("console-output")
     print("console screenshots and live_metrics.json in", path)
     return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _page(browser, base):

@@ -26,8 +26,6 @@ pytestmark = pytest.mark.slow  # a real vms serve, simulated devices and Chromiu
 
 import playwright.sync_api as playwright_api  # noqa: E402
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 SERVER_ID, DOMAIN, GB_PASSWORD = "44132300002000000001", "4413230000", "gb-test-pw1"
 DEVICE3_PASSWORD = "other-pw-3"
 USER_PASSWORD = "Gb-console-test-password-1"
@@ -86,14 +84,6 @@ def rig(tmp_path: Path):
         sim.close()
         stop_serve(proc)
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,31 +17,13 @@ from vms.simulate import Simulator
 pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/test.sh --fast
 
 CAMERA_FPS = 15  # running_serve's simulated cameras
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--allow-loopback-in-peer-connection",
-]
 
-import playwright.sync_api as playwright_api  # noqa: E402  (a declared test dependency: fail, never skip)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with running_serve(tmp_path_factory.mktemp("console-live"), cameras=1, footage_seconds=2) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @contextmanager

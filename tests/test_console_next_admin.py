@@ -25,7 +25,6 @@ from tests.test_console_next_pages import (
     ADMIN,
     AUDITOR,
     BUILD,
-    CHROMIUM_ARGS,
     OPERATOR,
     VIEWER,
     api_client,
@@ -42,7 +41,6 @@ from vms.simulate.gb28181_device import GbDeviceSpec, GbSimulator, gb_ids
 
 pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/test.sh --fast
 
-import playwright.sync_api as playwright_api  # noqa: E402
 
 LOCAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 NEW_USER, NEW_PASSWORD, RESET_PASSWORD = "sun-operator", "river stone lantern 42", "copper kettle meadow 77"
@@ -55,14 +53,6 @@ def server(tmp_path_factory):
     with running_serve(tmp_path_factory.mktemp("next-admin"), cameras=1, footage_seconds=6,
                        settings={"alerts": {"enabled": False}}) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _state(st: dict) -> str:

@@ -14,12 +14,10 @@ import httpx
 import pytest
 
 from tests.serve_support import PASSWORD, REPO, running_serve
-from tests.test_console_browser import CHROMIUM_ARGS
 from vms.catalog.towns import TOWN_NAMES
 
 pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/test.sh --fast
 
-import playwright.sync_api as playwright_api  # noqa: E402
 
 NEXT = "/console/next/"
 SHANGHAI = timezone(timedelta(hours=8))
@@ -31,14 +29,6 @@ def server(tmp_path_factory):
     assert index.is_file(), "the console is not built: run scripts/bootstrap.sh (npm ci + npm run build)"
     with running_serve(tmp_path_factory.mktemp("console-next"), cameras=2, footage_seconds=1) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,6 @@ pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/t
 
 import playwright.sync_api as playwright_api  # noqa: E402
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 BUILD = REPO / "vms" / "console" / "next" / "index.html"
 MIN = 60_000
 DAY = 86_400_000
@@ -66,14 +64,6 @@ def db(server):
     database = Database(f"sqlite:///{server['root'] / 'data' / 'vms.db'}")
     yield database
     database.dispose()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,10 @@ import av
 import pytest
 
 from tests.serve_support import PASSWORD, free_port, run_vms, running_serve
-from tests.test_console_browser import CHROMIUM_ARGS
 from vms.audit.findings import GAP_REASONS_ZH
 
 pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/test.sh --fast
 
-import playwright.sync_api as playwright_api  # noqa: E402
 
 BUILD = Path(__file__).resolve().parents[1] / "vms" / "console" / "next" / "index.html"
 OFFSET_S = 8 * 3600  # Asia/Shanghai
@@ -52,14 +50,6 @@ def shots(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("playback-shots")
     print("playback screenshots in", path)
     return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _login(browser, base: str, name: str, width: int = 1366, height: int = 768):

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/t
 # A declared test dependency: missing, the browser tests must fail, not quietly skip.
 import playwright.sync_api as playwright_api  # noqa: E402
 
-from tests.test_console_browser import CHROMIUM_ARGS, _login  # noqa: E402
+from tests.browser_support import CHROMIUM_ARGS  # noqa: E402
+from tests.test_console_browser import _login  # noqa: E402
 
 DISABLED = "pingshan-v02"
 

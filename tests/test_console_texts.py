@@ -16,10 +16,7 @@ from vms.db.models import Fault
 
 pytestmark = pytest.mark.slow  # a real vms serve and Chromium: not in scripts/test.sh --fast
 
-import playwright.sync_api as playwright_api  # noqa: E402
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 FAULT_STATION = "baihua-town"  # not among the simulated cameras: the analysis never closes its fault
 
 # What must never be shown raw: camera and station states, fault kinds and severities, the audit's keys.
@@ -44,14 +41,6 @@ def server(tmp_path_factory):
         run_vms(srv["env"], "audit", "run", "--month", last_month)
         srv["audit_month"] = last_month
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _page(browser, base):
