@@ -211,7 +211,7 @@ WALL_TILES_STATE = """() => [...document.querySelectorAll('#wall .tile')].map((t
     const onFrame = () => { v.__painted += 1; v.requestVideoFrameCallback(onFrame); };
     v.requestVideoFrameCallback(onFrame);
   }
-  return { station: t.dataset.station, mode: t.dataset.mode, time: v ? v.currentTime : 0,
+  return { station: t.dataset.station, mode: t.dataset.mode, stream: t.dataset.stream, time: v ? v.currentTime : 0,
            width: v ? v.videoWidth : 0, height: v ? v.videoHeight : 0, painted: v ? v.__painted : 0,
            total: q ? q.totalVideoFrames : 0, dropped: q ? q.droppedVideoFrames : 0 };
 })"""
@@ -242,8 +242,10 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def wall_serve(root: Path, width: int, height: int, fps: int, bitrate_kbps: int):
-    """`vms serve` recording WALL_TILES simulated cameras (a Simulator of its own, outside the serve tree)."""
+def wall_serve(root: Path, width: int, height: int, fps: int, bitrate_kbps: int, sub: str | None = None):
+    """`vms serve` recording WALL_TILES simulated cameras (a Simulator of its own, outside the serve tree);
+    with `sub` (WxH) each station also gets a sub-stream of that size (15 fps, 512 kbit/s: a camera's usual
+    sub-stream) from a second simulator, which the 16-window wall then plays."""
     import yaml
 
     from vms.simulate import Simulator
@@ -257,6 +259,14 @@ def wall_serve(root: Path, width: int, height: int, fps: int, bitrate_kbps: int)
                                         ready_timeout=300))
     for station in stations:
         station["camera"] = {"main_url": sim.urls[station["id"]], "transport": "tcp"}
+    if sub:
+        sub_width, sub_height = (int(x) for x in sub.lower().split("x"))
+        subs = stack.enter_context(Simulator(cameras=WALL_TILES, names=[f"{s['id']}-sub" for s in stations],
+                                             width=sub_width, height=sub_height, fps=fps, bitrate_kbps=512,
+                                             gop=2 * fps, content="pattern",
+                                             cache_dir=REPO / "data" / "cache" / "simulate", ready_timeout=300))
+        for station in stations:
+            station["camera"]["sub_url"] = subs.urls[f"{station['id']}-sub"]
     catalogue["stations"] = stations
     (root / "stations.yaml").write_text(yaml.safe_dump(catalogue, allow_unicode=True))
     srv = stack.enter_context(running_serve(root / "serve", cameras=WALL_TILES, footage_seconds=2,
@@ -312,7 +322,8 @@ def cpu_window(srv: dict, seconds: float, page=None) -> dict:
     if tiles0 is not None and tiles1 is not None:
         tiles = []
         for a, b in zip(tiles0, tiles1, strict=True):
-            tiles.append({"station": b["station"], "mode": b["mode"], "width": b["width"], "height": b["height"],
+            tiles.append({"station": b["station"], "mode": b["mode"], "stream": b["stream"],
+                          "width": b["width"], "height": b["height"],
                           "media_s": round(b["time"] - a["time"], 2),
                           # getVideoPlaybackQuality: frames decoded (total) and of those dropped, per second
                           "decoded_per_s": round((b["total"] - a["total"]) / wall, 1),
@@ -329,14 +340,16 @@ def cpu_window(srv: dict, seconds: float, page=None) -> dict:
     return out
 
 
-def wall16_cpu(browser, root: Path, size: str, fps: int, bitrate_kbps: int, seconds: float) -> dict:
+def wall16_cpu(browser, root: Path, size: str, fps: int, bitrate_kbps: int, seconds: float,
+               sub: str | None = None) -> dict:
     width, height = (int(x) for x in size.lower().split("x"))
     (root / "serve").mkdir(parents=True)
-    stack, srv = wall_serve(root, width, height, fps, bitrate_kbps)
+    stack, srv = wall_serve(root, width, height, fps, bitrate_kbps, sub)
     with stack:
         stations = srv["stations"]
         time.sleep(5)  # the recorders settle (first segments, analysis start)
-        out: dict = {"cameras": f"{WALL_TILES} x {size} {fps} fps {bitrate_kbps} kbit/s, keyframe every 2 s",
+        out: dict = {"cameras": f"{WALL_TILES} x {size} {fps} fps {bitrate_kbps} kbit/s, keyframe every 2 s"
+                     + (f"; sub-streams {sub} {fps} fps 512 kbit/s" if sub else "; no sub-streams"),
                      "no_viewer": cpu_window(srv, seconds)}
         for mode in ("webrtc", "mse"):
             ctx, page, to_playing = open_wall(browser, srv["base"], stations, mode)
@@ -364,7 +377,8 @@ def wall16_summary(f: dict) -> str:
         line = (f"  {mode:9s} serve tree {w['cores']:.3f} cores {w['cores_by_process']} over {w['seconds']} s, "
                 f"load {w['load_average']}")
         if "tiles" in w:
-            line += (f"\n            {w['ms_per_tile_second']} ms/tile-s"
+            streams = sorted({str(t["stream"]) for t in w["tiles"]})
+            line += (f"\n            streams {streams}; {w['ms_per_tile_second']} ms/tile-s"
                      f" ({w['added_ms_per_tile_second']} over no viewer);"
                      f" all tiles play: {w['all_tiles_play']}; per tile decoded/s {w['tile_decoded_per_s']},"
                      f" dropped/s {w['tile_dropped_per_s']}, painted/s {w['tile_painted_per_s']};"
@@ -402,6 +416,8 @@ def main() -> None:
     ap.add_argument("--wall-size", default="1920x1080", help="the wall's cameras' size (--wall16)")
     ap.add_argument("--wall-fps", type=int, default=15)
     ap.add_argument("--wall-bitrate-kbps", type=int, default=2000)
+    ap.add_argument("--wall-sub", metavar="WxH", help="give each wall station a sub-stream of this size (the "
+                    "16-window wall plays sub-streams; without, it plays main streams)")
     args = ap.parse_args()
 
     import playwright.sync_api as pw
@@ -428,7 +444,7 @@ def main() -> None:
             }
         if args.wall16:
             figures["wall16_cpu"] = wall16_cpu(browser, Path(tmp) / "wall16", args.wall_size, args.wall_fps,
-                                               args.wall_bitrate_kbps, args.cpu_seconds)
+                                               args.wall_bitrate_kbps, args.cpu_seconds, args.wall_sub)
         if args.hevc:
             figures["transcode_cpu"] = transcode_cpu(browser, Path(tmp) / "hevc", args.hevc, args.cpu_seconds)
         browser.close()
