@@ -30,12 +30,13 @@ LINGER_S = 3.0  # live.relay_linger_seconds
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, simulator_cache):
     """Station WITH_SUB: main stream 320x240 and a sub_url (with credentials) to a 160x96 mount of another
-    simulator; station MAIN_ONLY: a main stream only."""
+    simulator; station MAIN_ONLY: a main stream only; station BROKEN_SUB: a sub_url to a mount that is not there."""
     root = tmp_path_factory.mktemp("live-substream")
     catalogue = yaml.safe_load((REPO / "config" / "stations.yaml").read_text())
-    with_sub, main_only = catalogue["stations"][:2]
+    with_sub, main_only, broken_sub = catalogue["stations"][:3]
     with ExitStack() as stack:
-        mains = stack.enter_context(Simulator(cameras=2, names=[with_sub["id"], main_only["id"]], width=MAIN_SIZE[0],
+        mains = stack.enter_context(Simulator(cameras=3, names=[with_sub["id"], main_only["id"], broken_sub["id"]],
+                                              width=MAIN_SIZE[0],
                                               height=MAIN_SIZE[1], fps=15, bitrate_kbps=300, gop=30,
                                               cache_dir=simulator_cache))
         subs = stack.enter_context(Simulator(cameras=1, names=["sub"], width=SUB_SIZE[0], height=SUB_SIZE[1],
@@ -43,12 +44,14 @@ def server(tmp_path_factory, simulator_cache):
         sub_url = subs.urls["sub"].replace("rtsp://", f"rtsp://wall:{SUB_SECRET}@", 1)
         with_sub["camera"] = {"main_url": mains.urls[with_sub["id"]], "sub_url": sub_url, "transport": "tcp"}
         main_only["camera"] = {"main_url": mains.urls[main_only["id"]], "transport": "tcp"}
-        catalogue["stations"] = [with_sub, main_only]
+        broken_sub["camera"] = {"main_url": mains.urls[broken_sub["id"]], "transport": "tcp",
+                                "sub_url": subs.urls["sub"].rsplit("/", 1)[0] + "/no-such-mount"}
+        catalogue["stations"] = [with_sub, main_only, broken_sub]
         stations_file = root / "stations.yaml"
         stations_file.write_text(yaml.safe_dump(catalogue, allow_unicode=True))
-        srv = stack.enter_context(running_serve(root, cameras=2, footage_seconds=1, stations_file=stations_file,
+        srv = stack.enter_context(running_serve(root, cameras=3, footage_seconds=1, stations_file=stations_file,
                                                 settings={"simulate": {"enabled": "never"}, "log_level": "INFO"}))
-        yield {**srv, "with_sub": with_sub["id"], "main_only": main_only["id"]}
+        yield {**srv, "with_sub": with_sub["id"], "main_only": main_only["id"], "broken_sub": broken_sub["id"]}
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +151,29 @@ def test_the_fallback_mse_view_plays_the_sub_stream_too(server, browser):
         assert (main["width"], main["height"]) == MAIN_SIZE and main["stream"] == "main", main
         assert "没有配置子码流" in main["note"], main
         # The protocol itself: the first message says which stream comes, and why not the sub-stream.
-        first = page.evaluate("""async (station) => await new Promise((resolve) => {
-            const ws = new WebSocket(`ws://${location.host}/api/stations/${station}/live/mse?stream=sub`);
-            ws.onmessage = (ev) => { if (typeof ev.data === 'string') { resolve(JSON.parse(ev.data)); ws.close(); } };
-            ws.onclose = (ev) => resolve({ closed: ev.code }); })""", server["main_only"])
+        first = page.evaluate(FIRST_MSE_MESSAGE, server["main_only"])
         assert first["stream"] == "main" and first["stream_note"].startswith("该站点没有配置子码流"), first
+
+
+FIRST_MSE_MESSAGE = """async (station) => await new Promise((resolve) => {
+    const ws = new WebSocket(`ws://${location.host}/api/stations/${station}/live/mse?stream=sub`);
+    ws.onmessage = (ev) => { if (typeof ev.data === 'string') {
+        resolve(JSON.parse(ev.data)); ws.close(); } };
+    ws.onclose = (ev) => resolve({ closed: ev.code }); })"""
+
+
+def test_a_sub_stream_that_fails_falls_back_to_main_and_is_not_retried_at_once(server, browser):
+    with _wall(browser, server, 4, []) as page:
+        first = page.evaluate(FIRST_MSE_MESSAGE, server["broken_sub"])
+        assert first["stream"] == "main" and first["width"] == MAIN_SIZE[0], first
+        assert first["stream_note"].startswith("子码流不可用") and first["stream_note"].endswith("已改用主码流"), first
+        assert "rtsp" not in first["stream_note"], first  # the operator's text, not FFmpeg's
+        # Asked again at once (the next tile of the wall): main at once, not after another failed try.
+        again = page.evaluate(FIRST_MSE_MESSAGE, server["broken_sub"])
+        assert again["stream"] == "main" and again["stream_note"] == first["stream_note"], again
+    tries = (server["root"] / "serve.log").read_text().count(f"{server['broken_sub']}: sub-stream pull ended")
+    assert tries == 1, tries
+    assert _wait_no_sub_pull(server, LINGER_S + 6)["sub_stream_pulls"] == []
 
 
 def test_a_four_window_wall_plays_main_streams(server, browser):

@@ -152,11 +152,14 @@ class SubStreamRelay(StationRelay):
                         pts = dts + round((p - d) * tb.numerator * 1000 / tb.denominator)
                     self._post(self.on_packet, LivePacket(pts, dts, now, bool(packet.is_keyframe), bytes(packet)))
         except (av.error.FFmpegError, OSError, ValueError) as exc:
-            reason = mask_text(str(exc))
+            # The operator sees the reason (the answer's stream_note): Chinese; FFmpeg's own text goes to the log.
+            reason = str(exc) if isinstance(exc, ValueError) else "无法连接或读取子码流"
             if not self._stop.is_set():
-                log.info("%s: sub-stream pull ended: %s", self.station_id, reason)
+                log.info("%s: sub-stream pull ended: %s", self.station_id, mask_text(str(exc)))
         finally:
-            self.hub.pulling.discard(self.key)
+            assert self._loop is not None
+            with contextlib.suppress(RuntimeError):  # on the loop: /api/live/stats reads the set there
+                self._loop.call_soon_threadsafe(self.hub.pulling.discard, self.key)
             self._post(self._pull_ended, reason)
 
     def _pull_ended(self, reason: str) -> None:
