@@ -29,8 +29,9 @@ function watchFrames(video, stats) {
   video.requestVideoFrameCallback(onFrame);
 }
 
-async function startWebRTC(video, stationId) {
-  const stats = { mode: "webrtc", t0: performance.now(), frames: 0, firstFrameMs: null, closed: false };
+async function startWebRTC(video, stationId, stream) {
+  const stats = { mode: "webrtc", t0: performance.now(), frames: 0, firstFrameMs: null, closed: false,
+                  stream: "main", streamNote: null };
   const pc = new RTCPeerConnection({ iceServers: [] });
   const tr = pc.addTransceiver("video", { direction: "recvonly" });
   const caps = RTCRtpReceiver.getCapabilities ? RTCRtpReceiver.getCapabilities("video") : null;
@@ -48,7 +49,9 @@ async function startWebRTC(video, stationId) {
     await waitIceGathering(pc, 3000);
     if (stats.closed) throw new Error("closed");
     answer = await api.post(`/api/stations/${encodeURIComponent(stationId)}/live/webrtc`,
-      { sdp: pc.localDescription.sdp, type: "offer" });
+      { sdp: pc.localDescription.sdp, type: "offer", stream });
+    stats.stream = answer.stream || "main";
+    stats.streamNote = answer.stream_note || null;
     await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
   } catch (e) {
     pc.close();
@@ -71,10 +74,12 @@ async function startWebRTC(video, stationId) {
   };
 }
 
-function startMSE(video, stationId, onEnded) {
-  const stats = { mode: "mse", t0: performance.now(), frames: 0, firstFrameMs: null, closed: false };
+function startMSE(video, stationId, stream, onEnded) {
+  const stats = { mode: "mse", t0: performance.now(), frames: 0, firstFrameMs: null, closed: false,
+                  stream: "main", streamNote: null };
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${proto}//${location.host}/api/stations/${encodeURIComponent(stationId)}/live/mse`);
+  const query = stream === "sub" ? "?stream=sub" : "";
+  const ws = new WebSocket(`${proto}//${location.host}/api/stations/${encodeURIComponent(stationId)}/live/mse${query}`);
   ws.binaryType = "arraybuffer";
   let sb = null;
   let queue = [];
@@ -114,7 +119,11 @@ function startMSE(video, stationId, onEnded) {
     if (typeof ev.data === "string") {
       let m = {};
       try { m = JSON.parse(ev.data); } catch { return; }
-      if (m.mime) setup(m.mime);
+      if (m.mime) {
+        stats.stream = m.stream || "main";
+        stats.streamNote = m.stream_note || null;
+        setup(m.mime);
+      }
       else if (m.ended) onEnded(m.ended);
       return;
     }
@@ -141,9 +150,16 @@ function startMSE(video, stationId, onEnded) {
   };
 }
 
+function playing(mode, text, stats) {
+  const sub = stats.stream === "sub";
+  return { mode, text: sub ? `${text} · 子码流` : text, stream: stats.stream, streamNote: stats.streamNote };
+}
+
 // One tile's live view, kept going: WebRTC, then MSE, and a retry every 30 s while nothing plays (a
-// camera that is offline now may be back later). onStatus({mode, text}) tells the tile what to show.
-export function keepLive(video, stationId, onStatus) {
+// camera that is offline now may be back later). onStatus({mode, text, stream, streamNote}) tells the tile
+// what to show. stream "sub": the station's sub-stream (a wall of many small windows); the server sends the
+// main stream when the station has none and says why (streamNote).
+export function keepLive(video, stationId, onStatus, stream = "main") {
   let current = null;
   let stopped = false;
   let retryTimer = null;
@@ -163,12 +179,13 @@ export function keepLive(video, stationId, onStatus) {
     stopCurrent();
     if (stopped) return;
     onStatus({ mode: "connecting", text: why ? `WebRTC 不可用（${why}），改用兼容模式` : "兼容模式连接中…" });
-    const mine = startMSE(video, stationId, (reason) => { if (current === mine) retryLater(`实时视频中断：${reason}`); });
+    const mine = startMSE(video, stationId, stream,
+      (reason) => { if (current === mine) retryLater(`实时视频中断：${reason}`); });
     current = mine;
     noPictureTimer = setTimeout(() => {
       if (current === mine && mine.stats.frames === 0) retryLater("兼容模式下也没有画面");
     }, 15_000);
-    const shown = () => { if (current === mine) onStatus({ mode: "mse", text: "实时（兼容模式）" }); };
+    const shown = () => { if (current === mine) onStatus(playing("mse", "实时（兼容模式）", mine.stats)); };
     video.addEventListener("playing", shown, { once: true });
   };
   async function start() {
@@ -177,7 +194,7 @@ export function keepLive(video, stationId, onStatus) {
     onStatus({ mode: "connecting", text: "正在连接…" });
     let mine;
     try {
-      mine = await startWebRTC(video, stationId);
+      mine = await startWebRTC(video, stationId, stream);
     } catch (e) {
       if (stopped) return;
       if (e instanceof ApiError && e.status === 503) { retryLater("暂无实时画面，稍后自动重试"); return; }
@@ -192,7 +209,7 @@ export function keepLive(video, stationId, onStatus) {
     });
     noPictureTimer = setTimeout(() => { if (current === mine && mine.stats.frames === 0) goMse("5秒内无画面"); },
       NO_PICTURE_FALLBACK_MS);
-    video.addEventListener("playing", () => { if (current === mine) onStatus({ mode: "webrtc", text: "实时" }); },
+    video.addEventListener("playing", () => { if (current === mine) onStatus(playing("webrtc", "实时", mine.stats)); },
       { once: true });
   }
   start();

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -96,9 +97,14 @@ class Viewer:
 
 
 class StationRelay:
+    """The station's main stream, from the ingest's tap (the recorder's own camera connection)."""
+
+    stream = "main"
+
     def __init__(self, hub: LiveHub, station_id: str) -> None:
         self.hub = hub
         self.station_id = station_id
+        self.key = relay_key(station_id, self.stream)
         self.viewers: set[Viewer] = set()
         self.info: StreamInfo | None = None
         self.gop: list[LivePacket] = []
@@ -159,27 +165,35 @@ class StationRelay:
 
     def _dispatch(self, kind: int, payload: bytes) -> None:
         if kind == KIND_PACKET:
-            pkt = LivePacket.decode(payload)
-            self.packets += 1
-            if pkt.keyframe:
-                self.gop = []
-            if self.gop or pkt.keyframe:
-                self.gop.append(pkt)
-            item = PacketItem(pkt, replay=pkt.replay)
-            for v in self.viewers:
-                v.put(item)
+            self.on_packet(LivePacket.decode(payload))
         elif kind == KIND_INFO:
-            info = self.info = StreamInfo.decode(payload)
-            self.gop = []
-            self.info_event.set()
-            for v in self.viewers:
-                v.put(InfoItem(info))
+            self.on_info(StreamInfo.decode(payload))
         elif kind == KIND_END:
-            self.info = None
-            self.info_event.clear()
+            self.on_camera_end()
+
+    def on_packet(self, pkt: LivePacket) -> None:
+        self.packets += 1
+        if pkt.keyframe:
             self.gop = []
-            for v in self.viewers:
-                v.put(EndItem(CAMERA_DISCONNECTED))
+        if self.gop or pkt.keyframe:
+            self.gop.append(pkt)
+        item = PacketItem(pkt, replay=pkt.replay)
+        for v in self.viewers:
+            v.put(item)
+
+    def on_info(self, info: StreamInfo) -> None:
+        self.info = info
+        self.gop = []
+        self.info_event.set()
+        for v in self.viewers:
+            v.put(InfoItem(info))
+
+    def on_camera_end(self) -> None:
+        self.info = None
+        self.info_event.clear()
+        self.gop = []
+        for v in self.viewers:
+            v.put(EndItem(CAMERA_DISCONNECTED))
 
     def join(self) -> Viewer:
         if self._linger is not None:
@@ -212,6 +226,11 @@ class StationRelay:
         self.hub._forget(self)
 
 
+def relay_key(station_id: str, stream: str) -> str:
+    """The relay's name in LiveHub.relays and /api/live/stats: the station id, `<id>/sub` for a sub-stream."""
+    return station_id if stream == "main" else f"{station_id}/{stream}"
+
+
 class LiveHub:
     """All station relays of one API process."""
 
@@ -219,17 +238,25 @@ class LiveHub:
         self.data_dir = Path(data_dir)
         self.linger_s = linger_s
         self.relays: dict[str, StationRelay] = {}
+        # Sub-streams (vms/live/substream.py): station -> (monotonic, why) of its last failed pull, and the
+        # relays whose pulling thread still runs.
+        self.sub_failures: dict[str, tuple[float, str]] = {}
+        self.pulling: set[str] = set()
 
     async def watch(self, station_id: str, wait_info_s: float = 5.0) -> Viewer:
         """A viewer of the station's live stream; waits up to wait_info_s for the camera to stream."""
-        relay = self.relays.get(station_id)
+        return await self.watch_relay(station_id, lambda: StationRelay(self, station_id), wait_info_s)
+
+    async def watch_relay(self, key: str, make: Callable[[], StationRelay], wait_info_s: float) -> Viewer:
+        """A viewer of the relay named `key`, made (and connected) by `make` if nobody watches it yet."""
+        relay = self.relays.get(key)
         if relay is None or relay.ended is not None:
-            relay = StationRelay(self, station_id)
-            self.relays[station_id] = relay
+            relay = make()
+            self.relays[key] = relay
             try:
                 await relay.connect()
             except BaseException:
-                self.relays.pop(station_id, None)
+                self.relays.pop(key, None)
                 raise
         viewer = relay.join()
         if relay.info is None:
@@ -237,15 +264,21 @@ class LiveHub:
                 await asyncio.wait_for(relay.info_event.wait(), wait_info_s)
             except TimeoutError:
                 viewer.close()
-                raise LiveUnavailable(f"站点 {station_id} 的摄像机当前无画面（{wait_info_s:g} 秒内未收到）") from None
+                raise LiveUnavailable(
+                    f"站点 {relay.station_id} 的摄像机当前无画面（{wait_info_s:g} 秒内未收到）"
+                ) from None
+            if relay.info is None:  # the relay ended while we waited (a sub-stream pull that failed)
+                viewer.close()
+                raise LiveUnavailable(relay.ended or "无画面")
         return viewer
 
     def _forget(self, relay: StationRelay) -> None:
-        if self.relays.get(relay.station_id) is relay:
-            del self.relays[relay.station_id]
+        if self.relays.get(relay.key) is relay:
+            del self.relays[relay.key]
 
     def stats(self) -> dict:
-        return {sid: {"viewers": len(r.viewers), "packets": r.packets} for sid, r in self.relays.items()}
+        return {key: {"viewers": len(r.viewers), "packets": r.packets, "stream": r.stream}
+                for key, r in self.relays.items()}
 
     async def close(self) -> None:
         for relay in list(self.relays.values()):

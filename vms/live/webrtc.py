@@ -33,6 +33,7 @@ from aiortc.sdp import candidate_from_sdp
 from vms.core.clock import Clock
 from vms.live.h264 import has_parameter_sets
 from vms.live.relay import CAMERA_DISCONNECTED, EndItem, InfoItem, LiveHub, LiveUnavailable, Viewer
+from vms.live.substream import SubStreamRequest, watch_sub
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class LiveSession:
         self.track = track
         self.started = time.monotonic()
         self.background: set[asyncio.Task] = set()  # mDNS candidates being resolved
+        self.stream_note: str | None = None  # why the main stream is sent where the sub-stream was asked for
 
 
 class WebRtcSessions:
@@ -155,8 +157,15 @@ class WebRtcSessions:
         offer_sdp: str,
         offer_type: str = "offer",
         wait_picture_s: float = 5.0,
+        sub: SubStreamRequest | None = None,
     ) -> tuple[LiveSession, RTCSessionDescription]:
-        viewer = await self.hub.watch(station_id, wait_picture_s)
+        """`sub`: the station's sub-stream is wanted (its URL, None if it has none, and transport); the
+        session's `stream_note` says why the main stream is sent instead, if it is."""
+        note = None
+        if sub is None:
+            viewer = await self.hub.watch(station_id, wait_picture_s)
+        else:
+            viewer, note = await watch_sub(self.hub, station_id, sub.url, sub.transport, wait_picture_s)
         info = viewer.relay.info
         if info is None or info.codec != "h264":
             viewer.close()
@@ -167,6 +176,7 @@ class WebRtcSessions:
         pc = RTCPeerConnection(self.configuration)
         track = CameraTrack(viewer, self.clock, info.codec)
         session = LiveSession(secrets.token_urlsafe(12), station_id, username, pc, track)
+        session.stream_note = note
         try:
             # The sending transceiver exists before the offer is applied, so the offer's video line binds
             # to it and the H.264-only preference applies (else aiortc picks VP8 and would transcode).
@@ -268,6 +278,7 @@ class WebRtcSessions:
                     "username": s.username,
                     "state": s.pc.connectionState,
                     "packets_sent": s.track.sent,
+                    "stream": s.track.viewer.relay.stream,
                     "seconds": round(time.monotonic() - s.started, 1),
                     "relay_delay_ms_p50": delays[len(delays) // 2] if delays else None,
                     "relay_delay_ms_p95": delays[int(len(delays) * 0.95)] if delays else None,

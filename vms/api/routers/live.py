@@ -27,6 +27,7 @@ from vms.api.schemas import ApiModel
 from vms.live.mse import FragmentedMp4Stream
 from vms.live.protocol import StreamInfo
 from vms.live.relay import CAMERA_DISCONNECTED, EndItem, InfoItem, LiveHub, LiveUnavailable, PacketItem
+from vms.live.substream import SubStreamRequest, watch_sub
 from vms.live.transcode import H264Transcoder, TranscodeSlots
 from vms.live.webrtc import LiveCodecUnsupported, WebRtcSessions
 
@@ -64,13 +65,15 @@ def _transcode_full_text(limit: int) -> str:
 
 def _check_and_log(
     ctx: ApiContext, principal: Principal, station_id: str, client: str, reason: str | None
-) -> None:
+) -> SubStreamRequest:
+    """Refuses a station the caller may not see, logs the view; returns where its sub-stream is (if asked)."""
     with ctx.database.session() as session:
         station = visible_station(session, principal, station_id)
         now = ctx.clock.now_ms()
         record_access(
             session, principal, "live", now, client, station_id=station.id, start_ms=now, reason=reason
         )
+        return SubStreamRequest(station.sub_url, station.transport or "tcp")
 
 
 class WebRtcOffer(ApiModel):
@@ -79,6 +82,11 @@ class WebRtcOffer(ApiModel):
     )
     type: Literal["offer"] = "offer"
     reason: str | None = Field(default=None, max_length=500)
+    stream: Literal["main", "sub"] = Field(
+        default="main",
+        description="sub: the station's sub-stream (a wall of 9 or 16 windows), pulled on demand and never "
+        "recorded; the main stream when the station has none or it fails (the answer's stream_note says why)",
+    )
 
 
 class WebRtcAnswer(ApiModel):
@@ -88,6 +96,8 @@ class WebRtcAnswer(ApiModel):
     codec: str
     width: int | None
     height: int | None
+    stream: Literal["main", "sub"] = Field(description="the stream sent")
+    stream_note: str | None = Field(description="why the main stream is sent where the sub-stream was asked for")
 
 
 @router.post(
@@ -100,10 +110,13 @@ class WebRtcAnswer(ApiModel):
 async def webrtc_offer(
     station_id: StationId, body: WebRtcOffer, request: Request, ctx: Ctx, principal: LivePrincipal
 ) -> dict:
-    await run_in_threadpool(_check_and_log, ctx, principal, station_id, client_address(request), body.reason)
+    sub = await run_in_threadpool(
+        _check_and_log, ctx, principal, station_id, client_address(request), body.reason
+    )
     try:
         session, answer = await webrtc_sessions(ctx).answer(
-            station_id, principal.username, body.sdp, body.type, ctx.settings.live.wait_picture_seconds
+            station_id, principal.username, body.sdp, body.type, ctx.settings.live.wait_picture_seconds,
+            sub=sub if body.stream == "sub" else None,
         )
     except LiveCodecUnsupported:
         raise ApiError(
@@ -113,7 +126,8 @@ async def webrtc_offer(
         raise ApiError(503, "live_unavailable", f"无实时画面：{exc}") from None
     except ValueError:  # an offer aiortc cannot parse or use
         raise ApiError(400, "webrtc_offer_invalid", "浏览器的 WebRTC 请求无法使用：请改用兼容模式") from None
-    info = session.track.viewer.relay.info
+    relay = session.track.viewer.relay
+    info = relay.info
     return {
         "session_id": session.id,
         "sdp": answer.sdp,
@@ -121,6 +135,8 @@ async def webrtc_offer(
         "codec": info.codec if info else "",
         "width": info.width if info else None,
         "height": info.height if info else None,
+        "stream": relay.stream,
+        "stream_note": session.stream_note,
     }
 
 
@@ -142,7 +158,9 @@ async def close_session(
 @router.get("/api/live/stats")
 async def live_stats(ctx: Ctx, principal: Annotated[Principal, Depends(require(P.METRICS))]) -> dict:
     """Relays (one tap connection per watched station) and WebRTC sessions of this API process."""
-    return {"relays": live_hub(ctx).stats(), "webrtc_sessions": webrtc_sessions(ctx).stats()}
+    hub = live_hub(ctx)
+    return {"relays": hub.stats(), "webrtc_sessions": webrtc_sessions(ctx).stats(),
+            "sub_stream_pulls": sorted(hub.pulling)}
 
 
 def origin_refusal(websocket: WebSocket, ctx: ApiContext) -> str | None:
@@ -177,12 +195,17 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
     your towns), 4503 (no live stream) or 4429 (an H.265 camera to transcode and every transcode slot
     taken) and the reason; a handshake refused before accept reaches the page as a bare 1006 with no code.
 
+    `?stream=sub`: the station's sub-stream (pulled on demand, shared, never recorded), or its main stream
+    when it has none or the pull fails; the JSON message says which (`stream`) and why (`stream_note`).
+
     `?h264=1`: the browser cannot decode H.265 (Chromium on Linux); an H.265 camera is then transcoded
     to H.264 for this viewer, at most live.max_transcodes at once in this process."""
     ctx: ApiContext = websocket.app.state.ctx
     refusal: tuple[int, str] | None = None
     viewer = None
     want_h264 = websocket.query_params.get("h264") == "1"
+    want_sub = websocket.query_params.get("stream") == "sub"
+    stream_note: str | None = None
     slots = transcode_slots(ctx)
     holding_slot = False
     try:
@@ -192,10 +215,14 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
         if P.LIVE not in principal.permissions:
             raise HTTPException(403, f"{ROLE_TEXT.get(principal.role, principal.role)}角色不能观看实时视频")
         client = client_address(websocket)
-        await run_in_threadpool(
+        sub = await run_in_threadpool(
             _check_and_log, ctx, principal, station_id, client, websocket.query_params.get("reason")
         )
-        viewer = await live_hub(ctx).watch(station_id, ctx.settings.live.wait_picture_seconds)
+        wait = ctx.settings.live.wait_picture_seconds
+        if want_sub:
+            viewer, stream_note = await watch_sub(live_hub(ctx), station_id, sub.url, sub.transport, wait)
+        else:
+            viewer = await live_hub(ctx).watch(station_id, wait)
         info = viewer.relay.info
         if want_h264 and info is not None and info.codec == "hevc":
             if not slots.try_take():
@@ -228,7 +255,7 @@ async def mse_live(websocket: WebSocket, station_id: str) -> None:
         stream = FragmentedMp4Stream(info)
         await websocket.send_json(
             {"mime": stream.mime, "codec": info.codec, "width": info.width, "height": info.height,
-             "transcoded": transcoded}
+             "transcoded": transcoded, "stream": viewer.relay.stream, "stream_note": stream_note}
         )
         return stream
 
