@@ -13,12 +13,10 @@ import pytest
 import yaml
 
 from tests.serve_support import PASSWORD, REPO, running_serve
-from tests.test_console_browser import CHROMIUM_ARGS
 from vms.simulate import Simulator
 
 pytestmark = pytest.mark.slow  # a real vms serve, two simulators and Chromium
 
-import playwright.sync_api as playwright_api  # noqa: E402  (a declared test dependency: fail, never skip)
 
 NEXT = "/console/next/"
 MAIN_SIZE = (320, 240)
@@ -52,14 +50,6 @@ def server(tmp_path_factory, simulator_cache):
         srv = stack.enter_context(running_serve(root, cameras=3, footage_seconds=1, stations_file=stations_file,
                                                 settings={"simulate": {"enabled": "never"}, "log_level": "INFO"}))
         yield {**srv, "with_sub": with_sub["id"], "main_only": main_only["id"], "broken_sub": broken_sub["id"]}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @contextmanager
