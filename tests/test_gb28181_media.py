@@ -731,9 +731,9 @@ def test_garbage_tcp_stream_ends_cleanly(session, caplog) -> None:
 
 def test_no_media_ends_the_session_and_the_pipe(session) -> None:
     rx, reader = session("udp", no_media_seconds=0.5)
-    began = time.monotonic()
+    began = time.monotonic()  # (after the receiver started: on a loaded machine its 0.5 s may be partly gone)
     assert not rx.wait_first_packet(3.0)  # returns when the receiver ends, not at the timeout
-    assert 0.45 < time.monotonic() - began < 1.5
+    assert 0.2 < time.monotonic() - began < 1.5
     assert rx.ended == ("no_media", "no RTP for 0.5 s")
     with pytest.raises(av.error.EOFError):
         reader.result()  # end of the pipe without any data

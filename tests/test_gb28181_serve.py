@@ -237,9 +237,10 @@ def test_a_link_outage_is_filled_from_the_cameras_card(rig):
     sim.fault(dev1, "resume-media")
     resumed_ms = int(time.time() * 1000)
     _wait(lambda: _complete_after(db, station, resumed_ms) >= 1, 60, "recording again", log)
-    # The outage is one gap or several (the reason changes as the session retries: stalled, no_media...).
+    # The outage is one gap or several (the reason changes as the session retries: stalled, no_media...;
+    # bad_stream once in CI, the media resuming mid-stream on a loaded machine).
     gaps = [g for g in _gap_rows(db, station) if g["end_ms"] and g["end_ms"] > dropped_ms]
-    assert gaps and {g["reason"] for g in gaps} <= {"no_media", "stalled", "stream_ended"}, gaps
+    assert gaps and {g["reason"] for g in gaps} <= {"no_media", "stalled", "stream_ended", "bad_stream"}, gaps
     outage = (gaps[0]["start_ms"], gaps[-1]["end_ms"])
     assert outage[1] - outage[0] >= 12_000, gaps
     ids = {g["id"] for g in gaps if g["end_ms"] - g["start_ms"] >= 2000}

@@ -34,9 +34,11 @@ from vms.recording.volumes import VolumeSet
 log = logging.getLogger(__name__)
 
 # A gap of these reasons is a link outage the camera may have recorded through (its card); a camera
-# that was off, covered or misconfigured has nothing to give.
+# that was off, covered or misconfigured has nothing to give. bad_stream: the stream came back broken
+# (seen when media resumed mid-stream after an outage on a loaded machine); the card's copy is whole.
 LINK_REASONS = ("keepalive_lost", "unregistered", "no_media", "invite_timeout", "device_bye", "stalled",
-                "stream_ended", "gb28181_unavailable", "ingest_stopped", "ingest_hung", "unreachable", "timeout")
+                "stream_ended", "bad_stream", "gb28181_unavailable", "ingest_stopped", "ingest_hung", "unreachable",
+                "timeout")
 MIN_GAP_MS = 2000
 # A gap is "filled" when the card gave this share of it, or all but SLACK_MS (a piece starts on the first
 # keyframe inside the gap: up to a GOP of each piece's start is not filed, the live footage has it).
