@@ -488,8 +488,12 @@ def test_udp_stream_reaches_pyav_through_the_pipe(session) -> None:
     assert (rx.ssrc, rx.source) == (DEVICE_SSRC, sender.getsockname())
     assert rx.last_packet_mono is not None
     assert all(v == 0 for k, v in rx.stats.items() if k not in ("packets", "bytes"))
-    # The first packet teaches the session its SSRC and source; in C the others need no Python.
-    assert rx.native_packets == (len(packets) - 1 if rx.native else 0)
+    # The first packet teaches the session its SSRC and source; in C the others need no Python, unless the
+    # C path's buffer is full because the reader lags (then Python waits for room: 64 of 113 in C once in CI).
+    if rx.native:
+        assert 0 < rx.native_packets <= len(packets) - 1
+    else:
+        assert rx.native_packets == 0
     sender.close()
 
 
