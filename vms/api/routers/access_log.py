@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from vms.api import permissions as P
 from vms.api.accounts import Principal
@@ -52,8 +52,15 @@ CSV_COLUMNS = ("时间", "用户", "操作", "站点编号", "站点名称", "�
                "导出编号")
 
 
-def _filtered(ctx, username: str | None, station_id: str | None, action: str | None, since: str | None,
-              until: str | None):
+def filtered_entries(
+    ctx: Ctx,
+    username: Annotated[str | None, Query(max_length=64)] = None,
+    station_id: Annotated[str | None, Query(pattern=STATION_ID_PATTERN)] = None,
+    action: Action | None = None,
+    since: Annotated[str | None, time_query("entries at or after; ISO 8601 or epoch milliseconds")] = None,
+    until: Annotated[str | None, time_query("entries before; ISO 8601 or epoch milliseconds")] = None,
+) -> Select:
+    """The filters the list and the CSV share (one dependency: the two cannot drift apart), newest first."""
     tz = ctx.settings.tz
     q = select(AccessLog).order_by(AccessLog.id.desc())
     if username:
@@ -69,19 +76,18 @@ def _filtered(ctx, username: str | None, station_id: str | None, action: str | N
     return q
 
 
+Filtered = Annotated[Select, Depends(filtered_entries)]
+
+
 @router.get("", response_model=AccessPage)
 def access_log(
     ctx: Ctx, session: DbSession, principal: Annotated[Principal, Depends(require(P.ACCESS_LOG))],
-    username: Annotated[str | None, Query(max_length=64)] = None,
-    station_id: Annotated[str | None, Query(pattern=STATION_ID_PATTERN)] = None,
-    action: Action | None = None,
-    since: Annotated[str | None, time_query("entries at or after; ISO 8601 or epoch milliseconds")] = None,
-    until: Annotated[str | None, time_query("entries before; ISO 8601 or epoch milliseconds")] = None,
+    filtered: Filtered,
     before_id: Annotated[int | None, Query(ge=1, le=2**62, description="page: entries older than this id")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict:
     tz = ctx.settings.tz
-    q = _filtered(ctx, username, station_id, action, since, until).limit(limit)
+    q = filtered.limit(limit)
     if before_id:
         q = q.where(AccessLog.id < before_id)
     rows = list(session.scalars(q))
@@ -96,16 +102,12 @@ def access_log(
             responses={200: {"content": {"text/csv": {}}, "description": "UTF-8 with BOM (Excel reads the Chinese)"}})
 def access_log_csv(
     ctx: Ctx, session: DbSession, principal: Annotated[Principal, Depends(require(P.ACCESS_LOG))],
-    username: Annotated[str | None, Query(max_length=64)] = None,
-    station_id: Annotated[str | None, Query(pattern=STATION_ID_PATTERN)] = None,
-    action: Action | None = None,
-    since: Annotated[str | None, time_query("entries at or after; ISO 8601 or epoch milliseconds")] = None,
-    until: Annotated[str | None, time_query("entries before; ISO 8601 or epoch milliseconds")] = None,
+    filtered: Filtered,
 ) -> StreamingResponse:
     """The same entries as the list, newest first, as a spreadsheet: local times, Chinese headers and
     actions, station names; at most CSV_MAX_ROWS rows (the last row says so when more matched)."""
     tz = ctx.settings.tz
-    q = _filtered(ctx, username, station_id, action, since, until).limit(CSV_MAX_ROWS + 1)
+    q = filtered.limit(CSV_MAX_ROWS + 1)
     # Plain tuples, read before the response streams (the session ends with the request's dependencies).
     rows = session.execute(q.with_only_columns(
         AccessLog.at_ms, AccessLog.username, AccessLog.action, AccessLog.station_id, AccessLog.start_ms,
