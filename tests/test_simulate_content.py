@@ -175,3 +175,35 @@ def test_station_day_keyframes_of_a_still_scene_are_never_identical(day):
     identical = [(a, b) for n, (a, pa) in enumerate(pictures) for b, pb in pictures[n + 1:]
                  if mean_abs_diff(pa, pb) <= limit]
     assert not identical, f"keyframes at these seconds decode identically: {identical[:5]}"
+
+
+def test_looped_pattern_never_shows_the_same_keyframe_one_sample_apart(tmp_path):
+    """The pattern clip loops, so its keyframes come back bit-identical one loop later. The analysis
+    samples a keyframe every 20 s (while a change waits) or 60 s; with the old 4 s loop every such sample
+    was the keyframe before it, and each healthy simulated camera of `vms serve` (content: pattern, as the
+    tests run it) turned 故障 (frozen) a minute after it started (seen in CI). Along the looped stream the
+    keyframe a sample interval later must decode to a different picture."""
+    sim = Simulator(content="pattern", width=320, height=240, bitrate_kbps=300, cache_dir=tmp_path)
+    clip = pattern_clip(tmp_path, sim.format, sim.pattern_seconds)
+    fps = sim.format.fps
+    pictures: dict[int, np.ndarray] = {}  # keyframe's frame number in the loop -> analysed picture
+    frames = 0
+    with av.open(str(clip), format="h264") as c:
+        for i, frame in enumerate(c.decode(video=0)):
+            frames += 1
+            if frame.key_frame:
+                y = frame.to_ndarray(format="yuv420p")[:frame.height]
+                pictures[i] = reduce_planes(y, None, None, AnalysisSettings().analysis_width, None)
+    assert len(pictures) >= 2
+    limit = AnalysisSettings().frozen_max_mean_diff
+    settings = AnalysisSettings()
+    intervals = {settings.sample_interval_changing_seconds, settings.sample_interval_seconds,
+                 2 * settings.sample_interval_changing_seconds, 2 * settings.sample_interval_seconds}
+    same = []
+    for at in pictures:
+        for seconds in sorted(intervals):
+            later = (at + round(seconds * fps)) % frames
+            assert later in pictures, f"{seconds} s after a keyframe is not a keyframe: the loop is not whole GOPs"
+            if mean_abs_diff(pictures[at], pictures[later]) <= limit:
+                same.append((at / fps, seconds))
+    assert not same, f"(loop second, sample interval) pairs that show the same picture: {same[:5]}"

@@ -31,6 +31,11 @@ from vms.simulate.content import (
 
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
+# The pattern clip loops, so a keyframe comes back bit-identical one loop later. The analysis samples a
+# keyframe every 20 s or 60 s; a loop that divides either (the old 4 s did) makes every sample identical to
+# the one before, and each healthy simulated camera was flagged frozen after a minute (seen in CI). 14 s
+# (7 GOPs of 2 s) divides neither and costs 0.5 s to encode at 320x240.
+PATTERN_LOOP_SECONDS = 14.0
 EXTRA_MOUNTS = ("auth", "h265", "audio", "audio-only", "mjpeg", "res-change", "frozen")
 # Audio the cameras send besides their video: none, AAC, or G.711 (PCMA = A-law, PCMU = mu-law), the
 # default of most Hikvision and Dahua cameras.
@@ -66,7 +71,7 @@ class Simulator:
                  source: str | os.PathLike | None = None, port: int | None = None,
                  names: Iterable[str] | None = None, extra_mounts: Iterable[str] = (),
                  cache_dir: str | os.PathLike | None = None, *, day_seconds: float = 600.0,
-                 pattern_seconds: float = 4.0, control_port: int | None = None,
+                 pattern_seconds: float = PATTERN_LOOP_SECONDS, control_port: int | None = None,
                  ready_timeout: float = 60.0, python: str = SYSTEM_PYTHON, audio: str = "none") -> None:
         self.format = VideoFormat(int(width), int(height), int(fps), int(bitrate_kbps), int(gop))
         self.format.check()
