@@ -581,6 +581,32 @@ def test_other_ssrc_is_dropped_and_an_unexpected_first_ssrc_accepted(session, ca
     sender.close()
 
 
+def test_a_stale_stream_to_a_reused_port_gives_way_to_the_offered_ssrc(session, caplog) -> None:
+    """A device still sending an earlier session's stream (its BYE not yet acted on) to the port this session
+    was given reached the receiver first: it locked onto that sender and dropped the device's real stream,
+    which used the offered SSRC, as a foreign source until the session ended for "no RTP" (seen in CI,
+    tests/test_gb28181_source.py, many reconnects over UDP). The offered SSRC from another address wins."""
+    caplog.set_level(logging.INFO, logger="vms.gb28181.media")
+    rx, reader = session("udp", expected_ssrc=DEVICE_SSRC)
+    packets = flat(rtp_of(ps_frames()))
+    # The middle of the earlier session's frames: slice data, no start code (the pipe's reader skips it).
+    stale = [build_rtp(b"\xaa the last session's video" * 30, 96, 7000 + i, 0, 4321, False) for i in range(20)]
+    old_session, device = udp_sender(), udp_sender()
+    send_udp(old_session, rx.port, stale[:1])
+    wait_until(lambda: rx.ssrc == 4321)  # locked onto the stale sender, as the first packet decides
+    mixed = [p for pair in zip(packets[:19], stale[1:], strict=True) for p in pair] + packets[19:]
+    for packet in mixed:
+        (old_session if packet in stale else device).sendto(packet, ("127.0.0.1", rx.port))
+        time.sleep(0.0005)
+    ended_without_media(rx)
+    assert reader.result().video_pts == CLIP_PTS
+    assert rx.ssrc == DEVICE_SSRC and rx.source == device.getsockname()
+    assert rx.stats["dropped_source"] == len(stale) - 1 and rx.stats["unexpected_ssrc"] == 0
+    assert sum("a stale stream" in r.getMessage() for r in caplog.records) == 1
+    old_session.close()
+    device.close()
+
+
 def test_other_source_is_dropped_until_the_first_falls_silent(session) -> None:
     rx, reader = session("udp", no_media_seconds=5.0)
     groups = rtp_of(ps_frames())

@@ -13,6 +13,7 @@ from vms.analysis.features import mean_abs_diff, reduce_planes
 from vms.core.settings import AnalysisSettings
 from vms.simulate import Simulator
 from vms.simulate.content import VideoFormat, pattern_clip, source_clip, station_day_clip
+from vms.simulate.simulator import PATTERN_LOOP_SECONDS
 
 FAST_OPEN = {"rtsp_transport": "tcp", "timeout": "5000000", "analyzeduration": "0", "probesize": "32"}
 SMALL = VideoFormat(width=192, height=108, fps=10, bitrate_kbps=200, gop=10)
@@ -183,9 +184,10 @@ def test_looped_pattern_never_shows_the_same_keyframe_one_sample_apart(tmp_path)
     was the keyframe before it, and each healthy simulated camera of `vms serve` (content: pattern, as the
     tests run it) turned 故障 (frozen) a minute after it started (seen in CI). Along the looped stream the
     keyframe a sample interval later must decode to a different picture."""
-    sim = Simulator(content="pattern", width=320, height=240, bitrate_kbps=300, cache_dir=tmp_path)
-    clip = pattern_clip(tmp_path, sim.format, sim.pattern_seconds)
-    fps = sim.format.fps
+    loop_seconds = PATTERN_LOOP_SECONDS  # the simulator's default loop, what vms serve runs
+    fmt = VideoFormat(320, 240, 15, 300, 30)  # the simulator's GOP: a keyframe every 2 s
+    clip = pattern_clip(tmp_path, fmt, loop_seconds)
+    fps = fmt.fps
     pictures: dict[int, np.ndarray] = {}  # keyframe's frame number in the loop -> analysed picture
     frames = 0
     with av.open(str(clip), format="h264") as c:

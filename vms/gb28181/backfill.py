@@ -25,7 +25,7 @@ from sqlalchemy import or_, select
 from vms.core.settings import Settings
 from vms.db.engine import Database
 from vms.db.models import Gap, GbChannel, Segment, Station
-from vms.gb28181.media import MediaReceiver, Transport, make_media_pipe
+from vms.gb28181.media import MediaReceiver, Transport, expected_ssrc, make_media_pipe
 from vms.gb28181.server import GbServer, LocalOwner
 from vms.gb28181.source import PROBE_OPTIONS
 from vms.recording.backfill import BackfillWriter, remove_unfinished
@@ -204,6 +204,7 @@ class BackfillService:
             if not answer.get("ok"):
                 raise RuntimeError(f"{answer.get('reason')}: {answer.get('detail')}")
             call_id = str(answer.get("call"))
+            receiver.expected_ssrc = expected_ssrc(answer)
             receiver.start()
             # A device that trickles packets but never ends would hold the one backfill thread (and every
             # other camera's backfill) for good: the download gets the piece's real-time length plus a

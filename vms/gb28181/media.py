@@ -89,6 +89,17 @@ STATS_KEYS = (
 )
 
 
+def expected_ssrc(answer: dict) -> int | None:
+    """The SSRC a stream's packets should carry, from the SIP server's answer to a play request: the one the
+    device's SDP answer gave (y=), else the one offered. A receiver told it follows a sender of it over a
+    stale stream that reached its port first (MediaReceiver._on_datagram)."""
+    for key in ("answered_ssrc", "ssrc"):
+        value = answer.get(key)
+        if isinstance(value, int) and 0 <= value <= 0xFFFFFFFF:
+            return value
+    return None
+
+
 def make_media_pipe() -> tuple[int, int]:
     """(read_fd, write_fd) of a pipe for one session, enlarged to PIPE_SIZE where the system allows."""
     read_fd, write_fd = os.pipe()
@@ -404,7 +415,21 @@ class MediaReceiver:
             self._learn(ssrc, (str(addr[0]), int(addr[1])), seq)
         elif addr != self._source_addr:
             last = self.last_packet_mono or now
-            if ssrc == self.ssrc and now - last >= SOURCE_SILENCE_SECONDS:
+            if self.expected_ssrc is not None and ssrc == self.expected_ssrc != self.ssrc:
+                # What was locked sent another SSRC than the one this session offered: a stream still
+                # running towards this (reused) port from an earlier session, whose device had not yet
+                # acted on its BYE. The offered SSRC is this session's device: follow it. Locked to the
+                # stale sender, the receiver once dropped the device's stream as a foreign source until
+                # it ended for "no RTP" (seen in CI).
+                self._once("stale_source", "%s:%s sent SSRC %s, not the offered %d: a stale stream; now "
+                           "following %s:%s, which sends the offered SSRC", *self._source_addr[:2], self.ssrc,
+                           self.expected_ssrc, *addr[:2])
+                self.stats["source_changes"] += 1
+                self.stats["unexpected_ssrc"] = 0
+                self._pending.clear()
+                self._source_addr = addr
+                self._learn(ssrc, (str(addr[0]), int(addr[1])), seq)
+            elif ssrc == self.ssrc and now - last >= SOURCE_SILENCE_SECONDS:
                 self._once("source_change", "the source moved from %s:%s to %s:%s after %.1f s of silence "
                            "(NAT rebinding); following it", *self._source_addr[:2], *addr[:2], now - last,
                            level=logging.INFO)

@@ -25,7 +25,7 @@ import av.container
 from vms.catalog.urls import parse_gb28181_url
 from vms.core.settings import Settings
 from vms.gb28181.control import MAX_LINE, control_address, decode, encode
-from vms.gb28181.media import CONNECT_TIMEOUT, MediaReceiver, make_media_pipe
+from vms.gb28181.media import CONNECT_TIMEOUT, MediaReceiver, expected_ssrc, make_media_pipe
 from vms.ingest.sources import OpenedSource, SourceOpener, SourceUnavailable
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,7 @@ def open_gb_source(settings: Settings, url: str, transport: str, stop: threading
     try:
         if media_transport == "tcp-active":
             receiver.connect(str(answer.get("host")), int(answer.get("port") or 0))
+        receiver.expected_ssrc = expected_ssrc(answer)
         receiver.start()
     except (OSError, ValueError, RuntimeError) as exc:
         receiver.stop()
