@@ -18,7 +18,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       python3 python3-venv python3-pip python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
       gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad ffmpeg \
-      fonts-noto-cjk ca-certificates libjemalloc2 \
+      fonts-noto-cjk ca-certificates \
       gcc python3-dev libavformat-dev libavcodec-dev libavutil-dev libavdevice-dev libavfilter-dev \
       libswscale-dev libswresample-dev \
  && rm -rf /var/lib/apt/lists/*

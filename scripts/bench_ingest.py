@@ -34,7 +34,6 @@ from vms.catalog.store import import_catalog  # noqa: E402
 from vms.core.settings import Settings  # noqa: E402
 from vms.db.engine import Database  # noqa: E402
 from vms.db.migrate import upgrade  # noqa: E402
-from vms.ingest.allocator import use_for_workers  # noqa: E402
 from vms.ingest.supervisor import IngestSupervisor  # noqa: E402
 from vms.recording.fmp4 import probe_segment  # noqa: E402
 from vms.server.recording import ANALYSIS_FACTORY, LIVE_TAP_FACTORY  # noqa: E402
@@ -123,10 +122,6 @@ def run_vms(sim: Simulator, stations: list[str], work: Path, args) -> dict:
             "processes": len(sup.specs)}
 
 
-# The peer as it is run elsewhere: glibc's malloc, whatever vms's workers were given.
-PEER_ENV = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
-
-
 def run_ffmpeg(sim: Simulator, stations: list[str], work: Path, args) -> dict:
     procs = []
     for sid in stations:
@@ -135,8 +130,7 @@ def run_ffmpeg(sim: Simulator, stations: list[str], work: Path, args) -> dict:
         procs.append(subprocess.Popen(
             ["ffmpeg", "-nostdin", "-loglevel", "error", "-rtsp_transport", "tcp", "-i", sim.urls[sid],
              "-c", "copy", "-f", "segment", "-segment_time", str(int(args.segment_seconds)),
-             "-reset_timestamps", "1", str(out / "%05d.mp4")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env=PEER_ENV))
+             "-reset_timestamps", "1", str(out / "%05d.mp4")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
         cpu, pss = measure(lambda: [psutil.Process(p.pid) for p in procs], args.warmup, args.seconds)
     finally:
@@ -242,32 +236,13 @@ def main() -> None:
                     help="instead of the peer: vms in the product set-up and recording only, alternating in one run")
     ap.add_argument("--previous-sampling", action="store_true",
                     help="with --analysis-cost: also the previous sampling (a keyframe every 30 s, fixed)")
-    ap.add_argument("--allocator", choices=("auto", "jemalloc", "glibc"), default="auto",
-                    help="vms workers' malloc, as ingest.allocator (ffmpeg always runs on glibc's)")
-    ap.add_argument("--glibc-too", action="store_true",
-                    help="also vms with its workers on glibc's malloc, in the same run (what jemalloc saves)")
     args = ap.parse_args()
-    # Before any thread: the workers inherit it (vms/ingest/allocator.py), as under vms serve.
-    args.allocator_used = use_for_workers(args.allocator)
 
     stations = [s.id for s in load_catalog(REPO / "config" / "stations.yaml")][: args.cameras]
     if len(stations) < args.cameras:
         sys.exit(f"the catalogue has only {len(stations)} stations")
     contenders = [("vms", run_vms), ("ffmpeg", run_ffmpeg)] + ([("pyav", run_pyav_bare)] if args.bare_pyav else [])
     contenders = [c for c in contenders if args.only in (None, c[0])]
-    if args.glibc_too and args.allocator_used == "jemalloc":
-        def vms_on_glibc(sim, stations, work, args):
-            # The workers inherit the environment at their spawn; the simulator's threads do not read it.
-            saved = {k: os.environ.get(k) for k in ("LD_PRELOAD", "MALLOC_CONF")}
-            use_for_workers("glibc")
-            try:
-                return run_vms(sim, stations, work, args)
-            finally:
-                for k, v in saved.items():
-                    if v is not None:
-                        os.environ[k] = v
-
-        contenders.insert(1, ("vms glibc", vms_on_glibc))
     if args.analysis_cost:
         def vms_with(**overrides):
             return lambda sim, stations, work, args: run_vms(
@@ -306,7 +281,7 @@ def main() -> None:
                 "full_segments": min(r["full_segments"] for r in rs), "files": min(r["files"] for r in rs),
                 "footage_s": min(r["footage_s"] for r in rs), "processes": rs[0]["processes"]}
 
-    vms, peer, bare, vms_glibc = mean_of("vms"), mean_of("ffmpeg"), mean_of("pyav"), mean_of("vms glibc")
+    vms, peer, bare = mean_of("vms"), mean_of("ffmpeg"), mean_of("pyav")
     if args.analysis_cost:
         n = len(stations)
         per = {name: 1000 * mean_of(name)["cpu_cores"] / n for name in runs}
@@ -334,8 +309,7 @@ def main() -> None:
     recorded = args.warmup + args.seconds
     expected = n * math.floor(recorded / args.segment_seconds)
     rows = []
-    for name, r in (("vms", vms), ("ffmpeg -c copy -f segment", peer), ("bare PyAV threads (diagnostic)", bare),
-                    ("vms, workers on glibc's malloc", vms_glibc)):
+    for name, r in (("vms", vms), ("ffmpeg -c copy -f segment", peer), ("bare PyAV threads (diagnostic)", bare)):
         if r is None:
             continue
         rows.append({
@@ -354,7 +328,7 @@ def main() -> None:
     print(f"# {n} cameras {args.width}x{args.height} {args.fps} fps {args.bitrate_kbps} kbps GOP {args.gop}; "
           f"{args.warmup:.0f} s warm-up + {args.seconds:.0f} s measured; segments of {args.segment_seconds:.0f} s; "
           f"mean of {args.rounds} round(s), full segments: the worst round"
-          + f"; vms set-up: {args.setup} ({SETUP_NAMES[args.setup]}); vms workers' malloc: {args.allocator_used}")
+          + f"; vms set-up: {args.setup} ({SETUP_NAMES[args.setup]})")
     if vms is not None:
         cores = rows[0]["cpu_ms_per_stream_s"] * 139 / 1000
         print(f"# vms at 139 cameras, scaled: {cores:.2f} cores")
@@ -367,11 +341,6 @@ def main() -> None:
               f" {r['footage_s_per_camera']:.1f} |")
     if both:
         print(f"ratios vms/ffmpeg: CPU {ratio_cpu:.2f}x, memory {ratio_mem:.2f}x")
-    if vms_glibc is not None and peer is not None and vms is not None:
-        print("ratios with the workers on glibc's malloc: vms/ffmpeg CPU "
-              f"{vms_glibc['cpu_cores'] / peer['cpu_cores']:.2f}x, "
-              f"memory {vms_glibc['pss'] / peer['pss']:.2f}x; jemalloc/glibc: CPU "
-              f"{vms['cpu_cores'] / vms_glibc['cpu_cores']:.2f}x, memory {vms['pss'] / vms_glibc['pss']:.2f}x")
     if bare is not None and peer is not None:
         print(f"ratio bare PyAV/ffmpeg: CPU {bare['cpu_cores'] / peer['cpu_cores']:.2f}x, "
               f"memory {bare['pss'] / peer['pss']:.2f}x")

@@ -14,7 +14,6 @@ SYSTEM_PACKAGES=(
   poppler-utils
   e2fsprogs  # tests: an ext4 footage volume on a loop device that goes read-only (mkfs.ext4, e2fsck)
   python3-venv
-  libjemalloc2  # the ingest workers' malloc (ingest.allocator, vms/ingest/allocator.py): ~20 % less CPU
   wrk  # scripts/bench_api.py --wrk: a C load generator
   sip-tester  # tests: SIPp acts as a GB/T 28181 device against the SIP server (tests/sipp/)
   # FFmpeg's C headers, for the native copier (scripts/build_native.py); it links to PyAV's own FFmpeg

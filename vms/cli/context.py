@@ -52,20 +52,3 @@ def report_vms_error(exc: VmsError) -> typer.Exit:
             typer.echo(f"error: {p}", err=True)
         return typer.Exit(2)
     return fail(str(exc))
-
-
-def workers_allocator(choice: str) -> str:
-    """The ingest workers' malloc (ingest.allocator, vms/ingest/allocator.py): set up before any thread
-    starts; a named allocator that is not installed is a settings error."""
-    from vms.ingest.allocator import AllocatorUnavailable, use_for_workers
-
-    try:
-        allocator = use_for_workers(choice)  # type: ignore[arg-type]
-    except AllocatorUnavailable as exc:
-        typer.echo(f"error: invalid settings:\n  {exc}", err=True)
-        raise typer.Exit(2) from None
-    return allocator if allocator == "jemalloc" or choice == "glibc" else "glibc (libjemalloc2 not installed)"
-
-
-def log_allocator(allocator: str) -> None:
-    logging.getLogger("vms.ingest").info("ingest workers allocate memory with %s", allocator)

@@ -8,7 +8,7 @@ import typer
 from sqlalchemy import select
 
 from vms.catalog.store import catalogue_order
-from vms.cli.context import OutputFormat, database, log_allocator, settings, workers_allocator
+from vms.cli.context import OutputFormat, database, settings
 from vms.core.clock import SystemClock, from_ms
 from vms.core.logging_setup import configure_logging
 from vms.core.signals import StopSignals
@@ -44,9 +44,7 @@ def ingest(
     from vms.server.recording import RecordingService
 
     s = settings()
-    allocator = workers_allocator(s.ingest.allocator)  # first: it changes the environment, before any thread
     configure_logging(s.log_level)
-    log_allocator(allocator)
     close_data_to_others(s.data_dir, [v.path for v in s.storage.volumes])
     upgrade(s.db_url)
     notifier = SystemdNotifier()

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from vms.cli.context import database, log_allocator, settings, workers_allocator
+from vms.cli.context import database, settings
 
 log = logging.getLogger("vms.serve")
 
@@ -35,9 +35,7 @@ def serve(
     from vms.server.recording import RecordingService
 
     s = settings()
-    allocator = workers_allocator(s.ingest.allocator)  # first: it changes the environment, before any thread
     configure_logging(s.log_level)
-    log_allocator(allocator)
     close_data_to_others(s.data_dir, [v.path for v in s.storage.volumes])
     upgrade(s.db_url)
     db = database()

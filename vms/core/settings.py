@@ -100,9 +100,6 @@ class IngestSettings(StrictModel):
     node: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
     segment_seconds: float = Field(default=60, ge=2, le=3600)
     workers: int | None = Field(default=None, ge=1, description="worker processes; default one per core")
-    allocator: Literal["auto", "jemalloc", "glibc"] = Field(
-        default="auto", description="the workers' malloc: jemalloc (auto: when libjemalloc2 is installed; "
-        "~20 % less CPU at 139 cameras, vms/ingest/allocator.py) or glibc")
     rtsp_timeout_seconds: float = Field(default=10, gt=0)
     stall_seconds: float = Field(default=10, gt=0)
     # Reconnecting (vms/ingest/backoff.py, docs/design/recording.md). The retry_* keys were called
