@@ -164,7 +164,10 @@ def test_many_reconnects_leak_no_descriptor_nor_thread(live, transport) -> None:
         cycle()
     wait_for(lambda: not server.dialogs, 5, "the dialogs ended")
     wait_for(lambda: threading.active_count() <= threads, 5, f"threads back to {threads}")
-    assert _fds() <= fds
+    # The simulated device (in this process) closes its media socket when it has handled the BYE, which
+    # may come a moment after the server's dialog ended (once in CI: one descriptor more at the first
+    # look). A leak stays: 8 cycles would leave 8.
+    wait_for(lambda: _fds() <= fds, 5, f"descriptors back to {fds}")
 
 
 def _open_in_thread(server, url: str, transport: str, stop: threading.Event) -> tuple[threading.Thread, list]:
