@@ -11,6 +11,7 @@ from vms.analysis.detector import (
     ActivityFound,
     FaultClosed,
     FaultOpened,
+    RollingPercentile,
     Sampled,
     StateChanged,
     StationDetector,
@@ -315,3 +316,23 @@ def test_a_camera_whose_picture_changes_shape_is_still_analysed():
     assert det.look.lit.thumb.shape == compute_features(
         reduce_planes(four_three, chroma, chroma, det.cfg.analysis_width, det.mask_for(320, 240)),
         det.cfg.overexposed_luma).edge_thumb.shape
+
+
+def test_rolling_percentile_is_numpys_over_the_last_values():
+    # The activity tracker's quiet level: the 10th percentile of the last buckets, as np.percentile
+    # gives it, through evictions, repeated values, a clear and odd lengths.
+    rng = np.random.default_rng(7)
+    for maxlen, percent in ((10, 10), (150, 10), (7, 50), (33, 90)):
+        rolling = RollingPercentile(maxlen, percent)
+        window: list[float] = []
+        for i in range(600):
+            value = float(rng.integers(0, 5)) if i % 3 == 0 else float(rng.random() * 1000)
+            rolling.append(value)
+            window = (window + [value])[-maxlen:]
+            assert len(rolling) == len(window)
+            assert rolling.value() == pytest.approx(float(np.percentile(window, percent)), rel=1e-12, abs=1e-12)
+            if i == 300:
+                rolling.clear()
+                window = []
+                with pytest.raises(ValueError):
+                    rolling.value()
