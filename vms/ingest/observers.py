@@ -47,7 +47,8 @@ class StreamObserver(ABC):
     copied_packets: bool = False
 
     def on_copied(self, count: int, nbytes: int, first_ms: int, last_ms: int) -> None:  # noqa: B027 - optional
-        """A batch the copier recorded (about a second): `count` packets, `nbytes`, their wall times."""
+        """A batch the copier recorded (up to a keyframe or recorder.BATCH_SECONDS): `count` packets,
+        `nbytes`, their wall times."""
 
     def wants_each_packet(self) -> bool:
         """While true, the copier hands every packet over (asked before each of its read loops)."""

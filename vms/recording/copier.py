@@ -94,7 +94,7 @@ def recorded_packets(copier: PacketCopier, recorder: StreamRecorder, on_copied: 
                 return
             elif status == write_failed:
                 recorder.copy_failed(copier)
-            # else a batch of `batch_ticks` (a second): reported above
+            # else a batch of `batch_ticks` (recorder.BATCH_SECONDS): reported above
     finally:
         copier.disarm()
 

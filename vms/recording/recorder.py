@@ -53,6 +53,10 @@ MAX_SLEW = 0.005
 RESYNC_MS = 10_000
 CATCH_UP = 2  # while footage runs ahead of the receive clock, its wall time advances at 1/CATCH_UP speed
 MAX_STEP_S = 5.0  # a dts step larger than this within one connection is a camera clock jump
+# The native copier reports what it copied at each keyframe and at least this often (stream seconds):
+# the camera's health (a packet recorded within stall_seconds) and the analysis's activity buckets
+# need no more. Once a second was most of a camera's pumps with a 2 s GOP, each a round of Python.
+BATCH_SECONDS = 2
 # The burst of packets buffered during connect is over well within this much stream time; after it,
 # a segment's start is no longer pulled back (and the native copier may take over).
 PULLBACK_S = 10.0
@@ -84,6 +88,7 @@ class _OpenSegment:
     audio_next: int = 0  # audio timestamps written must reach this (strictly increasing)
     end_ms: int = 0  # once cut, while it waits for its last audio: its wall end and media length
     media_ms: int = 0
+    armed: object = None  # the copier last armed to write into this segment (see StreamRecorder.arm)
 
 
 def _delete_segment_row(volume: str, path: str) -> Callable[[Session], None]:
@@ -387,8 +392,14 @@ class StreamRecorder:
         if seg is None or seg.first_of_connection or not seg.frames:
             copier.disarm()
             return
+        if copier.armed and copier.pos == self._pos and copier.last_dts == self._last_dts and seg.armed is copier:
+            # Still armed for this segment, and no packet went through Python since: the arguments
+            # would be the same (the steps and tick lengths are the connection's). Arming builds a
+            # Fraction and reads a dozen attributes, before each of ~1.5 pumps a second per camera.
+            return
         copier.arm(seg.file.container, seg.file.video_stream, seg.start_pos, self._pos, self._last_dts,
-                   self._max_step_ticks, self._frame_ticks, self._second_ticks)
+                   self._max_step_ticks, self._frame_ticks, BATCH_SECONDS * self._second_ticks)
+        seg.armed = copier
 
     def absorb(self, copier) -> tuple[int, int]:
         """After a pump that copied packets: take the timeline back; returns the wall ms of the first
