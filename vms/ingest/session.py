@@ -534,7 +534,7 @@ class CameraSession(threading.Thread):
 
     def _tell_gop_observers(self, wake: CopierWake | None) -> None:
         # wake(), from any thread, ends the copier's read loop: a new viewer need not wait for the
-        # end of its batch (up to BATCH_SECONDS) to get the rest of the GOP.
+        # end of its batch (up to recorder.BATCH_SECONDS) to get the rest of the GOP.
         for obs in self._gop_observers:
             self._notify(obs, obs.on_copier, wake)
 

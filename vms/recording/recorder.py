@@ -53,10 +53,11 @@ MAX_SLEW = 0.005
 RESYNC_MS = 10_000
 CATCH_UP = 2  # while footage runs ahead of the receive clock, its wall time advances at 1/CATCH_UP speed
 MAX_STEP_S = 5.0  # a dts step larger than this within one connection is a camera clock jump
-# The native copier reports what it copied at each keyframe and at least this often (stream seconds):
-# the camera's health (a packet recorded within stall_seconds) and the analysis's activity buckets
-# need no more. Once a second was most of a camera's pumps with a 2 s GOP, each a round of Python.
-BATCH_SECONDS = 2
+# The native copier reports what it copied at each keyframe and at least this often (stream seconds).
+# The camera's health is judged from these reports (a frame recorded within stall_seconds, checked
+# each second by the watchdog): 2 s was tried, and it left only ~1 s of margin at the 3-4 s stall
+# times the tests use, for no CPU gain measurable at 139 cameras (docs/benchmarks-history.md, session 10).
+BATCH_SECONDS = 1
 # The burst of packets buffered during connect is over well within this much stream time; after it,
 # a segment's start is no longer pulled back (and the native copier may take over).
 PULLBACK_S = 10.0
