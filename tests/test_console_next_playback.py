@@ -176,11 +176,12 @@ def test_playback_seek_speed_calendar_gaps_sync_and_export(server, browser, shot
     _settled(page, 1)
     page.wait_for_timeout(1500)
     offsets = []
-    both_showing = "() => window.__playback.players.slice(0, 2).every((p) => p.frameWall() !== null)"
+    # Both panes' frame times read in one evaluation, once both show a frame: a pane loading its next piece
+    # has none for a moment (seen in CI under load), also between two separate evaluations (CI again).
+    both_walls = ("() => { const w = window.__playback.players.slice(0, 2).map((p) => p.frameWall());"
+                  " return w.every((x) => x !== null) ? w : null; }")
     for _ in range(5):
-        # A pane loading its next piece has no frame for a moment (seen in CI under load): sample when both show one.
-        page.wait_for_function(both_showing, timeout=15_000)
-        walls = page.evaluate("() => window.__playback.players.slice(0, 2).map((p) => p.frameWall())")
+        walls = page.wait_for_function(both_walls, timeout=15_000).json_value()
         offsets.append(abs(walls[0] - walls[1]))
         page.wait_for_timeout(400)
     print("sync offsets between panes (ms):", offsets)
