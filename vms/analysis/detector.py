@@ -250,7 +250,7 @@ class ActivityTracker:
             self._frames += 1
 
     def copied(self, first_ms: int, last_ms: int, nbytes: int, count: int) -> None:
-        """`count` non-key packets between first_ms and last_ms (a few seconds apart at most), as if each
+        """`count` non-key packets between first_ms and last_ms (at most a second apart), as if each
         had been given to packet(): a bucket that outgrew MAX_BUCKET_MS closes at the first."""
         if self._start is not None and first_ms - self._start >= self.MAX_BUCKET_MS:
             self._close_bucket(first_ms)
