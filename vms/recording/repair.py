@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -105,7 +106,9 @@ def recover_growing(db: Database, volumes: VolumeSet, node: str, station_ids: li
 def recover_orphans(db: Database, volumes: VolumeSet, tz: ZoneInfo, node: str, station_ids: list[str],
                     now_ms: int, hours: int = 3) -> list[RepairAction]:
     """Index segment files of the last few hours that have no row: a kill -9 between creating a
-    file and committing its row (up to half a second, longer while the database was down)."""
+    file and committing its row (up to the index writer's commit interval plus its flush interval,
+    longer while the database was down). One killed before its first fragment ended holds no footage
+    and is removed. Only for stations whose recorder on this node is not running."""
     actions: list[RepairAction] = []
     hour_dirs = {datetime.fromtimestamp(now_ms / 1000 - h * 3600, tz).strftime("%Y-%m-%d/%H") for h in range(hours + 1)}
     for vol in volumes.volumes:
@@ -123,13 +126,20 @@ def recover_orphans(db: Database, volumes: VolumeSet, tz: ZoneInfo, node: str, s
                     parsed = start_ms_from_name(rel, tz)
                     if rel in known or parsed is None:
                         continue
-                    action = RepairAction("file_without_row", vol, rel, "left by a killed run")
                     try:
-                        _index_orphan(s, vol, rel, path, parsed, node)
-                        action.repaired = True
-                    except ValueError as exc:
-                        action.detail = f"{action.detail}; {exc}"
-                    actions.append(action)
+                        probe = trim_and_probe(path)
+                        if probe is None:
+                            # Created, then killed before its first fragment ended: a header and no
+                            # footage, as recover_growing removes when the row had made it.
+                            path.unlink(missing_ok=True)
+                            actions.append(RepairAction("removed_empty", vol, rel,
+                                                        "left by a killed run, no complete fragment", True))
+                            continue
+                    except OSError as exc:  # e.g. a read-only volume: for a later run or `check`
+                        actions.append(RepairAction("unreadable", vol, rel, f"cannot finish it now: {exc}"))
+                        continue
+                    _insert_orphan(s, vol, rel, path, parsed, node, probe)
+                    actions.append(RepairAction("file_without_row", vol, rel, "left by a killed run", True))
     for a in actions:
         log.info("recovery: %s %s/%s %s", a.kind, a.volume, a.path, a.detail)
     return actions
@@ -172,10 +182,12 @@ class CheckReport:
 
 
 def check(db: Database, volumes: VolumeSet, tz: ZoneInfo, clock: Clock, node: str, repair: bool = False,
-          stale_growing_ms: int = 10 * 60_000, data_dir: Path | None = None) -> CheckReport:
+          stale_growing_ms: int = 10 * 60_000, data_dir: Path | None = None,
+          new_file_grace_s: float = 30.0) -> CheckReport:
     """Reconcile every volume's files with the index. A `growing` row of this node is being written only
     if a recorder of this node runs (its lock under `data_dir`, see vms.recording.liveness); without
-    `data_dir`, and for other nodes, only if it moved within `stale_growing_ms`."""
+    `data_dir`, and for other nodes, only if it moved within `stale_growing_ms`. A file without a row
+    that was written within `new_file_grace_s` is being written, unless no recorder of this node runs."""
     report = CheckReport()
     now = clock.now_ms()
     own_recorder_alive = recorder_running(data_dir, node) if data_dir is not None else None
@@ -229,6 +241,10 @@ def check(db: Database, volumes: VolumeSet, tz: ZoneInfo, clock: Clock, node: st
                     _act(report, RepairAction("truncated", vol, rel, f"file {size} bytes, index {nbytes}"),
                          repair, lambda rid=rid, path=path: _reprobe(s, rid, path))
             for rel, path in sorted(on_disk.items()):
+                if own_recorder_alive is not False and _written_lately(path, new_file_grace_s):
+                    # A recorder made it moments ago: its row commits with the index writer's next
+                    # batch (up to ~1.5 s later; later still while the database is away).
+                    continue
                 parsed = start_ms_from_name(rel, tz)
                 if parsed is None or parsed[0] not in stations:
                     report.actions.append(RepairAction("unreadable", vol, rel, "not a segment name vms writes"))
@@ -236,6 +252,13 @@ def check(db: Database, volumes: VolumeSet, tz: ZoneInfo, clock: Clock, node: st
                 _act(report, RepairAction("file_without_row", vol, rel), repair,
                      lambda rel=rel, path=path, parsed=parsed, vol=vol: _index_orphan(s, vol, rel, path, parsed, node))
     return report
+
+
+def _written_lately(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime < seconds  # the file system's clock, as its mtime
+    except FileNotFoundError:
+        return True  # gone since the walk: retention or a recorder's rename, not a problem
 
 
 def _act(report: CheckReport, action: RepairAction, repair: bool, fix) -> None:
@@ -257,10 +280,15 @@ def _reprobe(s, rid: int, path: Path) -> None:
 
 
 def _index_orphan(s, vol: str, rel: str, path: Path, parsed: tuple[str, int, str], node: str) -> None:
-    station_id, start_ms, stream = parsed
     probe = trim_and_probe(path)
     if probe is None:
         raise ValueError("nothing playable in the file; left in place for inspection")
+    _insert_orphan(s, vol, rel, path, parsed, node, probe)
+
+
+def _insert_orphan(s, vol: str, rel: str, path: Path, parsed: tuple[str, int, str], node: str,
+                   probe: SegmentProbe) -> None:
+    station_id, start_ms, stream = parsed
     s.execute(insert(Segment).values(
         station_id=station_id, stream=stream, node=node, volume=vol, path=rel, start_ms=start_ms,
         end_ms=start_ms + probe.duration_ms, duration_ms=probe.duration_ms, bytes=path.stat().st_size,
