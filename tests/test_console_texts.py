@@ -155,6 +155,30 @@ def test_each_role_sees_what_it_can_use_and_the_server_refuses_the_rest(server, 
     ctx.close()
 
 
+def test_a_station_page_left_before_its_timeline_answers_does_not_draw_over_the_wall(server, browser):
+    """Back from a station whose timeline request was still out: its late answer found the page's elements
+    gone, and the failure ("出错了") replaced the wall that Back had drawn (seen under load in CI)."""
+    ctx, page = _page(browser, server["base"])
+    _login(page, "li-operator")
+    held = []
+    page.route(re.compile(r".*/api/stations/[^/]+/timeline.*"), lambda answer: held.append(answer))
+    page.locator("#wall .tile").first.click()
+    page.wait_for_selector("#timeline")
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the station page asked for no timeline"
+    page.go_back()
+    page.wait_for_selector("#wall .tile")
+    for answer in held:
+        answer.continue_()
+    page.wait_for_timeout(1500)  # the held answers arrive and the left page's code runs
+    assert page.locator("#pager").is_visible(), page.inner_html("#main")[:2000]
+    assert page.locator("#wall .tile").count() > 0
+    assert "出错了" not in page.inner_text("#main")
+    ctx.close()
+
+
 def test_the_wall_keeps_its_page_and_layout_across_a_station_visit_and_back(server, browser):
     ctx, page = _page(browser, server["base"])
     _login(page, "li-operator")
@@ -166,7 +190,10 @@ def test_the_wall_keeps_its_page_and_layout_across_a_station_visit_and_back(serv
     page.locator("#wall .tile").first.click()
     page.wait_for_selector("#timeline")
     page.go_back()
-    page.wait_for_selector("#wall .tile")
+    try:
+        page.wait_for_selector("#wall .tile")
+    except Exception as exc:
+        raise AssertionError(f"{page.url}: {page.inner_html('#main')[:2000]}") from exc
     assert page.inner_text("#pager") == "第3/35页", page.url
     assert page.locator("#wall .tile").count() == 4
     assert page.locator("#wall .tile").first.get_attribute("data-id") == first

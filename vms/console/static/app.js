@@ -42,12 +42,18 @@ export function stationState(st) {
 function leavePage() { for (const f of cleanup.splice(0)) { try { f(); } catch { /* already gone */ } } }
 
 let routedHash = null;  // the address the page shows now (paging rewrites it without a new render)
+// Bumped by every route(). A page's render awaits the API before it draws, and a page left meanwhile
+// must not draw over the next one, nor put its late failure (its elements already gone) on it: Back
+// from a station whose timeline answered after the wall was drawn replaced the wall with "出错了".
+let routeGen = 0;
+const leftSince = (gen) => gen !== routeGen;
 
 // Back and Forward between entries whose addresses were rewritten (replaceState) fire popstate, and
 // hashchange too when the fragments differ: route once per new address.
 function navigated() { if (location.hash !== routedHash) route(); }
 
 async function route() {
+  const gen = ++routeGen;
   routedHash = location.hash;
   leavePage();
   const [path, query] = (location.hash || "#/wall").split("?");
@@ -57,6 +63,7 @@ async function route() {
     // The session check answers 200 with user null before login (a 401 here was a console error on
     // every first visit).
     try { me = (await api.get("/api/auth/session")).user; } catch { me = null; }
+    if (leftSince(gen)) return;
   }
   if (!me && page !== "login") { location.hash = "#/login"; return; }
   document.getElementById("nav").hidden = !me;
@@ -76,6 +83,7 @@ async function route() {
     if (page === "gb28181") return await renderGb();
     return await renderWall(arg ? decodeURIComponent(arg) : null, params);
   } catch (e) {
+    if (leftSince(gen)) return;
     if (e instanceof ApiError && e.status === 401) { me = null; location.hash = "#/login"; return; }
     main.innerHTML = `<p class="error">出错了：${esc(e.message)}</p>`;
   }
@@ -142,7 +150,9 @@ function treeHtml(stations, currentTown) {
 const WALL_SIZES = [4, 9, 16];
 
 async function renderWall(town, params) {
+  const gen = routeGen;
   const data = await api.get("/api/stations");
+  if (leftSince(gen)) return;
   const all = data.stations;
   const shown = town ? all.filter((s) => s.town === town) : all;
   // Layout and page live in the address (#/wall[/town]?size=9&page=2): Back from a station, a reload or
@@ -197,7 +207,9 @@ async function renderWall(town, params) {
 
 // ---- station page: live, timeline, playback, export, holds -------------------------------------
 async function renderStation(id) {
+  const gen = routeGen;
   const st = await api.get(`/api/stations/${encodeURIComponent(id)}`);
+  if (leftSince(gen)) return;
   const state = stationState(st);
   const day = sessionStorage.getItem("timeline-day") || todayLocal();
   main.innerHTML = `<p><a href="#/wall/${encodeURIComponent(st.town)}">← ${esc(st.town)}</a></p>
