@@ -9,8 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
+import av
 import pytest
 import yaml
 from sqlalchemy import select
@@ -20,10 +22,12 @@ from vms.core.clock import SystemClock
 from vms.core.settings import Settings, load_settings
 from vms.db.engine import Database
 from vms.db.models import Gap, Segment
+from vms.recording.liveness import StationWriterLock
 from vms.recording.repair import check
-from vms.recording.segment_file import FRAGMENT_SECONDS
+from vms.recording.segment_file import FRAGMENT_SECONDS, SegmentFile
 from vms.recording.volumes import VolumeSet
 from vms.simulate import Simulator
+from vms.simulate.content import VideoFormat, pattern_clip
 
 pytestmark = pytest.mark.slow  # real ingest processes killed with kill -9: not in scripts/test.sh --fast
 
@@ -189,3 +193,48 @@ def test_sigterm_to_the_process_group_stops_cleanly(tmp_path, env, simulator_cac
         with db.session() as s:
             g = list(s.scalars(select(Gap).where(Gap.station_id == sid)))
         assert [(x.reason, x.end_ms) for x in g] == [("ingest_stopped", None)]
+
+
+def test_a_station_another_process_still_records_is_neither_repaired_nor_recorded_twice(tmp_path, env,
+                                                                                       simulator_cache):
+    """A worker of a killed supervisor finishes its segments for up to `stop_seconds` while the restarted one
+    starts; the new worker's crash repair would have cut (or, holding no fragment yet, removed) the file
+    being written. The station's writer lock keeps the new worker off it until the other writer is gone."""
+    settings = _write_config(tmp_path, segment_seconds=6, workers=1, node="crash-node", reconcile_seconds=1,
+                             status_interval_seconds=1, retry_initial_seconds=0.3)
+    busy = STATIONS[1]
+    with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30,
+                   cache_dir=simulator_cache) as sim:
+        subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
+        subprocess.run([VMS, "stations", "import", str(_catalogue(tmp_path, sim.urls))], env=env, check=True,
+                       capture_output=True)
+        db = Database(settings.db_url)
+        # The other writer: it holds the station's lock and has just made a file (a header, no fragment yet).
+        other = StationWriterLock.try_take(settings.data_dir, "crash-node", busy)
+        assert other is not None
+        now = datetime.now(settings.tz)
+        being_written = (Path(settings.storage.volumes[0].path) / busy / f"{now:%Y-%m-%d}" / f"{now:%H}"
+                         / f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}.mp4")
+        being_written.parent.mkdir(parents=True)
+        clip = pattern_clip(simulator_cache, VideoFormat(320, 240, 15, 300, 15), 2.0)
+        with av.open(str(clip)) as source:
+            SegmentFile(being_written, source.streams.video[0]).abandon()
+        log = open(tmp_path / "ingest.log", "w")
+        proc = subprocess.Popen([VMS, "ingest", "--no-analysis"], env=env, stdout=log, stderr=log,
+                                start_new_session=True)
+        try:
+            wait_until(lambda: len(_segments(db, STATIONS[0])) >= 1, 30, "the free station recording")
+            time.sleep(3)  # three more reconciles
+            assert not _segments(db, busy), "recorded while another process holds the station"
+            assert being_written.exists(), "repaired (removed) the file another process is writing"
+            assert "still records this station" in (tmp_path / "ingest.log").read_text()
+            other.release()  # the other writer is gone
+            wait_until(lambda: len(_segments(db, busy)) >= 1, 30, "the station recording once it is free")
+            assert not being_written.exists()  # now repaired: a header and no footage
+        finally:
+            other.release()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+            log.close()
+        assert code == 0, (tmp_path / "ingest.log").read_text()[-4000:]
+        db.dispose()

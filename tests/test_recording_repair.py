@@ -18,9 +18,10 @@ from vms.core.settings import Settings
 from vms.db.engine import Database
 from vms.db.migrate import upgrade
 from vms.db.models import Segment, Station
+from vms.recording import repair as repair_module
 from vms.recording.fmp4 import playable_length
 from vms.recording.liveness import RecorderLock
-from vms.recording.repair import check, recover_orphans
+from vms.recording.repair import check, recover_growing, recover_orphans
 from vms.recording.segment_file import SegmentFile
 from vms.recording.volumes import VolumeSet
 from vms.simulate.content import VideoFormat, pattern_clip
@@ -138,3 +139,29 @@ def test_check_leaves_a_file_being_made_alone_while_the_recorder_runs_and_report
         assert [(a.kind, a.path) for a in report.actions] == [("file_without_row", rel)]
     finally:
         lock.release()
+
+
+@pytest.mark.parametrize("error", [OSError(5, "Input/output error"), av.error.InvalidDataError(1094995529, "bad")])
+def test_a_file_whose_fragments_cannot_be_read_is_kept_not_removed_as_empty(env, monkeypatch, error) -> None:
+    """A read error (a failing disk) or a demuxer error while measuring an orphan, or a segment left growing,
+    is not "no footage": the file stays, reported as unreadable, for a later run or for inspection."""
+    settings, db, volumes, clip = env
+    now_ms = int(time.time() * 1000)
+    rel, path = _segment(volumes, settings, clip, now_ms - 20_000)
+    grown_rel, grown = _segment(volumes, settings, clip, now_ms - 16_000)
+    with db.session() as s:
+        s.add(Segment(station_id=STATION, stream="main", node="node1", volume="main", path=grown_rel,
+                      start_ms=now_ms - 16_000, end_ms=now_ms - 15_000, duration_ms=1000, bytes=0, frames=0,
+                      keyframes=0, state="growing"))
+    size = path.stat().st_size
+
+    def failing_probe(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(repair_module, "probe_segment", failing_probe)
+    actions = recover_orphans(db, volumes, settings.tz, "node1", [STATION], now_ms)
+    actions += recover_growing(db, volumes, "node1", [STATION])
+    assert {(a.kind, a.path) for a in actions} == {("unreadable", rel), ("unreadable", grown_rel)}
+    assert path.exists() and path.stat().st_size == size and grown.exists()
+    with db.session() as s:
+        assert s.scalar(select(Segment.state).where(Segment.path == grown_rel)) == "growing"  # for a later run

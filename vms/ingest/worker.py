@@ -26,7 +26,7 @@ from vms.ingest.session import CameraSession
 from vms.ingest.sources import OpenedSource, SourceOpener, SourceUnavailable, load_openers, url_scheme
 from vms.ingest.stall import StallWatchdog
 from vms.recording.index import IndexWriter
-from vms.recording.liveness import RecorderLock
+from vms.recording.liveness import RecorderLock, StationWriterLock
 from vms.recording.recorder import StreamRecorder
 from vms.recording.repair import recover_growing, recover_orphans
 from vms.recording.volumes import VolumeSet
@@ -102,6 +102,9 @@ class IngestWorker:
         # station -> (monotonic s, frames, bytes, fps, bitrate) of the last rate measurement
         self._published: dict[str, tuple[float, int, int, float | None, float | None]] = {}
         self._stuck: dict[str, tuple[CameraSession, float]] = {}  # did not stop in time: (session, since)
+        # station -> its writer lock, held from before its crash repair until its session's thread ended
+        self._writer_locks: dict[str, StationWriterLock] = {}
+        self._told_locked: set[str] = set()  # stations whose "recorded elsewhere" was logged
         self._first_reconcile = True
         self._factories: list[ObserverFactory] = []
         for path in spec.observer_factories:
@@ -231,14 +234,19 @@ class IngestWorker:
                         log.exception("%s: releasing its observer failed", sid)
         # A session that did not stop in time still owns its files and its connection: never start
         # a second recorder for that camera until it has (or the worker is restarted for it).
-        self._stuck = {sid: t for sid, t in self._stuck.items() if t[0].is_alive()}
+        for sid in [sid for sid, t in self._stuck.items() if not t[0].is_alive()]:
+            del self._stuck[sid]
+            self._release_writer(sid)
         new = [e for sid, e in wanted.items() if sid not in self.sessions and sid not in self._stuck]
+        new = [e for e in new if self._take_writer(e.station_id)]
         log.debug("reconcile: %d cameras wanted, %d stopped, %d to start", len(wanted), len(gone), len(new))
         if new:
             # The stopped sessions' last index writes (segment complete, gap) must land before the
             # new sessions read where their footage ended: while the database is away, wait.
             if not self.index.flush():
                 log.warning("index writes are waiting for the database; %d cameras start later", len(new))
+                for e in new:
+                    self._release_writer(e.station_id)
                 return
             ids = [e.station_id for e in new]
             actions = recover_growing(self.db, self.volumes, self.node, ids)
@@ -258,6 +266,29 @@ class IngestWorker:
             self.sessions[entry.station_id] = (entry, session)
             log.info("recording %s", session.describe())
         self._first_reconcile = False
+
+    def _take_writer(self, sid: str) -> bool:
+        """This station's writer lock (see StationWriterLock): False while another process holds it."""
+        if sid in self._writer_locks:
+            return True
+        lock = StationWriterLock.try_take(self.settings.data_dir, self.node, sid)
+        if lock is None:
+            if sid not in self._told_locked:
+                self._told_locked.add(sid)
+                log.error("%s: another process of node %s still records this station (a worker of a killed "
+                          "supervisor still stopping, or a second `vms ingest`); not recording or repairing it "
+                          "until it stops", sid, self.node)
+            return False
+        if sid in self._told_locked:
+            self._told_locked.discard(sid)
+            log.warning("%s: the other process stopped; recording it here", sid)
+        self._writer_locks[sid] = lock
+        return True
+
+    def _release_writer(self, sid: str) -> None:
+        lock = self._writer_locks.pop(sid, None)
+        if lock is not None:
+            lock.release()
 
     @staticmethod
     def _where_footage_ends(s, sid: str) -> tuple:
@@ -315,6 +346,8 @@ class IngestWorker:
         for sid in station_ids:
             self.sessions.pop(sid, None)
             self._published.pop(sid, None)
+            if sid not in self._stuck:
+                self._release_writer(sid)  # a stuck session keeps it: it may still write
 
     def _publish_status_loop(self) -> None:
         while not self.stop_event.wait(self.settings.ingest.status_interval_seconds):

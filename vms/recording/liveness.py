@@ -48,3 +48,36 @@ def recorder_running(data_dir: Path, node: str) -> bool:
     finally:
         os.close(fd)  # also drops the exclusive lock if it was taken
     return False
+
+
+def station_lock_path(data_dir: Path, node: str, station_id: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{node}--{station_id}")
+    return Path(data_dir) / "run" / "stations" / f"{safe}.lock"
+
+
+class StationWriterLock:
+    """Held exclusively by the one camera session that records a station on this node, from before its
+    crash repair until its thread has ended. A second writer of the same station (a worker of a killed
+    supervisor still finishing its segments, a second `vms ingest` started by mistake) cannot take it:
+    the worker then neither repairs that station's files (it would cut or remove the one being written)
+    nor records it twice, and tries again at its next reconcile. The kernel drops it if the process dies."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    @classmethod
+    def try_take(cls, data_dir: Path, node: str, station_id: str) -> StationWriterLock | None:
+        path = station_lock_path(data_dir, node, station_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -32,7 +32,8 @@ _NAME = re.compile(r"^(\d{8}T\d{6})\.(\d{3})(?:-(\w+))?\.mp4$")
 
 
 def trim_and_probe(path: Path) -> SegmentProbe | None:
-    """Cut a torn tail off a segment file and measure it; None if nothing playable is left."""
+    """Cut a torn tail off a segment file and measure it; None if it holds no frame (at most a header
+    and an unfinished fragment). OSError if it cannot be read or measured: never a reason to remove it."""
     size = path.stat().st_size
     good = playable_length(path)
     if good == 0:
@@ -45,9 +46,12 @@ def trim_and_probe(path: Path) -> SegmentProbe | None:
         log.warning("trimmed %s from %d to %d bytes (torn last fragment)", path, size, good)
     try:
         probe = probe_segment(path)
-    except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, not fatal
-        log.error("cannot read %s: %s", path, exc)
-        return None
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the demuxer's own errors (PyAV's are not all OSError)
+        # Raised, not None: callers remove a file that holds no frame, and one whose whole fragments
+        # do not read back (a failing disk, a demuxer error) must be kept for inspection instead.
+        raise OSError(f"cannot read {path.name}: {exc}") from exc
     return probe if probe.frames > 0 else None
 
 
@@ -88,7 +92,7 @@ def recover_growing(db: Database, volumes: VolumeSet, node: str, station_ids: li
                 probe = trim_and_probe(path)
                 if probe is None:
                     path.unlink(missing_ok=True)
-            except OSError as exc:  # e.g. a read-only volume: left growing, for a later run
+            except OSError as exc:  # a read-only volume, a read error: left growing, for a later run
                 actions.append(RepairAction("unreadable", row.volume, row.path, f"cannot finish it now: {exc}"))
                 continue
             if probe is None:
@@ -135,7 +139,7 @@ def recover_orphans(db: Database, volumes: VolumeSet, tz: ZoneInfo, node: str, s
                             actions.append(RepairAction("removed_empty", vol, rel,
                                                         "left by a killed run, no complete fragment", True))
                             continue
-                    except OSError as exc:  # e.g. a read-only volume: for a later run or `check`
+                    except OSError as exc:  # a read-only volume, a read error: for a later run or `check`
                         actions.append(RepairAction("unreadable", vol, rel, f"cannot finish it now: {exc}"))
                         continue
                     _insert_orphan(s, vol, rel, path, parsed, node, probe)
@@ -256,9 +260,12 @@ def check(db: Database, volumes: VolumeSet, tz: ZoneInfo, clock: Clock, node: st
 
 def _written_lately(path: Path, seconds: float) -> bool:
     try:
-        return time.time() - path.stat().st_mtime < seconds  # the file system's clock, as its mtime
+        age = time.time() - path.stat().st_mtime  # the file system's clock, as its mtime
     except FileNotFoundError:
         return True  # gone since the walk: retention or a recorder's rename, not a problem
+    # A time ahead of now (the clock stepped back) is not "lately": it would hide the file for as long
+    # as the step. Two seconds of skew allowed (a network file system's clock).
+    return -2.0 <= age < seconds
 
 
 def _act(report: CheckReport, action: RepairAction, repair: bool, fix) -> None:
