@@ -155,27 +155,50 @@ def test_each_role_sees_what_it_can_use_and_the_server_refuses_the_rest(server, 
     ctx.close()
 
 
-def test_a_station_page_left_before_its_timeline_answers_does_not_draw_over_the_wall(server, browser):
+def test_a_station_page_left_before_its_timeline_answers_does_not_act_on_the_next_page(server, browser):
     """Back from a station whose timeline request was still out: its late answer found the page's elements
-    gone, and the failure ("出错了") replaced the wall that Back had drawn (seen under load in CI)."""
+    gone, and the failure ("出错了") replaced the wall that Back had drawn (seen under load in CI). When the
+    next page was another station's, the late answer drew on it and bound its export form to the station
+    left behind."""
     ctx, page = _page(browser, server["base"])
     _login(page, "li-operator")
-    held = []
-    page.route(re.compile(r".*/api/stations/[^/]+/timeline.*"), lambda answer: held.append(answer))
-    page.locator("#wall .tile").first.click()
-    page.wait_for_selector("#timeline")
-    deadline = time.monotonic() + 10
-    while not held and time.monotonic() < deadline:
-        page.wait_for_timeout(50)
-    assert held, "the station page asked for no timeline"
-    page.go_back()
-    page.wait_for_selector("#wall .tile")
-    for answer in held:
-        answer.continue_()
-    page.wait_for_timeout(1500)  # the held answers arrive and the left page's code runs
+    tiles = page.locator("#wall .tile")
+    first, second = tiles.nth(0).get_attribute("data-id"), tiles.nth(1).get_attribute("data-id")
+    held: list = []
+    first_timeline = re.compile(rf".*/api/stations/{re.escape(first)}/timeline.*")
+    page.route(first_timeline, lambda answer: held.append(answer))
+
+    def visit_first_and_leave_before_its_timeline_answers():
+        page.locator(f"#wall .tile[data-id='{first}']").click()
+        page.wait_for_selector("#timeline")
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        assert held, "the station page asked for no timeline"
+        page.go_back()
+        page.wait_for_selector("#wall .tile")
+
+    def answer_late():
+        with page.expect_response(first_timeline):
+            held.pop().continue_()
+        page.wait_for_timeout(300)  # the left page's code runs on the answer
+
+    visit_first_and_leave_before_its_timeline_answers()
+    answer_late()
     assert page.locator("#pager").is_visible(), page.inner_html("#main")[:2000]
     assert page.locator("#wall .tile").count() > 0
     assert "出错了" not in page.inner_text("#main")
+
+    visit_first_and_leave_before_its_timeline_answers()
+    page.locator(f"#wall .tile[data-id='{second}']").click()
+    page.wait_for_selector("#export-open")  # the second station's page, drawn to its end
+    answer_late()
+    page.unroute(first_timeline)
+    page.click("#export-open")
+    page.fill("#export-reason", "核查串页")
+    with page.expect_request(re.compile(r".*/api/exports$")) as asked:
+        page.click("#export-submit")
+    assert asked.value.post_data_json["station_id"] == second
     ctx.close()
 
 

@@ -293,10 +293,14 @@ async function renderStation(id) {
   else if (state !== "offline") goLive(); else msg.textContent = "摄像机离线";
 
   const dayInput = document.getElementById("day");
+  let timelineCall = 0;  // the day changed twice quickly: only the newest answer draws (its clicks use its day)
   const drawTimeline = async () => {
+    const call = ++timelineCall;
     sessionStorage.setItem("timeline-day", dayInput.value);
     const start = dayStartMs(dayInput.value), end = start + 86400000;
     const tl = await api.get(`/api/stations/${encodeURIComponent(id)}/timeline?start=${dayInput.value}T00:00:00&end=${localIso(end)}`);
+    // Left meanwhile (for another station's page, whose elements have the same ids): draw nothing.
+    if (leftSince(gen) || call !== timelineCall) return;
     const pct = (ms) => `${(Math.min(Math.max(ms, start), end) - start) / 864000}%`;
     const span = (cls, a, b, title) => `<div class="${cls}" title="${esc(title)}" style="left:${pct(a)};width:calc(${pct(b ?? Date.now())} - ${pct(a)})"></div>`;
     const bar = document.getElementById("timeline");
@@ -321,6 +325,7 @@ async function renderStation(id) {
           // a limited piece of it per request (the server's last_ms says where it ends).
           { start: localIso(at), end: localIso(at + 15 * 60000), reason,
             h264: !(window.MediaSource && MediaSource.isTypeSupported('video/mp4; codecs="hvc1.1.6.L93.B0"')) });
+        if (leftSince(gen)) return;
         stopLive();
         document.getElementById("mode").textContent = `回放 ${localText(pb.first_ms)} 起`;
         video.srcObject = null;
@@ -333,9 +338,10 @@ async function renderStation(id) {
   };
   dayInput.onchange = drawTimeline;
   await drawTimeline();
+  if (leftSince(gen)) return;  // the export and hold forms below would be bound to this station on the next page
 
   if (can("export")) setupExport(id);
-  if (can("holds:read")) drawHolds(id);
+  if (can("holds:read")) drawHolds(id, gen);
 }
 
 function setupExport(id) {
@@ -381,9 +387,10 @@ function followExport(job) {
   cleanup.push(() => clearInterval(timer));
 }
 
-async function drawHolds(id) {
-  const box = document.getElementById("holds");
+async function drawHolds(id, gen) {
   const holds = await api.get(`/api/holds?station_id=${encodeURIComponent(id)}`);
+  if (leftSince(gen)) return;  // a hold made on the next station's page must not be for this one
+  const box = document.getElementById("holds");
   box.innerHTML = (holds.length ? `<table><tr><th>时段</th><th>事由</th><th>创建人</th></tr>${holds.map((h) =>
     `<tr><td>${esc(h.start.slice(0, 16).replace("T", " "))} – ${esc(h.end.slice(0, 16).replace("T", " "))}</td><td>${esc(h.reason)}</td><td>${esc(h.created_by)}</td></tr>`).join("")}</table>`
     : `<p class="muted">无保全</p>`) + (can("holds:write") ? `<details><summary>新建保全</summary>
@@ -395,7 +402,7 @@ async function drawHolds(id) {
     try {
       await api.post("/api/holds", { station_id: id, start: document.getElementById("hold-start").value,
         end: document.getElementById("hold-end").value, reason: document.getElementById("hold-reason").value });
-      drawHolds(id);
+      drawHolds(id, gen);
     } catch (e) { document.getElementById("hold-error").textContent = e.message; }
   };
 }
