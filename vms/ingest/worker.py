@@ -105,6 +105,7 @@ class IngestWorker:
         # station -> its writer lock, held from before its crash repair until its session's thread ended
         self._writer_locks: dict[str, StationWriterLock] = {}
         self._told_locked: set[str] = set()  # stations whose "recorded elsewhere" was logged
+        self._told_unlockable: set[str] = set()  # stations whose lock could not be made (logged once)
         self._first_reconcile = True
         self._factories: list[ObserverFactory] = []
         for path in spec.observer_factories:
@@ -143,6 +144,11 @@ class IngestWorker:
             if closer.is_alive():
                 log.error("worker did not finish stopping in %.0f s; exiting anyway (the next start repairs "
                           "what was left)", self.settings.ingest.stop_seconds)
+            else:
+                # Everything written and committed: the stations are free (a worker run in a thread of a
+                # longer-lived process, as tests do, would otherwise keep them from the next one).
+                for sid in list(self._writer_locks):
+                    self._release_writer(sid)
             lock.release()
 
     def _close(self) -> None:
@@ -150,7 +156,10 @@ class IngestWorker:
         hung = self.sessions.pop(self.hung_station, None) if self.hung_station else None
         if hung is not None:
             hung[1].stop()
-        self._stop_sessions(list(self.sessions), deadline=time.monotonic() + self.settings.ingest.stop_seconds - 1)
+        # The writer locks stay until the process exits: another worker taking a station before this one's
+        # last segment and gap are committed would repair a stale row and open a second gap.
+        self._stop_sessions(list(self.sessions), deadline=time.monotonic() + self.settings.ingest.stop_seconds - 1,
+                            release=False)
         for factory in self._factories:
             close = getattr(factory, "close", None)
             if close is not None:
@@ -240,38 +249,51 @@ class IngestWorker:
         new = [e for sid, e in wanted.items() if sid not in self.sessions and sid not in self._stuck]
         new = [e for e in new if self._take_writer(e.station_id)]
         log.debug("reconcile: %d cameras wanted, %d stopped, %d to start", len(wanted), len(gone), len(new))
-        if new:
-            # The stopped sessions' last index writes (segment complete, gap) must land before the
-            # new sessions read where their footage ended: while the database is away, wait.
-            if not self.index.flush():
-                log.warning("index writes are waiting for the database; %d cameras start later", len(new))
-                for e in new:
+        try:
+            if new:
+                # The stopped sessions' last index writes (segment complete, gap) must land before the
+                # new sessions read where their footage ended: while the database is away, wait.
+                if not self.index.flush():
+                    log.warning("index writes are waiting for the database; %d cameras start later", len(new))
+                    return
+                ids = [e.station_id for e in new]
+                actions = recover_growing(self.db, self.volumes, self.node, ids)
+                actions += recover_orphans(self.db, self.volumes, self.settings.tz, self.node, ids, self.clock.now_ms())
+                if actions:
+                    log.warning("recovered %d segments left by an earlier run", len(actions))
+            # Every session is prepared (its database reads done) before any starts: a started session
+            # probes its camera, and 70 probing threads (PyAV's open deadline takes the GIL at every
+            # check) slowed the preparation of the rest to ~0.3 s each, so the last camera of a worker
+            # started recording ~20 s after the first.
+            with self.db.session() as s:
+                ends = {e.station_id: self._where_footage_ends(s, e.station_id) for e in new}
+            prepared = [(entry, self._make_session(entry, *ends[entry.station_id])) for entry in new]
+            for entry, session in prepared:
+                session.start()
+                # Registered once started: stopping joins every registered session.
+                self.sessions[entry.station_id] = (entry, session)
+                log.info("recording %s", session.describe())
+            self._first_reconcile = False
+        finally:
+            # Taken for a station that did not start (the database away, an error on the way): not kept
+            # with no session behind it.
+            for e in new:
+                if e.station_id not in self.sessions:
                     self._release_writer(e.station_id)
-                return
-            ids = [e.station_id for e in new]
-            actions = recover_growing(self.db, self.volumes, self.node, ids)
-            actions += recover_orphans(self.db, self.volumes, self.settings.tz, self.node, ids, self.clock.now_ms())
-            if actions:
-                log.warning("recovered %d segments left by an earlier run", len(actions))
-        # Every session is prepared (its database reads done) before any starts: a started session
-        # probes its camera, and 70 probing threads (PyAV's open deadline takes the GIL at every
-        # check) slowed the preparation of the rest to ~0.3 s each, so the last camera of a worker
-        # started recording ~20 s after the first.
-        with self.db.session() as s:
-            ends = {e.station_id: self._where_footage_ends(s, e.station_id) for e in new}
-        prepared = [(entry, self._make_session(entry, *ends[entry.station_id])) for entry in new]
-        for entry, session in prepared:
-            session.start()
-            # Registered once started: stopping joins every registered session.
-            self.sessions[entry.station_id] = (entry, session)
-            log.info("recording %s", session.describe())
-        self._first_reconcile = False
 
     def _take_writer(self, sid: str) -> bool:
         """This station's writer lock (see StationWriterLock): False while another process holds it."""
         if sid in self._writer_locks:
             return True
-        lock = StationWriterLock.try_take(self.settings.data_dir, self.node, sid)
+        try:
+            lock = StationWriterLock.try_take(self.settings.data_dir, self.node, sid)
+        except OSError as exc:
+            # The data directory cannot hold the lock (full, read-only, permissions): recording matters
+            # more than the guard, so record without it.
+            if sid not in self._told_unlockable:
+                self._told_unlockable.add(sid)
+                log.error("%s: cannot take its writer lock (%s); recording it without", sid, exc)
+            return True
         if lock is None:
             if sid not in self._told_locked:
                 self._told_locked.add(sid)
@@ -326,9 +348,10 @@ class IngestWorker:
         return CameraSession(sid, entry.url, entry.transport, recorder, observers, self.settings.ingest,
                              self.clock, self.index, opener=opener)
 
-    def _stop_sessions(self, station_ids: list[str], deadline: float | None = None) -> None:
+    def _stop_sessions(self, station_ids: list[str], deadline: float | None = None, release: bool = True) -> None:
         """Stop these sessions, all at once, waiting for them until `deadline` (monotonic; default
-        stop_seconds from now)."""
+        stop_seconds from now). `release` False: their writer locks stay until the process exits (the
+        worker is stopping, and their last index writes are not committed yet)."""
         sessions = [self.sessions[sid][1] for sid in station_ids if sid in self.sessions]
         if not sessions:
             return
@@ -346,7 +369,7 @@ class IngestWorker:
         for sid in station_ids:
             self.sessions.pop(sid, None)
             self._published.pop(sid, None)
-            if sid not in self._stuck:
+            if release and sid not in self._stuck:
                 self._release_writer(sid)  # a stuck session keeps it: it may still write
 
     def _publish_status_loop(self) -> None:

@@ -10,6 +10,7 @@ a crash the rows look as fresh as those being written.)
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from pathlib import Path
 
@@ -50,9 +51,15 @@ def recorder_running(data_dir: Path, node: str) -> bool:
     return False
 
 
+def _file_name(name: str) -> str:
+    """The name itself when it is plain and short, else a digest of it (never two names on one file)."""
+    if name and len(name) <= 100 and all(c.isascii() and (c.isalnum() or c in "-_") for c in name):
+        return name
+    return "h-" + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
 def station_lock_path(data_dir: Path, node: str, station_id: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{node}--{station_id}")
-    return Path(data_dir) / "run" / "stations" / f"{safe}.lock"
+    return Path(data_dir) / "run" / "stations" / _file_name(node) / f"{_file_name(station_id)}.lock"
 
 
 class StationWriterLock:
@@ -75,6 +82,9 @@ class StationWriterLock:
         except BlockingIOError:
             os.close(fd)
             return None
+        except BaseException:  # e.g. no locks on this file system: raised, the descriptor not kept
+            os.close(fd)
+            raise
         return cls(fd)
 
     def release(self) -> None:
