@@ -15,7 +15,8 @@ from sqlalchemy import select
 from vms.core.clock import Clock, SimulatedClock
 from vms.core.settings import Settings
 from vms.db.engine import Database
-from vms.db.models import Gap, Segment
+from vms.db.migrate import upgrade
+from vms.db.models import Gap, Segment, Station
 from vms.ingest.observers import StreamObserver
 from vms.ingest.session import CameraHealth
 from vms.ingest.worker import IngestWorker, WorkerSpec
@@ -30,6 +31,19 @@ def ingest_settings(tmp_path, **ingest) -> Settings:
         "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings")}]},
         "ingest": base,
     })
+
+
+def one_station_database(tmp_path, station_id: str, name: str) -> tuple[Settings, Database]:
+    """Settings with one volume, the database made, and one enabled village station in it."""
+    settings = Settings.model_validate({
+        "data_dir": str(tmp_path / "data"),
+        "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings")}]}})
+    (tmp_path / "data").mkdir()
+    upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    with db.session() as s:
+        s.add(Station(id=station_id, name=name, level="village", town="t", enabled=True))
+    return settings, db
 
 
 class PacketLog(StreamObserver):

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -64,6 +66,17 @@ def _write_config(tmp_path: Path, **ingest) -> Settings:
     return load_settings(tmp_path / "vms.yaml", env={})
 
 
+@contextmanager
+def _two_cameras(tmp_path: Path, env: dict, settings: Settings, cache: Path) -> Iterator[tuple[Simulator, Database]]:
+    """The simulator's two cameras, the database made and the catalogue imported by the CLI."""
+    with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30,
+                   cache_dir=cache) as sim:
+        subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
+        subprocess.run([VMS, "stations", "import", str(_catalogue(tmp_path, sim.urls))], env=env, check=True,
+                       capture_output=True)
+        yield sim, Database(settings.db_url)
+
+
 def _segments(db: Database, sid: str) -> list[Segment]:
     with db.session() as s:
         return list(s.scalars(select(Segment).where(Segment.station_id == sid).order_by(Segment.start_ms)))
@@ -77,12 +90,7 @@ def test_kill_9_mid_segment_loses_at_most_the_last_fragment(tmp_path, env, segme
     also leaves up to `receive_pause_seconds` in the socket between its reads."""
     settings = _write_config(tmp_path, segment_seconds=segment_seconds, workers=1, node="crash-node",
                              status_interval_seconds=1, retry_initial_seconds=0.3)
-    with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30,
-                   cache_dir=simulator_cache) as sim:
-        subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
-        subprocess.run([VMS, "stations", "import", str(_catalogue(tmp_path, sim.urls))], env=env, check=True,
-                       capture_output=True)
-        db = Database(settings.db_url)
+    with _two_cameras(tmp_path, env, settings, simulator_cache) as (sim, db):
         log1 = open(tmp_path / "ingest1.log", "w")
         proc = subprocess.Popen([VMS, "ingest", "--no-analysis"], env=env, stdout=log1, stderr=log1,
                                 start_new_session=True)
@@ -173,12 +181,7 @@ def test_sigterm_to_the_process_group_stops_cleanly(tmp_path, env, simulator_cac
     """systemd and docker stop send SIGTERM to every process: workers finish their segments and the
     supervisor exits 0 promptly, with no growing segment left behind."""
     settings = _write_config(tmp_path, segment_seconds=60, workers=2, node="term-node")
-    with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30,
-                   cache_dir=simulator_cache) as sim:
-        subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
-        subprocess.run([VMS, "stations", "import", str(_catalogue(tmp_path, sim.urls))], env=env, check=True,
-                       capture_output=True)
-        db = Database(settings.db_url)
+    with _two_cameras(tmp_path, env, settings, simulator_cache) as (sim, db):
         proc = subprocess.Popen([VMS, "ingest", "--no-analysis"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         wait_until(lambda: all(_segments(db, sid) for sid in STATIONS), 30, "recording")
@@ -203,12 +206,7 @@ def test_a_station_another_process_still_records_is_neither_repaired_nor_recorde
     settings = _write_config(tmp_path, segment_seconds=6, workers=1, node="crash-node", reconcile_seconds=1,
                              status_interval_seconds=1, retry_initial_seconds=0.3)
     busy = STATIONS[1]
-    with Simulator(cameras=2, names=STATIONS, width=320, height=240, fps=15, bitrate_kbps=300, gop=30,
-                   cache_dir=simulator_cache) as sim:
-        subprocess.run([VMS, "db", "upgrade"], env=env, check=True, capture_output=True)
-        subprocess.run([VMS, "stations", "import", str(_catalogue(tmp_path, sim.urls))], env=env, check=True,
-                       capture_output=True)
-        db = Database(settings.db_url)
+    with _two_cameras(tmp_path, env, settings, simulator_cache) as (sim, db):
         # The other writer: it holds the station's lock and has just made a file (a header, no fragment yet).
         other = StationWriterLock.try_take(settings.data_dir, "crash-node", busy)
         assert other is not None

@@ -11,10 +11,8 @@ import av
 import pytest
 from sqlalchemy import select
 
-from vms.core.settings import Settings
-from vms.db.engine import Database
-from vms.db.migrate import upgrade
-from vms.db.models import Segment, Station
+from tests.ingest_support import one_station_database
+from vms.db.models import Segment
 from vms.gb28181.ps import PsMuxer
 from vms.recording import backfill as backfill_module
 from vms.recording.backfill import BackfillWriter
@@ -29,14 +27,7 @@ FPS = 15
 
 @pytest.fixture
 def env(tmp_path, simulator_cache):
-    settings = Settings.model_validate({
-        "data_dir": str(tmp_path / "data"),
-        "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings")}]}})
-    (tmp_path / "data").mkdir()
-    upgrade(settings.db_url)
-    db = Database(settings.db_url)
-    with db.session() as s:
-        s.add(Station(id=STATION, name="backfill test", level="village", town="t", enabled=True))
+    settings, db = one_station_database(tmp_path, STATION, "backfill test")
     clip = load_clip(pattern_clip(simulator_cache, VideoFormat(320, 240, FPS, 300, FPS), 2.0), "h264")
     muxer = PsMuxer("h264")
     ps = b"".join(muxer.video(clip.frames[i % len(clip.frames)], i * 90000 // FPS, clip.keyframe[i % len(clip.frames)])

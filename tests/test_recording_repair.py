@@ -13,11 +13,10 @@ import av
 import pytest
 from sqlalchemy import select
 
+from tests.ingest_support import one_station_database
 from vms.core.clock import SimulatedClock
 from vms.core.settings import Settings
-from vms.db.engine import Database
-from vms.db.migrate import upgrade
-from vms.db.models import Segment, Station
+from vms.db.models import Segment
 from vms.recording import repair as repair_module
 from vms.recording.fmp4 import playable_length
 from vms.recording.liveness import RecorderLock
@@ -31,14 +30,7 @@ STATION = "repair-station"
 
 @pytest.fixture
 def env(tmp_path, simulator_cache):
-    settings = Settings.model_validate({
-        "data_dir": str(tmp_path / "data"),
-        "storage": {"volumes": [{"name": "main", "path": str(tmp_path / "recordings")}]}})
-    (tmp_path / "data").mkdir()
-    upgrade(settings.db_url)
-    db = Database(settings.db_url)
-    with db.session() as s:
-        s.add(Station(id=STATION, name="repair test", level="village", town="t", enabled=True))
+    settings, db = one_station_database(tmp_path, STATION, "repair test")
     clip = pattern_clip(simulator_cache, VideoFormat(320, 240, 15, 300, 15), 4.0)
     try:
         volumes = VolumeSet.from_settings(settings)
