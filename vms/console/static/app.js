@@ -250,6 +250,7 @@ async function renderStation(id) {
   const msg = document.getElementById("live-msg");
   let live = null;
   let liveGen = 0;  // bumped by every stop: a WebRTC start still negotiating when the viewer moved on is dropped
+  let playCall = 0;  // two quick clicks on the timeline (or one, then 实时): only the newest answer plays
   const stopLive = () => { liveGen += 1; if (live) { live.close(); live = null; window.__live = null; } };
   cleanup.push(stopLive);
   const goMse = (why) => {
@@ -260,6 +261,7 @@ async function renderStation(id) {
     window.__live = live.stats;
   };
   const goLive = async () => {
+    playCall += 1;  // a playback answer still out must not replace the live view asked for after it
     stopLive();
     if (!can("live")) { msg.textContent = "当前角色无实时观看权限"; return; }
     msg.textContent = "正在连接…";
@@ -298,6 +300,10 @@ async function renderStation(id) {
     const call = ++timelineCall;
     sessionStorage.setItem("timeline-day", dayInput.value);
     const start = dayStartMs(dayInput.value), end = start + 86400000;
+    // Until the new day's answer: no bars and no clicks on the old day's.
+    const old = document.getElementById("timeline");
+    old.innerHTML = "";
+    old.onclick = null;
     const tl = await api.get(`/api/stations/${encodeURIComponent(id)}/timeline?start=${dayInput.value}T00:00:00&end=${localIso(end)}`);
     // Left meanwhile (for another station's page, whose elements have the same ids): draw nothing.
     if (leftSince(gen) || call !== timelineCall) return;
@@ -319,13 +325,14 @@ async function renderStation(id) {
       bar.querySelectorAll(".cursor").forEach((c) => c.remove());
       bar.insertAdjacentHTML("beforeend", `<div class="cursor" style="left:${pct(at)}"></div>`);
       msg.textContent = `正在准备 ${localText(at)} 的回放…`;
+      const play = ++playCall;
       try {
         const pb = await api.post(`/api/stations/${encodeURIComponent(id)}/playback`,
           // A browser without an H.265 decoder (Chromium on Linux) gets H.265 footage transcoded to H.264,
           // a limited piece of it per request (the server's last_ms says where it ends).
           { start: localIso(at), end: localIso(at + 15 * 60000), reason,
             h264: !(window.MediaSource && MediaSource.isTypeSupported('video/mp4; codecs="hvc1.1.6.L93.B0"')) });
-        if (leftSince(gen)) return;
+        if (leftSince(gen) || play !== playCall) return;
         stopLive();
         document.getElementById("mode").textContent = `回放 ${localText(pb.first_ms)} 起`;
         video.srcObject = null;
@@ -333,18 +340,20 @@ async function renderStation(id) {
         video.play().catch(() => {});
         msg.textContent = pb.truncated ? `回放：${pb.truncated}`
           : pb.range_limited ? `H.265 录像已转码为 H.264 播放，本段至 ${localText(pb.last_ms)}，之后请再点击时间轴` : "";
-      } catch (e) { msg.textContent = `无法回放：${e.message}`; }
+      } catch (e) { if (!leftSince(gen) && play === playCall) msg.textContent = `无法回放：${e.message}`; }
     };
   };
-  dayInput.onchange = drawTimeline;
+  dayInput.onchange = () => drawTimeline().catch((e) => {
+    if (!leftSince(gen)) document.getElementById("timeline-info").textContent = `时间轴加载失败：${e.message}`;
+  });
   await drawTimeline();
   if (leftSince(gen)) return;  // the export and hold forms below would be bound to this station on the next page
 
-  if (can("export")) setupExport(id);
+  if (can("export")) setupExport(id, gen);
   if (can("holds:read")) drawHolds(id, gen);
 }
 
-function setupExport(id) {
+function setupExport(id, gen) {
   const dlg = document.getElementById("export-dialog");
   document.getElementById("export-open").onclick = () => {
     const now = Date.now();
@@ -360,9 +369,10 @@ function setupExport(id) {
     try {
       const job = await api.post("/api/exports", { station_id: id, start: document.getElementById("export-start").value,
         end: document.getElementById("export-end").value, reason });
+      if (leftSince(gen)) return;  // the job is listed on its own station's page, not on the next one
       dlg.close();
       followExport(job);
-    } catch (e) { err.textContent = e.message; }
+    } catch (e) { if (!leftSince(gen)) err.textContent = e.message; }
   };
 }
 
@@ -399,11 +409,12 @@ async function drawHolds(id, gen) {
       <p class="error" id="hold-error"></p></details>` : "");
   const add = document.getElementById("hold-add");
   if (add) add.onclick = async () => {
+    const holdError = document.getElementById("hold-error");  // this page's, looked up before the wait
     try {
       await api.post("/api/holds", { station_id: id, start: document.getElementById("hold-start").value,
         end: document.getElementById("hold-end").value, reason: document.getElementById("hold-reason").value });
       drawHolds(id, gen);
-    } catch (e) { document.getElementById("hold-error").textContent = e.message; }
+    } catch (e) { holdError.textContent = e.message; }
   };
 }
 
