@@ -2,7 +2,8 @@
 
 Per packet only the compressed size is noted (activity). A keyframe is decoded when the sample
 schedule says so (vms.analysis.sampling: every 60 s, sooner while the picture changes) by a
-single-threaded decoder made for it (skip_frame=NONKEY) and reduced to a small gray picture.
+single-threaded decoder (skip_frame=NONKEY; one per codec shared by the worker's cameras where their
+parameter sets allow, see KeyframeDecoder) and reduced to a small gray picture.
 Nothing here raises into the camera thread: errors are logged and the sample skipped.
 """
 
@@ -32,6 +33,7 @@ from vms.db.engine import Database
 from vms.db.models import Station
 from vms.ingest.observers import StreamObserver
 from vms.recording.avtypes import video_codec
+from vms.recording.h26x import complete_parameter_sets, parameter_sets_annexb
 
 log = logging.getLogger(__name__)
 YUV_FORMATS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"}
@@ -50,10 +52,44 @@ def frame_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray | None, n
     return planes[0], planes[1], planes[2]
 
 
+# Parameter sets in Annex B form (start codes), as FFmpeg gives them for RTSP's sprop-parameter-sets.
+_ANNEX_B_STARTS = (b"\x00\x00\x01", b"\x00\x00\x00\x01")
+SHARED_CODECS = ("h264", "hevc")
+
+
+class _SharedContext:
+    """One decoder of a codec for every camera of the process, one sample at a time (see KeyframeDecoder)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # leaf: nothing else is taken under it (docs/design/threads.md)
+        self.ctx: av.VideoCodecContext | None = None
+        self.samples = 0  # pictures it gave (tests)
+
+
+_shared_contexts: dict[str, _SharedContext] = {}
+_shared_guard = threading.Lock()  # leaf: the dict only
+
+
+def shared_context(codec_name: str) -> _SharedContext:
+    with _shared_guard:
+        slot = _shared_contexts.get(codec_name)
+        if slot is None:
+            slot = _shared_contexts[codec_name] = _SharedContext()
+        return slot
+
+
 class KeyframeDecoder:
-    """Decodes single keyframes of one connection, each with a new decoder: a decoder kept between
-    samples 30 s apart holds its picture pool, 6 MB per 1080p camera (~1 GB for 139); a new one
-    costs ~1.3 ms on top of the ~11 ms decode."""
+    """Decodes single keyframes of one connection.
+
+    H.264 and H.265 keyframes whose parameter sets the connection gives in Annex B form (RTSP's
+    sprop-parameter-sets) go through one decoder per codec shared by every camera of the worker: the
+    camera's parameter sets are put in front of each keyframe, so the picture depends on nothing an
+    earlier camera left, and the decoder is flushed after each one. A decoder made per sample cost
+    ~17 ms against ~14 for the shared one, most of the difference its 6.5 MB of buffers mapped and
+    faulted afresh each time (~1,650 page faults; docs/benchmarks.md). A decoder kept per camera would
+    hold that picture pool for every camera (~1 GB for 139). Other keyframes (parameter sets only
+    in-band or in MP4 form, other codecs), and any keyframe the shared decoder gives no picture for,
+    get a decoder of their own, as before."""
 
     def __init__(self, codec_name: str, extradata: bytes | None, width: int = 0, height: int = 0) -> None:
         self.codec_name = codec_name
@@ -62,16 +98,27 @@ class KeyframeDecoder:
         # without it (avcodec_open2: EINVAL on every sample); the container gives it.
         self.width, self.height = width, height
         self._context()  # fail at connect, not at the first sample, if the codec is unusable
+        # The camera's parameter sets, put before each keyframe for the shared decoder: only when the
+        # connection gives all of them (else another camera's, left in the decoder, could be used).
+        self._parameter_sets: bytes | None = None
+        if (codec_name in SHARED_CODECS and extradata and extradata.startswith(_ANNEX_B_STARTS)
+                and complete_parameter_sets(extradata, codec_name)):
+            self._parameter_sets = parameter_sets_annexb(extradata, codec_name)
 
-    def _context(self) -> av.VideoCodecContext:
+    @property
+    def shared(self) -> bool:
+        """Whether this connection's keyframes go through the worker's shared decoder first."""
+        return self._parameter_sets is not None
+
+    def _context(self, extradata: bool = True) -> av.VideoCodecContext:
         ctx = video_codec(self.codec_name, "r")
-        if self.extradata:
+        if extradata and self.extradata:
             ctx.extradata = self.extradata
         if self.width and self.height:
             ctx.width, ctx.height = self.width, self.height
         ctx.thread_count = 1  # 139 cameras: no decoder thread pools
         ctx.skip_frame = "NONKEY"
-        if self.codec_name in ("h264", "hevc"):
+        if self.codec_name in SHARED_CODECS:
             # No deblocking: invisible at the 160-pixel analysis size, saves ~13% of the decode.
             ctx.options = {"skip_loop_filter": "all"}
         ctx.open()  # here, so that a decoder that cannot open says so at once
@@ -83,12 +130,41 @@ class KeyframeDecoder:
         return cls(cc.name, cc.extradata, cc.width or 0, cc.height or 0)
 
     def decode(self, data: bytes) -> av.VideoFrame | None:
+        if self._parameter_sets is not None:
+            frame = self._decode_shared(self._parameter_sets + data)
+            if frame is not None:
+                return frame
+            # No picture: a decoder of its own decides (and raises what it raises), so that nothing about
+            # the shared decoder can make a camera's keyframes look undecodable.
         ctx = self._context()
         frames = ctx.decode(av.Packet(data))
         if not frames:
             # The decoder holds the picture back until the next input; a keyframe alone must come out.
             frames = ctx.decode(None)
         return frames[-1] if frames else None
+
+    def _decode_shared(self, data: bytes) -> av.VideoFrame | None:
+        slot = shared_context(self.codec_name)
+        with slot.lock:
+            ctx = slot.ctx
+            try:
+                if ctx is None:
+                    # Without extradata: every keyframe brings its camera's parameter sets.
+                    ctx = slot.ctx = self._context(extradata=False)
+                frames = ctx.decode(av.Packet(data))
+                if not frames:
+                    frames = ctx.decode(None)  # drains: the flush below makes it take input again
+                # Forget this camera's pictures (the frame returned keeps its own buffer: the pool does
+                # not hand out a buffer still referenced).
+                ctx.flush_buffers()
+            except (av.error.FFmpegError, ValueError, MemoryError) as exc:
+                log.debug("analysis: shared %s decoder failed, a new one takes over: %s", self.codec_name, exc)
+                slot.ctx = None
+                return None
+            if not frames:
+                return None
+            slot.samples += 1
+            return frames[-1]
 
 
 def business_hours_check(hours: str | None, tz) -> Callable[[int], bool] | None:

@@ -33,3 +33,13 @@ def parameter_sets_annexb(data: bytes, codec: str) -> bytes:
     """All parameter sets at the head of a keyframe, as Annex B extradata."""
     wanted = _PARAMETER_SETS.get(codec, ())
     return b"".join(b"\x00\x00\x00\x01" + nal for kind, nal in _nal_units(data, codec) if kind in wanted)
+
+
+def complete_parameter_sets(data: bytes, codec: str) -> bool:
+    """Whether Annex B data (e.g. a connection's extradata) holds every kind of parameter set the
+    codec needs to decode a picture (H.264: SPS and PPS; H.265: VPS, SPS and PPS)."""
+    wanted = _PARAMETER_SETS.get(codec)
+    if not wanted:
+        return False
+    found = {kind for kind, _nal in _nal_units(data, codec)}
+    return all(kind in found for kind in wanted)
