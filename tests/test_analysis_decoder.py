@@ -1,5 +1,6 @@
-"""The analysis's keyframe decoder: one decoder per codec shared by a worker's cameras gives each
-camera exactly the picture a decoder of its own would, whatever the others sent before."""
+"""The analysis's keyframe decoder: one H.264 decoder shared by a worker's cameras gives each camera
+exactly the picture a decoder of its own would, whatever the others sent before; whatever it cannot
+vouch for goes to a decoder of its own."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ from vms.analysis.observer import KeyframeDecoder, frame_planes, shared_context
 from vms.recording.h26x import parameter_sets_annexb
 
 
-def _keyframes(encoder: str, width: int, height: int, seed: int, count: int = 3, options=None) -> list[bytes]:
-    """`count` Annex B keyframes of distinct noise pictures (an intra-only stream)."""
+def _keyframes(encoder: str, width: int, height: int, seed: int, count: int = 3, options=None,
+               gop: int = 1) -> list[bytes]:
+    """`count` Annex B keyframes of distinct noise pictures (gop 1: an intra-only stream)."""
     ctx = av.CodecContext.create(encoder, "w")
     ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
     ctx.time_base = Fraction(1, 15)
-    ctx.gop_size = 1
+    ctx.gop_size = gop
     ctx.options = options or {}
     rng = np.random.default_rng(seed)
     packets = []
-    for i in range(count):
+    for i in range(count * gop):
         img = rng.integers(0, 255, (height, width, 3), np.uint8)
         # Blocks rather than pixel noise: a picture the encoder codes with real structure.
         img = np.repeat(np.repeat(img[::8, ::8], 8, 0), 8, 1)[:height, :width]
@@ -57,8 +59,9 @@ def _without_parameter_sets(data: bytes, codec: str) -> bytes:
 
 
 class Camera:
-    def __init__(self, codec: str, encoder: str, width: int, height: int, seed: int, options=None) -> None:
-        keys = _keyframes(encoder, width, height, seed, options=options)
+    def __init__(self, codec: str, encoder: str, width: int, height: int, seed: int, options=None,
+                 gop: int = 1) -> None:
+        keys = _keyframes(encoder, width, height, seed, options=options, gop=gop)
         self.codec = codec
         self.extradata = parameter_sets_annexb(keys[0], codec)
         self.keys = [_without_parameter_sets(k, codec) for k in keys]
@@ -81,44 +84,68 @@ def cameras() -> list[Camera]:
     return [
         Camera("h264", "libx264", 320, 180, 1),
         Camera("h264", "libx264", 256, 144, 2, {"profile": "baseline"}),
-        Camera("h264", "libx264", 320, 180, 3, {"x264-params": "cabac=0"}),
-        Camera("hevc", "libx265", 320, 192, 4, {"x265-params": "log-level=none"}),
-        Camera("hevc", "libx265", 256, 128, 5, {"x265-params": "log-level=none"}),
+        Camera("h264", "libx264", 320, 180, 3, {"x264-params": "cabac=0:sps-id=1"}),
+        # B-frames: the decoder holds the keyframe back until it is drained (and must then be flushed).
+        Camera("h264", "libx264", 320, 180, 4,
+               {"x264-params": "bframes=2:b-pyramid=0:keyint=5:min-keyint=5:scenecut=0"}, gop=5),
     ]
 
 
+@pytest.fixture(scope="module")
+def hevc_cameras() -> list[Camera]:
+    return [Camera("hevc", "libx265", 320, 192, 5, {"x265-params": "log-level=none"}),
+            Camera("hevc", "libx265", 256, 128, 6, {"x265-params": "log-level=none"})]
+
+
 def test_cameras_taking_turns_on_the_shared_decoder_get_the_pictures_a_decoder_of_their_own_gives(cameras) -> None:
-    before = {codec: shared_context(codec).samples for codec in ("h264", "hevc")}
+    before = shared_context("h264").samples
     assert all(cam.decoder.shared for cam in cameras)
     for round_ in range(2):
         for i in range(3):
             for cam in cameras:
-                # Each keyframe lacks its parameter sets, and the camera before it (another size, profile or
-                # entropy coder) left its own in the decoder: only the connection's, put in front, decode it.
+                # Each keyframe lacks its parameter sets, and the camera before it (another size, profile,
+                # entropy coder or parameter set id) left its own in the decoder: only the connection's,
+                # put in front, decode it.
                 assert _same(cam.decoder.decode(cam.keys[i]), cam.expected[i]), (cam.codec, round_, i)
     # Every one of them went through the shared decoder (none fell back to a decoder of its own).
-    assert shared_context("h264").samples - before["h264"] == 2 * 3 * 3
-    assert shared_context("hevc").samples - before["hevc"] == 2 * 3 * 2
+    assert shared_context("h264").samples - before == 2 * 3 * len(cameras)
 
 
-def test_a_keyframe_the_shared_decoder_cannot_decode_is_left_to_its_own_and_leaves_nothing_behind(cameras) -> None:
+def test_h265_keyframes_are_decoded_on_a_decoder_of_their_own(cameras, hevc_cameras) -> None:
+    # FFmpeg's H.265 decoder leaves the undecodable part of a torn picture as its buffer was: a shared
+    # decoder's pooled buffer would show another camera's picture there.
+    before = shared_context("h264").samples, shared_context("hevc").samples
+    for cam in hevc_cameras:
+        assert not cam.decoder.shared
+        for i in range(3):
+            assert _same(cam.decoder.decode(cam.keys[i]), cam.expected[i])
+        assert _same(cameras[0].decoder.decode(cameras[0].keys[0]), cameras[0].expected[0])
+    assert shared_context("hevc").samples == before[1]
+    assert shared_context("h264").samples == before[0] + len(hevc_cameras)
+
+
+def _alone_or_none(cam: Camera, key: bytes):
+    try:
+        return cam._alone(key)
+    except (av.error.FFmpegError, IndexError):
+        return None
+
+
+def test_torn_keyframes_give_what_a_decoder_of_their_own_gives_and_leave_nothing_behind(cameras) -> None:
     a, b = cameras[0], cameras[1]
-    broken = a.keys[0][: len(a.keys[0]) // 8]  # a torn keyframe
-    alone = av.CodecContext.create("h264", "r")
-    alone.extradata = a.extradata
-    try:
-        expected = alone.decode(av.Packet(broken)) or alone.decode(None)
-    except av.error.FFmpegError:
-        expected = None
-    try:
-        got = a.decoder.decode(broken)
-    except av.error.FFmpegError:
-        got = None
-    # The same answer as a decoder of its own: FFmpeg conceals a torn picture, or gives none.
-    assert (got is None) == (not expected)
-    for i in range(3):
-        assert _same(b.decoder.decode(b.keys[i]), b.expected[i])
-        assert _same(a.decoder.decode(a.keys[i]), a.expected[i])
+    for cut in (2, 3, 8):
+        torn = a.keys[0][: len(a.keys[0]) // cut]
+        expected = _alone_or_none(a, torn)
+        try:
+            got = a.decoder.decode(torn)
+        except av.error.FFmpegError:
+            got = None
+        # FFmpeg conceals the missing part of an H.264 picture from the part it has: the same pixels as a
+        # decoder of its own, not the last camera's picture.
+        assert (got is None) == (expected is None) and (got is None or _same(got, expected)), cut
+        for i in range(3):
+            assert _same(b.decoder.decode(b.keys[i]), b.expected[i])
+            assert _same(a.decoder.decode(a.keys[i]), a.expected[i])
     # Garbage that is no keyframe at all: no picture, as from a decoder of its own, and the next is right.
     try:
         nothing = a.decoder.decode(b"\x00\x00\x00\x01\x65" + bytes(range(256)) * 4)
@@ -126,6 +153,61 @@ def test_a_keyframe_the_shared_decoder_cannot_decode_is_left_to_its_own_and_leav
         nothing = None
     assert nothing is None
     assert _same(b.decoder.decode(b.keys[2]), b.expected[2])
+
+
+def test_a_shared_decoder_that_fails_is_replaced_and_the_sample_decoded_on_its_own(cameras, monkeypatch) -> None:
+    cam = cameras[0]
+    slot = shared_context("h264")
+    cam.decoder.decode(cam.keys[0])
+    assert slot.ctx is not None
+
+    class Broken:
+        def decode(self, packet):
+            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+
+        def flush_buffers(self):
+            raise AssertionError("not reached")
+
+    monkeypatch.setattr(slot, "ctx", Broken())
+    before = slot.samples
+    assert _same(cam.decoder.decode(cam.keys[1]), cam.expected[1])  # from a decoder of its own
+    assert slot.ctx is None and slot.samples == before  # the broken one is gone
+    assert _same(cam.decoder.decode(cam.keys[2]), cam.expected[2])
+    assert slot.ctx is not None and slot.samples == before + 1  # a new shared one took over
+
+
+def test_a_sample_that_finds_the_shared_decoder_busy_does_not_wait_for_it(cameras) -> None:
+    cam = cameras[1]
+    slot = shared_context("h264")
+    before = slot.samples
+    with slot.lock:  # another camera's sample, as many cameras connect at once
+        assert _same(cam.decoder.decode(cam.keys[0]), cam.expected[0])
+    assert slot.samples == before
+    assert _same(cam.decoder.decode(cam.keys[0]), cam.expected[0])
+    assert slot.samples == before + 1
+
+
+def test_a_keyframe_that_refers_to_parameter_sets_its_camera_never_gave_is_decoded_on_its_own(cameras) -> None:
+    # The connection's parameter sets have id 0; its keyframes refer to id 1 (a camera reconfigured after
+    # its SDP), and the camera before it on the shared decoder left an SPS and a PPS of id 1 there.
+    other = cameras[2]  # sps-id=1
+    assert _same(other.decoder.decode(other.keys[0]), other.expected[0])
+    odd = Camera("h264", "libx264", 320, 180, 7, {"x264-params": "sps-id=1"})
+    connection = parameter_sets_annexb(_keyframes("libx264", 320, 180, 7)[0], "h264")  # ids 0
+    decoder = KeyframeDecoder("h264", connection)
+    assert decoder.shared
+    before = shared_context("h264").samples
+    alone = KeyframeDecoder("h264", connection)._context()
+    try:
+        expected = alone.decode(av.Packet(odd.keys[0])) or alone.decode(None)
+    except av.error.FFmpegError:
+        expected = []
+    try:
+        got = decoder.decode(odd.keys[0])
+    except av.error.FFmpegError:
+        got = None
+    assert not expected and got is None  # no picture, as a decoder of its own: not the other camera's
+    assert shared_context("h264").samples == before
 
 
 def _avcc(annex_b: bytes) -> bytes:

@@ -33,7 +33,7 @@ from vms.db.engine import Database
 from vms.db.models import Station
 from vms.ingest.observers import StreamObserver
 from vms.recording.avtypes import video_codec
-from vms.recording.h26x import complete_parameter_sets, parameter_sets_annexb
+from vms.recording.h26x import complete_parameter_sets, h264_ids_resolved, parameter_sets_annexb
 
 log = logging.getLogger(__name__)
 YUV_FORMATS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"}
@@ -54,7 +54,9 @@ def frame_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray | None, n
 
 # Parameter sets in Annex B form (start codes), as FFmpeg gives them for RTSP's sprop-parameter-sets.
 _ANNEX_B_STARTS = (b"\x00\x00\x01", b"\x00\x00\x00\x01")
-SHARED_CODECS = ("h264", "hevc")
+# H.264 only: FFmpeg's H.265 decoder leaves the part of a torn picture it could not decode as the buffer
+# held it, and a pooled buffer holds another camera's picture (a decoder of its own zeroes new buffers).
+SHARED_CODECS = ("h264",)
 
 
 class _SharedContext:
@@ -81,15 +83,17 @@ def shared_context(codec_name: str) -> _SharedContext:
 class KeyframeDecoder:
     """Decodes single keyframes of one connection.
 
-    H.264 and H.265 keyframes whose parameter sets the connection gives in Annex B form (RTSP's
-    sprop-parameter-sets) go through one decoder per codec shared by every camera of the worker: the
-    camera's parameter sets are put in front of each keyframe, so the picture depends on nothing an
-    earlier camera left, and the decoder is flushed after each one. A decoder made per sample cost
+    H.264 keyframes whose parameter sets the connection gives in Annex B form (RTSP's
+    sprop-parameter-sets) go through one decoder shared by every camera of the worker: the camera's
+    parameter sets are put in front of each keyframe (only when its slice refers to their ids, or to
+    ones it carries itself), so the picture depends on nothing an earlier camera left, and the decoder
+    is flushed after each one. A sample that finds the shared decoder busy (many cameras connecting at
+    once) does not wait for it. A decoder made per sample cost
     ~17 ms against ~14 for the shared one, most of the difference its 6.5 MB of buffers mapped and
     faulted afresh each time (~1,650 page faults; docs/benchmarks.md). A decoder kept per camera would
     hold that picture pool for every camera (~1 GB for 139). Other keyframes (parameter sets only
-    in-band or in MP4 form, other codecs), and any keyframe the shared decoder gives no picture for,
-    get a decoder of their own, as before."""
+    in-band or in MP4 form, other ids, H.265 and other codecs), and any keyframe the shared decoder
+    gives no picture for, get a decoder of their own, as before."""
 
     def __init__(self, codec_name: str, extradata: bytes | None, width: int = 0, height: int = 0) -> None:
         self.codec_name = codec_name
@@ -130,7 +134,7 @@ class KeyframeDecoder:
         return cls(cc.name, cc.extradata, cc.width or 0, cc.height or 0)
 
     def decode(self, data: bytes) -> av.VideoFrame | None:
-        if self._parameter_sets is not None:
+        if self._parameter_sets is not None and h264_ids_resolved(self._parameter_sets, data):
             frame = self._decode_shared(self._parameter_sets + data)
             if frame is not None:
                 return frame
@@ -145,7 +149,9 @@ class KeyframeDecoder:
 
     def _decode_shared(self, data: bytes) -> av.VideoFrame | None:
         slot = shared_context(self.codec_name)
-        with slot.lock:
+        if not slot.lock.acquire(blocking=False):
+            return None  # busy: a decoder of its own now beats waiting for every sample queued before
+        try:
             ctx = slot.ctx
             try:
                 if ctx is None:
@@ -165,6 +171,8 @@ class KeyframeDecoder:
                 return None
             slot.samples += 1
             return frames[-1]
+        finally:
+            slot.lock.release()
 
 
 def business_hours_check(hours: str | None, tz) -> Callable[[int], bool] | None:

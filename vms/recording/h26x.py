@@ -43,3 +43,66 @@ def complete_parameter_sets(data: bytes, codec: str) -> bool:
         return False
     found = {kind for kind, _nal in _nal_units(data, codec)}
     return all(kind in found for kind in wanted)
+
+
+def _rbsp_head(nal: bytes, limit: int = 64) -> bytes:
+    """The first bytes of a NAL unit's payload (after its one-byte H.264 header), emulation
+    prevention bytes (00 00 03) taken out."""
+    out = bytearray()
+    zeros = 0
+    for b in nal[1:limit]:
+        if zeros >= 2 and b == 3:
+            zeros = 0
+            continue
+        out.append(b)
+        zeros = zeros + 1 if b == 0 else 0
+    return bytes(out)
+
+
+class _ExpGolomb:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def bit(self) -> int:
+        if self.pos >= 8 * len(self.data):
+            raise ValueError("the header ends early")
+        b = (self.data[self.pos >> 3] >> (7 - (self.pos & 7))) & 1
+        self.pos += 1
+        return b
+
+    def ue(self) -> int:
+        zeros = 0
+        while self.bit() == 0:
+            zeros += 1
+            if zeros > 31:
+                raise ValueError("not an Exp-Golomb code")
+        value = 0
+        for _ in range(zeros):
+            value = (value << 1) | self.bit()
+        return (1 << zeros) - 1 + value
+
+
+def h264_ids_resolved(parameter_sets: bytes, keyframe: bytes) -> bool:
+    """Whether the first slice of an H.264 keyframe refers to a PPS, and that PPS to an SPS, defined
+    in `parameter_sets` or in the keyframe's own head: then a decoder given both decodes it with
+    these, whatever another stream left in it under other ids."""
+    sps_ids: set[int] = set()
+    pps_sps: dict[int, int] = {}
+    try:
+        for data in (parameter_sets, keyframe):
+            for kind, nal in _nal_units(data, "h264"):
+                if kind == 7:  # SPS: profile_idc, constraint flags, level_idc, then its id
+                    sps_ids.add(_ExpGolomb(_rbsp_head(nal)[3:]).ue())
+                elif kind == 8:  # PPS: its id, then its SPS's
+                    bits = _ExpGolomb(_rbsp_head(nal))
+                    pps_id = bits.ue()
+                    pps_sps[pps_id] = bits.ue()
+                elif kind in (1, 5) and data is keyframe:  # the first slice: first_mb, slice_type, pps id
+                    bits = _ExpGolomb(_rbsp_head(nal))
+                    bits.ue()
+                    bits.ue()
+                    pps_id = bits.ue()
+                    return pps_id in pps_sps and pps_sps[pps_id] in sps_ids
+    except ValueError:
+        return False
+    return False  # no slice in the head
