@@ -207,10 +207,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cameras", type=int, default=139)
     ap.add_argument("--seconds", type=float, default=180, help="measured recording time per contender")
-    ap.add_argument("--warmup", type=float, default=140,
+    ap.add_argument("--warmup", type=float, default=300,
                     help="seconds recorded before measuring: the steady state a camera spends its days in starts "
-                         "after the connect (the first 10 s go through Python) and the analysis's connect-time "
-                         "hysteresis (samples every 20 s for 2 minutes, then every 60 s)")
+                         "after the connect (the first 10 s go through Python; 139 cameras take up to ~40 s to "
+                         "connect on 2 cores) and the analysis's first state confirmed (samples every 20 s for its "
+                         "2-minute hysteresis, then every 60 s): 140 s still measured ~1 start-up sample a camera")
     ap.add_argument("--segment-seconds", type=float, default=60)
     ap.add_argument("--workers", type=int, default=None, help="vms worker processes (default one per core)")
     ap.add_argument("--width", type=int, default=1920)
