@@ -57,6 +57,8 @@ _ANNEX_B_STARTS = (b"\x00\x00\x01", b"\x00\x00\x00\x01")
 # H.264 only: FFmpeg's H.265 decoder leaves the part of a torn picture it could not decode as the buffer
 # held it, and a pooled buffer holds another camera's picture (a decoder of its own zeroes new buffers).
 SHARED_CODECS = ("h264",)
+# Deblocking is invisible at the 160-pixel analysis size: skipping it saves ~13% of a decode.
+NO_LOOP_FILTER_CODECS = ("h264", "hevc")
 
 
 class _SharedContext:
@@ -122,8 +124,7 @@ class KeyframeDecoder:
             ctx.width, ctx.height = self.width, self.height
         ctx.thread_count = 1  # 139 cameras: no decoder thread pools
         ctx.skip_frame = "NONKEY"
-        if self.codec_name in SHARED_CODECS:
-            # No deblocking: invisible at the 160-pixel analysis size, saves ~13% of the decode.
+        if self.codec_name in NO_LOOP_FILTER_CODECS:
             ctx.options = {"skip_loop_filter": "all"}
         ctx.open()  # here, so that a decoder that cannot open says so at once
         return ctx
